@@ -1,0 +1,29 @@
+// Package authz is Gatehouse's decision engine: it compiles Rego policies,
+// verifies bearer tokens, completes the input document, evaluates the
+// decision rule against one consistent view of the data and shapes the
+// result into a transport-neutral Decision.
+//
+// The engine knows OPA, not Envoy: the envoy package turns a CheckRequest
+// into the input value and a Decision into a CheckResponse.
+//
+// # Data
+//
+// Policies read two kinds of data. Static data comes with the policies
+// (data.json / data.yaml files, loaded at the path of their folder, as OPA
+// loads them). Tenancy data lives under data.tenancy and is served by a
+// Tenancy store (the bbolt cache of package bundle, or an empty store when no
+// control endpoint is configured). Each evaluation opens one read
+// transaction, so a decision sees one revision of tenancy data.
+//
+// # Concurrency
+//
+// An Engine is safe for concurrent use. The active PolicySet is swapped
+// atomically: a Check in flight finishes on the set it started with. A
+// PolicySet is immutable after Compile.
+//
+// # Errors
+//
+// Decide returns a *DecideError when no decision can be made (not ready,
+// stale data, evaluation error, a decision of the wrong shape). Callers turn
+// it into a gRPC error or an HTTP 5xx: "cannot decide" is never an allow.
+package authz

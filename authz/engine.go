@@ -1,0 +1,332 @@
+package authz
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/topdown"
+	"github.com/open-policy-agent/opa/v1/topdown/print"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config configures an Engine.
+type Config struct {
+	// MaxStaleness: tenancy data not known to be current for longer than
+	// this makes Decide answer "cannot decide". 0 = serve however old.
+	MaxStaleness time.Duration `yaml:"max_staleness"`
+	// MinRevisionWait bounds how long a request carrying a minimum revision
+	// waits for that revision (default 1s).
+	MinRevisionWait time.Duration `yaml:"min_revision_wait"`
+	// Now is a test hook; default time.Now.
+	Now func() time.Time `yaml:"-"`
+	// Registerer receives the engine's metrics (nil: none).
+	Registerer prometheus.Registerer `yaml:"-"`
+}
+
+// SetDefaults fills unset fields.
+func (c *Config) SetDefaults() {
+	if c.MinRevisionWait == 0 {
+		c.MinRevisionWait = time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Validate reports every problem of the configuration.
+func (c Config) Validate() error {
+	if c.MaxStaleness < 0 {
+		return fmt.Errorf("data.max_staleness: %v is negative", c.MaxStaleness)
+	}
+	if c.MinRevisionWait < 0 {
+		return fmt.Errorf("data.min_revision_wait: %v is negative", c.MinRevisionWait)
+	}
+	return nil
+}
+
+// Request is one decision request.
+type Request struct {
+	// Input is the input document built by the transport adapter. Decide
+	// adds "token" and "tenancy_revision" to it.
+	Input ast.Object
+	// Authorization is the request's Authorization header value.
+	Authorization string
+	// MinRevision asks for tenancy data at this revision or newer (0 = any).
+	MinRevision uint64
+	// Tracer, when set, receives the evaluation trace (for explanations).
+	Tracer topdown.QueryTracer
+}
+
+// Engine evaluates the active policy set. See the package documentation.
+type Engine struct {
+	cfg      Config
+	logger   *slog.Logger
+	verifier *Verifier
+	tenancy  Tenancy
+
+	active atomic.Pointer[activeSet]
+
+	loads *prometheus.CounterVec
+
+	mu        sync.Mutex // guards lastErr, lastErrAt
+	lastErr   string
+	lastErrAt time.Time
+}
+
+// activeSet is a policy set bound to the engine's data store.
+type activeSet struct {
+	ps    *PolicySet
+	store *dataStore
+}
+
+// New returns an engine with no policy set; Decide answers "not ready" until
+// SetPolicy is called. A nil tenancy means EmptyTenancy.
+func New(cfg Config, verifier *Verifier, tenancy Tenancy, logger *slog.Logger) *Engine {
+	cfg.SetDefaults()
+	if tenancy == nil {
+		tenancy = EmptyTenancy()
+	}
+	e := &Engine{cfg: cfg, logger: logger, verifier: verifier, tenancy: tenancy}
+	e.loads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gatehouse_policy_loads_total",
+		Help: "Policy set loads, by result (success, error). An error leaves the last good policy serving.",
+	}, []string{"result"})
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(e.loads)
+	}
+	return e
+}
+
+// SetPolicy makes ps the active policy set. Checks in flight finish on the
+// set they started with.
+func (e *Engine) SetPolicy(ps *PolicySet) {
+	prev := e.active.Swap(&activeSet{ps: ps, store: &dataStore{static: ps.static, tenancy: e.tenancy}})
+	e.mu.Lock()
+	e.lastErr = ""
+	e.mu.Unlock()
+	e.loads.WithLabelValues("success").Inc()
+	from := ""
+	if prev != nil {
+		from = prev.ps.revision
+	}
+	e.logger.Info("policy loaded", "policy_revision", ps.revision, "previous_revision", from, "origin", ps.origin, "modules", ps.files)
+}
+
+// PolicyFailed records a policy set that did not load; the active set keeps
+// serving.
+func (e *Engine) PolicyFailed(err error) {
+	e.mu.Lock()
+	e.lastErr = err.Error()
+	e.lastErrAt = e.cfg.Now()
+	e.mu.Unlock()
+	e.loads.WithLabelValues("error").Inc()
+	e.logger.Error("policy not loaded; the last good policy keeps serving", "err", err)
+}
+
+// Policy returns the active policy set, nil before the first load.
+func (e *Engine) Policy() *PolicySet {
+	if a := e.active.Load(); a != nil {
+		return a.ps
+	}
+	return nil
+}
+
+// Tenancy returns the tenancy store the engine reads.
+func (e *Engine) Tenancy() Tenancy { return e.tenancy }
+
+// Verifier returns the token verifier.
+func (e *Engine) Verifier() *Verifier { return e.verifier }
+
+// Ready returns nil when the engine can decide, or why not.
+func (e *Engine) Ready() error {
+	if e.active.Load() == nil {
+		return fmt.Errorf("%w: no policy has compiled yet", ErrNotReady)
+	}
+	if !e.tenancy.State().Present {
+		return fmt.Errorf("%w: no tenancy data yet", ErrNotReady)
+	}
+	return nil
+}
+
+// PolicyStatus describes the active policy set.
+type PolicyStatus struct {
+	Revision  string    `json:"revision"`
+	LoadedAt  time.Time `json:"loaded_at"`
+	LastError string    `json:"last_error"`
+}
+
+// PolicyStatus reports the active policy revision and the last load error.
+func (e *Engine) PolicyStatus() PolicyStatus {
+	var st PolicyStatus
+	if ps := e.Policy(); ps != nil {
+		st.Revision, st.LoadedAt = ps.revision, ps.loadedAt
+	}
+	e.mu.Lock()
+	st.LastError = e.lastErr
+	e.mu.Unlock()
+	return st
+}
+
+var (
+	keyToken           = ast.InternedTerm("token")
+	keyTenancyRevision = ast.InternedTerm("tenancy_revision")
+)
+
+// Decide evaluates the decision rule for req.
+func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
+	start := e.cfg.Now()
+	a := e.active.Load()
+	if a == nil {
+		return nil, unavailable(fmt.Errorf("%w: no policy has compiled yet", ErrNotReady))
+	}
+	if err := e.fresh(ctx, start, req.MinRevision); err != nil {
+		return nil, err
+	}
+
+	tok := e.verifyToken(ctx, req.Authorization)
+
+	txn, err := a.store.NewTransaction(ctx)
+	if err != nil {
+		return nil, internal(fmt.Errorf("%w: open data transaction: %v", ErrEvaluation, err))
+	}
+	defer a.store.Abort(ctx, txn)
+	rev := e.tenancy.TxnRevision(txn.(*dataTxn).tenancy)
+
+	input := req.Input
+	if input == nil {
+		input = ast.NewObject()
+	}
+	input.Insert(keyToken, ast.NewTerm(tok.Value()))
+	input.Insert(keyTenancyRevision, ast.UIntNumberTerm(rev))
+
+	cancel := topdown.NewCancel()
+	stop := context.AfterFunc(ctx, cancel.Cancel)
+	defer stop()
+	q := topdown.NewQuery(a.ps.query).
+		WithCompiler(a.ps.compiler).
+		WithStore(a.store).
+		WithTransaction(txn).
+		WithInput(ast.NewTerm(input)).
+		WithCancel(cancel).
+		WithTime(start)
+	if req.Tracer != nil {
+		q = q.WithQueryTracer(req.Tracer)
+	}
+	if e.logger.Enabled(ctx, slog.LevelDebug) {
+		q = q.WithPrintHook(printHook{e.logger})
+	}
+	var result ast.Value
+	err = q.Iter(ctx, func(qr topdown.QueryResult) error {
+		if t := qr[resultVar]; t != nil {
+			result = t.Value
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, internal(fmt.Errorf("%w: %v", ErrEvaluation, err))
+	}
+	d := &Decision{
+		ID:              NewDecisionID(),
+		PolicyRevision:  a.ps.revision,
+		TenancyRevision: rev,
+		Subject:         tok.Subject,
+		TokenError:      tok.Error,
+	}
+	if err := d.shape(result); err != nil {
+		return nil, internal(err)
+	}
+	d.Duration = e.cfg.Now().Sub(start)
+	return d, nil
+}
+
+// fresh enforces max_staleness and a request's minimum revision.
+func (e *Engine) fresh(ctx context.Context, now time.Time, minRev uint64) error {
+	st := e.tenancy.State()
+	if !st.Present {
+		return unavailable(fmt.Errorf("%w: no tenancy data yet", ErrNotReady))
+	}
+	if e.cfg.MaxStaleness > 0 && now.Sub(st.SyncedAt) > e.cfg.MaxStaleness {
+		return unavailable(fmt.Errorf("%w: last synced %s ago (max_staleness %s)", ErrStale, now.Sub(st.SyncedAt).Round(time.Millisecond), e.cfg.MaxStaleness))
+	}
+	if minRev > st.Revision {
+		wctx, cancel := context.WithTimeout(ctx, e.cfg.MinRevisionWait)
+		defer cancel()
+		if err := e.tenancy.WaitRevision(wctx, minRev); err != nil {
+			return unavailable(fmt.Errorf("%w: want %d, have %d after %s", ErrRevisionNotReached, minRev, e.tenancy.State().Revision, e.cfg.MinRevisionWait))
+		}
+	}
+	return nil
+}
+
+var missingToken = &Token{Error: TokenMissing}
+
+func (e *Engine) verifyToken(ctx context.Context, authorization string) *Token {
+	if e.verifier == nil {
+		if authorization == "" {
+			return missingToken
+		}
+		if _, ok := BearerToken(authorization); !ok {
+			return missingToken
+		}
+		return &Token{Error: TokenUnknownIssuer}
+	}
+	return e.verifier.VerifyHeader(ctx, authorization)
+}
+
+// ParseRevision parses a minimum revision from a header or context
+// extension; "" is 0.
+func ParseRevision(s string) (uint64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	r, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("min revision %q is not a non-negative integer", s)
+	}
+	return r, nil
+}
+
+// NewDecisionID returns a random version-4 UUID. It uses the runtime's
+// per-thread ChaCha8 generator: unique and unpredictable enough for an id,
+// without a system call per decision.
+func NewDecisionID() string {
+	var b [16]byte
+	hi, lo := rand.Uint64(), rand.Uint64()
+	for i := range 8 {
+		b[i] = byte(hi >> (56 - 8*i))
+		b[8+i] = byte(lo >> (56 - 8*i))
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var out [36]byte
+	hex.Encode(out[0:8], b[0:4])
+	out[8] = '-'
+	hex.Encode(out[9:13], b[4:6])
+	out[13] = '-'
+	hex.Encode(out[14:18], b[6:8])
+	out[18] = '-'
+	hex.Encode(out[19:23], b[8:10])
+	out[23] = '-'
+	hex.Encode(out[24:], b[10:])
+	return string(out[:])
+}
+
+// printHook sends Rego print() output to the debug log.
+type printHook struct{ logger *slog.Logger }
+
+func (h printHook) Print(pctx print.Context, msg string) error {
+	loc := ""
+	if pctx.Location != nil {
+		loc = pctx.Location.String()
+	}
+	h.logger.Debug("rego print", "location", loc, "msg", msg)
+	return nil
+}

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/internal/netx"
+)
+
+// ServeConfig is the configuration file of `gatehouse serve` (SPEC §1).
+type ServeConfig struct {
+	// Listen holds the listener addresses.
+	Listen ListenConfig `yaml:"listen"`
+	// Policies locates the policy set and names the decision rule.
+	Policies authz.PolicyConfig `yaml:"policies"`
+	// Data configures tenancy data: cache folder, control endpoint, freshness.
+	Data DataConfig `yaml:"data"`
+	// Issuers are the trusted token issuers.
+	Issuers []authz.IssuerConfig `yaml:"issuers"`
+	// Log configures logging.
+	Log LogConfig `yaml:"log"`
+}
+
+// ListenConfig is the `listen:` section.
+type ListenConfig struct {
+	// GRPC is the ext_authz gRPC address (and grpc.health.v1).
+	GRPC string `yaml:"grpc"`
+	// HTTP is the ext_authz HTTP service address.
+	HTTP string `yaml:"http"`
+	// Ops serves /healthz, /readyz, /metrics, /v1/status.
+	Ops string `yaml:"ops"`
+	// TLS applies to the grpc and http listeners.
+	TLS netx.TLSConfig `yaml:"tls"`
+	// HTTPPathPrefix is stripped from HTTP service request paths.
+	HTTPPathPrefix string `yaml:"http_path_prefix"`
+	// Pprof serves /debug/pprof/ on the ops listener.
+	Pprof bool `yaml:"pprof"`
+}
+
+// DataConfig is the `data:` section.
+type DataConfig struct {
+	// Dir holds the bbolt cache file.
+	Dir string `yaml:"dir"`
+	// ControlURL is the control endpoint to sync tenancy data from ("" =
+	// no tenancy data: empty at revision 0).
+	ControlURL string `yaml:"control_url"`
+	// TokenFile holds the bearer token for the control endpoint.
+	TokenFile string `yaml:"token_file"`
+	// MaxStaleness: older data makes checks answer "cannot decide"; 0 = serve
+	// however old.
+	MaxStaleness time.Duration `yaml:"max_staleness"`
+	// MinRevisionWait bounds waiting for x-gatehouse-min-revision (default 1s).
+	MinRevisionWait time.Duration `yaml:"min_revision_wait"`
+}
+
+// LogConfig is the `log:` section.
+type LogConfig struct {
+	// Level is debug, info, warn or error (default info).
+	Level string `yaml:"level"`
+	// Format is json (default) or text.
+	Format string `yaml:"format"`
+}
+
+// SetDefaults fills unset fields.
+func (c *ServeConfig) SetDefaults() {
+	if c.Listen.GRPC == "" {
+		c.Listen.GRPC = "127.0.0.1:9191"
+	}
+	if c.Listen.HTTP == "" {
+		c.Listen.HTTP = "127.0.0.1:9192"
+	}
+	if c.Listen.Ops == "" {
+		c.Listen.Ops = "127.0.0.1:8181"
+	}
+	c.Policies.SetDefaults()
+	if c.Data.Dir == "" {
+		c.Data.Dir = "./var"
+	}
+	if c.Data.MinRevisionWait == 0 {
+		c.Data.MinRevisionWait = time.Second
+	}
+	for i := range c.Issuers {
+		c.Issuers[i].SetDefaults()
+	}
+	c.Log.SetDefaults()
+}
+
+// SetDefaults fills unset fields.
+func (c *LogConfig) SetDefaults() {
+	if c.Level == "" {
+		c.Level = "info"
+	}
+	if c.Format == "" {
+		c.Format = "json"
+	}
+}
+
+// Validate reports every problem, each naming the bad key and value.
+func (c ServeConfig) Validate() error {
+	errs := []error{
+		netx.ValidateAddr("listen.grpc", c.Listen.GRPC),
+		netx.ValidateAddr("listen.http", c.Listen.HTTP),
+		netx.ValidateAddr("listen.ops", c.Listen.Ops),
+		c.Listen.TLS.Validate(),
+		c.Policies.Validate(),
+		c.Log.Validate(),
+	}
+	if c.Data.MaxStaleness < 0 {
+		errs = append(errs, fmt.Errorf("data.max_staleness: %v is negative", c.Data.MaxStaleness))
+	}
+	if c.Data.MinRevisionWait < 0 {
+		errs = append(errs, fmt.Errorf("data.min_revision_wait: %v is negative", c.Data.MinRevisionWait))
+	}
+	if c.Data.ControlURL != "" && !strings.HasPrefix(c.Data.ControlURL, "http://") && !strings.HasPrefix(c.Data.ControlURL, "https://") {
+		errs = append(errs, fmt.Errorf("data.control_url: %q is not an http(s) URL", c.Data.ControlURL))
+	}
+	seen := map[string]bool{}
+	for _, is := range c.Issuers {
+		errs = append(errs, is.Validate())
+		if seen[is.Issuer] {
+			errs = append(errs, fmt.Errorf("issuers: %q is listed twice", is.Issuer))
+		}
+		seen[is.Issuer] = true
+	}
+	return errors.Join(errs...)
+}
+
+// Validate reports a bad level or format.
+func (c LogConfig) Validate() error {
+	var errs []error
+	switch c.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log.level: %q is not debug, info, warn or error", c.Level))
+	}
+	switch c.Format {
+	case "json", "text":
+	default:
+		errs = append(errs, fmt.Errorf("log.format: %q is not json or text", c.Format))
+	}
+	return errors.Join(errs...)
+}
+
+// resolvePaths makes the file paths of a configuration file relative to the
+// file's folder.
+func (c *ServeConfig) resolvePaths(base string) {
+	for _, p := range []*string{
+		&c.Policies.Dir, &c.Policies.Bundle.PublicKeyFile, &c.Policies.Bundle.TokenFile,
+		&c.Data.Dir, &c.Data.TokenFile,
+		&c.Listen.TLS.CertFile, &c.Listen.TLS.KeyFile, &c.Listen.TLS.ClientCAFile,
+	} {
+		*p = resolve(base, *p)
+	}
+	for i := range c.Issuers {
+		c.Issuers[i].JWKSFile = resolve(base, c.Issuers[i].JWKSFile)
+		c.Issuers[i].PublicKeyFile = resolve(base, c.Issuers[i].PublicKeyFile)
+	}
+}
+
+func resolve(base, p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(base, p)
+}
+
+// decodeYAMLFile reads a YAML file strictly (unknown keys are errors) into v.
+func decodeYAMLFile(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) { // an empty file is fine
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// envPrefix prefixes the environment variable of every flag:
+// --control-url → GATEHOUSE_CONTROL_URL.
+const envPrefix = "GATEHOUSE_"
+
+// applyEnv sets every flag not given on the command line from its
+// GATEHOUSE_* environment variable, so flags override the environment.
+func applyEnv(cmd *cobra.Command) error {
+	var errs []error
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if f.Changed || f.Name == "help" {
+			return
+		}
+		name := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok {
+			if err := cmd.Flags().Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}

@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/envoy"
+	"github.com/gatehouse-dev/gatehouse/ops"
+)
+
+// serveFlags are the flags of `serve` that override the configuration file.
+type serveFlags struct {
+	config     string
+	policies   string
+	dataDir    string
+	controlURL string
+	grpcAddr   string
+	httpAddr   string
+	opsAddr    string
+	decision   string
+	logLevel   string
+	logFormat  string
+}
+
+func newServeCmd() *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the ext_authz sidecar (gRPC :9191, HTTP :9192, ops :8181)",
+		Long: `Run the sidecar: Envoy ext_authz over gRPC (envoy.service.auth.v3.Authorization)
+and the HTTP service mode, ops endpoints (/healthz /readyz /metrics /v1/status),
+policies from a directory (hot reloaded) or a signed bundle, and tenancy data
+synced from a control endpoint into a local bbolt cache.
+
+Configuration comes from --config (YAML), overridden by GATEHOUSE_* environment
+variables (GATEHOUSE_CONTROL_URL for --control-url, ...), overridden by flags.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnv(cmd); err != nil {
+				return usageErr(err)
+			}
+			cfg, err := loadServeConfig(cmd, f)
+			if err != nil {
+				return usageErr(err)
+			}
+			logger := newLogger(cfg.Log, cmd.ErrOrStderr())
+			sc, err := newSidecar(cfg, logger)
+			if err != nil {
+				return usageErr(err)
+			}
+			if err := sc.Run(cmd.Context()); err != nil {
+				return failureErr(err)
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.config, "config", "", "YAML configuration file (paths in it are relative to its folder)")
+	fl.StringVar(&f.policies, "policies", "", "policy directory (policies.dir)")
+	fl.StringVar(&f.dataDir, "data-dir", "", "folder of the bbolt cache file (data.dir)")
+	fl.StringVar(&f.controlURL, "control-url", "", "control endpoint to sync tenancy data from (data.control_url)")
+	fl.StringVar(&f.grpcAddr, "grpc-addr", "", "ext_authz gRPC address, host:port or unix:///path (listen.grpc, default 127.0.0.1:9191)")
+	fl.StringVar(&f.httpAddr, "http-addr", "", "ext_authz HTTP service address (listen.http, default 127.0.0.1:9192)")
+	fl.StringVar(&f.opsAddr, "ops-addr", "", "ops address (listen.ops, default 127.0.0.1:8181)")
+	fl.StringVar(&f.decision, "decision", "", "decision rule path (policies.decision, default envoy/authz/allow)")
+	fl.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (log.level)")
+	fl.StringVar(&f.logFormat, "log-format", "", "json or text (log.format)")
+	return cmd
+}
+
+// loadServeConfig reads the file, applies the flags (and the environment,
+// already folded into them), fills defaults and validates.
+func loadServeConfig(cmd *cobra.Command, f serveFlags) (ServeConfig, error) {
+	var cfg ServeConfig
+	if f.config != "" {
+		if err := decodeYAMLFile(f.config, &cfg); err != nil {
+			return cfg, err
+		}
+		cfg.resolvePaths(filepath.Dir(f.config))
+	}
+	set := func(flag string, dst *string, v string) {
+		if cmd.Flags().Changed(flag) {
+			*dst = v
+		}
+	}
+	set("policies", &cfg.Policies.Dir, f.policies)
+	set("data-dir", &cfg.Data.Dir, f.dataDir)
+	set("control-url", &cfg.Data.ControlURL, f.controlURL)
+	set("grpc-addr", &cfg.Listen.GRPC, f.grpcAddr)
+	set("http-addr", &cfg.Listen.HTTP, f.httpAddr)
+	set("ops-addr", &cfg.Listen.Ops, f.opsAddr)
+	set("decision", &cfg.Policies.Decision, f.decision)
+	set("log-level", &cfg.Log.Level, f.logLevel)
+	set("log-format", &cfg.Log.Format, f.logFormat)
+	if cmd.Flags().Changed("policies") {
+		cfg.Policies.Bundle = authz.BundleSourceConfig{}
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// sidecar is the assembled `serve` process.
+type sidecar struct {
+	logger   *slog.Logger
+	registry *prometheus.Registry
+	verifier *authz.Verifier
+	engine   *authz.Engine
+	policies *authz.DirSource
+	ext      *envoy.Server
+	ops      *ops.Server
+	closers  []io.Closer
+}
+
+// newSidecar builds every component and opens the listeners.
+func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	verifier, err := authz.NewVerifier(authz.VerifierConfig{Issuers: cfg.Issuers, Registerer: reg}, logger)
+	if err != nil {
+		return nil, err
+	}
+	var tenancy authz.Tenancy = authz.EmptyTenancy()
+	engine := authz.New(authz.Config{
+		MaxStaleness:    cfg.Data.MaxStaleness,
+		MinRevisionWait: cfg.Data.MinRevisionWait,
+		Registerer:      reg,
+	}, verifier, tenancy, logger)
+	src, err := authz.NewDirSource(cfg.Policies, engine, logger)
+	if err != nil {
+		return nil, err
+	}
+	_ = src.Load() // a broken policy at start is reported; the sidecar stays unready and keeps watching
+	ext, err := envoy.New(envoy.Config{
+		GRPCAddr:       cfg.Listen.GRPC,
+		HTTPAddr:       cfg.Listen.HTTP,
+		TLS:            cfg.Listen.TLS,
+		HTTPPathPrefix: cfg.Listen.HTTPPathPrefix,
+		Registerer:     reg,
+	}, engine, logger)
+	if err != nil {
+		return nil, err
+	}
+	opsSrv := ops.New(ops.Config{Addr: cfg.Listen.Ops, Pprof: cfg.Listen.Pprof, Gatherer: reg, Registerer: reg}, engine, logger)
+	if err := ext.Listen(); err != nil {
+		return nil, err
+	}
+	if err := opsSrv.Listen(); err != nil {
+		return nil, err
+	}
+	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, ext: ext, ops: opsSrv}, nil
+}
+
+// Run serves until ctx is done, then shuts down in order: ext_authz drains
+// (health NOT_SERVING first), background work stops, stores close.
+func (s *sidecar) Run(ctx context.Context) error {
+	s.logger.Info("gatehouse serve starting", "version", version, "grpc", s.ext.GRPCAddr(), "http", s.ext.HTTPAddr(), "ops", s.ops.Addr())
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.ext.Serve(gctx) })
+	g.Go(func() error { return s.ops.Serve(gctx) })
+	g.Go(func() error { return s.policies.Run(gctx) })
+	g.Go(func() error { return s.verifier.Run(gctx) })
+	err := g.Wait()
+	for _, c := range s.closers {
+		if cerr := c.Close(); cerr != nil {
+			s.logger.Warn("close", "err", cerr)
+		}
+	}
+	s.logger.Info("gatehouse serve stopped")
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,443 @@
+package envoy
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"mime"
+	"mime/multipart"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/util"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// PartialBodyHeader is set by Envoy to "true" when it forwarded only part of
+// the request body (with_request_body.allow_partial_message).
+const PartialBodyHeader = "x-envoy-auth-partial-body"
+
+var (
+	keyAttributes    = ast.InternedTerm("attributes")
+	keyParsedPath    = ast.InternedTerm("parsed_path")
+	keyParsedQuery   = ast.InternedTerm("parsed_query")
+	keyParsedBody    = ast.InternedTerm("parsed_body")
+	keyTruncatedBody = ast.InternedTerm("truncated_body")
+	keyVersion       = ast.InternedTerm("version")
+	keySourcePrinc   = ast.InternedTerm("source_principal")
+	keyHeaders       = ast.InternedTerm("headers")
+
+	versionV3 = ast.NewTerm(ast.NewObject(
+		ast.Item(ast.InternedTerm("ext_authz"), ast.InternedTerm("v3")),
+		ast.Item(ast.InternedTerm("encoding"), ast.InternedTerm("protojson")),
+	))
+)
+
+// ErrMalformedRequest is returned by Input for a CheckRequest without HTTP
+// request attributes, or with a path that cannot be parsed. The gRPC server
+// answers it with INVALID_ARGUMENT (Envoy then applies status_on_error).
+var ErrMalformedRequest = errors.New("malformed CheckRequest")
+
+// BodyError is returned by Input when the request body cannot be parsed as
+// its content type says. The server answers it with a 400 deny without
+// evaluating, as opa-envoy-plugin does.
+type BodyError struct{ Err error }
+
+func (e *BodyError) Error() string { return "malformed request body: " + e.Err.Error() }
+
+// Unwrap returns the parse error.
+func (e *BodyError) Unwrap() error { return e.Err }
+
+// Input builds the policy input document (SPEC §3) for req: the CheckRequest
+// rendered with protojson's names and value encodings, plus parsed_path,
+// parsed_query, parsed_body, truncated_body, source_principal and version.
+// The engine adds token and tenancy_revision.
+func Input(req *authv3.CheckRequest) (ast.Object, error) {
+	httpReq := req.GetAttributes().GetRequest().GetHttp()
+	if httpReq == nil {
+		return nil, fmt.Errorf("%w: attributes.request.http is missing", ErrMalformedRequest)
+	}
+	attrs := messageValue(req.GetAttributes().ProtoReflect())
+	headers := RequestHeaders(httpReq)
+	if len(httpReq.GetHeaders()) == 0 && len(headers) > 0 {
+		// Envoy with encode_raw_headers sends header_map instead of
+		// headers; policies always see input...http.headers.
+		if h, ok := attrs.Get(ast.InternedTerm("request")).Value.(ast.Object); ok {
+			if hh, ok := h.Get(ast.InternedTerm("http")).Value.(ast.Object); ok {
+				hh.Insert(keyHeaders, ast.NewTerm(stringMap(headers)))
+			}
+		}
+	}
+
+	parsedPath, parsedQuery, err := parsePath(httpReq.GetPath())
+	if err != nil {
+		return nil, fmt.Errorf("%w: path %q: %v", ErrMalformedRequest, httpReq.GetPath(), err)
+	}
+	body, truncated, err := parseBody(headers, httpReq.GetBody(), httpReq.GetRawBody())
+	if err != nil {
+		return nil, &BodyError{Err: err}
+	}
+	in := ast.NewObject(
+		[2]*ast.Term{keyAttributes, ast.NewTerm(attrs)},
+		[2]*ast.Term{keyParsedPath, parsedPath},
+		[2]*ast.Term{keyParsedQuery, parsedQuery},
+		[2]*ast.Term{keyParsedBody, body},
+		[2]*ast.Term{keyTruncatedBody, ast.InternedTerm(truncated)},
+		[2]*ast.Term{keyVersion, versionV3},
+	)
+	if p := req.GetAttributes().GetSource().GetPrincipal(); p != "" {
+		in.Insert(keySourcePrinc, ast.StringTerm(p))
+	}
+	return in, nil
+}
+
+// RequestHeaders returns the request headers by lowercase name: the headers
+// map, or, when Envoy sent header_map (encode_raw_headers), its entries with
+// repeated names joined by ",".
+func RequestHeaders(h *authv3.AttributeContext_HttpRequest) map[string]string {
+	if len(h.GetHeaders()) > 0 || len(h.GetHeaderMap().GetHeaders()) == 0 {
+		return h.GetHeaders()
+	}
+	out := make(map[string]string, len(h.GetHeaderMap().GetHeaders()))
+	for _, hv := range h.GetHeaderMap().GetHeaders() {
+		k := strings.ToLower(hv.GetKey())
+		v := hv.GetValue()
+		if v == "" && len(hv.GetRawValue()) > 0 {
+			v = string(hv.GetRawValue())
+		}
+		if prev, ok := out[k]; ok {
+			v = prev + "," + v
+		}
+		out[k] = v
+	}
+	return out
+}
+
+func stringMap(m map[string]string) ast.Object {
+	obj := ast.NewObjectWithCapacity(len(m))
+	for k, v := range m {
+		obj.Insert(ast.StringTerm(k), ast.StringTerm(v))
+	}
+	return obj
+}
+
+// parsePath splits the percent-decoded path and parses the query, as
+// opa-envoy-plugin does: "/a/b?x=1" → ["a","b"], {"x": ["1"]}.
+func parsePath(path string) (*ast.Term, *ast.Term, error) {
+	rawPath, rawQuery, _ := strings.Cut(path, "?")
+	decoded, err := url.PathUnescape(rawPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	segs := strings.Split(strings.TrimLeft(decoded, "/"), "/")
+	terms := make([]*ast.Term, len(segs))
+	for i, s := range segs {
+		terms[i] = ast.StringTerm(s)
+	}
+	query, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ast.ArrayTerm(terms...), ast.NewTerm(valuesObject(query)), nil
+}
+
+func valuesObject(v url.Values) ast.Object {
+	obj := ast.NewObjectWithCapacity(len(v))
+	for k, vals := range v {
+		terms := make([]*ast.Term, len(vals))
+		for i, s := range vals {
+			terms[i] = ast.StringTerm(s)
+		}
+		obj.Insert(ast.StringTerm(k), ast.ArrayTerm(terms...))
+	}
+	return obj
+}
+
+var nullTerm = ast.NullTerm()
+
+// parseBody parses JSON, form and multipart bodies. A body Envoy marked as
+// partial, or shorter than its content-length, is not parsed: truncated.
+func parseBody(headers map[string]string, body string, raw []byte) (*ast.Term, bool, error) {
+	if headers[PartialBodyHeader] == "true" {
+		return nullTerm, true, nil
+	}
+	ct, ok := headers["content-type"]
+	if !ok {
+		return nullTerm, false, nil
+	}
+	payload := body
+	if payload == "" {
+		payload = string(raw)
+	}
+	if payload == "" {
+		return nullTerm, false, nil
+	}
+	if cl, ok := headers["content-length"]; ok {
+		n, err := strconv.ParseInt(cl, 10, 64)
+		if err != nil {
+			return nil, false, fmt.Errorf("content-length %q: %v", cl, err)
+		}
+		if n != -1 && n > int64(len(payload)) {
+			return nullTerm, true, nil
+		}
+	}
+	switch {
+	case strings.Contains(ct, "application/json"):
+		v, err := ast.ValueFromReader(strings.NewReader(payload))
+		if err != nil {
+			return nil, false, fmt.Errorf("JSON: %v", err)
+		}
+		return ast.NewTerm(v), false, nil
+	case strings.Contains(ct, "application/x-www-form-urlencoded"):
+		vals, err := url.ParseQuery(payload)
+		if err != nil {
+			return nil, false, fmt.Errorf("form: %v", err)
+		}
+		return ast.NewTerm(valuesObject(vals)), false, nil
+	case strings.Contains(ct, "multipart/form-data"):
+		return parseMultipart(ct, payload)
+	}
+	return nullTerm, false, nil
+}
+
+func parseMultipart(ct, payload string) (*ast.Term, bool, error) {
+	_, params, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return nil, false, fmt.Errorf("multipart content-type: %v", err)
+	}
+	boundary, ok := params["boundary"]
+	if !ok {
+		return nullTerm, false, nil
+	}
+	values := map[string][]*ast.Term{}
+	var order []string
+	mr := multipart.NewReader(strings.NewReader(payload), boundary)
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("multipart: %v", err)
+		}
+		name := p.FormName()
+		if name == "" {
+			continue
+		}
+		b, err := io.ReadAll(p)
+		if err != nil {
+			return nil, false, fmt.Errorf("multipart part %q: %v", name, err)
+		}
+		var t *ast.Term
+		if strings.Contains(p.Header.Get("Content-Type"), "application/json") {
+			var x any
+			if err := util.UnmarshalJSON(b, &x); err != nil {
+				return nil, false, fmt.Errorf("multipart part %q: JSON: %v", name, err)
+			}
+			v, err := ast.InterfaceToValue(x)
+			if err != nil {
+				return nil, false, err
+			}
+			t = ast.NewTerm(v)
+		} else {
+			t = ast.StringTerm(string(b))
+		}
+		if _, seen := values[name]; !seen {
+			order = append(order, name)
+		}
+		values[name] = append(values[name], t)
+	}
+	obj := ast.NewObjectWithCapacity(len(order))
+	for _, k := range order {
+		obj.Insert(ast.StringTerm(k), ast.ArrayTerm(values[k]...))
+	}
+	return ast.NewTerm(obj), false, nil
+}
+
+// messageValue renders a message as protojson would, directly as an OPA
+// object: JSON field names, populated fields only, 64-bit integers as
+// strings, bytes as base64, enums by name, well-known types in their JSON
+// form.
+func messageValue(m protoreflect.Message) ast.Object {
+	obj := ast.NewObjectWithCapacity(m.Descriptor().Fields().Len())
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		obj.Insert(ast.StringTerm(fd.JSONName()), ast.NewTerm(fieldValue(fd, v)))
+		return true
+	})
+	return obj
+}
+
+func fieldValue(fd protoreflect.FieldDescriptor, v protoreflect.Value) ast.Value {
+	switch {
+	case fd.IsMap():
+		mv := v.Map()
+		obj := ast.NewObjectWithCapacity(mv.Len())
+		vd := fd.MapValue()
+		mv.Range(func(k protoreflect.MapKey, val protoreflect.Value) bool {
+			obj.Insert(ast.StringTerm(k.String()), ast.NewTerm(singular(vd, val)))
+			return true
+		})
+		return obj
+	case fd.IsList():
+		l := v.List()
+		terms := make([]*ast.Term, l.Len())
+		for i := range terms {
+			terms[i] = ast.NewTerm(singular(fd, l.Get(i)))
+		}
+		return ast.NewArray(terms...)
+	}
+	return singular(fd, v)
+}
+
+func singular(fd protoreflect.FieldDescriptor, v protoreflect.Value) ast.Value {
+	switch fd.Kind() {
+	case protoreflect.BoolKind:
+		return ast.Boolean(v.Bool())
+	case protoreflect.StringKind:
+		return ast.String(v.String())
+	case protoreflect.BytesKind:
+		return ast.String(base64.StdEncoding.EncodeToString(v.Bytes()))
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
+		return ast.Number(strconv.FormatInt(v.Int(), 10))
+	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind:
+		return ast.Number(strconv.FormatUint(v.Uint(), 10))
+	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
+		return ast.String(strconv.FormatInt(v.Int(), 10))
+	case protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		return ast.String(strconv.FormatUint(v.Uint(), 10))
+	case protoreflect.FloatKind:
+		return floatValue(v.Float(), 32)
+	case protoreflect.DoubleKind:
+		return floatValue(v.Float(), 64)
+	case protoreflect.EnumKind:
+		if ev := fd.Enum().Values().ByNumber(v.Enum()); ev != nil {
+			return ast.String(ev.Name())
+		}
+		return ast.Number(strconv.FormatInt(int64(v.Enum()), 10))
+	case protoreflect.MessageKind, protoreflect.GroupKind:
+		return wellKnownOrMessage(v.Message())
+	}
+	return ast.Null{}
+}
+
+func floatValue(f float64, bits int) ast.Value {
+	switch {
+	case math.IsNaN(f):
+		return ast.String("NaN")
+	case math.IsInf(f, 1):
+		return ast.String("Infinity")
+	case math.IsInf(f, -1):
+		return ast.String("-Infinity")
+	}
+	return ast.Number(strconv.FormatFloat(f, 'g', -1, bits))
+}
+
+func wellKnownOrMessage(m protoreflect.Message) ast.Value {
+	switch m.Descriptor().FullName() {
+	case "google.protobuf.Timestamp":
+		if ts, ok := m.Interface().(*timestamppb.Timestamp); ok {
+			return ast.String(formatTimestamp(ts))
+		}
+	case "google.protobuf.Duration":
+		if d, ok := m.Interface().(*durationpb.Duration); ok {
+			return ast.String(formatDuration(d))
+		}
+	case "google.protobuf.Struct":
+		if s, ok := m.Interface().(*structpb.Struct); ok {
+			return structValue(s)
+		}
+	case "google.protobuf.Value":
+		if s, ok := m.Interface().(*structpb.Value); ok {
+			return valueValue(s)
+		}
+	case "google.protobuf.ListValue":
+		if s, ok := m.Interface().(*structpb.ListValue); ok {
+			return listValue(s)
+		}
+	case "google.protobuf.BoolValue", "google.protobuf.StringValue", "google.protobuf.BytesValue",
+		"google.protobuf.Int32Value", "google.protobuf.UInt32Value", "google.protobuf.Int64Value",
+		"google.protobuf.UInt64Value", "google.protobuf.FloatValue", "google.protobuf.DoubleValue":
+		fd := m.Descriptor().Fields().ByName("value")
+		return singular(fd, m.Get(fd))
+	case "google.protobuf.Any", "google.protobuf.FieldMask", "google.protobuf.Empty":
+		// Rare in CheckRequests: let protojson render them exactly.
+		b, err := protojson.Marshal(m.Interface())
+		if err != nil {
+			return ast.Null{}
+		}
+		v, err := ast.ValueFromReader(strings.NewReader(string(b)))
+		if err != nil {
+			return ast.Null{}
+		}
+		return v
+	}
+	return messageValue(m)
+}
+
+func structValue(s *structpb.Struct) ast.Object {
+	obj := ast.NewObjectWithCapacity(len(s.GetFields()))
+	for k, v := range s.GetFields() {
+		obj.Insert(ast.StringTerm(k), ast.NewTerm(valueValue(v)))
+	}
+	return obj
+}
+
+func listValue(l *structpb.ListValue) *ast.Array {
+	terms := make([]*ast.Term, len(l.GetValues()))
+	for i, v := range l.GetValues() {
+		terms[i] = ast.NewTerm(valueValue(v))
+	}
+	return ast.NewArray(terms...)
+}
+
+func valueValue(v *structpb.Value) ast.Value {
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_BoolValue:
+		return ast.Boolean(k.BoolValue)
+	case *structpb.Value_StringValue:
+		return ast.String(k.StringValue)
+	case *structpb.Value_NumberValue:
+		return floatValue(k.NumberValue, 64)
+	case *structpb.Value_StructValue:
+		return structValue(k.StructValue)
+	case *structpb.Value_ListValue:
+		return listValue(k.ListValue)
+	}
+	return ast.Null{}
+}
+
+// formatTimestamp follows protojson: RFC 3339 in UTC with 0, 3, 6 or 9
+// fractional digits.
+func formatTimestamp(ts *timestamppb.Timestamp) string {
+	t := time.Unix(ts.GetSeconds(), int64(ts.GetNanos())).UTC()
+	s := t.Format("2006-01-02T15:04:05.000000000")
+	s = strings.TrimSuffix(s, "000")
+	s = strings.TrimSuffix(s, "000")
+	s = strings.TrimSuffix(s, ".000")
+	return s + "Z"
+}
+
+// formatDuration follows protojson: seconds with 0, 3, 6 or 9 fractional
+// digits and an "s" suffix.
+func formatDuration(d *durationpb.Duration) string {
+	secs, nanos := d.GetSeconds(), d.GetNanos()
+	sign := ""
+	if secs < 0 || nanos < 0 {
+		sign, secs, nanos = "-", -secs, -nanos
+	}
+	s := fmt.Sprintf("%s%d.%09d", sign, secs, nanos)
+	s = strings.TrimSuffix(s, "000")
+	s = strings.TrimSuffix(s, "000")
+	s = strings.TrimSuffix(s, ".000")
+	return s + "s"
+}

@@ -1,0 +1,177 @@
+package envoy
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
+)
+
+// Headers Gatehouse owns. No client may set them: on allow, incoming ones
+// the decision does not set are removed before the request goes upstream.
+const (
+	// ReservedPrefix is the prefix of every Gatehouse header.
+	ReservedPrefix = "x-gatehouse-"
+	// HeaderDecisionID carries the decision id (HTTP service mode).
+	HeaderDecisionID = "x-gatehouse-decision-id"
+	// HeaderPolicyRevision carries the policy revision (HTTP service mode).
+	HeaderPolicyRevision = "x-gatehouse-policy-revision"
+	// HeaderTenancyRevision carries the tenancy revision (HTTP service mode).
+	HeaderTenancyRevision = "x-gatehouse-tenancy-revision"
+	// HeaderMinRevision asks for tenancy data at a minimum revision.
+	HeaderMinRevision = "x-gatehouse-min-revision"
+	// HeaderContextPrefix carries route context extensions in HTTP service
+	// mode (Envoy's authorization_request.headers_to_add).
+	HeaderContextPrefix = "x-gatehouse-context-"
+)
+
+// Metadata keys Gatehouse adds to every CheckResponse's dynamic_metadata.
+const (
+	MetaDecisionID      = "decision_id"
+	MetaPolicyRevision  = "policy_revision"
+	MetaTenancyRevision = "tenancy_revision"
+)
+
+// Response turns a decision into a CheckResponse. incoming are the request
+// headers (lowercase names), used to strip spoofed x-gatehouse-* headers.
+func Response(d *authz.Decision, incoming map[string]string) *authv3.CheckResponse {
+	resp := &authv3.CheckResponse{DynamicMetadata: dynamicMetadata(d)}
+	if d.Allowed {
+		resp.Status = &rpcstatus.Status{Code: int32(code.Code_OK)}
+		resp.HttpResponse = &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			Headers:                 headerOptions(d.Headers),
+			HeadersToRemove:         headersToRemove(d, incoming),
+			ResponseHeadersToAdd:    headerOptions(d.ResponseHeadersToAdd),
+			QueryParametersToSet:    queryParams(d.QueryParametersToSet),
+			QueryParametersToRemove: d.QueryParametersToRemove,
+		}}
+		return resp
+	}
+	st := d.Status()
+	c := code.Code_PERMISSION_DENIED
+	if st == 401 {
+		c = code.Code_UNAUTHENTICATED
+	}
+	resp.Status = &rpcstatus.Status{Code: int32(c)}
+	resp.HttpResponse = &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+		Status:  &typev3.HttpStatus{Code: typev3.StatusCode(st)},
+		Headers: headerOptions(d.Headers),
+		Body:    d.Body,
+	}}
+	return resp
+}
+
+// headerOptions maps decision headers to Envoy mutations: the first value of
+// a name overwrites what the request had, further values of the same name
+// are appended, so every value the policy gave arrives.
+func headerOptions(hs []authz.Header) []*corev3.HeaderValueOption {
+	if len(hs) == 0 {
+		return nil
+	}
+	out := make([]*corev3.HeaderValueOption, len(hs))
+	for i, h := range hs {
+		action := corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		for _, prev := range hs[:i] {
+			if strings.EqualFold(prev.Key, h.Key) {
+				action = corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
+				break
+			}
+		}
+		out[i] = &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: h.Key, Value: h.Value},
+			AppendAction: action,
+		}
+	}
+	return out
+}
+
+// headersToRemove is the policy's request_headers_to_remove plus every
+// incoming x-gatehouse-* header, minus the headers the decision sets (Envoy
+// applies removals after mutations, so removing one would drop it).
+func headersToRemove(d *authz.Decision, incoming map[string]string) []string {
+	var out []string
+	seen := map[string]bool{}
+	add := func(name string) {
+		n := strings.ToLower(name)
+		if seen[n] || d.HeaderSet(n) {
+			return
+		}
+		seen[n] = true
+		out = append(out, n)
+	}
+	for _, h := range d.RequestHeadersToRemove {
+		add(h)
+	}
+	for k := range incoming {
+		if len(k) > len(ReservedPrefix) && strings.EqualFold(k[:len(ReservedPrefix)], ReservedPrefix) {
+			add(k)
+		}
+	}
+	return out
+}
+
+func queryParams(ps []authz.Header) []*corev3.QueryParameter {
+	if len(ps) == 0 {
+		return nil
+	}
+	out := make([]*corev3.QueryParameter, len(ps))
+	for i, p := range ps {
+		out[i] = &corev3.QueryParameter{Key: p.Key, Value: p.Value}
+	}
+	return out
+}
+
+// dynamicMetadata merges the policy's dynamic metadata with the decision id
+// and revisions (Gatehouse's keys win).
+func dynamicMetadata(d *authz.Decision) *structpb.Struct {
+	fields := make(map[string]*structpb.Value, len(d.DynamicMetadata)+3)
+	for k, v := range d.DynamicMetadata {
+		fields[k] = jsonValue(v)
+	}
+	fields[MetaDecisionID] = structpb.NewStringValue(d.ID)
+	fields[MetaPolicyRevision] = structpb.NewStringValue(d.PolicyRevision)
+	fields[MetaTenancyRevision] = structpb.NewNumberValue(float64(d.TenancyRevision))
+	return &structpb.Struct{Fields: fields}
+}
+
+// jsonValue converts a decoded JSON value (numbers as json.Number) to a
+// protobuf Value.
+func jsonValue(v any) *structpb.Value {
+	switch v := v.(type) {
+	case nil:
+		return structpb.NewNullValue()
+	case bool:
+		return structpb.NewBoolValue(v)
+	case string:
+		return structpb.NewStringValue(v)
+	case json.Number:
+		f, err := v.Float64()
+		if err != nil {
+			return structpb.NewStringValue(v.String())
+		}
+		return structpb.NewNumberValue(f)
+	case float64:
+		return structpb.NewNumberValue(v)
+	case []any:
+		vals := make([]*structpb.Value, len(v))
+		for i, x := range v {
+			vals[i] = jsonValue(x)
+		}
+		return structpb.NewListValue(&structpb.ListValue{Values: vals})
+	case map[string]any:
+		fields := make(map[string]*structpb.Value, len(v))
+		for k, x := range v {
+			fields[k] = jsonValue(x)
+		}
+		return structpb.NewStructValue(&structpb.Struct{Fields: fields})
+	}
+	return structpb.NewStringValue(fmt.Sprint(v))
+}
