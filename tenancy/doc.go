@@ -1,0 +1,25 @@
+// Package tenancy is Gatehouse's multi-tenant authorization model: tenants
+// (with service-provider parents), users, projects with roles, project
+// grants, user grants and memberships (SPEC §5); its invariants; and its
+// layout in a bbolt file, shared by the control endpoint (the state of
+// record) and every sidecar's cache.
+//
+// # Layout
+//
+// Entities live in one bucket per collection ("e/<collection>": id → JSON,
+// prefixed by the 8-byte revision that last wrote the value). Secondary
+// indexes ("x/...": composite keys joined by NUL, empty values) make every
+// invariant check and cascade a prefix scan. Policy indexes ("i/...": the
+// documents under data.tenancy.index) are maintained on every write, so
+// policies never scan a collection. The "meta" bucket holds the revision.
+//
+// Writer applies raw changes and keeps every index in step; Apply adds the
+// invariants and cascades of the control API on top. Both work inside one
+// bbolt write transaction: a failed batch is rolled back whole.
+//
+// # Errors
+//
+// Apply and Decode return *Error, whose Status is the HTTP status the
+// control API answers with (400 malformed, 404 unknown id, 409 invariant or
+// reference violated, 422 invalid entity).
+package tenancy
