@@ -1,0 +1,832 @@
+package authz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Errors of the token verifier's configuration and key sources.
+var (
+	// ErrIssuerConfig is wrapped by every problem IssuerConfig.Validate and
+	// NewVerifier report about the issuers configuration.
+	ErrIssuerConfig = errors.New("invalid issuer config")
+	// ErrKeySource is wrapped when a public_key_file or jwks_file cannot be
+	// read or parsed, or holds no usable key (NewVerifier), and when a fetched
+	// JWKS document is unusable (IssuerStatus.LastError).
+	ErrKeySource = errors.New("unusable key source")
+	// ErrJWKSFetch is wrapped when fetching a jwks_url fails: transport
+	// error, non-200 status, or a body over 1 MiB. It is never returned by
+	// NewVerifier (the first fetch may fail; keys are fetched later) but shows
+	// in IssuerStatus.LastError and the logs.
+	ErrJWKSFetch = errors.New("fetch jwks")
+)
+
+// Defaults of IssuerConfig.
+const (
+	defaultTokenLeeway            = 30 * time.Second
+	defaultJWKSRefreshInterval    = 5 * time.Minute
+	defaultJWKSMinRefreshInterval = 5 * time.Second
+	defaultHTTPClientTimeout      = 10 * time.Second
+	// maxTokenBytes bounds the raw token accepted for verification; longer
+	// tokens are malformed (Envoy's default header limit is 60 KiB anyway).
+	maxTokenBytes = 64 << 10
+)
+
+// defaultTokenAlgorithms is IssuerConfig.Algorithms when it is empty.
+func defaultTokenAlgorithms() []string { return []string{"RS256", "ES256"} }
+
+// tenantIDPattern is the id syntax of SPEC §5, checked on IssuerConfig.Tenant.
+var tenantIDPattern = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,128}$`)
+
+// IssuerConfig is one trusted token issuer (the `issuers:` list of the serve
+// config). Exactly one of JWKSURL, JWKSFile and PublicKeyFile gives its keys.
+// File paths are used as given: the config loader resolves them relative to
+// the config file's folder.
+type IssuerConfig struct {
+	// Issuer is the exact `iss` claim of the issuer's tokens.
+	Issuer string `yaml:"issuer"`
+	// Audiences, when non-empty, requires the token's `aud` (string or
+	// array) to contain at least one of them.
+	Audiences []string `yaml:"audiences"`
+	// Algorithms is the allow-list of JWS algorithms; default [RS256, ES256].
+	// Only RS*, PS*, ES* and EdDSA are accepted: "none" and HS* never.
+	Algorithms []string `yaml:"algorithms"`
+	// JWKSURL is an http(s) URL serving the issuer's JWK Set.
+	JWKSURL string `yaml:"jwks_url"`
+	// JWKSFile is a file holding the issuer's JWK Set.
+	JWKSFile string `yaml:"jwks_file"`
+	// PublicKeyFile is a PEM file with one or more PUBLIC KEY, RSA PUBLIC KEY
+	// or CERTIFICATE blocks.
+	PublicKeyFile string `yaml:"public_key_file"`
+	// Leeway is the clock skew tolerated on exp and nbf. 0 means the
+	// default, 30s (for practically no leeway, set 1ns).
+	Leeway time.Duration `yaml:"leeway"`
+	// Tenant, when set, binds the issuer to a tenant: its tokens act only for
+	// users of that tenant (the policy enforces it via tenant_binding).
+	Tenant string `yaml:"tenant"`
+	// TrustTokenRoles lets the policy take roles from the token for subjects
+	// absent from the tenancy data (SPEC §6 step 6).
+	TrustTokenRoles bool `yaml:"trust_token_roles"`
+	// JWKSRefreshInterval is the period of the jwks_url refresh; default 5m.
+	JWKSRefreshInterval time.Duration `yaml:"jwks_refresh_interval"`
+	// JWKSMinRefreshInterval rate-limits the refreshes triggered by tokens
+	// naming an unknown kid; default 5s.
+	JWKSMinRefreshInterval time.Duration `yaml:"jwks_min_refresh_interval"`
+}
+
+// SetDefaults fills the unset (zero) fields with their defaults.
+func (c *IssuerConfig) SetDefaults() {
+	if len(c.Algorithms) == 0 {
+		c.Algorithms = defaultTokenAlgorithms()
+	}
+	if c.Leeway == 0 {
+		c.Leeway = defaultTokenLeeway
+	}
+	if c.JWKSRefreshInterval == 0 {
+		c.JWKSRefreshInterval = defaultJWKSRefreshInterval
+	}
+	if c.JWKSMinRefreshInterval == 0 {
+		c.JWKSMinRefreshInterval = defaultJWKSMinRefreshInterval
+	}
+}
+
+// Validate reports every problem of c, joined; each wraps ErrIssuerConfig and
+// names the issuer and the bad value. Unset fields are valid (SetDefaults
+// fills them).
+func (c IssuerConfig) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: issuer %q: %s", ErrIssuerConfig, c.Issuer, fmt.Sprintf(format, args...)))
+	}
+	if c.Issuer == "" {
+		bad("issuer must not be empty")
+	}
+	var sources []string
+	if c.JWKSURL != "" {
+		sources = append(sources, "jwks_url")
+	}
+	if c.JWKSFile != "" {
+		sources = append(sources, "jwks_file")
+	}
+	if c.PublicKeyFile != "" {
+		sources = append(sources, "public_key_file")
+	}
+	switch len(sources) {
+	case 0:
+		bad("no key source: set one of jwks_url, jwks_file, public_key_file")
+	case 1:
+	default:
+		bad("more than one key source (%s): set exactly one", strings.Join(sources, ", "))
+	}
+	if c.JWKSURL != "" {
+		u, err := url.Parse(c.JWKSURL)
+		switch {
+		case err != nil:
+			bad("jwks_url %q: %v", c.JWKSURL, err)
+		case u.Scheme != "https" && u.Scheme != "http":
+			bad("jwks_url %q: scheme must be https or http", c.JWKSURL)
+		case u.Host == "":
+			bad("jwks_url %q: no host", c.JWKSURL)
+		}
+	}
+	for _, alg := range c.Algorithms {
+		switch {
+		case tokenAlgorithmSupported(alg):
+		case strings.EqualFold(alg, "none"), strings.HasPrefix(strings.ToUpper(alg), "HS"):
+			bad("algorithm %q refused: Gatehouse verifies with public keys only (RS*, PS*, ES*, EdDSA)", alg)
+		default:
+			bad("algorithm %q unsupported (want RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512 or EdDSA)", alg)
+		}
+	}
+	for _, aud := range c.Audiences {
+		if aud == "" {
+			bad("audiences: empty audience")
+		}
+	}
+	if c.Tenant != "" && !tenantIDPattern.MatchString(c.Tenant) {
+		bad("tenant %q: not a valid tenant id", c.Tenant)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"leeway", c.Leeway},
+		{"jwks_refresh_interval", c.JWKSRefreshInterval},
+		{"jwks_min_refresh_interval", c.JWKSMinRefreshInterval},
+	} {
+		if d.v < 0 {
+			bad("%s %s: must not be negative", d.name, d.v)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// VerifierConfig configures a Verifier.
+type VerifierConfig struct {
+	// Issuers are the trusted issuers; none means every token is
+	// unknown_issuer.
+	Issuers []IssuerConfig
+	// CacheSize bounds the cached verified tokens; 0 means 10000, negative
+	// disables the cache.
+	CacheSize int
+	// Now is the clock (test hook); default time.Now.
+	Now func() time.Time
+	// HTTPClient fetches jwks_url (test hook); default a client with a 10s
+	// timeout.
+	HTTPClient *http.Client
+	// Registerer receives the verifier's metrics; nil means no metrics.
+	Registerer prometheus.Registerer
+}
+
+// TokenError is the code of an invalid token (SPEC §3), the `error` of
+// input.token. It implements error so that it can be matched with errors.Is.
+type TokenError string
+
+// The token error codes, in the order the checks are made.
+const (
+	// TokenMissing: no Authorization header, an empty one, or a non-Bearer scheme.
+	TokenMissing TokenError = "missing"
+	// TokenMalformed: not three base64url segments of JSON (or a claim of the wrong type).
+	TokenMalformed TokenError = "malformed"
+	// TokenUnknownIssuer: no iss, or an iss that is not configured.
+	TokenUnknownIssuer TokenError = "unknown_issuer"
+	// TokenUnsupportedAlgorithm: alg off the issuer's allow-list (incl. none
+	// and HS*), or not fitting the key's type or the JWK's own alg.
+	TokenUnsupportedAlgorithm TokenError = "unsupported_algorithm"
+	// TokenUnknownKey: no key for the kid, even after a JWKS refresh.
+	TokenUnknownKey TokenError = "unknown_key"
+	// TokenBadSignature: the signature does not verify.
+	TokenBadSignature TokenError = "bad_signature"
+	// TokenExpired: exp missing, or past beyond the leeway.
+	TokenExpired TokenError = "expired"
+	// TokenNotYetValid: nbf in the future beyond the leeway.
+	TokenNotYetValid TokenError = "not_yet_valid"
+	// TokenBadAudience: aud shares no value with the issuer's audiences.
+	TokenBadAudience TokenError = "bad_audience"
+)
+
+// tokenErrorCodes lists every TokenError, for metrics and shared results.
+func tokenErrorCodes() []TokenError {
+	return []TokenError{TokenMissing, TokenMalformed, TokenUnknownIssuer, TokenUnsupportedAlgorithm,
+		TokenUnknownKey, TokenBadSignature, TokenExpired, TokenNotYetValid, TokenBadAudience}
+}
+
+// Error returns "token " followed by the code.
+func (e TokenError) Error() string { return "token " + string(e) }
+
+// Token is the verification result. It is immutable once returned and may be
+// shared between goroutines: callers must not modify it, its Claims, or the
+// value returned by Value.
+type Token struct {
+	// Valid is true when the token verified.
+	Valid bool
+	// Error is the code when !Valid, "" when Valid.
+	Error TokenError
+	// Issuer is the verified iss.
+	Issuer string
+	// Subject is the verified sub ("" when absent).
+	Subject string
+	// Claims are all verified claims, numbers as json.Number.
+	Claims map[string]any
+	// TenantBinding is the issuer's tenant, "" when unbound.
+	TenantBinding string
+	// TrustTokenRoles is the issuer's trust_token_roles.
+	TrustTokenRoles bool
+	// ExpiresAt is the verified exp.
+	ExpiresAt time.Time
+
+	value ast.Value // input.token, built once by the Verifier
+}
+
+// Value returns input.token as an OPA value:
+//
+//	{"valid": true, "issuer": ..., "subject": ..., "claims": {...}, "tenant_binding": "...", "trust_token_roles": bool}
+//	{"valid": false, "error": "<code>"}
+//
+// For tokens returned by a Verifier it is built once, at verification; a
+// Token built by hand computes it on each call. A nil Token is "missing".
+func (t *Token) Value() ast.Value {
+	if t == nil {
+		return invalidTokenValue(TokenMissing)
+	}
+	if t.value != nil {
+		return t.value
+	}
+	return buildTokenValue(t)
+}
+
+// buildTokenValue builds input.token for t.
+func buildTokenValue(t *Token) ast.Value {
+	if !t.Valid {
+		code := t.Error
+		if code == "" {
+			code = TokenMalformed
+		}
+		return invalidTokenValue(code)
+	}
+	v, err := validTokenValue(t)
+	if err != nil {
+		// Unreachable for JSON-decoded claims; fail closed.
+		return invalidTokenValue(TokenMalformed)
+	}
+	return v
+}
+
+// validTokenValue builds input.token for a valid t.
+func validTokenValue(t *Token) (ast.Value, error) {
+	claims, err := ast.InterfaceToValue(map[string]any(t.Claims))
+	if err != nil {
+		return nil, err
+	}
+	return ast.NewObject(
+		[2]*ast.Term{ast.StringTerm("valid"), ast.BooleanTerm(true)},
+		[2]*ast.Term{ast.StringTerm("issuer"), ast.StringTerm(t.Issuer)},
+		[2]*ast.Term{ast.StringTerm("subject"), ast.StringTerm(t.Subject)},
+		[2]*ast.Term{ast.StringTerm("claims"), ast.NewTerm(claims)},
+		[2]*ast.Term{ast.StringTerm("tenant_binding"), ast.StringTerm(t.TenantBinding)},
+		[2]*ast.Term{ast.StringTerm("trust_token_roles"), ast.BooleanTerm(t.TrustTokenRoles)},
+	), nil
+}
+
+// invalidTokenValue is {"valid": false, "error": code}.
+func invalidTokenValue(code TokenError) ast.Value {
+	return ast.NewObject(
+		[2]*ast.Term{ast.StringTerm("valid"), ast.BooleanTerm(false)},
+		[2]*ast.Term{ast.StringTerm("error"), ast.StringTerm(string(code))},
+	)
+}
+
+// IssuerStatus is the key state of one issuer, for /v1/status and logs.
+type IssuerStatus struct {
+	// Issuer is the configured iss.
+	Issuer string `json:"issuer"`
+	// KeyCount is the number of usable keys held now.
+	KeyCount int `json:"key_count"`
+	// LastRefresh is when the keys were last loaded successfully (zero if never).
+	LastRefresh time.Time `json:"last_refresh"`
+	// LastError is the error of the last load, "" after a success.
+	LastError string `json:"last_error"`
+}
+
+// tokenIssuer is one configured issuer, ready to verify.
+type tokenIssuer struct {
+	cfg       IssuerConfig
+	validator *jwt.Validator // exp (required), nbf, with the issuer's leeway
+	keys      *issuerKeys
+}
+
+// allows reports whether alg is on the issuer's allow-list.
+func (is *tokenIssuer) allows(alg string) bool {
+	return tokenAlgorithmSupported(alg) && slices.Contains(is.cfg.Algorithms, alg)
+}
+
+// tokenMetrics are the verifier's Prometheus counters.
+type tokenMetrics struct {
+	results   map[TokenError]prometheus.Counter // "" = valid
+	cacheHits prometheus.Counter
+	refreshes *prometheus.CounterVec
+}
+
+// Verifier verifies bearer JWTs against the configured issuers and caches the
+// successful verifications.
+//
+// # Concurrency
+//
+// Verify, VerifyHeader and Status are safe for concurrent use, including
+// while Run refreshes keys.
+type Verifier struct {
+	logger  *slog.Logger
+	now     func() time.Time
+	parser  *jwt.Parser
+	issuers map[string]*tokenIssuer
+	ordered []*tokenIssuer // config order, for Status and Run
+	cache   *tokenCache    // nil when disabled
+	metrics *tokenMetrics  // nil without a Registerer
+	invalid map[TokenError]*Token
+}
+
+// NewVerifier validates cfg, loads the PEM and JWKS files and makes a first
+// fetch of every jwks_url. A failed fetch is not fatal: it is logged at Warn
+// and the keys are fetched on demand and by Run later. logger may be nil.
+func NewVerifier(cfg VerifierConfig, logger *slog.Logger) (*Verifier, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	v := &Verifier{
+		logger:  logger,
+		now:     cfg.Now,
+		parser:  jwt.NewParser(jwt.WithJSONNumber(), jwt.WithoutClaimsValidation()),
+		issuers: make(map[string]*tokenIssuer, len(cfg.Issuers)),
+		cache:   newTokenCache(cfg.CacheSize),
+		invalid: make(map[TokenError]*Token),
+	}
+	if v.now == nil {
+		v.now = time.Now
+	}
+	client := cfg.HTTPClient
+	if client == nil {
+		client = &http.Client{Timeout: defaultHTTPClientTimeout, CheckRedirect: refuseSchemeDowngrade}
+	}
+	for _, code := range tokenErrorCodes() {
+		t := &Token{Error: code}
+		t.value = buildTokenValue(t)
+		v.invalid[code] = t
+	}
+	if cfg.Registerer != nil {
+		m, err := newTokenMetrics(cfg.Registerer)
+		if err != nil {
+			return nil, err
+		}
+		v.metrics = m
+	}
+
+	var errs []error
+	for i := range cfg.Issuers {
+		ic := cfg.Issuers[i]
+		ic.Algorithms = slices.Clone(ic.Algorithms)
+		ic.Audiences = slices.Clone(ic.Audiences)
+		ic.SetDefaults()
+		if err := ic.Validate(); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if _, dup := v.issuers[ic.Issuer]; dup {
+			errs = append(errs, fmt.Errorf("%w: issuer %q: configured twice", ErrIssuerConfig, ic.Issuer))
+			continue
+		}
+		is := &tokenIssuer{
+			cfg: ic,
+			validator: jwt.NewValidator(jwt.WithLeeway(ic.Leeway), jwt.WithExpirationRequired(),
+				jwt.WithTimeFunc(v.now)),
+		}
+		is.keys = &issuerKeys{
+			issuer:      ic.Issuer,
+			url:         ic.JWKSURL,
+			client:      client,
+			minInterval: ic.JWKSMinRefreshInterval,
+			now:         v.now,
+			logger:      logger,
+			onChange:    v.keysChanged,
+			onResult:    v.refreshResult(ic.Issuer),
+		}
+		is.keys.set.Store(newKeySet(nil))
+		if err := v.loadStaticKeys(is); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		v.issuers[ic.Issuer] = is
+		v.ordered = append(v.ordered, is)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+
+	var wg sync.WaitGroup
+	for _, is := range v.ordered {
+		if is.cfg.JWKSURL != "" {
+			wg.Go(func() { _ = is.keys.refresh(context.Background(), false) })
+		}
+	}
+	wg.Wait()
+	for _, is := range v.ordered {
+		v.logIssuer(is)
+	}
+	return v, nil
+}
+
+// refuseSchemeDowngrade is the redirect policy of the default JWKS client:
+// at most 5 redirects, never from https to http (keys fetched over https
+// must not be replaceable by a network attacker through a redirect).
+func refuseSchemeDowngrade(req *http.Request, via []*http.Request) error {
+	if len(via) >= 5 {
+		return errors.New("stopped after 5 redirects")
+	}
+	if via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
+		return fmt.Errorf("refused redirect from https to %s", req.URL.Scheme)
+	}
+	return nil
+}
+
+// loadStaticKeys loads a public_key_file or jwks_file.
+func (v *Verifier) loadStaticKeys(is *tokenIssuer) error {
+	var (
+		path, kind string
+		isJWKS     bool
+	)
+	switch {
+	case is.cfg.PublicKeyFile != "":
+		path, kind = is.cfg.PublicKeyFile, "public_key_file"
+	case is.cfg.JWKSFile != "":
+		path, kind, isJWKS = is.cfg.JWKSFile, "jwks_file", true
+	default:
+		return nil
+	}
+	keys, err := loadKeyFile(path, isJWKS, v.logger, is.cfg.Issuer)
+	if err != nil {
+		return fmt.Errorf("%w: load %s %q for issuer %q: %w", ErrKeySource, kind, path, is.cfg.Issuer, err)
+	}
+	is.keys.set.Store(newKeySet(keys))
+	is.keys.lastRefresh = v.now()
+	return nil
+}
+
+// logIssuer logs an issuer's key state once at start, warning when no key
+// fits any allowed algorithm (every token would be unsupported_algorithm).
+func (v *Verifier) logIssuer(is *tokenIssuer) {
+	keys := is.keys.keys().keys
+	fitting := 0
+	for _, k := range keys {
+		if slices.ContainsFunc(is.cfg.Algorithms, k.fits) {
+			fitting++
+		}
+	}
+	if u, err := url.Parse(is.cfg.JWKSURL); err == nil && u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
+		v.logger.Warn("jwks_url is plain http: keys can be replaced by anyone on the path", "issuer", is.cfg.Issuer)
+	}
+	if len(keys) > 0 && fitting == 0 {
+		v.logger.Warn("no key of the issuer fits its algorithms", "issuer", is.cfg.Issuer,
+			"algorithms", is.cfg.Algorithms, "key_count", len(keys))
+		return
+	}
+	v.logger.Info("token issuer configured", "issuer", is.cfg.Issuer, "key_count", len(keys),
+		"algorithms", is.cfg.Algorithms, "tenant", is.cfg.Tenant)
+}
+
+// isLoopbackHost reports whether host is localhost or a loopback address.
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// keysChanged runs after any issuer's key set changed: cached results may
+// rest on a removed key, so they are all dropped.
+func (v *Verifier) keysChanged() {
+	if v.cache != nil {
+		v.cache.invalidate()
+	}
+}
+
+// refreshResult returns the metrics hook of one issuer's JWKS fetches.
+func (v *Verifier) refreshResult(issuer string) func(bool) {
+	if v.metrics == nil {
+		return nil
+	}
+	ok := v.metrics.refreshes.WithLabelValues(issuer, "ok")
+	failed := v.metrics.refreshes.WithLabelValues(issuer, "error")
+	return func(success bool) {
+		if success {
+			ok.Inc()
+		} else {
+			failed.Inc()
+		}
+	}
+}
+
+// Run refreshes every jwks_url periodically (JWKSRefreshInterval; sooner
+// after a failure) until ctx is done, and then returns nil. Fetches started
+// on demand by Verify are not waited for; each is bounded by 10s.
+func (v *Verifier) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, is := range v.ordered {
+		if is.cfg.JWKSURL != "" {
+			wg.Go(func() { is.keys.run(ctx, is.cfg.JWKSRefreshInterval) })
+		}
+	}
+	wg.Wait()
+	return nil
+}
+
+// Status returns the key state of every issuer, in configuration order.
+func (v *Verifier) Status() []IssuerStatus {
+	out := make([]IssuerStatus, 0, len(v.ordered))
+	for _, is := range v.ordered {
+		out = append(out, is.keys.status())
+	}
+	return out
+}
+
+// VerifyHeader verifies the bearer token of an Authorization header value:
+// no header, an empty one or another scheme is "missing".
+func (v *Verifier) VerifyHeader(ctx context.Context, authorization string) *Token {
+	raw, ok := BearerToken(authorization)
+	if !ok {
+		return v.count(v.invalid[TokenMissing])
+	}
+	return v.Verify(ctx, raw)
+}
+
+// Verify verifies raw (the token text, without "Bearer "). It never returns
+// nil. A successful result is cached until the token's exp (at most 10
+// minutes, and only while no issuer's key set changes).
+func (v *Verifier) Verify(ctx context.Context, raw string) *Token {
+	if raw == "" {
+		return v.count(v.invalid[TokenMissing])
+	}
+	if len(raw) > maxTokenBytes {
+		return v.count(v.invalid[TokenMalformed])
+	}
+	now := v.now()
+	var (
+		key tokenCacheKey
+		gen uint64
+	)
+	if v.cache != nil {
+		key = tokenCacheKeyOf(raw)
+		if t := v.cache.get(key, now); t != nil {
+			if v.metrics != nil {
+				v.metrics.cacheHits.Inc()
+			}
+			return v.count(t)
+		}
+		gen = v.cache.generation()
+	}
+	t := v.verify(ctx, raw)
+	if t.Valid && v.cache != nil {
+		v.cache.put(gen, key, t, now)
+	}
+	return v.count(t)
+}
+
+// count records t in the metrics and returns it.
+func (v *Verifier) count(t *Token) *Token {
+	if v.metrics != nil {
+		v.metrics.results[t.Error].Inc()
+	}
+	return t
+}
+
+// reject returns the shared result of code, logging why at Debug (never the
+// token itself).
+func (v *Verifier) reject(ctx context.Context, code TokenError, err error) *Token {
+	if err != nil && v.logger.Enabled(ctx, slog.LevelDebug) {
+		v.logger.DebugContext(ctx, "token rejected", "code", string(code), "err", err)
+	}
+	return v.invalid[code]
+}
+
+// verify does the full verification of raw.
+func (v *Verifier) verify(ctx context.Context, raw string) *Token {
+	var is *tokenIssuer
+	claims := jwt.MapClaims{}
+	keyfunc := func(t *jwt.Token) (any, error) {
+		var (
+			key any
+			err error
+		)
+		is, key, err = v.selectKey(ctx, t)
+		return key, err
+	}
+	parsed, err := v.parser.ParseWithClaims(raw, claims, keyfunc)
+	if err != nil {
+		return v.reject(ctx, v.classifyParseError(parsed, err), err)
+	}
+	if is == nil { // unreachable: the keyfunc ran and succeeded
+		return v.reject(ctx, TokenUnknownIssuer, errors.New("no issuer selected"))
+	}
+	// The signature verified: the claims below are trustworthy.
+	if err := is.validator.Validate(claims); err != nil {
+		switch {
+		case errors.Is(err, jwt.ErrInvalidType):
+			return v.reject(ctx, TokenMalformed, err)
+		case errors.Is(err, jwt.ErrTokenExpired), errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+			return v.reject(ctx, TokenExpired, err)
+		case errors.Is(err, jwt.ErrTokenNotValidYet):
+			return v.reject(ctx, TokenNotYetValid, err)
+		default:
+			return v.reject(ctx, TokenMalformed, err)
+		}
+	}
+	if len(is.cfg.Audiences) > 0 {
+		aud, err := claims.GetAudience()
+		if err != nil {
+			return v.reject(ctx, TokenMalformed, err)
+		}
+		if !slices.ContainsFunc(aud, func(a string) bool { return slices.Contains(is.cfg.Audiences, a) }) {
+			return v.reject(ctx, TokenBadAudience, fmt.Errorf("aud %q not among %q", aud, is.cfg.Audiences))
+		}
+	}
+	sub, err := claims.GetSubject()
+	if err != nil {
+		return v.reject(ctx, TokenMalformed, err)
+	}
+	exp, err := claims.GetExpirationTime()
+	if err != nil || exp == nil {
+		return v.reject(ctx, TokenExpired, err)
+	}
+	t := &Token{
+		Valid:           true,
+		Issuer:          is.cfg.Issuer,
+		Subject:         sub,
+		Claims:          map[string]any(claims),
+		TenantBinding:   is.cfg.Tenant,
+		TrustTokenRoles: is.cfg.TrustTokenRoles,
+		ExpiresAt:       exp.Time,
+	}
+	if t.value, err = validTokenValue(t); err != nil {
+		return v.reject(ctx, TokenMalformed, err)
+	}
+	return t
+}
+
+// selectKey is the Keyfunc: it picks the issuer from the (not yet verified)
+// iss, checks alg against the issuer's allow-list, and returns the issuer's
+// keys that may verify the token. Its errors are TokenErrors. Keys named by
+// the token itself (jwk, jku, x5u, x5c headers) are never used.
+func (v *Verifier) selectKey(ctx context.Context, t *jwt.Token) (*tokenIssuer, any, error) {
+	if _, ok := t.Header["crit"]; ok {
+		// RFC 7515 §4.1.11: critical extensions must be understood; we
+		// understand none.
+		return nil, nil, fmt.Errorf("%w: crit header present", TokenMalformed)
+	}
+	claims, _ := t.Claims.(jwt.MapClaims)
+	iss, _ := claims["iss"].(string)
+	is := v.issuers[iss]
+	if is == nil {
+		return nil, nil, fmt.Errorf("%w: iss %q", TokenUnknownIssuer, iss)
+	}
+	alg := t.Method.Alg()
+	if !is.allows(alg) {
+		return nil, nil, fmt.Errorf("%w: alg %q not allowed for issuer %q", TokenUnsupportedAlgorithm, alg, iss)
+	}
+	kid := ""
+	if k, present := t.Header["kid"]; present {
+		s, ok := k.(string)
+		if !ok {
+			return nil, nil, fmt.Errorf("%w: kid is not a string", TokenMalformed)
+		}
+		kid = s
+	}
+	set := is.keys.keys()
+	cands := set.withKid(kid)
+	if len(cands) == 0 && is.cfg.JWKSURL != "" {
+		_ = is.keys.refresh(ctx, true)
+		set = is.keys.keys()
+		cands = set.withKid(kid)
+	}
+	if len(cands) == 0 && kid != "" {
+		cands = set.withoutKid()
+	}
+	if len(cands) == 0 {
+		return nil, nil, fmt.Errorf("%w: no key for kid %q of issuer %q", TokenUnknownKey, kid, iss)
+	}
+	var fit []jwt.VerificationKey
+	for _, k := range cands {
+		if k.fits(alg) {
+			fit = append(fit, k.pub)
+		}
+	}
+	switch len(fit) {
+	case 0:
+		return nil, nil, fmt.Errorf("%w: no key for kid %q of issuer %q fits alg %q", TokenUnsupportedAlgorithm, kid, iss, alg)
+	case 1:
+		return is, fit[0], nil
+	default:
+		return is, jwt.VerificationKeySet{Keys: fit}, nil
+	}
+}
+
+// classifyParseError maps an error of ParseWithClaims to its code, keeping
+// the order of SPEC §3: malformed, unknown_issuer, unsupported_algorithm,
+// unknown_key, bad_signature.
+func (v *Verifier) classifyParseError(parsed *jwt.Token, err error) TokenError {
+	switch {
+	case errors.Is(err, jwt.ErrTokenMalformed), errors.Is(err, TokenMalformed):
+		return TokenMalformed
+	case errors.Is(err, TokenUnknownIssuer):
+		return TokenUnknownIssuer
+	case errors.Is(err, TokenUnsupportedAlgorithm):
+		return TokenUnsupportedAlgorithm
+	case errors.Is(err, TokenUnknownKey):
+		return TokenUnknownKey
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
+		return TokenBadSignature
+	case errors.Is(err, jwt.ErrTokenUnverifiable) && parsed != nil:
+		// The keyfunc did not run: the alg header is missing or names an
+		// algorithm golang-jwt does not know. The rest of the token was
+		// not checked yet, so check it here to keep the order of codes.
+		alg, ok := parsed.Header["alg"].(string)
+		if !ok || alg == "" {
+			return TokenMalformed
+		}
+		if parts := strings.Split(parsed.Raw, "."); len(parts) != 3 {
+			return TokenMalformed
+		} else if _, err := v.parser.DecodeSegment(parts[2]); err != nil {
+			return TokenMalformed
+		}
+		claims, _ := parsed.Claims.(jwt.MapClaims)
+		iss, _ := claims["iss"].(string)
+		if v.issuers[iss] == nil {
+			return TokenUnknownIssuer
+		}
+		return TokenUnsupportedAlgorithm
+	default:
+		return TokenMalformed
+	}
+}
+
+// newTokenMetrics registers (or reuses, when already registered by another
+// Verifier on the same registry) the verifier's metrics.
+func newTokenMetrics(reg prometheus.Registerer) (*tokenMetrics, error) {
+	results, err := registerTokenCollector(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gatehouse_token_verifications_total",
+		Help: "Bearer token verifications by result: valid, or the error code of input.token.",
+	}, []string{"result"}))
+	if err != nil {
+		return nil, err
+	}
+	hits, err := registerTokenCollector(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gatehouse_token_cache_hits_total",
+		Help: "Bearer token verifications answered from the verified-token cache.",
+	}))
+	if err != nil {
+		return nil, err
+	}
+	refreshes, err := registerTokenCollector(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gatehouse_jwks_refreshes_total",
+		Help: "JWKS fetches of jwks_url issuers by issuer and result (ok or error).",
+	}, []string{"issuer", "result"}))
+	if err != nil {
+		return nil, err
+	}
+	m := &tokenMetrics{
+		results:   map[TokenError]prometheus.Counter{"": results.WithLabelValues("valid")},
+		cacheHits: hits,
+		refreshes: refreshes,
+	}
+	for _, code := range tokenErrorCodes() {
+		m.results[code] = results.WithLabelValues(string(code))
+	}
+	return m, nil
+}
+
+// registerTokenCollector registers c, or returns the equal collector already
+// registered.
+func registerTokenCollector[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing, nil
+			}
+		}
+		return c, fmt.Errorf("register token metrics: %w", err)
+	}
+	return c, nil
+}
