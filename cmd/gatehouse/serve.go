@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/ops"
 )
@@ -118,6 +119,7 @@ type sidecar struct {
 	verifier *authz.Verifier
 	engine   *authz.Engine
 	policies *authz.DirSource
+	syncer   *bundle.Syncer
 	ext      *envoy.Server
 	ops      *ops.Server
 	closers  []io.Closer
@@ -132,6 +134,22 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		return nil, err
 	}
 	var tenancy authz.Tenancy = authz.EmptyTenancy()
+	var syncer *bundle.Syncer
+	var closers []io.Closer
+	if cfg.Data.ControlURL != "" {
+		store, err := bundle.OpenStore(bundle.StoreConfig{Dir: cfg.Data.Dir}, logger)
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, store)
+		tenancy = store
+		syncer = bundle.NewSyncer(bundle.SyncConfig{
+			ControlURL:   cfg.Data.ControlURL,
+			TokenFile:    cfg.Data.TokenFile,
+			CheckOnStart: true,
+			Registerer:   reg,
+		}, store, logger)
+	}
 	engine := authz.New(authz.Config{
 		MaxStaleness:    cfg.Data.MaxStaleness,
 		MinRevisionWait: cfg.Data.MinRevisionWait,
@@ -159,7 +177,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 	if err := opsSrv.Listen(); err != nil {
 		return nil, err
 	}
-	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, ext: ext, ops: opsSrv}, nil
+	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, syncer: syncer, ext: ext, ops: opsSrv, closers: closers}, nil
 }
 
 // Run serves until ctx is done, then shuts down in order: ext_authz drains
@@ -171,6 +189,9 @@ func (s *sidecar) Run(ctx context.Context) error {
 	g.Go(func() error { return s.ops.Serve(gctx) })
 	g.Go(func() error { return s.policies.Run(gctx) })
 	g.Go(func() error { return s.verifier.Run(gctx) })
+	if s.syncer != nil {
+		g.Go(func() error { return s.syncer.Run(gctx) })
+	}
 	err := g.Wait()
 	for _, c := range s.closers {
 		if cerr := c.Close(); cerr != nil {

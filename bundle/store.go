@@ -1,0 +1,563 @@
+package bundle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/storage"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/tenancy"
+)
+
+// CacheFile is the name of the cache file in the data directory.
+const CacheFile = "tenancy.db"
+
+// StoreConfig configures a Store.
+type StoreConfig struct {
+	// Dir holds the cache file.
+	Dir string
+	// MaxReadEntries bounds how many entries one read may decode (e.g. a
+	// policy reading a whole collection); larger reads fail the evaluation
+	// instead of exhausting memory. Default 200000.
+	MaxReadEntries int
+	// CacheEntries bounds the decoded-document cache (default 50000; <0
+	// disables it).
+	CacheEntries int
+	// Now is a test hook.
+	Now func() time.Time
+}
+
+// Store is the sidecar's tenancy cache: an OPA store serving data.tenancy
+// from a bbolt file. It implements authz.Tenancy.
+type Store struct {
+	storage.PolicyNotSupported
+	storage.TriggersNotSupported
+	storage.WritesNotSupported
+
+	cfg    StoreConfig
+	logger *slog.Logger
+	path   string
+
+	mu   sync.Mutex // serializes swaps and writes
+	db   atomic.Pointer[bolt.DB]
+	docs *docCache
+
+	state   atomic.Pointer[authz.TenancyState]
+	changed atomic.Pointer[chan struct{}] // closed when the revision advances
+	epoch   atomic.Pointer[string]
+
+	corrupt atomic.Bool // set when a read or check found damage
+	txnIDs  atomic.Uint64
+}
+
+var (
+	_ storage.Store = (*Store)(nil)
+	_ authz.Tenancy = (*Store)(nil)
+)
+
+// OpenStore opens (or creates) the cache in cfg.Dir. A damaged or foreign
+// file is set aside and replaced by an empty one; the store is then not
+// Present until a snapshot arrives.
+func OpenStore(cfg StoreConfig, logger *slog.Logger) (*Store, error) {
+	if cfg.MaxReadEntries == 0 {
+		cfg.MaxReadEntries = 200000
+	}
+	if cfg.CacheEntries == 0 {
+		cfg.CacheEntries = 50000
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	s := &Store{cfg: cfg, logger: logger, path: filepath.Join(cfg.Dir, CacheFile), docs: newDocCache(cfg.CacheEntries)}
+	ch := make(chan struct{})
+	s.changed.Store(&ch)
+	empty := ""
+	s.epoch.Store(&empty)
+	db, err := s.openFile(s.path)
+	if err != nil {
+		logger.Warn("tenancy cache unusable; setting it aside and waiting for a snapshot", "path", s.path, "err", err)
+		if err := s.setAside(s.path); err != nil {
+			return nil, err
+		}
+		if db, err = s.openFile(s.path); err != nil {
+			return nil, err
+		}
+	}
+	s.db.Store(db)
+	s.loadState(db)
+	return s, nil
+}
+
+// openFile opens a cache file and checks its schema; an empty file is
+// initialized.
+func (s *Store) openFile(path string) (db *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil { // bbolt panics on some damaged files
+			err = fmt.Errorf("open %q: damaged file: %v", path, r)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		return nil, fmt.Errorf("open %q: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket([]byte("meta")) == nil {
+			return tenancy.Init(tx)
+		}
+		return tenancy.Check(tx)
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %q: %w", path, err)
+	}
+	return db, nil
+}
+
+// setAside renames a damaged file out of the way, keeping it for analysis.
+func (s *Store) setAside(path string) error {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	dst := fmt.Sprintf("%s.corrupt-%d", path, s.cfg.Now().Unix())
+	if err := os.Rename(path, dst); err != nil {
+		return fmt.Errorf("set aside damaged cache %q: %w", path, err)
+	}
+	s.logger.Warn("damaged tenancy cache set aside", "path", dst)
+	return nil
+}
+
+// meta keys of the cache (besides tenancy's revision, epoch and schema)
+var metaSyncedAt = []byte("synced_at")
+
+// loadState reads revision, epoch and sync time from the file.
+func (s *Store) loadState(db *bolt.DB) {
+	st := authz.TenancyState{}
+	epoch := ""
+	_ = db.View(func(tx *bolt.Tx) error {
+		st.Revision = tenancy.Revision(tx)
+		epoch = tenancy.Epoch(tx)
+		if v := tx.Bucket([]byte("meta")).Get(metaSyncedAt); v != nil {
+			if t, err := time.Parse(time.RFC3339Nano, string(v)); err == nil {
+				st.SyncedAt = t
+			}
+		}
+		return nil
+	})
+	st.Present = epoch != ""
+	s.epoch.Store(&epoch)
+	s.publish(st)
+}
+
+// publish installs a new state and wakes revision waiters when it advanced.
+func (s *Store) publish(st authz.TenancyState) {
+	prev := s.state.Swap(&st)
+	if prev == nil || st.Revision != prev.Revision || st.Present != prev.Present {
+		ch := make(chan struct{})
+		old := s.changed.Swap(&ch)
+		close(*old)
+	}
+}
+
+// State implements authz.Tenancy.
+func (s *Store) State() authz.TenancyState { return *s.state.Load() }
+
+// Epoch returns the control endpoint history the cache belongs to, "" before
+// the first snapshot.
+func (s *Store) Epoch() string { return *s.epoch.Load() }
+
+// WaitRevision implements authz.Tenancy.
+func (s *Store) WaitRevision(ctx context.Context, rev uint64) error {
+	for {
+		ch := *s.changed.Load()
+		if st := s.State(); st.Present && st.Revision >= rev {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// markSynced records that the data was known current at t.
+func (s *Store) markSynced(t time.Time, lastErr string) {
+	st := s.State()
+	st.SyncedAt = t
+	st.LastError = lastErr
+	s.state.Store(&st)
+}
+
+// setError records a sync error without changing the data.
+func (s *Store) setError(msg string) {
+	st := s.State()
+	st.LastError = msg
+	s.state.Store(&st)
+}
+
+// Close closes the cache file.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if db := s.db.Load(); db != nil {
+		return db.Close()
+	}
+	return nil
+}
+
+// Corrupt reports whether damage was detected since the file was opened.
+func (s *Store) Corrupt() bool { return s.corrupt.Load() }
+
+// CheckFile runs bbolt's consistency check over the whole file. It is slow
+// on large files; the syncer runs it in the background after start.
+func (s *Store) CheckFile() error {
+	db := s.db.Load()
+	err := db.View(func(tx *bolt.Tx) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("consistency check: %v", r)
+			}
+		}()
+		for e := range tx.Check() {
+			return e
+		}
+		return nil
+	})
+	if err != nil {
+		s.corrupt.Store(true)
+	}
+	return err
+}
+
+// --- storage.Store ---
+
+type txn struct {
+	id  uint64
+	tx  *bolt.Tx
+	rev uint64
+}
+
+func (t *txn) ID() uint64 { return t.id }
+
+// NewTransaction opens a read transaction on the current file.
+func (s *Store) NewTransaction(_ context.Context, params ...storage.TransactionParams) (storage.Transaction, error) {
+	for _, p := range params {
+		if p.Write {
+			return nil, &storage.Error{Code: storage.InvalidTransactionErr, Message: "the tenancy cache is written by the syncer only"}
+		}
+	}
+	for range 3 {
+		db := s.db.Load()
+		tx, err := db.Begin(false)
+		if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+			continue // swapped for a new snapshot meanwhile
+		}
+		if err != nil {
+			return nil, &storage.Error{Code: storage.InternalErr, Message: "tenancy cache: " + err.Error()}
+		}
+		return &txn{id: s.txnIDs.Add(1), tx: tx, rev: tenancy.Revision(tx)}, nil
+	}
+	return nil, &storage.Error{Code: storage.InternalErr, Message: "tenancy cache: file swapped repeatedly"}
+}
+
+// TxnRevision implements authz.Tenancy.
+func (s *Store) TxnRevision(t storage.Transaction) uint64 {
+	if t, ok := t.(*txn); ok {
+		return t.rev
+	}
+	return 0
+}
+
+// Abort ends a read transaction.
+func (s *Store) Abort(_ context.Context, t storage.Transaction) {
+	if t, ok := t.(*txn); ok && t.tx != nil {
+		_ = t.tx.Rollback()
+	}
+}
+
+// Commit is not supported: the store is read-only to OPA.
+func (s *Store) Commit(context.Context, storage.Transaction) error {
+	return &storage.Error{Code: storage.InvalidTransactionErr, Message: "the tenancy cache is read-only"}
+}
+
+// Truncate is not supported.
+func (s *Store) Truncate(context.Context, storage.Transaction, storage.TransactionParams, storage.Iterator) error {
+	return &storage.Error{Code: storage.InvalidTransactionErr, Message: "the tenancy cache is read-only"}
+}
+
+// Read serves data.tenancy: path[0] is "tenancy".
+func (s *Store) Read(_ context.Context, t storage.Transaction, path storage.Path) (v any, err error) {
+	tt, ok := t.(*txn)
+	if !ok {
+		return nil, &storage.Error{Code: storage.InvalidTransactionErr, Message: "unknown transaction"}
+	}
+	if len(path) == 0 || path[0] != authz.TenancyRoot {
+		return nil, notFound(path)
+	}
+	defer func() {
+		if r := recover(); r != nil { // bbolt panics on damaged pages
+			s.corrupt.Store(true)
+			s.logger.Error("tenancy cache read failed: damaged file", "path", path.String(), "err", r)
+			v, err = nil, &storage.Error{Code: storage.InternalErr, Message: fmt.Sprintf("tenancy cache damaged: %v", r)}
+		}
+	}()
+	r := reader{s: s, tx: tt.tx, budget: s.cfg.MaxReadEntries}
+	val, err := r.read(path[1:])
+	if err != nil {
+		return nil, err
+	}
+	if val == nil {
+		return nil, notFound(path)
+	}
+	return val, nil
+}
+
+func notFound(path storage.Path) *storage.Error {
+	return &storage.Error{Code: storage.NotFoundErr, Message: path.String() + ": document does not exist"}
+}
+
+// reader resolves one Read inside a transaction.
+type reader struct {
+	s      *Store
+	tx     *bolt.Tx
+	budget int
+}
+
+func (r *reader) spend(n int) error {
+	r.budget -= n
+	if r.budget < 0 {
+		return &storage.Error{Code: storage.InternalErr, Message: fmt.Sprintf("tenancy read touches more than %d entries: use keyed lookups (data.tenancy.<collection>[id], data.tenancy.index.*)", r.s.cfg.MaxReadEntries)}
+	}
+	return nil
+}
+
+// read returns the value at rest (below data.tenancy), nil when absent.
+func (r *reader) read(rest []string) (ast.Value, error) {
+	for _, p := range rest {
+		if strings.IndexByte(p, 0) >= 0 {
+			return nil, nil // never part of a key: no composite-key confusion
+		}
+	}
+	if len(rest) == 0 {
+		obj := ast.NewObject()
+		for _, c := range tenancy.Collections {
+			v, err := r.read([]string{c})
+			if err != nil {
+				return nil, err
+			}
+			obj.Insert(ast.StringTerm(c), ast.NewTerm(v))
+		}
+		idx, err := r.read([]string{"index"})
+		if err != nil {
+			return nil, err
+		}
+		obj.Insert(ast.StringTerm("index"), ast.NewTerm(idx))
+		return obj, nil
+	}
+	if len(rest) == 1 && rest[0] == "index" {
+		obj := ast.NewObject()
+		for _, d := range tenancy.Docs {
+			if len(d.Path) == 2 && d.Path[0] == "index" {
+				v, err := r.doc(d, nil)
+				if err != nil {
+					return nil, err
+				}
+				obj.Insert(ast.StringTerm(d.Path[1]), ast.NewTerm(v))
+			}
+		}
+		return obj, nil
+	}
+	for _, d := range tenancy.Docs {
+		if len(rest) >= len(d.Path) && equalPrefix(rest, d.Path) {
+			return r.doc(d, rest[len(d.Path):])
+		}
+	}
+	return nil, nil
+}
+
+func equalPrefix(a, p []string) bool {
+	for i := range p {
+		if a[i] != p[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// doc reads keys (possibly fewer or more than the doc's depth) of d.
+func (r *reader) doc(d tenancy.Doc, keys []string) (ast.Value, error) {
+	b := r.tx.Bucket([]byte(d.Bucket))
+	if b == nil {
+		return nil, &storage.Error{Code: storage.InternalErr, Message: "tenancy cache: bucket " + d.Bucket + " missing"}
+	}
+	if len(keys) < d.Depth {
+		return r.subtree(d, b, keys)
+	}
+	leafKeys, below := keys[:d.Depth], keys[d.Depth:]
+	var leaf ast.Value
+	var err error
+	if d.IDSet {
+		leaf, err = r.idSet(b, leafKeys)
+	} else {
+		leaf, err = r.leaf(d.Bucket, b, leafKeys)
+	}
+	if err != nil || leaf == nil {
+		return nil, err
+	}
+	return navigate(leaf, below), nil
+}
+
+// leaf decodes the JSON document at a full key.
+func (r *reader) leaf(bucket string, b *bolt.Bucket, keys []string) (ast.Value, error) {
+	k := joinKey(keys)
+	raw := b.Get(k)
+	if raw == nil {
+		return nil, nil
+	}
+	if err := r.spend(1); err != nil {
+		return nil, err
+	}
+	return r.s.docs.decode(bucket, k, raw)
+}
+
+// idSet lists the ids stored after the key parts (sorted), nil when none.
+func (r *reader) idSet(b *bolt.Bucket, keys []string) (ast.Value, error) {
+	pre := append(joinKey(keys), 0)
+	var terms []*ast.Term
+	c := b.Cursor()
+	for k, _ := c.Seek(pre); k != nil && hasPrefix(k, pre); k, _ = c.Next() {
+		if err := r.spend(1); err != nil {
+			return nil, err
+		}
+		id := k[len(pre):]
+		if i := indexByte(id, 0); i >= 0 {
+			id = id[:i]
+		}
+		terms = append(terms, ast.StringTerm(string(id)))
+	}
+	if terms == nil {
+		return nil, nil
+	}
+	return ast.NewArray(terms...), nil
+}
+
+// subtree builds the nested object below a partial key (fewer parts than
+// the doc's depth) by scanning its prefix.
+func (r *reader) subtree(d tenancy.Doc, b *bolt.Bucket, keys []string) (ast.Value, error) {
+	var pre []byte
+	if len(keys) > 0 {
+		pre = append(joinKey(keys), 0)
+	}
+	root := ast.NewObject()
+	levels := d.Depth - len(keys) // key parts below pre that address a leaf
+	c := b.Cursor()
+	var k, v []byte
+	if pre == nil {
+		k, v = c.First()
+	} else {
+		k, v = c.Seek(pre)
+	}
+	for ; k != nil && hasPrefix(k, pre); k, v = c.Next() {
+		if err := r.spend(1); err != nil {
+			return nil, err
+		}
+		parts := strings.Split(string(k[len(pre):]), "\x00")
+		if len(parts) < levels || (d.IDSet && len(parts) < levels+1) {
+			continue
+		}
+		obj := root
+		for _, p := range parts[:levels-1] {
+			t := obj.Get(ast.StringTerm(p))
+			if t == nil {
+				t = ast.NewTerm(ast.NewObject())
+				obj.Insert(ast.StringTerm(p), t)
+			}
+			obj = t.Value.(ast.Object)
+		}
+		last := ast.StringTerm(parts[levels-1])
+		if d.IDSet {
+			t := obj.Get(last)
+			if t == nil {
+				t = ast.NewTerm(ast.NewArray())
+				obj.Insert(last, t)
+			}
+			t.Value = t.Value.(*ast.Array).Append(ast.StringTerm(parts[levels]))
+			continue
+		}
+		val, err := r.s.docs.decode(d.Bucket, k, v)
+		if err != nil {
+			return nil, err
+		}
+		obj.Insert(last, ast.NewTerm(val))
+	}
+	if root.Len() == 0 && len(keys) > 0 {
+		return nil, nil
+	}
+	return root, nil
+}
+
+// navigate walks the remaining path inside a document.
+func navigate(v ast.Value, path []string) ast.Value {
+	for _, p := range path {
+		switch x := v.(type) {
+		case ast.Object:
+			t := x.Get(ast.StringTerm(p))
+			if t == nil {
+				return nil
+			}
+			v = t.Value
+		case *ast.Array:
+			i, err := strconv.Atoi(p)
+			if err != nil || i < 0 || i >= x.Len() {
+				return nil
+			}
+			v = x.Elem(i).Value
+		default:
+			return nil
+		}
+	}
+	return v
+}
+
+func joinKey(parts []string) []byte {
+	n := len(parts)
+	for _, p := range parts {
+		n += len(p)
+	}
+	b := make([]byte, 0, n)
+	for i, p := range parts {
+		if i > 0 {
+			b = append(b, 0)
+		}
+		b = append(b, p...)
+	}
+	return b
+}
+
+func hasPrefix(k, pre []byte) bool {
+	return len(k) >= len(pre) && string(k[:len(pre)]) == string(pre)
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}

@@ -1,0 +1,384 @@
+package bundle
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dev/gatehouse/tenancy"
+)
+
+// SyncConfig configures a Syncer.
+type SyncConfig struct {
+	// ControlURL is the control endpoint, e.g. http://127.0.0.1:8282.
+	ControlURL string
+	// TokenFile holds the bearer token (re-read at every connection, so it
+	// can be rotated).
+	TokenFile string
+	// IdleTimeout: a change stream silent for longer (no change, no
+	// heartbeat) is considered dead and reconnected. Default 20s.
+	IdleTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the reconnect delay (defaults 100ms, 10s).
+	MinBackoff, MaxBackoff time.Duration
+	// CheckOnStart runs the cache file's consistency check in the background
+	// after start (default true via SetDefaults; tests may disable).
+	CheckOnStart bool
+	// HTTPClient is a test hook (default: no overall timeout, streams are
+	// long-lived).
+	HTTPClient *http.Client
+	// Now is a test hook.
+	Now func() time.Time
+	// Registerer receives sync metrics (nil: none).
+	Registerer prometheus.Registerer
+}
+
+// SetDefaults fills unset fields.
+func (c *SyncConfig) SetDefaults() {
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 20 * time.Second
+	}
+	if c.MinBackoff == 0 {
+		c.MinBackoff = 100 * time.Millisecond
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = 10 * time.Second
+	}
+	if c.HTTPClient == nil {
+		c.HTTPClient = &http.Client{}
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Syncer keeps a Store in step with a control endpoint: a snapshot when the
+// cache is empty, damaged, or too far behind, then the change stream.
+type Syncer struct {
+	cfg     SyncConfig
+	store   *Store
+	logger  *slog.Logger
+	metrics syncMetrics
+
+	lastPersist time.Time
+}
+
+type syncMetrics struct {
+	applied   prometheus.Counter
+	snapshots *prometheus.CounterVec
+	errors    prometheus.Counter
+	apply     prometheus.Histogram
+	lag       prometheus.Gauge
+}
+
+// NewSyncer returns a syncer feeding store.
+func NewSyncer(cfg SyncConfig, store *Store, logger *slog.Logger) *Syncer {
+	cfg.SetDefaults()
+	m := syncMetrics{
+		applied: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gatehouse_sync_revisions_applied_total", Help: "Revisions of the change feed applied to the cache.",
+		}),
+		snapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatehouse_sync_snapshots_total", Help: "Snapshots taken, by result (success, error).",
+		}, []string{"result"}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gatehouse_sync_errors_total", Help: "Sync connections that ended in an error.",
+		}),
+		apply: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "gatehouse_sync_apply_seconds", Help: "Time to apply a group of revisions to the cache.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		lag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "gatehouse_sync_lag_revisions", Help: "Control endpoint revision minus cache revision, as last heard.",
+		}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(m.applied, m.snapshots, m.errors, m.apply, m.lag)
+	}
+	return &Syncer{cfg: cfg, store: store, logger: logger, metrics: m}
+}
+
+// errGone means the feed no longer holds the cache's revision (or the
+// control endpoint has another history): a snapshot is needed.
+var errGone = errors.New("change history gone")
+
+// Run syncs until ctx is done.
+func (s *Syncer) Run(ctx context.Context) error {
+	if s.cfg.CheckOnStart && s.store.State().Present {
+		go func() {
+			start := time.Now()
+			if err := s.store.CheckFile(); err != nil {
+				s.logger.Error("tenancy cache failed its consistency check; rebuilding from a snapshot", "err", err)
+			} else {
+				s.logger.Info("tenancy cache consistency check passed", "duration", time.Since(start))
+			}
+		}()
+	}
+	backoff := s.cfg.MinBackoff
+	for ctx.Err() == nil {
+		var err error
+		progressed := false
+		if !s.store.State().Present || s.store.Corrupt() {
+			err = s.snapshot(ctx)
+			progressed = err == nil
+		} else {
+			progressed, err = s.follow(ctx)
+			if errors.Is(err, errGone) {
+				s.logger.Info("change history no longer covers the cache; taking a snapshot", "revision", s.store.State().Revision)
+				err = s.snapshot(ctx)
+				progressed = err == nil
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			s.metrics.errors.Inc()
+			s.store.setError(err.Error())
+			s.logger.Warn("tenancy sync interrupted; serving from the cache", "err", err, "revision", s.store.State().Revision, "retry_in", backoff)
+		}
+		if progressed {
+			backoff = s.cfg.MinBackoff
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		if !progressed {
+			backoff = min(backoff*2, s.cfg.MaxBackoff)
+		}
+	}
+	return nil
+}
+
+func (s *Syncer) request(ctx context.Context, path string, q url.Values) (*http.Response, error) {
+	u := strings.TrimRight(s.cfg.ControlURL, "/") + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	if s.cfg.TokenFile != "" {
+		tok, err := os.ReadFile(s.cfg.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("data.token_file: %w", err)
+		}
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	}
+	resp, err := s.cfg.HTTPClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", path, err)
+	}
+	if resp.StatusCode == http.StatusGone {
+		resp.Body.Close()
+		return nil, errGone
+	}
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(b)))
+	}
+	return resp, nil
+}
+
+// lineReader reads NDJSON lines, each bounded, with an idle timeout.
+type lineReader struct {
+	r    *bufio.Reader
+	body io.Closer
+	idle time.Duration
+}
+
+// maxLine bounds one line (a revision of up to 10,000 changes fits).
+const maxLine = 64 << 20
+
+func (lr *lineReader) next() (tenancy.FeedLine, error) {
+	var l tenancy.FeedLine
+	t := time.AfterFunc(lr.idle, func() { lr.body.Close() })
+	b, err := lr.r.ReadSlice('\n')
+	var long []byte
+	for errors.Is(err, bufio.ErrBufferFull) && len(long) < maxLine {
+		long = append(long, b...)
+		b, err = lr.r.ReadSlice('\n')
+	}
+	t.Stop()
+	if long != nil {
+		b = append(long, b...)
+	}
+	if err != nil {
+		if errors.Is(err, io.EOF) && len(b) > 0 {
+			return l, fmt.Errorf("stream cut inside a line (%d bytes)", len(b))
+		}
+		return l, err
+	}
+	if err := json.Unmarshal(b, &l); err != nil {
+		return l, fmt.Errorf("bad feed line: %w", err)
+	}
+	return l, nil
+}
+
+// buffered reports whether a complete line may already be waiting.
+func (lr *lineReader) buffered() bool { return lr.r.Buffered() > 0 }
+
+func (s *Syncer) open(resp *http.Response) *lineReader {
+	return &lineReader{r: bufio.NewReaderSize(resp.Body, 1<<20), body: resp.Body, idle: s.cfg.IdleTimeout}
+}
+
+// snapshot builds a new cache file from the control endpoint's snapshot.
+func (s *Syncer) snapshot(ctx context.Context) (err error) {
+	start := time.Now()
+	defer func() {
+		result := "success"
+		if err != nil {
+			result = "error"
+		}
+		s.metrics.snapshots.WithLabelValues(result).Inc()
+	}()
+	resp, err := s.request(ctx, "/v1/sync/snapshot", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	lr := s.open(resp)
+	head, err := lr.next()
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	if head.Type != tenancy.LineHeader || head.Epoch == "" {
+		return fmt.Errorf("snapshot: first line is %q, want a header with an epoch", head.Type)
+	}
+	b, err := s.store.BeginSnapshot(head.Revision, head.Epoch)
+	if err != nil {
+		return err
+	}
+	for {
+		l, err := lr.next()
+		if err != nil {
+			b.Abort()
+			return fmt.Errorf("snapshot at revision %d cut after %d entities: %w", head.Revision, b.Count(), err)
+		}
+		switch l.Type {
+		case tenancy.LineEntity:
+			if err := b.Put(l); err != nil {
+				b.Abort()
+				return err
+			}
+			continue
+		case tenancy.LineEnd:
+			if l.Count != b.Count() || l.Revision != head.Revision {
+				b.Abort()
+				return fmt.Errorf("snapshot: end line says %d entities at revision %d, received %d at %d", l.Count, l.Revision, b.Count(), head.Revision)
+			}
+			if err := b.Commit(s.cfg.Now()); err != nil {
+				return err
+			}
+			s.logger.Info("tenancy snapshot applied", "revision", head.Revision, "entities", l.Count, "duration", time.Since(start))
+			return nil
+		default:
+			b.Abort()
+			return fmt.Errorf("snapshot: unexpected %q line", l.Type)
+		}
+	}
+}
+
+// maxGroup bounds how many already-received revisions are applied together.
+const maxGroup = 512
+
+// follow streams changes after the cache's revision until the stream ends.
+// It reports whether any revision was applied or heartbeat received.
+func (s *Syncer) follow(ctx context.Context) (progressed bool, err error) {
+	st := s.store.State()
+	q := url.Values{"since": {strconv.FormatUint(st.Revision, 10)}, "epoch": {s.store.Epoch()}}
+	resp, err := s.request(ctx, "/v1/sync/changes", q)
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	lr := s.open(resp)
+	head, err := lr.next()
+	if err != nil {
+		return false, fmt.Errorf("changes: %w", err)
+	}
+	if head.Type != tenancy.LineHeader {
+		return false, fmt.Errorf("changes: first line is %q, want a header", head.Type)
+	}
+	if head.Epoch != "" && head.Epoch != s.store.Epoch() {
+		return false, errGone
+	}
+	s.heard(head.Revision)
+	var group []tenancy.FeedLine
+	for {
+		l, err := lr.next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return progressed, nil
+			}
+			return progressed, fmt.Errorf("changes after revision %d: %w", s.store.State().Revision, err)
+		}
+		switch l.Type {
+		case tenancy.LineRevision:
+			group = append(group, l)
+			if lr.buffered() && len(group) < maxGroup {
+				continue // more revisions already here: apply them in one transaction
+			}
+			if err := s.applyGroup(group); err != nil {
+				return progressed, err
+			}
+			group = group[:0]
+			progressed = true
+		case tenancy.LineHeartbeat:
+			progressed = true
+			s.heard(l.Revision)
+		default:
+			return progressed, fmt.Errorf("changes: unexpected %q line", l.Type)
+		}
+	}
+}
+
+func (s *Syncer) applyGroup(group []tenancy.FeedLine) error {
+	start := time.Now()
+	now := s.cfg.Now()
+	if err := s.store.ApplyRevisions(group, now); err != nil {
+		return err
+	}
+	s.lastPersist = now
+	s.metrics.apply.Observe(time.Since(start).Seconds())
+	s.metrics.applied.Add(float64(len(group)))
+	last := group[len(group)-1].Revision
+	s.metrics.lag.Set(0)
+	s.logger.Debug("tenancy revisions applied", "from", group[0].Revision, "to", last, "duration", time.Since(start))
+	return nil
+}
+
+// heard records contact with a control endpoint at revision rev: the data
+// is current up to now if the cache has caught up.
+func (s *Syncer) heard(rev uint64) {
+	now := s.cfg.Now()
+	local := s.store.State().Revision
+	if rev > local {
+		s.metrics.lag.Set(float64(rev - local))
+		return
+	}
+	s.metrics.lag.Set(0)
+	s.store.markSynced(now, "")
+	if now.Sub(s.lastPersist) > 10*time.Second {
+		if err := s.store.persistSyncedAt(now); err == nil {
+			s.lastPersist = now
+		}
+	}
+}
