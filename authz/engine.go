@@ -88,11 +88,15 @@ type activeSet struct {
 }
 
 // New returns an engine with no policy set; Decide answers "not ready" until
-// SetPolicy is called. A nil tenancy means EmptyTenancy.
+// SetPolicy is called. A nil tenancy means EmptyTenancy; a nil verifier
+// trusts no issuer.
 func New(cfg Config, verifier *Verifier, tenancy Tenancy, logger *slog.Logger) *Engine {
 	cfg.SetDefaults()
 	if tenancy == nil {
 		tenancy = EmptyTenancy()
+	}
+	if verifier == nil {
+		verifier, _ = NewVerifier(VerifierConfig{}, logger) // no issuers: cannot fail
 	}
 	e := &Engine{cfg: cfg, logger: logger, verifier: verifier, tenancy: tenancy}
 	e.loads = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -191,7 +195,7 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		return nil, err
 	}
 
-	tok := e.verifyToken(ctx, req.Authorization)
+	tok := e.verifier.VerifyHeader(ctx, req.Authorization)
 
 	txn, err := a.store.NewTransaction(ctx)
 	if err != nil {
@@ -264,21 +268,6 @@ func (e *Engine) fresh(ctx context.Context, now time.Time, minRev uint64) error 
 		}
 	}
 	return nil
-}
-
-var missingToken = &Token{Error: TokenMissing}
-
-func (e *Engine) verifyToken(ctx context.Context, authorization string) *Token {
-	if e.verifier == nil {
-		if authorization == "" {
-			return missingToken
-		}
-		if _, ok := BearerToken(authorization); !ok {
-			return missingToken
-		}
-		return &Token{Error: TokenUnknownIssuer}
-	}
-	return e.verifier.VerifyHeader(ctx, authorization)
 }
 
 // ParseRevision parses a minimum revision from a header or context
