@@ -1,0 +1,181 @@
+# METADATA
+# title: Gatehouse default ext_authz policy
+# description: |
+#   Multi-tenant authorization (SPEC §6). The route names its project
+#   (context extension "project"), optionally the roles it needs ("roles",
+#   any one allows) and where the target tenant comes from ("tenant_from":
+#   path, header, host or token). The first failing step decides the reason.
+package envoy.authz
+
+import data.gatehouse.tenancy
+
+# The decision: allowed with identity headers for the upstream, or a deny
+# with a precise reason. A safety net keeps it defined whatever happens.
+default allow := {
+	"allowed": false,
+	"http_status": 403,
+	"headers": {"content-type": "application/json"},
+	"body": "{\"error\":\"access denied\",\"reason\":\"denied\"}",
+	"reason": "denied",
+}
+
+allow := {
+	"allowed": true,
+	"headers": {
+		"x-gatehouse-user": input.token.subject,
+		"x-gatehouse-tenant": tenant,
+		"x-gatehouse-roles": concat(",", sort(effective)),
+	},
+	"dynamic_metadata": {"reason": "allowed", "user": input.token.subject, "tenant": tenant, "project": project},
+	"reason": "allowed",
+} if {
+	reason == "allowed"
+}
+
+allow := {
+	"allowed": false,
+	"http_status": status[reason],
+	"headers": object.union({"content-type": "application/json"}, challenge[reason]),
+	"body": json.marshal({"error": message, "reason": reason}),
+	"reason": reason,
+} if {
+	reason != "allowed"
+}
+
+# Route settings (Envoy per-route context_extensions).
+route := object.get(input, ["attributes", "contextExtensions"], {})
+
+project := route.project if route.project != ""
+
+required := tenancy.route_roles(object.get(route, "roles", ""))
+
+# The subject, when it is present in the tenancy data.
+user := data.tenancy.users[input.token.subject] if input.token.valid
+
+# Subjects of issuers with trust_token_roles may be absent from the data.
+trusted if {
+	input.token.valid
+	input.token.trust_token_roles == true
+	not user
+}
+
+requested := tenancy.requested_tenant(object.get(route, "tenant_from", "path"))
+
+# The target tenant: named by the request, else the user's home tenant.
+tenant := requested
+
+tenant := user.tenant if not requested
+
+# Effective roles: from the data for known users, from the token for
+# trusted subjects absent from the data.
+effective := tenancy.effective_roles(input.token.subject, project, tenant) if user
+
+effective := tenancy.token_roles(input.token.claims, project, tenant) if trusted
+
+default effective := set()
+
+# reason is the first failing step of SPEC §6, or "allowed".
+reason := "missing_token" if {
+	input.token.error == "missing"
+} else := "invalid_token" if {
+	not input.token.valid
+} else := "invalid_token" if {
+	binding := input.token.tenant_binding
+	binding != ""
+	user.tenant != binding
+} else := "unknown_user" if {
+	not user
+	not trusted
+} else := "user_inactive" if {
+	user.status != "active"
+} else := "tenant_inactive" if {
+	not tenancy.tenant_active(user.tenant)
+} else := "tenant_unknown" if {
+	trusted
+	not requested
+} else := "invalid_token" if {
+	trusted
+	binding := input.token.tenant_binding
+	binding != ""
+	requested != binding
+} else := "tenant_unknown" if {
+	not tenant_known
+} else := "tenant_inactive" if {
+	not tenancy.tenant_active(tenant)
+} else := "project_unknown" if {
+	not project_known
+} else := "tenant_not_granted" if {
+	not granted
+} else := "role_required" if {
+	count(required) > 0
+	count(required & effective) == 0
+} else := "no_role" if {
+	count(required) == 0
+	count(effective) == 0
+} else := "allowed"
+
+# Named conditions, so that an undefined tenant or project makes them false
+# (a negated expression must not reference an undefined value).
+tenant_known if data.tenancy.tenants[tenant]
+
+project_known if data.tenancy.projects[project]
+
+granted if tenancy.tenant_roles(project, tenant)
+
+status := {
+	"missing_token": 401,
+	"invalid_token": 401,
+	"unknown_user": 403,
+	"user_inactive": 403,
+	"tenant_inactive": 403,
+	"tenant_unknown": 403,
+	"project_unknown": 403,
+	"tenant_not_granted": 403,
+	"role_required": 403,
+	"no_role": 403,
+}
+
+challenge := {
+	"missing_token": {"www-authenticate": "Bearer"},
+	"invalid_token": {"www-authenticate": "Bearer error=\"invalid_token\""},
+	"unknown_user": {},
+	"user_inactive": {},
+	"tenant_inactive": {},
+	"tenant_unknown": {},
+	"project_unknown": {},
+	"tenant_not_granted": {},
+	"role_required": {},
+	"no_role": {},
+}
+
+message := "a bearer token is required" if {
+	reason == "missing_token"
+} else := sprintf("the bearer token was rejected (%s)", [input.token.error]) if {
+	reason == "invalid_token"
+	input.token.error
+} else := "the token's issuer is bound to another tenant" if {
+	reason == "invalid_token"
+} else := sprintf("user %q is unknown", [input.token.subject]) if {
+	reason == "unknown_user"
+} else := sprintf("user %q is not active", [input.token.subject]) if {
+	reason == "user_inactive"
+} else := sprintf("tenant %q is not active", [user.tenant]) if {
+	reason == "tenant_inactive"
+	not tenancy.tenant_active(user.tenant)
+} else := sprintf("tenant %q is not active", [tenant]) if {
+	reason == "tenant_inactive"
+} else := sprintf("tenant %q is unknown", [tenant]) if {
+	reason == "tenant_unknown"
+} else := "the request names no tenant" if {
+	reason == "tenant_unknown"
+} else := sprintf("project %q is unknown", [project]) if {
+	reason == "project_unknown"
+} else := "the route names no project" if {
+	reason == "project_unknown"
+} else := sprintf("tenant %q has no access to project %q", [tenant, project]) if {
+	reason == "tenant_not_granted"
+} else := sprintf("one of the roles %v is required", [concat(", ", sort(required))]) if {
+	reason == "role_required"
+} else := sprintf("user %q has no role on project %q in tenant %q", [input.token.subject, project, tenant]) if {
+	reason == "no_role"
+} else := "access denied"

@@ -1,0 +1,318 @@
+package envoy.authz_test
+
+import data.envoy.authz
+import data.gatehouse.testing
+
+# The demo world: ACME is a service provider (ZITADEL's vendor, Mender's SP
+# tenant) with customers Alpha and Beta and a partner; Globex is another
+# service provider with a customer of its own; OldCo is suspended.
+raw := {
+	"tenants": {
+		"acme": {"id": "acme", "name": "ACME", "parent": null, "kind": "service_provider", "status": "active"},
+		"alpha": {"id": "alpha", "name": "Alpha", "parent": "acme", "kind": "customer", "status": "active"},
+		"beta": {"id": "beta", "name": "Beta", "parent": "acme", "kind": "customer", "status": "active"},
+		"partners": {"id": "partners", "name": "Partners", "parent": "acme", "kind": "partner", "status": "active"},
+		"globex": {"id": "globex", "name": "Globex", "parent": null, "kind": "service_provider", "status": "active"},
+		"initech": {"id": "initech", "name": "Initech", "parent": "globex", "kind": "customer", "status": "active"},
+		"oldco": {"id": "oldco", "name": "OldCo", "parent": null, "kind": "vendor", "status": "suspended"},
+	},
+	"users": {
+		"carol": {"id": "carol", "tenant": "acme", "kind": "human", "status": "active"},
+		"alice": {"id": "alice", "tenant": "alpha", "kind": "human", "status": "active"},
+		"mallory": {"id": "mallory", "tenant": "alpha", "kind": "human", "status": "active"},
+		"bob": {"id": "bob", "tenant": "beta", "kind": "human", "status": "active"},
+		"dave": {"id": "dave", "tenant": "beta", "kind": "human", "status": "suspended"},
+		"erin": {"id": "erin", "tenant": "partners", "kind": "human", "status": "active"},
+		"frank": {"id": "frank", "tenant": "initech", "kind": "machine", "status": "active"},
+	},
+	"projects": {
+		"timekeeping": {"id": "timekeeping", "owner": "acme", "roles": ["accountant", "admin", "developer"]},
+		"portal": {"id": "portal", "owner": "acme", "roles": ["admin", "reader", "support:read", "support:write"]},
+		"dashboard": {"id": "dashboard", "owner": "acme", "roles": ["admin", "viewer"]},
+		"partner-app": {"id": "partner-app", "owner": "acme", "roles": ["partner"]},
+		"devices": {"id": "devices", "owner": "globex", "roles": ["operator"]},
+		"legacy": {"id": "legacy", "owner": "oldco", "roles": ["user"]},
+	},
+	"project_grants": {
+		"tk-alpha": {"id": "tk-alpha", "project": "timekeeping", "tenant": "alpha", "roles": ["accountant", "developer"], "status": "active"},
+		"tk-beta": {"id": "tk-beta", "project": "timekeeping", "tenant": "beta", "roles": ["accountant", "developer"], "status": "active"},
+		"portal-alpha": {"id": "portal-alpha", "project": "portal", "tenant": "alpha", "roles": ["reader"], "status": "active"},
+		"portal-beta": {"id": "portal-beta", "project": "portal", "tenant": "beta", "roles": ["reader", "support:read"], "status": "active"},
+		"partner-app-partners": {"id": "partner-app-partners", "project": "partner-app", "tenant": "partners", "roles": ["partner"], "status": "active"},
+		"devices-initech": {"id": "devices-initech", "project": "devices", "tenant": "initech", "roles": ["operator"], "status": "active"},
+		"legacy-beta": {"id": "legacy-beta", "project": "legacy", "tenant": "beta", "roles": ["user"], "status": "active"},
+	},
+	"user_grants": {
+		"carol-dashboard": {"id": "carol-dashboard", "user": "carol", "project": "dashboard", "tenant": "acme", "roles": ["admin"]},
+		"carol-portal": {"id": "carol-portal", "user": "carol", "project": "portal", "tenant": "acme", "roles": ["admin"]},
+		"bob-tk": {"id": "bob-tk", "user": "bob", "project": "timekeeping", "tenant": "beta", "roles": ["developer"]},
+		"bob-portal": {"id": "bob-portal", "user": "bob", "project": "portal", "tenant": "beta", "roles": ["support:read"]},
+		"bob-legacy": {"id": "bob-legacy", "user": "bob", "project": "legacy", "tenant": "beta", "roles": ["user"]},
+		"alice-tk-beta": {"id": "alice-tk-beta", "user": "alice", "project": "timekeeping", "tenant": "beta", "roles": ["accountant"]},
+		"alice-portal": {"id": "alice-portal", "user": "alice", "project": "portal", "tenant": "alpha", "roles": ["reader"]},
+		"dave-tk": {"id": "dave-tk", "user": "dave", "project": "timekeeping", "tenant": "beta", "roles": ["developer"]},
+		"erin-partner": {"id": "erin-partner", "user": "erin", "project": "partner-app", "tenant": "partners", "roles": ["partner"]},
+		"frank-devices": {"id": "frank-devices", "user": "frank", "project": "devices", "tenant": "initech", "roles": ["operator"]},
+	},
+}
+
+world := testing.world(raw)
+
+# decide evaluates the policy for a request in a world.
+decide(w, req) := d if {
+	d := authz.allow with data.tenancy as w with input as req
+}
+
+allowed(w, req) if decide(w, req).allowed
+
+reason(w, req) := decide(w, req).reason
+
+route(project) := {"project": project}
+
+route_roles(project, roles) := {"project": project, "roles": roles}
+
+patch(ops) := testing.world(json.patch(raw, ops))
+
+# --- step 1: the token ---
+
+test_missing_token_is_401_with_challenge if {
+	req := object.union(testing.request("bob", "/t/beta/x", route("timekeeping")), {"token": {"valid": false, "error": "missing"}})
+	d := decide(world, req)
+	d.http_status == 401
+	d.reason == "missing_token"
+	d.headers["www-authenticate"] == "Bearer"
+	json.unmarshal(d.body) == {"error": "a bearer token is required", "reason": "missing_token"}
+}
+
+test_invalid_token_is_401_with_invalid_token_challenge if {
+	some code in ["expired", "bad_signature", "unknown_issuer", "malformed", "bad_audience"]
+	req := object.union(testing.request("bob", "/t/beta/x", route("timekeeping")), {"token": {"valid": false, "error": code}})
+	d := decide(world, req)
+	d.http_status == 401
+	d.reason == "invalid_token"
+	d.headers["www-authenticate"] == "Bearer error=\"invalid_token\""
+	contains(json.unmarshal(d.body).error, code)
+}
+
+test_issuer_bound_to_another_tenant_is_invalid_token if {
+	req := testing.request_with("bob", "/t/beta/x", route("timekeeping"), {}, {"tenant_binding": "alpha"})
+	reason(world, req) == "invalid_token"
+	decide(world, req).http_status == 401
+}
+
+test_issuer_bound_to_the_home_tenant_is_fine if {
+	allowed(world, testing.request_with("bob", "/t/beta/x", route("timekeeping"), {}, {"tenant_binding": "beta"}))
+}
+
+# --- step 2: the subject ---
+
+test_unknown_user if {
+	reason(world, testing.request("ghost", "/t/beta/x", route("timekeeping"))) == "unknown_user"
+	decide(world, testing.request("ghost", "/t/beta/x", route("timekeeping"))).http_status == 403
+}
+
+test_inactive_user if {
+	reason(world, testing.request("dave", "/t/beta/x", route("timekeeping"))) == "user_inactive"
+}
+
+test_home_tenant_inactive_through_its_service_provider if {
+	# Mender: suspending the service-provider tenant cuts off its children.
+	w := patch([{"op": "replace", "path": "/tenants/globex/status", "value": "suspended"}])
+	allowed(world, testing.request("frank", "/t/initech/x", route("devices")))
+	reason(w, testing.request("frank", "/t/initech/x", route("devices"))) == "tenant_inactive"
+}
+
+# --- step 3: the target tenant ---
+
+test_unknown_target_tenant if {
+	reason(world, testing.request("bob", "/t/nowhere/x", route("timekeeping"))) == "tenant_unknown"
+}
+
+test_inactive_target_tenant if {
+	w := patch([{"op": "replace", "path": "/tenants/beta/status", "value": "suspended"}])
+	reason(w, testing.request("alice", "/t/beta/x", route("timekeeping"))) == "tenant_inactive"
+}
+
+test_target_defaults_to_home_tenant if {
+	d := decide(world, testing.request("alice", "/api/portal", route("portal")))
+	d.allowed
+	d.headers["x-gatehouse-tenant"] == "alpha"
+}
+
+test_tenant_from_header_host_and_token if {
+	req := testing.request("alice", "/api/x", {"project": "timekeeping", "tenant_from": "header"})
+	with_header := json.patch(req, [{"op": "add", "path": "/attributes/request/http/headers/x-tenant-id", "value": "beta"}])
+	decide(world, with_header).headers["x-gatehouse-tenant"] == "beta"
+
+	by_host := json.patch(
+		testing.request("alice", "/api/x", {"project": "timekeeping", "tenant_from": "host"}),
+		[{"op": "replace", "path": "/attributes/request/http/host", "value": "beta.example.com"}],
+	)
+	decide(world, by_host).headers["x-gatehouse-tenant"] == "beta"
+
+	by_token := testing.request_with("alice", "/api/x", {"project": "timekeeping", "tenant_from": "token"}, {"tenant": "beta"}, {})
+	decide(world, by_token).headers["x-gatehouse-tenant"] == "beta"
+
+	# the path mode ignores a header; no /t/ segment means the home tenant
+	not_path := json.patch(testing.request("alice", "/api/x", route("portal")), [{"op": "add", "path": "/attributes/request/http/headers/x-tenant-id", "value": "beta"}])
+	decide(world, not_path).headers["x-gatehouse-tenant"] == "alpha"
+}
+
+# --- step 4: the project ---
+
+test_project_missing_or_unknown if {
+	reason(world, testing.request("bob", "/t/beta/x", {})) == "project_unknown"
+	reason(world, testing.request("bob", "/t/beta/x", route("nope"))) == "project_unknown"
+	reason(world, testing.request("bob", "/t/beta/x", route(""))) == "project_unknown"
+}
+
+test_tenant_not_granted if {
+	reason(world, testing.request("alice", "/t/alpha/x", route("dashboard"))) == "tenant_not_granted"
+}
+
+test_suspended_grant_is_not_granted if {
+	w := patch([{"op": "replace", "path": "/project_grants/tk-beta/status", "value": "suspended"}])
+	reason(w, testing.request("bob", "/t/beta/x", route("timekeeping"))) == "tenant_not_granted"
+}
+
+test_owner_status_is_not_checked_for_grantees if {
+	# OldCo is suspended, but Beta's grant on its project is active.
+	allowed(world, testing.request("bob", "/t/beta/x", route("legacy")))
+}
+
+# --- step 5: roles ---
+
+test_allow_with_identity_headers if {
+	d := decide(world, testing.request("bob", "/t/beta/items", route("timekeeping")))
+	d.allowed
+	d.headers == {"x-gatehouse-user": "bob", "x-gatehouse-tenant": "beta", "x-gatehouse-roles": "developer"}
+	d.reason == "allowed"
+	not d.http_status
+}
+
+test_role_required if {
+	reason(world, testing.request("bob", "/t/beta/x", route_roles("timekeeping", "accountant"))) == "role_required"
+	allowed(world, testing.request("bob", "/t/beta/x", route_roles("timekeeping", "accountant, developer")))
+}
+
+test_role_required_when_the_user_has_no_role_at_all if {
+	reason(world, testing.request("mallory", "/t/alpha/x", route_roles("portal", "reader"))) == "role_required"
+}
+
+test_no_role if {
+	reason(world, testing.request("mallory", "/t/alpha/x", route("portal"))) == "no_role"
+}
+
+test_stale_user_grant_role_is_not_effective if {
+	# the grant lost "developer" but the user grant index still has it
+	w := json.patch(world, [{"op": "replace", "path": "/index/tenant_roles/timekeeping/beta", "value": ["accountant"]}])
+	reason(w, testing.request("bob", "/t/beta/x", route("timekeeping"))) == "no_role"
+}
+
+# --- the seeds' stories ---
+
+test_external_accountant_authorized_by_another_tenant if {
+	# ZITADEL: Alice of Alpha is Beta's accountant through a user grant in Beta.
+	d := decide(world, testing.request("alice", "/t/beta/books", route_roles("timekeeping", "accountant")))
+	d.allowed
+	d.headers["x-gatehouse-tenant"] == "beta"
+	d.headers["x-gatehouse-roles"] == "accountant"
+
+	# ... but not inside her own tenant, where she holds no timekeeping role
+	reason(world, testing.request("alice", "/t/alpha/books", route_roles("timekeeping", "accountant"))) == "role_required"
+}
+
+test_project_granted_to_two_customers_with_different_roles if {
+	# Portal is granted to Alpha (reader) and Beta (reader, support:read).
+	allowed(world, testing.request("bob", "/t/beta/tickets", route_roles("portal", "support:read")))
+	reason(world, testing.request("alice", "/t/alpha/tickets", route_roles("portal", "support:read"))) == "role_required"
+	allowed(world, testing.request("alice", "/t/alpha/home", route_roles("portal", "reader")))
+}
+
+test_audiences_are_kept_apart if {
+	# Auth0 forum: a customer user visiting the partner app is refused ...
+	reason(world, testing.request("alice", "/t/alpha/x", route("partner-app"))) == "tenant_not_granted"
+
+	# ... a partner uses it ...
+	allowed(world, testing.request("erin", "/t/partners/x", route("partner-app")))
+
+	# ... an internal user reaches the internal dashboard and the customer
+	# portal, but not the partner app.
+	allowed(world, testing.request("carol", "/t/acme/x", route("dashboard")))
+	allowed(world, testing.request("carol", "/t/acme/x", route("portal")))
+	reason(world, testing.request("carol", "/t/acme/x", route("partner-app"))) == "no_role"
+	reason(world, testing.request("carol", "/t/partners/x", route("partner-app"))) == "no_role"
+}
+
+test_tenant_cannot_reach_another_customer if {
+	reason(world, testing.request("bob", "/t/alpha/x", route("timekeeping"))) == "no_role"
+	reason(world, testing.request("frank", "/t/beta/x", route("timekeeping"))) == "no_role"
+}
+
+# --- step 6: per-tenant roles in the token (Userfront) ---
+
+trusted_token(subject, path, ext, claims) := testing.request_with(subject, path, ext, claims, {"trust_token_roles": true})
+
+test_token_roles_for_subject_absent_from_data if {
+	claims := {"authorization": {"beta": {"roles": ["developer", "admin"]}, "alpha": {"roles": ["accountant"]}}}
+	d := decide(world, trusted_token("zoe", "/t/beta/x", route("timekeeping"), claims))
+	d.allowed
+	d.headers["x-gatehouse-roles"] == "developer" # admin is not held by Beta on timekeeping
+	d.headers["x-gatehouse-user"] == "zoe"
+
+	reason(world, trusted_token("zoe", "/t/beta/x", route_roles("timekeeping", "admin"), claims)) == "role_required"
+	reason(world, trusted_token("zoe", "/t/alpha/x", route("dashboard"), claims)) == "tenant_not_granted"
+}
+
+test_token_roles_need_a_requested_tenant if {
+	claims := {"authorization": {"beta": {"roles": ["developer"]}}}
+	reason(world, trusted_token("zoe", "/api/x", route("timekeeping"), claims)) == "tenant_unknown"
+}
+
+test_token_roles_without_authorization_claim if {
+	reason(world, trusted_token("zoe", "/t/beta/x", route("timekeeping"), {})) == "no_role"
+}
+
+test_token_roles_respect_the_issuer_binding if {
+	claims := {"authorization": {"beta": {"roles": ["developer"]}}}
+	req := testing.request_with("zoe", "/t/beta/x", route("timekeeping"), claims, {"trust_token_roles": true, "tenant_binding": "alpha"})
+	reason(world, req) == "invalid_token"
+}
+
+test_subject_in_data_is_decided_from_data if {
+	# Bob's token claims admin on Beta; the synced grants say developer.
+	claims := {"authorization": {"beta": {"roles": ["accountant"]}}}
+	d := decide(world, trusted_token("bob", "/t/beta/x", route("timekeeping"), claims))
+	d.headers["x-gatehouse-roles"] == "developer"
+	reason(world, trusted_token("dave", "/t/beta/x", route("timekeeping"), claims)) == "user_inactive"
+}
+
+test_untrusted_issuer_absent_subject_is_unknown if {
+	claims := {"authorization": {"beta": {"roles": ["developer"]}}}
+	reason(world, testing.request_with("zoe", "/t/beta/x", route("timekeeping"), claims, {})) == "unknown_user"
+}
+
+# --- the first failing step decides ---
+
+test_order_of_steps if {
+	# an inactive user in an unknown tenant without a project: user_inactive
+	reason(world, testing.request("dave", "/t/nowhere/x", {})) == "user_inactive"
+
+	# unknown tenant and unknown project: tenant_unknown
+	reason(world, testing.request("bob", "/t/nowhere/x", route("nope"))) == "tenant_unknown"
+}
+
+test_every_deny_has_a_json_body_and_status if {
+	some req in [
+		testing.request("ghost", "/t/beta/x", route("timekeeping")),
+		testing.request("bob", "/t/beta/x", route("nope")),
+		testing.request("mallory", "/t/alpha/x", route("portal")),
+	]
+	d := decide(world, req)
+	not d.allowed
+	d.http_status == 403
+	d.headers["content-type"] == "application/json"
+	body := json.unmarshal(d.body)
+	body.reason == d.reason
+	is_string(body.error)
+}
