@@ -23,13 +23,13 @@ allow := {
 	"allowed": true,
 	"headers": {
 		"x-gatehouse-user": input.token.subject,
-		"x-gatehouse-tenant": tenant,
-		"x-gatehouse-roles": concat(",", sort(effective)),
+		"x-gatehouse-tenant": ok.tenant,
+		"x-gatehouse-roles": concat(",", sort(ok.roles)),
 	},
-	"dynamic_metadata": {"reason": "allowed", "user": input.token.subject, "tenant": tenant, "project": project},
+	"dynamic_metadata": {"reason": "allowed", "user": input.token.subject, "tenant": ok.tenant, "project": project},
 	"reason": "allowed",
 } if {
-	reason == "allowed"
+	ok
 }
 
 allow := {
@@ -39,15 +39,20 @@ allow := {
 	"body": json.marshal({"error": message, "reason": reason}),
 	"reason": reason,
 } if {
+	not ok
 	reason != "allowed"
 }
 
 # Route settings (Envoy per-route context_extensions).
-route := object.get(input, ["attributes", "contextExtensions"], {})
+default route := {}
+
+route := input.attributes.contextExtensions
 
 project := route.project if route.project != ""
 
 required := tenancy.route_roles(object.get(route, "roles", ""))
+
+requested := tenancy.requested_tenant(object.get(route, "tenant_from", "path"))
 
 # The subject, when it is present in the tenancy data.
 user := data.tenancy.users[input.token.subject] if input.token.valid
@@ -59,18 +64,57 @@ trusted if {
 	not user
 }
 
-requested := tenancy.requested_tenant(object.get(route, "tenant_from", "path"))
+# ok is the happy path: every step of SPEC §6 passes. It is evaluated first
+# and alone for allowed requests; the ordered reason chain below runs only
+# for denies (tests assert both agree).
+ok := {"tenant": x, "roles": roles} if {
+	input.token.valid
+	u := user
+	u.status == "active"
+	bound_to(u.tenant)
+	tenancy.tenant_active(u.tenant)
+	x := target(u.tenant)
+	tenancy.tenant_active(x)
+	held := tenancy.tenant_roles(project, x)
+	roles := {r | some r in tenancy.user_roles(input.token.subject, project, x); r in held}
+	roles_ok(roles)
+}
 
-# The target tenant: named by the request, else the user's home tenant.
+ok := {"tenant": requested, "roles": roles} if {
+	trusted
+	bound_to(requested)
+	tenancy.tenant_active(requested)
+	roles := tenancy.token_roles(input.token.claims.authorization, project, requested)
+	roles_ok(roles)
+}
+
+# bound_to(t): the token's issuer is not bound to a tenant other than t.
+bound_to(_) if input.token.tenant_binding == ""
+
+bound_to(t) if input.token.tenant_binding == t
+
+# target(home): the tenant the request names, else the home tenant.
+target(_) := requested
+
+target(home) := home if not requested
+
+roles_ok(roles) if {
+	count(required) == 0
+	count(roles) > 0
+}
+
+roles_ok(roles) if count(required & roles) > 0
+
+# The target tenant, for the reason chain: named by the request, else the
+# user's home tenant.
 tenant := requested
 
 tenant := user.tenant if not requested
 
-# Effective roles: from the data for known users, from the token for
-# trusted subjects absent from the data.
+# Effective roles, for the reason chain.
 effective := tenancy.effective_roles(input.token.subject, project, tenant) if user
 
-effective := tenancy.token_roles(input.token.claims, project, tenant) if trusted
+effective := tenancy.token_roles(input.token.claims.authorization, project, tenant) if trusted
 
 default effective := set()
 

@@ -316,3 +316,54 @@ test_every_deny_has_a_json_body_and_status if {
 	body.reason == d.reason
 	is_string(body.error)
 }
+
+# --- the happy path and the reason chain agree ---
+
+sample_requests := [
+	testing.request("bob", "/t/beta/x", route("timekeeping")),
+	testing.request("bob", "/t/beta/x", route_roles("timekeeping", "accountant")),
+	testing.request("bob", "/t/beta/x", route_roles("timekeeping", "accountant,developer")),
+	testing.request("bob", "/t/alpha/x", route("timekeeping")),
+	testing.request("bob", "/t/beta/x", route("legacy")),
+	testing.request("bob", "/t/beta/x", {}),
+	testing.request("bob", "/t/nowhere/x", route("timekeeping")),
+	testing.request("alice", "/t/beta/x", route_roles("timekeeping", "accountant")),
+	testing.request("alice", "/api/x", route("portal")),
+	testing.request("alice", "/t/alpha/x", route("partner-app")),
+	testing.request("mallory", "/t/alpha/x", route("portal")),
+	testing.request("dave", "/t/beta/x", route("timekeeping")),
+	testing.request("ghost", "/t/beta/x", route("timekeeping")),
+	testing.request("frank", "/t/initech/x", route("devices")),
+	testing.request("carol", "/t/acme/x", route("dashboard")),
+	testing.request_with("bob", "/t/beta/x", route("timekeeping"), {}, {"tenant_binding": "alpha"}),
+	testing.request_with("bob", "/t/beta/x", route("timekeeping"), {}, {"tenant_binding": "beta"}),
+	trusted_token("zoe", "/t/beta/x", route("timekeeping"), {"authorization": {"beta": {"roles": ["developer"]}}}),
+	trusted_token("zoe", "/t/beta/x", route_roles("timekeeping", "admin"), {"authorization": {"beta": {"roles": ["admin"]}}}),
+	trusted_token("zoe", "/api/x", route("timekeeping"), {"authorization": {"beta": {"roles": ["developer"]}}}),
+	testing.request_with("zoe", "/t/beta/x", route("timekeeping"), {"authorization": {"beta": {"roles": ["developer"]}}}, {"trust_token_roles": true, "tenant_binding": "alpha"}),
+]
+
+sample_worlds := [
+	world,
+	patch([{"op": "replace", "path": "/tenants/globex/status", "value": "suspended"}]),
+	patch([{"op": "replace", "path": "/tenants/beta/status", "value": "suspended"}]),
+	patch([{"op": "replace", "path": "/project_grants/tk-beta/status", "value": "suspended"}]),
+]
+
+test_happy_path_agrees_with_reason_chain if {
+	every w in sample_worlds {
+		every req in sample_requests {
+			agree(w, req)
+		}
+	}
+}
+
+agree(w, req) if {
+	authz.ok with data.tenancy as w with input as req
+	authz.reason == "allowed" with data.tenancy as w with input as req
+}
+
+agree(w, req) if {
+	not authz.ok with data.tenancy as w with input as req
+	authz.reason != "allowed" with data.tenancy as w with input as req
+}

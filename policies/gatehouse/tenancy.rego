@@ -32,12 +32,12 @@ effective_roles(u, p, x) := {r |
 	r in held
 }
 
-# token_roles(claims, p, x): per-tenant roles carried in a token
-# (claims.authorization[x].roles, as Userfront issues them), limited to the
-# roles x holds on p.
-token_roles(claims, p, x) := {r |
+# token_roles(authorization, p, x): per-tenant roles carried in a token's
+# authorization claim (authorization[x].roles, as Userfront issues them),
+# limited to the roles x holds on p.
+token_roles(authorization, p, x) := {r |
 	held := tenant_roles(p, x)
-	some r in claims.authorization[x].roles
+	some r in authorization[x].roles
 	is_string(r)
 	r in held
 }

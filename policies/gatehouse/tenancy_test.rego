@@ -62,7 +62,7 @@ test_route_roles if {
 }
 
 test_token_roles if {
-	claims := {"authorization": {"child": {"roles": ["reader", "writer", 5]}}}
-	tenancy.token_roles(claims, "p", "child") == {"reader"} with data.tenancy as sp_world
+	authorization := {"child": {"roles": ["reader", "writer", 5]}}
+	tenancy.token_roles(authorization, "p", "child") == {"reader"} with data.tenancy as sp_world
 	tenancy.token_roles({}, "p", "child") == set() with data.tenancy as sp_world
 }

@@ -1,0 +1,186 @@
+package bundle_test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/envoy"
+	"github.com/gatehouse-dev/gatehouse/internal/worldgen"
+	"github.com/gatehouse-dev/gatehouse/tenancy"
+)
+
+// benchWorld is a cache file built once per size and reused by benchmarks.
+type benchWorld struct {
+	once  sync.Once
+	dir   string
+	world *worldgen.World
+	err   error
+}
+
+var benchWorlds = map[string]*benchWorld{"small": {}, "200k": {}}
+
+func buildWorld(b *testing.B, name string, spec worldgen.Spec) (*bundle.Store, *worldgen.World) {
+	b.Helper()
+	bw := benchWorlds[name]
+	bw.once.Do(func() {
+		dir, err := os.MkdirTemp("", "gatehouse-bench-"+name)
+		if err != nil {
+			bw.err = err
+			return
+		}
+		bw.dir = dir
+		st, err := bundle.OpenStore(bundle.StoreConfig{Dir: dir}, discard())
+		if err != nil {
+			bw.err = err
+			return
+		}
+		defer st.Close()
+		sb, err := st.BeginSnapshot(1, "bench")
+		if err != nil {
+			bw.err = err
+			return
+		}
+		bw.world, bw.err = worldgen.Generate(spec, func(e tenancy.Entity) error {
+			doc, err := json.Marshal(e)
+			if err != nil {
+				return err
+			}
+			return sb.Put(tenancy.FeedLine{Type: tenancy.LineEntity, Collection: e.Collection(), ID: e.Key(), ModRevision: 1, Value: doc})
+		})
+		if bw.err == nil {
+			bw.err = sb.Commit(time.Now())
+		}
+	})
+	if bw.err != nil {
+		b.Fatal(bw.err)
+	}
+	st, err := bundle.OpenStore(bundle.StoreConfig{Dir: bw.dir}, discard())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { st.Close() })
+	return st, bw.world
+}
+
+// benchEngine returns an engine over st with the shipped policies and an
+// RS256 issuer, and a token minter for it.
+func benchEngine(b *testing.B, st *bundle.Store) (*authz.Engine, func(sub string) string) {
+	b.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		b.Fatal(err)
+	}
+	der, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	pemFile := filepath.Join(b.TempDir(), "pub.pem")
+	if err := os.WriteFile(pemFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	v, err := authz.NewVerifier(authz.VerifierConfig{Issuers: []authz.IssuerConfig{{
+		Issuer: "https://idp.bench/", Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: pemFile,
+	}}}, discard())
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := authz.New(authz.Config{}, v, st, discard())
+	src, err := authz.LoadDir(policyDir(), 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ps, err := authz.Compile(src, authz.DefaultDecision)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e.SetPolicy(ps)
+	mint := func(sub string) string {
+		tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
+			"iss": "https://idp.bench/", "aud": "api", "sub": sub, "exp": time.Now().Add(time.Hour).Unix(),
+		})
+		s, err := tok.SignedString(key)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return s
+	}
+	return e, mint
+}
+
+func checkRequest(r worldgen.Request, token string) *authv3.CheckRequest {
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "10.0.0.7", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 51234}}}}},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Id: "1234", Method: "GET", Path: r.Path, Host: "api.example.com", Scheme: "https", Protocol: "HTTP/1.1",
+			Headers: map[string]string{
+				":authority": "api.example.com", ":method": "GET", ":path": r.Path,
+				"authorization": "Bearer " + token, "user-agent": "bench", "x-request-id": "1234",
+			},
+		}},
+		ContextExtensions: r.Context,
+	}}
+}
+
+func benchCheck(b *testing.B, name string, spec worldgen.Spec) {
+	st, w := buildWorld(b, name, spec)
+	e, mint := benchEngine(b, st)
+	reqs := w.Requests(256, 80, 7)
+	tokens := map[string]string{}
+	crs := make([]*authv3.CheckRequest, len(reqs))
+	for i, r := range reqs {
+		if tokens[r.Subject] == "" {
+			tokens[r.Subject] = mint(r.Subject)
+		}
+		crs[i] = checkRequest(r, tokens[r.Subject])
+	}
+	ctx := context.Background()
+	// verify the answers once (and warm the caches)
+	for i, cr := range crs {
+		in, err := envoy.Input(cr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		d, err := e.Decide(ctx, &authz.Request{Input: in, Authorization: cr.Attributes.Request.Http.Headers["authorization"]})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if d.Allowed != reqs[i].Allow || d.Reason != reqs[i].Reason {
+			b.Fatalf("request %d (%+v): allowed=%v reason=%q", i, reqs[i], d.Allowed, d.Reason)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		cr := crs[i%len(crs)]
+		in, _ := envoy.Input(cr)
+		if _, err := e.Decide(ctx, &authz.Request{Input: in, Authorization: cr.Attributes.Request.Http.Headers["authorization"]}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCheckTenancySmall: the shipped policy over a small world.
+func BenchmarkCheckTenancySmall(b *testing.B) { benchCheck(b, "small", worldgen.Small) }
+
+// BenchmarkCheckTenancy200k: the same over 1,000 tenants, 50,000 users and
+// ~200,000 user grants; read against BenchmarkCheckTenancySmall.
+func BenchmarkCheckTenancy200k(b *testing.B) { benchCheck(b, "200k", worldgen.Default) }
+
+func policyDir() string {
+	if d := os.Getenv("GATEHOUSE_BENCH_POLICIES"); d != "" {
+		return d
+	}
+	return "../policies"
+}
