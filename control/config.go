@@ -1,0 +1,145 @@
+package control
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/internal/netx"
+)
+
+// Defaults of Config.
+const (
+	DefaultAddr         = "127.0.0.1:8282"
+	DefaultDataDir      = "./var/control"
+	DefaultHistory      = 100000
+	DefaultHeartbeat    = 5 * time.Second
+	DefaultMaxBodyBytes = 32 << 20
+
+	// DBFile is the name of the bbolt file in Config.DataDir.
+	DBFile = "control.db"
+)
+
+// Config configures the control endpoint (`gatehouse control --config`).
+type Config struct {
+	// Addr is the listen address, "host:port" or "unix:///path"; default
+	// 127.0.0.1:8282.
+	Addr string `yaml:"addr"`
+	// DataDir is the folder of the bbolt file control.db, the state of
+	// record; default ./var/control.
+	DataDir string `yaml:"data_dir"`
+	// AdminTokenFile holds the bearer token with full admin rights
+	// (required; surrounding whitespace is trimmed; an empty token is
+	// refused).
+	AdminTokenFile string `yaml:"admin_token_file"`
+	// SyncTokenFile, when set, holds a read-only token for the sync feed and
+	// bundle downloads (what sidecars put in their data.token_file).
+	SyncTokenFile string `yaml:"sync_token_file"`
+	// Issuers are the trusted issuers of membership-scoped tokens: such a
+	// token acts as users[sub] with the rights of the user's memberships.
+	Issuers []authz.IssuerConfig `yaml:"issuers"`
+	// History is the number of revisions of change history retained for
+	// the change feed; default 100000. A sidecar further behind re-snapshots.
+	History int `yaml:"history"`
+	// Heartbeat is the interval of heartbeat lines on an idle change
+	// stream; default 5s.
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	// MaxBodyBytes bounds request bodies (entities, batches, bundles);
+	// default 32 MiB. Larger bodies answer 413.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+
+	// Now is the clock (test hook); default time.Now.
+	Now func() time.Time `yaml:"-"`
+	// Registerer receives the server's metrics; when it is also a
+	// prometheus.Gatherer, /metrics serves it. Nil means a private registry.
+	Registerer prometheus.Registerer `yaml:"-"`
+}
+
+// SetDefaults fills the unset (zero) fields with their defaults.
+func (c *Config) SetDefaults() {
+	if c.Addr == "" {
+		c.Addr = DefaultAddr
+	}
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.History == 0 {
+		c.History = DefaultHistory
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = DefaultHeartbeat
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	for i := range c.Issuers {
+		c.Issuers[i].SetDefaults()
+	}
+}
+
+// Validate reports every problem of c, one per line after an ErrConfig
+// prefix, each naming the key and the bad value. It does not read the
+// token files: New does.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf(format, args...))
+	}
+	if err := netx.ValidateAddr("addr", c.Addr); err != nil {
+		errs = append(errs, err)
+	}
+	if c.DataDir == "" {
+		bad("data_dir: must not be empty")
+	}
+	if c.AdminTokenFile == "" {
+		bad("admin_token_file: required (a file holding the admin bearer token)")
+	}
+	if c.SyncTokenFile != "" && c.SyncTokenFile == c.AdminTokenFile {
+		bad("sync_token_file: %q is also the admin_token_file: the sync token must differ from the admin token", c.SyncTokenFile)
+	}
+	if c.History < 1 {
+		bad("history: %d must be at least 1", c.History)
+	}
+	if c.Heartbeat <= 0 {
+		bad("heartbeat: %v must be positive", c.Heartbeat)
+	}
+	if c.MaxBodyBytes < 1024 {
+		bad("max_body_bytes: %d must be at least 1024", c.MaxBodyBytes)
+	}
+	seen := map[string]bool{}
+	for _, is := range c.Issuers {
+		if err := is.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("issuers: %w", err))
+		}
+		if seen[is.Issuer] {
+			bad("issuers: %q is listed twice", is.Issuer)
+		}
+		seen[is.Issuer] = true
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w:\n%w", ErrConfig, errors.Join(errs...))
+}
+
+// readToken reads a token file: the content trimmed of whitespace, which
+// must not be empty.
+func readToken(key, path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrConfig, key, err)
+	}
+	tok := bytes.TrimSpace(b)
+	if len(tok) == 0 {
+		return nil, fmt.Errorf("%w: %s: %q holds no token", ErrConfig, key, path)
+	}
+	if bytes.ContainsAny(tok, " \t\r\n") {
+		return nil, fmt.Errorf("%w: %s: %q holds more than one word: a bearer token has no whitespace", ErrConfig, key, path)
+	}
+	return tok, nil
+}

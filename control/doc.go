@@ -1,0 +1,46 @@
+// Package control is Gatehouse's control endpoint (`gatehouse control`,
+// SPEC §7): the state of record for tenancy data, its admin API, the
+// revisioned change feed sidecars sync from, and policy bundle hosting.
+//
+// The data lives in one bbolt file (<data_dir>/control.db) laid out by
+// package tenancy, plus two buckets of this package: "log" (the change
+// history: 8-byte big-endian revision → JSON tenancy.LogEntry, trimmed to
+// the last `history` revisions) and "bundles" (name → sha256 ‖ tarball).
+//
+// Every write is one bbolt write transaction: the next revision, the
+// entity changes with the invariants and cascades of tenancy.Apply, the
+// history entry and its trimming. A refused write rolls back whole and
+// leaves the revision unchanged. Each answer carries the revision it
+// produced or read, so a client can wait for its write in decisions
+// (x-gatehouse-min-revision).
+//
+// Auth: the admin token may do anything; the optional sync token reads the
+// feed and bundles; a JWT of a configured issuer acts as users[sub] with the
+// rights of that user's admin memberships (tenant admins: the tenant's users,
+// the user grants living in the tenant, and its child tenants; project-grant
+// admins: the user grants under the grant). Delegated rights are checked on
+// the change set a write produces, cascades included, against both the
+// previous and the new value of every changed entity.
+//
+// # Concurrency
+//
+// A Server is safe for concurrent use. bbolt serializes write transactions;
+// reads run in parallel with them. After a commit, the server closes a
+// channel that every change stream waits on (and replaces it), so followers
+// wake at once without polling; streams never hold a read transaction while
+// waiting, and read the history in bounded chunks. A snapshot holds one read
+// transaction for its whole duration (it must be consistent); each write
+// to the client is bounded by a deadline, so a stalled client cannot hold
+// it forever. Serve's end, or Close, ends every open stream.
+//
+// # Errors
+//
+// API errors answer {"error": "...", "code": "..."}: 400 malformed, 401
+// unauthorized (no or unaccepted token), 403 forbidden, 404 not_found, 409
+// conflict (an invariant) or ahead (since beyond the current revision), 410
+// gone (since older than the retained history, or another epoch), 413
+// too_large, 422 invalid (a valid JSON document that is not a valid entity),
+// 500 internal (logged). New returns errors wrapping ErrConfig for bad
+// configuration (including unreadable or empty token files) and ErrInUse
+// when another process holds the data file.
+package control

@@ -1,0 +1,76 @@
+package control
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Write results, the label of gatehouse_control_writes_total.
+const (
+	resultOK        = "ok"        // committed
+	resultRefused   = "refused"   // 4xx: malformed, invalid, unknown id, invariant
+	resultForbidden = "forbidden" // 403: outside the token's rights
+	resultError     = "error"     // 5xx: storage failure
+)
+
+// Kinds of feed streams, the label of gatehouse_control_feed_streams.
+const (
+	streamSnapshot = "snapshot"
+	streamChanges  = "changes"
+)
+
+// metrics are the control endpoint's Prometheus metrics.
+type metrics struct {
+	writes        *prometheus.CounterVec
+	writeDuration prometheus.Histogram
+	streams       *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer, revision func() float64) (*metrics, error) {
+	m := &metrics{
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatehouse_control_writes_total",
+			Help: "Tenancy writes (PUT, DELETE, batch) by result: ok, refused (4xx), forbidden (403), error (5xx).",
+		}, []string{"result"}),
+		writeDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "gatehouse_control_write_duration_seconds",
+			Help:    "Duration of committed tenancy writes (transaction incl. fsync).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}),
+		streams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gatehouse_control_feed_streams",
+			Help: "Open sync feed streams by kind (snapshot, changes).",
+		}, []string{"kind"}),
+	}
+	for _, r := range []string{resultOK, resultRefused, resultForbidden, resultError} {
+		m.writes.WithLabelValues(r)
+	}
+	for _, k := range []string{streamSnapshot, streamChanges} {
+		m.streams.WithLabelValues(k)
+	}
+	for _, c := range []prometheus.Collector{
+		m.writes, m.writeDuration, m.streams,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gatehouse_control_revision",
+			Help: "The last committed tenancy revision.",
+		}, revision),
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// metricsHandler serves the Gatherer, or 404 when the configured
+// Registerer cannot be gathered.
+func (s *Server) metricsHandler() http.Handler {
+	if s.gatherer == nil {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s.writeError(w, r, notFound("metrics are gathered by the embedding program"))
+		})
+	}
+	return promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{})
+}
