@@ -1,0 +1,161 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+
+	"github.com/gatehouse-dev/gatehouse/control"
+)
+
+// ControlFile is the configuration file of `gatehouse control`: the
+// control.Config keys at the top level, plus `log:`.
+type ControlFile struct {
+	control.Config `yaml:",inline"`
+	// Log configures logging.
+	Log LogConfig `yaml:"log"`
+}
+
+// controlFlags are the flags of `control` that override the file.
+type controlFlags struct {
+	config         string
+	addr           string
+	dataDir        string
+	adminTokenFile string
+	syncTokenFile  string
+	history        int
+	logLevel       string
+	logFormat      string
+}
+
+func newControlCmd() *cobra.Command {
+	var f controlFlags
+	cmd := &cobra.Command{
+		Use:   "control",
+		Short: "Run the control endpoint (admin API, sync feed, bundles; :8282)",
+		Long: `Run the control endpoint: the admin API for tenancy data (tenants, users,
+projects, project grants, user grants, memberships) with its invariants, the
+revisioned change feed sidecars sync from (/v1/sync/snapshot, /v1/sync/changes),
+and policy bundle hosting (/v1/bundles/{name}). The data lives in
+<data-dir>/control.db; one process at a time may open it.
+
+Configuration comes from --config (YAML, snake_case keys: addr, data_dir,
+admin_token_file, sync_token_file, issuers, history, heartbeat, max_body_bytes,
+log), overridden by GATEHOUSE_* environment variables (GATEHOUSE_ADMIN_TOKEN_FILE
+for --admin-token-file, ...), overridden by flags. Paths in the file are
+relative to its folder. Runs until SIGTERM or SIGINT.
+
+Exit codes: 0 stopped by a signal; 1 runtime failure (e.g. the address or the
+data file is in use); 2 bad flags or configuration.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnv(cmd); err != nil {
+				return usageErr(oneLine(err))
+			}
+			file, err := loadControlConfig(cmd, f)
+			if err != nil {
+				return usageErr(oneLine(err))
+			}
+			logger := newLogger(file.Log, cmd.ErrOrStderr())
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			cfg := file.Config
+			cfg.Registerer = reg
+			srv, err := control.New(cfg, logger)
+			if errors.Is(err, control.ErrConfig) {
+				return usageErr(oneLine(err))
+			}
+			if err != nil {
+				return failureErr(err)
+			}
+			defer srv.Close()
+			if err := srv.Listen(); err != nil {
+				return failureErr(err)
+			}
+			logger.Info("gatehouse control starting", "version", version, "addr", srv.Addr().String())
+			if err := srv.Serve(cmd.Context()); err != nil {
+				return failureErr(err)
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.config, "config", "", "YAML configuration file (paths in it are relative to its folder)")
+	fl.StringVar(&f.addr, "addr", "", "listen address, host:port or unix:///path (addr, default "+control.DefaultAddr+")")
+	fl.StringVar(&f.dataDir, "data-dir", "", "folder of control.db (data_dir, default "+control.DefaultDataDir+")")
+	fl.StringVar(&f.adminTokenFile, "admin-token-file", "", "file holding the admin bearer token (admin_token_file, required)")
+	fl.StringVar(&f.syncTokenFile, "sync-token-file", "", "file holding the read-only sync token (sync_token_file)")
+	fl.IntVar(&f.history, "history", 0, fmt.Sprintf("revisions of change history retained (history, default %d)", control.DefaultHistory))
+	fl.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (log.level)")
+	fl.StringVar(&f.logFormat, "log-format", "", "json or text (log.format)")
+	return cmd
+}
+
+// loadControlConfig reads the file, applies the flags (and the environment,
+// already folded into them), fills defaults and validates.
+func loadControlConfig(cmd *cobra.Command, f controlFlags) (ControlFile, error) {
+	var file ControlFile
+	if f.config != "" {
+		if err := decodeYAMLFile(f.config, &file); err != nil {
+			return file, err
+		}
+		file.resolvePaths(filepath.Dir(f.config))
+	}
+	set := func(flag string, dst *string, v string) {
+		if cmd.Flags().Changed(flag) {
+			*dst = v
+		}
+	}
+	set("addr", &file.Addr, f.addr)
+	set("data-dir", &file.DataDir, f.dataDir)
+	set("admin-token-file", &file.AdminTokenFile, f.adminTokenFile)
+	set("sync-token-file", &file.SyncTokenFile, f.syncTokenFile)
+	set("log-level", &file.Log.Level, f.logLevel)
+	set("log-format", &file.Log.Format, f.logFormat)
+	if cmd.Flags().Changed("history") {
+		file.History = f.history
+	}
+	file.SetDefaults()
+	file.Log.SetDefaults()
+	if err := errors.Join(file.Config.Validate(), file.Log.Validate()); err != nil {
+		return file, err
+	}
+	return file, nil
+}
+
+// resolvePaths makes the file paths of a configuration file relative to the
+// file's folder.
+func (c *ControlFile) resolvePaths(base string) {
+	for _, p := range []*string{&c.DataDir, &c.AdminTokenFile, &c.SyncTokenFile} {
+		*p = resolve(base, *p)
+	}
+	for i := range c.Issuers {
+		c.Issuers[i].JWKSFile = resolve(base, c.Issuers[i].JWKSFile)
+		c.Issuers[i].PublicKeyFile = resolve(base, c.Issuers[i].PublicKeyFile)
+	}
+}
+
+// oneLine joins the lines of a (joined) error, so that a configuration
+// problem is reported on one line: "a:\nb\nc" becomes "a: b; c".
+func oneLine(err error) error {
+	var b strings.Builder
+	for _, l := range strings.Split(err.Error(), "\n") {
+		if l = strings.TrimSpace(l); l == "" {
+			continue
+		}
+		if s := b.String(); s != "" {
+			if strings.HasSuffix(s, ":") {
+				b.WriteString(" ")
+			} else {
+				b.WriteString("; ")
+			}
+		}
+		b.WriteString(l)
+	}
+	return errors.New(b.String())
+}
