@@ -3,6 +3,7 @@ package envoy
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -110,10 +111,15 @@ func headersToRemove(d *authz.Decision, incoming map[string]string) []string {
 	for _, h := range d.RequestHeadersToRemove {
 		add(h)
 	}
+	var spoofed []string
 	for k := range incoming {
 		if len(k) > len(ReservedPrefix) && strings.EqualFold(k[:len(ReservedPrefix)], ReservedPrefix) {
-			add(k)
+			spoofed = append(spoofed, k)
 		}
+	}
+	slices.Sort(spoofed) // a deterministic answer: map order is random
+	for _, k := range spoofed {
+		add(k)
 	}
 	return out
 }

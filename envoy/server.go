@@ -106,7 +106,12 @@ func New(cfg Config, engine *authz.Engine, logger *slog.Logger) (*Server, error)
 
 	mux := http.NewServeMux()
 	mux.Handle("/", s)
-	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: tlsCfg}
+	s.httpSrv = &http.Server{
+		Handler: mux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: tlsCfg,
+		// Connection errors (e.g. refused TLS handshakes) go to the injected
+		// logger, not to the standard library's global log on stderr.
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
 	return s, nil
 }
 
