@@ -1,0 +1,332 @@
+package authz_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+)
+
+// echo denies with the whole input (and a data document) as the body.
+const echo = `package envoy.authz
+allow := {"allowed": false, "body": json.marshal({"input": input, "tenancy": data.tenancy, "static": data.static})}
+`
+
+func decideCode(tb testing.TB, err error) authz.Code {
+	tb.Helper()
+	var de *authz.DecideError
+	if !errors.As(err, &de) {
+		tb.Fatalf("error %v is not a *DecideError", err)
+	}
+	return de.Code
+}
+
+// TestEngineNotReady: without a policy (or without tenancy data) the engine
+// is not ready and cannot decide.
+func TestEngineNotReady(t *testing.T) {
+	t.Parallel()
+	t.Run("no policy", func(t *testing.T) {
+		t.Parallel()
+		e := authz.New(authz.Config{}, nil, nil, testLogger(t))
+		if err := e.Ready(); !errors.Is(err, authz.ErrNotReady) {
+			t.Errorf("Ready = %v", err)
+		}
+		d, err := decide(t, e, nil, "")
+		if !errors.Is(err, authz.ErrNotReady) || decideCode(t, err) != authz.CodeUnavailable {
+			t.Fatalf("Decide = %v, %v; want unavailable, not ready", d, err)
+		}
+		if e.Policy() != nil || e.PolicyStatus().Revision != "" {
+			t.Error("a policy before any load")
+		}
+	})
+	t.Run("no tenancy data", func(t *testing.T) {
+		t.Parallel()
+		ten := testutil.NewTenancy(0, nil)
+		ten.Set(authz.TenancyState{})
+		e, _ := engineOn(t, policy("allow := true"), authz.Config{}, ten)
+		if err := e.Ready(); !errors.Is(err, authz.ErrNotReady) {
+			t.Errorf("Ready = %v", err)
+		}
+		if _, err := decide(t, e, nil, ""); !errors.Is(err, authz.ErrNotReady) || decideCode(t, err) != authz.CodeUnavailable {
+			t.Fatalf("Decide error %v; want unavailable, not ready", err)
+		}
+		ten.Set(authz.TenancyState{Present: true, Revision: 1, SyncedAt: time.Now()})
+		if err := e.Ready(); err != nil {
+			t.Errorf("Ready with data = %v", err)
+		}
+	})
+}
+
+func testLogger(tb testing.TB) *slog.Logger {
+	tb.Helper()
+	l, _ := testutil.Logger(tb)
+	return l
+}
+
+// TestEngineInput: Decide adds input.token and input.tenancy_revision, and
+// the policy reads data.tenancy from the tenancy store and static data next
+// to it.
+func TestEngineInput(t *testing.T) {
+	t.Parallel()
+	ten := testutil.NewTenancy(42, map[string]any{"tenants": map[string]any{"acme": map[string]any{"status": "active"}}})
+	files := map[string]string{"policy.rego": echo, "static/data.json": `{"plans": ["free"]}`}
+	e, _ := engineOn(t, files, authz.Config{}, ten)
+	signed := testutil.MintJWT(t, jwt.SigningMethodRS256, testutil.RSAKey(t, "engine"), "k1", testutil.Claims("https://idp.example.com/", "alice", nil))
+	tests := map[string]struct {
+		authorization string
+		wantToken     string
+	}{
+		"no header":            {"", `{"error":"missing","valid":false}`},
+		"basic":                {"Basic abc", `{"error":"missing","valid":false}`},
+		"not a JWT":            {"Bearer a.b.c", `{"error":"malformed","valid":false}`},
+		"no issuer is trusted": {"Bearer " + signed, `{"error":"unknown_issuer","valid":false}`},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			d, err := decide(t, e, map[string]any{"attributes": map[string]any{"k": "v"}}, tc.authorization)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got struct {
+				Input   map[string]json.RawMessage
+				Tenancy json.RawMessage
+				Static  json.RawMessage
+			}
+			if err := json.Unmarshal([]byte(d.Body), &got); err != nil {
+				t.Fatalf("%v: %s", err, d.Body)
+			}
+			if s := string(got.Input["token"]); s != tc.wantToken {
+				t.Errorf("input.token = %s, want %s", s, tc.wantToken)
+			}
+			if s := string(got.Input["tenancy_revision"]); s != "42" {
+				t.Errorf("input.tenancy_revision = %s", s)
+			}
+			if s := string(got.Input["attributes"]); s != `{"k":"v"}` {
+				t.Errorf("input.attributes = %s", s)
+			}
+			if s := string(got.Tenancy); s != `{"tenants":{"acme":{"status":"active"}}}` {
+				t.Errorf("data.tenancy = %s", s)
+			}
+			if s := string(got.Static); s != `{"plans":["free"]}` {
+				t.Errorf("data.static = %s", s)
+			}
+			if d.TenancyRevision != 42 || d.PolicyRevision != e.Policy().Revision() || d.TokenError == "" || d.Subject != "" {
+				t.Errorf("decision %+v", d)
+			}
+		})
+	}
+}
+
+var uuidV4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+
+// TestEngineDecisionIdentity: every decision has a fresh UUIDv4 and names
+// the revisions it used.
+func TestEngineDecisionIdentity(t *testing.T) {
+	t.Parallel()
+	e, _ := engineWith(t, policy("allow := true"), authz.Config{})
+	seen := map[string]bool{}
+	for range 100 {
+		d, err := decide(t, e, nil, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !uuidV4.MatchString(d.ID) || seen[d.ID] {
+			t.Fatalf("decision id %q is not a fresh UUIDv4", d.ID)
+		}
+		seen[d.ID] = true
+		if d.PolicyRevision == "" || d.PolicyRevision != e.PolicyStatus().Revision || d.Duration <= 0 {
+			t.Fatalf("decision %+v", d)
+		}
+	}
+}
+
+// TestEngineEvaluationErrors: runtime errors are "cannot decide" (internal).
+func TestEngineEvaluationErrors(t *testing.T) {
+	t.Parallel()
+	tests := map[string]string{
+		"complete rule conflict": "allow := true if input.a == 1\nallow := false if input.b == 2",
+		"object key conflict":    "allow := {\"allowed\": true, \"headers\": h}\nh[\"x\"] := \"1\" if input.a\nh[\"x\"] := \"2\" if input.b",
+		"function conflict":      "f(_) := 1\nf(x) := 2 if x\nallow := f(true) == 1",
+	}
+	for name, rules := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e, _ := engineWith(t, policy(rules), authz.Config{})
+			d, err := decide(t, e, map[string]any{"a": 1, "b": 2}, "")
+			if !errors.Is(err, authz.ErrEvaluation) || decideCode(t, err) != authz.CodeInternal {
+				t.Fatalf("Decide = %+v, %v; want an internal evaluation error", d, err)
+			}
+		})
+	}
+}
+
+// TestEngineFreshness: max_staleness and min revision make Decide wait
+// (bounded) or answer unavailable.
+func TestEngineFreshness(t *testing.T) {
+	t.Parallel()
+	t.Run("stale", func(t *testing.T) {
+		t.Parallel()
+		ten := testutil.NewTenancy(3, nil)
+		ten.Set(authz.TenancyState{Present: true, Revision: 3, SyncedAt: time.Now().Add(-time.Minute)})
+		e, _ := engineOn(t, policy("allow := true"), authz.Config{MaxStaleness: time.Second}, ten)
+		if _, err := decide(t, e, nil, ""); !errors.Is(err, authz.ErrStale) || decideCode(t, err) != authz.CodeUnavailable {
+			t.Fatalf("Decide error %v, want unavailable stale", err)
+		}
+	})
+	t.Run("min revision not reached", func(t *testing.T) {
+		t.Parallel()
+		e, _ := engineWith(t, policy("allow := true"), authz.Config{MinRevisionWait: 20 * time.Millisecond})
+		start := time.Now()
+		_, err := e.Decide(t.Context(), &authz.Request{MinRevision: 5})
+		if !errors.Is(err, authz.ErrRevisionNotReached) || decideCode(t, err) != authz.CodeUnavailable {
+			t.Fatalf("Decide error %v, want unavailable revision not reached", err)
+		}
+		if el := time.Since(start); el < 20*time.Millisecond {
+			t.Errorf("gave up after %v, before the wait bound", el)
+		}
+	})
+	t.Run("min revision reached", func(t *testing.T) {
+		t.Parallel()
+		ten := testutil.NewTenancy(9, nil)
+		e, _ := engineOn(t, policy("allow := true"), authz.Config{MinRevisionWait: time.Nanosecond}, ten)
+		d, err := e.Decide(t.Context(), &authz.Request{MinRevision: 9})
+		if err != nil || !d.Allowed || d.TenancyRevision != 9 {
+			t.Fatalf("Decide = %+v, %v", d, err)
+		}
+	})
+}
+
+// TestEnginePolicyStatus: loads and failures show in PolicyStatus and the
+// gatehouse_policy_loads_total counter.
+func TestEnginePolicyStatus(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	e := authz.New(authz.Config{Registerer: reg}, nil, nil, testLogger(t))
+	ps := compileModule(t, "package envoy.authz\nallow := true\n", "rev-1")
+	e.SetPolicy(ps)
+	st := e.PolicyStatus()
+	if st.Revision != "rev-1" || st.LoadedAt.IsZero() || st.LastError != "" {
+		t.Errorf("status after a load: %+v", st)
+	}
+	e.PolicyFailed(errors.New("policy.rego:3: rego_parse_error: unexpected eof"))
+	st = e.PolicyStatus()
+	if st.Revision != "rev-1" || !strings.Contains(st.LastError, "rego_parse_error") {
+		t.Errorf("status after a failure: %+v", st)
+	}
+	if err := e.Ready(); err != nil {
+		t.Errorf("a failed reload made the engine unready: %v", err)
+	}
+	e.SetPolicy(compileModule(t, "package envoy.authz\nallow := false\n", "rev-2"))
+	if st := e.PolicyStatus(); st.Revision != "rev-2" || st.LastError != "" {
+		t.Errorf("status after the fix: %+v", st)
+	}
+	for result, want := range map[string]float64{"success": 2, "error": 1} {
+		if got := testutil.MetricValue(t, reg, "gatehouse_policy_loads_total", map[string]string{"result": result}); got != want {
+			t.Errorf("gatehouse_policy_loads_total{result=%q} = %v, want %v", result, got, want)
+		}
+	}
+}
+
+func compileModule(tb testing.TB, src, rev string) *authz.PolicySet {
+	tb.Helper()
+	m, err := ast.ParseModuleWithOpts("policy.rego", src, ast.ParserOptions{RegoVersion: ast.RegoV1})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ps, err := authz.Compile(authz.Source{Modules: map[string]*ast.Module{"policy.rego": m}, Revision: rev}, authz.DefaultDecision)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ps
+}
+
+// TestEngineSwapUnderLoad: policies swap while decisions run; each decision
+// is made wholly by one policy set (run with -race).
+func TestEngineSwapUnderLoad(t *testing.T) {
+	t.Parallel()
+	e := authz.New(authz.Config{}, nil, nil, testLogger(t))
+	sets := make([]*authz.PolicySet, 4)
+	for i := range sets {
+		sets[i] = compileModule(t, fmt.Sprintf("package envoy.authz\nallow := {\"allowed\": true, \"headers\": {\"x-rev\": %q}}\n", fmt.Sprint(i)), fmt.Sprint(i))
+	}
+	e.SetPolicy(sets[0])
+	var done atomic.Bool
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer done.Store(true)
+		for i := range 200 {
+			e.SetPolicy(sets[i%len(sets)])
+		}
+	})
+	for range 4 {
+		wg.Go(func() {
+			for !done.Load() {
+				d, err := e.Decide(t.Context(), &authz.Request{Input: ast.NewObject()})
+				if err != nil {
+					t.Errorf("Decide: %v", err)
+					return
+				}
+				if len(d.Headers) != 1 || d.Headers[0].Value != d.PolicyRevision {
+					t.Errorf("decision mixes policy sets: headers %v, revision %s", d.Headers, d.PolicyRevision)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestEnginePrintGoesToDebugLog: Rego print() output lands in the debug
+// log, with its location.
+func TestEnginePrintGoesToDebugLog(t *testing.T) {
+	t.Parallel()
+	e, logs := engineWith(t, policy("allow if {\n\tprint(\"path is\", input.p)\n}"), authz.Config{})
+	if _, err := decide(t, e, map[string]any{"p": "/x"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if l := logs.String(); !strings.Contains(l, `"msg":"rego print"`) || !strings.Contains(l, `path is /x`) || !strings.Contains(l, "policy.rego:3") {
+		t.Errorf("print output not in the debug log:\n%s", l)
+	}
+}
+
+// TestParseRevision accepts non-negative integers only.
+func TestParseRevision(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		in      string
+		want    uint64
+		wantErr bool
+	}{
+		"empty":    {"", 0, false},
+		"zero":     {"0", 0, false},
+		"number":   {"42", 42, false},
+		"max":      {"18446744073709551615", 1<<64 - 1, false},
+		"negative": {"-1", 0, true},
+		"float":    {"1.5", 0, true},
+		"word":     {"latest", 0, true},
+		"overflow": {"18446744073709551616", 0, true},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			got, err := authz.ParseRevision(tc.in)
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Errorf("ParseRevision(%q) = %d, %v", tc.in, got, err)
+			}
+		})
+	}
+}
