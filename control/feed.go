@@ -14,11 +14,13 @@ import (
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
+// writeTimeout bounds each write of a stream to its client: a client that
+// stops reading is cut (and a snapshot's read transaction ends). A
+// variable for tests.
+var writeTimeout = 30 * time.Second
+
 // Feed streaming bounds.
 const (
-	// writeTimeout bounds each write of a stream to its client: a client
-	// that stops reading is cut (and a snapshot's read transaction ends).
-	writeTimeout = 30 * time.Second
 	// logChunk and logChunkBytes bound what a change stream reads from the
 	// history per read transaction.
 	logChunk      = 256
@@ -197,10 +199,14 @@ func (s *Server) follow(r *http.Request, lw *lineWriter, last uint64) error {
 	for {
 		published, wake := s.feed.state()
 		if published > last {
-			var err error
-			if last, err = s.sendRevisions(lw, last); err != nil {
+			sent, err := s.sendRevisions(lw, last)
+			if err != nil {
 				return err
 			}
+			if sent == last { // published revisions are always in the history
+				return fmt.Errorf("%w: revision %d is not in the history", errBehind, last+1)
+			}
+			last = sent
 			hb.Reset(s.cfg.Heartbeat)
 			continue
 		}
