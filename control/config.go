@@ -15,10 +15,15 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultAddr         = "127.0.0.1:8282"
-	DefaultDataDir      = "./var/control"
-	DefaultHistory      = 100000
-	DefaultHeartbeat    = 5 * time.Second
+	// DefaultAddr is Config.Addr's default (SPEC §2: port 8282).
+	DefaultAddr = "127.0.0.1:8282"
+	// DefaultDataDir is Config.DataDir's default.
+	DefaultDataDir = "./var/control"
+	// DefaultHistory is Config.History's default, in revisions.
+	DefaultHistory = 100000
+	// DefaultHeartbeat is Config.Heartbeat's default.
+	DefaultHeartbeat = 5 * time.Second
+	// DefaultMaxBodyBytes is Config.MaxBodyBytes's default: 32 MiB.
 	DefaultMaxBodyBytes = 32 << 20
 
 	// DBFile is the name of the bbolt file in Config.DataDir.

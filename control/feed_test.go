@@ -194,8 +194,8 @@ func TestChangesReplayAndFollow(t *testing.T) {
 	slices.Sort(puts)
 	t.Logf("write→stream latency over %d writes: median %v, max %v (PUT round trip incl. fsync: median %v, max %v)",
 		writes, lat[writes/2], lat[writes-1], puts[writes/2], puts[writes-1])
-	if lat[writes/2] > time.Second {
-		t.Fatalf("median write→stream latency %v, want < 1s (target 100 ms)", lat[writes/2])
+	if lat[writes-1] > time.Second {
+		t.Fatalf("write→stream latency up to %v, want < 1s (target 100 ms)", lat[writes-1])
 	}
 }
 
