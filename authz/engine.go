@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/topdown"
 	"github.com/open-policy-agent/opa/v1/topdown/print"
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,6 +31,9 @@ type Config struct {
 	Now func() time.Time `yaml:"-"`
 	// Registerer receives the engine's metrics (nil: none).
 	Registerer prometheus.Registerer `yaml:"-"`
+	// DecisionCacheEntries bounds the decision cache (default 10000; <0
+	// disables it). See cache.go for when a cached decision is used.
+	DecisionCacheEntries int `yaml:"decision_cache_entries"`
 }
 
 // SetDefaults fills unset fields.
@@ -38,6 +43,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.DecisionCacheEntries == 0 {
+		c.DecisionCacheEntries = 10000
 	}
 }
 
@@ -74,7 +82,9 @@ type Engine struct {
 
 	active atomic.Pointer[activeSet]
 
-	loads *prometheus.CounterVec
+	loads   *prometheus.CounterVec
+	cached  *prometheus.CounterVec
+	tracker DependencyTracker // nil when the tenancy store cannot record reads
 
 	mu        sync.Mutex // guards lastErr, lastErrAt
 	lastErr   string
@@ -85,6 +95,7 @@ type Engine struct {
 type activeSet struct {
 	ps    *PolicySet
 	store *dataStore
+	cache *decisionCache // nil: not cached
 }
 
 // New returns an engine with no policy set; Decide answers "not ready" until
@@ -103,16 +114,24 @@ func New(cfg Config, verifier *Verifier, tenancy Tenancy, logger *slog.Logger) *
 		Name: "gatehouse_policy_loads_total",
 		Help: "Policy set loads, by result (success, error). An error leaves the last good policy serving.",
 	}, []string{"result"})
+	e.cached = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gatehouse_decision_cache_total",
+		Help: "Decisions by cache result: hit, miss (evaluated and stored), stale (evaluated: data changed), bypass (not cacheable).",
+	}, []string{"result"})
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(e.loads)
+		cfg.Registerer.MustRegister(e.loads, e.cached)
 	}
+	e.tracker, _ = tenancy.(DependencyTracker)
 	return e
 }
 
 // SetPolicy makes ps the active policy set. Checks in flight finish on the
 // set they started with.
 func (e *Engine) SetPolicy(ps *PolicySet) {
-	prev := e.active.Swap(&activeSet{ps: ps, store: &dataStore{static: ps.static, tenancy: e.tenancy}})
+	prev := e.active.Swap(&activeSet{ps: ps, store: &dataStore{static: ps.static, tenancy: e.tenancy}, cache: newDecisionCache(ps.cache, e.cfg.DecisionCacheEntries)})
+	if ps.cache.disabled != "" {
+		e.logger.Info("decisions of this policy are not cached", "policy_revision", ps.revision, "why", ps.cache.disabled)
+	}
 	e.mu.Lock()
 	e.lastErr = ""
 	e.mu.Unlock()
@@ -210,6 +229,41 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	}
 	input.Insert(keyToken, ast.NewTerm(tok.Value()))
 	input.Insert(keyTenancyRevision, ast.UIntNumberTerm(rev))
+	tt := txn.(*dataTxn).tenancy
+
+	debug := e.logger.Enabled(ctx, slog.LevelDebug)
+	cache, key := a.cache, ""
+	if cache != nil && req.Tracer == nil && !debug {
+		var sb strings.Builder
+		if cache.plan.key(input, &sb) {
+			key = sb.String()
+		} else {
+			cache = nil
+		}
+	} else {
+		cache = nil
+	}
+	if cache != nil {
+		if ent := cache.get(key); ent != nil {
+			if e.valid(ent, tt, rev) {
+				e.cached.WithLabelValues("hit").Inc()
+				d := ent.d
+				d.ID = NewDecisionID()
+				d.TenancyRevision = rev
+				d.Subject, d.TokenError = tok.Subject, tok.Error
+				d.Duration = e.cfg.Now().Sub(start)
+				return &d, nil
+			}
+			e.cached.WithLabelValues("stale").Inc()
+		} else {
+			e.cached.WithLabelValues("miss").Inc()
+		}
+		if e.tracker != nil {
+			e.tracker.Record(tt)
+		}
+	} else {
+		e.cached.WithLabelValues("bypass").Inc()
+	}
 
 	cancel := topdown.NewCancel()
 	stop := context.AfterFunc(ctx, cancel.Cancel)
@@ -224,7 +278,7 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	if req.Tracer != nil {
 		q = q.WithQueryTracer(req.Tracer)
 	}
-	if e.logger.Enabled(ctx, slog.LevelDebug) {
+	if debug {
 		q = q.WithPrintHook(printHook{e.logger})
 	}
 	var result ast.Value
@@ -247,8 +301,26 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	if err := d.shape(result); err != nil {
 		return nil, internal(err)
 	}
+	if cache != nil {
+		ent := &cacheEntry{d: *d, revision: rev}
+		if e.tracker != nil {
+			ent.deps, ent.tracked = e.tracker.Recorded(tt)
+		}
+		cache.put(key, ent)
+	}
 	d.Duration = e.cfg.Now().Sub(start)
 	return d, nil
+}
+
+// valid reports whether a cached decision holds for the data txn reads.
+func (e *Engine) valid(ent *cacheEntry, txn storage.Transaction, rev uint64) bool {
+	if ent.revision == rev {
+		return true
+	}
+	if e.tracker == nil || !ent.tracked {
+		return false
+	}
+	return e.tracker.Unchanged(txn, ent.deps)
 }
 
 // fresh enforces max_staleness and a request's minimum revision.

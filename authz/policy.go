@@ -136,6 +136,7 @@ type PolicySet struct {
 	static   ast.Object
 	decision ast.Ref
 	files    int
+	cache    cachePlan
 }
 
 // Revision returns the policy revision.
@@ -143,6 +144,10 @@ func (p *PolicySet) Revision() string { return p.revision }
 
 // LoadedAt returns when the set was compiled.
 func (p *PolicySet) LoadedAt() time.Time { return p.loadedAt }
+
+// Cacheable reports whether decisions of the set can be cached, and if not,
+// why.
+func (p *PolicySet) Cacheable() (bool, string) { return p.cache.disabled == "", p.cache.disabled }
 
 // Compiler returns the compiled modules.
 func (p *PolicySet) Compiler() *ast.Compiler { return p.compiler }
@@ -189,6 +194,7 @@ func Compile(src Source, decision string) (*PolicySet, error) {
 		static:   obj,
 		decision: ref,
 		files:    len(src.Modules),
+		cache:    planCache(compiler),
 	}, nil
 }
 

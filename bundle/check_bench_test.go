@@ -79,44 +79,58 @@ func buildWorld(b *testing.B, name string, spec worldgen.Spec) (*bundle.Store, *
 
 // benchEngine returns an engine over st with the shipped policies and an
 // RS256 issuer, and a token minter for it.
-func benchEngine(b *testing.B, st *bundle.Store) (*authz.Engine, func(sub string) string) {
-	b.Helper()
+func benchEngine(tb testing.TB, st *bundle.Store) (*authz.Engine, func(sub string) string) {
+	tb.Helper()
+	v, mint := newVerifier(tb)
+	return newEngine(tb, st, v, 0), mint
+}
+
+// newVerifier returns a verifier trusting a fresh RSA key, and a minter of
+// tokens signed by it.
+func newVerifier(tb testing.TB) (*authz.Verifier, func(sub string) string) {
+	tb.Helper()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	der, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	pemFile := filepath.Join(b.TempDir(), "pub.pem")
+	pemFile := filepath.Join(tb.TempDir(), "pub.pem")
 	if err := os.WriteFile(pemFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	v, err := authz.NewVerifier(authz.VerifierConfig{Issuers: []authz.IssuerConfig{{
 		Issuer: "https://idp.bench/", Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: pemFile,
 	}}}, discard())
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	e := authz.New(authz.Config{}, v, st, discard())
-	src, err := authz.LoadDir(policyDir(), 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ps, err := authz.Compile(src, authz.DefaultDecision)
-	if err != nil {
-		b.Fatal(err)
-	}
-	e.SetPolicy(ps)
 	mint := func(sub string) string {
 		tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
 			"iss": "https://idp.bench/", "aud": "api", "sub": sub, "exp": time.Now().Add(time.Hour).Unix(),
 		})
 		s, err := tok.SignedString(key)
 		if err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		return s
 	}
-	return e, mint
+	return v, mint
+}
+
+// newEngine returns an engine with the shipped policies over st.
+func newEngine(tb testing.TB, st *bundle.Store, v *authz.Verifier, cacheEntries int) *authz.Engine {
+	tb.Helper()
+	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries}, v, st, discard())
+	src, err := authz.LoadDir(policyDir(), 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ps, err := authz.Compile(src, authz.DefaultDecision)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e.SetPolicy(ps)
+	return e
 }
 
 func checkRequest(r worldgen.Request, token string) *authv3.CheckRequest {

@@ -58,13 +58,15 @@ type Store struct {
 	changed atomic.Pointer[chan struct{}] // closed when the revision advances
 	epoch   atomic.Pointer[string]
 
-	corrupt atomic.Bool // set when a read or check found damage
-	txnIDs  atomic.Uint64
+	corrupt    atomic.Bool // set when a read or check found damage
+	txnIDs     atomic.Uint64
+	generation atomic.Uint64 // incremented when a new file is swapped in
 }
 
 var (
-	_ storage.Store = (*Store)(nil)
-	_ authz.Tenancy = (*Store)(nil)
+	_ storage.Store           = (*Store)(nil)
+	_ authz.Tenancy           = (*Store)(nil)
+	_ authz.DependencyTracker = (*Store)(nil)
 )
 
 // OpenStore opens (or creates) the cache in cfg.Dir. A damaged or foreign
@@ -250,6 +252,28 @@ type txn struct {
 	id  uint64
 	tx  *bolt.Tx
 	rev uint64
+	gen uint64
+	rec *recording // non-nil while an evaluation's reads are recorded
+}
+
+// recording lists the keyed reads of an evaluation.
+type recording struct {
+	deps      []dependency
+	untracked bool // a scan was made: only valid at the same revision
+}
+
+// dependency is one keyed read: the document (index into tenancy.Docs), its
+// key, and the revision that wrote what was read (0: absent).
+type dependency struct {
+	doc int
+	key string
+	rev uint64
+}
+
+// recorded is what Recorded returns: the reads and the file they were made on.
+type recorded struct {
+	gen  uint64
+	deps []dependency
 }
 
 func (t *txn) ID() uint64 { return t.id }
@@ -262,6 +286,7 @@ func (s *Store) NewTransaction(_ context.Context, params ...storage.TransactionP
 		}
 	}
 	for range 3 {
+		gen := s.generation.Load()
 		db := s.db.Load()
 		tx, err := db.Begin(false)
 		if errors.Is(err, bolt.ErrDatabaseNotOpen) {
@@ -270,7 +295,7 @@ func (s *Store) NewTransaction(_ context.Context, params ...storage.TransactionP
 		if err != nil {
 			return nil, &storage.Error{Code: storage.InternalErr, Message: "tenancy cache: " + err.Error()}
 		}
-		return &txn{id: s.txnIDs.Add(1), tx: tx, rev: tenancy.Revision(tx)}, nil
+		return &txn{id: s.txnIDs.Add(1), tx: tx, rev: tenancy.Revision(tx), gen: gen}, nil
 	}
 	return nil, &storage.Error{Code: storage.InternalErr, Message: "tenancy cache: file swapped repeatedly"}
 }
@@ -316,7 +341,7 @@ func (s *Store) Read(_ context.Context, t storage.Transaction, path storage.Path
 			v, err = nil, &storage.Error{Code: storage.InternalErr, Message: fmt.Sprintf("tenancy cache damaged: %v", r)}
 		}
 	}()
-	r := reader{s: s, tx: tt.tx, budget: s.cfg.MaxReadEntries}
+	r := reader{s: s, tx: tt.tx, budget: s.cfg.MaxReadEntries, rec: tt.rec}
 	val, err := r.read(path[1:])
 	if err != nil {
 		return nil, err
@@ -336,6 +361,14 @@ type reader struct {
 	s      *Store
 	tx     *bolt.Tx
 	budget int
+	rec    *recording
+}
+
+// scanned marks the evaluation as depending on more than keyed reads.
+func (r *reader) scanned() {
+	if r.rec != nil {
+		r.rec.untracked = true
+	}
 }
 
 func (r *reader) spend(n int) error {
@@ -354,6 +387,7 @@ func (r *reader) read(rest []string) (ast.Value, error) {
 		}
 	}
 	if len(rest) == 0 {
+		r.scanned()
 		obj := ast.NewObject()
 		for _, c := range tenancy.Collections {
 			v, err := r.read([]string{c})
@@ -370,10 +404,11 @@ func (r *reader) read(rest []string) (ast.Value, error) {
 		return obj, nil
 	}
 	if len(rest) == 1 && rest[0] == "index" {
+		r.scanned()
 		obj := ast.NewObject()
-		for _, d := range tenancy.Docs {
+		for i, d := range tenancy.Docs {
 			if len(d.Path) == 2 && d.Path[0] == "index" {
-				v, err := r.doc(d, nil)
+				v, err := r.doc(i, nil)
 				if err != nil {
 					return nil, err
 				}
@@ -382,9 +417,9 @@ func (r *reader) read(rest []string) (ast.Value, error) {
 		}
 		return obj, nil
 	}
-	for _, d := range tenancy.Docs {
+	for i, d := range tenancy.Docs {
 		if len(rest) >= len(d.Path) && equalPrefix(rest, d.Path) {
-			return r.doc(d, rest[len(d.Path):])
+			return r.doc(i, rest[len(d.Path):])
 		}
 	}
 	return nil, nil
@@ -399,22 +434,25 @@ func equalPrefix(a, p []string) bool {
 	return true
 }
 
-// doc reads keys (possibly fewer or more than the doc's depth) of d.
-func (r *reader) doc(d tenancy.Doc, keys []string) (ast.Value, error) {
+// doc reads keys (possibly fewer or more than the depth) of tenancy.Docs[i].
+func (r *reader) doc(i int, keys []string) (ast.Value, error) {
+	d := tenancy.Docs[i]
 	b := r.tx.Bucket([]byte(d.Bucket))
 	if b == nil {
 		return nil, &storage.Error{Code: storage.InternalErr, Message: "tenancy cache: bucket " + d.Bucket + " missing"}
 	}
 	if len(keys) < d.Depth {
+		r.scanned()
 		return r.subtree(d, b, keys)
 	}
 	leafKeys, below := keys[:d.Depth], keys[d.Depth:]
 	var leaf ast.Value
 	var err error
 	if d.IDSet {
+		r.scanned()
 		leaf, err = r.idSet(b, leafKeys)
 	} else {
-		leaf, err = r.leaf(d.Bucket, b, leafKeys)
+		leaf, err = r.leaf(i, b, leafKeys)
 	}
 	if err != nil || leaf == nil {
 		return nil, err
@@ -422,17 +460,73 @@ func (r *reader) doc(d tenancy.Doc, keys []string) (ast.Value, error) {
 	return navigate(leaf, below), nil
 }
 
-// leaf decodes the JSON document at a full key.
-func (r *reader) leaf(bucket string, b *bolt.Bucket, keys []string) (ast.Value, error) {
+// leaf decodes the JSON document at a full key of tenancy.Docs[i].
+func (r *reader) leaf(i int, b *bolt.Bucket, keys []string) (ast.Value, error) {
 	k := joinKey(keys)
 	raw := b.Get(k)
+	if r.rec != nil {
+		rev, _ := tenancy.ModRevision(raw)
+		r.rec.deps = append(r.rec.deps, dependency{doc: i, key: string(k), rev: rev})
+	}
 	if raw == nil {
 		return nil, nil
 	}
 	if err := r.spend(1); err != nil {
 		return nil, err
 	}
-	return r.s.docs.decode(bucket, k, raw)
+	return r.s.docs.decode(tenancy.Docs[i].Bucket, k, raw)
+}
+
+// Record implements authz.DependencyTracker.
+func (s *Store) Record(t storage.Transaction) {
+	if t, ok := t.(*txn); ok {
+		t.rec = &recording{}
+	}
+}
+
+// Recorded implements authz.DependencyTracker.
+func (s *Store) Recorded(t storage.Transaction) (authz.Dependencies, bool) {
+	tt, ok := t.(*txn)
+	if !ok || tt.rec == nil || tt.rec.untracked {
+		return nil, false
+	}
+	return recorded{gen: tt.gen, deps: tt.rec.deps}, true
+}
+
+// Unchanged implements authz.DependencyTracker: every recorded read finds
+// the document written by the same revision (or still nothing).
+func (s *Store) Unchanged(t storage.Transaction, deps authz.Dependencies) (ok bool) {
+	tt, isTxn := t.(*txn)
+	rd, isRec := deps.(recorded)
+	if !isTxn || !isRec || rd.gen != tt.gen {
+		return false
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			s.corrupt.Store(true)
+			ok = false
+		}
+	}()
+	var buckets [16]*bolt.Bucket
+	for _, d := range rd.deps {
+		var b *bolt.Bucket
+		if d.doc < len(buckets) {
+			if buckets[d.doc] == nil {
+				buckets[d.doc] = tt.tx.Bucket([]byte(tenancy.Docs[d.doc].Bucket))
+			}
+			b = buckets[d.doc]
+		} else {
+			b = tt.tx.Bucket([]byte(tenancy.Docs[d.doc].Bucket))
+		}
+		if b == nil {
+			return false
+		}
+		rev, _ := tenancy.ModRevision(b.Get([]byte(d.key)))
+		if rev != d.rev {
+			return false
+		}
+	}
+	return true
 }
 
 // idSet lists the ids stored after the key parts (sorted), nil when none.

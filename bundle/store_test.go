@@ -80,7 +80,7 @@ func (s *source) snapshot() []tenancy.FeedLine {
 	var out []tenancy.FeedLine
 	_ = s.db.View(func(tx *bolt.Tx) error {
 		for _, c := range tenancy.Collections {
-			_ = tx.Bucket([]byte("e/"+c)).ForEach(func(k, v []byte) error {
+			_ = tx.Bucket([]byte("e/" + c)).ForEach(func(k, v []byte) error {
 				rev, doc := tenancy.ModRevision(v)
 				out = append(out, tenancy.FeedLine{Type: tenancy.LineEntity, Collection: c, ID: string(k), ModRevision: rev, Value: append([]byte(nil), doc...)})
 				return nil
