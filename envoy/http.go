@@ -3,6 +3,7 @@ package envoy
 import (
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"strconv"
@@ -51,7 +52,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		for _, hv := range d.ResponseHeadersToAdd {
 			h.Add(hv.Key, hv.Value)
 		}
-		if rm := headersToRemove(d, headers); len(rm) > 0 {
+		if rm := headersToRemove(d, withContextHeaders(headers, r.Header)); len(rm) > 0 {
 			h.Set(HeaderHeadersToRemove, strings.Join(rm, ","))
 		}
 		w.WriteHeader(http.StatusOK)
@@ -63,6 +64,29 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, d.Body)
 	}
 	s.record("http", d, start)
+}
+
+// withContextHeaders adds to headers the x-gatehouse-context-* names of the
+// forwarded request. CheckRequestFromHTTP moves them into the context
+// extensions, but they are Gatehouse headers all the same: a client's own
+// copies must not reach the upstream.
+func withContextHeaders(headers map[string]string, h http.Header) map[string]string {
+	var out map[string]string
+	for k := range h {
+		lk := strings.ToLower(k)
+		if !strings.HasPrefix(lk, HeaderContextPrefix) {
+			continue
+		}
+		if out == nil {
+			out = make(map[string]string, len(headers)+1)
+			maps.Copy(out, headers)
+		}
+		out[lk] = ""
+	}
+	if out == nil {
+		return headers
+	}
+	return out
 }
 
 // CheckRequestFromHTTP builds the CheckRequest Envoy's gRPC client would
