@@ -164,8 +164,9 @@ func TestOPAEnvoyCompatibility(t *testing.T) {
 				t.Logf("HTTP service not compared: %s", why)
 				return
 			}
-			h := f.sc.CheckHTTP(t, t.Context(), requestOf(req))
-			assertHTTPEquivalent(t, resp, h)
+			hreq := requestOf(req)
+			h := f.sc.CheckHTTP(t, t.Context(), hreq)
+			assertHTTPEquivalent(t, resp, h, hreq.ContextExtensions)
 		})
 	}
 }
@@ -191,8 +192,10 @@ func requestOf(req *authv3.CheckRequest) testutil.Request {
 }
 
 // assertHTTPEquivalent checks that the HTTP service answered what the gRPC
-// CheckResponse says, in HTTP service terms (SPEC §2).
-func assertHTTPEquivalent(tb testing.TB, resp *authv3.CheckResponse, h testutil.HTTPResponse) {
+// CheckResponse says, in HTTP service terms (SPEC §2). ext are the route's
+// context extensions, which arrive as x-gatehouse-context-* headers in HTTP
+// mode and so are also removed upstream.
+func assertHTTPEquivalent(tb testing.TB, resp *authv3.CheckResponse, h testutil.HTTPResponse, ext map[string]string) {
 	tb.Helper()
 	md := resp.GetDynamicMetadata().GetFields()
 	if id := h.Header.Get("x-gatehouse-decision-id"); !uuidRE.MatchString(id) {
@@ -212,8 +215,18 @@ func assertHTTPEquivalent(tb testing.TB, resp *authv3.CheckResponse, h testutil.
 			tb.Fatalf("HTTP status %d, gRPC allowed; body %q", h.Status, h.Body)
 		}
 		assertHeaderValues(tb, h.Header, append(slices.Clone(ok.GetHeaders()), ok.GetResponseHeadersToAdd()...))
-		if got, want := h.Header.Get("x-envoy-auth-headers-to-remove"), strings.Join(ok.GetHeadersToRemove(), ","); got != want {
-			tb.Errorf("HTTP x-envoy-auth-headers-to-remove = %q, gRPC headers_to_remove %q", got, want)
+		want := slices.Clone(ok.GetHeadersToRemove())
+		for k := range ext {
+			want = append(want, "x-gatehouse-context-"+k)
+		}
+		var got []string
+		if v := h.Header.Get("x-envoy-auth-headers-to-remove"); v != "" {
+			got = strings.Split(v, ",")
+		}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			tb.Errorf("HTTP x-envoy-auth-headers-to-remove = %q, want %q (gRPC headers_to_remove %q)", got, want, ok.GetHeadersToRemove())
 		}
 		return
 	}

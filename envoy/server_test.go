@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc/codes"
@@ -337,5 +338,96 @@ func TestHTTPServiceInput(t *testing.T) {
 				t.Errorf("input.version = %s", v)
 			}
 		})
+	}
+}
+
+// TestCheckMalformedBodyIsNotEvaluated: a JSON body that does not parse is
+// a 400 deny before the policy runs (this policy would be INTERNAL).
+func TestCheckMalformedBodyIsNotEvaluated(t *testing.T) {
+	t.Parallel()
+	sc := startPolicy(t, "package envoy.authz\nallow := {\"allowed\": \"not a boolean\"}\n", testutil.Options{})
+	req := testutil.Request{Method: "POST", Headers: map[string]string{"content-type": "application/json"}, Body: `{"a": [1, 2`}
+	resp, err := sc.Check(t.Context(), req)
+	if err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	d := resp.GetDeniedResponse()
+	if d.GetStatus().GetCode() != 400 || !strings.Contains(d.GetBody(), `"reason":"bad_request"`) {
+		t.Fatalf("CheckResponse %v, want a 400 bad_request deny", resp)
+	}
+	if h := sc.CheckHTTP(t, t.Context(), req); h.Status != http.StatusBadRequest || h.Body != d.GetBody() {
+		t.Errorf("HTTP %d %q, want the gRPC deny", h.Status, h.Body)
+	}
+}
+
+// TestCheckInputForms: the other shapes Envoy may send (raw_body with
+// pack_as_bytes, header_map with encode_raw_headers, multipart bodies, a
+// source principal) reach the policy as opa-envoy-plugin presents them.
+func TestCheckInputForms(t *testing.T) {
+	t.Parallel()
+	const policy = `package envoy.authz
+allow := {"allowed": false, "http_status": 418, "body": json.marshal({
+	"parsed_body": input.parsed_body,
+	"accept": object.get(input.attributes.request.http.headers, "accept", null),
+	"principal": object.get(input, "source_principal", null),
+})}
+`
+	sc := startPolicy(t, policy, testutil.Options{})
+	multipart := "--XYZ\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nsam\r\n" +
+		"--XYZ\r\nContent-Disposition: form-data; name=\"meta\"\r\nContent-Type: application/json\r\n\r\n{\"n\":1}\r\n--XYZ--\r\n"
+	tests := map[string]struct {
+		mutate func(*authv3.CheckRequest)
+		want   string
+	}{
+		"raw_body": {func(r *authv3.CheckRequest) {
+			r.Attributes.Request.Http.Headers["content-type"] = "application/json"
+			r.Attributes.Request.Http.RawBody = []byte(`{"k":"v"}`)
+		}, `{"accept":null,"parsed_body":{"k":"v"},"principal":null}`},
+		"header_map with a repeated header": {func(r *authv3.CheckRequest) {
+			h := r.Attributes.Request.Http
+			var hm []*corev3.HeaderValue
+			for k, v := range h.Headers {
+				hm = append(hm, &corev3.HeaderValue{Key: k, RawValue: []byte(v)})
+			}
+			hm = append(hm, &corev3.HeaderValue{Key: "Accept", RawValue: []byte("text/html")}, &corev3.HeaderValue{Key: "accept", RawValue: []byte("application/json")})
+			h.Headers = nil
+			h.HeaderMap = &corev3.HeaderMap{Headers: hm}
+		}, `{"accept":"text/html,application/json","parsed_body":null,"principal":null}`},
+		"multipart": {func(r *authv3.CheckRequest) {
+			r.Attributes.Request.Http.Headers["content-type"] = "multipart/form-data; boundary=XYZ"
+			r.Attributes.Request.Http.Body = multipart
+		}, `{"accept":null,"parsed_body":{"meta":[{"n":1}],"name":["sam"]},"principal":null}`},
+		"source principal": {func(r *authv3.CheckRequest) {
+			r.Attributes.Source.Principal = "spiffe://cluster.local/ns/web/sa/frontend"
+		}, `{"accept":null,"parsed_body":null,"principal":"spiffe://cluster.local/ns/web/sa/frontend"}`},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			req := testutil.CheckRequest(testutil.Request{Method: "POST"})
+			tc.mutate(req)
+			resp, err := sc.Client.Check(t.Context(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := resp.GetDeniedResponse().GetBody(); got != tc.want {
+				t.Errorf("policy saw %s\nwant %s", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestHTTPServiceStripsSpoofedContextHeaders: in HTTP mode route settings
+// arrive as x-gatehouse-context-* headers; a client's own copies of them are
+// Gatehouse headers too and must not reach the upstream.
+func TestHTTPServiceStripsSpoofedContextHeaders(t *testing.T) {
+	t.Parallel()
+	sc := startPolicy(t, allowAll, testutil.Options{})
+	h := sc.CheckHTTP(t, t.Context(), testutil.Request{ContextExtensions: map[string]string{"project": "evil"}})
+	if h.Status != http.StatusOK {
+		t.Fatalf("HTTP %d", h.Status)
+	}
+	if got := h.Header.Get(envoy.HeaderHeadersToRemove); got != "x-gatehouse-context-project" {
+		t.Errorf("%s = %q, want the context header removed upstream", envoy.HeaderHeadersToRemove, got)
 	}
 }
