@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
@@ -47,6 +48,8 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Registerer receives the check metrics (nil: none).
 	Registerer prometheus.Registerer
+	// Reflection registers gRPC server reflection (for grpcurl).
+	Reflection bool
 }
 
 // Server answers Envoy's ext_authz checks over gRPC and HTTP.
@@ -102,6 +105,9 @@ func New(cfg Config, engine *authz.Engine, logger *slog.Logger) (*Server, error)
 	s.grpcSrv = grpc.NewServer(opts...)
 	authv3.RegisterAuthorizationServer(s.grpcSrv, s)
 	healthpb.RegisterHealthServer(s.grpcSrv, s.health)
+	if cfg.Reflection {
+		reflection.Register(s.grpcSrv)
+	}
 	s.setServing(false)
 
 	mux := http.NewServeMux()

@@ -46,6 +46,8 @@ type ListenConfig struct {
 	HTTPPathPrefix string `yaml:"http_path_prefix"`
 	// Pprof serves /debug/pprof/ on the ops listener.
 	Pprof bool `yaml:"pprof"`
+	// GRPCReflection registers gRPC server reflection, for grpcurl.
+	GRPCReflection bool `yaml:"grpc_reflection"`
 }
 
 // DataConfig is the `data:` section.

@@ -78,6 +78,7 @@ check and fmt --fail); 2 usage, configuration or policy compile error.`,
 	root.SetErr(stderr)
 	root.AddCommand(
 		newServeCmd(),
+		newDevCmd(),
 		newControlCmd(),
 		newVersionCmd(),
 	)

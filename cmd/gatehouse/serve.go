@@ -166,6 +166,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		TLS:            cfg.Listen.TLS,
 		HTTPPathPrefix: cfg.Listen.HTTPPathPrefix,
 		Registerer:     reg,
+		Reflection:     cfg.Listen.GRPCReflection,
 	}, engine, logger)
 	if err != nil {
 		return nil, err
