@@ -20,10 +20,11 @@ func engineWith(tb testing.TB, files map[string]string, cfg authz.Config) (*auth
 	return engineOn(tb, files, cfg, nil)
 }
 
-// engineOn is engineWith on a tenancy store.
+// engineOn is engineWith on a tenancy store. It logs at Info, as in
+// production, so that decisions go through the decision cache.
 func engineOn(tb testing.TB, files map[string]string, cfg authz.Config, tenancy authz.Tenancy) (*authz.Engine, *testutil.LogBuffer) {
 	tb.Helper()
-	logger, logs := testutil.Logger(tb)
+	logger, logs := testutil.LoggerAt(tb, slog.LevelInfo)
 	e := authz.New(cfg, nil, tenancy, logger)
 	loadDir(tb, e, testutil.PolicyDir(tb, files))
 	return e, logs

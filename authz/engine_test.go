@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -294,7 +296,9 @@ func TestEngineSwapUnderLoad(t *testing.T) {
 // log, with its location.
 func TestEnginePrintGoesToDebugLog(t *testing.T) {
 	t.Parallel()
-	e, logs := engineWith(t, policy("allow if {\n\tprint(\"path is\", input.p)\n}"), authz.Config{})
+	logger, logs := testutil.Logger(t) // Debug
+	e := authz.New(authz.Config{}, nil, nil, logger)
+	loadDir(t, e, testutil.PolicyDir(t, policy("allow if {\n\tprint(\"path is\", input.p)\n}")))
 	if _, err := decide(t, e, map[string]any{"p": "/x"}, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -328,5 +332,63 @@ func TestParseRevision(t *testing.T) {
 				t.Errorf("ParseRevision(%q) = %d, %v", tc.in, got, err)
 			}
 		})
+	}
+}
+
+// TestEngineDecisionCache: in production (Info logging) repeated requests
+// may be answered from the decision cache, but never with a stale answer:
+// a different referenced input, new tenancy data or a new policy is
+// evaluated afresh, and each answer has its own decision id.
+func TestEngineDecisionCache(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	ten := testutil.NewTenancy(1, map[string]any{"flags": map[string]any{"open": true}})
+	dir := testutil.PolicyDir(t, policy(`allow := {"allowed": data.tenancy.flags.open, "headers": {"x-path": input.path, "x-v": "1"}}`))
+	logger, _ := testutil.LoggerAt(t, slog.LevelInfo)
+	e := authz.New(authz.Config{Registerer: reg}, nil, ten, logger)
+	loadDir(t, e, dir)
+	ask := func(path, other string) *authz.Decision {
+		t.Helper()
+		d, err := decide(t, e, map[string]any{"path": path, "request_id": other}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	hits := func() float64 {
+		return testutil.MetricValue(t, reg, "gatehouse_decision_cache_total", map[string]string{"result": "hit"})
+	}
+	header := func(d *authz.Decision, k string) string {
+		for _, h := range d.Headers {
+			if h.Key == k {
+				return h.Value
+			}
+		}
+		return ""
+	}
+
+	first := ask("/a", "r1")
+	second := ask("/a", "r2") // differs only where the policy never looks
+	if hits() != 1 {
+		t.Fatalf("cache hits %v after a repeated request, want 1", hits())
+	}
+	if second.ID == first.ID || !second.Allowed || header(second, "x-path") != "/a" {
+		t.Errorf("cached decision %+v (first %+v)", second, first)
+	}
+	if d := ask("/b", "r1"); header(d, "x-path") != "/b" {
+		t.Errorf("a request with another path got %v", d.Headers)
+	}
+
+	ten.Update(2, map[string]any{"flags": map[string]any{"open": false}})
+	if d := ask("/a", "r3"); d.Allowed || d.TenancyRevision != 2 {
+		t.Errorf("after the data changed: %+v; want denied at revision 2", d)
+	}
+
+	if err := os.WriteFile(filepath.Join(dir, "policy.rego"), []byte("package envoy.authz\n"+`allow := {"allowed": true, "headers": {"x-v": "2"}}`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	loadDir(t, e, dir)
+	if d := ask("/a", "r4"); header(d, "x-v") != "2" {
+		t.Errorf("after a policy reload: %v", d.Headers)
 	}
 }

@@ -3,6 +3,7 @@ package envoy_test
 import (
 	"encoding/base64"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -37,10 +38,10 @@ func TestTokenAttacksThroughCheck(t *testing.T) {
 		testutil.JWK(t, "rsa-1", "RS256", &rsaKey.PublicKey),
 		testutil.JWK(t, "ec-1", "ES256", &ecKey.PublicKey))
 	pemDir := testutil.PolicyDir(t, map[string]string{"acme.pem": string(testutil.PublicKeyPEM(t, &acmeKey.PublicKey))})
-	sc := startPolicy(t, exposeToken, testutil.Options{Issuers: []authz.IssuerConfig{
+	issuers := []authz.IssuerConfig{
 		{Issuer: issuer, Audiences: []string{"api"}, JWKSURL: idp.URL, JWKSMinRefreshInterval: time.Millisecond},
 		{Issuer: tenantIssuer, Audiences: []string{"api"}, PublicKeyFile: filepath.Join(pemDir, "acme.pem"), Tenant: "acme"},
-	}})
+	}
 
 	claims := func(extra map[string]any) jwt.MapClaims {
 		return testutil.Claims(issuer, "alice", extra)
@@ -92,7 +93,10 @@ func TestTokenAttacksThroughCheck(t *testing.T) {
 		"tenant-bound issuer, key of the other issuer": {authorization: "Bearer " + testutil.MintJWT(t,
 			jwt.SigningMethodRS256, rsaKey, "rsa-1", testutil.Claims(tenantIssuer, "carol", nil)), wantError: "bad_signature"},
 	}
-	t.Run("cases", func(t *testing.T) {
+	// Each request is sent twice over gRPC and once over HTTP: at Info level
+	// (production) the later ones may be answered from the decision cache,
+	// which must not blur one token's verdict into another's.
+	run := func(t *testing.T, sc *testutil.Sidecar) {
 		for name, tc := range tests {
 			t.Run(name, func(t *testing.T) {
 				t.Parallel()
@@ -100,19 +104,31 @@ func TestTokenAttacksThroughCheck(t *testing.T) {
 				if tc.authorization != "" {
 					req.Headers = map[string]string{"authorization": tc.authorization}
 				}
-				resp, err := sc.Check(t.Context(), req)
-				if err != nil {
-					t.Fatalf("Check: %v", err)
+				var bodies []string
+				for range 2 {
+					resp, err := sc.Check(t.Context(), req)
+					if err != nil {
+						t.Fatalf("Check: %v", err)
+					}
+					bodies = append(bodies, resp.GetDeniedResponse().GetBody())
+					checkToken(t, bodies[len(bodies)-1], tc.wantError, tc.wantClaims, tc.wantBinding, issuer, tenantIssuer)
 				}
-				grpcBody := resp.GetDeniedResponse().GetBody()
-				checkToken(t, grpcBody, tc.wantError, tc.wantClaims, tc.wantBinding, issuer, tenantIssuer)
 				h := sc.CheckHTTP(t, t.Context(), req)
-				if h.Status != http.StatusUnauthorized || h.Body != grpcBody {
-					t.Errorf("HTTP %d %s, gRPC said 401 %s", h.Status, h.Body, grpcBody)
+				if h.Status != http.StatusUnauthorized || h.Body != bodies[0] || bodies[1] != bodies[0] {
+					t.Errorf("HTTP %d %s, gRPC said 401 %q", h.Status, h.Body, bodies)
 				}
 			})
 		}
+	}
+	t.Run("info", func(t *testing.T) {
+		sc := startPolicy(t, exposeToken, testutil.Options{Issuers: issuers})
+		t.Run("cases", func(t *testing.T) { run(t, sc) })
+		if hits := testutil.MetricValue(t, sc.Registry, "gatehouse_decision_cache_total", map[string]string{"result": "hit"}); hits == 0 {
+			t.Error("no decision came from the cache: the production path is untested")
+		}
 	})
+	sc := startPolicy(t, exposeToken, testutil.Options{Issuers: issuers, LogLevel: slog.LevelDebug})
+	t.Run("debug", func(t *testing.T) { run(t, sc) })
 	if idp.Hits.Load() < 2 {
 		t.Errorf("JWKS endpoint fetched %d times; an unknown kid must trigger a refresh", idp.Hits.Load())
 	}

@@ -43,8 +43,12 @@ type Options struct {
 	Server envoy.Config
 	// Ops also starts the ops server on 127.0.0.1:0.
 	Ops bool
-	// Logger defaults to a Debug logger into Logs.
+	// Logger defaults to a logger at LogLevel into Logs.
 	Logger *slog.Logger
+	// LogLevel of the default logger: Info (the zero value, as in
+	// production, where decisions are cached) or Debug (decision logs, Rego
+	// print; the decision cache is bypassed).
+	LogLevel slog.Level
 }
 
 // Sidecar is an engine and its ext_authz server on real sockets, with a
@@ -81,7 +85,7 @@ func StartSidecar(tb testing.TB, opts Options) *Sidecar {
 	s := &Sidecar{Registry: prometheus.NewRegistry()}
 	logger := opts.Logger
 	if logger == nil {
-		logger, s.Logs = Logger(tb)
+		logger, s.Logs = LoggerAt(tb, opts.LogLevel)
 	}
 	v, err := authz.NewVerifier(authz.VerifierConfig{Issuers: opts.Issuers, Registerer: s.Registry}, logger)
 	if err != nil {

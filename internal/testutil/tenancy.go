@@ -51,6 +51,20 @@ func (t *Tenancy) Set(st authz.TenancyState) {
 	t.mu.Unlock()
 }
 
+// Update replaces the data and moves to revision rev, synced now.
+func (t *Tenancy) Update(rev uint64, data map[string]any) {
+	v, err := ast.InterfaceToValue(data)
+	if err != nil {
+		panic(err)
+	}
+	t.mu.Lock()
+	t.data = v.(ast.Object)
+	t.state = authz.TenancyState{Present: true, Revision: rev, SyncedAt: time.Now()}
+	close(t.changed)
+	t.changed = make(chan struct{})
+	t.mu.Unlock()
+}
+
 type tenancyTxn struct {
 	rev  uint64
 	data ast.Object

@@ -49,8 +49,16 @@ func (b *LogBuffer) String() string {
 }
 
 // Logger returns a JSON logger at Debug level writing into a LogBuffer. The
-// logs are printed when the test fails.
+// logs are printed when the test fails. Note that the engine bypasses its
+// decision cache while debug logging is on: tests of the production path
+// use LoggerAt(tb, slog.LevelInfo).
 func Logger(tb testing.TB) (*slog.Logger, *LogBuffer) {
+	tb.Helper()
+	return LoggerAt(tb, slog.LevelDebug)
+}
+
+// LoggerAt is Logger at level.
+func LoggerAt(tb testing.TB, level slog.Level) (*slog.Logger, *LogBuffer) {
 	tb.Helper()
 	buf := &LogBuffer{}
 	tb.Cleanup(func() {
@@ -58,7 +66,7 @@ func Logger(tb testing.TB) (*slog.Logger, *LogBuffer) {
 			tb.Logf("logs:\n%s", buf.String())
 		}
 	})
-	return slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
+	return slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: level})), buf
 }
 
 // MetricValue returns the value of the counter or gauge name with exactly
