@@ -67,7 +67,7 @@ func Input(req *authv3.CheckRequest) (ast.Object, error) {
 	if httpReq == nil {
 		return nil, fmt.Errorf("%w: attributes.request.http is missing", ErrMalformedRequest)
 	}
-	attrs := messageValue(req.GetAttributes().ProtoReflect())
+	attrs := attributesValue(req.GetAttributes())
 	headers := RequestHeaders(httpReq)
 	if len(httpReq.GetHeaders()) == 0 && len(headers) > 0 {
 		// Envoy with encode_raw_headers sends header_map instead of

@@ -1,0 +1,119 @@
+package envoy
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/open-policy-agent/opa/v1/ast"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// randomRequest fills a CheckRequest's attributes with a random subset of
+// fields, common and rare.
+func randomRequest(r *rand.Rand) *authv3.CheckRequest {
+	pick := func() bool { return r.IntN(2) == 0 }
+	s := func() string {
+		if pick() {
+			return ""
+		}
+		return fmt.Sprintf("v%d\u00e9\"%d", r.IntN(100), r.IntN(9))
+	}
+	addr := func() *corev3.Address {
+		switch r.IntN(4) {
+		case 0:
+			return nil
+		case 1:
+			return &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: "/tmp/s"}}}
+		case 2:
+			return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+				Protocol: corev3.SocketAddress_UDP, Address: s(), PortSpecifier: &corev3.SocketAddress_NamedPort{NamedPort: "http"}}}}
+		}
+		sa := &corev3.SocketAddress{Address: s()}
+		if pick() {
+			sa.PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: uint32(r.IntN(70000))}
+		}
+		return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: sa}}
+	}
+	peer := func() *authv3.AttributeContext_Peer {
+		if pick() {
+			return nil
+		}
+		p := &authv3.AttributeContext_Peer{Address: addr(), Service: s(), Principal: s(), Certificate: s()}
+		if pick() {
+			p.Labels = map[string]string{"a": s(), "b": "x"}
+		}
+		return p
+	}
+	h := &authv3.AttributeContext_HttpRequest{
+		Id: s(), Method: s(), Path: s(), Host: s(), Scheme: s(), Query: s(), Fragment: s(),
+		Protocol: s(), Body: s(),
+	}
+	if pick() {
+		h.Size = r.Int64N(1 << 40)
+	}
+	if pick() {
+		h.Headers = map[string]string{":path": s(), "authorization": s(), "x-a": "1"}
+	}
+	if pick() {
+		h.RawBody = []byte(s())
+	}
+	if pick() {
+		h.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "k", Value: s()}, {Key: "raw", RawValue: []byte("rv")}}}
+	}
+	req := &authv3.AttributeContext_Request{Http: h}
+	if pick() {
+		req.Time = timestamppb.New(timestamppb.Now().AsTime().Add(-1))
+	}
+	a := &authv3.AttributeContext{Source: peer(), Destination: peer(), Request: req}
+	if pick() {
+		a.ContextExtensions = map[string]string{"project": s(), "roles": "a,b"}
+	}
+	if pick() {
+		st, _ := structpb.NewStruct(map[string]any{"n": 1.5, "s": "x", "l": []any{true, nil}, "o": map[string]any{"k": "v"}})
+		a.MetadataContext = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"envoy.filters.http.jwt_authn": st}}
+	}
+	if pick() {
+		a.TlsSession = &authv3.AttributeContext_TLSSession{Sni: s()}
+	}
+	return &authv3.CheckRequest{Attributes: a}
+}
+
+func TestFastInputEqualsGenericRendering(t *testing.T) {
+	t.Parallel()
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 2000 {
+		req := randomRequest(r)
+		fast := attributesValue(req.Attributes)
+		generic := messageValue(req.Attributes.ProtoReflect())
+		if fast.Compare(generic) != 0 {
+			t.Fatalf("request %d differs:\nfast    %v\ngeneric %v", i, fast, generic)
+		}
+	}
+}
+
+// TestGenericRenderingEqualsProtojson: the input's attributes are exactly
+// protojson's rendering of the request, as opa-envoy-plugin documents it.
+func TestGenericRenderingEqualsProtojson(t *testing.T) {
+	t.Parallel()
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range 2000 {
+		req := randomRequest(r)
+		b, err := protojson.Marshal(req.Attributes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := ast.ValueFromReader(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := messageValue(req.Attributes.ProtoReflect()); got.Compare(want) != 0 {
+			t.Fatalf("request %d differs:\nours      %v\nprotojson %v", i, got, want)
+		}
+	}
+}
