@@ -64,6 +64,9 @@ type DataConfig struct {
 	MaxStaleness time.Duration `yaml:"max_staleness"`
 	// MinRevisionWait bounds waiting for x-gatehouse-min-revision (default 1s).
 	MinRevisionWait time.Duration `yaml:"min_revision_wait"`
+	// ReconnectMaxBackoff caps the delay between attempts to reach the
+	// control endpoint (default 10s; attempts start at 100ms, with jitter).
+	ReconnectMaxBackoff time.Duration `yaml:"reconnect_max_backoff"`
 }
 
 // LogConfig is the `log:` section.
@@ -120,6 +123,9 @@ func (c ServeConfig) Validate() error {
 	}
 	if c.Data.MaxStaleness < 0 {
 		errs = append(errs, fmt.Errorf("data.max_staleness: %v is negative", c.Data.MaxStaleness))
+	}
+	if c.Data.ReconnectMaxBackoff < 0 {
+		errs = append(errs, fmt.Errorf("data.reconnect_max_backoff: %v is negative", c.Data.ReconnectMaxBackoff))
 	}
 	if c.Data.MinRevisionWait < 0 {
 		errs = append(errs, fmt.Errorf("data.min_revision_wait: %v is negative", c.Data.MinRevisionWait))

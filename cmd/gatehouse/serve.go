@@ -146,6 +146,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		syncer = bundle.NewSyncer(bundle.SyncConfig{
 			ControlURL:   cfg.Data.ControlURL,
 			TokenFile:    cfg.Data.TokenFile,
+			MaxBackoff:   cfg.Data.ReconnectMaxBackoff,
 			CheckOnStart: true,
 			Registerer:   reg,
 		}, store, logger)
