@@ -82,14 +82,22 @@ func BenchmarkCheckInput(b *testing.B) {
 }
 
 // BenchmarkCheckSimplePolicy is one in-process check: input, token (cached
-// after the first verification), evaluation, CheckResponse.
+// after the first verification), decision, CheckResponse. "cached" is the
+// production default, where a repeated request is a decision-cache hit;
+// "evaluated" disables the decision cache, so every check runs the policy.
 func BenchmarkCheckSimplePolicy(b *testing.B) {
+	for name, entries := range map[string]int{"cached": 0, "evaluated": -1} {
+		b.Run(name, func(b *testing.B) { benchSimplePolicy(b, entries) })
+	}
+}
+
+func benchSimplePolicy(b *testing.B, cacheEntries int) {
 	logger := discard()
 	v, err := authz.NewVerifier(authz.VerifierConfig{Issuers: benchIssuers(b)}, logger)
 	if err != nil {
 		b.Fatal(err)
 	}
-	e := authz.New(authz.Config{}, v, nil, logger)
+	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries}, v, nil, logger)
 	src, err := authz.NewDirSource(authz.PolicyConfig{Dir: testutil.PolicyDir(b, map[string]string{"policy.rego": benchPolicy})}, e, logger)
 	if err != nil {
 		b.Fatal(err)
