@@ -1,0 +1,282 @@
+package loadgen
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// BenchFile is the record of one bench/bench.sh run: every server measured
+// (the floor first) with its three runs.
+type BenchFile struct {
+	// Timestamp is when the bench ran (RFC 3339).
+	Timestamp string `json:"timestamp"`
+	// Pinned is true when server and load generator ran on separate cores.
+	Pinned bool `json:"pinned"`
+	// Note says anything that qualifies the numbers (e.g. not pinned).
+	Note string `json:"note,omitempty"`
+	// Servers are the servers measured, in order.
+	Servers []BenchServer `json:"servers"`
+}
+
+// BenchServer is one server's runs in a bench.
+type BenchServer struct {
+	// Name names the server ("noop", "gatehouse").
+	Name string `json:"name"`
+	// Floor marks the no-op server the others are compared with.
+	Floor bool `json:"floor,omitempty"`
+	// Skipped is why the server was not measured (not built, not ready).
+	Skipped string `json:"skipped,omitempty"`
+	// Failed is why a run could not be made after the server started.
+	Failed string `json:"failed,omitempty"`
+	// C16 is the closed loop at concurrency 16: peak throughput.
+	C16 *Result `json:"c16,omitempty"`
+	// C1 is the closed loop at concurrency 1: latency without queueing.
+	C1 *Result `json:"c1,omitempty"`
+	// HalfPeak is the open loop at half of C16's throughput.
+	HalfPeak *Result `json:"half_peak,omitempty"`
+}
+
+// Files CollectBenchServer reads from a server's folder.
+const (
+	benchC16      = "c16.json"
+	benchC1       = "c1.json"
+	benchHalfPeak = "half_peak.json"
+	benchSkipped  = "skipped"
+	benchFailed   = "failed"
+	benchFloor    = "floor"
+)
+
+// CollectBenchServer reads what bench/bench.sh left in dir for one server:
+// c16.json, c1.json and half_peak.json (each the output of `loadgen run
+// --json`, any of them may be missing), and the text files "skipped" and
+// "failed" (a reason) and "floor" (a marker). The server's name is the
+// folder's name.
+func CollectBenchServer(dir string) (BenchServer, error) {
+	s := BenchServer{Name: filepath.Base(dir)}
+	text := func(name string) (string, error) {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", nil
+		}
+		return strings.TrimSpace(string(b)), err
+	}
+	result := func(name string) (*Result, error) {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if errors.Is(err, fs.ErrNotExist) || err == nil && len(strings.TrimSpace(string(b))) == 0 {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		var r Result
+		if err := json.Unmarshal(b, &r); err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, name), err)
+		}
+		return &r, nil
+	}
+	var errs [6]error
+	s.Skipped, errs[0] = text(benchSkipped)
+	s.Failed, errs[1] = text(benchFailed)
+	_, err := os.Stat(filepath.Join(dir, benchFloor))
+	s.Floor = err == nil
+	s.C16, errs[2] = result(benchC16)
+	s.C1, errs[3] = result(benchC1)
+	s.HalfPeak, errs[4] = result(benchHalfPeak)
+	if _, err := os.Stat(dir); err != nil {
+		errs[5] = err
+	}
+	return s, errors.Join(errs[:]...)
+}
+
+// ReadBenchFile reads a saved BenchFile.
+func ReadBenchFile(path string) (*BenchFile, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var f BenchFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &f, nil
+}
+
+// OK reports whether every server that was measured produced valid runs:
+// no failures, errors, mismatches or missed calls. Skipped servers count
+// as OK.
+func (f *BenchFile) OK() bool {
+	for _, s := range f.Servers {
+		if s.Skipped != "" {
+			continue
+		}
+		if s.Failed != "" || s.C16 == nil {
+			return false
+		}
+		for _, r := range s.runs() {
+			if r.res != nil && (!r.res.OK || r.res.Missed > 0) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// clientBusy is the load generator's CPU use (share of its core) above
+// which a run's numbers, its tail latency first, may show the client's
+// limits rather than the server's.
+const clientBusy = 0.7
+
+type namedRun struct {
+	name string
+	res  *Result
+}
+
+func (s *BenchServer) runs() []namedRun {
+	return []namedRun{{"c=16", s.C16}, {"c=1", s.C1}, {"half peak", s.HalfPeak}}
+}
+
+// Table writes the comparison table (Markdown) and, below it, the notes
+// that qualify it: invalid runs, missed calls, a saturated load generator.
+func (f *BenchFile) Table(w io.Writer) error {
+	var floor *Result
+	for _, s := range f.Servers {
+		if s.Floor && s.C16 != nil && s.C16.ChecksPerSec > 0 {
+			floor = s.C16
+			break
+		}
+	}
+	rows := [][]string{{"server", "checks/s c=16", "ratio to floor", "p99 c=1", "p99 c=16", "p99 @ half peak", "server CPU µs/check", "RSS MiB"}}
+	var notes []string
+	for _, s := range f.Servers {
+		name := s.Name
+		if s.Floor {
+			name += " (floor)"
+		}
+		if s.Skipped != "" {
+			rows = append(rows, []string{name, "skipped", "-", "-", "-", "-", "-", "-"})
+			notes = append(notes, fmt.Sprintf("%s: skipped (%s)", s.Name, s.Skipped))
+			continue
+		}
+		row := []string{name, "-", "-", "-", "-", "-", "-", "-"}
+		if r := s.C16; r != nil {
+			row[1] = thousands(r.ChecksPerSec)
+			if floor != nil {
+				row[2] = fmt.Sprintf("%.2f", r.ChecksPerSec/floor.ChecksPerSec)
+			}
+			row[4] = fmt.Sprintf("%.2f ms", r.Latency.P99)
+			if r.Server != nil {
+				row[6] = fmt.Sprintf("%.1f", r.Server.CPUMicrosPerCheck)
+			}
+		}
+		if r := s.C1; r != nil {
+			row[3] = fmt.Sprintf("%.2f ms", r.Latency.P99)
+		}
+		if r := s.HalfPeak; r != nil {
+			row[5] = fmt.Sprintf("%.2f ms", r.Latency.P99)
+		}
+		rss := 0.0
+		invalid := false
+		for _, nr := range s.runs() {
+			r := nr.res
+			if r == nil {
+				continue
+			}
+			if r.Server != nil {
+				rss = max(rss, r.Server.RSSMiB)
+			}
+			if !r.OK {
+				invalid = true
+				notes = append(notes, fmt.Sprintf("%s %s: INVALID, %d mismatches and %d errors in %d checks%s",
+					s.Name, nr.name, r.Mismatches, r.Errors, r.Checks, firstProblem(r)))
+			}
+			if r.Missed > 0 {
+				invalid = true
+				notes = append(notes, fmt.Sprintf("%s %s: %d scheduled calls were never sent: the rate was not held", s.Name, nr.name, r.Missed))
+			}
+			if r.Client.CPUUtil >= clientBusy {
+				notes = append(notes, fmt.Sprintf("%s %s: the load generator used %.0f%% of its core: its own queueing may be in these numbers",
+					s.Name, nr.name, 100*r.Client.CPUUtil))
+			}
+		}
+		if rss > 0 {
+			row[7] = fmt.Sprintf("%.1f", rss)
+		}
+		if s.Failed != "" {
+			invalid = true
+			notes = append(notes, fmt.Sprintf("%s: FAILED: %s", s.Name, s.Failed))
+		}
+		if invalid {
+			row[0] += " INVALID"
+		}
+		rows = append(rows, row)
+	}
+	writeMarkdown(w, rows)
+	if f.Note != "" {
+		notes = append([]string{f.Note}, notes...)
+	}
+	for _, n := range notes {
+		if _, err := fmt.Fprintf(w, "- %s\n", n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func firstProblem(r *Result) string {
+	for _, rs := range r.Requests {
+		if rs.Mismatches > 0 {
+			return fmt.Sprintf(" (e.g. %s: expected %s, %d allowed, %d denied)", rs.Name, rs.Expect, rs.Allowed, rs.Denied)
+		}
+		if rs.Errors > 0 {
+			return fmt.Sprintf(" (e.g. %s: %s)", rs.Name, rs.FirstError)
+		}
+	}
+	return ""
+}
+
+// thousands formats a rate as an integer with comma separators.
+func thousands(v float64) string {
+	s := fmt.Sprintf("%.0f", v)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 && s[i-1] != '-' {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// writeMarkdown writes rows as a Markdown table, the first row as header,
+// with columns padded so the plain text reads as a table too.
+func writeMarkdown(w io.Writer, rows [][]string) {
+	width := make([]int, len(rows[0]))
+	for _, r := range rows {
+		for i, c := range r {
+			width[i] = max(width[i], len([]rune(c)))
+		}
+	}
+	line := func(cells []string) {
+		var b strings.Builder
+		b.WriteString("|")
+		for i, c := range cells {
+			fmt.Fprintf(&b, " %s%s |", c, strings.Repeat(" ", width[i]-len([]rune(c))))
+		}
+		fmt.Fprintln(w, b.String())
+	}
+	line(rows[0])
+	sep := make([]string, len(width))
+	for i, n := range width {
+		sep[i] = strings.Repeat("-", n)
+	}
+	line(sep)
+	for _, r := range rows[1:] {
+		line(r)
+	}
+}
