@@ -59,6 +59,7 @@ type Store struct {
 	epoch   atomic.Pointer[string]
 
 	corrupt    atomic.Bool // set when a read or check found damage
+	damaged    atomic.Pointer[chan struct{}] // closed when corrupt is set
 	txnIDs     atomic.Uint64
 	generation atomic.Uint64 // incremented when a new file is swapped in
 }
@@ -88,6 +89,8 @@ func OpenStore(cfg StoreConfig, logger *slog.Logger) (*Store, error) {
 	s := &Store{cfg: cfg, logger: logger, path: filepath.Join(cfg.Dir, CacheFile), docs: newDocCache(cfg.CacheEntries)}
 	ch := make(chan struct{})
 	s.changed.Store(&ch)
+	dmg := make(chan struct{})
+	s.damaged.Store(&dmg)
 	empty := ""
 	s.epoch.Store(&empty)
 	db, err := s.openFile(s.path)
@@ -225,6 +228,17 @@ func (s *Store) Close() error {
 // Corrupt reports whether damage was detected since the file was opened.
 func (s *Store) Corrupt() bool { return s.corrupt.Load() }
 
+// Damaged returns a channel closed once damage is detected in the current
+// file (the syncer then stops following the feed and rebuilds).
+func (s *Store) Damaged() <-chan struct{} { return *s.damaged.Load() }
+
+// markCorrupt records damage in the current file.
+func (s *Store) markCorrupt() {
+	if s.corrupt.CompareAndSwap(false, true) {
+		close(*s.damaged.Load())
+	}
+}
+
 // CheckFile runs bbolt's consistency check over the whole file. It is slow
 // on large files; the syncer runs it in the background after start.
 func (s *Store) CheckFile() error {
@@ -241,7 +255,7 @@ func (s *Store) CheckFile() error {
 		return nil
 	})
 	if err != nil {
-		s.corrupt.Store(true)
+		s.markCorrupt()
 	}
 	return err
 }
@@ -336,7 +350,7 @@ func (s *Store) Read(_ context.Context, t storage.Transaction, path storage.Path
 	}
 	defer func() {
 		if r := recover(); r != nil { // bbolt panics on damaged pages
-			s.corrupt.Store(true)
+			s.markCorrupt()
 			s.logger.Error("tenancy cache read failed: damaged file", "path", path.String(), "err", r)
 			v, err = nil, &storage.Error{Code: storage.InternalErr, Message: fmt.Sprintf("tenancy cache damaged: %v", r)}
 		}
@@ -503,7 +517,7 @@ func (s *Store) Unchanged(t storage.Transaction, deps authz.Dependencies) (ok bo
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			s.corrupt.Store(true)
+			s.markCorrupt()
 			ok = false
 		}
 	}()

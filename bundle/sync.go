@@ -302,6 +302,16 @@ const maxGroup = 512
 // follow streams changes after the cache's revision until the stream ends.
 // It reports whether any revision was applied or heartbeat received.
 func (s *Syncer) follow(ctx context.Context) (progressed bool, err error) {
+	// damage found in the cache ends the stream: the loop rebuilds it
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.store.Damaged():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	st := s.store.State()
 	q := url.Values{"since": {strconv.FormatUint(st.Revision, 10)}, "epoch": {s.store.Epoch()}}
 	resp, err := s.request(ctx, "/v1/sync/changes", q)
@@ -325,6 +335,9 @@ func (s *Syncer) follow(ctx context.Context) (progressed bool, err error) {
 	for {
 		l, err := lr.next()
 		if err != nil {
+			if s.store.Corrupt() {
+				return progressed, errors.New("tenancy cache damaged; rebuilding from a snapshot")
+			}
 			if ctx.Err() != nil {
 				return progressed, nil
 			}
