@@ -95,4 +95,3 @@ func TestDecisionCacheFollowsData(t *testing.T) {
 		t.Fatal("a suspended provider's customer still allowed")
 	}
 }
-

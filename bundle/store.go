@@ -58,7 +58,7 @@ type Store struct {
 	changed atomic.Pointer[chan struct{}] // closed when the revision advances
 	epoch   atomic.Pointer[string]
 
-	corrupt    atomic.Bool // set when a read or check found damage
+	corrupt    atomic.Bool                   // set when a read or check found damage
 	damaged    atomic.Pointer[chan struct{}] // closed when corrupt is set
 	txnIDs     atomic.Uint64
 	generation atomic.Uint64 // incremented when a new file is swapped in

@@ -23,12 +23,12 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/golang-jwt/jwt/v5"
+	bolt "go.etcd.io/bbolt"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/bundle"
@@ -532,6 +532,6 @@ func TestE2ECorruptCacheIsRebuilt(t *testing.T) {
 	}
 }
 
-func discardLogger() *slog.Logger { return newLogger(LogConfig{Level: "error", Format: "text"}, io.Discard) }
-
-
+func discardLogger() *slog.Logger {
+	return newLogger(LogConfig{Level: "error", Format: "text"}, io.Discard)
+}
