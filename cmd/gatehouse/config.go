@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -192,9 +193,51 @@ func decodeYAMLFile(path string, v any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) { // an empty file is fine
-		return fmt.Errorf("config %s: %w", path, err)
+		return fmt.Errorf("config %s: %s", path, yamlMessage(err))
 	}
 	return nil
+}
+
+// yamlSections names the configuration section behind each Go type, so
+// that YAML errors speak of keys, not types.
+var yamlSections = map[string]string{
+	"main.ServeConfig": "the top level", "main.ControlFile": "the top level", "control.Config": "the top level",
+	"main.ListenConfig": "listen", "netx.TLSConfig": "listen.tls", "authz.PolicyConfig": "policies",
+	"authz.BundleSourceConfig": "policies.bundle", "main.DataConfig": "data", "authz.IssuerConfig": "issuers",
+	"main.LogConfig": "log",
+}
+
+var (
+	reUnknownField = regexp.MustCompile(`field (\S+) not found in type (\S+)`)
+	reIntoType     = regexp.MustCompile(`into (\S+)$`)
+)
+
+// yamlMessage turns a YAML decoding error into one line naming the key.
+func yamlMessage(err error) string {
+	var lines []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "yaml: unmarshal errors:"))
+		if l == "" {
+			continue
+		}
+		l = reUnknownField.ReplaceAllStringFunc(l, func(m string) string {
+			sub := reUnknownField.FindStringSubmatch(m)
+			sec := yamlSections[sub[2]]
+			if sec == "" {
+				sec = sub[2]
+			}
+			return fmt.Sprintf("unknown key %q in %s", sub[1], sec)
+		})
+		l = reIntoType.ReplaceAllStringFunc(l, func(m string) string {
+			t := strings.TrimPrefix(m, "into ")
+			if t == "time.Duration" {
+				return "into a duration (e.g. 30s, 5m)"
+			}
+			return m
+		})
+		lines = append(lines, strings.TrimPrefix(l, "yaml: "))
+	}
+	return strings.Join(lines, "; ")
 }
 
 // envPrefix prefixes the environment variable of every flag:

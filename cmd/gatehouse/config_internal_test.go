@@ -34,9 +34,8 @@ func TestServeConfigErrors(t *testing.T) {
 		multiline bool
 	}{
 		"unknown key": {
-			yaml:      "policies: {dir: policies}\nlisten:\n  grpc: 127.0.0.1:0\n  bogus_key: 1\n",
-			wants:     []string{"bogus_key", "line 4"},
-			multiline: true,
+			yaml:  "policies: {dir: policies}\nlisten:\n  grpc: 127.0.0.1:0\n  bogus_key: 1\n",
+			wants: []string{"bogus_key", "line 4"},
 		},
 		"bad address": {
 			yaml:  "policies: {dir: policies}\nlisten: {grpc: \"localhost\"}\n",
@@ -76,9 +75,8 @@ func TestServeConfigErrors(t *testing.T) {
 			wants: []string{"policies.decision"},
 		},
 		"duration not a duration": {
-			yaml:      "policies: {dir: policies}\ndata: {max_staleness: soon}\n",
-			wants:     []string{"soon"},
-			multiline: true,
+			yaml:  "policies: {dir: policies}\ndata: {max_staleness: soon}\n",
+			wants: []string{"soon"},
 		},
 	}
 	for name, tc := range tests {

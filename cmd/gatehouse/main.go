@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -25,14 +26,16 @@ const (
 
 // exitError carries a process exit code.
 type exitError struct {
-	code int
-	err  error
+	code    int
+	err     error
+	oneLine bool // print every problem on one line
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
 func usageErr(err error) error   { return &exitError{code: exitUsage, err: err} }
+func configErr(err error) error  { return &exitError{code: exitUsage, err: err, oneLine: true} }
 func failureErr(err error) error { return &exitError{code: exitFailure, err: err} }
 
 func main() {
@@ -53,7 +56,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.err != nil && ee.err.Error() != "" {
-			fmt.Fprintln(stderr, "gatehouse:", ee.err)
+			msg := ee.err.Error()
+			if ee.oneLine { // configuration problems: one line, all of them
+				msg = strings.ReplaceAll(strings.TrimSpace(msg), "\n", "; ")
+			}
+			fmt.Fprintln(stderr, "gatehouse:", msg)
 		}
 		return ee.code
 	}

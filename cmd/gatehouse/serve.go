@@ -47,16 +47,16 @@ variables (GATEHOUSE_CONTROL_URL for --control-url, ...), overridden by flags.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := applyEnv(cmd); err != nil {
-				return usageErr(err)
+				return configErr(err)
 			}
 			cfg, err := loadServeConfig(cmd, f)
 			if err != nil {
-				return usageErr(err)
+				return configErr(err)
 			}
 			logger := newLogger(cfg.Log, cmd.ErrOrStderr())
 			sc, err := newSidecar(cfg, logger)
 			if err != nil {
-				return usageErr(err)
+				return configErr(err)
 			}
 			if err := sc.Run(cmd.Context()); err != nil {
 				return failureErr(err)
