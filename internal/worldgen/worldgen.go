@@ -29,8 +29,13 @@ type Spec struct {
 }
 
 // Default is the size of issue 3's benchmark: 1,000 tenants, 50,000 users,
-// 200,000 user grants.
-var Default = Spec{Providers: 10, Tenants: 1000, Users: 50000, Projects: 200, GrantsPerProject: 40, UserGrants: 200000, ExternalPct: 10, Seed: 1}
+// over 200,000 user grants (250,000 drawn; duplicates of user, project and
+// tenant are skipped).
+var Default = Spec{Providers: 10, Tenants: 1000, Users: 50000, Projects: 200, GrantsPerProject: 40, UserGrants: 250000, ExternalPct: 10, Seed: 1}
+
+// Scale10M is the scale run: 10,000 tenants, 2,500,000 users, 10,000,000
+// user grants.
+var Scale10M = Spec{Providers: 50, Tenants: 10000, Users: 2500000, Projects: 2000, GrantsPerProject: 100, UserGrants: 10000000, ExternalPct: 10, Seed: 1}
 
 // Small is a world of the same shape, small.
 var Small = Spec{Providers: 2, Tenants: 20, Users: 100, Projects: 10, GrantsPerProject: 4, UserGrants: 400, ExternalPct: 10, Seed: 1}
@@ -53,6 +58,7 @@ type World struct {
 }
 
 type userGrant struct {
+	id                    int
 	user, project, tenant int
 	roles                 []string
 }
@@ -141,7 +147,7 @@ func Generate(s Spec, emit func(tenancy.Entity) error) (*World, error) {
 		if r.IntN(3) == 0 {
 			roles = []string{"reader", "writer"}
 		}
-		w.ug = append(w.ug, userGrant{user: u, project: p, tenant: x, roles: roles})
+		w.ug = append(w.ug, userGrant{id: i, user: u, project: p, tenant: x, roles: roles})
 		if err := emit(&tenancy.UserGrant{ID: UserGrantID(i), User: UserID(u), Project: ProjectID(p), Tenant: TenantID(x), Roles: roles}); err != nil {
 			return nil, err
 		}
@@ -158,6 +164,9 @@ type Request struct {
 	Allow   bool
 	// Reason is the shipped policy's reason code.
 	Reason string
+	// Grant is the user grant behind the request's user, project and
+	// tenant (the one that allows it, or whose roles are insufficient).
+	Grant *tenancy.UserGrant
 }
 
 // Requests returns n requests, allowPct percent of them allowed.
@@ -167,6 +176,7 @@ func (w *World) Requests(n, allowPct int, seed uint64) []Request {
 	for len(out) < n {
 		g := w.ug[r.IntN(len(w.ug))]
 		req := Request{
+			Grant:   &tenancy.UserGrant{ID: UserGrantID(g.id), User: UserID(g.user), Project: ProjectID(g.project), Tenant: TenantID(g.tenant), Roles: g.roles},
 			Subject: UserID(g.user),
 			Path:    fmt.Sprintf("/t/%s/api/items/%d", TenantID(g.tenant), r.IntN(1000)),
 			Context: map[string]string{"project": ProjectID(g.project)},
