@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"syscall"
 	"time"
 )
 
@@ -62,13 +61,4 @@ func ProcRSS(pid int) (int64, error) {
 		return kb * 1024, nil
 	}
 	return 0, fmt.Errorf("%w: /proc/%d/status: no VmRSS in kB", ErrProc, pid)
-}
-
-// selfCPU returns the CPU time (user + system) this process has used.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
