@@ -88,6 +88,7 @@ check and fmt --fail); 2 usage, configuration or policy compile error.`,
 		newDevCmd(),
 		newControlCmd(),
 		newVersionCmd(),
+		newBundleCmd(),
 	)
 	return root
 }

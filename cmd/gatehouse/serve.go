@@ -118,7 +118,7 @@ type sidecar struct {
 	registry *prometheus.Registry
 	verifier *authz.Verifier
 	engine   *authz.Engine
-	policies *authz.DirSource
+	policies policySource
 	syncer   *bundle.Syncer
 	ext      *envoy.Server
 	ops      *ops.Server
@@ -156,11 +156,10 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		MinRevisionWait: cfg.Data.MinRevisionWait,
 		Registerer:      reg,
 	}, verifier, tenancy, logger)
-	src, err := authz.NewDirSource(cfg.Policies, engine, logger)
+	src, err := newPolicySource(cfg, engine, reg, logger)
 	if err != nil {
 		return nil, err
 	}
-	_ = src.Load() // a broken policy at start is reported; the sidecar stays unready and keeps watching
 	ext, err := envoy.New(envoy.Config{
 		GRPCAddr:       cfg.Listen.GRPC,
 		HTTPAddr:       cfg.Listen.HTTP,
@@ -180,6 +179,37 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		return nil, err
 	}
 	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, syncer: syncer, ext: ext, ops: opsSrv, closers: closers}, nil
+}
+
+// policySource keeps the engine's policy set current: a directory
+// (authz.DirSource) or a signed bundle URL (bundle.PolicySource).
+type policySource interface {
+	Run(ctx context.Context) error
+}
+
+// newPolicySource builds the policy source of cfg.Policies and loads what
+// is at hand before the listeners open: the directory, or the persisted
+// copy of the last applied bundle (the download starts with Run). A broken
+// policy at start is reported; the sidecar stays unready and keeps trying.
+func newPolicySource(cfg ServeConfig, engine *authz.Engine, reg prometheus.Registerer, logger *slog.Logger) (policySource, error) {
+	if cfg.Policies.Bundle.URL != "" {
+		src, err := bundle.NewPolicySource(bundle.PolicySourceConfig{
+			Policies:   cfg.Policies,
+			DataDir:    cfg.Data.Dir,
+			Registerer: reg,
+		}, engine, logger)
+		if err != nil {
+			return nil, err
+		}
+		_ = src.Restore()
+		return src, nil
+	}
+	src, err := authz.NewDirSource(cfg.Policies, engine, logger)
+	if err != nil {
+		return nil, err
+	}
+	_ = src.Load()
+	return src, nil
 }
 
 // Run serves until ctx is done, then shuts down in order: ext_authz drains
