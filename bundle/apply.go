@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -67,8 +68,9 @@ func (s *Store) persistSyncedAt(t time.Time) error {
 }
 
 // snapshotChunk is how many entities go into one transaction while a
-// snapshot file is built: bounded memory whatever the data size.
-const snapshotChunk = 20000
+// snapshot file is built: bounded memory (a transaction holds its dirty
+// pages) whatever the data size.
+const snapshotChunk = 5000
 
 // SnapshotBuilder writes a snapshot into a new file. Nothing is visible
 // until Commit swaps the file in; Abort discards it.
@@ -87,7 +89,9 @@ type SnapshotBuilder struct {
 func (s *Store) BeginSnapshot(rev uint64, epoch string) (*SnapshotBuilder, error) {
 	path := s.path + ".snapshot"
 	_ = os.Remove(path)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	// NoSync while building (Commit syncs once); the freelist IS written, so
+	// that opening the file later does not walk every page to rebuild it.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot file: %w", err)
 	}
@@ -179,6 +183,7 @@ func (b *SnapshotBuilder) Commit(syncedAt time.Time) error {
 func (s *Store) swap(src string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer debug.FreeOSMemory() // a snapshot is a one-off burst of garbage: hand it back now
 	if err := os.Rename(src, s.path); err != nil {
 		return fmt.Errorf("swap in snapshot: %w", err)
 	}

@@ -41,6 +41,11 @@ type SyncConfig struct {
 	HTTPClient *http.Client
 	// Now is a test hook.
 	Now func() time.Time
+	// ResidentBudget: when the process's resident file-backed memory (the
+	// cache file's mapped pages, mostly) exceeds it, the pages are dropped
+	// from the resident set (checked every 2s; default 32 MiB; <0 never).
+	// See Store.TrimResident.
+	ResidentBudget int64
 	// Registerer receives sync metrics (nil: none).
 	Registerer prometheus.Registerer
 }
@@ -61,6 +66,9 @@ func (c *SyncConfig) SetDefaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.ResidentBudget == 0 {
+		c.ResidentBudget = 32 << 20
 	}
 }
 
@@ -123,6 +131,23 @@ func (s *Syncer) Run(ctx context.Context) error {
 				s.logger.Error("tenancy cache failed its consistency check; rebuilding from a snapshot", "err", err)
 			} else {
 				s.logger.Info("tenancy cache consistency check passed", "duration", time.Since(start))
+			}
+			s.trim() // the check read every page
+		}()
+	}
+	if s.cfg.ResidentBudget > 0 {
+		go func() {
+			t := time.NewTicker(2 * time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					if n := residentFileBytes(); n > s.cfg.ResidentBudget {
+						s.trim()
+					}
+				}
 			}
 		}()
 	}
@@ -287,6 +312,7 @@ func (s *Syncer) snapshot(ctx context.Context) (err error) {
 			if err := b.Commit(s.cfg.Now()); err != nil {
 				return err
 			}
+			s.trim()
 			s.logger.Info("tenancy snapshot applied", "revision", head.Revision, "entities", l.Count, "duration", time.Since(start))
 			return nil
 		default:
@@ -376,6 +402,12 @@ func (s *Syncer) applyGroup(group []tenancy.FeedLine) error {
 	s.metrics.lag.Set(0)
 	s.logger.Debug("tenancy revisions applied", "from", group[0].Revision, "to", last, "duration", time.Since(start))
 	return nil
+}
+
+func (s *Syncer) trim() {
+	if err := s.store.TrimResident(); err != nil {
+		s.logger.Debug("could not trim the cache's resident pages", "err", err)
+	}
 }
 
 // heard records contact with a control endpoint at revision rev: the data
