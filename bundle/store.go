@@ -21,6 +21,10 @@ import (
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
+// ErrInUse is returned by OpenStore when another process holds the cache
+// file (two sidecars on one data directory).
+var ErrInUse = errors.New("cache file in use")
+
 // CacheFile is the name of the cache file in the data directory.
 const CacheFile = "tenancy.db"
 
@@ -94,6 +98,10 @@ func OpenStore(cfg StoreConfig, logger *slog.Logger) (*Store, error) {
 	empty := ""
 	s.epoch.Store(&empty)
 	db, err := s.openFile(s.path)
+	if errors.Is(err, bolt.ErrTimeout) {
+		// another process holds the file: not damage, never set it aside
+		return nil, fmt.Errorf("tenancy cache %s is in use by another process: %w", s.path, ErrInUse)
+	}
 	if err != nil {
 		logger.Warn("tenancy cache unusable; setting it aside and waiting for a snapshot", "path", s.path, "err", err)
 		if err := s.setAside(s.path); err != nil {

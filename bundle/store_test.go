@@ -300,3 +300,22 @@ func TestReadBudget(t *testing.T) {
 		t.Fatal("a collection scan beyond the budget was served")
 	}
 }
+
+func TestSecondOpenerDoesNotSetTheFileAside(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	src := newSource(t)
+	src.write(world)
+	st := openStore(t, dir)
+	loadSnapshot(t, st, src)
+	_, err := bundle.OpenStore(bundle.StoreConfig{Dir: dir}, discard())
+	if !errors.Is(err, bundle.ErrInUse) {
+		t.Fatalf("second open: %v, want ErrInUse", err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "*.corrupt-*")); len(m) != 0 {
+		t.Fatalf("a file in use was set aside: %v", m)
+	}
+	if v, err := read(t, st, "users", "bob", "tenant"); err != nil || v != "beta" {
+		t.Fatalf("first store after the second open: %v %v", v, err)
+	}
+}
