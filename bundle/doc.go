@@ -13,6 +13,15 @@
 // wrong schema, or fails the background consistency check is set aside
 // (renamed *.corrupt-<time>) and rebuilt from a snapshot.
 //
+// # Policy bundles
+//
+// Signed OPA-format policy bundles (policy.go): Build writes them
+// (compiling first, so a bundle that does not compile is never produced),
+// OpenBundle verifies the signature and every file digest against the
+// signed list, and PolicySource polls a bundle URL with ETags, applies a
+// verified bundle that compiles, keeps the last good policy serving
+// otherwise, and keeps a verified copy in the data directory for restarts.
+//
 // # Concurrency
 //
 // Store is safe for concurrent use: every evaluation reads one bbolt read
