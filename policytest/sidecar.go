@@ -1,0 +1,181 @@
+package policytest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/open-policy-agent/opa/v1/storage"
+	"github.com/open-policy-agent/opa/v1/topdown"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/envoy"
+)
+
+// Sidecar is an offline sidecar: the decision engine of `serve` with a
+// compiled policy set, a token verifier and a tenancy store, without
+// listeners. Check follows serve's path for one CheckRequest:
+// envoy.Input → authz.Engine.Decide → envoy.Response.
+type Sidecar struct {
+	engine *authz.Engine
+	store  *bundle.Store // nil: empty tenancy
+	reads  *readRecorder
+}
+
+// SidecarConfig configures a Sidecar.
+type SidecarConfig struct {
+	// Policy is the compiled policy set (authz.Compile).
+	Policy *authz.PolicySet
+	// Verifier verifies bearer tokens; nil trusts no issuer.
+	Verifier *authz.Verifier
+	// Store serves data.tenancy; nil means no tenancy data (revision 0), as
+	// serve without a control endpoint.
+	Store *bundle.Store
+	// Logger receives the engine's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// NewSidecar returns a sidecar ready to decide.
+func NewSidecar(cfg SidecarConfig) *Sidecar {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	var ten authz.Tenancy = authz.EmptyTenancy()
+	if cfg.Store != nil {
+		ten = cfg.Store
+	}
+	rec := &readRecorder{Tenancy: ten}
+	e := authz.New(authz.Config{}, cfg.Verifier, rec, logger)
+	e.SetPolicy(cfg.Policy)
+	return &Sidecar{engine: e, store: cfg.Store, reads: rec}
+}
+
+// Engine returns the decision engine.
+func (s *Sidecar) Engine() *authz.Engine { return s.engine }
+
+// Tenancy returns the tenancy store the engine reads (authz.EmptyTenancy
+// when there is no data).
+func (s *Sidecar) Tenancy() authz.Tenancy { return s.reads.Tenancy }
+
+// Answer is the answer to one check.
+type Answer struct {
+	// Decision is the engine's decision.
+	Decision *authz.Decision
+	// Response is the CheckResponse serve would send.
+	Response *authv3.CheckResponse
+	// Reads are the data.tenancy paths the evaluation read, in order
+	// (only when Check was given a tracer).
+	Reads []storage.Path
+}
+
+// Check answers req as serve would. A request whose body does not parse
+// is denied with 400 without evaluating, as serve does. An error is
+// "cannot decide" (serve answers it with a gRPC error status). With a
+// tracer, the evaluation is traced and the tenancy reads recorded.
+func (s *Sidecar) Check(ctx context.Context, req *authv3.CheckRequest, tracer topdown.QueryTracer) (*Answer, error) {
+	headers := envoy.RequestHeaders(req.GetAttributes().GetRequest().GetHttp())
+	in, err := envoy.Input(req)
+	if err != nil {
+		var be *envoy.BodyError
+		if errors.As(err, &be) {
+			d := s.badRequest(be)
+			return &Answer{Decision: d, Response: envoy.Response(d, headers)}, nil
+		}
+		return nil, err
+	}
+	minRev, err := minRevision(headers[envoy.HeaderMinRevision], req.GetAttributes().GetContextExtensions()["min_revision"])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", envoy.ErrMalformedRequest, err)
+	}
+	areq := &authz.Request{Input: in, Authorization: headers["authorization"], MinRevision: minRev, Tracer: tracer}
+	d, reads, err := s.decide(ctx, areq)
+	if err != nil {
+		return nil, err
+	}
+	return &Answer{Decision: d, Response: envoy.Response(d, headers), Reads: reads}, nil
+}
+
+// decide evaluates areq, recording tenancy reads when it is traced.
+func (s *Sidecar) decide(ctx context.Context, areq *authz.Request) (*authz.Decision, []storage.Path, error) {
+	if areq.Tracer == nil {
+		d, err := s.engine.Decide(ctx, areq)
+		return d, nil, err
+	}
+	s.reads.start()
+	d, err := s.engine.Decide(ctx, areq)
+	return d, s.reads.stop(), err
+}
+
+// badRequest is serve's answer to a body that does not parse.
+func (s *Sidecar) badRequest(err error) *authz.Decision {
+	d := &authz.Decision{
+		ID:              authz.NewDecisionID(),
+		Defined:         true,
+		Object:          true,
+		HTTPStatus:      400,
+		Reason:          "bad_request",
+		Headers:         []authz.Header{{Key: "content-type", Value: "application/json"}},
+		Body:            fmt.Sprintf(`{"error":%q,"reason":%q}`, err.Error(), "bad_request"),
+		TenancyRevision: s.engine.Tenancy().State().Revision,
+	}
+	if ps := s.engine.Policy(); ps != nil {
+		d.PolicyRevision = ps.Revision()
+	}
+	return d
+}
+
+func minRevision(header, ext string) (uint64, error) {
+	a, err := authz.ParseRevision(strings.TrimSpace(header))
+	if err != nil {
+		return 0, err
+	}
+	b, err := authz.ParseRevision(strings.TrimSpace(ext))
+	if err != nil {
+		return 0, err
+	}
+	return max(a, b), nil
+}
+
+// readRecorder wraps the tenancy store to record the paths an evaluation
+// reads (for explanations). Recording is on between start and stop only;
+// the sidecar serializes traced checks.
+type readRecorder struct {
+	authz.Tenancy
+	traced sync.Mutex // held by a traced check
+	mu     sync.Mutex
+	on     bool
+	reads  []storage.Path
+}
+
+func (r *readRecorder) start() {
+	r.traced.Lock()
+	r.mu.Lock()
+	r.on, r.reads = true, nil
+	r.mu.Unlock()
+}
+
+func (r *readRecorder) stop() []storage.Path {
+	r.mu.Lock()
+	out := r.reads
+	r.on, r.reads = false, nil
+	r.mu.Unlock()
+	r.traced.Unlock()
+	return out
+}
+
+// Read records path and reads through.
+func (r *readRecorder) Read(ctx context.Context, txn storage.Transaction, path storage.Path) (any, error) {
+	r.mu.Lock()
+	if r.on {
+		r.reads = append(r.reads, append(storage.Path(nil), path...))
+	}
+	r.mu.Unlock()
+	return r.Tenancy.Read(ctx, txn, path)
+}

@@ -1,0 +1,5 @@
+package broken
+
+deny if {
+	input.user == name
+}

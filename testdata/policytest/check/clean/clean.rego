@@ -1,0 +1,8 @@
+package clean
+
+import data.lib
+
+allow if {
+	some role in input.roles
+	role in lib.admins
+}

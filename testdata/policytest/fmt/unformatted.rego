@@ -1,0 +1,5 @@
+package unformatted
+
+allow   if {
+    input.user == "bob"
+}
