@@ -89,6 +89,10 @@ check and fmt --fail); 2 usage, configuration or policy compile error.`,
 		newControlCmd(),
 		newVersionCmd(),
 		newBundleCmd(),
+		newTestCmd(),
+		newEvalCmd(),
+		newCheckCmd(),
+		newFmtCmd(),
 	)
 	return root
 }

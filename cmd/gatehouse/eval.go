@@ -1,0 +1,128 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/policytest"
+)
+
+type evalFlags struct {
+	config, policies, decision string
+	data, input, inputKind     string
+	format                     string
+	explain                    bool
+}
+
+func newEvalCmd() *cobra.Command {
+	var f evalFlags
+	cmd := &cobra.Command{
+		Use:   "eval --policies DIR --input FILE [--data FILE] [--explain]",
+		Short: "Decide one request offline, as the sidecar would, and explain why",
+		Long: `Decide one request offline and print the answer the sidecar would give:
+allowed or denied, status, headers, body, reason, decision id, policy and
+tenancy revisions (and, with --format json, the CheckResponse in protojson).
+
+--input is an Envoy CheckRequest in JSON (protojson names; a JSON object whose
+only key is "attributes"), or a ready input document (anything else; used as it
+is: its token is not verified, and without one input.token is "missing").
+--input-kind check_request|input overrides the detection. "-" reads stdin.
+
+A CheckRequest goes through the sidecar's path: input builder, bearer token
+verification with the issuers of --config (a serve configuration file; without
+it every token is unknown_issuer), engine, response mapping.
+
+--data is tenancy data: a control API batch {"ops": [...]} (as POST /v1/batch
+takes it) or entities per collection {"tenants": [...], "users": [...], ...},
+JSON or YAML; it is applied with the control endpoint's invariants into a
+temporary sidecar cache. Without --data there is no tenancy data (revision 0).
+
+--explain traces the evaluation and prints the rules that produced a value
+(with their file:line), the tenancy data the evaluation read and, for a
+tenancy decision, the chain user → user grants → project → project grants →
+tenant and its ancestors (plus the user's home tenant for an external user).
+
+Exit codes: 0 the request was decided (allowed or denied); 1 cannot decide
+(an evaluation error, a decision of the wrong shape); 2 usage error, unreadable
+input or data, or policies that do not compile.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runEval(cmd, f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.config, "config", "", "serve configuration file: its issuers verify tokens; its policies.dir and policies.decision are defaults")
+	fl.StringVar(&f.policies, "policies", "", "policy directory (as serve loads it: *_test.rego files are skipped)")
+	fl.StringVar(&f.decision, "decision", "", "decision rule path (default envoy/authz/allow)")
+	fl.StringVar(&f.data, "data", "", "tenancy data file: a control API batch or entities per collection (JSON or YAML)")
+	fl.StringVar(&f.input, "input", "", `request file: an Envoy CheckRequest (JSON) or an input document; "-" for stdin`)
+	fl.StringVar(&f.inputKind, "input-kind", policytest.InputAuto, "auto, check_request or input")
+	fl.StringVar(&f.format, "format", policytest.FormatPretty, "output format: pretty or json")
+	fl.BoolVar(&f.explain, "explain", false, "explain the decision: rules that fired, tenancy data read, the tenancy chain")
+	return cmd
+}
+
+func runEval(cmd *cobra.Command, f evalFlags) error {
+	if f.format != policytest.FormatPretty && f.format != policytest.FormatJSON {
+		return usageErr(fmt.Errorf("--format %q: want pretty or json", f.format))
+	}
+	cfg := policytest.EvalConfig{Policies: f.policies, Decision: f.decision, Data: f.data, InputKind: f.inputKind, Explain: f.explain}
+	if f.config != "" {
+		var sc ServeConfig
+		if err := decodeYAMLFile(f.config, &sc); err != nil {
+			return usageErr(err)
+		}
+		sc.resolvePaths(filepath.Dir(f.config))
+		var errs []error
+		for i := range sc.Issuers {
+			sc.Issuers[i].SetDefaults()
+			errs = append(errs, sc.Issuers[i].Validate())
+		}
+		if err := errors.Join(errs...); err != nil {
+			return usageErr(err)
+		}
+		cfg.Issuers = sc.Issuers
+		if cfg.Policies == "" {
+			cfg.Policies = sc.Policies.Dir
+		}
+		if cfg.Decision == "" {
+			cfg.Decision = sc.Policies.Decision
+		}
+	}
+	if cfg.Decision == "" {
+		cfg.Decision = authz.DefaultDecision
+	}
+	if cfg.Policies == "" {
+		return usageErr(errors.New("--policies: required (or policies.dir in --config)"))
+	}
+	if f.input == "" {
+		return usageErr(errors.New("--input: required (a CheckRequest or an input document; - for stdin)"))
+	}
+	var err error
+	if f.input == "-" {
+		cfg.Input, err = io.ReadAll(cmd.InOrStdin())
+	} else {
+		cfg.Input, err = os.ReadFile(f.input)
+	}
+	if err != nil {
+		return usageErr(fmt.Errorf("--input: %w", err))
+	}
+	ev, err := policytest.Eval(cmd.Context(), cfg)
+	if err != nil {
+		var de *authz.DecideError
+		if errors.As(err, &de) {
+			return failureErr(err)
+		}
+		return policyErr(cmd.ErrOrStderr(), err)
+	}
+	if err := policytest.WriteEvaluation(cmd.OutOrStdout(), ev, f.format); err != nil {
+		return failureErr(err)
+	}
+	return nil
+}
