@@ -71,6 +71,9 @@ type Request struct {
 	MinRevision uint64
 	// Tracer, when set, receives the evaluation trace (for explanations).
 	Tracer topdown.QueryTracer
+	// Build, when Input is nil, builds the input; it is given what the
+	// policy set that will decide can read (NeedAll when tracing).
+	Build func(need *Need) (ast.Object, error)
 }
 
 // Engine evaluates the active policy set. See the package documentation.
@@ -224,6 +227,15 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	rev := e.tenancy.TxnRevision(txn.(*dataTxn).tenancy)
 
 	input := req.Input
+	if input == nil && req.Build != nil {
+		need := a.ps.need
+		if req.Tracer != nil {
+			need = NeedAll
+		}
+		if input, err = req.Build(need); err != nil {
+			return nil, err
+		}
+	}
 	if input == nil {
 		input = ast.NewObject()
 	}

@@ -137,6 +137,7 @@ type PolicySet struct {
 	decision ast.Ref
 	files    int
 	cache    cachePlan
+	need     *Need
 }
 
 // Revision returns the policy revision.
@@ -148,6 +149,9 @@ func (p *PolicySet) LoadedAt() time.Time { return p.loadedAt }
 // Cacheable reports whether decisions of the set can be cached, and if not,
 // why.
 func (p *PolicySet) Cacheable() (bool, string) { return p.cache.disabled == "", p.cache.disabled }
+
+// Need returns the parts of the input the set's rules can read.
+func (p *PolicySet) Need() *Need { return p.need }
 
 // Compiler returns the compiled modules.
 func (p *PolicySet) Compiler() *ast.Compiler { return p.compiler }
@@ -180,6 +184,7 @@ func Compile(src Source, decision string) (*PolicySet, error) {
 	if !decisionDefined(compiler, obj, ref) {
 		return nil, fmt.Errorf("%w: no rule or data defines %v", ErrNoDecisionRule, ref)
 	}
+	plan := planCache(compiler)
 	body := ast.NewBody(ast.Equality.Expr(ast.VarTerm(string(resultVar)), ast.NewTerm(ref)))
 	query, err := compiler.QueryCompiler().Compile(body)
 	if err != nil {
@@ -194,7 +199,8 @@ func Compile(src Source, decision string) (*PolicySet, error) {
 		static:   obj,
 		decision: ref,
 		files:    len(src.Modules),
-		cache:    planCache(compiler),
+		cache:    plan,
+		need:     needOf(plan.paths),
 	}, nil
 }
 

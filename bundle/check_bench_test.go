@@ -16,6 +16,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/open-policy-agent/opa/v1/ast"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/bundle"
@@ -178,8 +179,14 @@ func benchCheck(b *testing.B, name string, spec worldgen.Spec) {
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		cr := crs[i%len(crs)]
-		in, _ := envoy.Input(cr)
-		if _, err := e.Decide(ctx, &authz.Request{Input: in, Authorization: cr.Attributes.Request.Http.Headers["authorization"]}); err != nil {
+		prep, err := envoy.Prepare(cr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := e.Decide(ctx, &authz.Request{
+			Build:         func(n *authz.Need) (ast.Object, error) { return prep.Input(n), nil },
+			Authorization: cr.Attributes.Request.Http.Headers["authorization"],
+		}); err != nil {
 			b.Fatal(err)
 		}
 	}

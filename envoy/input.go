@@ -16,6 +16,8 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/util"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -63,42 +65,89 @@ func (e *BodyError) Unwrap() error { return e.Err }
 // parsed_query, parsed_body, truncated_body, source_principal and version.
 // The engine adds token and tenancy_revision.
 func Input(req *authv3.CheckRequest) (ast.Object, error) {
+	p, err := Prepare(req)
+	if err != nil {
+		return nil, err
+	}
+	return p.Input(authz.NeedAll), nil
+}
+
+// Prepared is a CheckRequest whose path and body have been checked and
+// parsed, ready to render the parts of the input a policy can read.
+type Prepared struct {
+	req         *authv3.CheckRequest
+	http        *authv3.AttributeContext_HttpRequest
+	headers     map[string]string
+	parsedPath  *ast.Term
+	parsedQuery *ast.Term
+	body        *ast.Term
+	truncated   bool
+}
+
+// Prepare validates req: HTTP attributes present (else ErrMalformedRequest),
+// a path that parses (else ErrMalformedRequest), a body that parses as its
+// content type says (else *BodyError). These checks do not depend on the
+// policy.
+func Prepare(req *authv3.CheckRequest) (*Prepared, error) {
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	if httpReq == nil {
 		return nil, fmt.Errorf("%w: attributes.request.http is missing", ErrMalformedRequest)
 	}
-	attrs := attributesValue(req.GetAttributes())
-	headers := RequestHeaders(httpReq)
-	if len(httpReq.GetHeaders()) == 0 && len(headers) > 0 {
-		// Envoy with encode_raw_headers sends header_map instead of
-		// headers; policies always see input...http.headers.
-		if h, ok := attrs.Get(ast.InternedTerm("request")).Value.(ast.Object); ok {
-			if hh, ok := h.Get(ast.InternedTerm("http")).Value.(ast.Object); ok {
-				hh.Insert(keyHeaders, ast.NewTerm(stringMap(headers)))
-			}
-		}
-	}
-
-	parsedPath, parsedQuery, err := parsePath(httpReq.GetPath())
+	p := &Prepared{req: req, http: httpReq, headers: RequestHeaders(httpReq)}
+	var err error
+	p.parsedPath, p.parsedQuery, err = parsePath(httpReq.GetPath())
 	if err != nil {
 		return nil, fmt.Errorf("%w: path %q: %v", ErrMalformedRequest, httpReq.GetPath(), err)
 	}
-	body, truncated, err := parseBody(headers, httpReq.GetBody(), httpReq.GetRawBody())
+	p.body, p.truncated, err = parseBody(p.headers, httpReq.GetBody(), httpReq.GetRawBody())
 	if err != nil {
 		return nil, &BodyError{Err: err}
 	}
-	in := ast.NewObject(
-		[2]*ast.Term{keyAttributes, ast.NewTerm(attrs)},
-		[2]*ast.Term{keyParsedPath, parsedPath},
-		[2]*ast.Term{keyParsedQuery, parsedQuery},
-		[2]*ast.Term{keyParsedBody, body},
-		[2]*ast.Term{keyTruncatedBody, ast.InternedTerm(truncated)},
-		[2]*ast.Term{keyVersion, versionV3},
-	)
-	if p := req.GetAttributes().GetSource().GetPrincipal(); p != "" {
-		in.Insert(keySourcePrinc, ast.StringTerm(p))
+	return p, nil
+}
+
+// Headers returns the request headers by lowercase name.
+func (p *Prepared) Headers() map[string]string { return p.headers }
+
+// Input renders the parts of the input document need asks for (a policy
+// cannot read anything else, so the decision is the same as on the whole
+// document).
+func (p *Prepared) Input(need *authz.Need) ast.Object {
+	in := ast.NewObjectWithCapacity(4)
+	if n := need.Child("attributes"); n != nil {
+		attrs := attributesValue(p.req.GetAttributes(), n)
+		if len(p.http.GetHeaders()) == 0 && len(p.headers) > 0 {
+			// Envoy with encode_raw_headers sends header_map instead of
+			// headers; policies always see input...http.headers.
+			if hn := n.Child("request").Child("http").Child("headers"); hn != nil {
+				if h, ok := attrs.Get(termRequest).Value.(ast.Object); ok {
+					if hh, ok := h.Get(termHTTP).Value.(ast.Object); ok {
+						hh.Insert(keyHeaders, ast.NewTerm(stringMapNeed(p.headers, hn)))
+					}
+				}
+			}
+		}
+		in.Insert(keyAttributes, ast.NewTerm(attrs))
 	}
-	return in, nil
+	if need.Child("parsed_path") != nil {
+		in.Insert(keyParsedPath, p.parsedPath)
+	}
+	if need.Child("parsed_query") != nil {
+		in.Insert(keyParsedQuery, p.parsedQuery)
+	}
+	if need.Child("parsed_body") != nil {
+		in.Insert(keyParsedBody, p.body)
+	}
+	if need.Child("truncated_body") != nil {
+		in.Insert(keyTruncatedBody, ast.InternedTerm(p.truncated))
+	}
+	if need.Child("version") != nil {
+		in.Insert(keyVersion, versionV3)
+	}
+	if pr := p.req.GetAttributes().GetSource().GetPrincipal(); pr != "" && need.Child("source_principal") != nil {
+		in.Insert(keySourcePrinc, ast.StringTerm(pr))
+	}
+	return in
 }
 
 // RequestHeaders returns the request headers by lowercase name: the headers
@@ -121,6 +170,21 @@ func RequestHeaders(h *authv3.AttributeContext_HttpRequest) map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// stringMapNeed renders the entries of m that need asks for.
+func stringMapNeed(m map[string]string, need *authz.Need) ast.Object {
+	if need.All {
+		return stringMap(m)
+	}
+	keys := need.Keys()
+	obj := ast.NewObjectWithCapacity(len(keys))
+	for _, k := range keys {
+		if v, ok := m[k]; ok {
+			obj.Insert(ast.StringTerm(k), ast.StringTerm(v))
+		}
+	}
+	return obj
 }
 
 func stringMap(m map[string]string) ast.Object {

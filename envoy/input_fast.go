@@ -8,6 +8,8 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
 )
 
 // The fields every CheckRequest carries are rendered by hand (the generic
@@ -39,50 +41,53 @@ var (
 	termRawBody     = ast.InternedTerm("rawBody")
 )
 
-// rest renders the populated fields of m not in handled, generically.
-func rest(obj ast.Object, m protoreflect.Message, handled func(protoreflect.FieldNumber) bool) {
+// rest renders the populated fields of m not in handled that need asks
+// for, generically (a field that is needed at all is rendered whole).
+func rest(obj ast.Object, m protoreflect.Message, need *authz.Need, handled func(protoreflect.FieldNumber) bool) {
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if !handled(fd.Number()) {
+		if !handled(fd.Number()) && need.Child(fd.JSONName()) != nil {
 			obj.Insert(ast.StringTerm(fd.JSONName()), ast.NewTerm(fieldValue(fd, v)))
 		}
 		return true
 	})
 }
 
-// attributesValue renders an AttributeContext.
-func attributesValue(a *authv3.AttributeContext) ast.Object {
+// attributesValue renders (what need asks for of) an AttributeContext.
+func attributesValue(a *authv3.AttributeContext, need *authz.Need) ast.Object {
 	obj := ast.NewObjectWithCapacity(4)
-	if a.Source != nil {
-		obj.Insert(termSource, ast.NewTerm(peerValue(a.Source)))
+	if n := need.Child("source"); a.Source != nil && n != nil {
+		obj.Insert(termSource, ast.NewTerm(peerValue(a.Source, n)))
 	}
-	if a.Destination != nil {
-		obj.Insert(termDestination, ast.NewTerm(peerValue(a.Destination)))
+	if n := need.Child("destination"); a.Destination != nil && n != nil {
+		obj.Insert(termDestination, ast.NewTerm(peerValue(a.Destination, n)))
 	}
-	if a.Request != nil {
-		obj.Insert(termRequest, ast.NewTerm(requestValue(a.Request)))
+	if n := need.Child("request"); a.Request != nil && n != nil {
+		obj.Insert(termRequest, ast.NewTerm(requestValue(a.Request, n)))
 	}
-	if len(a.ContextExtensions) > 0 {
-		obj.Insert(termContextExt, ast.NewTerm(stringMap(a.ContextExtensions)))
+	if n := need.Child("contextExtensions"); len(a.ContextExtensions) > 0 && n != nil {
+		obj.Insert(termContextExt, ast.NewTerm(stringMapNeed(a.ContextExtensions, n)))
 	}
-	rest(obj, a.ProtoReflect(), func(n protoreflect.FieldNumber) bool {
+	rest(obj, a.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool {
 		return n == 1 || n == 2 || n == 4 || n == 10 // source, destination, request, context_extensions
 	})
 	return obj
 }
 
-func peerValue(p *authv3.AttributeContext_Peer) ast.Object {
+func peerValue(p *authv3.AttributeContext_Peer, need *authz.Need) ast.Object {
 	obj := ast.NewObjectWithCapacity(2)
 	handledAddr := false
-	if sa, ok := p.GetAddress().GetAddress().(*corev3.Address_SocketAddress); ok && simpleSocketAddress(sa.SocketAddress) {
+	if need.Child("address") == nil {
+		handledAddr = true // not needed: rest must not render it either
+	} else if sa, ok := p.GetAddress().GetAddress().(*corev3.Address_SocketAddress); ok && simpleSocketAddress(sa.SocketAddress) {
 		obj.Insert(termAddress, ast.NewTerm(ast.NewObject(
 			ast.Item(termSocketAddr, ast.NewTerm(socketAddressValue(sa.SocketAddress))),
 		)))
 		handledAddr = true
 	}
-	if p.Principal != "" {
+	if p.Principal != "" && need.Child("principal") != nil {
 		obj.Insert(termPrincipal, ast.StringTerm(p.Principal))
 	}
-	rest(obj, p.ProtoReflect(), func(n protoreflect.FieldNumber) bool {
+	rest(obj, p.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool {
 		return (n == 1 && handledAddr) || n == 4 // address, principal
 	})
 	return obj
@@ -106,44 +111,44 @@ func socketAddressValue(sa *corev3.SocketAddress) ast.Object {
 	return obj
 }
 
-func requestValue(r *authv3.AttributeContext_Request) ast.Object {
+func requestValue(r *authv3.AttributeContext_Request, need *authz.Need) ast.Object {
 	obj := ast.NewObjectWithCapacity(2)
-	if r.Time != nil {
+	if r.Time != nil && need.Child("time") != nil {
 		obj.Insert(termTime, ast.StringTerm(formatTimestamp(r.Time)))
 	}
-	if r.Http != nil {
-		obj.Insert(termHTTP, ast.NewTerm(httpValue(r.Http)))
+	if n := need.Child("http"); r.Http != nil && n != nil {
+		obj.Insert(termHTTP, ast.NewTerm(httpValue(r.Http, n)))
 	}
-	rest(obj, r.ProtoReflect(), func(n protoreflect.FieldNumber) bool { return n == 1 || n == 2 })
+	rest(obj, r.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool { return n == 1 || n == 2 })
 	return obj
 }
 
-func httpValue(h *authv3.AttributeContext_HttpRequest) ast.Object {
+func httpValue(h *authv3.AttributeContext_HttpRequest, need *authz.Need) ast.Object {
 	obj := ast.NewObjectWithCapacity(10)
 	str := func(k *ast.Term, v string) {
-		if v != "" {
+		if v != "" && need.Child(string(k.Value.(ast.String))) != nil {
 			obj.Insert(k, ast.StringTerm(v))
 		}
 	}
 	str(termID, h.Id)
 	str(termMethod, h.Method)
-	if len(h.Headers) > 0 {
-		obj.Insert(keyHeaders, ast.NewTerm(stringMap(h.Headers)))
+	if n := need.Child("headers"); len(h.Headers) > 0 && n != nil {
+		obj.Insert(keyHeaders, ast.NewTerm(stringMapNeed(h.Headers, n)))
 	}
 	str(termPath, h.Path)
 	str(termHost, h.Host)
 	str(termScheme, h.Scheme)
 	str(termQuery, h.Query)
 	str(termFragment, h.Fragment)
-	if h.Size != 0 {
+	if h.Size != 0 && need.Child("size") != nil {
 		obj.Insert(termSize, ast.StringTerm(strconv.FormatInt(h.Size, 10)))
 	}
 	str(termProtocol, h.Protocol)
 	str(termBody, h.Body)
-	if len(h.RawBody) > 0 {
+	if len(h.RawBody) > 0 && need.Child("rawBody") != nil {
 		obj.Insert(termRawBody, ast.StringTerm(base64.StdEncoding.EncodeToString(h.RawBody)))
 	}
-	rest(obj, h.ProtoReflect(), func(n protoreflect.FieldNumber) bool {
+	rest(obj, h.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool {
 		return n >= 1 && n <= 12 // id..raw_body; header_map (13) and newer fields stay generic
 	})
 	return obj

@@ -9,6 +9,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -89,7 +91,7 @@ func TestFastInputEqualsGenericRendering(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := range 2000 {
 		req := randomRequest(r)
-		fast := attributesValue(req.Attributes)
+		fast := attributesValue(req.Attributes, authz.NeedAll)
 		generic := messageValue(req.Attributes.ProtoReflect())
 		if fast.Compare(generic) != 0 {
 			t.Fatalf("request %d differs:\nfast    %v\ngeneric %v", i, fast, generic)
@@ -116,4 +118,67 @@ func TestGenericRenderingEqualsProtojson(t *testing.T) {
 			t.Fatalf("request %d differs:\nours      %v\nprotojson %v", i, got, want)
 		}
 	}
+}
+
+// TestPartialInputAgreesOnNeededPaths: rendering only what a policy can read
+// gives the same value as the whole input at every path the policy reads.
+func TestPartialInputAgreesOnNeededPaths(t *testing.T) {
+	t.Parallel()
+	candidates := []string{
+		`input`, `input.attributes`, `input.attributes.contextExtensions`, `input.attributes.contextExtensions.project`,
+		`input.attributes.request.http`, `input.attributes.request.http.headers`, `input.attributes.request.http.headers["x-a"]`,
+		`input.attributes.request.http.headers.authorization`, `input.attributes.request.http.host`, `input.attributes.request.http.method`,
+		`input.attributes.request.http.size`, `input.attributes.request.http.rawBody`, `input.attributes.request.http.headerMap`,
+		`input.attributes.request.time`, `input.attributes.source`, `input.attributes.source.address`,
+		`input.attributes.source.address.socketAddress.portValue`, `input.attributes.source.labels`, `input.attributes.destination.principal`,
+		`input.attributes.metadataContext`, `input.attributes.tlsSession.sni`, `input.parsed_path`, `input.parsed_path[1]`,
+		`input.parsed_query`, `input.parsed_body`, `input.truncated_body`, `input.version`, `input.source_principal`,
+	}
+	r := rand.New(rand.NewPCG(5, 6))
+	for i := range 2000 {
+		req := randomRequest(r)
+		if req.Attributes.Request.Http.Path == "" {
+			req.Attributes.Request.Http.Path = "/t/acme/x?y=1"
+		}
+		var paths []ast.Ref
+		for _, c := range candidates {
+			if r.IntN(6) == 0 {
+				paths = append(paths, ast.MustParseRef(c))
+			}
+		}
+		prep, err := Prepare(req)
+		if err != nil {
+			continue // a random path that does not parse: both forms refuse it
+		}
+		full := prep.Input(authz.NeedAll)
+		part := prep.Input(authz.NeedFor(paths))
+		for _, p := range paths {
+			a, b := lookup(full, p), lookup(part, p)
+			if (a == nil) != (b == nil) || a != nil && a.Compare(b) != 0 {
+				t.Fatalf("request %d, path %v: whole input %v, partial %v", i, p, a, b)
+			}
+		}
+	}
+}
+
+func lookup(v ast.Value, p ast.Ref) ast.Value {
+	for _, t := range p[1:] {
+		switch x := v.(type) {
+		case ast.Object:
+			c := x.Get(t)
+			if c == nil {
+				return nil
+			}
+			v = c.Value
+		case *ast.Array:
+			n, _ := t.Value.(ast.Number).Int()
+			if n >= x.Len() {
+				return nil
+			}
+			v = x.Elem(n).Value
+		default:
+			return nil
+		}
+	}
+	return v
 }

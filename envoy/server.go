@@ -14,6 +14,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -250,12 +251,13 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	return resp, nil
 }
 
-// decide builds the input and evaluates it. A body that does not parse is
-// denied with 400 without evaluating, as opa-envoy-plugin does.
-// It also returns the request headers (for spoofed-header stripping).
+// decide validates the request and evaluates it; the engine asks for the
+// parts of the input the deciding policy can read. A body that does not
+// parse is denied with 400 without evaluating, as opa-envoy-plugin does. It
+// also returns the request headers (for spoofed-header stripping).
 func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest) (*authz.Decision, map[string]string, error) {
 	headers := RequestHeaders(req.GetAttributes().GetRequest().GetHttp())
-	in, err := Input(req)
+	prep, err := Prepare(req)
 	if err != nil {
 		var be *BodyError
 		if errors.As(err, &be) {
@@ -268,7 +270,7 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest) (*authz.D
 		return nil, headers, fmt.Errorf("%w: %v", ErrMalformedRequest, err)
 	}
 	d, err := s.engine.Decide(ctx, &authz.Request{
-		Input:         in,
+		Build:         func(need *authz.Need) (ast.Object, error) { return prep.Input(need), nil },
 		Authorization: headers["authorization"],
 		MinRevision:   minRev,
 	})
