@@ -9,6 +9,9 @@
 #   BENCH_GRPC_PORT=9191 BENCH_HTTP_PORT=9192 BENCH_OPS_PORT=8181 (gatehouse)
 #   BENCH_READY_TIMEOUT=30 (seconds gatehouse may take to become ready)
 #   BENCH_KEEP_AWAKE=1 keeps both CPUs from idling (see bench/README.md)
+#   BENCH_TENANCY=0 skips the multi-tenant run (shipped policy, 200k-grant
+#   world synced from a control endpoint into the bbolt cache)
+#   BENCH_CONTROL_PORT=9382
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -123,7 +126,7 @@ measure() {
 	local name=$1 addr=$2
 	shift 2
 	local dir=$WORK/servers/$name
-	local common=(--addr "$addr" --scenario "$SCENARIO" --signing-key "$KEYS/signing.pem" --pid "$SERVER_PID" "$@")
+	local common=(--addr "$addr" --scenario "${MEASURE_SCENARIO:-$SCENARIO}" --signing-key "$KEYS/signing.pem" --pid "$SERVER_PID" "$@")
 	run() { # run FILE LABEL [flags...]
 		local file=$1 label=$2 rc=0
 		shift 2
@@ -217,11 +220,66 @@ if [[ -n $GATEHOUSE_SKIP ]]; then
 	printf '%s\n' "$GATEHOUSE_SKIP" >"$WORK/servers/gatehouse/skipped"
 fi
 
+# --- gatehouse, multi-tenant: shipped policy over 200k grants from bbolt ---------
+TENANCY_SKIP=""
+mkdir -p "$WORK/servers/gatehouse-tenancy"
+if [[ ${BENCH_TENANCY:-1} == 1 && -z $GATEHOUSE_SKIP ]]; then
+	CONTROL_PORT=${BENCH_CONTROL_PORT:-9382}
+	WORLD=bench/.var/world-200k
+	go build -o bin/ ./cmd/benchworld
+	if [[ ! -f $WORLD/control/control.db || ! -f $WORLD/scenario.json ]]; then
+		log "building the 200k world (once; kept in $WORLD)"
+		rm -rf "$WORLD.tmp" && bin/benchworld build --size 200k --dir "$WORLD.tmp" >&2 && rm -rf "$WORLD" && mv "$WORLD.tmp" "$WORLD"
+	fi
+	# the control endpoint works on a copy: the world file stays pristine
+	mkdir -p "$WORK/control"
+	cp "$WORLD/control/control.db" "$WORK/control/control.db"
+	echo bench-admin >"$WORK/admin.token"
+	echo bench-sync >"$WORK/sync.token"
+	cat >"$WORK/tenancy.yaml" <<YAML
+listen: {grpc: 127.0.0.1:$GRPC_PORT, http: 127.0.0.1:$HTTP_PORT, ops: 127.0.0.1:$OPS_PORT}
+policies: {dir: $PWD/policies}
+data: {dir: $WORK/sidecar, control_url: "http://127.0.0.1:$CONTROL_PORT", token_file: $WORK/sync.token}
+issuers:
+  - {issuer: "https://bench.gatehouse.test/", audiences: [api], algorithms: [RS256], public_key_file: $PWD/$KEYS/public.pem}
+YAML
+	bin/gatehouse control --addr "127.0.0.1:$CONTROL_PORT" --data-dir "$WORK/control" \
+		--admin-token-file "$WORK/admin.token" --sync-token-file "$WORK/sync.token" >"$WORK/control.log" 2>&1 &
+	CONTROL_PID=$!
+	SPINNERS+=("$CONTROL_PID") # stopped with the spinners at exit
+	log "starting gatehouse serve (shipped policy, 200k world synced from the control endpoint)"
+	start_ns=$(date +%s%N)
+	GOMAXPROCS=1 "${SERVER_PIN[@]}" bin/gatehouse serve --config "$WORK/tenancy.yaml" >"$WORK/tenancy.log" 2>&1 &
+	SERVER_PID=$!
+	ready=""
+	for ((i = 0; i < 120 * 10; i++)); do
+		kill -0 "$SERVER_PID" 2>/dev/null || break
+		if curl -sf -o /dev/null "http://127.0.0.1:$OPS_PORT/readyz"; then
+			ready=1
+			break
+		fi
+		sleep 0.1
+	done
+	if [[ -n $ready ]]; then
+		log "    ready after $(((($(date +%s%N) - start_ns)) / 1000000)) ms (snapshot of the 200k world into the cache)"
+		MEASURE_SCENARIO=$WORLD/scenario.json measure gatehouse-tenancy "127.0.0.1:$GRPC_PORT"
+		log "    write -> changed decision: $(bin/benchworld latency --size 200k --control "http://127.0.0.1:$CONTROL_PORT" \
+			--admin-token-file "$WORK/admin.token" --grpc "127.0.0.1:$GRPC_PORT" --signing-key "$KEYS/signing.pem" --n 100 2>&1)"
+	else
+		TENANCY_SKIP="not ready within 120s: $(tail -n 1 "$WORK/tenancy.log")"
+	fi
+	stop_server
+	kill "$CONTROL_PID" 2>/dev/null || true
+else
+	TENANCY_SKIP="BENCH_TENANCY=0 or gatehouse skipped"
+fi
+[[ -z $TENANCY_SKIP ]] || printf '%s\n' "$TENANCY_SKIP" >"$WORK/servers/gatehouse-tenancy/skipped"
+
 # --- report ----------------------------------------------------------------------
 echo
 rc=0
 bin/loadgen report --check "${PINNED[@]}" --note "$NOTE" --out "$RESULTS" \
-	"$WORK/servers/noop" "$WORK/servers/gatehouse" || rc=$?
+	"$WORK/servers/noop" "$WORK/servers/gatehouse" "$WORK/servers/gatehouse-tenancy" || rc=$?
 echo
 echo "raw results: $RESULTS"
 exit "$rc"
