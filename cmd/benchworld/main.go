@@ -23,10 +23,10 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/golang-jwt/jwt/v5"
+	bolt "go.etcd.io/bbolt"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatehouse-dev/gatehouse/internal/loadgen"
 	"github.com/gatehouse-dev/gatehouse/internal/worldgen"

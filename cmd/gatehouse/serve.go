@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -212,6 +213,29 @@ func newPolicySource(cfg ServeConfig, engine *authz.Engine, reg prometheus.Regis
 	return src, nil
 }
 
+// processStart is when the process started (for the "ready" log line).
+var processStart = time.Now()
+
+// logReady logs, once, when the sidecar becomes ready and how long after
+// the process started (a restart serves from the cache file at once).
+func (s *sidecar) logReady(ctx context.Context) {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if err := s.engine.Ready(); err == nil {
+			st := s.engine.Tenancy().State()
+			s.logger.Info("ready", "since_start", time.Since(processStart).Round(time.Millisecond).String(),
+				"policy_revision", s.engine.PolicyStatus().Revision, "tenancy_revision", st.Revision)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // Run serves until ctx is done, then shuts down in order: ext_authz drains
 // (health NOT_SERVING first), background work stops, stores close.
 func (s *sidecar) Run(ctx context.Context) error {
@@ -224,6 +248,7 @@ func (s *sidecar) Run(ctx context.Context) error {
 	if s.syncer != nil {
 		g.Go(func() error { return s.syncer.Run(gctx) })
 	}
+	g.Go(func() error { s.logReady(gctx); return nil })
 	err := g.Wait()
 	for _, c := range s.closers {
 		if cerr := c.Close(); cerr != nil {
