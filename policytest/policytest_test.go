@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/tester"
@@ -28,8 +29,14 @@ const (
 func td(p string) string { return filepath.Join(testdata, p) }
 
 // run runs policytest.Run and fails the test on an error.
+// run runs policytest.Run; unless the test sets a timeout, each Rego test
+// may take a minute (the race detector on a busy machine slows evaluation
+// tenfold: the default 5s is not what these tests are about).
 func run(t *testing.T, cfg policytest.Config) *policytest.Report {
 	t.Helper()
+	if cfg.Timeout == 0 {
+		cfg.Timeout = time.Minute
+	}
 	rep, err := policytest.Run(t.Context(), cfg)
 	if err != nil {
 		t.Fatalf("Run(%v): %v", cfg.Paths, err)
@@ -66,7 +73,7 @@ func opaSummary(tb testing.TB, paths ...string) []string {
 		tb.Fatal(err)
 	}
 	defer store.Abort(ctx, txn)
-	ch, err := tester.NewRunner().SetStore(store).SetModules(modules).RunTests(ctx, txn)
+	ch, err := tester.NewRunner().SetStore(store).SetModules(modules).SetTimeout(time.Minute).RunTests(ctx, txn)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -203,6 +210,23 @@ func TestStaticData(t *testing.T) {
 	rep := run(t, policytest.Config{Paths: []string{td("passing")}})
 	if !rep.Passed || rep.Summary.Pass != 3 {
 		t.Fatalf("passing suite: %+v\n%s", rep.Summary, pretty(t, rep, true))
+	}
+}
+
+func TestTimeout(t *testing.T) {
+	t.Parallel()
+	rep := run(t, policytest.Config{Paths: []string{td("slow")}, Timeout: 100 * time.Millisecond})
+	for _, r := range rep.Tests {
+		want := map[string]policytest.Outcome{"test_slow": policytest.Error, "test_fast": policytest.Pass}[r.Name]
+		if r.Result != want {
+			t.Errorf("%s: %s, want %s", r.Name, r.Result, want)
+		}
+		if r.Name == "test_slow" && !strings.Contains(r.Error, "timed out after 100ms") {
+			t.Errorf("test_slow: error %q does not say it timed out", r.Error)
+		}
+	}
+	if len(rep.Tests) != 2 || rep.Passed {
+		t.Errorf("%d tests, passed %t", len(rep.Tests), rep.Passed)
 	}
 }
 

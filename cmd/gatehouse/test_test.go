@@ -34,7 +34,8 @@ func TestTestCommand(t *testing.T) {
 		stderr []string
 	}{
 		"shipped policies with coverage": {
-			[]string{"--coverage", "--threshold", "90", shippedPolicies}, exitOK,
+			// a generous --timeout: the race detector on a busy machine is slow
+			[]string{"--coverage", "--threshold", "90", "--timeout", "1m", shippedPolicies}, exitOK,
 			[]string{"PASS: ", "FIXTURES PASS: ", "COVERAGE: ", "coverage meets the threshold 90%"}, nil,
 		},
 		"a failing test names the expression": {
