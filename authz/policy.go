@@ -294,59 +294,61 @@ func isPolicyFile(name string, tests bool) bool {
 // DirRevision hashes the names and contents of the policy files under dir,
 // so that the revision changes exactly when what serve loads changes.
 func DirRevision(dir string, tests bool) (string, error) {
-	files, err := policyFiles(dir, tests)
+	files, err := PolicyFiles(dir, tests)
 	if err != nil {
 		return "", err
 	}
 	h := sha256.New()
 	for _, f := range files {
-		b, err := os.ReadFile(filepath.Join(dir, f))
+		b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(f)))
 		if err != nil {
 			return "", fmt.Errorf("read %q: %w", f, err)
 		}
-		fmt.Fprintf(h, "%s\x00%d\x00", filepath.ToSlash(f), len(b))
+		fmt.Fprintf(h, "%s\x00%d\x00", f, len(b))
 		h.Write(b)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
-// policyFiles lists the policy files under dir (relative, sorted).
-func policyFiles(dir string, tests bool) ([]string, error) {
+// PolicyFiles lists the policy and data files under dir that serve loads
+// (slash-separated paths relative to dir, sorted): *.rego (and *_test.rego
+// with tests), data.json, data.yaml, data.yml; hidden files and folders
+// skipped, symbolic links followed (loops stopped at 64 levels).
+func PolicyFiles(dir string, tests bool) ([]string, error) {
 	var out []string
-	err := walkFollow(dir, "", func(rel string, d fs.FileInfo) {
-		if isPolicyFile(d.Name(), tests) {
-			out = append(out, rel)
+	var walk func(rel string, depth int) error
+	walk = func(rel string, depth int) error {
+		if depth > 64 {
+			return fmt.Errorf("list policy files in %q: folders nested deeper than 64 (a symbolic link loop?)", dir)
 		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list policy files in %q: %w", dir, err)
+		entries, err := os.ReadDir(filepath.Join(dir, rel))
+		if err != nil {
+			return fmt.Errorf("list policy files in %q: %w", dir, err)
+		}
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), ".") {
+				continue
+			}
+			p := filepath.Join(rel, e.Name())
+			info, err := os.Stat(filepath.Join(dir, p)) // follows links
+			if err != nil {
+				continue // dangling link
+			}
+			if info.IsDir() {
+				if err := walk(p, depth+1); err != nil {
+					return err
+				}
+				continue
+			}
+			if isPolicyFile(e.Name(), tests) {
+				out = append(out, filepath.ToSlash(p))
+			}
+		}
+		return nil
+	}
+	if err := walk("", 0); err != nil {
+		return nil, err
 	}
 	slices.Sort(out)
 	return out, nil
-}
-
-// walkFollow walks root following symbolic links, skipping hidden entries.
-func walkFollow(root, rel string, fn func(rel string, info fs.FileInfo)) error {
-	entries, err := os.ReadDir(filepath.Join(root, rel))
-	if err != nil {
-		return err
-	}
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), ".") {
-			continue
-		}
-		p := filepath.Join(rel, e.Name())
-		info, err := os.Stat(filepath.Join(root, p)) // follows links
-		if err != nil {
-			continue // dangling link
-		}
-		if info.IsDir() {
-			if err := walkFollow(root, p, fn); err != nil {
-				return err
-			}
-			continue
-		}
-		fn(p, info)
-	}
-	return nil
 }

@@ -77,7 +77,7 @@ func Build(w io.Writer, cfg BuildConfig) (BuildResult, error) {
 	if !info.IsDir() {
 		return BuildResult{}, fmt.Errorf("policy directory %q is not a directory", cfg.Dir)
 	}
-	names, err := bundleSourceFiles(cfg.Dir, cfg.IncludeTests)
+	names, err := authz.PolicyFiles(cfg.Dir, cfg.IncludeTests)
 	if err != nil {
 		return BuildResult{}, err
 	}
@@ -188,54 +188,3 @@ func defaultRoots(dir string, files []File, version ast.RegoVersion) ([]string, 
 	return roots, nil
 }
 
-// bundleSourceFiles lists the policy and data files under dir (slash
-// paths, sorted), selected as authz.LoadDir and authz.DirRevision select
-// them.
-func bundleSourceFiles(dir string, tests bool) ([]string, error) {
-	var out []string
-	var walk func(rel string, depth int) error
-	walk = func(rel string, depth int) error {
-		if depth > 64 {
-			return fmt.Errorf("list policy files in %q: folders nested deeper than 64 (a symbolic link loop?)", dir)
-		}
-		entries, err := os.ReadDir(filepath.Join(dir, rel))
-		if err != nil {
-			return fmt.Errorf("list policy files in %q: %w", dir, err)
-		}
-		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), ".") {
-				continue
-			}
-			p := filepath.Join(rel, e.Name())
-			info, err := os.Stat(filepath.Join(dir, p)) // follows links
-			if err != nil {
-				continue // dangling link
-			}
-			if info.IsDir() {
-				if err := walk(p, depth+1); err != nil {
-					return err
-				}
-				continue
-			}
-			if isBundleSourceFile(e.Name(), tests) {
-				out = append(out, filepath.ToSlash(p))
-			}
-		}
-		return nil
-	}
-	if err := walk("", 0); err != nil {
-		return nil, err
-	}
-	slices.Sort(out)
-	return out, nil
-}
-
-func isBundleSourceFile(name string, tests bool) bool {
-	switch {
-	case strings.HasSuffix(name, "_test.rego"):
-		return tests
-	case strings.HasSuffix(name, ".rego"):
-		return true
-	}
-	return name == "data.json" || name == "data.yaml" || name == "data.yml"
-}
