@@ -16,6 +16,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/storage"
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
@@ -98,7 +99,7 @@ func OpenStore(cfg StoreConfig, logger *slog.Logger) (*Store, error) {
 	empty := ""
 	s.epoch.Store(&empty)
 	db, err := s.openFile(s.path)
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		// another process holds the file: not damage, never set it aside
 		return nil, fmt.Errorf("tenancy cache %s is in use by another process: %w", s.path, ErrInUse)
 	}
@@ -252,7 +253,13 @@ func (s *Store) markCorrupt() {
 
 // CheckFile runs bbolt's consistency check over the whole file. It is slow
 // on large files; the syncer runs it in the background after start.
+//
+// bbolt's check reads the freelist that write transactions change, so it
+// holds the writer lock: applying revisions waits until it is done, while
+// reads (decisions) go on.
 func (s *Store) CheckFile() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	db := s.db.Load()
 	err := db.View(func(tx *bolt.Tx) (err error) {
 		defer func() {
@@ -327,7 +334,7 @@ func (s *Store) NewTransaction(_ context.Context, params ...storage.TransactionP
 		gen := s.generation.Load()
 		db := s.db.Load()
 		tx, err := db.Begin(false)
-		if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+		if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
 			continue // swapped for a new snapshot meanwhile
 		}
 		if err != nil {

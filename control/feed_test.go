@@ -108,8 +108,8 @@ func readLines(tb testing.TB, e *env, path, token string, n int) []tenancy.FeedL
 func TestSnapshot(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
-	rev := e.seed()
-	rev = revisionOf(t, e.must("PUT", "/v1/users/bob", `{"id":"bob","tenant":"beta","labels":{"k":"v"}}`))
+	e.seed()
+	rev := revisionOf(t, e.must("PUT", "/v1/users/bob", `{"id":"bob","tenant":"beta","labels":{"k":"v"}}`))
 
 	s := e.open("/v1/sync/snapshot", syncToken)
 	if s.header.Get(control.RevisionHeader) != strconv.FormatUint(rev, 10) {

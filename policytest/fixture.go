@@ -127,7 +127,7 @@ func ReadFixture(dir string) (*Fixture, error) {
 			}
 		}
 	default:
-		return nil, fmt.Errorf("%w: %s: want a list of cases, or a mapping with cases:", ErrFixture, file)
+		return nil, fmt.Errorf("%w: %s: want a list of cases, or a mapping with a \"cases\" key", ErrFixture, file)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrFixture, yamlError(file, err))
@@ -180,7 +180,7 @@ func (fx *Fixture) check() error {
 	seen := map[string]bool{}
 	for _, is := range fx.Issuers {
 		if is.Issuer == "" {
-			errs = append(errs, fmt.Errorf("%s: issuers: an issuer has no issuer:", fx.File))
+			errs = append(errs, fmt.Errorf("%s: issuers: an entry has no \"issuer\" key", fx.File))
 		}
 		if seen[is.Issuer] {
 			errs = append(errs, fmt.Errorf("%s: issuers: %q is listed twice", fx.File, is.Issuer))
