@@ -29,7 +29,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req := s.CheckRequestFromHTTP(r)
 	d, headers, err := s.decide(r.Context(), req)
 	if errors.Is(err, ErrMalformedRequest) {
-		d, err = s.badRequest(err), nil
+		d, err = badRequest(s.engine, err), nil
 	}
 	if err != nil {
 		s.metrics.observe("http", outcomeError, time.Since(start).Seconds())

@@ -15,6 +15,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/topdown"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -251,17 +252,25 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	return resp, nil
 }
 
-// decide validates the request and evaluates it; the engine asks for the
-// parts of the input the deciding policy can read. A body that does not
-// parse is denied with 400 without evaluating, as opa-envoy-plugin does. It
-// also returns the request headers (for spoofed-header stripping).
+// decide answers a check for the server.
 func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest) (*authz.Decision, map[string]string, error) {
+	return Evaluate(ctx, s.engine, req, nil)
+}
+
+// Evaluate is one Check as every Gatehouse front end answers it (the gRPC
+// and HTTP servers, test fixtures, offline eval): it validates the
+// request, asks the engine to decide on the parts of the input the deciding
+// policy can read (all of it when tracing), and returns the decision with
+// the request headers (for spoofed-header stripping). A body that does not
+// parse is denied with 400 without evaluating, as opa-envoy-plugin does; an
+// error means "cannot decide" (ErrMalformedRequest, or an *authz.DecideError).
+func Evaluate(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer) (*authz.Decision, map[string]string, error) {
 	headers := RequestHeaders(req.GetAttributes().GetRequest().GetHttp())
 	prep, err := Prepare(req)
 	if err != nil {
 		var be *BodyError
 		if errors.As(err, &be) {
-			return s.badRequest(be), headers, nil
+			return badRequest(engine, be), headers, nil
 		}
 		return nil, headers, err
 	}
@@ -269,10 +278,11 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest) (*authz.D
 	if err != nil {
 		return nil, headers, fmt.Errorf("%w: %v", ErrMalformedRequest, err)
 	}
-	d, err := s.engine.Decide(ctx, &authz.Request{
+	d, err := engine.Decide(ctx, &authz.Request{
 		Build:         func(need *authz.Need) (ast.Object, error) { return prep.Input(need), nil },
 		Authorization: headers["authorization"],
 		MinRevision:   minRev,
+		Tracer:        tracer,
 	})
 	return d, headers, err
 }
@@ -289,7 +299,9 @@ func minRevision(header, ext string) (uint64, error) {
 	return max(a, b), nil
 }
 
-func (s *Server) badRequest(err error) *authz.Decision {
+// badRequest is the answer to a request that cannot be turned into an input
+// (a body or path that does not parse): a 400 deny.
+func badRequest(engine *authz.Engine, err error) *authz.Decision {
 	d := &authz.Decision{
 		ID:         authz.NewDecisionID(),
 		Defined:    true,
@@ -299,10 +311,10 @@ func (s *Server) badRequest(err error) *authz.Decision {
 		Headers:    []authz.Header{{Key: "content-type", Value: "application/json"}},
 		Body:       errorBody(err.Error(), "bad_request"),
 	}
-	if ps := s.engine.Policy(); ps != nil {
+	if ps := engine.Policy(); ps != nil {
 		d.PolicyRevision = ps.Revision()
 	}
-	d.TenancyRevision = s.engine.Tenancy().State().Revision
+	d.TenancyRevision = engine.Tenancy().State().Revision
 	return d
 }
 

@@ -13,6 +13,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/util"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -194,6 +195,17 @@ func (s *Sidecar) checkInput(ctx context.Context, doc ast.Object, tracer *ruleTr
 		return nil, err
 	}
 	return &Answer{Decision: d, Response: responseFor(d, doc), Reads: reads}, nil
+}
+
+// decide evaluates areq, recording tenancy reads when it is traced.
+func (s *Sidecar) decide(ctx context.Context, areq *authz.Request) (*authz.Decision, []storage.Path, error) {
+	if areq.Tracer == nil {
+		d, err := s.engine.Decide(ctx, areq)
+		return d, nil, err
+	}
+	s.reads.start()
+	d, err := s.engine.Decide(ctx, areq)
+	return d, s.reads.stop(), err
 }
 
 // parseInput tells a CheckRequest from an input document.

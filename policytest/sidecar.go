@@ -2,11 +2,8 @@ package policytest
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 	"sync"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -21,7 +18,7 @@ import (
 // Sidecar is an offline sidecar: the decision engine of `serve` with a
 // compiled policy set, a token verifier and a tenancy store, without
 // listeners. Check follows serve's path for one CheckRequest:
-// envoy.Input → authz.Engine.Decide → envoy.Response.
+// envoy.Evaluate (input, authz.Engine.Decide) → envoy.Response.
 type Sidecar struct {
 	engine *authz.Engine
 	store  *bundle.Store // nil: empty tenancy
@@ -80,67 +77,18 @@ type Answer struct {
 // "cannot decide" (serve answers it with a gRPC error status). With a
 // tracer, the evaluation is traced and the tenancy reads recorded.
 func (s *Sidecar) Check(ctx context.Context, req *authv3.CheckRequest, tracer topdown.QueryTracer) (*Answer, error) {
-	headers := envoy.RequestHeaders(req.GetAttributes().GetRequest().GetHttp())
-	in, err := envoy.Input(req)
-	if err != nil {
-		var be *envoy.BodyError
-		if errors.As(err, &be) {
-			d := s.badRequest(be)
-			return &Answer{Decision: d, Response: envoy.Response(d, headers)}, nil
-		}
-		return nil, err
+	if tracer != nil {
+		s.reads.start()
 	}
-	minRev, err := minRevision(headers[envoy.HeaderMinRevision], req.GetAttributes().GetContextExtensions()["min_revision"])
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", envoy.ErrMalformedRequest, err)
+	d, headers, err := envoy.Evaluate(ctx, s.engine, req, tracer)
+	var reads []storage.Path
+	if tracer != nil {
+		reads = s.reads.stop()
 	}
-	areq := &authz.Request{Input: in, Authorization: headers["authorization"], MinRevision: minRev, Tracer: tracer}
-	d, reads, err := s.decide(ctx, areq)
 	if err != nil {
 		return nil, err
 	}
 	return &Answer{Decision: d, Response: envoy.Response(d, headers), Reads: reads}, nil
-}
-
-// decide evaluates areq, recording tenancy reads when it is traced.
-func (s *Sidecar) decide(ctx context.Context, areq *authz.Request) (*authz.Decision, []storage.Path, error) {
-	if areq.Tracer == nil {
-		d, err := s.engine.Decide(ctx, areq)
-		return d, nil, err
-	}
-	s.reads.start()
-	d, err := s.engine.Decide(ctx, areq)
-	return d, s.reads.stop(), err
-}
-
-// badRequest is serve's answer to a body that does not parse.
-func (s *Sidecar) badRequest(err error) *authz.Decision {
-	d := &authz.Decision{
-		ID:              authz.NewDecisionID(),
-		Defined:         true,
-		Object:          true,
-		HTTPStatus:      400,
-		Reason:          "bad_request",
-		Headers:         []authz.Header{{Key: "content-type", Value: "application/json"}},
-		Body:            fmt.Sprintf(`{"error":%q,"reason":%q}`, err.Error(), "bad_request"),
-		TenancyRevision: s.engine.Tenancy().State().Revision,
-	}
-	if ps := s.engine.Policy(); ps != nil {
-		d.PolicyRevision = ps.Revision()
-	}
-	return d
-}
-
-func minRevision(header, ext string) (uint64, error) {
-	a, err := authz.ParseRevision(strings.TrimSpace(header))
-	if err != nil {
-		return 0, err
-	}
-	b, err := authz.ParseRevision(strings.TrimSpace(ext))
-	if err != nil {
-		return 0, err
-	}
-	return max(a, b), nil
 }
 
 // readRecorder wraps the tenancy store to record the paths an evaluation
