@@ -31,6 +31,19 @@ type ServeConfig struct {
 	Issuers []authz.IssuerConfig `yaml:"issuers"`
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
+	// Cache bounds the in-memory caches.
+	Cache CacheConfig `yaml:"cache"`
+}
+
+// CacheConfig is the `cache:` section: entry bounds of the in-memory caches
+// (0 = default, negative = off).
+type CacheConfig struct {
+	// Decisions: memoized decisions (default 10000).
+	Decisions int `yaml:"decisions"`
+	// Tokens: verified tokens (default 10000).
+	Tokens int `yaml:"tokens"`
+	// Documents: decoded tenancy documents (default 50000).
+	Documents int `yaml:"documents"`
 }
 
 // ListenConfig is the `listen:` section.

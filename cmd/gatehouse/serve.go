@@ -130,7 +130,7 @@ type sidecar struct {
 func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	verifier, err := authz.NewVerifier(authz.VerifierConfig{Issuers: cfg.Issuers, Registerer: reg}, logger)
+	verifier, err := authz.NewVerifier(authz.VerifierConfig{Issuers: cfg.Issuers, CacheSize: cfg.Cache.Tokens, Registerer: reg}, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +138,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 	var syncer *bundle.Syncer
 	var closers []io.Closer
 	if cfg.Data.ControlURL != "" {
-		store, err := bundle.OpenStore(bundle.StoreConfig{Dir: cfg.Data.Dir}, logger)
+		store, err := bundle.OpenStore(bundle.StoreConfig{Dir: cfg.Data.Dir, CacheEntries: cfg.Cache.Documents}, logger)
 		if err != nil {
 			return nil, err
 		}
@@ -153,9 +153,10 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		}, store, logger)
 	}
 	engine := authz.New(authz.Config{
-		MaxStaleness:    cfg.Data.MaxStaleness,
-		MinRevisionWait: cfg.Data.MinRevisionWait,
-		Registerer:      reg,
+		MaxStaleness:         cfg.Data.MaxStaleness,
+		MinRevisionWait:      cfg.Data.MinRevisionWait,
+		DecisionCacheEntries: cfg.Cache.Decisions,
+		Registerer:           reg,
 	}, verifier, tenancy, logger)
 	src, err := newPolicySource(cfg, engine, reg, logger)
 	if err != nil {
