@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -333,23 +332,8 @@ policies:
 data:
   dir: var
 `)
-	ctx, cancel := context.WithCancel(t.Context())
+	exit, _, ops, cancel := runServe(t, dir)
 	defer cancel()
-	var stdout, stderr testutil.LogBuffer
-	exit := make(chan int, 1)
-	go func() {
-		exit <- run(ctx, []string{"serve", "--config", filepath.Join(dir, "gatehouse.yaml")}, &stdout, &stderr)
-	}()
-	defer func() {
-		if t.Failed() {
-			t.Logf("stderr:\n%s", stderr.String())
-		}
-	}()
-	ops := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", filepath.Join(dir, "o.sock"))
-	}}}
-	t.Cleanup(ops.CloseIdleConnections)
 	type status struct {
 		Ready  bool `json:"ready"`
 		Policy struct {
@@ -384,7 +368,7 @@ data:
 	client := authv3.NewAuthorizationClient(testutil.Dial(t, "unix://"+filepath.Join(dir, "g.sock")))
 	check := func() (allowed bool, revision string) {
 		t.Helper()
-		resp, err := client.Check(ctx, testutil.CheckRequest(testutil.Request{}))
+		resp, err := client.Check(t.Context(), testutil.CheckRequest(testutil.Request{}))
 		if err != nil {
 			t.Fatalf("Check: %v", err)
 		}

@@ -1,11 +1,8 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,24 +46,9 @@ issuers:
 log:
   level: debug
 `)
-	ctx, cancel := context.WithCancel(t.Context())
+	exit, stderr, ops, cancel := runServe(t, dir)
 	defer cancel()
-	var stdout, stderr testutil.LogBuffer
-	exit := make(chan int, 1)
-	go func() {
-		exit <- run(ctx, []string{"serve", "--config", filepath.Join(dir, "gatehouse.yaml")}, &stdout, &stderr)
-	}()
-	defer func() {
-		if t.Failed() {
-			t.Logf("stderr:\n%s", stderr.String())
-		}
-	}()
 
-	ops := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", filepath.Join(dir, "o.sock"))
-	}}}
-	t.Cleanup(ops.CloseIdleConnections)
 	testutil.Eventually(t, 10*time.Second, func() (bool, string) {
 		select {
 		case code := <-exit:
@@ -83,18 +65,18 @@ log:
 
 	client := authv3.NewAuthorizationClient(testutil.Dial(t, "unix://"+filepath.Join(dir, "g.sock")))
 	tok := testutil.MintJWT(t, jwt.SigningMethodRS256, key, "", testutil.Claims("https://idp.example.com/", "alice", nil))
-	resp, err := client.Check(ctx, testutil.CheckRequest(testutil.Request{Headers: map[string]string{"authorization": "Bearer " + tok}}))
+	resp, err := client.Check(t.Context(), testutil.CheckRequest(testutil.Request{Headers: map[string]string{"authorization": "Bearer " + tok}}))
 	if err != nil || resp.GetOkResponse() == nil || resp.GetOkResponse().GetHeaders()[0].GetHeader().GetValue() != "alice" {
 		t.Fatalf("Check with a valid token: %v, %v", resp, err)
 	}
-	resp, err = client.Check(ctx, testutil.CheckRequest(testutil.Request{}))
+	resp, err = client.Check(t.Context(), testutil.CheckRequest(testutil.Request{}))
 	if err != nil || resp.GetDeniedResponse().GetBody() != "missing" {
 		t.Fatalf("Check without a token: %v, %v", resp, err)
 	}
 
 	testutil.ReplaceFile(t, filepath.Join(dir, "pol", "policy.rego"), "package envoy.authz\nallow := {\"allowed\": false, \"http_status\": 418}\n")
 	testutil.Eventually(t, 2*time.Second, func() (bool, string) {
-		resp, err := client.Check(ctx, testutil.CheckRequest(testutil.Request{}))
+		resp, err := client.Check(t.Context(), testutil.CheckRequest(testutil.Request{}))
 		return err == nil && resp.GetDeniedResponse().GetStatus().GetCode() == 418, fmt.Sprint(resp, err)
 	})
 
