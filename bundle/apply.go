@@ -70,7 +70,7 @@ func (s *Store) persistSyncedAt(t time.Time) error {
 // snapshotChunk is how many entities go into one transaction while a
 // snapshot file is built: bounded memory (a transaction holds its dirty
 // pages) whatever the data size.
-const snapshotChunk = 5000
+const snapshotChunk = 1000
 
 // SnapshotBuilder writes a snapshot into a new file. Nothing is visible
 // until Commit swaps the file in; Abort discards it.
@@ -136,6 +136,11 @@ func (b *SnapshotBuilder) flush() error {
 	}
 	err := b.tx.Commit()
 	b.tx, b.w = nil, nil
+	if err == nil {
+		// building reads the new file's pages through its memory map: keep
+		// them out of the resident set, whatever the snapshot's size
+		err = b.db.View(func(tx *bolt.Tx) error { return dropPages(b.db.Info().Data, tx.Size()) })
+	}
 	return err
 }
 

@@ -278,6 +278,14 @@ func (s *Store) CheckFile() error {
 	return err
 }
 
+// FileSize returns the cache file's size in bytes (0 if unknown).
+func (s *Store) FileSize() int64 {
+	if fi, err := os.Stat(s.path); err == nil {
+		return fi.Size()
+	}
+	return 0
+}
+
 // TrimResident drops the cache file's mapped pages from the process's
 // resident set. bbolt reads through a memory map, so every page a lookup or
 // the consistency check touches would otherwise stay counted in the

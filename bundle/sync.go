@@ -34,8 +34,12 @@ type SyncConfig struct {
 	// MinBackoff and MaxBackoff bound the reconnect delay (defaults 100ms, 10s).
 	MinBackoff, MaxBackoff time.Duration
 	// CheckOnStart runs the cache file's consistency check in the background
-	// after start (default true via SetDefaults; tests may disable).
+	// after start. It reads every page (about 80 s of one core for a 6.5 GB
+	// file), so CheckMaxBytes can limit it to smaller files.
 	CheckOnStart bool
+	// CheckMaxBytes skips the start-up check for files larger than this
+	// (0: no limit).
+	CheckMaxBytes int64
 	// HTTPClient is a test hook (default: no overall timeout, streams are
 	// long-lived).
 	HTTPClient *http.Client
@@ -125,15 +129,12 @@ var errGone = errors.New("change history gone")
 // Run syncs until ctx is done.
 func (s *Syncer) Run(ctx context.Context) error {
 	if s.cfg.CheckOnStart && s.store.State().Present {
-		go func() {
-			start := time.Now()
-			if err := s.store.CheckFile(); err != nil {
-				s.logger.Error("tenancy cache failed its consistency check; rebuilding from a snapshot", "err", err)
-			} else {
-				s.logger.Info("tenancy cache consistency check passed", "duration", time.Since(start))
-			}
-			s.trim() // the check read every page
-		}()
+		if size := s.store.FileSize(); s.cfg.CheckMaxBytes > 0 && size > s.cfg.CheckMaxBytes {
+			s.logger.Info("tenancy cache consistency check skipped: the file is large (set data.verify_on_start: true to force it)",
+				"bytes", size, "limit", s.cfg.CheckMaxBytes)
+		} else {
+			go s.checkInBackground()
+		}
 	}
 	if s.cfg.ResidentBudget > 0 {
 		go func() {
@@ -402,6 +403,33 @@ func (s *Syncer) applyGroup(group []tenancy.FeedLine) error {
 	s.metrics.lag.Set(0)
 	s.logger.Debug("tenancy revisions applied", "from", group[0].Revision, "to", last, "duration", time.Since(start))
 	return nil
+}
+
+// checkInBackground runs the cache file's consistency check, keeping the
+// pages it reads out of the resident set.
+func (s *Syncer) checkInBackground() {
+	start := time.Now()
+	// the check reads every page: keep them out of the resident set as it goes
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				s.trim()
+			}
+		}
+	}()
+	if err := s.store.CheckFile(); err != nil {
+		s.logger.Error("tenancy cache failed its consistency check; rebuilding from a snapshot", "err", err)
+	} else {
+		s.logger.Info("tenancy cache consistency check passed", "duration", time.Since(start))
+	}
+	s.trim() // the check read every page
 }
 
 func (s *Syncer) trim() {

@@ -145,11 +145,13 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		closers = append(closers, store)
 		tenancy = store
 		syncer = bundle.NewSyncer(bundle.SyncConfig{
-			ControlURL:   cfg.Data.ControlURL,
-			TokenFile:    cfg.Data.TokenFile,
-			MaxBackoff:   cfg.Data.ReconnectMaxBackoff,
-			CheckOnStart: true,
-			Registerer:   reg,
+			ControlURL:     cfg.Data.ControlURL,
+			TokenFile:      cfg.Data.TokenFile,
+			MaxBackoff:     cfg.Data.ReconnectMaxBackoff,
+			CheckOnStart:   cfg.Data.VerifyOnStart == nil || *cfg.Data.VerifyOnStart,
+			CheckMaxBytes:  verifyLimit(cfg.Data.VerifyOnStart),
+			ResidentBudget: int64(cfg.Data.ResidentBudgetMB) << 20,
+			Registerer:     reg,
 		}, store, logger)
 	}
 	engine := authz.New(authz.Config{
@@ -212,6 +214,15 @@ func newPolicySource(cfg ServeConfig, engine *authz.Engine, reg prometheus.Regis
 	}
 	_ = src.Load()
 	return src, nil
+}
+
+// verifyLimit: unset verify_on_start checks cache files up to 1 GiB after a
+// restart; true checks any size.
+func verifyLimit(v *bool) int64 {
+	if v == nil {
+		return 1 << 30
+	}
+	return 0
 }
 
 // processStart is when the process started (for the "ready" log line).
