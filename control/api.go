@@ -96,15 +96,7 @@ type batchRequest struct {
 
 // handlePut is PUT /v1/{collection}/{id}: create or replace one entity.
 func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
-	p, err := s.authenticate(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	collection, id, err := pathEntity(r)
-	if err == nil && p.role == roleSync {
-		err = forbidden("the sync token is read-only")
-	}
+	p, collection, id, err := s.entityWriter(r)
 	var body []byte
 	if err == nil {
 		body, err = s.readBody(w, r)
@@ -127,17 +119,23 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, putAnswer{Revision: res.revision, Value: value})
 }
 
-// handleDelete is DELETE /v1/{collection}/{id}[?cascade=true].
-func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
+// entityWriter authenticates a write to /v1/{collection}/{id} and returns
+// its principal, collection and id; the sync token is read-only.
+func (s *Server) entityWriter(r *http.Request) (principal, string, string, error) {
 	p, err := s.authenticate(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return p, "", "", err
 	}
 	collection, id, err := pathEntity(r)
 	if err == nil && p.role == roleSync {
 		err = forbidden("the sync token is read-only")
 	}
+	return p, collection, id, err
+}
+
+// handleDelete is DELETE /v1/{collection}/{id}[?cascade=true].
+func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
+	p, collection, id, err := s.entityWriter(r)
 	cascade := false
 	if v := r.URL.Query().Get("cascade"); err == nil && v != "" {
 		if cascade, err = strconv.ParseBool(v); err != nil {
