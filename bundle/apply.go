@@ -70,7 +70,11 @@ func (s *Store) persistSyncedAt(t time.Time) error {
 // snapshotChunk is how many entities go into one transaction while a
 // snapshot file is built: bounded memory (a transaction holds its dirty
 // pages) whatever the data size.
-const snapshotChunk = 1000
+const snapshotChunk = 2000
+
+// snapshotResidentBudget: above this much resident file-backed memory, the
+// snapshot file's mapped pages are dropped after a transaction.
+const snapshotResidentBudget = 64 << 20
 
 // SnapshotBuilder writes a snapshot into a new file. Nothing is visible
 // until Commit swaps the file in; Abort discards it.
@@ -136,7 +140,7 @@ func (b *SnapshotBuilder) flush() error {
 	}
 	err := b.tx.Commit()
 	b.tx, b.w = nil, nil
-	if err == nil {
+	if err == nil && residentFileBytes() > snapshotResidentBudget {
 		// building reads the new file's pages through its memory map: keep
 		// them out of the resident set, whatever the snapshot's size
 		err = b.db.View(func(tx *bolt.Tx) error { return dropPages(b.db.Info().Data, tx.Size()) })
