@@ -187,4 +187,3 @@ func defaultRoots(dir string, files []File, version ast.RegoVersion) ([]string, 
 	slices.Sort(roots)
 	return roots, nil
 }
-

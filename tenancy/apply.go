@@ -13,8 +13,8 @@ const MaxBatch = 10000
 // Op is one operation of a write: put an entity, or delete one by id.
 type Op struct {
 	// Op is "put" or "delete".
-	Op         string          `json:"op"`
-	Collection string          `json:"collection"`
+	Op         string `json:"op"`
+	Collection string `json:"collection"`
 	// ID is required for delete; for put it must match value.id when given.
 	ID    string          `json:"id,omitempty"`
 	Value json.RawMessage `json:"value,omitempty"`

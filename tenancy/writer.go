@@ -126,7 +126,7 @@ func (w *Writer) Delete(collection, id string) (bool, error) {
 	if err != nil || prev == nil {
 		return false, err
 	}
-	if err := w.bucket("e/"+collection).Delete([]byte(id)); err != nil {
+	if err := w.bucket("e/" + collection).Delete([]byte(id)); err != nil {
 		return false, err
 	}
 	if err := w.reindex(prev, nil); err != nil {
