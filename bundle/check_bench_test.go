@@ -148,9 +148,10 @@ func checkRequest(r worldgen.Request, token string) *authv3.CheckRequest {
 	}}
 }
 
-func benchCheck(b *testing.B, name string, spec worldgen.Spec) {
+func benchCheck(b *testing.B, name string, spec worldgen.Spec, decisionCache int) {
 	st, w := buildWorld(b, name, spec)
-	e, mint := benchEngine(b, st)
+	v, mint := newVerifier(b)
+	e := newEngine(b, st, v, decisionCache)
 	reqs := w.Requests(256, 80, 7)
 	tokens := map[string]string{}
 	crs := make([]*authv3.CheckRequest, len(reqs))
@@ -192,12 +193,20 @@ func benchCheck(b *testing.B, name string, spec worldgen.Spec) {
 	}
 }
 
-// BenchmarkCheckTenancySmall: the shipped policy over a small world.
-func BenchmarkCheckTenancySmall(b *testing.B) { benchCheck(b, "small", worldgen.Small) }
+// BenchmarkCheckTenancySmall: the shipped policy over a small world
+// (256 distinct requests, 80% allowed, decision cache on).
+func BenchmarkCheckTenancySmall(b *testing.B) { benchCheck(b, "small", worldgen.Small, 0) }
 
 // BenchmarkCheckTenancy200k: the same over 1,000 tenants, 50,000 users and
-// ~200,000 user grants; read against BenchmarkCheckTenancySmall.
-func BenchmarkCheckTenancy200k(b *testing.B) { benchCheck(b, "200k", worldgen.Default) }
+// 202,124 user grants; read against BenchmarkCheckTenancySmall.
+func BenchmarkCheckTenancy200k(b *testing.B) { benchCheck(b, "200k", worldgen.Default, 0) }
+
+// BenchmarkCheckTenancyUncachedSmall and ...200k evaluate every request
+// (decision cache off): the cost of a first request.
+func BenchmarkCheckTenancyUncachedSmall(b *testing.B) { benchCheck(b, "small", worldgen.Small, -1) }
+
+// BenchmarkCheckTenancyUncached200k: see BenchmarkCheckTenancyUncachedSmall.
+func BenchmarkCheckTenancyUncached200k(b *testing.B) { benchCheck(b, "200k", worldgen.Default, -1) }
 
 func policyDir() string {
 	if d := os.Getenv("GATEHOUSE_BENCH_POLICIES"); d != "" {
