@@ -18,6 +18,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 )
 
 var (
@@ -89,13 +90,13 @@ func TestJWKSFileSkipsUnusableKeys(t *testing.T) {
 		raw  string
 		want authz.TokenError
 	}{
-		"good key":          {sign(t, jwt.SigningMethodRS256, rsaKeyA(), "good", claims(clock, nil)), ""},
-		"encryption key":    {sign(t, jwt.SigningMethodRS256, rsaKeyA(), "enc", claims(clock, nil)), authz.TokenUnknownKey},
-		"alg mismatch key":  {sign(t, jwt.SigningMethodRS256, rsaKeyA(), "mismatch", claims(clock, nil)), authz.TokenUnknownKey},
-		"off-curve EC key":  {sign(t, jwt.SigningMethodES256, ecKeyA(), "offcurve", claims(clock, nil)), authz.TokenUnknownKey},
-		"symmetric key":     {sign(t, jwt.SigningMethodRS256, rsaKeyA(), "hmac", claims(clock, nil)), authz.TokenUnknownKey},
-		"no kid: good key":  {sign(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil)), ""},
-		"no kid: EC absent": {sign(t, jwt.SigningMethodES256, ecKeyA(), "", claims(clock, nil)), authz.TokenUnsupportedAlgorithm},
+		"good key":          {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "good", claims(clock, nil)), ""},
+		"encryption key":    {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "enc", claims(clock, nil)), authz.TokenUnknownKey},
+		"alg mismatch key":  {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "mismatch", claims(clock, nil)), authz.TokenUnknownKey},
+		"off-curve EC key":  {testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "offcurve", claims(clock, nil)), authz.TokenUnknownKey},
+		"symmetric key":     {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "hmac", claims(clock, nil)), authz.TokenUnknownKey},
+		"no kid: good key":  {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil)), ""},
+		"no kid: EC absent": {testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "", claims(clock, nil)), authz.TokenUnsupportedAlgorithm},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -165,7 +166,7 @@ func TestJWKSCurvesAndAlgorithms(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			expectCode(t, v.Verify(t.Context(), sign(t, tc.method, tc.key, tc.kid, claims(clock, nil))), tc.want)
+			expectCode(t, v.Verify(t.Context(), testutil.MintJWT(t, tc.method, tc.key, tc.kid, claims(clock, nil))), tc.want)
 		})
 	}
 }
@@ -208,7 +209,7 @@ func TestVerifyPEMBlockTypes(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			expectCode(t, v.Verify(t.Context(), sign(t, tc.method, tc.key, tc.kid, claims(clock, nil))), tc.want)
+			expectCode(t, v.Verify(t.Context(), testutil.MintJWT(t, tc.method, tc.key, tc.kid, claims(clock, nil))), tc.want)
 		})
 	}
 }
@@ -220,8 +221,8 @@ func TestJWKSURLIgnoresBrokenKeysButKeepsGoodOnes(t *testing.T) {
 	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{{
 		Issuer: testIssuer, JWKSURL: srv.URL,
 	}}})
-	expectCode(t, v.Verify(t.Context(), sign(t, jwt.SigningMethodES256, ecKeyA(), "good", claims(clock, nil))), "")
-	expectCode(t, v.Verify(t.Context(), sign(t, jwt.SigningMethodES256, ecKeyA(), "bad", claims(clock, nil))), authz.TokenUnknownKey)
+	expectCode(t, v.Verify(t.Context(), testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "good", claims(clock, nil))), "")
+	expectCode(t, v.Verify(t.Context(), testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "bad", claims(clock, nil))), authz.TokenUnknownKey)
 	if st := v.Status(); st[0].KeyCount != 1 || st[0].LastError != "" {
 		t.Fatalf("Status = %+v", st)
 	}

@@ -6,6 +6,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 )
 
 // BenchmarkVerify measures Verify on the hot path (a cached token) and on a
@@ -17,8 +18,8 @@ func BenchmarkVerify(b *testing.B) {
 		{Issuer: testIssuer, Audiences: []string{"api"},
 			JWKSFile: writeFile(b, dir, "k.json", jwksOf(b, jwkOf(b, "rsa", "", &rsaKeyA().PublicKey), jwkOf(b, "ec", "", &ecKeyA().PublicKey)))},
 	}
-	rs := sign(b, jwt.SigningMethodRS256, rsaKeyA(), "rsa", claims(clock, nil))
-	es := sign(b, jwt.SigningMethodES256, ecKeyA(), "ec", claims(clock, nil))
+	rs := testutil.MintJWT(b, jwt.SigningMethodRS256, rsaKeyA(), "rsa", claims(clock, nil))
+	es := testutil.MintJWT(b, jwt.SigningMethodES256, ecKeyA(), "ec", claims(clock, nil))
 	cached := newVerifier(b, authz.VerifierConfig{Now: clock.Now, Issuers: issuers})
 	uncached := newVerifier(b, authz.VerifierConfig{Now: clock.Now, Issuers: issuers, CacheSize: -1})
 	run := func(name string, v *authz.Verifier, raw string) {

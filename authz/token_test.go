@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 )
 
 // --- fixtures: real keys, generated once per test binary ---
@@ -100,20 +101,6 @@ func claims(clock *testClock, extra map[string]any) jwt.MapClaims {
 		}
 	}
 	return c
-}
-
-// sign signs c with key using method, setting kid when non-empty.
-func sign(tb testing.TB, method jwt.SigningMethod, key crypto.PrivateKey, kid string, c jwt.Claims) string {
-	tb.Helper()
-	tok := jwt.NewWithClaims(method, c)
-	if kid != "" {
-		tok.Header["kid"] = kid
-	}
-	s, err := tok.SignedString(key)
-	if err != nil {
-		tb.Fatalf("sign: %v", err)
-	}
-	return s
 }
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
@@ -449,7 +436,7 @@ func TestVerifyValidTokens(t *testing.T) {
 			ic := tc.issuer
 			ic.Issuer, ic.Audiences, ic.Tenant, ic.TrustTokenRoles = testIssuer, []string{"other", "api"}, "acme", true
 			v := newVerifier(t, authz.VerifierConfig{Issuers: []authz.IssuerConfig{ic}, Now: clock.Now})
-			raw := sign(t, tc.method, tc.key, tc.kid, claims(clock, nil))
+			raw := testutil.MintJWT(t, tc.method, tc.key, tc.kid, claims(clock, nil))
 			tok := v.Verify(t.Context(), raw)
 			expectCode(t, tok, "")
 			if tok.Issuer != testIssuer || tok.Subject != "u1" || tok.TenantBinding != "acme" || !tok.TrustTokenRoles {
@@ -501,7 +488,7 @@ func TestVerifyAttacks(t *testing.T) {
 		{Issuer: "strict", Algorithms: []string{"RS256"}, JWKSFile: jwksFile},
 		{Issuer: "jwks", Algorithms: []string{"RS256", "PS256", "ES256"}, JWKSFile: jwksFile},
 	}})
-	rs256 := func(c jwt.MapClaims) string { return sign(t, jwt.SigningMethodRS256, rsaKeyA(), "", c) }
+	rs256 := func(c jwt.MapClaims) string { return testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", c) }
 	valid := rs256(claims(clock, nil))
 	parts := strings.Split(valid, ".")
 	header, _ := base64.RawURLEncoding.DecodeString(parts[0])
@@ -510,7 +497,7 @@ func TestVerifyAttacks(t *testing.T) {
 		return string(b)
 	}
 	hmacWithPublicKey := func() string {
-		return sign(t, jwt.SigningMethodHS256, rsaPEM, "", claims(clock, nil))
+		return testutil.MintJWT(t, jwt.SigningMethodHS256, rsaPEM, "", claims(clock, nil))
 	}
 	tampered := func() string {
 		c := claims(clock, nil)
@@ -526,11 +513,11 @@ func TestVerifyAttacks(t *testing.T) {
 		"alg none with a signature":    {craft(`{"alg":"none"}`, payloadJSON(claims(clock, nil)), []byte("x")), authz.TokenUnsupportedAlgorithm},
 		"alg None":                     {craft(`{"alg":"None"}`, payloadJSON(claims(clock, nil)), nil), authz.TokenUnsupportedAlgorithm},
 		"HS256 with public key secret": {hmacWithPublicKey(), authz.TokenUnsupportedAlgorithm},
-		"RS384 off the allow-list":     {sign(t, jwt.SigningMethodRS384, rsaKeyA(), "a", claims(clock, map[string]any{"iss": "strict"})), authz.TokenUnsupportedAlgorithm},
+		"RS384 off the allow-list":     {testutil.MintJWT(t, jwt.SigningMethodRS384, rsaKeyA(), "a", claims(clock, map[string]any{"iss": "strict"})), authz.TokenUnsupportedAlgorithm},
 		"unknown alg name":             {craft(`{"alg":"XS999"}`, payloadJSON(claims(clock, nil)), []byte("x")), authz.TokenUnsupportedAlgorithm},
-		"ES256 against an RSA key":     {sign(t, jwt.SigningMethodES256, ecKeyA(), "a", claims(clock, map[string]any{"iss": "jwks"})), authz.TokenUnsupportedAlgorithm},
-		"ES256 against PEM RSA only":   {sign(t, jwt.SigningMethodES256, ecKeyA(), "", claims(clock, nil)), authz.TokenUnsupportedAlgorithm},
-		"PS256 against JWK alg RS256":  {sign(t, jwt.SigningMethodPS256, rsaKeyB(), "rs-only", claims(clock, map[string]any{"iss": "jwks"})), authz.TokenUnsupportedAlgorithm},
+		"ES256 against an RSA key":     {testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "a", claims(clock, map[string]any{"iss": "jwks"})), authz.TokenUnsupportedAlgorithm},
+		"ES256 against PEM RSA only":   {testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "", claims(clock, nil)), authz.TokenUnsupportedAlgorithm},
+		"PS256 against JWK alg RS256":  {testutil.MintJWT(t, jwt.SigningMethodPS256, rsaKeyB(), "rs-only", claims(clock, map[string]any{"iss": "jwks"})), authz.TokenUnsupportedAlgorithm},
 		"unknown issuer":               {rs256(claims(clock, map[string]any{"iss": "https://evil.example/"})), authz.TokenUnknownIssuer},
 		"missing iss":                  {rs256(claims(clock, map[string]any{"iss": nil})), authz.TokenUnknownIssuer},
 		"iss not a string":             {rs256(claims(clock, map[string]any{"iss": 7})), authz.TokenUnknownIssuer},
@@ -554,9 +541,9 @@ func TestVerifyAttacks(t *testing.T) {
 		"tampered payload":             {tampered(), authz.TokenBadSignature},
 		"tampered header":              {b64(append(header[:len(header)-1], []byte(`,"x":1}`)...)) + "." + parts[1] + "." + parts[2], authz.TokenBadSignature},
 		"signature stripped":           {parts[0] + "." + parts[1] + ".", authz.TokenBadSignature},
-		"other key, same kid":          {sign(t, jwt.SigningMethodRS256, rsaKeyB(), "a", claims(clock, map[string]any{"iss": "jwks"})), authz.TokenBadSignature},
-		"other key, PEM":               {sign(t, jwt.SigningMethodRS256, rsaKeyB(), "", claims(clock, nil)), authz.TokenBadSignature},
-		"unknown kid":                  {sign(t, jwt.SigningMethodRS256, rsaKeyA(), "nope", claims(clock, map[string]any{"iss": "jwks"})), authz.TokenUnknownKey},
+		"other key, same kid":          {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "a", claims(clock, map[string]any{"iss": "jwks"})), authz.TokenBadSignature},
+		"other key, PEM":               {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "", claims(clock, nil)), authz.TokenBadSignature},
+		"unknown kid":                  {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "nope", claims(clock, map[string]any{"iss": "jwks"})), authz.TokenUnknownKey},
 		"kid not a string":             {craft(`{"alg":"RS256","kid":5}`, payloadJSON(claims(clock, nil)), []byte("x")), authz.TokenMalformed},
 		"crit header":                  {craft(`{"alg":"RS256","crit":["exp"]}`, payloadJSON(claims(clock, nil)), []byte("x")), authz.TokenMalformed},
 		"one segment":                  {"abc", authz.TokenMalformed},
@@ -597,7 +584,7 @@ func TestVerifyHeader(t *testing.T) {
 	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{
 		{Issuer: testIssuer, PublicKeyFile: writeFile(t, t.TempDir(), "a.pem", pemOf(t, &rsaKeyA().PublicKey))},
 	}})
-	raw := sign(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil))
+	raw := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil))
 	tests := map[string]struct {
 		header string
 		want   authz.TokenError
@@ -622,7 +609,7 @@ func TestVerifierWithoutIssuers(t *testing.T) {
 	t.Parallel()
 	clock := newTestClock()
 	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now})
-	raw := sign(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil))
+	raw := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil))
 	expectCode(t, v.Verify(t.Context(), raw), authz.TokenUnknownIssuer)
 	expectCode(t, v.VerifyHeader(t.Context(), ""), authz.TokenMissing)
 	if len(v.Status()) != 0 {
@@ -681,7 +668,7 @@ func TestVerifyCache(t *testing.T) {
 	t.Run("hit returns the same result without re-verifying", func(t *testing.T) {
 		t.Parallel()
 		v, clock, reg := setup(t, 0, 0)
-		raw := sign(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil))
+		raw := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil))
 		first := v.Verify(t.Context(), raw)
 		expectCode(t, first, "")
 		for range 5 {
@@ -699,7 +686,7 @@ func TestVerifyCache(t *testing.T) {
 	t.Run("never at or past exp", func(t *testing.T) {
 		t.Parallel()
 		v, clock, reg := setup(t, time.Nanosecond, 0)
-		raw := sign(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, map[string]any{"exp": clock.In(time.Minute)}))
+		raw := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, map[string]any{"exp": clock.In(time.Minute)}))
 		expectCode(t, v.Verify(t.Context(), raw), "")
 		clock.Advance(59 * time.Second)
 		expectCode(t, v.Verify(t.Context(), raw), "")
@@ -720,7 +707,7 @@ func TestVerifyCache(t *testing.T) {
 	t.Run("leeway is not added for cache use", func(t *testing.T) {
 		t.Parallel()
 		v, clock, reg := setup(t, 30*time.Second, 0)
-		raw := sign(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, map[string]any{"exp": clock.In(time.Minute)}))
+		raw := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, map[string]any{"exp": clock.In(time.Minute)}))
 		expectCode(t, v.Verify(t.Context(), raw), "")
 		clock.Advance(time.Minute + time.Second)
 		expectCode(t, v.Verify(t.Context(), raw), "") // re-verified, within leeway
@@ -732,7 +719,7 @@ func TestVerifyCache(t *testing.T) {
 	t.Run("at most ten minutes", func(t *testing.T) {
 		t.Parallel()
 		v, clock, reg := setup(t, 0, 0)
-		raw := sign(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, map[string]any{"exp": clock.In(time.Hour)}))
+		raw := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, map[string]any{"exp": clock.In(time.Hour)}))
 		expectCode(t, v.Verify(t.Context(), raw), "")
 		clock.Advance(9 * time.Minute)
 		expectCode(t, v.Verify(t.Context(), raw), "")
@@ -745,7 +732,7 @@ func TestVerifyCache(t *testing.T) {
 	t.Run("failures are not cached", func(t *testing.T) {
 		t.Parallel()
 		v, clock, reg := setup(t, 0, 0)
-		raw := sign(t, jwt.SigningMethodRS256, rsaKeyB(), "", claims(clock, nil))
+		raw := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "", claims(clock, nil))
 		for range 3 {
 			expectCode(t, v.Verify(t.Context(), raw), authz.TokenBadSignature)
 		}
@@ -759,7 +746,7 @@ func TestVerifyCache(t *testing.T) {
 	t.Run("disabled", func(t *testing.T) {
 		t.Parallel()
 		v, clock, reg := setup(t, 0, -1)
-		raw := sign(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil))
+		raw := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil))
 		a, b := v.Verify(t.Context(), raw), v.Verify(t.Context(), raw)
 		expectCode(t, a, "")
 		expectCode(t, b, "")
@@ -772,7 +759,7 @@ func TestVerifyCache(t *testing.T) {
 		v, clock, reg := setup(t, 0, 4)
 		var raws []string
 		for i := range 10 {
-			raws = append(raws, sign(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, map[string]any{"sub": fmt.Sprint(i)})))
+			raws = append(raws, testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, map[string]any{"sub": fmt.Sprint(i)})))
 		}
 		for _, raw := range raws {
 			expectCode(t, v.Verify(t.Context(), raw), "")
@@ -791,7 +778,7 @@ func TestVerifyCacheHitDoesNotAllocate(t *testing.T) {
 	clock := newTestClock()
 	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{
 		{Issuer: testIssuer, PublicKeyFile: writeFile(t, t.TempDir(), "a.pem", pemOf(t, &rsaKeyA().PublicKey))}}})
-	raw := sign(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil))
+	raw := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil))
 	expectCode(t, v.Verify(t.Context(), raw), "")
 	ctx := t.Context()
 	if n := testing.AllocsPerRun(100, func() { v.Verify(ctx, raw) }); n != 0 {
@@ -809,8 +796,8 @@ func TestJWKSRotationRefreshesOnUnknownKid(t *testing.T) {
 	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Registerer: reg, Issuers: []authz.IssuerConfig{
 		{Issuer: testIssuer, JWKSURL: srv.URL, JWKSMinRefreshInterval: time.Minute},
 	}})
-	tokA := sign(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
-	tokB := sign(t, jwt.SigningMethodRS256, rsaKeyB(), "b", claims(clock, nil))
+	tokA := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
+	tokB := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "b", claims(clock, nil))
 	expectCode(t, v.Verify(t.Context(), tokA), "")
 	if srv.hits.Load() != 1 {
 		t.Fatalf("hits = %d, want 1 (initial fetch)", srv.hits.Load())
@@ -831,13 +818,13 @@ func TestJWKSRotationRefreshesOnUnknownKid(t *testing.T) {
 	}
 
 	// A kid nobody publishes: one more refresh (rate limit permitting), then unknown_key.
-	tokC := sign(t, jwt.SigningMethodRS256, rsaKeyB(), "c", claims(clock, nil))
+	tokC := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "c", claims(clock, nil))
 	expectCode(t, v.Verify(t.Context(), tokC), authz.TokenUnknownKey)
 	if srv.hits.Load() != 2 {
 		t.Fatalf("hits = %d: refresh within the min interval", srv.hits.Load())
 	}
 	clock.Advance(time.Minute)
-	expectCode(t, v.Verify(t.Context(), sign(t, jwt.SigningMethodRS256, rsaKeyB(), "c", claims(clock, nil))), authz.TokenUnknownKey)
+	expectCode(t, v.Verify(t.Context(), testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "c", claims(clock, nil))), authz.TokenUnknownKey)
 	if srv.hits.Load() != 3 {
 		t.Fatalf("hits = %d, want 3 (refresh after the min interval)", srv.hits.Load())
 	}
@@ -853,7 +840,7 @@ func TestJWKSRateLimitUnderFlood(t *testing.T) {
 	c := claims(clock, nil)
 	var toks []string
 	for range 100 {
-		toks = append(toks, sign(t, jwt.SigningMethodRS256, rsaKeyA(), rand.Text(), c))
+		toks = append(toks, testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), rand.Text(), c))
 	}
 	var wg sync.WaitGroup
 	for _, raw := range toks {
@@ -879,7 +866,7 @@ func TestJWKSKeyRemovalInvalidatesCache(t *testing.T) {
 		v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Registerer: reg, Issuers: []authz.IssuerConfig{
 			{Issuer: testIssuer, JWKSURL: srv.URL},
 		}})
-		tokA := sign(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
+		tokA := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
 		expectCode(t, v.Verify(t.Context(), tokA), "")
 		expectCode(t, v.Verify(t.Context(), tokA), "")
 		if counter(t, reg, "gatehouse_token_cache_hits_total", nil) != 1 {
@@ -887,7 +874,7 @@ func TestJWKSKeyRemovalInvalidatesCache(t *testing.T) {
 		}
 		// Key a is compromised: the IdP drops it and publishes b.
 		srv.set(jwksOf(t, jwkOf(t, "b", "", &rsaKeyB().PublicKey)), http.StatusOK)
-		tokB := sign(t, jwt.SigningMethodRS256, rsaKeyB(), "b", claims(clock, nil))
+		tokB := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "b", claims(clock, nil))
 		expectCode(t, v.Verify(t.Context(), tokB), "")
 		expectCode(t, v.Verify(t.Context(), tokA), authz.TokenUnknownKey)
 	})
@@ -899,7 +886,7 @@ func TestJWKSKeyRemovalInvalidatesCache(t *testing.T) {
 		v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{
 			{Issuer: testIssuer, JWKSURL: srv.URL, JWKSRefreshInterval: 10 * time.Millisecond},
 		}})
-		tokA := sign(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
+		tokA := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
 		expectCode(t, v.Verify(t.Context(), tokA), "")
 
 		ctx, cancel := context.WithCancel(t.Context())
@@ -946,12 +933,12 @@ func TestJWKSServerFailureKeepsLastGoodKeys(t *testing.T) {
 			reg := prometheus.NewPedanticRegistry()
 			v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Registerer: reg, CacheSize: -1,
 				Issuers: []authz.IssuerConfig{{Issuer: testIssuer, JWKSURL: srv.URL}}})
-			tokA := sign(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
+			tokA := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
 			expectCode(t, v.Verify(t.Context(), tokA), "")
 
 			fail(t, srv)
 			// An unknown kid forces a refresh, which fails.
-			expectCode(t, v.Verify(t.Context(), sign(t, jwt.SigningMethodRS256, rsaKeyA(), "zz", claims(clock, nil))), authz.TokenUnknownKey)
+			expectCode(t, v.Verify(t.Context(), testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "zz", claims(clock, nil))), authz.TokenUnknownKey)
 			st := v.Status()
 			if len(st) != 1 || st[0].KeyCount != 1 || st[0].LastError == "" {
 				t.Fatalf("Status = %+v, want 1 key and an error", st)
@@ -976,7 +963,7 @@ func TestJWKSInitialFetchFailureIsNotFatal(t *testing.T) {
 	if len(st) != 1 || st[0].KeyCount != 0 || !strings.Contains(st[0].LastError, "503") || !st[0].LastRefresh.IsZero() {
 		t.Fatalf("Status = %+v", st)
 	}
-	tokA := sign(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
+	tokA := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
 	expectCode(t, v.Verify(t.Context(), tokA), authz.TokenUnknownKey)
 
 	// The IdP comes back; keys are fetched on demand.
@@ -1001,7 +988,7 @@ func TestVerifyConcurrentWithRefreshes(t *testing.T) {
 	var toks []string
 	for i := range 20 {
 		c := claims(clock, map[string]any{"sub": fmt.Sprint(i)})
-		toks = append(toks, sign(t, jwt.SigningMethodRS256, rsaKeyA(), "a", c), sign(t, jwt.SigningMethodES256, ecKeyA(), "e", c))
+		toks = append(toks, testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "a", c), testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "e", c))
 	}
 	sets := [][]byte{
 		jwksOf(t, jwkOf(t, "a", "", &rsaKeyA().PublicKey), jwkOf(t, "e", "", &ecKeyA().PublicKey), jwkOf(t, "x", "", &rsaKeyB().PublicKey)),
@@ -1081,11 +1068,11 @@ func TestLogsNeverHoldTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	toks := []string{
-		sign(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil)),
-		sign(t, jwt.SigningMethodRS256, rsaKeyB(), "a", claims(clock, nil)),
-		sign(t, jwt.SigningMethodRS256, rsaKeyA(), "zz", claims(clock, nil)),
-		sign(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, map[string]any{"aud": "x"})),
-		sign(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, map[string]any{"exp": clock.Ago(time.Hour)})),
+		testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil)),
+		testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "a", claims(clock, nil)),
+		testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "zz", claims(clock, nil)),
+		testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, map[string]any{"aud": "x"})),
+		testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, map[string]any{"exp": clock.Ago(time.Hour)})),
 		"garbage-header.garbage-payload.garbage-signature",
 	}
 	for _, raw := range toks {
