@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -55,11 +54,11 @@ data file is in use); 2 bad flags or configuration.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := applyEnv(cmd); err != nil {
-				return usageErr(oneLine(err))
+				return configErr(err)
 			}
 			file, err := loadControlConfig(cmd, f)
 			if err != nil {
-				return usageErr(oneLine(err))
+				return configErr(err)
 			}
 			logger := newLogger(file.Log, cmd.ErrOrStderr())
 			reg := prometheus.NewRegistry()
@@ -68,7 +67,7 @@ data file is in use); 2 bad flags or configuration.`,
 			cfg.Registerer = reg
 			srv, err := control.New(cfg, logger)
 			if errors.Is(err, control.ErrConfig) {
-				return usageErr(oneLine(err))
+				return configErr(err)
 			}
 			if err != nil {
 				return failureErr(err)
@@ -138,24 +137,4 @@ func (c *ControlFile) resolvePaths(base string) {
 		c.Issuers[i].JWKSFile = resolve(base, c.Issuers[i].JWKSFile)
 		c.Issuers[i].PublicKeyFile = resolve(base, c.Issuers[i].PublicKeyFile)
 	}
-}
-
-// oneLine joins the lines of a (joined) error, so that a configuration
-// problem is reported on one line: "a:\nb\nc" becomes "a: b; c".
-func oneLine(err error) error {
-	var b strings.Builder
-	for _, l := range strings.Split(err.Error(), "\n") {
-		if l = strings.TrimSpace(l); l == "" {
-			continue
-		}
-		if s := b.String(); s != "" {
-			if strings.HasSuffix(s, ":") {
-				b.WriteString(" ")
-			} else {
-				b.WriteString("; ")
-			}
-		}
-		b.WriteString(l)
-	}
-	return errors.New(b.String())
 }

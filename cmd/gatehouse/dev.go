@@ -84,7 +84,7 @@ Everything lives in --dir (default: a temporary folder removed at exit); with
 func runDev(ctx context.Context, f devFlags, stdout, stderr io.Writer) error {
 	logCfg := LogConfig{Level: f.logLevel, Format: f.logFormat}
 	if err := logCfg.Validate(); err != nil {
-		return usageErr(err)
+		return configErr(err)
 	}
 	logger := newLogger(logCfg, stderr)
 	dir := f.dir
@@ -126,7 +126,7 @@ func runDev(ctx context.Context, f devFlags, stdout, stderr io.Writer) error {
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
-		return usageErr(err)
+		return configErr(err)
 	}
 	sc, err := newSidecar(cfg, logger.With("component", "sidecar"))
 	if err != nil {

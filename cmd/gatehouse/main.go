@@ -26,16 +26,18 @@ const (
 
 // exitError carries a process exit code.
 type exitError struct {
-	code    int
-	err     error
-	oneLine bool // print every problem on one line
+	code int
+	err  error
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
-func usageErr(err error) error   { return &exitError{code: exitUsage, err: err} }
-func configErr(err error) error  { return &exitError{code: exitUsage, err: err, oneLine: true} }
+func usageErr(err error) error { return &exitError{code: exitUsage, err: err} }
+
+// configErr is a configuration problem: exit 2, every problem on one line.
+func configErr(err error) error { return usageErr(oneLine(err)) }
+
 func failureErr(err error) error { return &exitError{code: exitFailure, err: err} }
 
 func main() {
@@ -56,11 +58,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.err != nil && ee.err.Error() != "" {
-			msg := ee.err.Error()
-			if ee.oneLine { // configuration problems: one line, all of them
-				msg = strings.ReplaceAll(strings.TrimSpace(msg), "\n", "; ")
-			}
-			fmt.Fprintln(stderr, "gatehouse:", msg)
+			fmt.Fprintln(stderr, "gatehouse:", ee.err)
 		}
 		return ee.code
 	}
@@ -106,4 +104,24 @@ func newLogger(cfg LogConfig, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// oneLine joins the lines of a (joined) error, so that a configuration
+// problem is reported on one line: "a:\nb\nc" becomes "a: b; c".
+func oneLine(err error) error {
+	var b strings.Builder
+	for _, l := range strings.Split(err.Error(), "\n") {
+		if l = strings.TrimSpace(l); l == "" {
+			continue
+		}
+		if s := b.String(); s != "" {
+			if strings.HasSuffix(s, ":") {
+				b.WriteString(" ")
+			} else {
+				b.WriteString("; ")
+			}
+		}
+		b.WriteString(l)
+	}
+	return errors.New(b.String())
 }
