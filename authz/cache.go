@@ -204,6 +204,14 @@ func (c *decisionCache) shard(key string) *cacheShard {
 	return &c.shards[maphash.String(c.seed, key)%uint64(len(c.shards))]
 }
 
+// lookup is get on a cache that may be nil (nil: no entry).
+func (c *decisionCache) lookup(key string) *cacheEntry {
+	if c == nil {
+		return nil
+	}
+	return c.get(key)
+}
+
 func (c *decisionCache) get(key string) *cacheEntry {
 	sh := c.shard(key)
 	sh.mu.Lock()

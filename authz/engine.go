@@ -85,9 +85,11 @@ type Engine struct {
 
 	active atomic.Pointer[activeSet]
 
-	loads   *prometheus.CounterVec
-	cached  *prometheus.CounterVec
-	tracker DependencyTracker // nil when the tenancy store cannot record reads
+	loads  *prometheus.CounterVec
+	cached *prometheus.CounterVec
+	// children of cached, resolved once (the hot path must not hash labels)
+	cacheHit, cacheMiss, cacheStale, cacheBypass prometheus.Counter
+	tracker                                      DependencyTracker // nil when the tenancy store cannot record reads
 
 	mu        sync.Mutex // guards lastErr, lastErrAt
 	lastErr   string
@@ -121,6 +123,8 @@ func New(cfg Config, verifier *Verifier, tenancy Tenancy, logger *slog.Logger) *
 		Name: "gatehouse_decision_cache_total",
 		Help: "Decisions by cache result: hit, miss (evaluated and stored), stale (evaluated: data changed), bypass (not cacheable).",
 	}, []string{"result"})
+	e.cacheHit, e.cacheMiss = e.cached.WithLabelValues("hit"), e.cached.WithLabelValues("miss")
+	e.cacheStale, e.cacheBypass = e.cached.WithLabelValues("stale"), e.cached.WithLabelValues("bypass")
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(e.loads, e.cached)
 	}
@@ -224,7 +228,8 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		return nil, internal(fmt.Errorf("%w: open data transaction: %v", ErrEvaluation, err))
 	}
 	defer a.store.Abort(ctx, txn)
-	rev := e.tenancy.TxnRevision(txn.(*dataTxn).tenancy)
+	tt := txn.(*dataTxn).tenancy
+	rev := e.tenancy.TxnRevision(tt)
 
 	input := req.Input
 	if input == nil && req.Build != nil {
@@ -241,7 +246,6 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	}
 	input.Insert(keyToken, ast.NewTerm(tok.Value()))
 	input.Insert(keyTenancyRevision, ast.UIntNumberTerm(rev))
-	tt := txn.(*dataTxn).tenancy
 
 	debug := e.logger.Enabled(ctx, slog.LevelDebug)
 	cache, key := a.cache, ""
@@ -255,26 +259,24 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	} else {
 		cache = nil
 	}
-	if cache != nil {
-		if ent := cache.get(key); ent != nil {
-			if e.valid(ent, tt, rev) {
-				e.cached.WithLabelValues("hit").Inc()
-				d := ent.d
-				d.ID = NewDecisionID()
-				d.TenancyRevision = rev
-				d.Subject, d.TokenError = tok.Subject, tok.Error
-				d.Duration = e.cfg.Now().Sub(start)
-				return &d, nil
-			}
-			e.cached.WithLabelValues("stale").Inc()
-		} else {
-			e.cached.WithLabelValues("miss").Inc()
-		}
-		if e.tracker != nil {
-			e.tracker.Record(tt)
-		}
-	} else {
-		e.cached.WithLabelValues("bypass").Inc()
+	switch ent := cache.lookup(key); {
+	case cache == nil:
+		e.cacheBypass.Inc()
+	case ent == nil:
+		e.cacheMiss.Inc()
+	case e.valid(ent, tt, rev):
+		e.cacheHit.Inc()
+		d := ent.d
+		d.ID = NewDecisionID()
+		d.TenancyRevision = rev
+		d.Subject, d.TokenError = tok.Subject, tok.Error
+		d.Duration = e.cfg.Now().Sub(start)
+		return &d, nil
+	default:
+		e.cacheStale.Inc()
+	}
+	if cache != nil && e.tracker != nil {
+		e.tracker.Record(tt)
 	}
 
 	cancel := topdown.NewCancel()
