@@ -32,7 +32,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		d, err = badRequest(s.engine, err), nil
 	}
 	if err != nil {
-		s.metrics.observe("http", outcomeError, time.Since(start).Seconds())
+		s.metrics.observe(transportHTTP, outcomeError, time.Since(start).Seconds())
 		code := http.StatusInternalServerError
 		var de *authz.DecideError
 		if errors.As(err, &de) && de.Code == authz.CodeUnavailable {
@@ -63,7 +63,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(d.Status())
 		_, _ = io.WriteString(w, d.Body)
 	}
-	s.record("http", d, start)
+	s.record(transportHTTP, d, start)
 }
 
 // withContextHeaders adds to headers the x-gatehouse-context-* names of the

@@ -244,11 +244,11 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	start := time.Now()
 	d, headers, err := s.decide(ctx, req)
 	if err != nil {
-		s.metrics.observe("grpc", outcomeError, time.Since(start).Seconds())
+		s.metrics.observe(transportGRPC, outcomeError, time.Since(start).Seconds())
 		return nil, grpcError(err)
 	}
 	resp := Response(d, headers)
-	s.record("grpc", d, start)
+	s.record(transportGRPC, d, start)
 	return resp, nil
 }
 
@@ -322,16 +322,16 @@ func errorBody(msg, reason string) string {
 	return fmt.Sprintf(`{"error":%q,"reason":%q}`, msg, reason)
 }
 
-func (s *Server) record(transport string, d *authz.Decision, start time.Time) {
-	outcome := outcomeDeny
+func (s *Server) record(t transport, d *authz.Decision, start time.Time) {
+	o := outcomeDeny
 	if d.Allowed {
-		outcome = outcomeAllow
+		o = outcomeAllow
 	}
-	s.metrics.observe(transport, outcome, time.Since(start).Seconds())
+	s.metrics.observe(t, o, time.Since(start).Seconds())
 	if s.logger.Enabled(context.Background(), slog.LevelDebug) {
 		s.logger.Debug("decision",
 			"decision_id", d.ID,
-			"transport", transport,
+			"transport", t.String(),
 			"allowed", d.Allowed,
 			"status", d.Status(),
 			"reason", d.Reason,
