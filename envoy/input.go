@@ -45,12 +45,12 @@ var (
 	))
 )
 
-// ErrMalformedRequest is returned by Input for a CheckRequest without HTTP
+// ErrMalformedRequest is returned by Prepare for a CheckRequest without HTTP
 // request attributes, or with a path that cannot be parsed. The gRPC server
 // answers it with INVALID_ARGUMENT (Envoy then applies status_on_error).
 var ErrMalformedRequest = errors.New("malformed CheckRequest")
 
-// BodyError is returned by Input when the request body cannot be parsed as
+// BodyError is returned by Prepare when the request body cannot be parsed as
 // its content type says. The server answers it with a 400 deny without
 // evaluating, as opa-envoy-plugin does.
 type BodyError struct{ Err error }

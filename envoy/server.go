@@ -265,15 +265,16 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest) (*authz.D
 // parse is denied with 400 without evaluating, as opa-envoy-plugin does; an
 // error means "cannot decide" (ErrMalformedRequest, or an *authz.DecideError).
 func Evaluate(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer) (*authz.Decision, map[string]string, error) {
-	headers := RequestHeaders(req.GetAttributes().GetRequest().GetHttp())
 	prep, err := Prepare(req)
 	if err != nil {
+		headers := RequestHeaders(req.GetAttributes().GetRequest().GetHttp())
 		var be *BodyError
 		if errors.As(err, &be) {
 			return badRequest(engine, be), headers, nil
 		}
 		return nil, headers, err
 	}
+	headers := prep.Headers()
 	minRev, err := minRevision(headers[HeaderMinRevision], req.GetAttributes().GetContextExtensions()["min_revision"])
 	if err != nil {
 		return nil, headers, fmt.Errorf("%w: %v", ErrMalformedRequest, err)
