@@ -137,20 +137,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 		}
 	}
 	if s.cfg.ResidentBudget > 0 {
-		go func() {
-			t := time.NewTicker(2 * time.Second)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					if n := residentFileBytes(); n > s.cfg.ResidentBudget {
-						s.trim()
-					}
-				}
-			}
-		}()
+		go s.trimEvery(ctx.Done(), 2*time.Second, func() bool { return residentFileBytes() > s.cfg.ResidentBudget })
 	}
 	backoff := s.cfg.MinBackoff
 	for ctx.Err() == nil {
@@ -412,24 +399,30 @@ func (s *Syncer) checkInBackground() {
 	// the check reads every page: keep them out of the resident set as it goes
 	done := make(chan struct{})
 	defer close(done)
-	go func() {
-		t := time.NewTicker(250 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				s.trim()
-			}
-		}
-	}()
+	go s.trimEvery(done, 250*time.Millisecond, func() bool { return true })
 	if err := s.store.CheckFile(); err != nil {
 		s.logger.Error("tenancy cache failed its consistency check; rebuilding from a snapshot", "err", err)
 	} else {
 		s.logger.Info("tenancy cache consistency check passed", "duration", time.Since(start))
 	}
 	s.trim() // the check read every page
+}
+
+// trimEvery trims the cache's resident pages every interval when cond
+// holds, until done is closed.
+func (s *Syncer) trimEvery(done <-chan struct{}, every time.Duration, cond func() bool) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			if cond() {
+				s.trim()
+			}
+		}
+	}
 }
 
 func (s *Syncer) trim() {
