@@ -39,7 +39,7 @@ func TestDecisionCacheFollowsData(t *testing.T) {
 	check := func(stage string) map[string]bool {
 		out := map[string]bool{}
 		for _, r := range reqs {
-			cr := checkRequest(worldgen.Request{Subject: r.sub, Path: r.path, Context: map[string]string{"project": r.pj, "roles": r.roles}}, tokens[r.sub])
+			cr := worldgen.Request{Subject: r.sub, Path: r.path, Context: map[string]string{"project": r.pj, "roles": r.roles}}.CheckRequest(tokens[r.sub])
 			var got [2]*authz.Decision
 			for i, e := range []*authz.Engine{cached, cached, uncached} {
 				in, err := envoy.Input(cr)

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -134,20 +133,6 @@ func newEngine(tb testing.TB, st *bundle.Store, v *authz.Verifier, cacheEntries 
 	return e
 }
 
-func checkRequest(r worldgen.Request, token string) *authv3.CheckRequest {
-	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-		Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "10.0.0.7", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 51234}}}}},
-		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-			Id: "1234", Method: "GET", Path: r.Path, Host: "api.example.com", Scheme: "https", Protocol: "HTTP/1.1",
-			Headers: map[string]string{
-				":authority": "api.example.com", ":method": "GET", ":path": r.Path,
-				"authorization": "Bearer " + token, "user-agent": "bench", "x-request-id": "1234",
-			},
-		}},
-		ContextExtensions: r.Context,
-	}}
-}
-
 func benchCheck(b *testing.B, name string, spec worldgen.Spec, decisionCache int) {
 	st, w := buildWorld(b, name, spec)
 	v, mint := newVerifier(b)
@@ -159,7 +144,7 @@ func benchCheck(b *testing.B, name string, spec worldgen.Spec, decisionCache int
 		if tokens[r.Subject] == "" {
 			tokens[r.Subject] = mint(r.Subject)
 		}
-		crs[i] = checkRequest(r, tokens[r.Subject])
+		crs[i] = r.CheckRequest(tokens[r.Subject])
 	}
 	ctx := context.Background()
 	// verify the answers once (and warm the caches)

@@ -15,7 +15,7 @@ func BenchmarkStageInput(b *testing.B) {
 	st, w := buildWorld(b, "small", worldgen.Small)
 	_, mint := benchEngine(b, st)
 	r := w.Requests(1, 100, 1)[0]
-	cr := checkRequest(r, mint(r.Subject))
+	cr := r.CheckRequest(mint(r.Subject))
 	b.ReportAllocs()
 	for b.Loop() {
 		_, _ = envoy.Input(cr)
@@ -34,7 +34,7 @@ func BenchmarkStageTrivialPolicy(b *testing.B) {
 	}
 	e.SetPolicy(ps)
 	r := w.Requests(1, 100, 1)[0]
-	cr := checkRequest(r, mint(r.Subject))
+	cr := r.CheckRequest(mint(r.Subject))
 	in, _ := envoy.Input(cr)
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -47,7 +47,7 @@ func BenchmarkStageShippedPolicy(b *testing.B) {
 	st, w := buildWorld(b, "small", worldgen.Small)
 	e, mint := benchEngine(b, st)
 	r := w.Requests(1, 100, 1)[0]
-	cr := checkRequest(r, mint(r.Subject))
+	cr := r.CheckRequest(mint(r.Subject))
 	in, _ := envoy.Input(cr)
 	ctx := context.Background()
 	b.ReportAllocs()

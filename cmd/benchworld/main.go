@@ -206,7 +206,7 @@ func latency(args []string) error {
 			return err
 		}
 		check := func() (bool, error) {
-			resp, err := client.Check(context.Background(), checkRequest(r, tok))
+			resp, err := client.Check(context.Background(), r.CheckRequest(tok))
 			if err != nil {
 				return false, err
 			}
@@ -265,14 +265,4 @@ func call(base, token, method, path string, body any) error {
 		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
 	}
 	return nil
-}
-
-func checkRequest(r worldgen.Request, token string) *authv3.CheckRequest {
-	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-			Method: "GET", Path: r.Path, Host: "api.example.com",
-			Headers: map[string]string{":authority": "api.example.com", ":method": "GET", ":path": r.Path, "authorization": "Bearer " + token},
-		}},
-		ContextExtensions: r.Context,
-	}}
 }

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
@@ -215,3 +218,19 @@ func contains(xs []int, x int) bool {
 // UserGrantCount is the number of user grants actually generated
 // (duplicates of (user, project, tenant) are skipped).
 func (w *World) UserGrantCount() int { return len(w.ug) }
+
+// CheckRequest is r as Envoy's ext_authz filter would send it, with token
+// as the bearer token.
+func (r Request) CheckRequest(token string) *authv3.CheckRequest {
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "10.0.0.7", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 51234}}}}},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Id: "1234", Method: "GET", Path: r.Path, Host: "api.example.com", Scheme: "https", Protocol: "HTTP/1.1",
+			Headers: map[string]string{
+				":authority": "api.example.com", ":method": "GET", ":path": r.Path,
+				"authorization": "Bearer " + token, "user-agent": "bench", "x-request-id": "1234",
+			},
+		}},
+		ContextExtensions: r.Context,
+	}}
+}
