@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/gatehouse-dev/gatehouse/internal/keys"
 	"github.com/gatehouse-dev/gatehouse/internal/loadgen"
 	"github.com/gatehouse-dev/gatehouse/internal/worldgen"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
@@ -182,7 +183,7 @@ func latency(args []string) error {
 	if err != nil {
 		return err
 	}
-	key, err := loadgen.LoadSigningKey(*keyFile)
+	key, err := keys.LoadRSA(*keyFile)
 	if err != nil {
 		return err
 	}

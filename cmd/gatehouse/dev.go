@@ -5,10 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/x509"
 	_ "embed"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +23,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/control"
+	"github.com/gatehouse-dev/gatehouse/internal/keys"
 	"github.com/gatehouse-dev/gatehouse/policies"
 )
 
@@ -182,7 +181,7 @@ func prepareDevDir(dir, policyDir string) (devEnv, error) {
 		dir:        dir,
 		adminToken: filepath.Join(dir, "admin.token"),
 		syncToken:  filepath.Join(dir, "sync.token"),
-		publicKey:  filepath.Join(dir, "issuer", "public.pem"),
+		publicKey:  filepath.Join(dir, "issuer", keys.PublicFile),
 		policies:   policyDir,
 		tokens:     filepath.Join(dir, "tokens"),
 	}
@@ -200,7 +199,7 @@ func prepareDevDir(dir, policyDir string) (devEnv, error) {
 			}
 		}
 	}
-	key, err := devKey(filepath.Join(dir, "issuer", "signing.pem"), env.publicKey)
+	key, err := devKey(filepath.Join(dir, "issuer"))
 	if err != nil {
 		return env, err
 	}
@@ -216,36 +215,16 @@ func prepareDevDir(dir, policyDir string) (devEnv, error) {
 	return env, nil
 }
 
-// devKey loads or creates the dev issuer's RSA key and public key file.
-func devKey(private, public string) (*rsa.PrivateKey, error) {
-	if b, err := os.ReadFile(private); err == nil {
-		blk, _ := pem.Decode(b)
-		if blk == nil {
-			return nil, fmt.Errorf("%s: not PEM", private)
+// devKey loads the dev issuer's RSA key from dir, creating the key pair
+// (keys.SigningFile, keys.PublicFile) on the first run.
+func devKey(dir string) (*rsa.PrivateKey, error) {
+	signing := filepath.Join(dir, keys.SigningFile)
+	if _, err := os.Stat(signing); errors.Is(err, os.ErrNotExist) {
+		if _, _, err := keys.WriteRSA(dir); err != nil {
+			return nil, err
 		}
-		k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", private, err)
-		}
-		rk, ok := k.(*rsa.PrivateKey)
-		if !ok {
-			return nil, fmt.Errorf("%s: not an RSA key", private)
-		}
-		return rk, nil
 	}
-	k, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return nil, err
-	}
-	der, _ := x509.MarshalPKCS8PrivateKey(k)
-	if err := os.WriteFile(private, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return nil, err
-	}
-	pub, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
-	if err := os.WriteFile(public, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644); err != nil {
-		return nil, err
-	}
-	return k, nil
+	return keys.LoadRSA(signing)
 }
 
 // mint signs a dev token valid for 12 hours.

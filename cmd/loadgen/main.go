@@ -23,6 +23,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gatehouse-dev/gatehouse/internal/keys"
 	"github.com/gatehouse-dev/gatehouse/internal/loadgen"
 )
 
@@ -87,7 +88,7 @@ func newKeysCmd() *cobra.Command {
 		Short: "Write an RSA-2048 signing key (signing.pem) and its public key (public.pem) to DIR",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			signing, public, err := loadgen.WriteKeys(out)
+			signing, public, err := keys.WriteRSA(out)
 			if err != nil {
 				return err
 			}
@@ -126,7 +127,7 @@ error is reported and makes the command exit 1.`,
 			}
 			opts := loadgen.PlanOptions{}
 			if signingKey != "" {
-				if opts.SigningKey, err = loadgen.LoadSigningKey(signingKey); err != nil {
+				if opts.SigningKey, err = keys.LoadRSA(signingKey); err != nil {
 					return err
 				}
 			}

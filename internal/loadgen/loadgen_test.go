@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/gatehouse-dev/gatehouse/internal/keys"
 	"github.com/gatehouse-dev/gatehouse/internal/loadgen"
 )
 
@@ -41,16 +42,16 @@ const testScenario = `{
   ]
 }`
 
-// keys writes a key pair to a temporary folder and returns the private key
+// testKeys writes a key pair to a temporary folder and returns the private key
 // and the public key as read back from public.pem.
-func keys(t testing.TB) (*rsa.PrivateKey, *rsa.PublicKey) {
+func testKeys(t testing.TB) (*rsa.PrivateKey, *rsa.PublicKey) {
 	t.Helper()
 	dir := t.TempDir()
-	signing, public, err := loadgen.WriteKeys(dir)
+	signing, public, err := keys.WriteRSA(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := loadgen.LoadSigningKey(signing)
+	key, err := keys.LoadRSA(signing)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +182,7 @@ func checkSane(t *testing.T, res *loadgen.Result) {
 
 func TestRunClosedLoopAgainstNoop(t *testing.T) {
 	t.Parallel()
-	key, _ := keys(t)
+	key, _ := testKeys(t)
 	allow := loadgen.Allow
 	addr := serve(t, nil)
 	res, err := loadgen.Run(t.Context(), loadgen.Config{
@@ -223,7 +224,7 @@ func TestRunClosedLoopAgainstNoop(t *testing.T) {
 
 func TestRunVerifiesDecisions(t *testing.T) {
 	t.Parallel()
-	key, pub := keys(t)
+	key, pub := testKeys(t)
 	addr := serve(t, tenantServer{pub: pub})
 	res, err := loadgen.Run(t.Context(), loadgen.Config{
 		Addr: addr, Plan: plan(t, testScenario, key, nil), Concurrency: 3, Duration: 300 * time.Millisecond,
@@ -244,7 +245,7 @@ func TestRunVerifiesDecisions(t *testing.T) {
 
 func TestRunReportsMismatches(t *testing.T) {
 	t.Parallel()
-	key, _ := keys(t)
+	key, _ := testKeys(t)
 	addr := serve(t, nil) // allows everything; the scenario expects denies
 	res, err := loadgen.Run(t.Context(), loadgen.Config{
 		Addr: addr, Plan: plan(t, testScenario, key, nil), Concurrency: 2, Duration: 200 * time.Millisecond,
@@ -299,7 +300,7 @@ func TestRunReportsErrors(t *testing.T) {
 
 func TestRunOpenLoop(t *testing.T) {
 	t.Parallel()
-	key, _ := keys(t)
+	key, _ := testKeys(t)
 	allow := loadgen.Allow
 	addr := serve(t, nil)
 	const rate, window = 1000.0, 500 * time.Millisecond
@@ -475,7 +476,7 @@ func TestNewPlanNeedsSigningKey(t *testing.T) {
 
 func TestNewPlanBuildsEnvoyRequests(t *testing.T) {
 	t.Parallel()
-	key, pub := keys(t)
+	key, pub := testKeys(t)
 	p := plan(t, testScenario, key, nil)
 	if len(p.Requests) != 5 || len(p.Names) != 5 || p.Names[0] != "alice-ok" || p.Expect[1] != loadgen.Deny {
 		t.Fatalf("plan = %v %v", p.Names, p.Expect)
@@ -544,8 +545,8 @@ func TestLoadSigningKeyErrors(t *testing.T) {
 	_ = os.WriteFile(notPEM, []byte("hello"), 0o600)
 	_ = os.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: []byte{1}}), 0o600)
 	for _, path := range []string{notPEM, pub, filepath.Join(dir, "missing.pem")} {
-		if _, err := loadgen.LoadSigningKey(path); err == nil {
-			t.Errorf("LoadSigningKey(%s) = nil error", filepath.Base(path))
+		if _, err := keys.LoadRSA(path); err == nil {
+			t.Errorf("LoadRSA(%s) = nil error", filepath.Base(path))
 		}
 	}
 }

@@ -1,0 +1,84 @@
+// Package keys writes and reads the RSA signing keys of Gatehouse's own
+// token issuers: the dev issuer of `gatehouse dev` and the load generator's.
+package keys
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Names of the files WriteRSA creates.
+const (
+	// SigningFile holds the RSA private key (PKCS #8 PEM).
+	SigningFile = "signing.pem"
+	// PublicFile holds its public key (PKIX PEM), for an issuer's
+	// public_key_file.
+	PublicFile = "public.pem"
+)
+
+// WriteRSA generates an RSA-2048 key pair and writes it to dir (created if
+// needed) as SigningFile (mode 0600) and PublicFile. It returns the
+// paths written.
+func WriteRSA(dir string) (signing, public string, err error) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return "", "", fmt.Errorf("generate RSA key: %w", err)
+	}
+	priv, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return "", "", fmt.Errorf("encode private key: %w", err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return "", "", fmt.Errorf("encode public key: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", "", fmt.Errorf("create key folder: %w", err)
+	}
+	signing = filepath.Join(dir, SigningFile)
+	public = filepath.Join(dir, PublicFile)
+	if err := os.WriteFile(signing, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: priv}), 0o600); err != nil {
+		return "", "", fmt.Errorf("write signing key: %w", err)
+	}
+	if err := os.WriteFile(public, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644); err != nil {
+		return "", "", fmt.Errorf("write public key: %w", err)
+	}
+	return signing, public, nil
+}
+
+// LoadRSA reads an RSA private key from a PEM file (PKCS #8 or
+// PKCS #1).
+func LoadRSA(path string) (*rsa.PrivateKey, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read signing key: %w", err)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, fmt.Errorf("signing key %q: no PEM block", path)
+	}
+	switch block.Type {
+	case "RSA PRIVATE KEY":
+		key, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("signing key %q: %w", path, err)
+		}
+		return key, nil
+	case "PRIVATE KEY":
+		k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("signing key %q: %w", path, err)
+		}
+		key, ok := k.(*rsa.PrivateKey)
+		if !ok {
+			return nil, fmt.Errorf("signing key %q: %T is not an RSA key", path, k)
+		}
+		return key, nil
+	}
+	return nil, fmt.Errorf("signing key %q: PEM block %q is not a private key", path, block.Type)
+}
