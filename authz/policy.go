@@ -288,6 +288,13 @@ func isPolicyFile(name string, tests bool) bool {
 	case strings.HasSuffix(name, ".rego"):
 		return true
 	}
+	return IsDataFile(name)
+}
+
+// IsDataFile reports whether a file name is a static data file: only
+// data.json, data.yaml and data.yml are data, loaded at the path of their
+// folder (other JSON and YAML files, e.g. test fixtures, never are).
+func IsDataFile(name string) bool {
 	return name == "data.json" || name == "data.yaml" || name == "data.yml"
 }
 

@@ -10,6 +10,8 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/loader"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
 )
 
 // FixtureFile is the name of the file that makes a folder a fixture folder.
@@ -53,7 +55,7 @@ func Discover(paths, ignore []string) (Files, error) {
 				f.Fixtures = append(f.Fixtures, filepath.Dir(root))
 			case strings.HasSuffix(root, ".rego"):
 				f.Rego = append(f.Rego, root)
-			case isDataFile(info.Name()):
+			case authz.IsDataFile(info.Name()):
 				f.Data = append(f.Data, root)
 			default:
 				return Files{}, usagef("%s is neither a .rego file, a data file nor a %s", root, FixtureFile)
@@ -101,7 +103,7 @@ func walk(dir string, depth int, ignore []string, f *Files) error {
 			f.Fixtures = append(f.Fixtures, dir)
 		case strings.HasSuffix(e.Name(), ".rego"):
 			f.Rego = append(f.Rego, p)
-		case isDataFile(e.Name()):
+		case authz.IsDataFile(e.Name()):
 			f.Data = append(f.Data, p)
 		}
 	}
@@ -126,13 +128,6 @@ func skipped(path, name string, ignore []string) bool {
 		}
 	}
 	return false
-}
-
-// isDataFile reports whether name is a static data file: only data.json,
-// data.yaml and data.yml are data, as `serve` loads them (fixture and
-// tenancy files may sit beside policies without becoming data).
-func isDataFile(name string) bool {
-	return name == "data.json" || name == "data.yaml" || name == "data.yml"
 }
 
 // Loaded is the parsed content of the discovered files.
