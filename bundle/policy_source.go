@@ -270,16 +270,8 @@ func (s *PolicySource) fetch(ctx context.Context) ([]byte, string, error) {
 	if s.etag != "" && s.active != nil {
 		req.Header.Set("If-None-Match", s.etag)
 	}
-	if s.tokenFile != "" {
-		tok, err := os.ReadFile(s.tokenFile)
-		if err != nil {
-			return nil, "", fmt.Errorf("policy bundle token: %w", err)
-		}
-		t := strings.TrimSpace(string(tok))
-		if t == "" {
-			return nil, "", fmt.Errorf("policy bundle token: %s is empty", s.tokenFile)
-		}
-		req.Header.Set("Authorization", "Bearer "+t)
+	if err := setBearer(req, s.tokenFile, "policy bundle token"); err != nil {
+		return nil, "", err
 	}
 	req.Header.Set("Accept", "application/gzip, application/octet-stream")
 	resp, err := s.cfg.HTTPClient.Do(req)

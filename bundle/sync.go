@@ -187,12 +187,8 @@ func (s *Syncer) request(ctx context.Context, path string, q url.Values) (*http.
 	if err != nil {
 		return nil, err
 	}
-	if s.cfg.TokenFile != "" {
-		tok, err := os.ReadFile(s.cfg.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("data.token_file: %w", err)
-		}
-		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	if err := setBearer(req, s.cfg.TokenFile, "data.token_file"); err != nil {
+		return nil, err
 	}
 	resp, err := s.cfg.HTTPClient.Do(req)
 	if err != nil {
@@ -447,4 +443,22 @@ func (s *Syncer) heard(rev uint64) {
 			s.lastPersist = now
 		}
 	}
+}
+
+// setBearer sets the Authorization header from a token file (re-read at
+// every request, so the token can be rotated in place); no file, no header.
+func setBearer(req *http.Request, file, what string) error {
+	if file == "" {
+		return nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return fmt.Errorf("%s: %s is empty", what, file)
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	return nil
 }
