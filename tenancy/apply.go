@@ -84,7 +84,7 @@ type ref struct{ collection, id string }
 type applier struct {
 	w       *Writer
 	touched map[ref]int    // the op that first touched it
-	before  map[ref]Entity // its value before the batch (nil: absent)
+	before  map[ref]Entity // tenants, projects, grants: the value before the batch (nil: absent)
 	order   []ref
 	// deleting holds the entities whose cascade delete is under way.
 	deleting map[ref]bool
@@ -93,12 +93,17 @@ type applier struct {
 
 // touch records, before an entity changes, that the batch changes it;
 // prev is its current value, which the first touch keeps as the value
-// before the batch.
+// before the batch. Only tenants, projects and project grants keep it
+// (their parent, owner, targets and roles are compared with it): a cascade
+// may touch millions of user grants and memberships.
 func (a *applier) touch(collection, id string, prev Entity) {
 	r := ref{collection, id}
 	if _, ok := a.touched[r]; !ok {
 		a.touched[r] = a.current
-		a.before[r] = prev
+		switch collection {
+		case Tenants, Projects, ProjectGrants:
+			a.before[r] = prev
+		}
 		a.order = append(a.order, r)
 	}
 }
