@@ -184,7 +184,7 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 
 // entityWriter authenticates a write to /v1/{collection}/{id} and returns
 // its principal, collection and id, refusing callers that may not write
-// the collection at all (see writer).
+// the collection at all (see mayWrite).
 func (s *Server) entityWriter(r *http.Request) (principal, string, string, error) {
 	p, err := s.authenticate(r)
 	if err != nil {
@@ -198,7 +198,7 @@ func (s *Server) entityWriter(r *http.Request) (principal, string, string, error
 }
 
 // batchWriter authenticates a batch, refusing callers that may not write
-// at all (see writer).
+// at all (see mayWrite).
 func (s *Server) batchWriter(r *http.Request) (principal, error) {
 	p, err := s.authenticate(r)
 	if err == nil {
