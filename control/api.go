@@ -2,12 +2,14 @@ package control
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -39,7 +41,7 @@ func pathEntity(r *http.Request) (collection, id string, err error) {
 	}
 	id = r.PathValue("id")
 	if !tenancy.ValidID(id) {
-		return "", "", badRequest("%s: id %q in the path is not a valid id ([a-zA-Z0-9._-]{1,128})", collection, id)
+		return "", "", badRequest("%s: id %q in the path is not a valid id ([a-zA-Z0-9._-]{1,128}, not . or ..)", collection, id)
 	}
 	return collection, id, nil
 }
@@ -52,22 +54,79 @@ func pathCollection(r *http.Request) (string, error) {
 	return c, nil
 }
 
-// readBody reads the request body, at most max_body_bytes (413 beyond).
-func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	limit := s.cfg.MaxBodyBytes
-	if r.ContentLength > limit {
-		return nil, errorf(http.StatusRequestEntityTooLarge, CodeTooLarge, "the body (%d bytes) exceeds max_body_bytes (%d)", r.ContentLength, limit)
+// bodyLimit is the bound of one endpoint's request bodies.
+type bodyLimit struct {
+	bytes int64
+	key   string // the configuration key, for errors
+}
+
+func (s *Server) entityLimit() bodyLimit { return bodyLimit{s.cfg.MaxEntityBytes, "max_entity_bytes"} }
+func (s *Server) bodyLimit() bodyLimit   { return bodyLimit{s.cfg.MaxBodyBytes, "max_body_bytes"} }
+
+// readBody reads the request body, at most limit (413 beyond, without
+// reading it when its Content-Length says so). Callers authenticate and
+// check that the caller may make the request at all first: nothing of a
+// body is read for a caller without the right. The body's size (its
+// Content-Length, or the limit for a chunked body) is reserved in
+// body_budget_bytes first, so that bodies read and decoded at once never
+// exceed it; a body that finds no room within body_budget_wait answers
+// 503. release returns the reservation: call it when the request is done
+// with the body (nil on error).
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request, limit bodyLimit) (body []byte, release func(), err error) {
+	if r.ContentLength > limit.bytes {
+		return nil, nil, errorf(http.StatusRequestEntityTooLarge, CodeTooLarge, "the body (%d bytes) exceeds %s (%d)", r.ContentLength, limit.key, limit.bytes)
 	}
+	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+		return []byte{}, func() {}, nil
+	}
+	reserved := r.ContentLength
+	if reserved < 0 {
+		reserved = limit.bytes
+	}
+	if err := s.reserveBody(r.Context(), reserved); err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if err != nil {
+			s.bodies.Release(reserved)
+		}
+	}()
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyReadTimeout))
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if r.ContentLength > 0 {
+		// The server ends the body at its Content-Length.
+		body = make([]byte, r.ContentLength)
+		_, err = io.ReadFull(r.Body, body)
+	} else {
+		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, limit.bytes))
+	}
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		return nil, errorf(http.StatusRequestEntityTooLarge, CodeTooLarge, "the body exceeds max_body_bytes (%d)", limit)
+		return nil, nil, errorf(http.StatusRequestEntityTooLarge, CodeTooLarge, "the body exceeds %s (%d)", limit.key, limit.bytes)
 	}
 	if err != nil {
-		return nil, badRequest("read the body: %v", err)
+		return nil, nil, badRequest("read the body: %v", err)
 	}
-	return b, nil
+	if n := int64(len(body)); n < reserved { // a chunked body shorter than the limit
+		s.bodies.Release(reserved - n)
+		reserved = n
+	}
+	held := reserved
+	return body, sync.OnceFunc(func() { s.bodies.Release(held) }), nil
+}
+
+// reserveBody takes n bytes of body_budget_bytes, waiting up to
+// body_budget_wait (and no longer than ctx) for other bodies to be done.
+func (s *Server) reserveBody(ctx context.Context, n int64) error {
+	if s.bodies.TryAcquire(n) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.BodyBudgetWait)
+	defer cancel()
+	if err := s.bodies.Acquire(ctx, n); err != nil {
+		s.metrics.bodiesBusy.Inc()
+		return errorf(http.StatusServiceUnavailable, CodeBusy, "busy: request bodies being read take body_budget_bytes (%d); no room for %d bytes within %v: retry later", s.cfg.BodyBudgetBytes, n, s.cfg.BodyBudgetWait)
+	}
+	return nil
 }
 
 // putAnswer is the answer of PUT /v1/{collection}/{id}.
@@ -97,14 +156,18 @@ type batchRequest struct {
 // handlePut is PUT /v1/{collection}/{id}: create or replace one entity.
 func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 	p, collection, id, err := s.entityWriter(r)
-	var body []byte
+	var (
+		body    []byte
+		release func()
+	)
 	if err == nil {
-		body, err = s.readBody(w, r)
+		body, release, err = s.readBody(w, r, s.entityLimit())
 	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
+	defer release()
 	res, err := s.write(p, []tenancy.Op{{Op: tenancy.OpPut, Collection: collection, ID: id, Value: body}})
 	if err != nil {
 		s.writeError(w, r, err)
@@ -120,17 +183,54 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 }
 
 // entityWriter authenticates a write to /v1/{collection}/{id} and returns
-// its principal, collection and id; the sync token is read-only.
+// its principal, collection and id, refusing callers that may not write
+// the collection at all (see mayWrite).
 func (s *Server) entityWriter(r *http.Request) (principal, string, string, error) {
 	p, err := s.authenticate(r)
 	if err != nil {
 		return p, "", "", err
 	}
 	collection, id, err := pathEntity(r)
-	if err == nil && p.role == roleSync {
-		err = forbidden("the sync token is read-only")
+	if err == nil {
+		err = s.mayWrite(p, collection, r.Method)
 	}
 	return p, collection, id, err
+}
+
+// batchWriter authenticates a batch, refusing callers that may not write
+// at all (see mayWrite).
+func (s *Server) batchWriter(r *http.Request) (principal, error) {
+	p, err := s.authenticate(r)
+	if err == nil {
+		err = s.mayWrite(p, "", r.Method)
+	}
+	return p, err
+}
+
+// mayWrite refuses, before a body is read, a caller that can make no
+// write of the request: the sync token (read-only), and a delegated user
+// who administers nothing (unknown, suspended, or without admin
+// memberships) or, when collection is known, who never writes that
+// collection. What the user may write is checked again, on the change
+// set, when the write is applied.
+func (s *Server) mayWrite(p principal, collection, method string) error {
+	switch p.role {
+	case roleSync:
+		return forbidden("the sync token is read-only")
+	case roleUser:
+		return s.db.View(func(tx *bolt.Tx) error {
+			r, err := loadRights(tx, p)
+			if err == nil && collection != "" {
+				verb := tenancy.OpPut
+				if method == http.MethodDelete {
+					verb = tenancy.OpDelete
+				}
+				err = r.mayWriteCollection(verb, collection)
+			}
+			return err
+		})
+	}
+	return nil
 }
 
 // handleDelete is DELETE /v1/{collection}/{id}[?cascade=true].
@@ -156,13 +256,16 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 
 // handleBatch is POST /v1/batch: up to tenancy.MaxBatch ops, atomically.
 func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
-	p, err := s.authenticate(r)
-	if err == nil && p.role == roleSync {
-		err = forbidden("the sync token is read-only")
-	}
-	var body []byte
+	p, err := s.batchWriter(r)
+	var (
+		body    []byte
+		release func()
+	)
 	if err == nil {
-		body, err = s.readBody(w, r)
+		body, release, err = s.readBody(w, r, s.bodyLimit())
+	}
+	if release != nil {
+		defer release()
 	}
 	var req batchRequest
 	if err == nil {
@@ -183,9 +286,17 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, changesAnswer{Revision: res.revision, Changes: len(res.changes)})
 }
 
-// decodeStrict decodes one JSON object into v, refusing unknown fields and
-// trailing data (400).
+// decodeStrict decodes one JSON object into v, refusing keys that are not
+// exactly one of its fields (unknown, case-folded or duplicated, at every
+// level but the ops' values, which tenancy.Decode checks) and trailing
+// data (400).
 func decodeStrict(body []byte, v any) error {
+	if !json.Valid(body) {
+		return badRequest("batch: the body is not valid JSON")
+	}
+	if err := tenancy.CheckKeys(body, v); err != nil {
+		return badRequest("batch: %v", err)
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

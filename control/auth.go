@@ -144,9 +144,13 @@ func loadRights(tx *bolt.Tx, p principal) (*rights, error) {
 	return r, nil
 }
 
-// activeChain checks that tenant t and its ancestors are active.
+// activeChain checks that tenant t and its ancestors are active. A chain
+// longer than tenancy.MaxAncestors (never written by Apply) fails closed.
 func activeChain(tx *bolt.Tx, t string) error {
-	for cur, depth := t, 0; cur != "" && depth < 64; depth++ {
+	for cur, depth := t, 0; cur != ""; depth++ {
+		if depth > tenancy.MaxAncestors {
+			return fmt.Errorf("tenant %q has more than %d ancestors", t, tenancy.MaxAncestors)
+		}
 		e, err := tenancy.Get(tx, tenancy.Tenants, cur)
 		if err != nil {
 			return err
@@ -166,6 +170,15 @@ func activeChain(tx *bolt.Tx, t string) error {
 // writable lists the collections a delegated administrator can ever
 // change.
 var writable = []string{tenancy.Tenants, tenancy.Users, tenancy.UserGrants}
+
+// mayWriteCollection refuses the collections a delegated administrator
+// never changes.
+func (r *rights) mayWriteCollection(op, collection string) error {
+	if !slices.Contains(writable, collection) {
+		return forbidden("user %q may not %s %s: delegated administrators change only %s", r.user, opVerb(op), collection, strings.Join(writable, ", "))
+	}
+	return nil
+}
 
 // allows reports whether the administrator may hold e in its scope.
 func (r *rights) allows(e tenancy.Entity) bool {
@@ -240,8 +253,8 @@ func (r *rights) precheck(snap *bolt.Tx, ops []tenancy.Op) error {
 		if !tenancy.IsCollection(op.Collection) {
 			continue
 		}
-		if !slices.Contains(writable, op.Collection) {
-			return forbidden("user %q may not %s %s: delegated administrators change only %s", r.user, opVerb(op.Op), op.Collection, strings.Join(writable, ", "))
+		if err := r.mayWriteCollection(op.Op, op.Collection); err != nil {
+			return err
 		}
 		id := op.ID
 		switch op.Op {

@@ -27,8 +27,8 @@ type etagAnswer struct {
 
 func bundlePathName(r *http.Request) (string, error) {
 	name := r.PathValue("name")
-	if !bundleName.MatchString(name) {
-		return "", badRequest("bundle name %q is not valid ([a-zA-Z0-9._-]{1,128})", name)
+	if !bundleName.MatchString(name) || name == "." || name == ".." {
+		return "", badRequest("bundle name %q is not valid ([a-zA-Z0-9._-]{1,128}, not . or ..)", name)
 	}
 	return name, nil
 }
@@ -37,7 +37,8 @@ func bundlePathName(r *http.Request) (string, error) {
 func etag(sum []byte) string { return `"` + hex.EncodeToString(sum) + `"` }
 
 // handlePutBundle is PUT /v1/bundles/{name} (admin token): the body, an OPA
-// bundle tarball, is stored as is; the answer carries its ETag.
+// bundle tarball of at most max_body_bytes, is stored as is; the answer
+// carries its ETag. The token is checked before the body is read.
 func (s *Server) handlePutBundle(w http.ResponseWriter, r *http.Request) {
 	p, err := s.authenticate(r)
 	if err != nil {
@@ -48,9 +49,15 @@ func (s *Server) handlePutBundle(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = requireAdmin(p, "uploading a bundle")
 	}
-	var body []byte
+	var (
+		body    []byte
+		release func()
+	)
 	if err == nil {
-		body, err = s.readBody(w, r)
+		body, release, err = s.readBody(w, r, s.bodyLimit())
+	}
+	if release != nil {
+		defer release()
 	}
 	if err == nil && !bytes.HasPrefix(body, gzipMagic) {
 		err = errorf(http.StatusUnprocessableEntity, tenancy.CodeInvalid, "bundle %q: the body is not a gzip-compressed tarball (OPA bundle)", name)

@@ -25,6 +25,10 @@ const (
 	DefaultHeartbeat = 5 * time.Second
 	// DefaultMaxBodyBytes is Config.MaxBodyBytes's default: 32 MiB.
 	DefaultMaxBodyBytes = 32 << 20
+	// DefaultMaxEntityBytes is Config.MaxEntityBytes's default: 1 MiB.
+	DefaultMaxEntityBytes = 1 << 20
+	// DefaultBodyBudgetWait is Config.BodyBudgetWait's default.
+	DefaultBodyBudgetWait = 2 * time.Second
 
 	// DBFile is the name of the bbolt file in Config.DataDir.
 	DBFile = "control.db"
@@ -54,9 +58,23 @@ type Config struct {
 	// Heartbeat is the interval of heartbeat lines on an idle change
 	// stream; default 5s.
 	Heartbeat time.Duration `yaml:"heartbeat"`
-	// MaxBodyBytes bounds request bodies (entities, batches, bundles);
-	// default 32 MiB. Larger bodies answer 413.
+	// MaxBodyBytes bounds the body of a batch (POST /v1/batch) and of a
+	// bundle upload (PUT /v1/bundles/{name}); default 32 MiB. Larger bodies
+	// answer 413 without being read.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxEntityBytes bounds the body of PUT /v1/{collection}/{id} (one
+	// entity); default 1 MiB, and at most MaxBodyBytes.
+	MaxEntityBytes int64 `yaml:"max_entity_bytes"`
+	// BodyBudgetBytes bounds the bytes of request bodies being read and
+	// decoded at once, across the server: a body reserves its
+	// Content-Length (or its endpoint's bound when it is sent chunked)
+	// until its request ends. Default twice MaxBodyBytes; at least
+	// MaxBodyBytes and MaxEntityBytes.
+	BodyBudgetBytes int64 `yaml:"body_budget_bytes"`
+	// BodyBudgetWait is how long a body waits for room in BodyBudgetBytes
+	// (bounded by its request's context too) before it is refused with
+	// 503 and Retry-After; default 2s.
+	BodyBudgetWait time.Duration `yaml:"body_budget_wait"`
 
 	// Now is the clock (test hook); default time.Now.
 	Now func() time.Time `yaml:"-"`
@@ -81,6 +99,15 @@ func (c *Config) SetDefaults() {
 	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.MaxEntityBytes == 0 {
+		c.MaxEntityBytes = min(DefaultMaxEntityBytes, c.MaxBodyBytes)
+	}
+	if c.BodyBudgetBytes == 0 {
+		c.BodyBudgetBytes = 2 * max(c.MaxBodyBytes, c.MaxEntityBytes)
+	}
+	if c.BodyBudgetWait == 0 {
+		c.BodyBudgetWait = DefaultBodyBudgetWait
 	}
 	for i := range c.Issuers {
 		c.Issuers[i].SetDefaults()
@@ -115,6 +142,15 @@ func (c Config) Validate() error {
 	}
 	if c.MaxBodyBytes < 1024 {
 		bad("max_body_bytes: %d must be at least 1024", c.MaxBodyBytes)
+	}
+	if c.MaxEntityBytes < 1024 || c.MaxEntityBytes > c.MaxBodyBytes {
+		bad("max_entity_bytes: %d must be from 1024 to max_body_bytes (%d)", c.MaxEntityBytes, c.MaxBodyBytes)
+	}
+	if c.BodyBudgetBytes < max(c.MaxBodyBytes, c.MaxEntityBytes) {
+		bad("body_budget_bytes: %d must be at least max_body_bytes (%d): a body of that size could never be read", c.BodyBudgetBytes, c.MaxBodyBytes)
+	}
+	if c.BodyBudgetWait < 0 {
+		bad("body_budget_wait: %v must not be negative", c.BodyBudgetWait)
 	}
 	seen := map[string]bool{}
 	for _, is := range c.Issuers {

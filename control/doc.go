@@ -22,6 +22,12 @@
 // the change set a write produces, cascades included, against both the
 // previous and the new value of every changed entity.
 //
+// Request bodies: a write is authenticated, and refused when its caller can
+// make no write of its kind, before its body is read. Bodies are bounded
+// per endpoint (max_entity_bytes, max_body_bytes) and, across the server,
+// by body_budget_bytes: a body reserves its size before it is read and
+// returns it when its request ends.
+//
 // # Concurrency
 //
 // A Server is safe for concurrent use. bbolt serializes write transactions;
@@ -40,7 +46,8 @@
 // conflict (an invariant) or ahead (since beyond the current revision), 410
 // gone (since older than the retained history, or another epoch), 413
 // too_large, 422 invalid (a valid JSON document that is not a valid entity),
-// 500 internal (logged). New returns errors wrapping ErrConfig for bad
+// 500 internal (logged), 503 busy (body_budget_bytes stayed in use by other
+// requests' bodies for body_budget_wait; with Retry-After). New returns errors wrapping ErrConfig for bad
 // configuration (including unreadable or empty token files) and ErrInUse
 // when another process holds the data file.
 package control

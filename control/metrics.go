@@ -26,6 +26,7 @@ type metrics struct {
 	writes        *prometheus.CounterVec
 	writeDuration prometheus.Histogram
 	streams       *prometheus.GaugeVec
+	bodiesBusy    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, revision func() float64) (*metrics, error) {
@@ -39,6 +40,10 @@ func newMetrics(reg prometheus.Registerer, revision func() float64) (*metrics, e
 			Help:    "Duration of committed tenancy writes (transaction incl. fsync).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}),
+		bodiesBusy: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gatehouse_control_bodies_busy_total",
+			Help: "Request bodies refused with 503 because body_budget_bytes stayed in use by other bodies for body_budget_wait.",
+		}),
 		streams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "gatehouse_control_feed_streams",
 			Help: "Open sync feed streams by kind (snapshot, changes).",
@@ -51,7 +56,7 @@ func newMetrics(reg prometheus.Registerer, revision func() float64) (*metrics, e
 		m.streams.WithLabelValues(k)
 	}
 	for _, c := range []prometheus.Collector{
-		m.writes, m.writeDuration, m.streams,
+		m.writes, m.writeDuration, m.streams, m.bodiesBusy,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "gatehouse_control_revision",
 			Help: "The last committed tenancy revision.",

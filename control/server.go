@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
@@ -60,6 +61,9 @@ type Server struct {
 	handler  http.Handler
 	feed     *notifier
 	rev      atomic.Uint64 // the last committed revision
+	// bodies holds body_budget_bytes: request bodies reserve their size
+	// before they are read.
+	bodies *semaphore.Weighted
 
 	// ctx ends with Serve or Close: open streams watch it.
 	ctx    context.Context
@@ -82,7 +86,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, logger: logger, now: cfg.Now}
+	s := &Server{cfg: cfg, logger: logger, now: cfg.Now, bodies: semaphore.NewWeighted(cfg.BodyBudgetBytes)}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -378,8 +382,11 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		s.logger.Error("control request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		body = errorBody{Error: "internal error (logged by the control endpoint)", Code: CodeInternal}
 	}
-	if status == http.StatusUnauthorized {
+	switch status {
+	case http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="gatehouse-control"`)
+	case http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", "1")
 	}
 	if status >= 400 && status < 500 {
 		s.logger.Debug("control request refused", "method", r.Method, "path", r.URL.Path, "status", status, "code", body.Code, "err", body.Error)

@@ -27,10 +27,19 @@ type Op struct {
 // ops touched. On error nothing must be committed: the caller rolls the
 // transaction back.
 //
+// The ops are one change from the state before them to the state after
+// them, whatever their order: every entity they touch (cascades included)
+// is checked in the final state, and an entity present in both states
+// keeps its immutable fields (a project's owner, a project grant's project
+// and tenant), so deleting and re-creating it in one batch cannot re-target
+// it. A tenant whose parent changes is checked with its whole subtree (no
+// cycle, at most 64 ancestors for every descendant).
+//
 // Cascades: deleting a project grant deletes the user grants that depended
 // on it (and memberships scoped to it); removing a role from a project or a
-// grant removes it from dependent grants; delete with Cascade removes
-// everything that refers to the entity, recursively.
+// grant removes it from dependent grants (also when the batch deleted the
+// project or grant first and re-creates it with fewer roles); delete with
+// Cascade removes everything that refers to the entity, recursively.
 func Apply(w *Writer, ops []Op) error {
 	if len(ops) == 0 {
 		return malformed("no operations")
@@ -38,7 +47,7 @@ func Apply(w *Writer, ops []Op) error {
 	if len(ops) > MaxBatch {
 		return malformed("%d operations, at most %d per batch", len(ops), MaxBatch)
 	}
-	a := &applier{w: w, touched: map[ref]int{}}
+	a := &applier{w: w, touched: map[ref]int{}, before: map[ref]Entity{}}
 	for i, op := range ops {
 		a.current = i
 		if err := a.op(op); err != nil {
@@ -74,17 +83,36 @@ type ref struct{ collection, id string }
 
 type applier struct {
 	w       *Writer
-	touched map[ref]int // the op that first touched it
+	touched map[ref]int    // the op that first touched it
+	before  map[ref]Entity // tenants, projects, grants: the value before the batch (nil: absent)
 	order   []ref
-	current int
+	// deleting holds the entities whose cascade delete is under way.
+	deleting map[ref]bool
+	current  int
 }
 
-func (a *applier) touch(collection, id string) {
+// touch records, before an entity changes, that the batch changes it;
+// prev is its current value, which the first touch keeps as the value
+// before the batch. Only tenants, projects and project grants keep it
+// (their parent, owner, targets and roles are compared with it): a cascade
+// may touch millions of user grants and memberships.
+func (a *applier) touch(collection, id string, prev Entity) {
 	r := ref{collection, id}
 	if _, ok := a.touched[r]; !ok {
 		a.touched[r] = a.current
+		switch collection {
+		case Tenants, Projects, ProjectGrants:
+			a.before[r] = prev
+		}
 		a.order = append(a.order, r)
 	}
+}
+
+// original returns an entity's value before the batch, when the batch
+// touched it already.
+func (a *applier) original(collection, id string) (Entity, bool) {
+	e, ok := a.before[ref{collection, id}]
+	return e, ok
 }
 
 func (a *applier) op(op Op) error {
@@ -95,6 +123,9 @@ func (a *applier) op(op Op) error {
 	case OpPut:
 		if len(op.Value) == 0 {
 			return malformed("put %s: value is missing", op.Collection)
+		}
+		if op.ID != "" && !ValidID(op.ID) {
+			return malformed("put %s: id %q is not a valid id ([a-zA-Z0-9._-]{1,128}, not . or ..)", op.Collection, op.ID)
 		}
 		e, err := Decode(op.Collection, op.Value)
 		if err != nil {
@@ -107,6 +138,9 @@ func (a *applier) op(op Op) error {
 	case OpDelete:
 		if op.ID == "" {
 			return malformed("delete %s: id is missing", op.Collection)
+		}
+		if !ValidID(op.ID) {
+			return malformed("delete %s: id %q is not a valid id ([a-zA-Z0-9._-]{1,128}, not . or ..)", op.Collection, op.ID)
 		}
 		prev, err := a.w.Get(op.Collection, op.ID)
 		if err != nil {
@@ -129,27 +163,36 @@ func (a *applier) put(e Entity) error {
 	if err != nil {
 		return err
 	}
-	if prev != nil {
-		if err := immutable(prev, e); err != nil {
-			return err
+	orig, seen := a.original(e.Collection(), e.Key())
+	for _, p := range []Entity{prev, orig} {
+		if p != nil {
+			if err := immutable(p, e); err != nil {
+				return err
+			}
 		}
 	}
+	a.touch(e.Collection(), e.Key(), prev)
 	if err := a.w.Put(e); err != nil {
 		return err
 	}
-	a.touch(e.Collection(), e.Key())
+	// The roles this change removes: from the current value or, for an
+	// entity the batch deleted earlier, from its value before the batch
+	// (a delete without cascade left its dependents in place).
+	base := prev
+	if base == nil && seen {
+		base = orig
+	}
+	if base == nil {
+		return nil
+	}
 	switch e := e.(type) {
 	case *Project:
-		if prev != nil {
-			if removed := minus(prev.(*Project).Roles, e.Roles); len(removed) > 0 {
-				return a.removeRoles(e.ID, "", removed)
-			}
+		if removed := minus(base.(*Project).Roles, e.Roles); len(removed) > 0 {
+			return a.removeRoles(e.ID, "", removed)
 		}
 	case *ProjectGrant:
-		if prev != nil {
-			if removed := minus(prev.(*ProjectGrant).Roles, e.Roles); len(removed) > 0 {
-				return a.removeRoles(e.Project, e.Tenant, removed)
-			}
+		if removed := minus(base.(*ProjectGrant).Roles, e.Roles); len(removed) > 0 {
+			return a.removeRoles(e.Project, e.Tenant, removed)
 		}
 	}
 	return nil
@@ -227,34 +270,41 @@ func (a *applier) ids(bucket string, parts ...string) []string {
 // delete removes one entity with the cascade SPEC §5 always applies: a
 // project grant takes its user grants and memberships with it.
 func (a *applier) delete(collection, id string) error {
-	if collection == ProjectGrants {
-		g, err := a.w.Get(ProjectGrants, id)
-		if err != nil {
-			return err
-		}
-		if g != nil {
-			pg := g.(*ProjectGrant)
-			for _, ug := range a.ids(xProjectUserGrants, pg.Project, pg.Tenant) {
-				if err := a.delete(UserGrants, ug); err != nil {
-					return err
-				}
-			}
-			for _, m := range a.ids(xScopeMemberships, ScopeProjectGrant, id) {
-				if err := a.delete(Memberships, m); err != nil {
-					return err
-				}
-			}
-		}
-	}
-	if _, err := a.w.Delete(collection, id); err != nil {
+	prev, err := a.w.Get(collection, id)
+	if err != nil || prev == nil {
 		return err
 	}
-	a.touch(collection, id)
-	return nil
+	if pg, ok := prev.(*ProjectGrant); ok {
+		for _, ug := range a.ids(xProjectUserGrants, pg.Project, pg.Tenant) {
+			if err := a.delete(UserGrants, ug); err != nil {
+				return err
+			}
+		}
+		for _, m := range a.ids(xScopeMemberships, ScopeProjectGrant, id) {
+			if err := a.delete(Memberships, m); err != nil {
+				return err
+			}
+		}
+	}
+	a.touch(collection, id, prev)
+	_, err = a.w.Delete(collection, id)
+	return err
 }
 
-// deleteCascade removes an entity and everything that refers to it.
+// deleteCascade removes an entity and everything that refers to it. An
+// entity whose cascade is under way is not entered again: parents can
+// loop in the middle of a batch (verify refuses the batch afterwards), and
+// the recursion must end anyway.
 func (a *applier) deleteCascade(collection, id string) error {
+	r := ref{collection, id}
+	if a.deleting[r] {
+		return nil
+	}
+	if a.deleting == nil {
+		a.deleting = map[ref]bool{}
+	}
+	a.deleting[r] = true
+	defer delete(a.deleting, r)
 	var deps []ref
 	add := func(c string, ids []string) {
 		for _, x := range ids {
@@ -303,24 +353,43 @@ func (a *applier) keys(bucket string, parts ...string) [][]string {
 	return out
 }
 
-// verify checks the invariants for every touched entity: an existing one
-// has valid references; a deleted one is referred to by nothing. On error
-// it also returns the index of the op that touched the entity first.
+// verify checks the invariants for every touched entity, between its value
+// before the batch and its value after: an existing one has valid
+// references and, if it existed before, the same immutable fields; a
+// tenant whose parent changed keeps its whole subtree within the depth
+// bound; a deleted one is referred to by nothing. On error it also returns
+// the index of the op that touched the entity first.
 func (a *applier) verify() (int, error) {
 	for _, r := range a.order {
-		e, err := a.w.Get(r.collection, r.id)
-		if err == nil {
-			if e == nil {
-				err = a.noDependents(r.collection, r.id)
-			} else {
-				err = a.references(e)
-			}
-		}
+		err := a.verifyOne(r)
 		if err != nil {
 			return a.touched[r], err
 		}
 	}
 	return 0, nil
+}
+
+func (a *applier) verifyOne(r ref) error {
+	after, err := a.w.Get(r.collection, r.id)
+	if err != nil {
+		return err
+	}
+	if after == nil {
+		return a.noDependents(r.collection, r.id)
+	}
+	if err := a.references(after); err != nil {
+		return err
+	}
+	before := a.before[r]
+	if before != nil {
+		if err := immutable(before, after); err != nil {
+			return err
+		}
+	}
+	if t, ok := after.(*Tenant); ok && (before == nil || before.(*Tenant).Parent != t.Parent) {
+		return a.subtree(t)
+	}
+	return nil
 }
 
 func (a *applier) exists(collection, id string) (Entity, error) {
@@ -343,7 +412,8 @@ func (a *applier) references(e Entity) error {
 		if _, err := a.exists(Tenants, e.Parent); err != nil {
 			return refErr(e, "parent", err)
 		}
-		return a.noCycle(e)
+		_, err := a.ancestors(e)
+		return err
 	case *User:
 		if _, err := a.exists(Tenants, e.Tenant); err != nil {
 			return refErr(e, "tenant", err)
@@ -372,22 +442,51 @@ func refErr(e Entity, field string, err error) error {
 	return conflict("%s/%s: %s: %v", e.Collection(), e.Key(), field, err)
 }
 
-func (a *applier) noCycle(t *Tenant) error {
+// ancestors counts t's ancestors: a cycle, or more than maxDepth of them,
+// is a conflict. A missing ancestor ends the count (references reports
+// it).
+func (a *applier) ancestors(t *Tenant) (int, error) {
 	seen := map[string]bool{t.ID: true}
-	cur := t.Parent
-	for depth := 0; cur != ""; depth++ {
+	n := 0
+	for cur := t.Parent; cur != ""; n++ {
 		if seen[cur] {
-			return conflict("tenants/%s: parent %q makes a cycle", t.ID, t.Parent)
+			return 0, conflict("tenants/%s: parent %q makes a cycle", t.ID, t.Parent)
 		}
-		if depth >= maxDepth {
-			return conflict("tenants/%s: more than %d ancestors", t.ID, maxDepth)
+		if n >= maxDepth {
+			return 0, conflict("tenants/%s: more than %d ancestors", t.ID, maxDepth)
 		}
 		seen[cur] = true
 		p, err := a.w.Get(Tenants, cur)
-		if err != nil || p == nil {
-			return err
+		if err != nil {
+			return 0, err
+		}
+		if p == nil {
+			return n + 1, nil
 		}
 		cur = p.(*Tenant).Parent
+	}
+	return n, nil
+}
+
+// subtree checks that every descendant of t has at most maxDepth
+// ancestors once t is where it is now: re-parenting a tenant moves its
+// whole subtree. It reads the children index level by level (no level is
+// visited twice: t's chain has no cycle, so below it is a tree).
+func (a *applier) subtree(t *Tenant) error {
+	d, err := a.ancestors(t)
+	if err != nil {
+		return err
+	}
+	level := []string{t.ID}
+	for depth := d + 1; len(level) > 0; depth++ {
+		var next []string
+		for _, id := range level {
+			next = append(next, a.ids(xTenantChildren, id)...)
+		}
+		if len(next) > 0 && depth > maxDepth {
+			return conflict("tenants/%s: its descendant %q would have %d ancestors, at most %d (a tenant's subtree moves with it)", t.ID, next[0], depth, maxDepth)
+		}
+		level = next
 	}
 	return nil
 }

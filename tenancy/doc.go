@@ -14,12 +14,17 @@
 // policies never scan a collection. The "meta" bucket holds the revision.
 //
 // Writer applies raw changes and keeps every index in step; Apply adds the
-// invariants and cascades of the control API on top. Both work inside one
-// bbolt write transaction: a failed batch is rolled back whole.
+// invariants and cascades of the control API on top, checking a batch as
+// one change from the state before it to the state after it. Both work
+// inside one bbolt write transaction: a failed batch is rolled back whole.
+// Decode reads the API's JSON strictly (CheckKeys: exact field names, no
+// duplicates). Validate checks a whole file from scratch (tests, offline
+// checks).
 //
 // # Errors
 //
 // Apply and Decode return *Error, whose Status is the HTTP status the
 // control API answers with (400 malformed, 404 unknown id, 409 invariant or
-// reference violated, 422 invalid entity).
+// reference violated, 422 invalid entity). Validate's error wraps
+// ErrInconsistent.
 package tenancy

@@ -44,6 +44,10 @@ func conflict(format string, args ...any) *Error {
 // ErrNotInitialized is returned when a bbolt file lacks the tenancy buckets.
 var ErrNotInitialized = errors.New("tenancy buckets are missing")
 
+// ErrInconsistent is wrapped by Validate's error: the data breaks an
+// invariant, or an index disagrees with the entities.
+var ErrInconsistent = errors.New("tenancy data is inconsistent")
+
 // IsNotFound reports whether err is a CodeNotFound *Error.
 func IsNotFound(err error) bool {
 	var e *Error

@@ -55,8 +55,9 @@ var (
 	maxNameBytes = 1024
 )
 
-// ValidID reports whether id is a valid entity id: [a-zA-Z0-9._-]{1,128}.
-func ValidID(id string) bool { return idPattern.MatchString(id) }
+// ValidID reports whether id is a valid entity id: [a-zA-Z0-9._-]{1,128},
+// and neither "." nor ".." (which a path-based reader would resolve).
+func ValidID(id string) bool { return id != "." && id != ".." && idPattern.MatchString(id) }
 
 // Entity is one of *Tenant, *User, *Project, *ProjectGrant, *UserGrant,
 // *Membership.
@@ -180,8 +181,9 @@ func New(collection string) Entity {
 	return nil
 }
 
-// Decode parses an entity of the collection strictly (unknown fields are
-// refused), fills defaults (status active, user kind human, labels {}),
+// Decode parses an entity of the collection strictly (field names must
+// match exactly, at every level: unknown, case-folded and duplicated keys
+// are refused, see CheckKeys), fills defaults (status active, user kind human, labels {}),
 // normalises role lists (sorted, without duplicates) and validates it alone.
 // References are checked by Apply.
 func Decode(collection string, data []byte) (Entity, error) {
@@ -191,6 +193,10 @@ func Decode(collection string, data []byte) (Entity, error) {
 	}
 	if !json.Valid(data) {
 		return nil, malformed("%s: the body is not valid JSON", collection)
+	}
+	if err := CheckKeys(data, e); err != nil {
+		ke := err.(*Error)
+		return nil, &Error{Status: ke.Status, Code: ke.Code, Msg: collection + ": " + ke.Msg}
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -274,7 +280,7 @@ func NormalizeRoles(roles []string) []string {
 
 func checkID(collection, field, id string) error {
 	if !ValidID(id) {
-		return invalid("%s: %s %q is not a valid id ([a-zA-Z0-9._-]{1,128})", collection, field, id)
+		return invalid("%s: %s %q is not a valid id ([a-zA-Z0-9._-]{1,128}, not . or ..)", collection, field, id)
 	}
 	return nil
 }

@@ -217,6 +217,12 @@ func (w *Writer) reindex(prev, next Entity) error {
 			err = w.recomputeChains(e.ID)
 		case *Project:
 			err = w.recomputeTenantRoles(e.ID, e.Owner)
+			if err == nil && (prev == nil || next == nil) {
+				// a project appearing or going: its grants (written
+				// before it in the same revision, or left by a delete)
+				// start or stop giving roles
+				err = w.recomputeGrantees(e.ID)
+			}
 		case *ProjectGrant:
 			err = w.recomputeTenantRoles(e.Project, e.Tenant)
 		case *UserGrant:
@@ -247,8 +253,11 @@ func (w *Writer) putJSON(bucket string, k []byte, v any) error {
 	return b.Put(k, stored(w.rev, doc))
 }
 
-// maxDepth bounds tenant chains (and so cycles in data written raw).
-const maxDepth = 64
+// MaxAncestors bounds tenant chains: a tenant has at most 64 ancestors
+// (SPEC §5), which also bounds walks over data written raw (cycles).
+const MaxAncestors = 64
+
+const maxDepth = MaxAncestors
 
 // recomputeChains recomputes index.tenant_chain of t and its descendants.
 func (w *Writer) recomputeChains(t string) error {
@@ -276,13 +285,23 @@ func (w *Writer) recomputeChains(t string) error {
 	return nil
 }
 
+// ChainCut ends an index.tenant_chain that does not reach a root within
+// maxDepth ancestors, or that loops: neither is ever written by the control
+// endpoint (Apply refuses both), but a chain read from other data must not
+// look complete. It is not a valid id, so no tenant has it, and a policy
+// requiring every tenant of the chain to be active fails closed.
+const ChainCut = "!cut"
+
 // chain returns [t, parent, ..., root] for an existing tenant, nil for a
-// missing one. A missing ancestor ends the chain with its id, so that a
-// policy checking every tenant of the chain fails closed.
+// missing one. A missing ancestor ends the chain with its id, and a chain
+// longer than t and maxDepth ancestors, or a cycle, ends with ChainCut, so
+// that a policy checking every tenant of the chain fails closed.
 func (w *Writer) chain(t string) (any, error) {
 	var out []string
-	cur := t
-	for len(out) < maxDepth {
+	for cur := t; cur != ""; {
+		if len(out) > maxDepth || slices.Contains(out, cur) {
+			return append(out, ChainCut), nil
+		}
 		e, err := w.Get(Tenants, cur)
 		if err != nil {
 			return nil, err
@@ -291,17 +310,10 @@ func (w *Writer) chain(t string) (any, error) {
 			if cur == t {
 				return nil, nil
 			}
-			out = append(out, cur)
-			break
-		}
-		if slices.Contains(out, cur) {
-			break
+			return append(out, cur), nil
 		}
 		out = append(out, cur)
 		cur = e.(*Tenant).Parent
-		if cur == "" {
-			break
-		}
 	}
 	return out, nil
 }
@@ -337,6 +349,24 @@ func (w *Writer) recomputeTenantRoles(p, x string) error {
 		return w.putJSON(iTenantRoles, key(p, x), nil)
 	}
 	return w.putJSON(iTenantRoles, key(p, x), NormalizeRoles(roles))
+}
+
+// recomputeGrantees recomputes index.tenant_roles[p][x] for every tenant x
+// holding a grant on p.
+func (w *Writer) recomputeGrantees(p string) error {
+	var tenants []string
+	scanPrefix(w.bucket(xProjectGrants), prefix(p), func(rest []string) bool {
+		if len(tenants) == 0 || tenants[len(tenants)-1] != rest[0] {
+			tenants = append(tenants, rest[0])
+		}
+		return true
+	})
+	for _, x := range tenants {
+		if err := w.recomputeTenantRoles(p, x); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // recomputeUserRoles recomputes index.user_roles[u][p][x]: the union of the

@@ -44,8 +44,9 @@ and policy bundle hosting (/v1/bundles/{name}). The data lives in
 <data-dir>/control.db; one process at a time may open it.
 
 Configuration comes from --config (YAML, snake_case keys: addr, data_dir,
-admin_token_file, sync_token_file, issuers, history, heartbeat, max_body_bytes,
-log), overridden by GATEHOUSE_* environment variables (GATEHOUSE_ADMIN_TOKEN_FILE
+admin_token_file, sync_token_file, issuers, history, heartbeat,
+max_entity_bytes, max_body_bytes, body_budget_bytes, body_budget_wait, log),
+overridden by GATEHOUSE_* environment variables (GATEHOUSE_ADMIN_TOKEN_FILE
 for --admin-token-file, ...), overridden by flags. Paths in the file are
 relative to its folder. Runs until SIGTERM or SIGINT.
 
