@@ -77,19 +77,17 @@ trust_issuer if input.token.trust_token_roles == true
 # any sub). Otherwise the user counts as absent.
 user := u if {
 	u := data.tenancy.users[subject]
-	issuer_may_act_as(u)
+	issuer_may_act_as(object.get(u, "issuer", ""))
 }
 
-issuer_may_act_as(u) if {
-	iss := object.get(u, "issuer", "")
+# issuer_may_act_as(iss): the token's issuer may act as a user whose
+# issuer field is iss ("" when absent).
+issuer_may_act_as(iss) if {
 	iss != ""
 	iss == input.token.issuer
 }
 
-issuer_may_act_as(u) if {
-	object.get(u, "issuer", "") == ""
-	not trust_issuer
-}
+issuer_may_act_as("") if not trust_issuer
 
 # Subjects of issuers with trust_token_roles may be absent from the data
 # (or present but not theirs to act as): their roles come from the token.

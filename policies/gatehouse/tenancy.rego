@@ -46,7 +46,8 @@ token_roles(authorization, p, x) := {r |
 valid_id(s) if {
 	is_string(s)
 	regex.match(`^[a-zA-Z0-9._-]{1,128}$`, s)
-	not s in {".", ".."}
+	s != "."
+	s != ".."
 }
 
 # tenant_reading(mode) reads the target tenant the request names, by the
@@ -58,7 +59,19 @@ valid_id(s) if {
 #                      unknown mode too. Never read as "no tenant".
 default tenant_reading(_) := {"invalid": "tenant_from is not path, header, host or token"}
 
-tenant_reading("path") := path_reading(raw_path)
+# path: a first segment equal to "t" (any case) names the tenant in the
+# second segment ("/t" names none, "/t/" an empty, invalid one). A raw path
+# an upstream could read differently is invalid, whatever it seems to name.
+tenant_reading("path") := {"invalid": "the path could be read as another tenant (dot segment, //, \\, ; or percent-encoding)"} if {
+	regex.match(ambiguous_path, raw_path)
+} else := {} if {
+	not regex.match(`^/[tT]/`, raw_path)
+} else := {"tenant": x} if {
+	x := split(raw_path, "/")[2]
+
+	# valid_id inlined ("." and ".." segments are ambiguous already)
+	regex.match(`^[a-zA-Z0-9._-]{1,128}$`, x)
+} else := {"invalid": "the path's tenant segment is not a valid tenant id"}
 
 tenant_reading("header") := {} if {
 	not tenant_header
@@ -84,51 +97,18 @@ default raw_path := ""
 
 raw_path := split(input.attributes.request.http.path, "?")[0]
 
-# path_reading(p) reads a raw path: a first segment equal to "t" (any case)
-# names the tenant in the second segment ("/t" names none, "/t/" an empty,
-# invalid one). A path an upstream could read differently is invalid,
-# whatever it seems to name.
-path_reading(p) := {"invalid": "the path could be read as another tenant (dot segment, //, \\, ; or percent-encoding)"} if {
-	ambiguous_path(p)
-} else := {} if {
-	not tenant_path(p)
-} else := {"tenant": x} if {
-	x := split(p, "/")[2]
-	valid_id(x)
-} else := {"invalid": "the path's tenant segment is not a valid tenant id"}
-
-# tenant_path(p): p's first segment is "t" (case-insensitively) and a tenant
-# segment follows it, possibly empty.
-tenant_path(p) if {
-	segments := split(p, "/")
-	count(segments) > 2
-	lower(segments[1]) == "t"
-}
-
-# ambiguous_path(p): an upstream (or a proxy between) could read p as a
-# different path than Gatehouse does: by resolving dot segments, merging
-# slashes, treating "\" as "/", cutting ";" parameters, or decoding
-# percent-encoded separators and dots; any percent-encoding in the first
-# two segments could also spell "t" or a tenant differently.
-ambiguous_path(p) if not startswith(p, "/")
-
-ambiguous_path(p) if contains(p, "//")
-
-ambiguous_path(p) if contains(p, "\\")
-
-ambiguous_path(p) if contains(p, ";")
-
-ambiguous_path(p) if regex.match(`%(2[eEfF]|5[cC]|3[bB])`, p)
-
-ambiguous_path(p) if {
-	some segment in split(p, "/")
-	segment in {".", ".."}
-}
-
-ambiguous_path(p) if {
-	some segment in array.slice(split(p, "/"), 1, 3)
-	contains(segment, "%")
-}
+# ambiguous_path matches a raw path that an upstream (or a proxy between)
+# could read as a different path than Gatehouse does. One expression, one
+# match per request; its alternatives, in order:
+#   ^$|^[^/]                    not an origin-form path ("", "*", "t/x", "http://...")
+#   //                          merged by many readers
+#   \\                          read as "/" by some
+#   ;                           path parameters, cut by some
+#   %(2[eEfF]|5[cC]|3[bB])      an encoded ".", "/", "\" or ";" (either hex case)
+#   /\.\.?(/|$)                 a "." or ".." segment, resolved by most
+#   ^/[^/]*(/[^/]*)?%           any encoding in the first two segments: "t" and
+#                               the tenant could be spelled another way
+ambiguous_path := `^$|^[^/]|//|\\|;|%(?:2[eEfF]|5[cC]|3[bB])|/\.\.?(?:/|$)|^/[^/]*(?:/[^/]*)?%`
 
 # id_reading(v, what) reads a present value v: a valid id, or invalid.
 id_reading(v, what) := {"tenant": v} if {
