@@ -112,10 +112,10 @@ func New(cfg Config, engine *authz.Engine, logger *slog.Logger) (*Server, error)
 	}
 	s.setServing(false)
 
-	mux := http.NewServeMux()
-	mux.Handle("/", s)
+	// The server itself is the handler: a ServeMux would answer paths it
+	// cleans (//, dot segments) with a redirect instead of a decision.
 	s.httpSrv = &http.Server{
-		Handler: mux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: tlsCfg,
+		Handler: s, ReadHeaderTimeout: 10 * time.Second, TLSConfig: tlsCfg,
 		// Connection errors (e.g. refused TLS handshakes) go to the injected
 		// logger, not to the standard library's global log on stderr.
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),

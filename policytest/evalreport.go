@@ -127,6 +127,31 @@ func writeExplanation(pw *prettyWriter, ex *Explanation) {
 		}
 		pw.printf("  %-*s  %s = %s%s\n", width, r.Location, r.Rule, r.Value, times)
 	}
+	absent := false // the token does not act as the data user
+	if id := ex.Identity; id != nil {
+		absent = !id.ActsAsUser
+		trust := ""
+		if id.TrustTokenRoles {
+			trust = " (trust_token_roles)"
+		}
+		pw.println()
+		pw.printf("Identity: subject %q of issuer %s%s\n", id.Subject, id.Issuer, trust)
+		switch {
+		case id.UserIssuer != "":
+			pw.printf("  %-15s%s (the only issuer that may act as %s)\n", "user issuer", id.UserIssuer, id.Subject)
+		case id.MayActAs != "":
+			pw.printf("  %-15s(none: %s may act as %s)\n", "user issuer", id.MayActAs, id.Subject)
+		}
+		acts := "yes"
+		switch {
+		case !id.InData:
+			acts = "no: absent from the data"
+		case !id.ActsAsUser:
+			acts = "no: the user counts as absent"
+		}
+		pw.printf("  %-15s%s\n", "acts as user", acts)
+		pw.printf("  %-15s%s\n", "why", id.Why)
+	}
 	if c := ex.Chain; c != nil {
 		pw.println()
 		pw.printf("Tenancy chain (revision %d): %s\n", c.Revision, chainPath(c))
@@ -134,12 +159,16 @@ func writeExplanation(pw *prettyWriter, ex *Explanation) {
 			pw.printf("  %-15s%s\n", label, describeEntity(e))
 		}
 		if c.User != nil && c.User.ID != "" {
-			row("user", *c.User)
+			if absent && c.User.Entity != nil {
+				pw.printf("  %-15s%s  (counts as absent for this token)\n", "user", describeEntity(*c.User))
+			} else {
+				row("user", *c.User)
+			}
 		}
 		for _, g := range c.UserGrants {
 			row("user grant", g)
 		}
-		if c.User != nil && c.User.ID != "" && len(c.UserGrants) == 0 && c.Project != nil && len(c.Tenant) > 0 {
+		if !absent && c.User != nil && c.User.ID != "" && len(c.UserGrants) == 0 && c.Project != nil && len(c.Tenant) > 0 {
 			pw.printf("  %-15s(none for %s on %s in %s)\n", "user grant", c.User.ID, c.Project.ID, c.Tenant[0].ID)
 		}
 		if c.Project != nil {

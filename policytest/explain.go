@@ -2,6 +2,7 @@ package policytest
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -22,8 +23,33 @@ type Explanation struct {
 	Rules []FiredRule `json:"rules"`
 	// TenancyReads are the data.tenancy paths read, in first-read order.
 	TenancyReads []string `json:"tenancy_reads"`
+	// Identity says whether the token's issuer may act as the data user
+	// its subject names; nil without a valid token.
+	Identity *Identity `json:"identity,omitempty"`
 	// Chain is the tenancy chain of the decided subject, project and tenant.
 	Chain *Chain `json:"chain,omitempty"`
+}
+
+// Identity is SPEC §6 step 2 for one token: a token acts as the data user
+// U = users[sub] only when U.issuer equals the token's issuer, or U.issuer
+// is empty and the issuer lacks trust_token_roles; otherwise U counts as
+// absent (unknown_user, or the token-roles path of a trusted issuer).
+type Identity struct {
+	// Subject and Issuer are the token's sub and iss.
+	Subject string `json:"subject"`
+	Issuer  string `json:"issuer"`
+	// TrustTokenRoles is the issuer's trust_token_roles.
+	TrustTokenRoles bool `json:"trust_token_roles"`
+	// InData is true when users[Subject] exists.
+	InData bool `json:"in_data"`
+	// UserIssuer is users[Subject].issuer ("" when it names none).
+	UserIssuer string `json:"user_issuer,omitempty"`
+	// MayActAs says which issuers may act as the user.
+	MayActAs string `json:"may_act_as,omitempty"`
+	// ActsAsUser is true when the token acts as the data user.
+	ActsAsUser bool `json:"acts_as_user"`
+	// Why explains ActsAsUser.
+	Why string `json:"why"`
 }
 
 // FiredRule is a rule (or function call) that produced a value.
@@ -69,6 +95,7 @@ type ruleTracer struct {
 	seen  map[*ast.Rule]int
 	keys  map[string]int
 	rules []FiredRule
+	token ast.Value // input.token as the first policy rule saw it
 }
 
 func (t *ruleTracer) Enabled() bool               { return true }
@@ -98,6 +125,10 @@ func (t *ruleTracer) TraceEvent(e topdown.Event) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.token == nil && e.Input() != nil {
+		// inside the eval shim's `with input.token`: the token that decided
+		t.token = lookup(e.Input().Value, "token")
+	}
 	if t.keys == nil {
 		t.keys = map[string]int{}
 	}
@@ -149,22 +180,104 @@ func (s *Sidecar) explain(ctx context.Context, t *ruleTracer, ans *Answer, in ev
 	if subject == "" {
 		subject = in.subject
 	}
-	if subject == "" && in.project == "" {
+	t.mu.Lock()
+	tok := t.token
+	t.mu.Unlock()
+	if subject == "" && in.project == "" && tok == nil {
 		return ex
 	}
-	ex.Chain = s.chain(ctx, ans, subject, in.project)
-	return ex
-}
-
-// chain reads the tenancy chain through one storage transaction on the
-// store the decision read.
-func (s *Sidecar) chain(ctx context.Context, ans *Answer, u, p string) *Chain {
 	ten := s.Tenancy()
 	txn, err := ten.NewTransaction(ctx)
 	if err != nil {
-		return nil
+		return ex
 	}
 	defer ten.Abort(ctx, txn)
+	var user map[string]any
+	if subject != "" {
+		if v, err := ten.Read(ctx, txn, storage.Path{authz.TenancyRoot, "users", subject}); err == nil {
+			if val, ok := v.(ast.Value); ok {
+				if j, err := ast.JSON(val); err == nil {
+					user, _ = j.(map[string]any)
+				}
+			}
+		}
+	}
+	ex.Identity = identify(tok, user)
+	if subject == "" && in.project == "" {
+		return ex
+	}
+	ex.Chain = s.chain(ctx, ten, txn, ans, subject, in.project, ex.Identity)
+	return ex
+}
+
+// identify applies SPEC §6 step 2 to a valid input.token and the data user
+// its subject names (nil when absent); nil for an invalid or missing token.
+func identify(tok ast.Value, user map[string]any) *Identity {
+	if v, ok := lookup(tok, "valid").(ast.Boolean); !ok || !bool(v) {
+		return nil
+	}
+	id := &Identity{}
+	if s, ok := lookup(tok, "subject").(ast.String); ok {
+		id.Subject = string(s)
+	}
+	if s, ok := lookup(tok, "issuer").(ast.String); ok {
+		id.Issuer = string(s)
+	}
+	if b, ok := lookup(tok, "trust_token_roles").(ast.Boolean); ok {
+		id.TrustTokenRoles = bool(b)
+	}
+	id.InData = user != nil && id.Subject != ""
+	userIssuer, hasIssuer := "", false
+	if user != nil {
+		if v, ok := user["issuer"]; ok {
+			s, isString := v.(string)
+			userIssuer, hasIssuer = s, !isString || s != ""
+		}
+	}
+	id.UserIssuer = userIssuer
+	switch {
+	case id.Subject == "":
+		id.Why = "the token names no subject: no user is ever decided for an empty one"
+	case !id.InData && id.TrustTokenRoles:
+		id.Why = fmt.Sprintf("no user %q in the data; %s has trust_token_roles: roles come from the token", id.Subject, id.Issuer)
+	case !id.InData:
+		id.Why = fmt.Sprintf("no user %q in the data, and %s does not have trust_token_roles (unknown_user)", id.Subject, id.Issuer)
+	case hasIssuer && userIssuer == "":
+		id.MayActAs = "no issuer"
+		id.Why = fmt.Sprintf("users[%q].issuer is not a string: no issuer may act as the user, who counts as absent", id.Subject)
+	case hasIssuer:
+		id.MayActAs = userIssuer
+		id.ActsAsUser = userIssuer == id.Issuer
+		if id.ActsAsUser {
+			id.Why = fmt.Sprintf("users[%q].issuer is the token's issuer", id.Subject)
+		} else {
+			id.Why = fmt.Sprintf("users[%q].issuer is %s: only that issuer may act as the user; for a token of %s the user counts as absent (%s)",
+				id.Subject, userIssuer, id.Issuer, absentAs(id.TrustTokenRoles))
+		}
+	default:
+		id.MayActAs = "any issuer without trust_token_roles"
+		id.ActsAsUser = !id.TrustTokenRoles
+		if id.ActsAsUser {
+			id.Why = fmt.Sprintf("users[%q] names no issuer, and %s does not have trust_token_roles", id.Subject, id.Issuer)
+		} else {
+			id.Why = fmt.Sprintf("users[%q] names no issuer, and %s has trust_token_roles: it may not act as a data user it does not authenticate, so the user counts as absent (%s)",
+				id.Subject, id.Issuer, absentAs(true))
+		}
+	}
+	return id
+}
+
+func absentAs(trust bool) string {
+	if trust {
+		return "roles come from the token"
+	}
+	return "unknown_user"
+}
+
+// chain reads the tenancy chain through txn, a storage transaction on the
+// store the decision read. When the token does not act as the data user,
+// the user's grants and home tenant play no part and are left out.
+func (s *Sidecar) chain(ctx context.Context, ten authz.Tenancy, txn storage.Transaction, ans *Answer, u, p string, ident *Identity) *Chain {
 	read := func(path ...string) ast.Value {
 		v, err := ten.Read(ctx, txn, append(storage.Path{authz.TenancyRoot}, path...))
 		if err != nil {
@@ -212,6 +325,10 @@ func (s *Sidecar) chain(ctx context.Context, ans *Answer, u, p string) *Chain {
 	user := entity("users", u)
 	c.User = &user
 	home, _ := user.Entity["tenant"].(string)
+	acts := ident == nil || ident.ActsAsUser
+	if !acts {
+		home = ""
+	}
 	x := decidedTenant(ans, u, p, home)
 	if p != "" {
 		proj := entity("projects", p)
@@ -219,7 +336,7 @@ func (s *Sidecar) chain(ctx context.Context, ans *Answer, u, p string) *Chain {
 		owner, _ := proj.Entity["owner"].(string)
 		c.Owner = x != "" && owner == x
 	}
-	if u != "" && p != "" && x != "" {
+	if acts && u != "" && p != "" && x != "" {
 		for _, id := range ids("index", "user_grants", u, p, x) {
 			c.UserGrants = append(c.UserGrants, entity("user_grants", id))
 		}

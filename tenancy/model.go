@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"unicode"
 )
 
 // Collection names, as they appear in the control API and under data.tenancy.
@@ -81,12 +82,15 @@ type Tenant struct {
 	Labels map[string]string `json:"labels"`
 }
 
-// User belongs to exactly one home tenant.
+// User belongs to exactly one home tenant. Issuer, when set, is the only
+// token issuer that may act as the user (SPEC §6 step 2); when empty, any
+// configured issuer without trust_token_roles may.
 type User struct {
 	ID     string            `json:"id"`
 	Tenant string            `json:"tenant"`
 	Kind   string            `json:"kind"`
 	Status string            `json:"status"`
+	Issuer string            `json:"issuer,omitempty"`
 	Labels map[string]string `json:"labels"`
 }
 
@@ -359,8 +363,21 @@ func (e *User) validate() error {
 		checkID(Users, "tenant", e.Tenant),
 		kindErr,
 		checkStatus(Users, e.Status),
+		checkIssuer(e.Issuer),
 		checkLabels(Users, e.Labels),
 	)
+}
+
+// checkIssuer checks a user's optional issuer: at most maxNameBytes bytes,
+// no control characters (it is compared with a token's iss exactly).
+func checkIssuer(iss string) error {
+	if len(iss) > maxNameBytes {
+		return invalid("users: issuer is longer than %d bytes", maxNameBytes)
+	}
+	if strings.ContainsFunc(iss, unicode.IsControl) {
+		return invalid("users: issuer %q contains a control character", iss)
+	}
+	return nil
 }
 
 func (e *Project) validate() error {

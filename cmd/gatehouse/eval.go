@@ -44,9 +44,11 @@ JSON or YAML; it is applied with the control endpoint's invariants into a
 temporary sidecar cache. Without --data there is no tenancy data (revision 0).
 
 --explain traces the evaluation and prints the rules that produced a value
-(with their file:line), the tenancy data the evaluation read and, for a
-tenancy decision, the chain user → user grants → project → project grants →
-tenant and its ancestors (plus the user's home tenant for an external user).
+(with their file:line), the tenancy data the evaluation read, the identity
+(which issuer may act as the token's data user, and why a user counts as
+absent when the token's issuer may not) and, for a tenancy decision, the
+chain user → user grants → project → project grants → tenant and its
+ancestors (plus the user's home tenant for an external user).
 
 Exit codes: 0 the request was decided (allowed or denied); 1 cannot decide
 (an evaluation error, a decision of the wrong shape); 2 usage error, unreadable
@@ -64,7 +66,7 @@ input or data, or policies that do not compile.`,
 	fl.StringVar(&f.input, "input", "", `request file: an Envoy CheckRequest (JSON) or an input document; "-" for stdin`)
 	fl.StringVar(&f.inputKind, "input-kind", policytest.InputAuto, "auto, check_request or input")
 	fl.StringVar(&f.format, "format", policytest.FormatPretty, "output format: pretty or json")
-	fl.BoolVar(&f.explain, "explain", false, "explain the decision: rules that fired, tenancy data read, the tenancy chain")
+	fl.BoolVar(&f.explain, "explain", false, "explain the decision: rules that fired, tenancy data read, the identity, the tenancy chain")
 	return cmd
 }
 

@@ -22,11 +22,12 @@ default allow := {
 allow := {
 	"allowed": true,
 	"headers": {
-		"x-gatehouse-user": input.token.subject,
+		"x-gatehouse-user": subject,
+		"x-gatehouse-issuer": input.token.issuer,
 		"x-gatehouse-tenant": ok.tenant,
 		"x-gatehouse-roles": concat(",", sort(ok.roles)),
 	},
-	"dynamic_metadata": {"reason": "allowed", "user": input.token.subject, "tenant": ok.tenant, "project": project},
+	"dynamic_metadata": {"reason": "allowed", "user": subject, "issuer": input.token.issuer, "tenant": ok.tenant, "project": project},
 	"reason": "allowed",
 } if {
 	ok
@@ -52,15 +53,47 @@ project := route.project if route.project != ""
 
 required := tenancy.route_roles(object.get(route, "roles", ""))
 
-requested := tenancy.requested_tenant(object.get(route, "tenant_from", "path"))
+# The target tenant the request names (SPEC §6 step 3): {"tenant": X},
+# {} for none (the home tenant), or {"invalid": why} (tenant_unknown).
+reading := tenancy.tenant_reading(object.get(route, "tenant_from", "path"))
 
-# The subject, when it is present in the tenancy data.
-user := data.tenancy.users[input.token.subject] if input.token.valid
+requested := reading.tenant
 
-# Subjects of issuers with trust_token_roles may be absent from the data.
+# The verified token's subject; undefined when empty: no rule below ever
+# decides for an empty user.
+subject := s if {
+	input.token.valid == true
+	s := input.token.subject
+	is_string(s)
+	s != ""
+}
+
+# The token's issuer carries per-tenant roles in its tokens.
+trust_issuer if input.token.trust_token_roles == true
+
+# The subject as a data user (SPEC §6 step 2), only when the token's issuer
+# may act as that user: the user names this issuer, or names none and the
+# issuer does not carry roles in its tokens (a tenant-managed IdP could mint
+# any sub). Otherwise the user counts as absent.
+user := u if {
+	u := data.tenancy.users[subject]
+	issuer_may_act_as(object.get(u, "issuer", ""))
+}
+
+# issuer_may_act_as(iss): the token's issuer may act as a user whose
+# issuer field is iss ("" when absent).
+issuer_may_act_as(iss) if {
+	iss != ""
+	iss == input.token.issuer
+}
+
+issuer_may_act_as("") if not trust_issuer
+
+# Subjects of issuers with trust_token_roles may be absent from the data
+# (or present but not theirs to act as): their roles come from the token.
 trusted if {
-	input.token.valid
-	input.token.trust_token_roles == true
+	is_string(subject)
+	trust_issuer
 	not user
 }
 
@@ -68,7 +101,6 @@ trusted if {
 # and alone for allowed requests; the ordered reason chain below runs only
 # for denies (tests assert both agree).
 ok := {"tenant": x, "roles": roles} if {
-	input.token.valid
 	u := user
 	u.status == "active"
 	bound_to(u.tenant)
@@ -76,7 +108,7 @@ ok := {"tenant": x, "roles": roles} if {
 	x := target(u.tenant)
 	tenancy.tenant_active(x)
 	held := tenancy.tenant_roles(project, x)
-	roles := {r | some r in tenancy.user_roles(input.token.subject, project, x); r in held}
+	roles := {r | some r in tenancy.user_roles(subject, project, x); r in held}
 	roles_ok(roles)
 }
 
@@ -93,10 +125,11 @@ bound_to(_) if input.token.tenant_binding == ""
 
 bound_to(t) if input.token.tenant_binding == t
 
-# target(home): the tenant the request names, else the home tenant.
+# target(home): the tenant the request names, else (when it names none,
+# not when it names an invalid one) the home tenant.
 target(_) := requested
 
-target(home) := home if not requested
+target(home) := home if reading == {}
 
 roles_ok(roles) if {
 	count(required) == 0
@@ -109,10 +142,10 @@ roles_ok(roles) if count(required & roles) > 0
 # user's home tenant.
 tenant := requested
 
-tenant := user.tenant if not requested
+tenant := user.tenant if reading == {}
 
 # Effective roles, for the reason chain.
-effective := tenancy.effective_roles(input.token.subject, project, tenant) if user
+effective := tenancy.effective_roles(subject, project, tenant) if user
 
 effective := tenancy.token_roles(input.token.claims.authorization, project, tenant) if trusted
 
@@ -134,6 +167,8 @@ reason := "missing_token" if {
 	user.status != "active"
 } else := "tenant_inactive" if {
 	not tenancy.tenant_active(user.tenant)
+} else := "tenant_unknown" if {
+	reading.invalid
 } else := "tenant_unknown" if {
 	trusted
 	not requested
@@ -199,15 +234,21 @@ message := "a bearer token is required" if {
 	input.token.error
 } else := "the token's issuer is bound to another tenant" if {
 	reason == "invalid_token"
-} else := sprintf("user %q is unknown", [input.token.subject]) if {
+} else := "the token names no subject" if {
 	reason == "unknown_user"
-} else := sprintf("user %q is not active", [input.token.subject]) if {
+	not subject
+} else := sprintf("user %q is unknown", [subject]) if {
+	reason == "unknown_user"
+} else := sprintf("user %q is not active", [subject]) if {
 	reason == "user_inactive"
 } else := sprintf("tenant %q is not active", [user.tenant]) if {
 	reason == "tenant_inactive"
 	not tenancy.tenant_active(user.tenant)
 } else := sprintf("tenant %q is not active", [tenant]) if {
 	reason == "tenant_inactive"
+} else := sprintf("the request names no valid tenant: %s", [reading.invalid]) if {
+	reason == "tenant_unknown"
+	reading.invalid
 } else := sprintf("tenant %q is unknown", [tenant]) if {
 	reason == "tenant_unknown"
 } else := "the request names no tenant" if {
@@ -220,6 +261,6 @@ message := "a bearer token is required" if {
 	reason == "tenant_not_granted"
 } else := sprintf("one of the roles %v is required", [concat(", ", sort(required))]) if {
 	reason == "role_required"
-} else := sprintf("user %q has no role on project %q in tenant %q", [input.token.subject, project, tenant]) if {
+} else := sprintf("user %q has no role on project %q in tenant %q", [subject, project, tenant]) if {
 	reason == "no_role"
 } else := "access denied"

@@ -24,6 +24,9 @@ raw := {
 		"dave": {"id": "dave", "tenant": "beta", "kind": "human", "status": "suspended"},
 		"erin": {"id": "erin", "tenant": "partners", "kind": "human", "status": "active"},
 		"frank": {"id": "frank", "tenant": "initech", "kind": "machine", "status": "active"},
+		# users that only their own issuer may act as
+		"quinn": {"id": "quinn", "tenant": "alpha", "kind": "human", "status": "active", "issuer": alpha_idp},
+		"yara": {"id": "yara", "tenant": "beta", "kind": "human", "status": "active", "issuer": tenant_idp},
 	},
 	"projects": {
 		"timekeeping": {"id": "timekeeping", "owner": "acme", "roles": ["accountant", "admin", "developer"]},
@@ -53,8 +56,18 @@ raw := {
 		"dave-tk": {"id": "dave-tk", "user": "dave", "project": "timekeeping", "tenant": "beta", "roles": ["developer"]},
 		"erin-partner": {"id": "erin-partner", "user": "erin", "project": "partner-app", "tenant": "partners", "roles": ["partner"]},
 		"frank-devices": {"id": "frank-devices", "user": "frank", "project": "devices", "tenant": "initech", "roles": ["operator"]},
+		"quinn-portal": {"id": "quinn-portal", "user": "quinn", "project": "portal", "tenant": "alpha", "roles": ["reader"]},
+		"yara-tk": {"id": "yara-tk", "user": "yara", "project": "timekeeping", "tenant": "beta", "roles": ["developer"]},
 	},
 }
+
+# Issuers: an ordinary IdP (testing.request's default), a tenant-managed IdP
+# whose tokens carry per-tenant roles (trust_token_roles), Alpha's own IdP.
+plain_idp := "https://idp.example.com/"
+
+tenant_idp := "https://tenants.example.com/"
+
+alpha_idp := "https://login.alpha.example.com/"
 
 world := testing.world(raw)
 
@@ -122,7 +135,206 @@ test_home_tenant_inactive_through_its_service_provider if {
 	reason(w, testing.request("frank", "/t/initech/x", route("devices"))) == "tenant_inactive"
 }
 
+# --- step 2: which issuer may act as a data user ---
+
+# from(issuer, ...) is a request whose token comes from issuer (the
+# tenant-managed IdP carries roles in its tokens).
+from(issuer, subject, path, ext, claims) := testing.request_with(
+	subject, path, ext, claims,
+	{"issuer": issuer, "trust_token_roles": issuer == tenant_idp},
+)
+
+test_same_subject_from_two_issuers if {
+	# Bob of the data, through the ordinary IdP: his grants.
+	d := decide(world, from(plain_idp, "bob", "/t/beta/x", route("timekeeping"), {}))
+	d.allowed
+	d.headers == {"x-gatehouse-user": "bob", "x-gatehouse-issuer": plain_idp, "x-gatehouse-tenant": "beta", "x-gatehouse-roles": "developer"}
+
+	# "bob" minted by the tenant-managed IdP is not that Bob: he counts as
+	# absent from the data, so only his token's roles count ...
+	reason(world, from(tenant_idp, "bob", "/t/beta/x", route("timekeeping"), {})) == "no_role"
+	reason(world, from(tenant_idp, "bob", "/t/beta/x", route_roles("timekeeping", "developer"), {})) == "role_required"
+
+	# ... he has no home tenant ...
+	claims := {"authorization": {"beta": {"roles": ["accountant"]}}}
+	reason(world, from(tenant_idp, "bob", "/entries", route("timekeeping"), claims)) == "tenant_unknown"
+
+	# ... and when his token's roles allow, the upstream sees the pair.
+	t := decide(world, from(tenant_idp, "bob", "/t/beta/x", route("timekeeping"), claims))
+	t.allowed
+	t.headers == {"x-gatehouse-user": "bob", "x-gatehouse-issuer": tenant_idp, "x-gatehouse-tenant": "beta", "x-gatehouse-roles": "accountant"}
+
+	# a suspended data user is another identity than the trusted issuer's "dave"
+	reason(world, from(plain_idp, "dave", "/t/beta/x", route("timekeeping"), {})) == "user_inactive"
+	reason(world, from(tenant_idp, "dave", "/t/beta/x", route("timekeeping"), {})) == "no_role"
+}
+
+test_user_with_an_issuer if {
+	# Quinn names Alpha's IdP: only its tokens act as Quinn.
+	d := decide(world, from(alpha_idp, "quinn", "/t/alpha/x", route("portal"), {}))
+	d.allowed
+	d.headers == {"x-gatehouse-user": "quinn", "x-gatehouse-issuer": alpha_idp, "x-gatehouse-tenant": "alpha", "x-gatehouse-roles": "reader"}
+
+	# Another issuer's "quinn" is unknown, with the same answer as a subject
+	# absent from the data (no oracle for which users exist).
+	other := decide(world, from(plain_idp, "quinn", "/t/alpha/x", route("portal"), {}))
+	other.reason == "unknown_user"
+	json.unmarshal(other.body).error == "user \"quinn\" is unknown"
+	reason(world, from(tenant_idp, "quinn", "/t/alpha/x", route("portal"), {})) == "no_role"
+	reason(world, from(tenant_idp, "quinn", "/t/alpha/x", route("portal"), {"authorization": {"alpha": {"roles": ["admin"]}}})) == "no_role"
+
+	# Yara names the tenant-managed IdP: its tokens act as Yara of the data,
+	# the ordinary IdP's do not.
+	allowed(world, from(tenant_idp, "yara", "/t/beta/x", route("timekeeping"), {}))
+	reason(world, from(plain_idp, "yara", "/t/beta/x", route("timekeeping"), {})) == "unknown_user"
+}
+
+test_user_issuer_is_compared_exactly if {
+	every iss in ["https://login.alpha.example.com", "HTTPS://login.alpha.example.com/", "https://login.alpha.example.com/ ", "", plain_idp] {
+		reason(world, testing.request_with("quinn", "/t/alpha/x", route("portal"), {}, {"issuer": iss})) == "unknown_user"
+	}
+	every u in [{"issuer": null}, {"issuer": 7}, {"issuer": [alpha_idp]}] {
+		w := patch([{"op": "replace", "path": "/users/quinn/issuer", "value": u.issuer}])
+		reason(w, from(alpha_idp, "quinn", "/t/alpha/x", route("portal"), {})) == "unknown_user"
+	}
+
+	# an empty issuer is no issuer: as if the field were absent
+	w := patch([{"op": "replace", "path": "/users/quinn/issuer", "value": ""}])
+	allowed(w, from(plain_idp, "quinn", "/t/alpha/x", route("portal"), {}))
+	reason(w, from(tenant_idp, "quinn", "/t/alpha/x", route("portal"), {})) == "no_role"
+}
+
+test_trust_issuer_vs_plain_issuer if {
+	claims := {"authorization": {"beta": {"roles": ["developer", "accountant"]}}}
+
+	# a subject absent from the data: unknown to the ordinary issuer, token
+	# roles for the tenant-managed one
+	reason(world, from(plain_idp, "zoe", "/t/beta/x", route("timekeeping"), claims)) == "unknown_user"
+	allowed(world, from(tenant_idp, "zoe", "/t/beta/x", route("timekeeping"), claims))
+
+	# a user without an issuer: the ordinary issuer acts as her (her grants),
+	# the tenant-managed one cannot (its token's roles only)
+	allowed(world, from(plain_idp, "alice", "/t/beta/x", route_roles("timekeeping", "accountant"), {}))
+	reason(world, from(tenant_idp, "alice", "/t/beta/x", route_roles("timekeeping", "accountant"), {})) == "role_required"
+	decide(world, from(tenant_idp, "alice", "/t/beta/x", route("timekeeping"), claims)).headers["x-gatehouse-roles"] == "accountant,developer"
+
+	# a tenant-bound ordinary issuer still acts only for its tenant's users
+	reason(world, testing.request_with("bob", "/t/beta/x", route("timekeeping"), {}, {"issuer": alpha_idp, "tenant_binding": "alpha"})) == "invalid_token"
+}
+
+test_empty_subject_is_never_a_user if {
+	# even with a data user "" holding grants (the control endpoint refuses
+	# that id; the policy does not rely on it)
+	w := testing.world(object.union(raw, {
+		"users": {"": {"id": "", "tenant": "beta", "kind": "human", "status": "active"}},
+		"user_grants": {"empty-tk": {"id": "empty-tk", "user": "", "project": "timekeeping", "tenant": "beta", "roles": ["developer"]}},
+	}))
+	claims := {"authorization": {"beta": {"roles": ["developer"]}}}
+	every opts in [{"issuer": plain_idp}, {"issuer": tenant_idp, "trust_token_roles": true}] {
+		every sub in ["", null, 7, false, {}] {
+			d := decide(w, testing.request_with(sub, "/t/beta/x", route("timekeeping"), claims, opts))
+			not d.allowed
+			d.reason == "unknown_user"
+			json.unmarshal(d.body).error == "the token names no subject"
+		}
+		no_sub := json.patch(testing.request_with("x", "/t/beta/x", route("timekeeping"), claims, opts), [
+			{"op": "remove", "path": "/token/subject"},
+			{"op": "remove", "path": "/token/claims/sub"},
+		])
+		reason(w, no_sub) == "unknown_user"
+	}
+}
+
 # --- step 3: the target tenant ---
+
+# Paths an upstream could read as another tenant (Beta, say) while they seem
+# to name none or an invalid one: never the home tenant. Alice holds
+# portal/reader in Alpha, her home tenant, so a fallback would allow.
+confusing_paths := [
+	"/t/%2Fbeta/docs", "/t/%2fbeta/docs", "/t/alpha%2F..%2Fbeta/docs",
+	"/t;x/beta/docs", "/t/beta;x/docs", "/t/", "/t/?x=1", "//t/beta/docs",
+	"/t//beta/docs", "/t/./beta/docs", "/t/alpha/../beta/docs",
+	"/x/../t/beta/docs", "/t\\beta/docs", "/t/alpha\\..\\beta", "/%74/beta/docs",
+	"/t/%62eta/docs", "/t/%2E%2E/beta", "/t/alpha/%2e%2e/%2e%2e/t/beta",
+	"/t/alpha%5C..%5Cbeta", "/t/be ta/docs", "/t/beta,alpha/docs",
+	"/api/%2Ft%2Fbeta", "t/beta/docs", "",
+]
+
+test_path_tenant_confusion_is_tenant_unknown if {
+	every path in confusing_paths {
+		d := decide(world, testing.request("alice", path, route("portal")))
+		d.reason == "tenant_unknown"
+		d.http_status == 403
+		startswith(json.unmarshal(d.body).error, "the request names no valid tenant")
+	}
+
+	# a token-roles subject is refused the same way
+	claims := {"authorization": {"beta": {"roles": ["developer"]}, "alpha": {"roles": ["developer"]}}}
+	every path in confusing_paths {
+		reason(world, trusted_token("zoe", path, route("timekeeping"), claims)) == "tenant_unknown"
+	}
+}
+
+test_path_tenant_reading_keeps_ordinary_paths if {
+	# "t" in any case names the tenant; Alice holds no portal role in Beta
+	reason(world, testing.request("alice", "/T/beta/docs", route("portal"))) == "no_role"
+	decide(world, testing.request("alice", "/T/alpha/docs", route("portal"))).headers["x-gatehouse-tenant"] == "alpha"
+
+	# "/t" and other paths name none: the home tenant
+	every path in ["/t", "/t?x=%2Fbeta", "/docs", "/docs?t=%2Fbeta", "/tt/beta/docs", "/api/t/beta"] {
+		decide(world, testing.request("alice", path, route("portal"))).headers["x-gatehouse-tenant"] == "alpha"
+	}
+
+	# the query never changes the reading; encoding after the tenant is fine
+	every path in ["/t/alpha/docs?next=%2F..%2Fbeta", "/t/alpha?x=;", "/t/alpha/docs/q3%20report.pdf", "/t/alpha/"] {
+		decide(world, testing.request("alice", path, route("portal"))).headers["x-gatehouse-tenant"] == "alpha"
+	}
+}
+
+test_step_two_comes_before_the_tenant if {
+	reason(world, testing.request("dave", "/t/%2Fbeta/x", route("timekeeping"))) == "user_inactive"
+	reason(world, testing.request("ghost", "/t/%2Fbeta/x", route("timekeeping"))) == "unknown_user"
+}
+
+test_unknown_tenant_from_is_tenant_unknown if {
+	every mode in ["query", "", "Path", "HEADER", "cookie", "path "] {
+		reason(world, testing.request("alice", "/t/alpha/docs", {"project": "portal", "tenant_from": mode})) == "tenant_unknown"
+	}
+}
+
+by_header(v) := json.patch(
+	testing.request("alice", "/api/x", {"project": "timekeeping", "tenant_from": "header"}),
+	[{"op": "add", "path": "/attributes/request/http/headers/x-tenant-id", "value": v}],
+)
+
+by_host(h) := json.patch(
+	testing.request("alice", "/api/x", {"project": "timekeeping", "tenant_from": "host"}),
+	[{"op": "replace", "path": "/attributes/request/http/host", "value": h}],
+)
+
+by_token(claim) := testing.request_with("alice", "/api/x", {"project": "timekeeping", "tenant_from": "token"}, {"tenant": claim}, {})
+
+test_invalid_header_host_or_token_tenant_is_tenant_unknown if {
+	every v in ["beta,alpha", "beta,beta", "beta, alpha", "", " beta", "..", "beta/alpha", "%62eta"] {
+		reason(world, by_header(v)) == "tenant_unknown"
+	}
+	decide(world, by_header("beta")).headers["x-gatehouse-tenant"] == "beta"
+
+	every h in [".example.com", "[::1]:8080", ":8080", "be ta.example.com"] {
+		reason(world, by_host(h)) == "tenant_unknown"
+	}
+	decide(world, by_host("BETA.example.com:8443")).headers["x-gatehouse-tenant"] == "beta"
+
+	every claim in [7, null, false, "", ["beta"], "beta,alpha", "../beta"] {
+		reason(world, by_token(claim)) == "tenant_unknown"
+	}
+
+	# absent sources name no tenant: the home tenant
+	no_claim := testing.request("alice", "/api/x", {"project": "portal", "tenant_from": "token"})
+	decide(world, no_claim).headers["x-gatehouse-tenant"] == "alpha"
+	no_header := testing.request("alice", "/api/x", {"project": "portal", "tenant_from": "header"})
+	decide(world, no_header).headers["x-gatehouse-tenant"] == "alpha"
+}
 
 test_unknown_target_tenant if {
 	reason(world, testing.request("bob", "/t/nowhere/x", route("timekeeping"))) == "tenant_unknown"
@@ -185,7 +397,7 @@ test_owner_status_is_not_checked_for_grantees if {
 test_allow_with_identity_headers if {
 	d := decide(world, testing.request("bob", "/t/beta/items", route("timekeeping")))
 	d.allowed
-	d.headers == {"x-gatehouse-user": "bob", "x-gatehouse-tenant": "beta", "x-gatehouse-roles": "developer"}
+	d.headers == {"x-gatehouse-user": "bob", "x-gatehouse-issuer": plain_idp, "x-gatehouse-tenant": "beta", "x-gatehouse-roles": "developer"}
 	d.reason == "allowed"
 	not d.http_status
 }
@@ -251,7 +463,7 @@ test_tenant_cannot_reach_another_customer if {
 
 # --- step 6: per-tenant roles in the token (Userfront) ---
 
-trusted_token(subject, path, ext, claims) := testing.request_with(subject, path, ext, claims, {"trust_token_roles": true})
+trusted_token(subject, path, ext, claims) := testing.request_with(subject, path, ext, claims, {"issuer": tenant_idp, "trust_token_roles": true})
 
 test_token_roles_for_subject_absent_from_data if {
 	claims := {"authorization": {"beta": {"roles": ["developer", "admin"]}, "alpha": {"roles": ["accountant"]}}}
@@ -280,11 +492,15 @@ test_token_roles_respect_the_issuer_binding if {
 }
 
 test_subject_in_data_is_decided_from_data if {
-	# Bob's token claims admin on Beta; the synced grants say developer.
+	# Yara is a data user of the trusted issuer: her token claims accountant
+	# on Beta; the synced grants say developer.
 	claims := {"authorization": {"beta": {"roles": ["accountant"]}}}
-	d := decide(world, trusted_token("bob", "/t/beta/x", route("timekeeping"), claims))
+	d := decide(world, trusted_token("yara", "/t/beta/x", route("timekeeping"), claims))
 	d.headers["x-gatehouse-roles"] == "developer"
-	reason(world, trusted_token("dave", "/t/beta/x", route("timekeeping"), claims)) == "user_inactive"
+	d.headers["x-gatehouse-issuer"] == tenant_idp
+	reason(world, trusted_token("yara", "/t/beta/x", route_roles("timekeeping", "accountant"), claims)) == "role_required"
+	w := patch([{"op": "replace", "path": "/users/yara/status", "value": "suspended"}])
+	reason(w, trusted_token("yara", "/t/beta/x", route("timekeeping"), claims)) == "user_inactive"
 }
 
 test_untrusted_issuer_absent_subject_is_unknown if {
@@ -341,6 +557,20 @@ sample_requests := [
 	trusted_token("zoe", "/t/beta/x", route_roles("timekeeping", "admin"), {"authorization": {"beta": {"roles": ["admin"]}}}),
 	trusted_token("zoe", "/api/x", route("timekeeping"), {"authorization": {"beta": {"roles": ["developer"]}}}),
 	testing.request_with("zoe", "/t/beta/x", route("timekeeping"), {"authorization": {"beta": {"roles": ["developer"]}}}, {"trust_token_roles": true, "tenant_binding": "alpha"}),
+	testing.request("alice", "/t/%2Fbeta/x", route("portal")),
+	testing.request("alice", "/T/alpha/x", route("portal")),
+	testing.request("alice", "/t", route("portal")),
+	testing.request("alice", "/t/", route("portal")),
+	testing.request("alice", "/t/alpha/x?next=%2F..%2Fbeta", route("portal")),
+	testing.request("dave", "/t/%2Fbeta/x", route("timekeeping")),
+	testing.request("alice", "/t/alpha/x", {"project": "portal", "tenant_from": "query"}),
+	trusted_token("zoe", "/t/beta;x/x", route("timekeeping"), {"authorization": {"beta": {"roles": ["developer"]}}}),
+	from(plain_idp, "quinn", "/t/alpha/x", route("portal"), {}),
+	from(alpha_idp, "quinn", "/t/alpha/x", route("portal"), {}),
+	from(tenant_idp, "bob", "/t/beta/x", route("timekeeping"), {"authorization": {"beta": {"roles": ["accountant"]}}}),
+	from(tenant_idp, "bob", "/t/beta/x", route("timekeeping"), {}),
+	from(tenant_idp, "yara", "/t/beta/x", route("timekeeping"), {}),
+	testing.request_with("", "/t/beta/x", route("timekeeping"), {"authorization": {"beta": {"roles": ["developer"]}}}, {"issuer": tenant_idp, "trust_token_roles": true}),
 ]
 
 sample_worlds := [

@@ -1,10 +1,22 @@
 # Test helpers (a _test.rego file: loaded by `gatehouse test`, skipped by
 # `serve`). world(raw) completes raw tenancy entities with the indexes the
 # sidecar maintains, computed here by scans (fine in tests), so policies can
-# be tested `with data.tenancy as testing.world({...})`.
+# be tested `with data.tenancy as testing.world({...})`. Users get the
+# defaults the control endpoint fills (status, kind, labels); their optional
+# issuer (SPEC §5: the only token issuer that may act as the user) is kept,
+# and left out when empty, as the sidecar stores it.
 package gatehouse.testing
 
-world(raw) := object.union(empty, object.union(raw, {"index": index(raw)}))
+world(raw) := object.union(empty, object.union(with_users(raw), {"index": index(raw)}))
+
+with_users(raw) := object.union(object.remove(raw, ["users"]), {"users": {id: user(u) |
+	some id, u in object.get(raw, "users", {})
+}})
+
+user(u) := object.remove(
+	object.union({"status": "active", "kind": "human", "labels": {}}, u),
+	{"issuer" | object.get(u, "issuer", "") == ""},
+)
 
 empty := {
 	"tenants": {}, "users": {}, "projects": {},
@@ -88,4 +100,16 @@ test_world_indexes if {
 	w.index.tenant_chain.c == ["c", "sp"]
 	w.index.tenant_roles.p == {"sp": ["a", "b"], "c": ["a"]}
 	w.index.user_roles.x.p.c == ["a"]
+}
+
+test_world_users if {
+	w := world({"users": {
+		"a": {"id": "a", "tenant": "t"},
+		"b": {"id": "b", "tenant": "t", "status": "suspended", "kind": "machine", "issuer": "https://idp.example.com/"},
+		"c": {"id": "c", "tenant": "t", "issuer": ""},
+	}})
+	w.users.a == {"id": "a", "tenant": "t", "status": "active", "kind": "human", "labels": {}}
+	w.users.b == {"id": "b", "tenant": "t", "status": "suspended", "kind": "machine", "labels": {}, "issuer": "https://idp.example.com/"}
+	w.users.c == {"id": "c", "tenant": "t", "status": "active", "kind": "human", "labels": {}}
+	world({}).users == {}
 }
