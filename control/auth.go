@@ -35,6 +35,11 @@ type principal struct {
 	user string
 	// binding is the issuer's tenant binding ("" when unbound).
 	binding string
+	// issuer is the token's issuer, and trustRoles its trust_token_roles:
+	// together they decide whether the token may act as users[sub]
+	// (SPEC §6 step 2, applied to the admin API as to decisions).
+	issuer     string
+	trustRoles bool
 }
 
 // authenticate identifies the caller by its bearer token. The admin and
@@ -64,7 +69,7 @@ func (s *Server) authenticate(r *http.Request) (principal, error) {
 	if t.Subject == "" {
 		return principal{}, unauthorized("token not accepted: no subject")
 	}
-	return principal{role: roleUser, user: t.Subject, binding: t.TenantBinding}, nil
+	return principal{role: roleUser, user: t.Subject, binding: t.TenantBinding, issuer: t.Issuer, trustRoles: t.TrustTokenRoles}, nil
 }
 
 // requireAdmin refuses every caller but the admin token.
@@ -107,6 +112,11 @@ func loadRights(tx *bolt.Tx, p principal) (*rights, error) {
 		return nil, forbidden("token subject %q is not a user of the tenancy data", p.user)
 	}
 	u := e.(*tenancy.User)
+	if !issuerMayActAs(p, u) {
+		// The same answer as an absent user: an issuer learns nothing
+		// about the users it cannot act as.
+		return nil, forbidden("token subject %q is not a user of the tenancy data", p.user)
+	}
 	if u.Status != tenancy.StatusActive {
 		return nil, forbidden("user %q is %s", u.ID, u.Status)
 	}
@@ -142,6 +152,16 @@ func loadRights(tx *bolt.Tx, p principal) (*rights, error) {
 		return nil, forbidden("user %q administers no tenant and no project grant", u.ID)
 	}
 	return r, nil
+}
+
+// issuerMayActAs reports whether p's token may act as data user u: u names
+// p's issuer, or u names none and the issuer does not carry roles in its
+// tokens (a tenant-managed IdP could mint any sub). SPEC §6 step 2.
+func issuerMayActAs(p principal, u *tenancy.User) bool {
+	if u.Issuer != "" {
+		return u.Issuer == p.issuer
+	}
+	return !p.trustRoles
 }
 
 // activeChain checks that tenant t and its ancestors are active. A chain

@@ -15,7 +15,9 @@ func TestAuth(t *testing.T) {
 	 {"op":"put","collection":"user_grants","value":{"id":"ug-al2-beta","user":"al2","project":"timekeeping","tenant":"beta","roles":["developer"]}},
 	 {"op":"put","collection":"users","value":{"id":"al3","tenant":"alpha"}},
 	 {"op":"put","collection":"users","value":{"id":"sam","tenant":"beta","status":"suspended"}},
-	 {"op":"put","collection":"memberships","value":{"id":"m-sam","user":"sam","scope":{"type":"tenant","id":"beta"},"roles":["admin"]}}]}`)
+	 {"op":"put","collection":"memberships","value":{"id":"m-sam","user":"sam","scope":{"type":"tenant","id":"beta"},"roles":["admin"]}},
+	 {"op":"put","collection":"users","value":{"id":"tia","tenant":"beta","issuer":"https://tenant-idp.test/"}},
+	 {"op":"put","collection":"memberships","value":{"id":"m-tia","user":"tia","scope":{"type":"tenant","id":"beta"},"roles":["admin"]}}]}`)
 
 	alice := userToken(t, "alice") // tenant admin of alpha
 	bob := userToken(t, "bob")     // project-grant admin of pg-beta
@@ -81,6 +83,9 @@ func TestAuth(t *testing.T) {
 		{"an unknown subject", "GET", "/v1/users/alice", "", userToken(t, "mallory"), 403, "forbidden", "not a user"},
 		{"a suspended administrator", "PUT", "/v1/users/bx", `{"id":"bx","tenant":"beta"}`, userToken(t, "sam"), 403, "forbidden", "suspended"},
 		{"a tenant-bound issuer for its tenant", "PUT", "/v1/users/bx", `{"id":"bx","tenant":"beta"}`, jwtFor(t, boundIssuerURL, "erin", issuerKey()), 200, "", ""},
+		{"a trust_token_roles issuer cannot act as a user without an issuer", "PUT", "/v1/users/ax", `{"id":"ax","tenant":"alpha"}`, jwtFor(t, trustIssuerURL, "alice", issuerKey()), 403, "forbidden", "not a user"},
+		{"a trust_token_roles issuer acts as a user naming it", "PUT", "/v1/users/tx", `{"id":"tx","tenant":"beta"}`, jwtFor(t, trustIssuerURL, "tia", issuerKey()), 200, "", ""},
+		{"another issuer cannot act as a user naming an issuer", "PUT", "/v1/users/tx2", `{"id":"tx2","tenant":"beta"}`, jwtFor(t, issuerURL, "tia", issuerKey()), 403, "forbidden", "not a user"},
 		{"a tenant-bound issuer for another tenant", "PUT", "/v1/users/ax", `{"id":"ax","tenant":"alpha"}`, jwtFor(t, boundIssuerURL, "alice", issuerKey()), 403, "forbidden", "only for tenant"},
 	}
 	for _, c := range cases { // in order: some build on earlier ones

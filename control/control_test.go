@@ -37,6 +37,9 @@ const (
 	issuerURL  = "https://idp.test/"
 	// boundIssuerURL's tokens act only for users of tenant beta.
 	boundIssuerURL = "https://bound.test/"
+	// trustIssuerURL carries roles in its tokens (a tenant-managed IdP): it
+	// may act only as data users that name it (SPEC §6 step 2).
+	trustIssuerURL = "https://tenant-idp.test/"
 )
 
 // issuerKey signs the delegated administrators' tokens; strangerKey is a
@@ -76,6 +79,7 @@ func newEnv(tb testing.TB, edit func(*control.Config)) *env {
 		Issuers: []authz.IssuerConfig{
 			{Issuer: issuerURL, Audiences: []string{"api"}, Algorithms: []string{"ES256"}, PublicKeyFile: publicKeyFile(tb, dir)},
 			{Issuer: boundIssuerURL, Audiences: []string{"api"}, Algorithms: []string{"ES256"}, PublicKeyFile: publicKeyFile(tb, dir), Tenant: "beta"},
+			{Issuer: trustIssuerURL, Audiences: []string{"api"}, Algorithms: []string{"ES256"}, PublicKeyFile: publicKeyFile(tb, dir), TrustTokenRoles: true},
 		},
 	}
 	if edit != nil {
