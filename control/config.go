@@ -25,6 +25,10 @@ const (
 	DefaultHeartbeat = 5 * time.Second
 	// DefaultMaxBodyBytes is Config.MaxBodyBytes's default: 32 MiB.
 	DefaultMaxBodyBytes = 32 << 20
+	// DefaultFeedPartBytes is Config.FeedPartBytes's default: 1 MiB.
+	DefaultFeedPartBytes = 1 << 20
+	// DefaultMaxStreams is Config.MaxStreams's default.
+	DefaultMaxStreams = 4096
 
 	// DBFile is the name of the bbolt file in Config.DataDir.
 	DBFile = "control.db"
@@ -57,6 +61,16 @@ type Config struct {
 	// MaxBodyBytes bounds request bodies (entities, batches, bundles);
 	// default 32 MiB. Larger bodies answer 413.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// FeedPartBytes bounds one record of the change feed: a larger revision
+	// is stored and streamed as several parts of about this size (a single
+	// change larger than it is one part); default 1 MiB.
+	FeedPartBytes int `yaml:"feed_part_bytes"`
+	// MaxStreams bounds the sync streams (snapshots and change streams) open
+	// at once; more answer 503 and the sidecar retries. Default 4096.
+	MaxStreams int `yaml:"max_streams"`
+	// StreamWriteTimeout bounds each write to a sync stream's client: a
+	// client that stops reading for longer is cut off. Default 30s.
+	StreamWriteTimeout time.Duration `yaml:"stream_write_timeout"`
 
 	// Now is the clock (test hook); default time.Now.
 	Now func() time.Time `yaml:"-"`
@@ -81,6 +95,15 @@ func (c *Config) SetDefaults() {
 	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.FeedPartBytes == 0 {
+		c.FeedPartBytes = DefaultFeedPartBytes
+	}
+	if c.MaxStreams == 0 {
+		c.MaxStreams = DefaultMaxStreams
+	}
+	if c.StreamWriteTimeout == 0 {
+		c.StreamWriteTimeout = writeTimeout
 	}
 	for i := range c.Issuers {
 		c.Issuers[i].SetDefaults()
@@ -115,6 +138,15 @@ func (c Config) Validate() error {
 	}
 	if c.MaxBodyBytes < 1024 {
 		bad("max_body_bytes: %d must be at least 1024", c.MaxBodyBytes)
+	}
+	if c.FeedPartBytes < 1 {
+		bad("feed_part_bytes: %d must be positive", c.FeedPartBytes)
+	}
+	if c.MaxStreams < 1 {
+		bad("max_streams: %d must be at least 1", c.MaxStreams)
+	}
+	if c.StreamWriteTimeout <= 0 {
+		bad("stream_write_timeout: %v must be positive", c.StreamWriteTimeout)
 	}
 	seen := map[string]bool{}
 	for _, is := range c.Issuers {

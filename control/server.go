@@ -60,6 +60,7 @@ type Server struct {
 	handler  http.Handler
 	feed     *notifier
 	rev      atomic.Uint64 // the last committed revision
+	streams  atomic.Int64  // sync streams open (bounded by cfg.MaxStreams)
 
 	// ctx ends with Serve or Close: open streams watch it.
 	ctx    context.Context
