@@ -393,6 +393,13 @@ func (s *Store) swap(src string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer debug.FreeOSMemory() // a snapshot is a one-off burst of garbage: hand it back now
+	if s.Corrupt() {
+		// keep the damaged file for analysis (it stays open for the
+		// readers still on it)
+		if err := s.setAside(s.path); err != nil {
+			return err
+		}
+	}
 	if err := os.Rename(src, s.path); err != nil {
 		return fmt.Errorf("swap in snapshot: %w", err)
 	}

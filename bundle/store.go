@@ -173,7 +173,7 @@ func (s *Store) setAside(path string) error {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	dst := fmt.Sprintf("%s.corrupt-%d", path, s.cfg.Now().Unix())
+	dst := fmt.Sprintf("%s.corrupt-%d", path, s.cfg.Now().UnixNano())
 	if err := os.Rename(path, dst); err != nil {
 		return fmt.Errorf("set aside damaged cache %q: %w", path, err)
 	}
