@@ -1,6 +1,7 @@
 package bundle_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -51,7 +52,40 @@ type plane struct {
 	// block, when set, answers 503 to sync requests (the control endpoint
 	// is unreachable for sidecars) while the admin API still works.
 	block atomic.Bool
+	// cut, when set, cuts change streams right after the first part of
+	// that revision (cuts counts them).
+	cut  atomic.Uint64
+	cuts atomic.Int64
 }
+
+// cutWriter passes a change stream through until the first part of
+// revision rev, then aborts the connection.
+type cutWriter struct {
+	http.ResponseWriter
+	p   *plane
+	rev uint64
+}
+
+func (c *cutWriter) Write(b []byte) (int, error) {
+	marker := []byte(fmt.Sprintf(`{"type":"revision","revision":%d,`, c.rev))
+	i := bytes.Index(b, marker)
+	if i < 0 {
+		return c.ResponseWriter.Write(b)
+	}
+	end := i + bytes.IndexByte(b[i:], '\n') + 1
+	if !bytes.Contains(b[i:end], []byte(`"more":true`)) {
+		return c.ResponseWriter.Write(b) // a revision of one part: nothing to cut inside
+	}
+	if _, err := c.ResponseWriter.Write(b[:end]); err != nil {
+		return 0, err
+	}
+	c.ResponseWriter.(http.Flusher).Flush()
+	c.p.cuts.Add(1)
+	panic(http.ErrAbortHandler) // the connection is closed mid-revision
+}
+
+func (c *cutWriter) Flush()                      { c.ResponseWriter.(http.Flusher).Flush() }
+func (c *cutWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 func startPlane(t testing.TB, edit func(*control.Config)) *plane {
 	t.Helper()
@@ -75,6 +109,9 @@ func startPlane(t testing.TB, edit func(*control.Config)) *plane {
 		if s == nil || (p.block.Load() && strings.HasPrefix(r.URL.Path, "/v1/sync/")) {
 			http.Error(w, `{"error":"the control endpoint is down","code":"down"}`, http.StatusServiceUnavailable)
 			return
+		}
+		if rev := p.cut.Load(); rev != 0 && r.URL.Path == "/v1/sync/changes" {
+			w = &cutWriter{ResponseWriter: w, p: p, rev: rev}
 		}
 		s.Handler().ServeHTTP(w, r)
 	}))

@@ -412,3 +412,30 @@ func TestChangesHistoryHash(t *testing.T) {
 		t.Fatalf("snapshot header %+v end %+v, want the hash of revision %d", head, end, rev)
 	}
 }
+
+// TestSyncStreamsAreBounded: at most max_streams sync streams are open at
+// once; more answer 503 (code busy, Retry-After) until one ends.
+func TestSyncStreamsAreBounded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *control.Config) { c.MaxStreams = 2; c.Heartbeat = time.Hour })
+	rev := e.seed()
+	since := "/v1/sync/changes?since=" + strconv.FormatUint(rev, 10)
+	s1 := e.open(since, syncToken)
+	s1.next(t, 5*time.Second)
+	s2 := e.open(since, syncToken)
+	s2.next(t, 5*time.Second)
+	for _, path := range []string{since, "/v1/sync/snapshot"} {
+		r := e.do("GET", path, syncToken, "")
+		if r.status != 503 || r.errCode() != "busy" || r.header.Get("Retry-After") == "" {
+			t.Fatalf("GET %s with 2 streams open: %s (Retry-After %q), want 503 busy", path, r, r.header.Get("Retry-After"))
+		}
+	}
+	s1.cancel()
+	eventually(t, 5*time.Second, "a slot frees when a stream ends", func() bool {
+		return e.do("GET", "/v1/sync/snapshot", syncToken, "").status == 200
+	})
+	e.must("PUT", "/v1/users/z", `{"id":"z","tenant":"gamma"}`)
+	if l := s2.nextRevision(t, 5*time.Second); l.Revision != rev+1 {
+		t.Fatalf("stream after the refusals: %+v", l)
+	}
+}
