@@ -240,7 +240,7 @@ func (lr *lineReader) next() (tenancy.FeedLine, error) {
 		long = append(long, b...)
 		if len(long) > lr.max {
 			t.Stop()
-			return l, fmt.Errorf("a feed line exceeds %d bytes (data.max_line_bytes)", lr.max)
+			return l, fmt.Errorf("a feed line exceeds %d bytes", lr.max)
 		}
 		b, err = lr.r.ReadSlice('\n')
 	}

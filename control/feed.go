@@ -147,7 +147,11 @@ func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = lw.flush()
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, tenancy.ErrDamaged):
+		s.logger.Error("snapshot failed: the data file is damaged", "revision", start, "sent", count, "err", err)
+		return
+	case err != nil:
 		s.logger.Debug("snapshot stream cut", "revision", start, "sent", count, "err", err)
 		return
 	}
