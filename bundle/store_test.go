@@ -322,3 +322,37 @@ func TestSecondOpenerDoesNotSetTheFileAside(t *testing.T) {
 		t.Fatalf("first store after the second open: %v %v", v, err)
 	}
 }
+
+// TestOldSchemaCacheIsSetAside: a cache file of the previous schema (values
+// without checksums) is set aside at open and the store waits for a
+// snapshot, instead of serving values it cannot verify.
+func TestOldSchemaCacheIsSetAside(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	src := newSource(t)
+	src.write(world)
+	st, err := bundle.OpenStore(bundle.StoreConfig{Dir: dir}, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	loadSnapshot(t, st, src)
+	st.Close()
+	db, err := bolt.Open(filepath.Join(dir, bundle.CacheFile), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("meta")).Put([]byte("schema"), []byte(tenancy.LegacySchema))
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st2 := openStore(t, dir)
+	if s := st2.State(); s.Present {
+		t.Fatalf("an old-schema cache is served: %+v", s)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, bundle.CacheFile+".corrupt-*")); len(m) != 1 {
+		t.Fatalf("old-schema cache not set aside: %v", m)
+	}
+}

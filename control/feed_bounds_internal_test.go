@@ -3,6 +3,7 @@ package control
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +17,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
 // Sync streams whose clients stop reading: they hold bounded memory, no
@@ -203,5 +206,121 @@ func TestStalledStreamIsCutOff(t *testing.T) {
 		if s.streams.Load() != 0 {
 			t.Fatalf("%s: a stalled stream still open after %v", path, time.Since(start))
 		}
+	}
+}
+
+// TestLegacyHistoryUpgrade: a data file written before history hashes and
+// parts (schema 1 values, history entries keyed by revision alone, no
+// hash) keeps serving: its chain starts at its revision; a client holding
+// an older revision cannot prove it and re-snapshots (410); a snapshot and
+// the revisions after it carry hashes chained from there.
+func TestLegacyHistoryUpgrade(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "admin.token")
+	if err := os.WriteFile(tok, []byte(boundsToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Addr: "127.0.0.1:0", DataDir: filepath.Join(dir, "data"), AdminTokenFile: tok, Heartbeat: time.Hour}
+	s, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Serve(ctx) }()
+	addr := s.Addr().String()
+	boundsDo(t, addr, "PUT", "/v1/tenants/t", `{"id":"t","name":"T"}`)
+	boundsDo(t, addr, "PUT", "/v1/users/a", `{"id":"a","tenant":"t"}`)
+	boundsDo(t, addr, "PUT", "/v1/users/b", `{"id":"b","tenant":"t"}`)
+	epoch := s.Epoch()
+	cancel()
+	<-done
+	_ = s.Close()
+
+	// rewrite the file as the previous version left it
+	db, err := bolt.Open(filepath.Join(cfg.DataDir, DBFile), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket([]byte("meta"))
+		if err := meta.Put([]byte("schema"), []byte(tenancy.LegacySchema)); err != nil {
+			return err
+		}
+		if err := meta.Delete([]byte("hash")); err != nil {
+			return err
+		}
+		log := tx.Bucket(bucketLog)
+		type kv struct{ k, v []byte }
+		var old []kv
+		_ = log.ForEach(func(k, v []byte) error {
+			var e tenancy.LogEntry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			e.Hash, e.More = "", false
+			b, _ := json.Marshal(e)
+			old = append(old, kv{append([]byte(nil), k...), b})
+			return nil
+		})
+		for _, e := range old {
+			if err := log.Delete(e.k); err != nil {
+				return err
+			}
+			if err := log.Put(e.k[:8], e.v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s2, addr2 := boundsServer(t, func(c *Config) { *c = cfg; c.Addr = "127.0.0.1:0" })
+	if s2.Epoch() != epoch || s2.Revision() != 3 {
+		t.Fatalf("reopened at %d epoch %s", s2.Revision(), s2.Epoch())
+	}
+	get := func(path string) (int, []tenancy.FeedLine) {
+		req, _ := http.NewRequest("GET", "http://"+addr2+path, nil)
+		req.Header.Set("Authorization", "Bearer "+boundsToken)
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer rcancel()
+		resp, err := http.DefaultClient.Do(req.WithContext(rctx))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var lines []tenancy.FeedLine
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			var l tenancy.FeedLine
+			_ = json.Unmarshal(sc.Bytes(), &l)
+			lines = append(lines, l)
+			if l.Type == tenancy.LineEnd || (l.Type == tenancy.LineRevision && !l.More && strings.Contains(path, "since=3")) {
+				break
+			}
+		}
+		return resp.StatusCode, lines
+	}
+	genesis := tenancy.GenesisHash(epoch, 3)
+	if code, _ := get("/v1/sync/changes?since=1&epoch=" + epoch + "&hash=" + tenancy.GenesisHash(epoch, 1)); code != http.StatusGone {
+		t.Fatalf("resuming inside the unhashed history: %d, want 410", code)
+	}
+	if code, lines := get("/v1/sync/snapshot"); code != 200 || lines[0].Hash != genesis || lines[len(lines)-1].Hash != genesis || lines[len(lines)-1].Count != 3 {
+		t.Fatalf("snapshot of the upgraded file: %d %+v", code, lines)
+	}
+	boundsDo(t, addr2, "PUT", "/v1/users/c", `{"id":"c","tenant":"t"}`)
+	code, lines := get("/v1/sync/changes?since=3&epoch=" + epoch + "&hash=" + genesis)
+	if code != 200 || len(lines) != 2 || lines[1].Revision != 4 || lines[1].Hash != tenancy.HashRevision(genesis, 4, lines[1].Changes) {
+		t.Fatalf("changes after the upgrade: %d %+v", code, lines)
+	}
+	if code, _ := get("/v1/sync/changes?since=3&epoch=" + epoch + "&hash=" + tenancy.GenesisHash(epoch, 2)); code != http.StatusGone {
+		t.Fatalf("a wrong hash at the upgrade revision: %d, want 410", code)
 	}
 }
