@@ -20,10 +20,11 @@ import (
 //     those paths. A request that differs only elsewhere (request id, the rest
 //     of the path, other headers) gets the same decision.
 //   - Data: static data belongs to the policy set. Tenancy reads are recorded
-//     by the store during a miss (key and the revision that wrote it); a hit
+//     by the store during a miss (key and the stamp of what was read); a hit
 //     is used only when every recorded read would still return the same
 //     document in the current transaction. A store that cannot record makes
-//     entries valid at their own revision only.
+//     entries valid for their own data version only (revision and file
+//     generation: equal revisions of replaced data are not the same data).
 //   - Builtins: a policy set calling a nondeterministic or time-dependent
 //     builtin anywhere (time.now_ns, http.send, io.jwt.decode_verify, ...) is
 //     not cached at all.
@@ -170,6 +171,33 @@ type DependencyTracker interface {
 	Unchanged(txn storage.Transaction, deps Dependencies) bool
 }
 
+// DataVersion identifies the tenancy data a transaction reads: its
+// revision, and the generation of the store's file holding it. A store's
+// data can be replaced without a new revision (a new snapshot swapped in,
+// at any revision, from a control endpoint that lost its data or another
+// history); the generation changes then. Two transactions with the same
+// version read the same data.
+type DataVersion struct {
+	Generation uint64
+	Revision   uint64
+}
+
+// Generations is an optional capability of a Tenancy store whose data can
+// be replaced without a new revision: the generation of the data a
+// transaction reads (see DataVersion).
+type Generations interface {
+	TxnGeneration(txn storage.Transaction) uint64
+}
+
+// dataVersion returns the version of the data txn reads.
+func dataVersion(t Tenancy, txn storage.Transaction) DataVersion {
+	v := DataVersion{Revision: t.TxnRevision(txn)}
+	if g, ok := t.(Generations); ok {
+		v.Generation = g.TxnGeneration(txn)
+	}
+	return v
+}
+
 // decisionCache holds decisions of one policy set.
 type decisionCache struct {
 	plan   cachePlan
@@ -185,10 +213,10 @@ type cacheShard struct {
 }
 
 type cacheEntry struct {
-	d        Decision
-	deps     Dependencies
-	tracked  bool
-	revision uint64
+	d       Decision
+	deps    Dependencies
+	tracked bool
+	version DataVersion // of the data the decision was made on
 }
 
 func newDecisionCache(plan cachePlan, entries int) *decisionCache {

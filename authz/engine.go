@@ -230,6 +230,7 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	defer a.store.Abort(ctx, txn)
 	tt := txn.(*dataTxn).tenancy
 	rev := e.tenancy.TxnRevision(tt)
+	ver := dataVersion(e.tenancy, tt)
 
 	input := req.Input
 	if input == nil && req.Build != nil {
@@ -264,7 +265,7 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		e.cacheBypass.Inc()
 	case ent == nil:
 		e.cacheMiss.Inc()
-	case e.valid(ent, tt, rev):
+	case e.valid(ent, tt, ver):
 		e.cacheHit.Inc()
 		d := ent.d
 		d.ID = NewDecisionID()
@@ -316,7 +317,7 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		return nil, internal(err)
 	}
 	if cache != nil {
-		ent := &cacheEntry{d: *d, revision: rev}
+		ent := &cacheEntry{d: *d, version: ver}
 		if e.tracker != nil {
 			ent.deps, ent.tracked = e.tracker.Recorded(tt)
 		}
@@ -327,8 +328,8 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 }
 
 // valid reports whether a cached decision holds for the data txn reads.
-func (e *Engine) valid(ent *cacheEntry, txn storage.Transaction, rev uint64) bool {
-	if ent.revision == rev {
+func (e *Engine) valid(ent *cacheEntry, txn storage.Transaction, ver DataVersion) bool {
+	if ent.version == ver {
 		return true
 	}
 	if e.tracker == nil || !ent.tracked {

@@ -14,47 +14,179 @@ import (
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
-// ErrGap is returned by ApplyRevisions when a revision does not follow the
-// cache's revision.
-var ErrGap = errors.New("revision gap")
+var (
+	// ErrGap is returned when a revision does not follow the cache's
+	// revision, or a revision's parts are interrupted by another revision.
+	ErrGap = errors.New("revision gap")
+	// ErrDiverged is returned when the history hash a revision (or a
+	// snapshot) declares is not the one computed from the cache's history
+	// and the changes received: the feed is another history than the one
+	// the cache holds (a control endpoint restored from a backup, or
+	// replaced). The cache must be rebuilt from a snapshot.
+	ErrDiverged = errors.New("history diverged")
+)
 
-// ApplyRevisions applies consecutive revisions of the change feed in one
-// bbolt transaction, with the revision: all of them or none.
+// Applier applies revisions of the change feed to the cache, all in one
+// bbolt write transaction, as their parts arrive: nothing is visible until
+// Commit, which records the last revision and its history hash; Abort (or
+// a revision left incomplete) leaves the cache as it was. Each revision's
+// history hash is computed over the changes applied and checked against
+// the one the feed declares. An Applier holds the store's writer lock
+// until Commit or Abort; it is not safe for concurrent use.
+type Applier struct {
+	s    *Store
+	file *cacheFile
+	tx   *bolt.Tx
+	rev  uint64 // the last revision applied whole
+	hash string // its history hash
+	n    int    // revisions applied whole
+
+	open    *tenancy.RevisionHash // the revision being applied; nil between revisions
+	openRev uint64
+}
+
+// BeginApply starts applying revisions on top of the cache.
+func (s *Store) BeginApply() (*Applier, error) {
+	s.mu.Lock()
+	f := s.file.Load()
+	tx, err := f.db.Begin(true)
+	if err != nil {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("begin apply: %w", err)
+	}
+	return &Applier{s: s, file: f, tx: tx, rev: tenancy.Revision(tx), hash: tenancy.HeadHash(tx)}, nil
+}
+
+// Revision is the last revision applied whole (the cache's revision when
+// none was).
+func (a *Applier) Revision() uint64 { return a.rev }
+
+// Applied is the number of revisions applied whole.
+func (a *Applier) Applied() int { return a.n }
+
+// Partial reports whether a revision has parts applied and more to come.
+func (a *Applier) Partial() bool { return a.open != nil }
+
+// Add applies one revision line (a revision, or one part of it) and
+// reports whether it completed its revision. A line that carries a hash is
+// checked against the computed one (ErrDiverged). Damage found in the
+// cache while applying marks it corrupt. After an error the Applier must
+// be aborted.
+func (a *Applier) Add(l tenancy.FeedLine) (complete bool, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil { // bbolt panics on damaged pages
+			err = fmt.Errorf("%w: applying revision %d: %v", tenancy.ErrDamaged, l.Revision, r)
+		}
+		if errors.Is(err, tenancy.ErrDamaged) {
+			a.s.markCorrupt(a.file, err)
+		}
+	}()
+	if a.open == nil {
+		if l.Revision != a.rev+1 {
+			return false, fmt.Errorf("%w: cache at %d, feed sent %d", ErrGap, a.rev, l.Revision)
+		}
+		a.open, a.openRev = tenancy.NewRevisionHash(a.hash, l.Revision), l.Revision
+	} else if l.Revision != a.openRev {
+		return false, fmt.Errorf("%w: revision %d was cut: revision %d follows its parts", ErrGap, a.openRev, l.Revision)
+	}
+	if err := applyChanges(a.tx, l, a.open); err != nil {
+		return false, err
+	}
+	if l.More {
+		return false, nil
+	}
+	sum := a.open.Sum()
+	if l.Hash != "" && l.Hash != sum {
+		return false, fmt.Errorf("%w: revision %d declares history hash %.12s, its changes on top of the cache's history give %.12s", ErrDiverged, l.Revision, l.Hash, sum)
+	}
+	a.rev, a.hash, a.open = l.Revision, sum, nil
+	a.n++
+	return true, nil
+}
+
+// applyChanges applies the changes of a revision line in tx, adding them
+// to the revision's hash.
+func applyChanges(tx *bolt.Tx, l tenancy.FeedLine, h *tenancy.RevisionHash) error {
+	w, err := tenancy.NewWriter(tx, l.Revision) // one per line: it records a line's changes only
+	if err != nil {
+		return err
+	}
+	for i, c := range l.Changes {
+		if err := w.ApplyChange(c); err != nil {
+			return fmt.Errorf("revision %d change %d (%s %s/%s): %w", l.Revision, i, c.Op, c.Collection, c.ID, err)
+		}
+		h.Add(c)
+	}
+	return nil
+}
+
+// Commit makes the revisions applied whole durable and visible, with the
+// last one's revision, history hash and the sync time. A revision left
+// incomplete fails the commit (and nothing is applied).
+func (a *Applier) Commit(syncedAt time.Time) error {
+	if a.tx == nil {
+		return errors.New("apply: already committed or aborted")
+	}
+	if a.open != nil {
+		rev := a.openRev
+		a.Abort()
+		return fmt.Errorf("%w: revision %d incomplete (more parts were announced)", ErrGap, rev)
+	}
+	if a.n == 0 {
+		a.Abort()
+		return nil
+	}
+	err := tenancy.SetRevision(a.tx, a.rev)
+	if err == nil {
+		err = tenancy.SetChainHash(a.tx, a.hash)
+	}
+	if err == nil {
+		err = a.tx.Bucket([]byte("meta")).Put(metaSyncedAt, []byte(syncedAt.UTC().Format(time.RFC3339Nano)))
+	}
+	if err != nil {
+		a.Abort()
+		return err
+	}
+	err = a.tx.Commit()
+	a.tx = nil
+	a.s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("commit revision %d: %w", a.rev, err)
+	}
+	a.s.publish(authz.TenancyState{Present: true, Revision: a.rev, SyncedAt: syncedAt})
+	return nil
+}
+
+// Abort discards everything applied; it is a no-op after Commit.
+func (a *Applier) Abort() {
+	if a.tx == nil {
+		return
+	}
+	_ = a.tx.Rollback()
+	a.tx = nil
+	a.s.mu.Unlock()
+}
+
+// ApplyRevisions applies consecutive revisions of the change feed (whole
+// revisions, or all the parts of each) in one bbolt transaction, with the
+// revision: all of them or none. Lines carrying a history hash are checked
+// against it.
 func (s *Store) ApplyRevisions(lines []tenancy.FeedLine, syncedAt time.Time) error {
 	if len(lines) == 0 {
 		return nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	db := s.db.Load()
-	var rev uint64
-	err := db.Update(func(tx *bolt.Tx) error {
-		rev = tenancy.Revision(tx)
-		for _, l := range lines {
-			if l.Revision != rev+1 {
-				return fmt.Errorf("%w: cache at %d, feed sent %d", ErrGap, rev, l.Revision)
-			}
-			w, err := tenancy.NewWriter(tx, l.Revision)
-			if err != nil {
-				return err
-			}
-			for i, c := range l.Changes {
-				if err := w.ApplyChange(c); err != nil {
-					return fmt.Errorf("revision %d change %d (%s %s/%s): %w", l.Revision, i, c.Op, c.Collection, c.ID, err)
-				}
-			}
-			rev = l.Revision
-		}
-		if err := tenancy.SetRevision(tx, rev); err != nil {
-			return err
-		}
-		return tx.Bucket([]byte("meta")).Put(metaSyncedAt, []byte(syncedAt.UTC().Format(time.RFC3339Nano)))
-	})
+	a, err := s.BeginApply()
 	if err != nil {
 		return err
 	}
-	s.publish(authz.TenancyState{Present: true, Revision: rev, SyncedAt: syncedAt})
-	return nil
+	for _, l := range lines {
+		if _, err := a.Add(l); err != nil {
+			a.Abort()
+			return err
+		}
+	}
+	return a.Commit(syncedAt)
 }
 
 // persistSyncedAt records the last time the data was known current, so a
@@ -62,35 +194,44 @@ func (s *Store) ApplyRevisions(lines []tenancy.FeedLine, syncedAt time.Time) err
 func (s *Store) persistSyncedAt(t time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.db.Load().Update(func(tx *bolt.Tx) error {
+	return s.db().Update(func(tx *bolt.Tx) error {
 		return tx.Bucket([]byte("meta")).Put(metaSyncedAt, []byte(t.UTC().Format(time.RFC3339Nano)))
 	})
 }
 
-// snapshotChunk is how many entities go into one transaction while a
-// snapshot file is built: bounded memory (a transaction holds its dirty
-// pages) whatever the data size.
+// snapshotChunk is how many entities or changes go into one transaction
+// while a snapshot file is built: bounded memory (a transaction holds its
+// dirty pages) whatever the data size.
 const snapshotChunk = 2000
 
 // snapshotResidentBudget: above this much resident file-backed memory, the
 // snapshot file's mapped pages are dropped after a transaction.
 const snapshotResidentBudget = 64 << 20
 
-// SnapshotBuilder writes a snapshot into a new file. Nothing is visible
-// until Commit swaps the file in; Abort discards it.
+// SnapshotBuilder writes a snapshot into a new file: its entities, then
+// the revisions committed while they were read, each checked against the
+// history hash chain from the snapshot's start. Nothing is visible until
+// Commit swaps the file in; Abort discards it.
 type SnapshotBuilder struct {
 	s     *Store
 	path  string
 	db    *bolt.DB
 	tx    *bolt.Tx
 	w     *tenancy.Writer
-	rev   uint64
+	rev   uint64 // the snapshot's revision so far: its start, then the last revision replayed whole
+	hash  string // the history hash at rev
 	epoch string
-	n     uint64
+	n     uint64 // entities
+	ops   int    // entities and changes in the open transaction
+
+	open     *tenancy.RevisionHash // a revision being replayed
+	openRev  uint64
+	replayed bool // revisions came: no more entities
 }
 
-// BeginSnapshot starts a new cache file for a snapshot at rev.
-func (s *Store) BeginSnapshot(rev uint64, epoch string) (*SnapshotBuilder, error) {
+// BeginSnapshot starts a new cache file for a snapshot starting at rev of
+// the history epoch, whose history hash at rev is hash.
+func (s *Store) BeginSnapshot(rev uint64, epoch, hash string) (*SnapshotBuilder, error) {
 	path := s.path + ".snapshot"
 	_ = os.Remove(path)
 	// NoSync while building (Commit syncs once); the freelist IS written, so
@@ -99,7 +240,7 @@ func (s *Store) BeginSnapshot(rev uint64, epoch string) (*SnapshotBuilder, error
 	if err != nil {
 		return nil, fmt.Errorf("snapshot file: %w", err)
 	}
-	b := &SnapshotBuilder{s: s, path: path, db: db, rev: rev, epoch: epoch}
+	b := &SnapshotBuilder{s: s, path: path, db: db, rev: rev, epoch: epoch, hash: hash}
 	if err := db.Update(tenancy.Init); err != nil {
 		b.Abort()
 		return nil, err
@@ -107,25 +248,70 @@ func (s *Store) BeginSnapshot(rev uint64, epoch string) (*SnapshotBuilder, error
 	return b, nil
 }
 
+func (b *SnapshotBuilder) begin() error {
+	if b.tx != nil {
+		return nil
+	}
+	tx, err := b.db.Begin(true)
+	if err != nil {
+		return err
+	}
+	w, err := tenancy.NewWriter(tx, b.rev)
+	if err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	b.tx, b.w = tx, w
+	return nil
+}
+
 // Put adds one entity line.
 func (b *SnapshotBuilder) Put(l tenancy.FeedLine) error {
-	if b.tx == nil {
-		tx, err := b.db.Begin(true)
-		if err != nil {
-			return err
-		}
-		w, err := tenancy.NewWriter(tx, b.rev)
-		if err != nil {
-			_ = tx.Rollback()
-			return err
-		}
-		b.tx, b.w = tx, w
+	if b.replayed {
+		return fmt.Errorf("snapshot entity %s/%s after its revisions", l.Collection, l.ID)
+	}
+	if err := b.begin(); err != nil {
+		return err
 	}
 	if err := b.w.PutStored(l.Collection, l.ID, l.ModRevision, l.Value); err != nil {
 		return fmt.Errorf("snapshot entity %s/%s: %w", l.Collection, l.ID, err)
 	}
 	b.n++
-	if b.n%snapshotChunk == 0 {
+	return b.spent(1)
+}
+
+// Revision replays one revision line committed while the entities were
+// read (puts and deletes: idempotent over entities read after it).
+func (b *SnapshotBuilder) Revision(l tenancy.FeedLine) error {
+	if b.open == nil {
+		if l.Revision != b.rev+1 {
+			return fmt.Errorf("%w: snapshot at %d, replayed revision %d", ErrGap, b.rev, l.Revision)
+		}
+		b.open, b.openRev = tenancy.NewRevisionHash(b.hash, l.Revision), l.Revision
+		b.replayed = true
+	} else if l.Revision != b.openRev {
+		return fmt.Errorf("%w: revision %d was cut: revision %d follows its parts", ErrGap, b.openRev, l.Revision)
+	}
+	if err := b.begin(); err != nil {
+		return err
+	}
+	if err := applyChanges(b.tx, l, b.open); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	if !l.More {
+		sum := b.open.Sum()
+		if l.Hash != "" && l.Hash != sum {
+			return fmt.Errorf("%w: snapshot revision %d declares history hash %.12s, computed %.12s", ErrDiverged, l.Revision, l.Hash, sum)
+		}
+		b.rev, b.hash, b.open = l.Revision, sum, nil
+	}
+	return b.spent(len(l.Changes))
+}
+
+// spent counts work in the open transaction and commits it when large.
+func (b *SnapshotBuilder) spent(n int) error {
+	b.ops += n
+	if b.ops >= snapshotChunk {
 		return b.flush()
 	}
 	return nil
@@ -134,7 +320,12 @@ func (b *SnapshotBuilder) Put(l tenancy.FeedLine) error {
 // Count is the number of entities put so far.
 func (b *SnapshotBuilder) Count() uint64 { return b.n }
 
+// End returns the revision the snapshot is at and its history hash: the
+// start, or the last revision replayed whole.
+func (b *SnapshotBuilder) End() (uint64, string) { return b.rev, b.hash }
+
 func (b *SnapshotBuilder) flush() error {
+	b.ops = 0
 	if b.tx == nil {
 		return nil
 	}
@@ -158,10 +349,14 @@ func (b *SnapshotBuilder) Abort() {
 	_ = os.Remove(b.path)
 }
 
-// Commit records revision, epoch and sync time, makes the file durable,
-// swaps it in for the current cache and closes the old one once its
-// readers are done.
+// Commit records revision, epoch, history hash and sync time, makes the
+// file durable, swaps it in for the current cache and closes the old one
+// once its readers are done. A revision left incomplete fails it.
 func (b *SnapshotBuilder) Commit(syncedAt time.Time) error {
+	if b.open != nil {
+		b.Abort()
+		return fmt.Errorf("%w: snapshot revision %d incomplete", ErrGap, b.openRev)
+	}
 	if err := b.flush(); err != nil {
 		b.Abort()
 		return err
@@ -171,6 +366,9 @@ func (b *SnapshotBuilder) Commit(syncedAt time.Time) error {
 			return err
 		}
 		if err := tenancy.SetEpoch(tx, b.epoch); err != nil {
+			return err
+		}
+		if err := tenancy.SetChainHash(tx, b.hash); err != nil {
 			return err
 		}
 		return tx.Bucket([]byte("meta")).Put(metaSyncedAt, []byte(syncedAt.UTC().Format(time.RFC3339Nano)))
@@ -188,11 +386,20 @@ func (b *SnapshotBuilder) Commit(syncedAt time.Time) error {
 	return b.s.swap(b.path)
 }
 
-// swap renames a complete file over the cache and reopens it.
+// swap renames a complete file over the cache and reopens it as a new
+// generation: decisions cached from the previous file are never served
+// from this one, whatever its revision.
 func (s *Store) swap(src string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer debug.FreeOSMemory() // a snapshot is a one-off burst of garbage: hand it back now
+	if s.Corrupt() {
+		// keep the damaged file for analysis (it stays open for the
+		// readers still on it)
+		if err := s.setAside(s.path); err != nil {
+			return err
+		}
+	}
 	if err := os.Rename(src, s.path); err != nil {
 		return fmt.Errorf("swap in snapshot: %w", err)
 	}
@@ -204,10 +411,9 @@ func (s *Store) swap(src string) error {
 	if err != nil {
 		return err
 	}
-	old := s.db.Swap(db)
+	old := s.file.Swap(s.newFile(db))
 	s.docs.clear()
-	s.corrupt.Store(false)
 	s.loadState(db)
-	go func() { _ = old.Close() }() // waits for the readers still on the old file
+	go func() { _ = old.db.Close() }() // waits for the readers still on the old file
 	return nil
 }

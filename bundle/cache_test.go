@@ -2,6 +2,7 @@ package bundle_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,5 +94,56 @@ func TestDecisionCacheFollowsData(t *testing.T) {
 	apply(`[{"op":"put","collection":"tenants","value":{"id":"acme","name":"ACME","kind":"service_provider","status":"suspended"}}]`)
 	if check("suspended")["alice accountant in beta"] {
 		t.Fatal("a suspended provider's customer still allowed")
+	}
+}
+
+// TestDecisionCacheAcrossFileSwaps: a decision cached from one cache file
+// is never served once another file was swapped in, even at the same
+// revision, or at a later revision whose documents carry the same mod
+// revisions (a control endpoint that lost its data and was re-provisioned,
+// a damaged file rebuilt).
+func TestDecisionCacheAcrossFileSwaps(t *testing.T) {
+	t.Parallel()
+	const bobDeveloperOnly = `[{"op":"put","collection":"user_grants","value":{"id":"ug-bob","user":"bob","project":"tk","tenant":"beta","roles":["accountant"]}}]`
+	cases := map[string]struct {
+		first, second func(*source)
+	}{
+		"same revision, the grant gone": {
+			first: func(s *source) { s.write(world) },
+			second: func(s *source) {
+				s.write(world[:strings.LastIndex(world, `{"op":"put","collection":"user_grants","value":{"id":"ug-bob"`)] + `{"op":"put","collection":"users","value":{"id":"zed","tenant":"acme"}}]`)
+			},
+		},
+		"same revision, same mod revisions, other roles": {
+			first:  func(s *source) { s.write(world) },
+			second: func(s *source) { s.write(world[:len(world)-1] + "," + bobDeveloperOnly[1:]) },
+		},
+		"later revision, documents of the same mod revision": {
+			first: func(s *source) { s.write(world) },
+			second: func(s *source) {
+				s.write(world[:len(world)-1] + "," + bobDeveloperOnly[1:])
+				s.write(`[{"op":"put","collection":"users","value":{"id":"zed","tenant":"acme"}}]`)
+			},
+		},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			a, b := newSource(t), newSource(t)
+			c.first(a)
+			c.second(b)
+			st := openStore(t, t.TempDir())
+			e := newEngine(t, st, rpVerifier(t), 0)
+			loadSnapshot(t, st, a)
+			for range 2 { // the second answer comes from the decision cache
+				if ok, err := decideDeveloper(t, e, "bob"); !ok || err != nil {
+					t.Fatalf("bob on the first file: %v %v", ok, err)
+				}
+			}
+			loadSnapshot(t, st, b)
+			if ok, err := decideDeveloper(t, e, "bob"); ok || err != nil {
+				t.Fatalf("bob on the second file: allowed=%v err=%v: a decision cached from the replaced file was served", ok, err)
+			}
+		})
 	}
 }

@@ -50,7 +50,7 @@ func buildWorld(b *testing.B, name string, spec worldgen.Spec) (*bundle.Store, *
 			return
 		}
 		defer st.Close()
-		sb, err := st.BeginSnapshot(1, "bench")
+		sb, err := st.BeginSnapshot(1, "bench", tenancy.GenesisHash("bench", 1))
 		if err != nil {
 			bw.err = err
 			return

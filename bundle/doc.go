@@ -6,12 +6,23 @@
 // # Cache file
 //
 // The cache is a bbolt file (<data dir>/tenancy.db) in the layout of package
-// tenancy. A snapshot is written into a new file and swapped in atomically
-// once complete; each revision of the change feed is applied in one bbolt
-// transaction together with the revision number, so a crash or a cut stream
-// never leaves a half-applied revision. A file that does not open, has the
-// wrong schema, or fails the background consistency check is set aside
-// (renamed *.corrupt-<time>) and rebuilt from a snapshot.
+// tenancy: every stored value carries a CRC-32C, verified on every read. A
+// snapshot is written into a new file and swapped in atomically once
+// complete; the revisions of the change feed (a revision may arrive in
+// several parts) are applied in one bbolt transaction together with the
+// revision number and its history hash, so a crash or a cut stream never
+// leaves a half-applied revision. Every revision's history hash is
+// recomputed and checked: the cache never splices two histories (a
+// control endpoint restored from a backup makes it re-snapshot).
+//
+// A file is checked against its meta pages before bbolt maps it. A file
+// that does not open, is truncated, has the wrong schema, fails the
+// background consistency check or a value's checksum is damaged: the store
+// stops serving it (not ready; checks answer UNAVAILABLE) until a snapshot
+// replaced it, and it is set aside (renamed *.corrupt-<time>). Every file
+// opened gets a new generation, part of what a cached decision is
+// validated against: a decision made on one file is never served from
+// another, whatever their revisions.
 //
 // # Policy bundles
 //

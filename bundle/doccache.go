@@ -12,11 +12,16 @@ import (
 )
 
 // docCache keeps decoded documents keyed by bucket and key, each tagged with
-// the revision that wrote it. A stored value's revision never changes
-// without its content changing, so a hit whose revision matches is exactly
-// the document in the transaction being read, whatever its revision: no
-// invalidation is needed, and a swapped-in snapshot file is safe because
-// cleared explicitly.
+// the file generation it was read from and the stamp of its stored value
+// (the revision that wrote it and its checksum). Within one file a stored
+// value's revision never changes without its content changing, so a hit
+// whose generation and stamp match is exactly the document in the
+// transaction being read, whatever its revision: no invalidation is
+// needed. A swapped-in file (a new generation) never matches an entry of
+// another; the cache is also cleared then, to free memory.
+//
+// Every stored value is verified against its checksum on every read, hit
+// or miss: damage is found as soon as a damaged value is read.
 type docCache struct {
 	seed   maphash.Seed
 	shards [64]docShard
@@ -30,7 +35,9 @@ type docShard struct {
 }
 
 type docEntry struct {
+	gen uint64
 	rev uint64
+	sum uint32
 	val ast.Value
 }
 
@@ -52,9 +59,13 @@ func (c *docCache) clear() {
 	}
 }
 
-// decode returns the document of a stored value (revision-prefixed JSON).
-func (c *docCache) decode(bucket string, key, raw []byte) (ast.Value, error) {
-	rev, doc := tenancy.ModRevision(raw)
+// decode returns the document of a stored value read from the file of
+// generation gen; a damaged value is an error wrapping tenancy.ErrDamaged.
+func (c *docCache) decode(gen uint64, bucket string, key, raw []byte) (ast.Value, error) {
+	rev, sum, doc, err := tenancy.OpenValue(key, raw)
+	if err != nil {
+		return nil, err
+	}
 	if c.max == 0 {
 		return decodeJSON(doc)
 	}
@@ -71,7 +82,7 @@ func (c *docCache) decode(bucket string, key, raw []byte) (ast.Value, error) {
 		e, ok = sh.prev[ck]
 	}
 	sh.mu.RUnlock()
-	if ok && e.rev == rev {
+	if ok && e.gen == gen && e.rev == rev && e.sum == sum {
 		return e.val, nil
 	}
 	val, err := decodeJSON(doc)
@@ -85,7 +96,7 @@ func (c *docCache) decode(bucket string, key, raw []byte) (ast.Value, error) {
 	if len(sh.cur) >= c.max {
 		sh.prev, sh.cur = sh.cur, make(map[string]docEntry, c.max)
 	}
-	sh.cur[ck] = docEntry{rev: rev, val: val}
+	sh.cur[ck] = docEntry{gen: gen, rev: rev, sum: sum, val: val}
 	sh.mu.Unlock()
 	return val, nil
 }

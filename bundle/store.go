@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,17 +57,28 @@ type Store struct {
 	path   string
 
 	mu   sync.Mutex // serializes swaps and writes
-	db   atomic.Pointer[bolt.DB]
+	file atomic.Pointer[cacheFile]
+	gens atomic.Uint64 // the last generation given to a file
 	docs *docCache
 
 	state   atomic.Pointer[authz.TenancyState]
 	changed atomic.Pointer[chan struct{}] // closed when the revision advances
 	epoch   atomic.Pointer[string]
+	txnIDs  atomic.Uint64
+}
 
-	corrupt    atomic.Bool                   // set when a read or check found damage
-	damaged    atomic.Pointer[chan struct{}] // closed when corrupt is set
-	txnIDs     atomic.Uint64
-	generation atomic.Uint64 // incremented when a new file is swapped in
+// cacheFile is the open cache file and its generation: a number that no
+// other file opened by this Store had, so that what was read from one file
+// is never taken for what another holds, even at the same revision.
+type cacheFile struct {
+	db      *bolt.DB
+	gen     uint64
+	corrupt atomic.Bool   // set when a read or check found damage
+	damaged chan struct{} // closed when corrupt is set
+}
+
+func (s *Store) newFile(db *bolt.DB) *cacheFile {
+	return &cacheFile{db: db, gen: s.gens.Add(1), damaged: make(chan struct{})}
 }
 
 var (
@@ -94,8 +106,6 @@ func OpenStore(cfg StoreConfig, logger *slog.Logger) (*Store, error) {
 	s := &Store{cfg: cfg, logger: logger, path: filepath.Join(cfg.Dir, CacheFile), docs: newDocCache(cfg.CacheEntries)}
 	ch := make(chan struct{})
 	s.changed.Store(&ch)
-	dmg := make(chan struct{})
-	s.damaged.Store(&dmg)
 	empty := ""
 	s.epoch.Store(&empty)
 	db, err := s.openFile(s.path)
@@ -112,19 +122,29 @@ func OpenStore(cfg StoreConfig, logger *slog.Logger) (*Store, error) {
 			return nil, err
 		}
 	}
-	s.db.Store(db)
+	s.file.Store(s.newFile(db))
 	s.loadState(db)
 	return s, nil
 }
 
-// openFile opens a cache file and checks its schema; an empty file is
-// initialized.
+// db returns the open cache file.
+func (s *Store) db() *bolt.DB { return s.file.Load().db }
+
+// openFile opens a cache file and checks its size against its meta pages
+// (before bbolt maps it) and its schema; an empty file is initialized.
 func (s *Store) openFile(path string) (db *bolt.DB, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true)) // a fault in the mapped file panics, recovered below
 	defer func() {
 		if r := recover(); r != nil { // bbolt panics on some damaged files
-			err = fmt.Errorf("open %q: damaged file: %v", path, r)
+			if db != nil {
+				_ = db.Close()
+			}
+			db, err = nil, fmt.Errorf("open %q: damaged file: %v", path, r)
 		}
 	}()
+	if err := checkFileSize(path); err != nil {
+		return nil, fmt.Errorf("open %q: %w", path, err)
+	}
 	// The freelist is synced (the default): with NoFreelistSync, opening a
 	// file walks every page to rebuild it, which makes start-up time and
 	// resident memory grow with the data.
@@ -135,6 +155,9 @@ func (s *Store) openFile(path string) (db *bolt.DB, err error) {
 	err = db.Update(func(tx *bolt.Tx) error {
 		if tx.Bucket([]byte("meta")) == nil {
 			return tenancy.Init(tx)
+		}
+		if v := tenancy.Schema(tx); v != tenancy.SchemaVersion {
+			return fmt.Errorf("cache schema %q, want %q", v, tenancy.SchemaVersion)
 		}
 		return tenancy.Check(tx)
 	})
@@ -150,7 +173,7 @@ func (s *Store) setAside(path string) error {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	dst := fmt.Sprintf("%s.corrupt-%d", path, s.cfg.Now().Unix())
+	dst := fmt.Sprintf("%s.corrupt-%d", path, s.cfg.Now().UnixNano())
 	if err := os.Rename(path, dst); err != nil {
 		return fmt.Errorf("set aside damaged cache %q: %w", path, err)
 	}
@@ -181,7 +204,14 @@ func (s *Store) loadState(db *bolt.DB) {
 }
 
 // publish installs a new state and wakes revision waiters when it advanced.
+// Data known to be damaged is never present.
 func (s *Store) publish(st authz.TenancyState) {
+	if s.Corrupt() {
+		st.Present = false
+		if st.LastError == "" {
+			st.LastError = errDamagedState
+		}
+	}
 	prev := s.state.Swap(&st)
 	if prev == nil || st.Revision != prev.Revision || st.Present != prev.Present {
 		ch := make(chan struct{})
@@ -231,28 +261,44 @@ func (s *Store) setError(msg string) {
 func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if db := s.db.Load(); db != nil {
-		return db.Close()
+	if f := s.file.Load(); f != nil {
+		return f.db.Close()
 	}
 	return nil
 }
 
-// Corrupt reports whether damage was detected since the file was opened.
-func (s *Store) Corrupt() bool { return s.corrupt.Load() }
+// Corrupt reports whether damage was detected in the current file since it
+// was opened.
+func (s *Store) Corrupt() bool { return s.file.Load().corrupt.Load() }
 
 // Damaged returns a channel closed once damage is detected in the current
 // file (the syncer then stops following the feed and rebuilds).
-func (s *Store) Damaged() <-chan struct{} { return *s.damaged.Load() }
+func (s *Store) Damaged() <-chan struct{} { return s.file.Load().damaged }
 
-// markCorrupt records damage in the current file.
-func (s *Store) markCorrupt() {
-	if s.corrupt.CompareAndSwap(false, true) {
-		close(*s.damaged.Load())
+// errDamagedState is the state's LastError while the data is damaged.
+const errDamagedState = "tenancy cache damaged: not deciding from it until it is rebuilt from a snapshot"
+
+// markCorrupt records damage in the current file: the data is no longer
+// present (not ready, checks answer UNAVAILABLE) until a snapshot replaces
+// the file, and the syncer is told to rebuild it.
+// Damage found in a file that was swapped out meanwhile is only logged.
+func (s *Store) markCorrupt(f *cacheFile, cause any) {
+	if !f.corrupt.CompareAndSwap(false, true) {
+		return
+	}
+	s.logger.Error("tenancy cache damaged; not deciding from it until it is rebuilt", "path", s.path, "generation", f.gen, "err", fmt.Sprint(cause))
+	close(f.damaged)
+	if s.file.Load() == f {
+		st := s.State()
+		st.LastError = fmt.Sprintf("%s: %v", errDamagedState, cause)
+		s.publish(st)
 	}
 }
 
-// CheckFile runs bbolt's consistency check over the whole file. It is slow
-// on large files; the syncer runs it in the background after start.
+// CheckFile runs bbolt's consistency check over the whole file, then
+// verifies the checksum of every stored value (bbolt has none on data
+// pages). It is slow on large files; the syncer runs it in the background
+// after start. Damage found marks the store corrupt.
 //
 // bbolt's check reads the freelist that write transactions change, so it
 // holds the writer lock: applying revisions waits until it is done, while
@@ -260,8 +306,9 @@ func (s *Store) markCorrupt() {
 func (s *Store) CheckFile() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	db := s.db.Load()
-	err := db.View(func(tx *bolt.Tx) (err error) {
+	f := s.file.Load()
+	err := f.db.View(func(tx *bolt.Tx) (err error) {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 		defer func() {
 			if r := recover(); r != nil {
 				err = fmt.Errorf("consistency check: %v", r)
@@ -270,10 +317,10 @@ func (s *Store) CheckFile() error {
 		for e := range tx.Check() {
 			return e
 		}
-		return nil
+		return tenancy.VerifyFile(tx)
 	})
 	if err != nil {
-		s.markCorrupt()
+		s.markCorrupt(f, err)
 	}
 	return err
 }
@@ -293,7 +340,7 @@ func (s *Store) FileSize() int64 {
 // cache and come back on the next read without I/O. It holds a read
 // transaction, so the map cannot be replaced meanwhile.
 func (s *Store) TrimResident() error {
-	db := s.db.Load()
+	db := s.db()
 	return db.View(func(tx *bolt.Tx) error {
 		return dropPages(db.Info().Data, tx.Size())
 	})
@@ -302,11 +349,11 @@ func (s *Store) TrimResident() error {
 // --- storage.Store ---
 
 type txn struct {
-	id  uint64
-	tx  *bolt.Tx
-	rev uint64
-	gen uint64
-	rec *recording // non-nil while an evaluation's reads are recorded
+	id   uint64
+	tx   *bolt.Tx
+	rev  uint64
+	file *cacheFile // the file tx reads
+	rec  *recording // non-nil while an evaluation's reads are recorded
 }
 
 // recording lists the keyed reads of an evaluation.
@@ -316,11 +363,13 @@ type recording struct {
 }
 
 // dependency is one keyed read: the document (index into tenancy.Docs), its
-// key, and the revision that wrote what was read (0: absent).
+// key, and the stamp of what was read: the revision that wrote it and its
+// checksum (0, 0: absent).
 type dependency struct {
 	doc int
 	key string
 	rev uint64
+	sum uint32
 }
 
 // recorded is what Recorded returns: the reads and the file they were made on.
@@ -339,16 +388,15 @@ func (s *Store) NewTransaction(_ context.Context, params ...storage.TransactionP
 		}
 	}
 	for range 3 {
-		gen := s.generation.Load()
-		db := s.db.Load()
-		tx, err := db.Begin(false)
+		f := s.file.Load()
+		tx, err := f.db.Begin(false)
 		if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
 			continue // swapped for a new snapshot meanwhile
 		}
 		if err != nil {
 			return nil, &storage.Error{Code: storage.InternalErr, Message: "tenancy cache: " + err.Error()}
 		}
-		return &txn{id: s.txnIDs.Add(1), tx: tx, rev: tenancy.Revision(tx), gen: gen}, nil
+		return &txn{id: s.txnIDs.Add(1), tx: tx, rev: tenancy.Revision(tx), file: f}, nil
 	}
 	return nil, &storage.Error{Code: storage.InternalErr, Message: "tenancy cache: file swapped repeatedly"}
 }
@@ -357,6 +405,16 @@ func (s *Store) NewTransaction(_ context.Context, params ...storage.TransactionP
 func (s *Store) TxnRevision(t storage.Transaction) uint64 {
 	if t, ok := t.(*txn); ok {
 		return t.rev
+	}
+	return 0
+}
+
+// TxnGeneration implements authz.Generations: the generation of the file a
+// transaction reads, which changes whenever a new file is swapped in (a
+// snapshot, at any revision).
+func (s *Store) TxnGeneration(t storage.Transaction) uint64 {
+	if t, ok := t.(*txn); ok {
+		return t.file.gen
 	}
 	return 0
 }
@@ -387,15 +445,19 @@ func (s *Store) Read(_ context.Context, t storage.Transaction, path storage.Path
 	if len(path) == 0 || path[0] != authz.TenancyRoot {
 		return nil, notFound(path)
 	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true)) // a fault in the mapped file panics, recovered below
 	defer func() {
 		if r := recover(); r != nil { // bbolt panics on damaged pages
-			s.markCorrupt()
-			s.logger.Error("tenancy cache read failed: damaged file", "path", path.String(), "err", r)
+			s.markCorrupt(tt.file, fmt.Sprintf("reading %s: %v", path, r))
 			v, err = nil, &storage.Error{Code: storage.InternalErr, Message: fmt.Sprintf("tenancy cache damaged: %v", r)}
 		}
 	}()
-	r := reader{s: s, tx: tt.tx, budget: s.cfg.MaxReadEntries, rec: tt.rec}
+	r := reader{s: s, tx: tt.tx, gen: tt.file.gen, budget: s.cfg.MaxReadEntries, rec: tt.rec}
 	val, err := r.read(path[1:])
+	if errors.Is(err, tenancy.ErrDamaged) {
+		s.markCorrupt(tt.file, err)
+		return nil, &storage.Error{Code: storage.InternalErr, Message: "tenancy cache damaged: " + err.Error()}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -413,6 +475,7 @@ func notFound(path storage.Path) *storage.Error {
 type reader struct {
 	s      *Store
 	tx     *bolt.Tx
+	gen    uint64
 	budget int
 	rec    *recording
 }
@@ -518,8 +581,8 @@ func (r *reader) leaf(i int, b *bolt.Bucket, keys []string) (ast.Value, error) {
 	k := joinKey(keys)
 	raw := b.Get(k)
 	if r.rec != nil {
-		rev, _ := tenancy.ModRevision(raw)
-		r.rec.deps = append(r.rec.deps, dependency{doc: i, key: string(k), rev: rev})
+		rev, sum := tenancy.Stamp(raw)
+		r.rec.deps = append(r.rec.deps, dependency{doc: i, key: string(k), rev: rev, sum: sum})
 	}
 	if raw == nil {
 		return nil, nil
@@ -527,7 +590,7 @@ func (r *reader) leaf(i int, b *bolt.Bucket, keys []string) (ast.Value, error) {
 	if err := r.spend(1); err != nil {
 		return nil, err
 	}
-	return r.s.docs.decode(tenancy.Docs[i].Bucket, k, raw)
+	return r.s.docs.decode(r.gen, tenancy.Docs[i].Bucket, k, raw)
 }
 
 // Record implements authz.DependencyTracker.
@@ -543,20 +606,22 @@ func (s *Store) Recorded(t storage.Transaction) (authz.Dependencies, bool) {
 	if !ok || tt.rec == nil || tt.rec.untracked {
 		return nil, false
 	}
-	return recorded{gen: tt.gen, deps: tt.rec.deps}, true
+	return recorded{gen: tt.file.gen, deps: tt.rec.deps}, true
 }
 
-// Unchanged implements authz.DependencyTracker: every recorded read finds
-// the document written by the same revision (or still nothing).
+// Unchanged implements authz.DependencyTracker: in the same file, every
+// recorded read finds a value with the same stamp (revision and checksum),
+// or still nothing. A read recorded on another file never holds.
 func (s *Store) Unchanged(t storage.Transaction, deps authz.Dependencies) (ok bool) {
 	tt, isTxn := t.(*txn)
 	rd, isRec := deps.(recorded)
-	if !isTxn || !isRec || rd.gen != tt.gen {
+	if !isTxn || !isRec || rd.gen != tt.file.gen {
 		return false
 	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			s.markCorrupt()
+			s.markCorrupt(tt.file, fmt.Sprintf("revalidating a cached decision: %v", r))
 			ok = false
 		}
 	}()
@@ -574,8 +639,7 @@ func (s *Store) Unchanged(t storage.Transaction, deps authz.Dependencies) (ok bo
 		if b == nil {
 			return false
 		}
-		rev, _ := tenancy.ModRevision(b.Get([]byte(d.key)))
-		if rev != d.rev {
+		if rev, sum := tenancy.Stamp(b.Get([]byte(d.key))); rev != d.rev || sum != d.sum {
 			return false
 		}
 	}
@@ -587,8 +651,11 @@ func (r *reader) idSet(b *bolt.Bucket, keys []string) (ast.Value, error) {
 	pre := append(joinKey(keys), 0)
 	var terms []*ast.Term
 	c := b.Cursor()
-	for k, _ := c.Seek(pre); k != nil && hasPrefix(k, pre); k, _ = c.Next() {
+	for k, v := c.Seek(pre); k != nil && hasPrefix(k, pre); k, v = c.Next() {
 		if err := r.spend(1); err != nil {
+			return nil, err
+		}
+		if err := tenancy.CheckIndexKey(k, v); err != nil {
 			return nil, err
 		}
 		id := k[len(pre):]
@@ -638,6 +705,9 @@ func (r *reader) subtree(d tenancy.Doc, b *bolt.Bucket, keys []string) (ast.Valu
 		}
 		last := ast.StringTerm(parts[levels-1])
 		if d.IDSet {
+			if err := tenancy.CheckIndexKey(k, v); err != nil {
+				return nil, err
+			}
 			t := obj.Get(last)
 			if t == nil {
 				t = ast.NewTerm(ast.NewArray())
@@ -646,7 +716,7 @@ func (r *reader) subtree(d tenancy.Doc, b *bolt.Bucket, keys []string) (ast.Valu
 			t.Value = t.Value.(*ast.Array).Append(ast.StringTerm(parts[levels]))
 			continue
 		}
-		val, err := r.s.docs.decode(d.Bucket, k, v)
+		val, err := r.s.docs.decode(r.gen, d.Bucket, k, v)
 		if err != nil {
 			return nil, err
 		}
@@ -707,4 +777,14 @@ func indexByte(b []byte, c byte) int {
 		}
 	}
 	return -1
+}
+
+// head returns the revision, history epoch and history hash the cache file
+// records.
+func (s *Store) head() (rev uint64, epoch, hash string, err error) {
+	err = s.db().View(func(tx *bolt.Tx) error {
+		rev, epoch, hash = tenancy.Revision(tx), tenancy.Epoch(tx), tenancy.HeadHash(tx)
+		return nil
+	})
+	return rev, epoch, hash, err
 }

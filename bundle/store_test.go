@@ -32,9 +32,10 @@ const world = `[
 // source is a control-side file: writes go through tenancy.Apply and
 // yield feed lines.
 type source struct {
-	t   testing.TB
-	db  *bolt.DB
-	rev uint64
+	t    testing.TB
+	db   *bolt.DB
+	rev  uint64
+	hash string // history hash at rev
 }
 
 func newSource(t testing.TB) *source {
@@ -47,7 +48,7 @@ func newSource(t testing.TB) *source {
 	if err := db.Update(tenancy.Init); err != nil {
 		t.Fatal(err)
 	}
-	return &source{t: t, db: db}
+	return &source{t: t, db: db, hash: tenancy.GenesisHash("epoch-1", 0)}
 }
 
 func (s *source) write(ops string) tenancy.FeedLine {
@@ -66,12 +67,14 @@ func (s *source) write(ops string) tenancy.FeedLine {
 			return err
 		}
 		line = tenancy.FeedLine{Type: tenancy.LineRevision, Revision: s.rev + 1, Changes: w.Changes()}
+		line.Hash = tenancy.HashRevision(s.hash, line.Revision, line.Changes)
 		return w.Finish()
 	})
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	s.rev++
+	s.hash = line.Hash
 	return line
 }
 
@@ -105,7 +108,7 @@ func openStore(t testing.TB, dir string) *bundle.Store {
 
 func loadSnapshot(t testing.TB, st *bundle.Store, src *source) {
 	t.Helper()
-	b, err := st.BeginSnapshot(src.rev, "epoch-1")
+	b, err := st.BeginSnapshot(src.rev, "epoch-1", src.hash)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,5 +320,39 @@ func TestSecondOpenerDoesNotSetTheFileAside(t *testing.T) {
 	}
 	if v, err := read(t, st, "users", "bob", "tenant"); err != nil || v != "beta" {
 		t.Fatalf("first store after the second open: %v %v", v, err)
+	}
+}
+
+// TestOldSchemaCacheIsSetAside: a cache file of the previous schema (values
+// without checksums) is set aside at open and the store waits for a
+// snapshot, instead of serving values it cannot verify.
+func TestOldSchemaCacheIsSetAside(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	src := newSource(t)
+	src.write(world)
+	st, err := bundle.OpenStore(bundle.StoreConfig{Dir: dir}, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	loadSnapshot(t, st, src)
+	st.Close()
+	db, err := bolt.Open(filepath.Join(dir, bundle.CacheFile), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("meta")).Put([]byte("schema"), []byte(tenancy.LegacySchema))
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st2 := openStore(t, dir)
+	if s := st2.State(); s.Present {
+		t.Fatalf("an old-schema cache is served: %+v", s)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, bundle.CacheFile+".corrupt-*")); len(m) != 1 {
+		t.Fatalf("old-schema cache not set aside: %v", m)
 	}
 }

@@ -45,6 +45,10 @@ type SyncConfig struct {
 	HTTPClient *http.Client
 	// Now is a test hook.
 	Now func() time.Time
+	// MaxLineBytes bounds one line of the feed (default 64 MiB). A revision
+	// larger than it arrives in several parts, each a line; a line beyond it
+	// ends the stream with an error.
+	MaxLineBytes int
 	// ResidentBudget: when the process's resident file-backed memory (the
 	// cache file's mapped pages, mostly) exceeds it, the pages are dropped
 	// from the resident set (checked every 2s; default 32 MiB; <0 never).
@@ -73,6 +77,9 @@ func (c *SyncConfig) SetDefaults() {
 	}
 	if c.ResidentBudget == 0 {
 		c.ResidentBudget = 32 << 20
+	}
+	if c.MaxLineBytes == 0 {
+		c.MaxLineBytes = 64 << 20
 	}
 }
 
@@ -122,8 +129,10 @@ func NewSyncer(cfg SyncConfig, store *Store, logger *slog.Logger) *Syncer {
 	return &Syncer{cfg: cfg, store: store, logger: logger, metrics: m}
 }
 
-// errGone means the feed no longer holds the cache's revision (or the
-// control endpoint has another history): a snapshot is needed.
+// errGone means the feed no longer holds the cache's revision, or the
+// control endpoint's history is not the one the cache holds (another
+// epoch, a different history hash, a since ahead of its revision): a
+// snapshot is needed.
 var errGone = errors.New("change history gone")
 
 // Run syncs until ctx is done.
@@ -194,16 +203,24 @@ func (s *Syncer) request(ctx context.Context, path string, q url.Values) (*http.
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", path, err)
 	}
-	if resp.StatusCode == http.StatusGone {
-		resp.Body.Close()
-		return nil, errGone
+	if resp.StatusCode == http.StatusOK {
+		return resp, nil
 	}
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		resp.Body.Close()
-		return nil, fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(b)))
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	resp.Body.Close()
+	var answer struct {
+		Code string `json:"code"`
 	}
-	return resp, nil
+	_ = json.Unmarshal(b, &answer)
+	switch {
+	case resp.StatusCode == http.StatusGone:
+		return nil, fmt.Errorf("%w: %s", errGone, strings.TrimSpace(string(b)))
+	case resp.StatusCode == http.StatusConflict && answer.Code == "ahead":
+		// the control endpoint is behind the cache: not the history the
+		// cache holds (restored from a backup, or replaced)
+		return nil, fmt.Errorf("%w: %s", errGone, strings.TrimSpace(string(b)))
+	}
+	return nil, fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(b)))
 }
 
 // lineReader reads NDJSON lines, each bounded, with an idle timeout.
@@ -211,23 +228,28 @@ type lineReader struct {
 	r    *bufio.Reader
 	body io.Closer
 	idle time.Duration
+	max  int
 }
-
-// maxLine bounds one line (a revision of up to 10,000 changes fits).
-const maxLine = 64 << 20
 
 func (lr *lineReader) next() (tenancy.FeedLine, error) {
 	var l tenancy.FeedLine
 	t := time.AfterFunc(lr.idle, func() { lr.body.Close() })
 	b, err := lr.r.ReadSlice('\n')
 	var long []byte
-	for errors.Is(err, bufio.ErrBufferFull) && len(long) < maxLine {
+	for errors.Is(err, bufio.ErrBufferFull) {
 		long = append(long, b...)
+		if len(long) > lr.max {
+			t.Stop()
+			return l, fmt.Errorf("a feed line exceeds %d bytes", lr.max)
+		}
 		b, err = lr.r.ReadSlice('\n')
 	}
 	t.Stop()
 	if long != nil {
 		b = append(long, b...)
+	}
+	if len(b) > lr.max {
+		return l, fmt.Errorf("a feed line of %d bytes exceeds %d", len(b), lr.max)
 	}
 	if err != nil {
 		if errors.Is(err, io.EOF) && len(b) > 0 {
@@ -245,10 +267,13 @@ func (lr *lineReader) next() (tenancy.FeedLine, error) {
 func (lr *lineReader) buffered() bool { return lr.r.Buffered() > 0 }
 
 func (s *Syncer) open(resp *http.Response) *lineReader {
-	return &lineReader{r: bufio.NewReaderSize(resp.Body, 1<<20), body: resp.Body, idle: s.cfg.IdleTimeout}
+	return &lineReader{r: bufio.NewReaderSize(resp.Body, min(1<<20, s.cfg.MaxLineBytes)), body: resp.Body, idle: s.cfg.IdleTimeout, max: s.cfg.MaxLineBytes}
 }
 
-// snapshot builds a new cache file from the control endpoint's snapshot.
+// snapshot builds a new cache file from the control endpoint's snapshot:
+// its entities, then the revisions committed while they were read, every
+// one checked against the history hash chain from the header's to the end
+// line's.
 func (s *Syncer) snapshot(ctx context.Context) (err error) {
 	start := time.Now()
 	defer func() {
@@ -268,10 +293,10 @@ func (s *Syncer) snapshot(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
-	if head.Type != tenancy.LineHeader || head.Epoch == "" {
-		return fmt.Errorf("snapshot: first line is %q, want a header with an epoch", head.Type)
+	if head.Type != tenancy.LineHeader || head.Epoch == "" || head.Hash == "" {
+		return fmt.Errorf("snapshot: first line is %q, want a header with an epoch and a history hash", head.Type)
 	}
-	b, err := s.store.BeginSnapshot(head.Revision, head.Epoch)
+	b, err := s.store.BeginSnapshot(head.Revision, head.Epoch, head.Hash)
 	if err != nil {
 		return err
 	}
@@ -288,16 +313,27 @@ func (s *Syncer) snapshot(ctx context.Context) (err error) {
 				return err
 			}
 			continue
-		case tenancy.LineEnd:
-			if l.Count != b.Count() || l.Revision != head.Revision {
+		case tenancy.LineRevision:
+			if !l.More && l.Hash == "" {
 				b.Abort()
-				return fmt.Errorf("snapshot: end line says %d entities at revision %d, received %d at %d", l.Count, l.Revision, b.Count(), head.Revision)
+				return fmt.Errorf("snapshot: revision %d carries no history hash", l.Revision)
+			}
+			if err := b.Revision(l); err != nil {
+				b.Abort()
+				return err
+			}
+			continue
+		case tenancy.LineEnd:
+			rev, hash := b.End()
+			if l.Count != b.Count() || l.Revision != rev || l.Hash == "" || l.Hash != hash {
+				b.Abort()
+				return fmt.Errorf("snapshot: end line says %d entities at revision %d (hash %.12s), received %d at %d (hash %.12s)", l.Count, l.Revision, l.Hash, b.Count(), rev, hash)
 			}
 			if err := b.Commit(s.cfg.Now()); err != nil {
 				return err
 			}
 			s.trim()
-			s.logger.Info("tenancy snapshot applied", "revision", head.Revision, "entities", l.Count, "duration", time.Since(start))
+			s.logger.Info("tenancy snapshot applied", "revision", rev, "start_revision", head.Revision, "entities", l.Count, "duration", time.Since(start))
 			return nil
 		default:
 			b.Abort()
@@ -310,20 +346,28 @@ func (s *Syncer) snapshot(ctx context.Context) (err error) {
 const maxGroup = 512
 
 // follow streams changes after the cache's revision until the stream ends.
-// It reports whether any revision was applied or heartbeat received.
+// It reports whether any revision was applied or heartbeat received. The
+// parts of a revision, and revisions already received, are applied in one
+// transaction; a stream cut inside a revision leaves nothing of it. A
+// revision whose history hash does not follow the cache's ends it with
+// errGone.
 func (s *Syncer) follow(ctx context.Context) (progressed bool, err error) {
 	// damage found in the cache ends the stream: the loop rebuilds it
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	damaged := s.store.Damaged()
 	go func() {
 		select {
-		case <-s.store.Damaged():
+		case <-damaged:
 			cancel()
 		case <-ctx.Done():
 		}
 	}()
-	st := s.store.State()
-	q := url.Values{"since": {strconv.FormatUint(st.Revision, 10)}, "epoch": {s.store.Epoch()}}
+	rev, epoch, hash, err := s.store.head()
+	if err != nil {
+		return false, err
+	}
+	q := url.Values{"since": {strconv.FormatUint(rev, 10)}, "epoch": {epoch}, "hash": {hash}}
 	resp, err := s.request(ctx, "/v1/sync/changes", q)
 	if err != nil {
 		return false, err
@@ -337,11 +381,33 @@ func (s *Syncer) follow(ctx context.Context) (progressed bool, err error) {
 	if head.Type != tenancy.LineHeader {
 		return false, fmt.Errorf("changes: first line is %q, want a header", head.Type)
 	}
-	if head.Epoch != "" && head.Epoch != s.store.Epoch() {
+	if head.Epoch != "" && head.Epoch != epoch {
 		return false, errGone
 	}
 	s.heard(head.Revision)
-	var group []tenancy.FeedLine
+
+	var a *Applier
+	var applyStart time.Time
+	defer func() {
+		if a != nil {
+			a.Abort() // a cut revision, or an error: nothing of it is applied
+		}
+	}()
+	commit := func() error {
+		now := s.cfg.Now()
+		n, last := a.Applied(), a.Revision()
+		err := a.Commit(now)
+		a = nil
+		if err != nil {
+			return err
+		}
+		s.lastPersist = now
+		s.metrics.apply.Observe(time.Since(applyStart).Seconds())
+		s.metrics.applied.Add(float64(n))
+		s.metrics.lag.Set(0)
+		s.logger.Debug("tenancy revisions applied", "revisions", n, "to", last, "duration", time.Since(applyStart))
+		return nil
+	}
 	for {
 		l, err := lr.next()
 		if err != nil {
@@ -355,37 +421,45 @@ func (s *Syncer) follow(ctx context.Context) (progressed bool, err error) {
 		}
 		switch l.Type {
 		case tenancy.LineRevision:
-			group = append(group, l)
-			if lr.buffered() && len(group) < maxGroup {
-				continue // more revisions already here: apply them in one transaction
+			if !l.More && l.Hash == "" {
+				return progressed, fmt.Errorf("changes: revision %d carries no history hash (a control endpoint too old for this sidecar?)", l.Revision)
 			}
-			if err := s.applyGroup(group); err != nil {
+			if a == nil {
+				if a, err = s.store.BeginApply(); err != nil {
+					return progressed, err
+				}
+				applyStart = time.Now()
+			}
+			complete, err := a.Add(l)
+			if errors.Is(err, ErrDiverged) {
+				s.logger.Warn("the control endpoint's history is not the cache's; taking a snapshot", "err", err)
+				return progressed, fmt.Errorf("%w: %w", errGone, err)
+			}
+			if err != nil {
 				return progressed, err
 			}
-			group = group[:0]
+			if !complete || (lr.buffered() && a.Applied() < maxGroup) {
+				continue // more parts, or more revisions already here: apply them in one transaction
+			}
+			if err := commit(); err != nil {
+				return progressed, err
+			}
 			progressed = true
 		case tenancy.LineHeartbeat:
+			if a != nil && a.Partial() {
+				return progressed, fmt.Errorf("changes: heartbeat inside revision %d", l.Revision)
+			}
+			if a != nil {
+				if err := commit(); err != nil {
+					return progressed, err
+				}
+			}
 			progressed = true
 			s.heard(l.Revision)
 		default:
 			return progressed, fmt.Errorf("changes: unexpected %q line", l.Type)
 		}
 	}
-}
-
-func (s *Syncer) applyGroup(group []tenancy.FeedLine) error {
-	start := time.Now()
-	now := s.cfg.Now()
-	if err := s.store.ApplyRevisions(group, now); err != nil {
-		return err
-	}
-	s.lastPersist = now
-	s.metrics.apply.Observe(time.Since(start).Seconds())
-	s.metrics.applied.Add(float64(len(group)))
-	last := group[len(group)-1].Revision
-	s.metrics.lag.Set(0)
-	s.logger.Debug("tenancy revisions applied", "from", group[0].Revision, "to", last, "duration", time.Since(start))
-	return nil
 }
 
 // checkInBackground runs the cache file's consistency check, keeping the

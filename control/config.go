@@ -29,6 +29,10 @@ const (
 	DefaultMaxEntityBytes = 1 << 20
 	// DefaultBodyBudgetWait is Config.BodyBudgetWait's default.
 	DefaultBodyBudgetWait = 2 * time.Second
+	// DefaultFeedPartBytes is Config.FeedPartBytes's default: 1 MiB.
+	DefaultFeedPartBytes = 1 << 20
+	// DefaultMaxStreams is Config.MaxStreams's default.
+	DefaultMaxStreams = 4096
 
 	// DBFile is the name of the bbolt file in Config.DataDir.
 	DBFile = "control.db"
@@ -75,6 +79,16 @@ type Config struct {
 	// (bounded by its request's context too) before it is refused with
 	// 503 and Retry-After; default 2s.
 	BodyBudgetWait time.Duration `yaml:"body_budget_wait"`
+	// FeedPartBytes bounds one record of the change feed: a larger revision
+	// is stored and streamed as several parts of about this size (a single
+	// change larger than it is one part); default 1 MiB.
+	FeedPartBytes int `yaml:"feed_part_bytes"`
+	// MaxStreams bounds the sync streams (snapshots and change streams) open
+	// at once; more answer 503 and the sidecar retries. Default 4096.
+	MaxStreams int `yaml:"max_streams"`
+	// StreamWriteTimeout bounds each write to a sync stream's client: a
+	// client that stops reading for longer is cut off. Default 30s.
+	StreamWriteTimeout time.Duration `yaml:"stream_write_timeout"`
 
 	// Now is the clock (test hook); default time.Now.
 	Now func() time.Time `yaml:"-"`
@@ -108,6 +122,15 @@ func (c *Config) SetDefaults() {
 	}
 	if c.BodyBudgetWait == 0 {
 		c.BodyBudgetWait = DefaultBodyBudgetWait
+	}
+	if c.FeedPartBytes == 0 {
+		c.FeedPartBytes = DefaultFeedPartBytes
+	}
+	if c.MaxStreams == 0 {
+		c.MaxStreams = DefaultMaxStreams
+	}
+	if c.StreamWriteTimeout == 0 {
+		c.StreamWriteTimeout = writeTimeout
 	}
 	for i := range c.Issuers {
 		c.Issuers[i].SetDefaults()
@@ -151,6 +174,15 @@ func (c Config) Validate() error {
 	}
 	if c.BodyBudgetWait < 0 {
 		bad("body_budget_wait: %v must not be negative", c.BodyBudgetWait)
+	}
+	if c.FeedPartBytes < 1 {
+		bad("feed_part_bytes: %d must be positive", c.FeedPartBytes)
+	}
+	if c.MaxStreams < 1 {
+		bad("max_streams: %d must be at least 1", c.MaxStreams)
+	}
+	if c.StreamWriteTimeout <= 0 {
+		bad("stream_write_timeout: %v must be positive", c.StreamWriteTimeout)
 	}
 	seen := map[string]bool{}
 	for _, is := range c.Issuers {

@@ -4,12 +4,15 @@
 //
 // The data lives in one bbolt file (<data_dir>/control.db) laid out by
 // package tenancy, plus two buckets of this package: "log" (the change
-// history: 8-byte big-endian revision → JSON tenancy.LogEntry, trimmed to
-// the last `history` revisions) and "bundles" (name → sha256 ‖ tarball).
+// history: each revision in parts of about feed_part_bytes, keyed by the
+// 8-byte big-endian revision and a 4-byte part number → JSON
+// tenancy.LogEntry, trimmed to the last `history` revisions) and "bundles"
+// (name → sha256 ‖ tarball).
 //
 // Every write is one bbolt write transaction: the next revision, the
 // entity changes with the invariants and cascades of tenancy.Apply, the
-// history entry and its trimming. A refused write rolls back whole and
+// revision's history hash (chained from the previous revision's, see
+// tenancy.RevisionHash), the history entry and its trimming. A refused write rolls back whole and
 // leaves the revision unchanged. Each answer carries the revision it
 // produced or read, so a client can wait for its write in decisions
 // (x-gatehouse-min-revision).
@@ -34,20 +37,25 @@
 // reads run in parallel with them. After a commit, the server closes a
 // channel that every change stream waits on (and replaces it), so followers
 // wake at once without polling; streams never hold a read transaction while
-// waiting, and read the history in bounded chunks. A snapshot holds one read
-// transaction for its whole duration (it must be consistent); each write
-// to the client is bounded by a deadline, so a stalled client cannot hold
-// it forever. Serve's end, or Close, ends every open stream.
+// waiting or writing, and read the history in bounded chunks (a revision of
+// any size is streamed part by part). A snapshot reads the entities in
+// pages, each in a short read transaction, then replays the revisions
+// committed meanwhile from the history: a slow reader never pins old pages
+// of the file. Each write to a client is bounded by stream_write_timeout,
+// and at most max_streams sync streams are open at once (more answer 503).
+// Serve's end, or Close, ends every open stream.
 //
 // # Errors
 //
 // API errors answer {"error": "...", "code": "..."}: 400 malformed, 401
 // unauthorized (no or unaccepted token), 403 forbidden, 404 not_found, 409
 // conflict (an invariant) or ahead (since beyond the current revision), 410
-// gone (since older than the retained history, or another epoch), 413
+// gone (since older than the retained history, or another epoch or history
+// hash), 413
 // too_large, 422 invalid (a valid JSON document that is not a valid entity),
 // 500 internal (logged), 503 busy (body_budget_bytes stayed in use by other
-// requests' bodies for body_budget_wait; with Retry-After). New returns errors wrapping ErrConfig for bad
+// requests' bodies for body_budget_wait, or max_streams sync streams are
+// open; with Retry-After). New returns errors wrapping ErrConfig for bad
 // configuration (including unreadable or empty token files) and ErrInUse
 // when another process holds the data file.
 package control

@@ -26,9 +26,9 @@ const (
 	CodeUnauthorized = "unauthorized" // 401: no token, or one that is not accepted
 	CodeForbidden    = "forbidden"    // 403: the token may not do this
 	CodeTooLarge     = "too_large"    // 413: the body exceeds max_entity_bytes or max_body_bytes
-	CodeBusy         = "busy"         // 503: body_budget_bytes is in use by other requests' bodies
-	CodeGone         = "gone"         // 410: since is older than the retained history, or another epoch
+	CodeGone         = "gone"         // 410: since is older than the retained history, or another history (epoch, hash)
 	CodeAhead        = "ahead"        // 409: since is newer than the current revision
+	CodeBusy         = "busy"         // 503: body_budget_bytes is in use by other requests' bodies, or max_streams sync streams are open (retry later)
 	CodeInternal     = "internal"     // 500: a storage failure (logged)
 )
 

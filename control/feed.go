@@ -2,6 +2,7 @@ package control
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,17 +15,22 @@ import (
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
-// writeTimeout bounds each write of a stream to its client: a client that
-// stops reading is cut (and a snapshot's read transaction ends). A
-// variable for tests.
+// writeTimeout is Config.StreamWriteTimeout's default: each write of a
+// stream to its client is bounded, so a client that stops reading is cut.
+// A variable for tests.
 var writeTimeout = 30 * time.Second
 
 // Feed streaming bounds.
 const (
-	// logChunk and logChunkBytes bound what a change stream reads from the
-	// history per read transaction.
-	logChunk      = 256
-	logChunkBytes = 4 << 20
+	// logChunkBytes bounds what a stream reads from the history per read
+	// transaction (at least one record, itself bounded by FeedPartBytes):
+	// what a stream holds while its client is slow.
+	logChunkBytes = 256 << 10
+	// snapshotPage and snapshotPageBytes bound what a snapshot reads per
+	// read transaction: no transaction stays open while writing to the
+	// client, so a slow reader never pins old pages of the file.
+	snapshotPage      = 1000
+	snapshotPageBytes = 256 << 10
 	// ndjson is the media type of the feed.
 	ndjson = "application/x-ndjson"
 )
@@ -33,14 +39,16 @@ const (
 // history while following: it reconnects, gets 410 and re-snapshots.
 var errBehind = errors.New("the stream fell behind the retained history")
 
-// lineWriter writes feed lines to a client, each bounded by writeTimeout.
+// lineWriter writes feed lines to a client, each bounded by a write
+// deadline.
 type lineWriter struct {
-	rc  *http.ResponseController
-	buf *bufio.Writer
+	rc      *http.ResponseController
+	buf     *bufio.Writer
+	timeout time.Duration
 }
 
-func newLineWriter(w http.ResponseWriter) *lineWriter {
-	return &lineWriter{rc: http.NewResponseController(w), buf: bufio.NewWriterSize(w, 64<<10)}
+func newLineWriter(w http.ResponseWriter, timeout time.Duration) *lineWriter {
+	return &lineWriter{rc: http.NewResponseController(w), buf: bufio.NewWriterSize(w, 64<<10), timeout: timeout}
 }
 
 // line encodes one FeedLine into the buffer.
@@ -49,7 +57,7 @@ func (lw *lineWriter) line(l *tenancy.FeedLine) error {
 	if err != nil {
 		return fmt.Errorf("encode %s line: %w", l.Type, err)
 	}
-	_ = lw.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_ = lw.rc.SetWriteDeadline(time.Now().Add(lw.timeout))
 	if _, err := lw.buf.Write(b); err != nil {
 		return err
 	}
@@ -58,7 +66,7 @@ func (lw *lineWriter) line(l *tenancy.FeedLine) error {
 
 // flush sends the buffered lines to the client now.
 func (lw *lineWriter) flush() error {
-	_ = lw.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_ = lw.rc.SetWriteDeadline(time.Now().Add(lw.timeout))
 	if err := lw.buf.Flush(); err != nil {
 		return err
 	}
@@ -76,96 +84,201 @@ func streamHeaders(w http.ResponseWriter, rev uint64) {
 	h.Set(RevisionHeader, strconv.FormatUint(rev, 10))
 }
 
-// handleSnapshot is GET /v1/sync/snapshot: every entity at one revision,
-// from one read transaction, collections in tenancy.Collections order:
-//
-//	{"type":"header","revision":R,"epoch":"E"}
-//	{"type":"entity","collection":...,"id":...,"mod_revision":M,"value":{...}}
-//	{"type":"end","revision":R,"count":N}
-func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request) {
+// openStream authenticates a sync request and takes one of the
+// MaxStreams stream slots; release gives it back.
+func (s *Server) openStream(r *http.Request) (release func(), err error) {
 	p, err := s.authenticate(r)
 	if err == nil {
 		err = requireReader(p, "the sync feed")
 	}
 	if err != nil {
-		s.writeError(w, r, err)
+		return nil, err
+	}
+	if s.streams.Add(1) > int64(s.cfg.MaxStreams) {
+		s.streams.Add(-1)
+		return nil, errorf(http.StatusServiceUnavailable, CodeBusy, "%d sync streams are open (max_streams): retry later", s.cfg.MaxStreams)
+	}
+	return func() { s.streams.Add(-1) }, nil
+}
+
+func (s *Server) refuseStream(w http.ResponseWriter, r *http.Request, err error) {
+	var ae *apiError
+	if errors.As(err, &ae) && ae.code == CodeBusy {
+		w.Header().Set("Retry-After", "1")
+	}
+	s.writeError(w, r, err)
+}
+
+// handleSnapshot is GET /v1/sync/snapshot: every entity, then the
+// revisions committed meanwhile, declared at the last of them (see the
+// protocol in package tenancy):
+//
+//	{"type":"header","revision":S,"epoch":"E","hash":"H(S)"}
+//	{"type":"entity","collection":...,"id":...,"mod_revision":M,"value":{...}}
+//	{"type":"revision",...}   (S+1..R)
+//	{"type":"end","revision":R,"count":N,"hash":"H(R)"}
+//
+// Entities are read in pages, each in a short read transaction: a slow
+// client never holds one open, so writes keep reusing the file's free
+// pages. The revisions S+1..R come from the history; a snapshot that
+// outlives the retained history is cut (the client retries).
+func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request) {
+	release, err := s.openStream(r)
+	if err != nil {
+		s.refuseStream(w, r, err)
 		return
 	}
+	defer release()
 	s.metrics.streams.WithLabelValues(streamSnapshot).Inc()
 	defer s.metrics.streams.WithLabelValues(streamSnapshot).Dec()
-	tx, err := s.db.Begin(false)
+	var start uint64
+	var startHash string
+	err = s.db.View(func(tx *bolt.Tx) error {
+		start, startHash = tenancy.Revision(tx), tenancy.HeadHash(tx)
+		return nil
+	})
 	if err != nil {
 		s.writeError(w, r, fmt.Errorf("begin snapshot: %w", err))
 		return
 	}
-	defer func() { _ = tx.Rollback() }()
-	rev := tenancy.Revision(tx)
-	streamHeaders(w, rev)
-	lw := newLineWriter(w)
-	count, err := writeSnapshot(lw, tx, rev, s.epoch)
+	streamHeaders(w, start)
+	lw := newLineWriter(w, s.cfg.StreamWriteTimeout)
+	end, count, err := s.writeSnapshot(r.Context(), lw, start, startHash)
 	if err == nil {
 		err = lw.flush()
 	}
-	if err != nil {
-		s.logger.Debug("snapshot stream cut", "revision", rev, "sent", count, "err", err)
+	switch {
+	case errors.Is(err, tenancy.ErrDamaged):
+		s.logger.Error("snapshot failed: the data file is damaged", "revision", start, "sent", count, "err", err)
+		return
+	case err != nil:
+		s.logger.Debug("snapshot stream cut", "revision", start, "sent", count, "err", err)
 		return
 	}
-	s.logger.Debug("snapshot sent", "revision", rev, "count", count)
+	s.logger.Debug("snapshot sent", "revision", start, "end_revision", end, "count", count)
 }
 
-// writeSnapshot writes the lines of a snapshot of tx.
-func writeSnapshot(lw *lineWriter, tx *bolt.Tx, rev uint64, epoch string) (uint64, error) {
-	if err := lw.line(&tenancy.FeedLine{Type: tenancy.LineHeader, Revision: rev, Epoch: epoch}); err != nil {
-		return 0, err
+// writeSnapshot writes the lines of a snapshot starting at revision start
+// and returns the revision it ends at and the entities sent.
+func (s *Server) writeSnapshot(ctx context.Context, lw *lineWriter, start uint64, startHash string) (uint64, uint64, error) {
+	if err := lw.line(&tenancy.FeedLine{Type: tenancy.LineHeader, Revision: start, Epoch: s.epoch, Hash: startHash}); err != nil {
+		return 0, 0, err
 	}
 	var count uint64
 	for _, coll := range tenancy.Collections {
-		c := tx.Bucket(entityBucket(coll)).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			mod, doc := tenancy.ModRevision(v)
-			l := tenancy.FeedLine{Type: tenancy.LineEntity, Collection: coll, ID: string(k), ModRevision: mod, Value: doc}
-			if err := lw.line(&l); err != nil {
-				return count, err
+		var after []byte
+		for {
+			if err := ctx.Err(); err != nil {
+				return 0, count, err
 			}
-			count++
+			page, err := s.readPage(coll, after)
+			if err != nil || len(page) == 0 {
+				if err != nil {
+					return 0, count, err
+				}
+				break
+			}
+			for i := range page {
+				if err := lw.line(&page[i]); err != nil {
+					return 0, count, err
+				}
+				count++
+			}
+			after = []byte(page[len(page)-1].ID)
 		}
 	}
-	return count, lw.line(&tenancy.FeedLine{Type: tenancy.LineEnd, Revision: rev, Count: count})
+	// what was committed while the pages were read: replayed over them, it
+	// makes the snapshot exactly the data at end
+	var end uint64
+	var endHash string
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		end, endHash = tenancy.Revision(tx), tenancy.HeadHash(tx)
+		return nil
+	})
+	if end > start {
+		sent, err := s.sendRevisions(lw, start, end)
+		if err != nil {
+			return 0, count, err
+		}
+		if sent != end {
+			return 0, count, fmt.Errorf("%w: the snapshot needs revisions %d to %d, sent up to %d", errBehind, start+1, end, sent)
+		}
+	}
+	return end, count, lw.line(&tenancy.FeedLine{Type: tenancy.LineEnd, Revision: end, Count: count, Hash: endHash})
 }
 
-// handleChanges is GET /v1/sync/changes?since=R[&epoch=E]: a header line,
-// every retained revision after R, then each new revision as it commits,
-// with heartbeat lines while idle. It runs until the client goes away or
-// the server stops.
+// readPage returns the entity lines of collection coll after key `after`
+// (from the first when nil), about one page of them, from one short read
+// transaction.
+func (s *Server) readPage(coll string, after []byte) ([]tenancy.FeedLine, error) {
+	var out []tenancy.FeedLine
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(entityBucket(coll)).Cursor()
+		var k, v []byte
+		if after == nil {
+			k, v = c.First()
+		} else if k, v = c.Seek(after); k != nil && string(k) == string(after) {
+			k, v = c.Next()
+		}
+		size := 0
+		for ; k != nil && len(out) < snapshotPage && size < snapshotPageBytes; k, v = c.Next() {
+			doc, err := tenancy.Document(k, v)
+			if err != nil {
+				return fmt.Errorf("snapshot %s/%s: %w", coll, k, err)
+			}
+			mod, _ := tenancy.ModRevision(v)
+			out = append(out, tenancy.FeedLine{
+				Type: tenancy.LineEntity, Collection: coll, ID: string(k), ModRevision: mod,
+				Value: append(json.RawMessage(nil), doc...),
+			})
+			size += len(v)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// handleChanges is GET /v1/sync/changes?since=R[&epoch=E][&hash=H]: a
+// header line, every retained revision after R, then each new revision as
+// it commits, with heartbeat lines while idle. It runs until the client
+// goes away or the server stops. With epoch and hash, the client's history
+// at R must be this endpoint's (else 410: it re-snapshots).
 func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
-	p, err := s.authenticate(r)
-	if err == nil {
-		err = requireReader(p, "the sync feed")
+	release, err := s.openStream(r)
+	if err != nil {
+		s.refuseStream(w, r, err)
+		return
 	}
+	defer release()
 	var since uint64
 	q := r.URL.Query()
-	if err == nil {
-		v := q.Get("since")
-		if since, err = strconv.ParseUint(v, 10, 64); err != nil {
-			err = badRequest("since=%q: want the revision the client holds (0 for none)", v)
-		}
+	v := q.Get("since")
+	if since, err = strconv.ParseUint(v, 10, 64); err != nil {
+		err = badRequest("since=%q: want the revision the client holds (0 for none)", v)
 	}
 	if err == nil && q.Has("epoch") && q.Get("epoch") != s.epoch {
 		err = errorf(http.StatusGone, CodeGone, "epoch %q is not this control endpoint's history (%s): take a new snapshot", q.Get("epoch"), s.epoch)
 	}
 	var current, oldest uint64
+	var hash string
+	var hashKnown bool
 	if err == nil {
 		err = s.db.View(func(tx *bolt.Tx) error {
 			current, oldest = historyBounds(tx)
+			if since <= current {
+				hash, hashKnown = hashAt(tx, since)
+			}
 			return nil
 		})
 	}
 	switch {
 	case err != nil:
 	case since > current:
-		err = errorf(http.StatusConflict, CodeAhead, "since=%d is ahead of the current revision %d", since, current)
+		err = errorf(http.StatusConflict, CodeAhead, "since=%d is ahead of the current revision %d: this is not the history the client holds; take a new snapshot", since, current)
 	case since+1 < oldest:
 		err = errorf(http.StatusGone, CodeGone, "since=%d is older than the retained history (oldest revision %d): take a new snapshot", since, oldest)
+	case q.Has("hash") && (!hashKnown || q.Get("hash") != hash):
+		err = errorf(http.StatusGone, CodeGone, "the client's revision %d is not this control endpoint's revision %d (history hash differs or is not retained): take a new snapshot", since, since)
 	}
 	if err != nil {
 		s.writeError(w, r, err)
@@ -175,7 +288,7 @@ func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
 	s.metrics.streams.WithLabelValues(streamChanges).Inc()
 	defer s.metrics.streams.WithLabelValues(streamChanges).Dec()
 	streamHeaders(w, current)
-	lw := newLineWriter(w)
+	lw := newLineWriter(w, s.cfg.StreamWriteTimeout)
 	err = lw.line(&tenancy.FeedLine{Type: tenancy.LineHeader, Revision: current, Epoch: s.epoch, Oldest: oldest})
 	if err == nil {
 		err = lw.flush()
@@ -199,7 +312,7 @@ func (s *Server) follow(r *http.Request, lw *lineWriter, last uint64) error {
 	for {
 		published, wake := s.feed.state()
 		if published > last {
-			sent, err := s.sendRevisions(lw, last)
+			sent, err := s.sendRevisions(lw, last, 0)
 			if err != nil {
 				return err
 			}
@@ -229,27 +342,43 @@ func (s *Server) follow(r *http.Request, lw *lineWriter, last uint64) error {
 	}
 }
 
-// sendRevisions sends every history entry after last, flushing after each
-// line, and returns the last revision sent. History read in bounded chunks,
-// no read transaction is held while writing to the client.
-func (s *Server) sendRevisions(lw *lineWriter, last uint64) (uint64, error) {
+// sendRevisions sends the history after revision last, up to revision upto
+// (0: all there is), part by part, flushing after each revision, and
+// returns the last revision sent whole. The history is read in bounded
+// chunks: no read transaction is held while writing to the client, and a
+// revision of any size is never held whole in memory.
+func (s *Server) sendRevisions(lw *lineWriter, last, upto uint64) (uint64, error) {
+	from := u64(last + 1)
+	var part uint32 // the part of revision last+1 expected next
 	for {
-		entries, err := s.readLog(last, logChunk, logChunkBytes)
-		if err != nil || len(entries) == 0 {
+		recs, next, err := s.readLog(from, logChunkBytes)
+		if err != nil || len(recs) == 0 {
 			return last, err
 		}
-		for _, e := range entries {
-			if e.Revision != last+1 {
-				return last, fmt.Errorf("%w: next retained revision is %d, the stream is at %d", errBehind, e.Revision, last)
+		for _, rec := range recs {
+			e := &rec.entry
+			if upto > 0 && e.Revision > upto {
+				return last, nil
 			}
-			l := tenancy.FeedLine{Type: tenancy.LineRevision, Revision: e.Revision, Time: e.Time, Changes: e.Changes}
+			if e.Revision != last+1 || rec.part != part {
+				return last, fmt.Errorf("%w: next retained record is revision %d part %d, the stream is at revision %d part %d", errBehind, e.Revision, rec.part, last+1, part)
+			}
+			l := tenancy.FeedLine{Type: tenancy.LineRevision, Revision: e.Revision, Time: e.Time, Changes: e.Changes, More: e.More && !rec.legacy, Hash: e.Hash}
 			if err := lw.line(&l); err != nil {
 				return last, err
+			}
+			if l.More {
+				part++
+				continue
 			}
 			if err := lw.flush(); err != nil {
 				return last, err
 			}
-			last = e.Revision
+			last, part = e.Revision, 0
 		}
+		if next == nil {
+			return last, nil
+		}
+		from = next
 	}
 }

@@ -353,3 +353,89 @@ func TestConcurrentWritesReachFollowersInOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestChangesHistoryHash: every revision carries its history hash, chained
+// from the previous one; a client resumes only with the hash of the
+// revision it holds (else 410: it holds another history), and a snapshot
+// declares the hash of its revision.
+func TestChangesHistoryHash(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *control.Config) { c.Heartbeat = time.Hour })
+	e.seed()
+	for i := range 4 {
+		e.must("PUT", "/v1/users/h"+strconv.Itoa(i), `{"id":"h`+strconv.Itoa(i)+`","tenant":"gamma"}`)
+	}
+	rev := e.srv.Revision()
+	lines := readLines(t, e, "/v1/sync/changes?since=0", syncToken, int(rev)+1)
+	hashes := map[uint64]string{0: tenancy.GenesisHash(e.srv.Epoch(), 0)}
+	for _, l := range lines[1:] {
+		want := tenancy.HashRevision(hashes[l.Revision-1], l.Revision, l.Changes)
+		if l.Hash != want || l.More {
+			t.Fatalf("revision %d: hash %q more=%v, want the chained hash %q", l.Revision, l.Hash, l.More, want)
+		}
+		hashes[l.Revision] = l.Hash
+	}
+	cases := map[string]struct {
+		since  uint64
+		hash   string
+		status int
+	}{
+		"the hash of since":         {3, hashes[3], 200},
+		"the current revision":      {rev, hashes[rev], 200},
+		"none: revision 0":          {0, hashes[0], 200},
+		"another revision's hash":   {3, hashes[2], 410},
+		"a hash of another history": {rev, tenancy.GenesisHash("elsewhere", rev), 410},
+		"empty":                     {3, "", 410},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			path := "/v1/sync/changes?since=" + strconv.FormatUint(c.since, 10) + "&epoch=" + e.srv.Epoch() + "&hash=" + c.hash
+			if c.status != 200 {
+				if r := e.do("GET", path, syncToken, ""); r.status != c.status || r.errCode() != "gone" {
+					t.Fatalf("got %s, want %d gone", r, c.status)
+				}
+				return
+			}
+			got := readLines(t, e, path, syncToken, int(rev-c.since)+1)
+			if last := got[len(got)-1]; last.Revision != rev || (c.since < rev && last.Hash != hashes[rev]) {
+				t.Fatalf("resumed at %d: last line %+v", c.since, last)
+			}
+		})
+	}
+	snap := e.open("/v1/sync/snapshot", syncToken)
+	var all []tenancy.FeedLine
+	for l := range snap.lines {
+		all = append(all, l)
+	}
+	if head, end := all[0], all[len(all)-1]; head.Hash != hashes[rev] || end.Hash != hashes[rev] || end.Revision != rev {
+		t.Fatalf("snapshot header %+v end %+v, want the hash of revision %d", head, end, rev)
+	}
+}
+
+// TestSyncStreamsAreBounded: at most max_streams sync streams are open at
+// once; more answer 503 (code busy, Retry-After) until one ends.
+func TestSyncStreamsAreBounded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *control.Config) { c.MaxStreams = 2; c.Heartbeat = time.Hour })
+	rev := e.seed()
+	since := "/v1/sync/changes?since=" + strconv.FormatUint(rev, 10)
+	s1 := e.open(since, syncToken)
+	s1.next(t, 5*time.Second)
+	s2 := e.open(since, syncToken)
+	s2.next(t, 5*time.Second)
+	for _, path := range []string{since, "/v1/sync/snapshot"} {
+		r := e.do("GET", path, syncToken, "")
+		if r.status != 503 || r.errCode() != "busy" || r.header.Get("Retry-After") == "" {
+			t.Fatalf("GET %s with 2 streams open: %s (Retry-After %q), want 503 busy", path, r, r.header.Get("Retry-After"))
+		}
+	}
+	s1.cancel()
+	eventually(t, 5*time.Second, "a slot frees when a stream ends", func() bool {
+		return e.do("GET", "/v1/sync/snapshot", syncToken, "").status == 200
+	})
+	e.must("PUT", "/v1/users/z", `{"id":"z","tenant":"gamma"}`)
+	if l := s2.nextRevision(t, 5*time.Second); l.Revision != rev+1 {
+		t.Fatalf("stream after the refusals: %+v", l)
+	}
+}

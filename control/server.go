@@ -63,7 +63,8 @@ type Server struct {
 	rev      atomic.Uint64 // the last committed revision
 	// bodies holds body_budget_bytes: request bodies reserve their size
 	// before they are read.
-	bodies *semaphore.Weighted
+	bodies  *semaphore.Weighted
+	streams atomic.Int64 // sync streams open (bounded by cfg.MaxStreams)
 
 	// ctx ends with Serve or Close: open streams watch it.
 	ctx    context.Context

@@ -67,11 +67,17 @@ func (s *Server) commit(p principal, ops []tenancy.Op) (writeResult, error) {
 	if err != nil {
 		return writeResult{}, err
 	}
+	prev := tenancy.HeadHash(tx) // the history hash of rev-1
 	if err := w.Finish(); err != nil {
 		return writeResult{}, err
 	}
 	changes := w.Changes()
-	if err := appendLog(tx, tenancy.LogEntry{Revision: rev, Time: s.now().UTC(), Changes: changes}, uint64(s.cfg.History)); err != nil {
+	hash := tenancy.HashRevision(prev, rev, changes)
+	if err := tenancy.SetChainHash(tx, hash); err != nil {
+		return writeResult{}, err
+	}
+	rec := revisionRecord{rev: rev, time: s.now().UTC(), changes: changes, prev: prev, hash: hash}
+	if err := appendLog(tx, rec, uint64(s.cfg.History), s.cfg.FeedPartBytes); err != nil {
 		return writeResult{}, err
 	}
 	if err := tx.Commit(); err != nil {
@@ -107,21 +113,78 @@ func (s *Server) applyDelegated(w *tenancy.Writer, p principal, ops []tenancy.Op
 	return r.postcheck(snap, ops, w.Changes())
 }
 
-// appendLog records entry in the change history and drops the revisions
-// beyond the last history ones.
-func appendLog(tx *bolt.Tx, entry tenancy.LogEntry, history uint64) error {
+// The change history (bucket "log"): each revision is stored as one or more
+// parts of bounded size, keyed by the 8-byte big-endian revision and the
+// 4-byte part number, each a JSON tenancy.LogEntry; the last part carries
+// the revision's history hash, the first the hash it follows (Prev). A
+// revision of any size is thus read, and streamed, one bounded part at a
+// time. Files written before parts existed hold entries keyed by the
+// revision alone (one whole revision, no hash); they are streamed as they
+// are and expire with the history.
+
+// revisionRecord is a committed revision about to be recorded.
+type revisionRecord struct {
+	rev     uint64
+	time    time.Time
+	changes []tenancy.Change
+	prev    string
+	hash    string
+}
+
+// historyEntry is a history part as stored: tenancy.LogEntry plus the hash
+// the revision follows (first part only).
+type historyEntry struct {
+	tenancy.LogEntry
+	Prev string `json:"prev,omitempty"`
+}
+
+func partKey(rev uint64, part uint32) []byte {
+	return binary.BigEndian.AppendUint32(u64(rev), part)
+}
+
+// parts splits changes into runs of about maxBytes of JSON (at least one
+// change each; a revision without changes is one empty part).
+func parts(changes []tenancy.Change, maxBytes int) [][]tenancy.Change {
+	var out [][]tenancy.Change
+	start, size := 0, 0
+	for i, c := range changes {
+		n := len(c.Value) + len(c.ID) + len(c.Collection) + 48
+		if i > start && size+n > maxBytes {
+			out = append(out, changes[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	return append(out, changes[start:])
+}
+
+// appendLog records a revision in the change history, in parts of about
+// partBytes, and drops the revisions beyond the last history ones.
+func appendLog(tx *bolt.Tx, r revisionRecord, history uint64, partBytes int) error {
 	b := tx.Bucket(bucketLog)
-	doc, err := json.Marshal(entry)
-	if err != nil {
-		return fmt.Errorf("encode revision %d: %w", entry.Revision, err)
+	ps := parts(r.changes, partBytes)
+	for i, p := range ps {
+		e := historyEntry{LogEntry: tenancy.LogEntry{Revision: r.rev, Time: r.time, Changes: p}}
+		if i == 0 {
+			e.Prev = r.prev
+		}
+		if i < len(ps)-1 {
+			e.More = true
+		} else {
+			e.Hash = r.hash
+		}
+		doc, err := json.Marshal(e)
+		if err != nil {
+			return fmt.Errorf("encode revision %d: %w", r.rev, err)
+		}
+		if err := b.Put(partKey(r.rev, uint32(i)), doc); err != nil {
+			return err
+		}
 	}
-	if err := b.Put(u64(entry.Revision), doc); err != nil {
-		return err
-	}
-	if entry.Revision <= history {
+	if r.rev <= history {
 		return nil
 	}
-	keep := entry.Revision - history + 1 // the oldest revision retained
+	keep := r.rev - history + 1 // the oldest revision retained
 	var drop [][]byte
 	c := b.Cursor()
 	for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) < keep; k, _ = c.Next() {
@@ -145,24 +208,61 @@ func historyBounds(tx *bolt.Tx) (current, oldest uint64) {
 	return current, current + 1
 }
 
-// readLog returns the history entries after revision `after`, in order, at
-// most max of them and about maxBytes, copied out of the transaction.
-func (s *Server) readLog(after uint64, max, maxBytes int) ([]tenancy.LogEntry, error) {
-	var out []tenancy.LogEntry
+// hashAt returns the history hash at revision rev: the file's for the
+// current revision, else the hash the first part of rev+1 follows. ok is
+// false when the history does not know it (rev+1 expired, or recorded
+// before hashing began).
+func hashAt(tx *bolt.Tx, rev uint64) (hash string, ok bool) {
+	if rev == tenancy.Revision(tx) {
+		return tenancy.HeadHash(tx), true
+	}
+	k, v := tx.Bucket(bucketLog).Cursor().Seek(u64(rev + 1))
+	if len(k) != 12 || binary.BigEndian.Uint64(k) != rev+1 || binary.BigEndian.Uint32(k[8:]) != 0 {
+		return "", false
+	}
+	var e struct {
+		Prev string `json:"prev"`
+	}
+	if err := json.Unmarshal(v, &e); err != nil || e.Prev == "" {
+		return "", false
+	}
+	return e.Prev, true
+}
+
+// historyPart is one record read from the history.
+type historyPart struct {
+	part   uint32
+	legacy bool // a whole revision recorded before parts existed
+	entry  tenancy.LogEntry
+}
+
+// readLog returns the history records from key `from` on, in order, about
+// maxBytes of them (at least one when any), copied out of the transaction,
+// and the key following the last one returned.
+func (s *Server) readLog(from []byte, maxBytes int) ([]historyPart, []byte, error) {
+	var out []historyPart
+	var next []byte
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketLog).Cursor()
 		size := 0
-		for k, v := c.Seek(u64(after + 1)); k != nil && len(out) < max && size < maxBytes; k, v = c.Next() {
-			var e tenancy.LogEntry
-			if err := json.Unmarshal(v, &e); err != nil { // copies v
+		k, v := c.Seek(from)
+		for ; k != nil && (len(out) == 0 || size+len(v) <= maxBytes); k, v = c.Next() {
+			p := historyPart{legacy: len(k) == 8}
+			if !p.legacy {
+				p.part = binary.BigEndian.Uint32(k[8:])
+			}
+			if err := json.Unmarshal(v, &p.entry); err != nil { // copies v
 				return fmt.Errorf("decode history revision %d: %w", binary.BigEndian.Uint64(k), err)
 			}
-			out = append(out, e)
+			out = append(out, p)
 			size += len(v)
+		}
+		if k != nil {
+			next = append([]byte(nil), k...)
 		}
 		return nil
 	})
-	return out, err
+	return out, next, err
 }
 
 // setRevision records a committed revision; commits may get here out of

@@ -7,11 +7,13 @@
 // # Layout
 //
 // Entities live in one bucket per collection ("e/<collection>": id → JSON,
-// prefixed by the 8-byte revision that last wrote the value). Secondary
-// indexes ("x/...": composite keys joined by NUL, empty values) make every
-// invariant check and cascade a prefix scan. Policy indexes ("i/...": the
-// documents under data.tenancy.index) are maintained on every write, so
-// policies never scan a collection. The "meta" bucket holds the revision.
+// prefixed by the 8-byte revision that last wrote the value and a CRC-32C,
+// see OpenValue). Secondary indexes ("x/...": composite keys joined by NUL,
+// whose value is the key's CRC-32C) make every invariant check and cascade
+// a prefix scan. Policy indexes ("i/...": the documents under
+// data.tenancy.index) are maintained on every write, so policies never scan
+// a collection. The "meta" bucket holds the schema, the revision, the
+// history epoch and the history hash of the revision (see RevisionHash).
 //
 // Writer applies raw changes and keeps every index in step; Apply adds the
 // invariants and cascades of the control API on top, checking a batch as

@@ -53,3 +53,8 @@ func IsNotFound(err error) bool {
 	var e *Error
 	return errors.As(err, &e) && e.Code == CodeNotFound
 }
+
+// ErrDamaged is wrapped by every error reporting damaged data: a stored
+// value whose checksum does not match, or a file that is not what its
+// schema says.
+var ErrDamaged = errors.New("tenancy data damaged")

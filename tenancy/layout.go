@@ -35,11 +35,23 @@ var (
 	metaRevision = []byte("revision")
 	metaEpoch    = []byte("epoch")
 	metaSchema   = []byte("schema")
+	metaHash     = []byte("hash")
 )
 
-// SchemaVersion is the layout version written by Init. A file with another
+// SchemaVersion is the layout version written by Init on a new file: every
+// stored value carries a checksum (see OpenValue). A file of another
 // version is refused (and, for a cache, rebuilt).
-const SchemaVersion = "gatehouse-tenancy-1"
+const SchemaVersion = "gatehouse-tenancy-2"
+
+// LegacySchema is the previous layout (values without checksums). A control
+// endpoint keeps serving a file of this schema (values it writes gain
+// checksums); a sidecar's cache of this schema is rebuilt.
+const LegacySchema = "gatehouse-tenancy-1"
+
+// knownSchema reports whether Init and Check accept a file of schema v.
+func knownSchema(v []byte) bool {
+	return string(v) == SchemaVersion || string(v) == LegacySchema
+}
 
 func entityBucket(collection string) []byte { return []byte("e/" + collection) }
 
@@ -85,7 +97,7 @@ func Init(tx *bolt.Tx) error {
 		if err := meta.Put(metaSchema, []byte(SchemaVersion)); err != nil {
 			return err
 		}
-	} else if string(v) != SchemaVersion {
+	} else if !knownSchema(v) {
 		return &Error{Status: 500, Code: "schema", Msg: "tenancy file schema " + string(v) + ", want " + SchemaVersion}
 	}
 	for _, c := range Collections {
@@ -107,7 +119,7 @@ func Check(tx *bolt.Tx) error {
 	if meta == nil {
 		return ErrNotInitialized
 	}
-	if v := meta.Get(metaSchema); string(v) != SchemaVersion {
+	if v := meta.Get(metaSchema); !knownSchema(v) {
 		return &Error{Status: 500, Code: "schema", Msg: "tenancy file schema " + string(v) + ", want " + SchemaVersion}
 	}
 	for _, c := range Collections {
@@ -167,20 +179,41 @@ func u64(v uint64) []byte {
 	return b[:]
 }
 
-// ModRevision splits a stored value into the revision that wrote it and the
-// JSON document.
-func ModRevision(v []byte) (uint64, []byte) {
-	if len(v) < 8 {
-		return 0, nil
+// Schema returns the layout version recorded in tx ("" when none).
+func Schema(tx *bolt.Tx) string {
+	if meta := tx.Bucket([]byte(bucketMeta)); meta != nil {
+		return string(meta.Get(metaSchema))
 	}
-	return binary.BigEndian.Uint64(v[:8]), v[8:]
+	return ""
 }
 
-// stored prefixes a JSON document with the revision writing it.
-func stored(rev uint64, doc []byte) []byte {
-	b := make([]byte, 8, 8+len(doc))
-	binary.BigEndian.PutUint64(b, rev)
-	return append(b, doc...)
+// ChainHash returns the history hash of the revision recorded in tx, ""
+// when the file has none (a file written before hashing began). See
+// GenesisHash and HeadHash.
+func ChainHash(tx *bolt.Tx) string {
+	if meta := tx.Bucket([]byte(bucketMeta)); meta != nil {
+		return string(meta.Get(metaHash))
+	}
+	return ""
+}
+
+// SetChainHash records the history hash of the file's revision.
+func SetChainHash(tx *bolt.Tx, h string) error {
+	meta := tx.Bucket([]byte(bucketMeta))
+	if meta == nil {
+		return ErrNotInitialized
+	}
+	return meta.Put(metaHash, []byte(h))
+}
+
+// HeadHash returns the history hash of the revision recorded in tx: the
+// recorded one, or for a file without one the genesis of its epoch at its
+// revision (where its chain starts).
+func HeadHash(tx *bolt.Tx) string {
+	if h := ChainHash(tx); h != "" {
+		return h
+	}
+	return GenesisHash(Epoch(tx), Revision(tx))
 }
 
 // scanPrefix calls fn with the key parts after pre for every key starting

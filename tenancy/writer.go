@@ -29,16 +29,19 @@ const (
 type Writer struct {
 	tx      *bolt.Tx
 	rev     uint64
+	strict  bool // every value read must carry a valid checksum (schema 2)
 	changes []Change
 	buckets map[string]*bolt.Bucket
 }
 
 // NewWriter returns a writer of revision rev in tx (initialized by Init).
+// Values it writes carry checksums; values it reads are verified (a
+// damaged one is an error wrapping ErrDamaged).
 func NewWriter(tx *bolt.Tx, rev uint64) (*Writer, error) {
 	if err := Check(tx); err != nil {
 		return nil, err
 	}
-	return &Writer{tx: tx, rev: rev, buckets: map[string]*bolt.Bucket{}}, nil
+	return &Writer{tx: tx, rev: rev, strict: Schema(tx) == SchemaVersion, buckets: map[string]*bolt.Bucket{}}, nil
 }
 
 // Revision is the revision being written.
@@ -61,7 +64,7 @@ func (w *Writer) bucket(name string) *bolt.Bucket {
 
 // Get returns the entity, or nil when it does not exist.
 func (w *Writer) Get(collection, id string) (Entity, error) {
-	return get(w.bucket("e/"+collection), collection, id)
+	return get(w.bucket("e/"+collection), collection, id, w.strict)
 }
 
 // Get reads one entity from a transaction, nil when it does not exist.
@@ -70,15 +73,18 @@ func Get(tx *bolt.Tx, collection, id string) (Entity, error) {
 	if b == nil {
 		return nil, ErrNotInitialized
 	}
-	return get(b, collection, id)
+	return get(b, collection, id, Schema(tx) == SchemaVersion)
 }
 
-func get(b *bolt.Bucket, collection, id string) (Entity, error) {
+func get(b *bolt.Bucket, collection, id string, strict bool) (Entity, error) {
 	v := b.Get([]byte(id))
 	if v == nil {
 		return nil, nil
 	}
-	_, doc := ModRevision(v)
+	doc, err := decodeValue([]byte(id), v, strict)
+	if err != nil {
+		return nil, fmt.Errorf("%s/%s: %w", collection, id, err)
+	}
 	return DecodeStored(collection, doc)
 }
 
@@ -110,7 +116,8 @@ func (w *Writer) Put(e Entity) error {
 	if err != nil {
 		return err
 	}
-	if err := w.bucket("e/"+e.Collection()).Put([]byte(e.Key()), stored(w.rev, doc)); err != nil {
+	k := []byte(e.Key())
+	if err := w.bucket("e/"+e.Collection()).Put(k, encodeValue(k, w.rev, doc)); err != nil {
 		return err
 	}
 	if err := w.reindex(prev, e); err != nil {
@@ -202,7 +209,7 @@ func (w *Writer) reindex(prev, next Entity) error {
 	}
 	if next != nil {
 		for b, k := range secondaryKeys(next) {
-			if err := w.bucket(b).Put(k, nil); err != nil {
+			if err := w.bucket(b).Put(k, indexValue(k)); err != nil {
 				return err
 			}
 		}
@@ -246,11 +253,11 @@ func (w *Writer) putJSON(bucket string, k []byte, v any) error {
 		return err
 	}
 	if old := b.Get(k); old != nil {
-		if _, oldDoc := ModRevision(old); string(oldDoc) == string(doc) {
+		if _, _, oldDoc, err := OpenValue(k, old); err == nil && string(oldDoc) == string(doc) {
 			return nil // unchanged: keep its revision, and the decoded-value caches keyed by it
 		}
 	}
-	return b.Put(k, stored(w.rev, doc))
+	return b.Put(k, encodeValue(k, w.rev, doc))
 }
 
 // MaxAncestors bounds tenant chains: a tenant has at most 64 ancestors
