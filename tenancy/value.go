@@ -66,18 +66,19 @@ func ModRevision(v []byte) (uint64, []byte) {
 	return binary.BigEndian.Uint64(v), v[8:]
 }
 
-// Stamp returns the revision and checksum a stored value records, without
-// verifying it: (0, 0) for no value. Two values with the same stamp under
-// one key hold the same document (up to a checksum collision between two
-// documents written by the same revision, which a revision never does).
-func Stamp(v []byte) (rev uint64, sum uint32) {
+// ValueStamp returns the revision and checksum a stored value records,
+// without verifying it: the zero Stamp for no value (nil). Two values with
+// the same stamp under one key hold the same document (up to a checksum
+// collision between two documents written by the same revision, which a
+// revision never does). A schema 1 value has a revision and no checksum.
+func ValueStamp(v []byte) Stamp {
 	if len(v) < valueHeader || v[8] != valueTag {
 		if len(v) >= 8 {
-			return binary.BigEndian.Uint64(v), 0
+			return Stamp{Rev: binary.BigEndian.Uint64(v)}
 		}
-		return 0, 0
+		return Stamp{}
 	}
-	return binary.BigEndian.Uint64(v), binary.BigEndian.Uint32(v[9:])
+	return Stamp{Rev: binary.BigEndian.Uint64(v), Sum: binary.BigEndian.Uint32(v[9:])}
 }
 
 // OpenValue verifies a stored value of a schema 2 file (e/* or i/*) and
