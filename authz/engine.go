@@ -34,6 +34,9 @@ type Config struct {
 	// DecisionCacheEntries bounds the decision cache (default 10000; <0
 	// disables it). See cache.go for when a cached decision is used.
 	DecisionCacheEntries int `yaml:"decision_cache_entries"`
+	// Builtins are the Gatehouse built-ins policy sets are compiled with
+	// (Engine.Compile), e.g. bundle.Builtins().
+	Builtins []Builtin `yaml:"-"`
 }
 
 // SetDefaults fills unset fields.
@@ -148,6 +151,11 @@ func (e *Engine) SetPolicy(ps *PolicySet) {
 		from = prev.ps.revision
 	}
 	e.logger.Info("policy loaded", "policy_revision", ps.revision, "previous_revision", from, "origin", ps.origin, "modules", ps.files)
+}
+
+// Compile compiles src for this engine: with the engine's built-ins.
+func (e *Engine) Compile(src Source, decision string) (*PolicySet, error) {
+	return Compile(src, decision, e.cfg.Builtins...)
 }
 
 // PolicyFailed records a policy set that did not load; the active set keeps
@@ -296,8 +304,13 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	if debug {
 		q = q.WithPrintHook(printHook{e.logger})
 	}
+	evalCtx := ctx
+	if a.ps.builtins != nil {
+		q = q.WithBuiltins(a.ps.builtins)
+		evalCtx = WithTenancyTxn(ctx, tt) // the built-ins read this decision's transaction
+	}
 	var result ast.Value
-	err = q.Iter(ctx, func(qr topdown.QueryResult) error {
+	err = q.Iter(evalCtx, func(qr topdown.QueryResult) error {
 		if t := qr[resultVar]; t != nil {
 			result = t.Value
 		}

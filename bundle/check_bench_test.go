@@ -120,12 +120,12 @@ func newVerifier(tb testing.TB) (*authz.Verifier, func(sub string) string) {
 // newEngine returns an engine with the shipped policies over st.
 func newEngine(tb testing.TB, st *bundle.Store, v *authz.Verifier, cacheEntries int) *authz.Engine {
 	tb.Helper()
-	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries}, v, st, discard())
+	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries, Builtins: bundle.Builtins()}, v, st, discard())
 	src, err := authz.LoadDir(policyDir(), 0)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ps, err := authz.Compile(src, authz.DefaultDecision)
+	ps, err := e.Compile(src, authz.DefaultDecision)
 	if err != nil {
 		tb.Fatal(err)
 	}

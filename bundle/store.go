@@ -64,6 +64,8 @@ type Store struct {
 	changed atomic.Pointer[chan struct{}] // closed when the revision advances
 	epoch   atomic.Pointer[string]
 	txnIDs  atomic.Uint64
+
+	observer atomic.Pointer[func(storage.Path)] // see ObserveReads
 }
 
 // cacheFile is the open cache file and its generation: a number that no
@@ -348,6 +350,29 @@ type txn struct {
 	file *cacheFile     // the file tx reads
 	r    tenancy.Reader // every read of the transaction: storage reads and built-ins
 	rec  *recording     // non-nil while an evaluation's reads are recorded
+	obs  func(storage.Path)
+}
+
+// KeyedRead implements tenancy.Recorder: the transaction's reader reports
+// its keyed reads to the recording and the read observer, if any.
+func (t *txn) KeyedRead(doc int, key []byte, st tenancy.Stamp) {
+	if t.rec != nil {
+		t.rec.KeyedRead(doc, key, st)
+	}
+	if t.obs != nil {
+		t.obs(append(append(storage.Path{authz.TenancyRoot}, tenancy.Docs[doc].Path...), tenancy.KeyParts(key)...))
+	}
+}
+
+// ObserveReads calls fn (nil: nobody) with the path of every keyed read of
+// data.tenancy made in transactions opened from now on, by the storage
+// adapter and by the built-ins alike (e.g. to explain a decision).
+func (s *Store) ObserveReads(fn func(storage.Path)) {
+	if fn == nil {
+		s.observer.Store(nil)
+		return
+	}
+	s.observer.Store(&fn)
 }
 
 // recording lists the keyed reads of an evaluation. It receives them from
@@ -397,6 +422,10 @@ func (s *Store) NewTransaction(_ context.Context, params ...storage.TransactionP
 		}
 		t := &txn{id: s.txnIDs.Add(1), tx: tx, rev: tenancy.Revision(tx), s: s, file: f}
 		t.r.Reset(tx, nil)
+		if obs := s.observer.Load(); obs != nil {
+			t.obs = *obs
+			t.r.SetRecorder(t)
+		}
 		return t, nil
 	}
 	return nil, &storage.Error{Code: storage.InternalErr, Message: "tenancy cache: file swapped repeatedly"}
@@ -590,7 +619,7 @@ func (r *reader) leaf(i int, keys []string) (ast.Value, error) {
 func (s *Store) Record(t storage.Transaction) {
 	if t, ok := t.(*txn); ok {
 		t.rec = &recording{}
-		t.r.SetRecorder(t.rec)
+		t.r.SetRecorder(t)
 	}
 }
 

@@ -68,7 +68,8 @@ type Reader struct {
 }
 
 // NewReader returns a reader over tx; rec (may be nil) receives every keyed
-// read.
+// read. A reader over a nil transaction reads an empty file: no document
+// exists.
 func NewReader(tx *bolt.Tx, rec Recorder) *Reader {
 	r := &Reader{}
 	r.Reset(tx, rec)
@@ -87,12 +88,22 @@ func (r *Reader) SetRecorder(rec Recorder) { r.rec = rec }
 // Tx returns the transaction r reads.
 func (r *Reader) Tx() *bolt.Tx { return r.tx }
 
-// Revision returns the revision recorded in r's transaction.
-func (r *Reader) Revision() uint64 { return Revision(r.tx) }
+// Revision returns the revision recorded in r's transaction (0 without one).
+func (r *Reader) Revision() uint64 {
+	if r.tx == nil {
+		return 0
+	}
+	return Revision(r.tx)
+}
 
+// bucket returns the bucket of doc; nil (no error) for a reader without a
+// transaction.
 func (r *Reader) bucket(doc int) (*bolt.Bucket, error) {
 	if b := r.buckets[doc]; b != nil {
 		return b, nil
+	}
+	if r.tx == nil {
+		return nil, nil
 	}
 	b := r.tx.Bucket([]byte(Docs[doc].Bucket))
 	if b == nil {
@@ -105,6 +116,9 @@ func (r *Reader) bucket(doc int) (*bolt.Bucket, error) {
 // ValidKeyPart reports whether s can be part of a key: ids never hold the
 // separator, so a part that does addresses nothing.
 func ValidKeyPart(s string) bool { return strings.IndexByte(s, sep) < 0 }
+
+// KeyParts splits a key a Recorder receives into its parts.
+func KeyParts(key []byte) []string { return splitKey(key) }
 
 // appendKey appends the key of parts to b.
 func appendKey(b []byte, parts ...string) []byte {
@@ -136,7 +150,10 @@ func (r *Reader) Get(doc int, keys ...string) ([]byte, Stamp, error) {
 		return nil, Stamp{}, err
 	}
 	r.key = appendKey(r.key[:0], keys...)
-	raw := b.Get(r.key)
+	var raw []byte
+	if b != nil {
+		raw = b.Get(r.key)
+	}
 	if raw == nil {
 		if r.rec != nil {
 			r.rec.KeyedRead(doc, r.key, Stamp{})
@@ -159,7 +176,7 @@ func (r *Reader) Get(doc int, keys ...string) ([]byte, Stamp, error) {
 // recorded reads are checked against.
 func (r *Reader) StampAt(doc int, key string) (Stamp, error) {
 	b, err := r.bucket(doc)
-	if err != nil {
+	if err != nil || b == nil {
 		return Stamp{}, err
 	}
 	return ValueStamp(b.Get([]byte(key))), nil
@@ -179,7 +196,7 @@ func (r *Reader) IDs(doc int, keys []string, fn func(id []byte) bool) error {
 		}
 	}
 	b, err := r.bucket(doc)
-	if err != nil {
+	if err != nil || b == nil {
 		return err
 	}
 	pre := append(appendKey(nil, keys...), sep)
@@ -225,7 +242,7 @@ func (r *Reader) Scan(doc int, keys []string, fn func(e Entry) (bool, error)) er
 		}
 	}
 	b, err := r.bucket(doc)
-	if err != nil {
+	if err != nil || b == nil {
 		return err
 	}
 	var pre []byte

@@ -159,6 +159,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		MinRevisionWait:      cfg.Data.MinRevisionWait,
 		DecisionCacheEntries: cfg.Cache.Decisions,
 		Registerer:           reg,
+		Builtins:             bundle.Builtins(),
 	}, verifier, tenancy, logger)
 	src, err := newPolicySource(cfg, engine, reg, logger)
 	if err != nil {
