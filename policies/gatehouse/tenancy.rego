@@ -5,32 +5,34 @@
 #   data.tenancy and its indexes (never a scan of a collection).
 package gatehouse.tenancy
 
+# The tenancy questions are answered by Gatehouse built-ins reading the
+# sidecar's bbolt cache in the evaluation's transaction (keyed reads,
+# recorded for the decision cache like any read of data.tenancy). These
+# functions name them for policies; `gatehouse capabilities` declares them.
+# Rego tests replace a built-in with its plain-Rego reading over
+# data.tenancy: `with gatehouse.tenancy.tenant_active as testing.tenant_active`.
+
 # tenant_active(t) holds when tenant t exists and it and all its ancestors
 # (its service-provider parents) have status "active".
-tenant_active(t) if {
-	chain := data.tenancy.index.tenant_chain[t]
-	every c in chain {
-		data.tenancy.tenants[c].status == "active"
-	}
-}
+tenant_active(t) if gatehouse.tenancy.tenant_active(t)
 
 # tenant_roles(p, x) is the list of roles tenant x holds on project p: every
 # role of the project when x owns it, the roles of x's active project grant
 # otherwise. Undefined when x neither owns p nor holds an active grant on it.
-tenant_roles(p, x) := data.tenancy.index.tenant_roles[p][x]
+tenant_roles(p, x) := gatehouse.tenancy.tenant_roles(p, x)
 
 # user_roles(u, p, x) is the union of the roles of user u's grants on
 # project p inside tenant x ([] when there are none).
-default user_roles(_, _, _) := []
-
-user_roles(u, p, x) := data.tenancy.index.user_roles[u][p][x]
+user_roles(u, p, x) := gatehouse.tenancy.user_roles(u, p, x)
 
 # effective_roles(u, p, x): u's roles on p in x that x still holds on p.
-effective_roles(u, p, x) := {r |
-	held := tenant_roles(p, x)
-	some r in user_roles(u, p, x)
-	r in held
-}
+effective_roles(u, p, x) := gatehouse.tenancy.effective_roles(u, p, x)
+
+# user(subject, issuer, trust_token_roles) is the data user a verified
+# token acts as (SPEC §6 step 2): users[subject], when that user names the
+# token's issuer, or names none and the issuer does not carry roles in its
+# tokens. Undefined otherwise: the user counts as absent.
+user(subject, issuer, trust_token_roles) := gatehouse.tenancy.user(subject, issuer, trust_token_roles)
 
 # token_roles(authorization, p, x): per-tenant roles carried in a token's
 # authorization claim (authorization[x].roles, as Userfront issues them),

@@ -15,34 +15,47 @@ sp_world := testing.world({
 })
 
 test_active_chain if {
-	tenancy.tenant_active("grandchild") with data.tenancy as sp_world
+	tenancy.tenant_active("grandchild") with data.tenancy as sp_world with gatehouse.tenancy.tenant_active as testing.tenant_active
 }
 
 test_suspended_ancestor_deactivates_descendants if {
 	w := json.patch(sp_world, [{"op": "replace", "path": "/tenants/sp/status", "value": "suspended"}])
-	not tenancy.tenant_active("grandchild") with data.tenancy as w
-	not tenancy.tenant_active("sp") with data.tenancy as w
+	not tenancy.tenant_active("grandchild") with data.tenancy as w with gatehouse.tenancy.tenant_active as testing.tenant_active
+	not tenancy.tenant_active("sp") with data.tenancy as w with gatehouse.tenancy.tenant_active as testing.tenant_active
 }
 
 test_unknown_tenant_is_not_active if {
-	not tenancy.tenant_active("nowhere") with data.tenancy as sp_world
+	not tenancy.tenant_active("nowhere") with data.tenancy as sp_world with gatehouse.tenancy.tenant_active as testing.tenant_active
 }
 
 test_tenant_roles if {
-	tenancy.tenant_roles("p", "sp") == ["reader", "writer"] with data.tenancy as sp_world
-	tenancy.tenant_roles("p", "child") == ["reader"] with data.tenancy as sp_world
-	not tenancy.tenant_roles("p", "grandchild") with data.tenancy as sp_world
+	tenancy.tenant_roles("p", "sp") == ["reader", "writer"] with data.tenancy as sp_world with gatehouse.tenancy.tenant_roles as testing.tenant_roles
+	tenancy.tenant_roles("p", "child") == ["reader"] with data.tenancy as sp_world with gatehouse.tenancy.tenant_roles as testing.tenant_roles
+	not tenancy.tenant_roles("p", "grandchild") with data.tenancy as sp_world with gatehouse.tenancy.tenant_roles as testing.tenant_roles
 }
 
 test_effective_roles_intersect_with_tenant_roles if {
 	# a user grant role the tenant no longer holds is not effective
 	w := json.patch(sp_world, [{"op": "replace", "path": "/index/tenant_roles/p/child", "value": ["writer"]}])
-	tenancy.effective_roles("u", "p", "child") == set() with data.tenancy as w
-	tenancy.effective_roles("u", "p", "child") == {"reader"} with data.tenancy as sp_world
+	tenancy.effective_roles("u", "p", "child") == set() with data.tenancy as w with gatehouse.tenancy.effective_roles as testing.effective_roles
+	tenancy.effective_roles("u", "p", "child") == {"reader"} with data.tenancy as sp_world with gatehouse.tenancy.effective_roles as testing.effective_roles
+}
+
+test_user if {
+	w := testing.world({
+		"tenants": {"t": {"id": "t", "parent": null, "status": "active"}},
+		"users": {"a": {"id": "a", "tenant": "t"}, "b": {"id": "b", "tenant": "t", "issuer": "https://b.example.com/"}},
+	})
+	tenancy.user("a", "https://idp.example.com/", false).tenant == "t" with data.tenancy as w with gatehouse.tenancy.user as testing.user
+	not tenancy.user("a", "https://idp.example.com/", true) with data.tenancy as w with gatehouse.tenancy.user as testing.user
+	tenancy.user("b", "https://b.example.com/", true).id == "b" with data.tenancy as w with gatehouse.tenancy.user as testing.user
+	not tenancy.user("b", "https://idp.example.com/", false) with data.tenancy as w with gatehouse.tenancy.user as testing.user
+	not tenancy.user("", "https://idp.example.com/", false) with data.tenancy as w with gatehouse.tenancy.user as testing.user
+	not tenancy.user("c", "https://idp.example.com/", false) with data.tenancy as w with gatehouse.tenancy.user as testing.user
 }
 
 test_user_roles_default_empty if {
-	tenancy.user_roles("nobody", "p", "sp") == [] with data.tenancy as sp_world
+	tenancy.user_roles("nobody", "p", "sp") == [] with data.tenancy as sp_world with gatehouse.tenancy.user_roles as testing.user_roles
 }
 
 # --- reading the target tenant (SPEC §6 step 3) ---
@@ -252,6 +265,6 @@ test_route_roles if {
 
 test_token_roles if {
 	authorization := {"child": {"roles": ["reader", "writer", 5]}}
-	tenancy.token_roles(authorization, "p", "child") == {"reader"} with data.tenancy as sp_world
-	tenancy.token_roles({}, "p", "child") == set() with data.tenancy as sp_world
+	tenancy.token_roles(authorization, "p", "child") == {"reader"} with data.tenancy as sp_world with gatehouse.tenancy.tenant_roles as testing.tenant_roles
+	tenancy.token_roles({}, "p", "child") == set() with data.tenancy as sp_world with gatehouse.tenancy.tenant_roles as testing.tenant_roles
 }
