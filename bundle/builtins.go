@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"slices"
+	"strings"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/topdown"
@@ -36,6 +37,7 @@ const (
 	BuiltinTenantRoles    = "gatehouse.tenancy.tenant_roles"
 	BuiltinUserRoles      = "gatehouse.tenancy.user_roles"
 	BuiltinEffectiveRoles = "gatehouse.tenancy.effective_roles"
+	BuiltinPathTenant     = "gatehouse.tenancy.path_tenant"
 )
 
 var (
@@ -61,8 +63,8 @@ func Builtins() []authz.Builtin {
 				"the first failing step's reason (unknown_user, user_inactive, tenant_inactive, invalid_token, tenant_unknown, " +
 				"project_unknown, tenant_not_granted, role_required, no_role) or \"allowed\", the tenant it is about, and the effective roles. " +
 				"Query keys: subject, issuer, trust_token_roles, tenant_binding, project, tenant (the tenant the request names) or " +
-				"tenant_reading ({\"tenant\": X}, {} for none, {\"invalid\": why}), required (the route's roles, any one allows; " +
-				"without it step 5's requirement is left to the caller), token_roles (the token's authorization claim).",
+				"tenant_reading ({\"tenant\": X}, {} for none, {\"invalid\": why}), required (the route's roles, any one allows: a set, an array " +
+				"or a comma list; without it step 5's requirement is left to the caller), token_roles (the token's authorization claim).",
 			Categories: []string{"gatehouse"},
 			Decl: types.NewFunction(
 				types.Args(types.Named("query", queryType).Description("the question: who asks, for which project and tenant, needing which roles")),
@@ -118,7 +120,34 @@ func Builtins() []authz.Builtin {
 				types.Named("roles", roleSet).Description("effective roles"),
 			),
 		}, Func: effectiveRolesBuiltin},
+		{Decl: &ast.Builtin{
+			Name: BuiltinPathTenant,
+			Description: "The tenant a raw request path names (SPEC §6 step 3, tenant_from path): {\"tenant\": X} for /t/X/..., {} for none, " +
+				"{\"invalid\": why} for a path an upstream could read as another tenant or a tenant segment that is not a valid id. Reads no data.",
+			Categories: []string{"gatehouse"},
+			Decl: types.NewFunction(
+				types.Args(types.Named("path", types.A).Description("the request's :path as the client sent it, query included (not a string: invalid)")),
+				types.Named("reading", types.NewObject(nil, types.NewDynamicProperty(types.S, types.S))).Description("{\"tenant\": X}, {} or {\"invalid\": why}"),
+			),
+		}, Func: pathTenantBuiltin},
 	}
+}
+
+var keyInvalidReading = ast.InternedTerm("invalid")
+
+// pathTenantBuiltin reads no tenancy data: it runs anywhere, Rego unit
+// tests included.
+func pathTenantBuiltin(_ topdown.BuiltinContext, ops []*ast.Term, iter func(*ast.Term) error) error {
+	path, _ := ops[0].Value.(ast.String)
+	rd := tenancy.PathTenant(string(path))
+	obj := ast.NewObjectWithCapacity(1)
+	switch {
+	case rd.Invalid != "":
+		obj.Insert(keyInvalidReading, ast.StringTerm(rd.Invalid))
+	case rd.Named:
+		obj.Insert(keyTenant, ast.StringTerm(rd.Tenant))
+	}
+	return iter(ast.NewTerm(obj))
 }
 
 // errNoTenancy halts an evaluation that calls a tenancy built-in without
@@ -347,8 +376,19 @@ func parseReading(q *tenancy.Query, v ast.Value) error {
 	return err
 }
 
-// parseRequired reads the required roles: an array or a set of strings.
+// parseRequired reads the required roles: an array or a set of strings,
+// or a route's comma list ("reader, writer": each part trimmed of space,
+// empty ones left out, as tenancy.route_roles reads it).
 func parseRequired(q *tenancy.Query, v ast.Value) error {
+	if s, ok := v.(ast.String); ok {
+		q.Required = []string{}
+		for part := range strings.SplitSeq(string(s), ",") {
+			if r := strings.TrimSpace(part); r != "" && !slices.Contains(q.Required, r) {
+				q.Required = append(q.Required, r)
+			}
+		}
+		return nil
+	}
 	var err error
 	add := func(t *ast.Term) {
 		s, ok := t.Value.(ast.String)
@@ -366,7 +406,7 @@ func parseRequired(q *tenancy.Query, v ast.Value) error {
 	case *ast.Array:
 		x.Foreach(add)
 	default:
-		return fmt.Errorf("%s: query.required must be a set or an array of roles, got %s", BuiltinDecide, ast.ValueName(v))
+		return fmt.Errorf("%s: query.required must be a set or an array of roles, or a comma list, got %s", BuiltinDecide, ast.ValueName(v))
 	}
 	return err
 }

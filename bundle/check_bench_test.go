@@ -34,7 +34,7 @@ type benchWorld struct {
 
 var benchWorlds = map[string]*benchWorld{"small": {}, "200k": {}}
 
-func buildWorld(b *testing.B, name string, spec worldgen.Spec) (*bundle.Store, *worldgen.World) {
+func buildWorld(b testing.TB, name string, spec worldgen.Spec) (*bundle.Store, *worldgen.World) {
 	b.Helper()
 	bw := benchWorlds[name]
 	bw.once.Do(func() {

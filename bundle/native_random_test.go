@@ -545,11 +545,13 @@ func compareDecideQueries(t testing.TB, rng *rand.Rand, w rworld, st *bundle.Sto
 		case 3:
 			q["tenant_reading"] = map[string]any{"invalid": "why"}
 		}
-		switch rng.IntN(3) {
+		switch rng.IntN(5) {
 		case 0:
 			q["required"] = subset(rng, append(slices.Clone(rnRoles), "root"), 0)
 		case 1:
 			q["required"] = []string{}
+		case 2:
+			q["required"] = strings.Join(subset(rng, append(slices.Clone(rnRoles), "root", " ", ""), 0), pick(rng, []string{",", ", ", " ,"}))
 		}
 		if rng.IntN(2) == 0 {
 			tr := map[string]any{}
@@ -563,27 +565,29 @@ func compareDecideQueries(t testing.TB, rng *rand.Rand, w rworld, st *bundle.Sto
 			t.Fatal(err)
 		}
 
-		txn, err := st.NewTransaction(ctx)
+		got, want, err := func() (got, want any, err error) {
+			txn, err := st.NewTransaction(ctx)
+			if err != nil {
+				return nil, nil, err
+			}
+			defer st.Abort(ctx, txn) // before any Fatal: Close waits for open transactions
+			rs, err := pq.Eval(ctx, rego.EvalParsedInput(in), rego.EvalTransaction(txn))
+			if err != nil {
+				return nil, nil, err
+			}
+			if len(rs) == 1 {
+				want = rs[0].Bindings["x"]
+			}
+			bctx := topdown.BuiltinContext{Context: authz.WithTenancyTxn(ctx, txn)}
+			err = decide.Func(bctx, []*ast.Term{ast.NewTerm(in)}, func(r *ast.Term) error {
+				got, err = ast.JSON(r.Value) // sets as sorted arrays, as rego's bindings
+				return err
+			})
+			return got, want, err
+		}()
 		if err != nil {
-			t.Fatal(err)
-		}
-		rs, err := pq.Eval(ctx, rego.EvalParsedInput(in), rego.EvalTransaction(txn))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var want any
-		if len(rs) == 1 {
-			want = rs[0].Bindings["x"]
-		}
-		var got any
-		bctx := topdown.BuiltinContext{Context: authz.WithTenancyTxn(ctx, txn)}
-		if err := decide.Func(bctx, []*ast.Term{ast.NewTerm(in)}, func(r *ast.Term) error {
-			got, err = ast.JSON(r.Value) // sets as sorted arrays, as rego's bindings
-			return err
-		}); err != nil {
 			t.Fatalf("decide(%v): %v", in, err)
 		}
-		st.Abort(ctx, txn)
 		if got == nil || want == nil || !reflect.DeepEqual(got, want) {
 			t.Fatalf("decide(%v):\nnative:  %v\ntesting: %v", in, got, want)
 		}
@@ -629,30 +633,102 @@ func compareSmallBuiltins(t testing.TB, rng *rand.Rand, w rworld, st *bundle.Sto
 			}
 			terms[i] = ast.NewTerm(v)
 		}
-		txn, err := st.NewTransaction(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
 		call := ast.CallTerm(append([]*ast.Term{ast.RefTerm(ast.VarTerm("data"), ast.StringTerm("gatehouse"), ast.StringTerm("testing"), ast.StringTerm(name))}, terms...)...)
-		rs, err := rego.New(rego.Compiler(compiler), rego.Store(st), rego.Transaction(txn), rego.ParsedQuery(ast.NewBody(ast.Equality.Expr(ast.VarTerm("x"), call)))).Eval(ctx)
+		got, want, err := func() (got, want any, err error) {
+			txn, err := st.NewTransaction(ctx)
+			if err != nil {
+				return nil, nil, err
+			}
+			defer st.Abort(ctx, txn)
+			rs, err := rego.New(rego.Compiler(compiler), rego.Store(st), rego.Transaction(txn), rego.ParsedQuery(ast.NewBody(ast.Equality.Expr(ast.VarTerm("x"), call)))).Eval(ctx)
+			if err != nil {
+				return nil, nil, err
+			}
+			if len(rs) == 1 {
+				want = rs[0].Bindings["x"]
+			}
+			bctx := topdown.BuiltinContext{Context: authz.WithTenancyTxn(ctx, txn)}
+			err = funcs["gatehouse.tenancy."+name].Func(bctx, terms, func(r *ast.Term) error {
+				got, err = ast.JSON(r.Value)
+				return err
+			})
+			return got, want, err
+		}()
 		if err != nil {
-			t.Fatal(err)
-		}
-		var want any
-		if len(rs) == 1 {
-			want = rs[0].Bindings["x"]
-		}
-		var got any
-		bctx := topdown.BuiltinContext{Context: authz.WithTenancyTxn(ctx, txn)}
-		if err := funcs["gatehouse.tenancy."+name].Func(bctx, terms, func(r *ast.Term) error {
-			got, err = ast.JSON(r.Value)
-			return err
-		}); err != nil {
 			t.Fatalf("%s%v: %v", name, args, err)
 		}
-		st.Abort(ctx, txn)
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("%s%v:\nnative:  %v\ntesting: %v", name, args, got, want)
+		}
+	}
+}
+
+// TestPathTenantAgreesWithRego: gatehouse.tenancy.path_tenant reads random
+// raw paths (built from the pieces that make paths ambiguous: separators,
+// dot segments, encodings of "/", "\", "." and ";" in either case, other
+// encodings, queries) exactly as the Rego reading it replaced
+// (testdata/rego-reference/tenancy.rego, tenant_reading("path")), and as
+// testing.path_tenant, which Rego tests mock it with.
+func TestPathTenantAgreesWithRego(t *testing.T) {
+	t.Parallel()
+	ref, err := os.ReadFile(filepath.Join("testdata", "rego-reference", "tenancy.rego"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	pq, err := rego.New(rego.Module("tenancy.rego", string(ref)), rego.Query(`x := data.gatehouse.tenancy.tenant_reading("path")`)).PrepareForEval(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compiler := ast.NewCompiler()
+	compiler.Compile(map[string]*ast.Module{"testing_test.rego": loadTestingModule(t)})
+	if compiler.Failed() {
+		t.Fatal(compiler.Errors)
+	}
+	mock, err := rego.New(rego.Compiler(compiler), rego.Query(`x := data.gatehouse.testing.path_tenant(input.path)`)).PrepareForEval(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pathTenant authz.Builtin
+	for _, b := range bundle.Builtins() {
+		if b.Decl.Name == bundle.BuiltinPathTenant {
+			pathTenant = b
+		}
+	}
+	pieces := []string{"/", "/", "/", "t", "T", "beta", "a.b", "-", "_", ".", "..", "%2F", "%2f", "%5C", "%5c", "%2E", "%2e",
+		"%3B", "%3b", "%41", "%20", "%", ";", "\\", "?", "x=1", ",", " ", "é", "//", "/t/", "/T/", "a"}
+	rng := rand.New(rand.NewPCG(7, 11))
+	for i := range 20000 {
+		var b strings.Builder
+		if rng.IntN(4) > 0 {
+			b.WriteString(pick(rng, []string{"/t/", "/T/", "/", ""}))
+		}
+		for range rng.IntN(7) {
+			b.WriteString(pick(rng, pieces))
+		}
+		path := b.String()
+		if i%997 == 0 {
+			path = strings.Repeat("a", 120+rng.IntN(20)) // ids up to 128
+			path = "/t/" + path
+		}
+		rs, err := pq.Eval(ctx, rego.EvalInput(map[string]any{"attributes": map[string]any{"request": map[string]any{"http": map[string]any{"path": path}}}}))
+		if err != nil || len(rs) != 1 {
+			t.Fatalf("%q: rego %v %v", path, rs, err)
+		}
+		var got any
+		err = pathTenant.Func(topdown.BuiltinContext{}, []*ast.Term{ast.StringTerm(path)}, func(r *ast.Term) error {
+			got, err = ast.JSON(r.Value)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := rs[0].Bindings["x"]; !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q: native %v, rego %v", path, got, want)
+		}
+		ms, err := mock.Eval(ctx, rego.EvalInput(map[string]any{"path": path}))
+		if err != nil || len(ms) != 1 || !reflect.DeepEqual(ms[0].Bindings["x"], got) {
+			t.Fatalf("%q: native %v, testing.path_tenant %v %v", path, got, ms, err)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package tenancy
 
 import (
+	"bytes"
 	"slices"
 )
 
@@ -74,82 +75,150 @@ func ActsAs(u *User, issuer string, trust bool) bool {
 // ChainCut, or in a missing ancestor, is not active). Every read is
 // recorded.
 func (r *Reader) TenantActive(t string) (bool, error) {
-	chain, err := r.TenantChain(t)
+	chain, _, err := r.Get(DocTenantChain, t)
 	if err != nil || chain == nil {
 		return false, err
 	}
-	for _, c := range chain {
-		e, err := r.Tenant(c)
-		if err != nil || e == nil || e.Status != StatusActive {
-			return false, err
+	active := true
+	var readErr error
+	err = eachString(chain, func(c []byte) bool {
+		if bytes.IndexByte(c, sep) >= 0 {
+			active = false
+			return false
 		}
+		doc, _, err := r.getKey(DocTenants, c)
+		if err != nil || doc == nil {
+			active, readErr = false, err
+			return false
+		}
+		status, err := viewStatus(doc)
+		if err != nil {
+			active, readErr = false, r.undecodable(DocTenants, err, string(c))
+			return false
+		}
+		if string(status) != StatusActive {
+			active = false
+			return false
+		}
+		return true
+	})
+	if err != nil {
+		return false, r.undecodable(DocTenantChain, err, t)
 	}
-	return true, nil
+	return active && readErr == nil, readErr
 }
 
 // EffectiveRoles returns u's roles on project p in tenant x that x still
 // holds on p (index.user_roles[u][p][x] ∩ index.tenant_roles[p][x]),
 // sorted; empty when none.
 func (r *Reader) EffectiveRoles(u, p, x string) ([]string, error) {
-	held, ok, err := r.TenantRoles(p, x)
-	if err != nil || !ok {
+	held, err := r.heldRoles(p, x)
+	if err != nil || held == nil {
 		return []string{}, err
 	}
-	mine, err := r.UserRoles(u, p, x)
-	if err != nil {
-		return nil, err
-	}
-	return intersect(mine, held), nil
+	return r.userRolesIn(u, p, x, held)
 }
 
-// intersect returns the elements of a found in held, sorted and without
-// duplicates (never nil).
-func intersect(a, held []string) []string {
-	out := make([]string, 0, len(a))
-	for _, r := range a {
-		if slices.Contains(held, r) && !slices.Contains(out, r) {
-			out = append(out, r)
+// heldRoles returns index.tenant_roles[p][x] as slices of the stored
+// document; nil when x holds no role on p (neither owns it nor holds an
+// active grant), empty (not nil) when it holds an empty list.
+func (r *Reader) heldRoles(p, x string) ([][]byte, error) {
+	doc, _, err := r.Get(DocTenantRoles, p, x)
+	if err != nil || doc == nil {
+		return nil, err
+	}
+	held := make([][]byte, 0, 8)
+	if err := eachString(doc, func(s []byte) bool { held = append(held, s); return true }); err != nil {
+		return nil, r.undecodable(DocTenantRoles, err, p, x)
+	}
+	return held, nil
+}
+
+// userRolesIn returns the roles of index.user_roles[u][p][x] found in held,
+// sorted and without duplicates (never nil).
+func (r *Reader) userRolesIn(u, p, x string, held [][]byte) ([]string, error) {
+	doc, _, err := r.Get(DocUserRoles, u, p, x)
+	out := []string{}
+	if err != nil || doc == nil {
+		return out, err
+	}
+	err = eachString(doc, func(s []byte) bool {
+		if containsBytes(held, s) && !slices.Contains(out, string(s)) {
+			out = append(out, string(s))
 		}
+		return true
+	})
+	if err != nil {
+		return nil, r.undecodable(DocUserRoles, err, u, p, x)
 	}
 	slices.Sort(out)
-	return out
+	return out, nil
+}
+
+func containsString(list [][]byte, s string) bool {
+	for _, x := range list {
+		if string(x) == s {
+			return true
+		}
+	}
+	return false
+}
+
+func containsBytes(list [][]byte, s []byte) bool {
+	for _, x := range list {
+		if string(x) == string(s) {
+			return true
+		}
+	}
+	return false
 }
 
 // Decide answers q from the data r reads, step by step as SPEC §6 orders
 // them: the first failing step's reason, or "allowed" with the effective
 // roles. Every read is recorded. An error (damaged data) is never an
-// answer: the caller cannot decide.
+// answer: the caller cannot decide. Stored values are read in place (only
+// the fields each step needs, nothing decoded twice).
 func Decide(r *Reader, q *Query) (Answer, error) {
-	var user *User
+	var user userView
+	acts := false
 	if q.Subject != "" {
-		u, err := r.User(q.Subject)
+		doc, _, err := r.Get(DocUsers, q.Subject)
 		if err != nil {
 			return Answer{}, err
 		}
-		if u != nil && ActsAs(u, q.Issuer, q.TrustTokenRoles) {
-			user = u
+		if doc != nil {
+			if user, err = viewUser(doc); err != nil {
+				return Answer{}, r.undecodable(DocUsers, err, q.Subject)
+			}
+			if len(user.issuer) > 0 {
+				acts = string(user.issuer) == q.Issuer
+			} else {
+				acts = !q.TrustTokenRoles
+			}
 		}
 	}
-	trusted := q.Subject != "" && q.TrustTokenRoles && user == nil
+	trusted := q.Subject != "" && q.TrustTokenRoles && !acts
 
 	// step 2: the subject
-	if user != nil && q.TenantBinding != "" && user.Tenant != q.TenantBinding {
+	if acts && q.TenantBinding != "" && string(user.tenant) != q.TenantBinding {
 		return Answer{Reason: ReasonInvalidToken}, nil
 	}
-	if user == nil && !trusted {
+	if !acts && !trusted {
 		return Answer{Reason: ReasonUnknownUser}, nil
 	}
 	var active activeMemo
-	if user != nil {
-		if user.Status != StatusActive {
+	home := ""
+	if acts {
+		if string(user.status) != StatusActive {
 			return Answer{Reason: ReasonUserInactive}, nil
 		}
-		ok, err := active.check(r, user.Tenant)
+		home = string(user.tenant)
+		ok, err := active.check(r, home)
 		if err != nil {
 			return Answer{}, err
 		}
 		if !ok {
-			return Answer{Reason: ReasonTenantInactive, Tenant: user.Tenant, HasTenant: true}, nil
+			return Answer{Reason: ReasonTenantInactive, Tenant: home, HasTenant: true}, nil
 		}
 	}
 
@@ -165,54 +234,62 @@ func Decide(r *Reader, q *Query) (Answer, error) {
 	}
 	x := q.Tenant
 	if !q.HasTenant {
-		x = user.Tenant
+		x = home
 	}
 	at := func(reason string) Answer { return Answer{Reason: reason, Tenant: x, HasTenant: true} }
-	t, err := r.Tenant(x)
-	if err != nil {
-		return Answer{}, err
-	}
-	if t == nil {
-		return at(ReasonTenantUnknown), nil
-	}
-	ok, err := active.check(r, x)
-	if err != nil {
-		return Answer{}, err
-	}
-	if !ok {
-		return at(ReasonTenantInactive), nil
+	if !active.known(x) {
+		doc, _, err := r.Get(DocTenants, x)
+		if err != nil {
+			return Answer{}, err
+		}
+		if doc == nil {
+			return at(ReasonTenantUnknown), nil
+		}
+		ok, err := active.check(r, x)
+		if err != nil {
+			return Answer{}, err
+		}
+		if !ok {
+			return at(ReasonTenantInactive), nil
+		}
 	}
 
 	// step 4: the project
 	if q.Project == "" {
 		return at(ReasonProjectUnknown), nil
 	}
-	p, err := r.Project(q.Project)
+	p, _, err := r.Get(DocProjects, q.Project)
 	if err != nil {
 		return Answer{}, err
 	}
 	if p == nil {
 		return at(ReasonProjectUnknown), nil
 	}
-	held, granted, err := r.TenantRoles(q.Project, x)
+	held, err := r.heldRoles(q.Project, x)
 	if err != nil {
 		return Answer{}, err
 	}
-	if !granted {
+	if held == nil {
 		return at(ReasonTenantNotGranted), nil
 	}
 
 	// step 5 (and 6): the roles
-	var mine []string
-	if user != nil {
-		if mine, err = r.UserRoles(q.Subject, q.Project, x); err != nil {
+	a := at(ReasonAllowed)
+	if acts {
+		if a.Roles, err = r.userRolesIn(q.Subject, q.Project, x, held); err != nil {
 			return Answer{}, err
 		}
-	} else if q.TokenRoles != nil {
-		mine = q.TokenRoles(x)
+	} else {
+		a.Roles = []string{}
+		if q.TokenRoles != nil {
+			for _, role := range q.TokenRoles(x) {
+				if containsString(held, role) && !slices.Contains(a.Roles, role) {
+					a.Roles = append(a.Roles, role)
+				}
+			}
+			slices.Sort(a.Roles)
+		}
 	}
-	a := at(ReasonAllowed)
-	a.Roles = intersect(mine, held)
 	if q.CheckRoles {
 		switch {
 		case len(q.Required) > 0 && !slices.ContainsFunc(q.Required, func(r string) bool { return slices.Contains(a.Roles, r) }):
@@ -228,8 +305,10 @@ func Decide(r *Reader, q *Query) (Answer, error) {
 // user's home tenant is usually the target too).
 type activeMemo struct{ yes []string }
 
+func (m *activeMemo) known(t string) bool { return slices.Contains(m.yes, t) }
+
 func (m *activeMemo) check(r *Reader, t string) (bool, error) {
-	if slices.Contains(m.yes, t) {
+	if m.known(t) {
 		return true, nil
 	}
 	ok, err := r.TenantActive(t)

@@ -61,10 +61,12 @@ func (d *decoder) literal(word string) bool {
 	return false
 }
 
-// str decodes a string (the next value must be one).
-func (d *decoder) str() (string, error) {
+// rawStr decodes a string (the next value must be one) and returns its
+// bytes: a slice of the document when it holds no escape, a decoded copy
+// otherwise.
+func (d *decoder) rawStr() ([]byte, error) {
 	if d.peek() != '"' {
-		return "", fmt.Errorf("%w: want a string at offset %d", errSyntax, d.i)
+		return nil, fmt.Errorf("%w: want a string at offset %d", errSyntax, d.i)
 	}
 	start := d.i
 	d.i++
@@ -75,23 +77,29 @@ func (d *decoder) str() (string, error) {
 		case c == '"':
 			d.i++
 			if !escaped {
-				return string(d.b[start+1 : d.i-1]), nil
+				return d.b[start+1 : d.i-1], nil
 			}
 			var s string
 			if err := json.Unmarshal(d.b[start:d.i], &s); err != nil {
-				return "", fmt.Errorf("%w: %v", errSyntax, err)
+				return nil, fmt.Errorf("%w: %v", errSyntax, err)
 			}
-			return s, nil
+			return []byte(s), nil
 		case c == '\\':
 			escaped = true
 			d.i += 2
 		case c < 0x20:
-			return "", fmt.Errorf("%w: control character in a string at offset %d", errSyntax, d.i)
+			return nil, fmt.Errorf("%w: control character in a string at offset %d", errSyntax, d.i)
 		default:
 			d.i++
 		}
 	}
-	return "", fmt.Errorf("%w: unterminated string", errSyntax)
+	return nil, fmt.Errorf("%w: unterminated string", errSyntax)
+}
+
+// str decodes a string (the next value must be one).
+func (d *decoder) str() (string, error) {
+	b, err := d.rawStr()
+	return string(b), err
 }
 
 // strOrNull decodes a string or null ("").
@@ -141,17 +149,18 @@ func (d *decoder) stringMap() (map[string]string, error) {
 		return nil, nil
 	}
 	out := map[string]string{}
-	err := d.object(func(key string) error {
+	err := d.object(func(key []byte) error {
 		v, err := d.str()
-		out[key] = v
+		out[string(key)] = v
 		return err
 	})
 	return out, err
 }
 
 // object walks the members of an object, calling field for each key with
-// the decoder positioned at its value; field must consume the value.
-func (d *decoder) object(field func(key string) error) error {
+// the decoder positioned at its value; field must consume the value. The
+// key is only valid during the call.
+func (d *decoder) object(field func(key []byte) error) error {
 	if err := d.expect('{'); err != nil {
 		return err
 	}
@@ -160,7 +169,7 @@ func (d *decoder) object(field func(key string) error) error {
 		return nil
 	}
 	for {
-		key, err := d.str()
+		key, err := d.rawStr()
 		if err != nil {
 			return err
 		}
@@ -189,7 +198,7 @@ func (d *decoder) skip() error {
 		_, err := d.str()
 		return err
 	case c == '{':
-		return d.object(func(string) error { return d.skip() })
+		return d.object(func([]byte) error { return d.skip() })
 	case c == '[':
 		d.i++
 		if d.peek() == ']' {
@@ -254,8 +263,8 @@ func decodeStrings(doc []byte) ([]string, error) {
 
 func decodeUser(doc []byte, u *User) error {
 	d := decoder{b: doc}
-	err := d.object(func(key string) (err error) {
-		switch key {
+	err := d.object(func(key []byte) (err error) {
+		switch string(key) {
 		case "id":
 			u.ID, err = d.str()
 		case "tenant":
@@ -281,8 +290,8 @@ func decodeUser(doc []byte, u *User) error {
 
 func decodeTenant(doc []byte, t *Tenant) error {
 	d := decoder{b: doc}
-	err := d.object(func(key string) (err error) {
-		switch key {
+	err := d.object(func(key []byte) (err error) {
+		switch string(key) {
 		case "id":
 			t.ID, err = d.str()
 		case "name":
@@ -308,8 +317,8 @@ func decodeTenant(doc []byte, t *Tenant) error {
 
 func decodeProject(doc []byte, p *Project) error {
 	d := decoder{b: doc}
-	err := d.object(func(key string) (err error) {
-		switch key {
+	err := d.object(func(key []byte) (err error) {
+		switch string(key) {
 		case "id":
 			p.ID, err = d.str()
 		case "owner":
@@ -327,4 +336,86 @@ func decodeProject(doc []byte, p *Project) error {
 		err = d.end()
 	}
 	return err
+}
+
+// Hot-path views: the fields SPEC §6 questions need, as byte slices of the
+// document (copies only where a string holds an escape), nothing else
+// decoded, nothing allocated otherwise.
+
+// userView is what Decide needs of a stored user.
+type userView struct{ tenant, status, issuer []byte }
+
+func viewUser(doc []byte) (u userView, err error) {
+	d := decoder{b: doc}
+	err = d.object(func(key []byte) (err error) {
+		switch string(key) {
+		case "tenant":
+			u.tenant, err = d.rawStr()
+		case "status":
+			u.status, err = d.rawStr()
+		case "issuer":
+			if d.peek() == 'n' && d.literal("null") {
+				return nil
+			}
+			u.issuer, err = d.rawStr()
+		default:
+			err = d.skip()
+		}
+		return err
+	})
+	if err == nil {
+		err = d.end()
+	}
+	return u, err
+}
+
+// viewStatus returns the status of a stored tenant.
+func viewStatus(doc []byte) (status []byte, err error) {
+	d := decoder{b: doc}
+	err = d.object(func(key []byte) (err error) {
+		if string(key) == "status" {
+			status, err = d.rawStr()
+			return err
+		}
+		return d.skip()
+	})
+	if err == nil {
+		err = d.end()
+	}
+	return status, err
+}
+
+// eachString calls fn with every element of a stored list of strings (or
+// null), until fn returns false.
+func eachString(doc []byte, fn func(s []byte) bool) error {
+	d := decoder{b: doc}
+	if d.peek() == 'n' && d.literal("null") {
+		return d.end()
+	}
+	if err := d.expect('['); err != nil {
+		return err
+	}
+	if d.peek() == ']' {
+		d.i++
+		return d.end()
+	}
+	more := true
+	for {
+		s, err := d.rawStr()
+		if err != nil {
+			return err
+		}
+		if more {
+			more = fn(s)
+		}
+		switch d.peek() {
+		case ',':
+			d.i++
+		case ']':
+			d.i++
+			return d.end()
+		default:
+			return fmt.Errorf("%w: want , or ] at offset %d", errSyntax, d.i)
+		}
+	}
 }

@@ -64,7 +64,9 @@ type Reader struct {
 	tx      *bolt.Tx
 	rec     Recorder
 	buckets [numDocs]*bolt.Bucket
-	key     []byte // scratch
+	cursors [numDocs]*bolt.Cursor // keyed reads seek with one cursor per bucket: no allocation per read
+	key     []byte                // scratch
+	sum     [8]byte               // scratch of the checksum
 }
 
 // NewReader returns a reader over tx; rec (may be nil) receives every keyed
@@ -80,6 +82,7 @@ func NewReader(tx *bolt.Tx, rec Recorder) *Reader {
 func (r *Reader) Reset(tx *bolt.Tx, rec Recorder) {
 	r.tx, r.rec = tx, rec
 	clear(r.buckets[:])
+	clear(r.cursors[:])
 }
 
 // SetRecorder changes the recorder of keyed reads (nil: none).
@@ -145,25 +148,26 @@ func (r *Reader) Get(doc int, keys ...string) ([]byte, Stamp, error) {
 			return nil, Stamp{}, nil
 		}
 	}
-	b, err := r.bucket(doc)
+	r.key = appendKey(r.key[:0], keys...)
+	return r.getKey(doc, r.key)
+}
+
+// getKey is Get with the key's bytes (no part holding the separator).
+func (r *Reader) getKey(doc int, key []byte) ([]byte, Stamp, error) {
+	raw, err := r.lookup(doc, key)
 	if err != nil {
 		return nil, Stamp{}, err
 	}
-	r.key = appendKey(r.key[:0], keys...)
-	var raw []byte
-	if b != nil {
-		raw = b.Get(r.key)
-	}
 	if raw == nil {
 		if r.rec != nil {
-			r.rec.KeyedRead(doc, r.key, Stamp{})
+			r.rec.KeyedRead(doc, key, Stamp{})
 		}
 		return nil, Stamp{}, nil
 	}
-	rev, sum, val, err := OpenValue(r.key, raw)
+	rev, sum, val, err := openValue(key, raw, &r.sum)
 	if r.rec != nil {
 		// the stamp as stored: a damaged value is never validated anyway
-		r.rec.KeyedRead(doc, r.key, ValueStamp(raw))
+		r.rec.KeyedRead(doc, key, ValueStamp(raw))
 	}
 	if err != nil {
 		return nil, Stamp{}, err
@@ -171,15 +175,33 @@ func (r *Reader) Get(doc int, keys ...string) ([]byte, Stamp, error) {
 	return val, Stamp{Rev: rev, Sum: sum}, nil
 }
 
+// lookup returns the value stored under key in doc's bucket, nil when
+// none, seeking with the reader's cursor of that bucket (bbolt's Get
+// allocates a cursor per call).
+func (r *Reader) lookup(doc int, key []byte) ([]byte, error) {
+	c := r.cursors[doc]
+	if c == nil {
+		b, err := r.bucket(doc)
+		if err != nil || b == nil {
+			return nil, err
+		}
+		c = b.Cursor()
+		r.cursors[doc] = c
+	}
+	k, v := c.Seek(key)
+	if !bytes.Equal(k, key) {
+		return nil, nil
+	}
+	return v, nil
+}
+
 // StampAt returns the stamp of the value stored at a full key of doc (zero
 // when none), without verifying or recording it: what a cached decision's
 // recorded reads are checked against.
 func (r *Reader) StampAt(doc int, key string) (Stamp, error) {
-	b, err := r.bucket(doc)
-	if err != nil || b == nil {
-		return Stamp{}, err
-	}
-	return ValueStamp(b.Get([]byte(key))), nil
+	r.key = append(r.key[:0], key...)
+	raw, err := r.lookup(doc, r.key)
+	return ValueStamp(raw), err
 }
 
 // IDs calls fn with the ids stored below the full key of an id-set doc, in

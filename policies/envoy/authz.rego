@@ -58,9 +58,9 @@ reason := "missing_token" if {
 
 # answer is SPEC §6 steps 2 to 6 for this request, from the tenancy data:
 # {"reason", "tenant" (the tenant the reason is about), "roles" (effective)}.
-# Which roles a route needs, and what they mean, is said here: the built-in
-# checks that one of `required` is effective (give no "required" to check
-# roles yourself, from answer.roles).
+# The built-in checks that one of the route's roles ("required": a comma
+# list, a set or an array) is effective; without "required" it leaves that
+# to the policy, which then decides from answer.roles itself.
 answer := gatehouse.tenancy.decide({
 	"subject": token_subject,
 	"issuer": object.get(input.token, "issuer", ""),
@@ -68,7 +68,7 @@ answer := gatehouse.tenancy.decide({
 	"tenant_binding": object.get(input.token, "tenant_binding", ""),
 	"project": object.get(route, "project", ""),
 	"tenant_reading": reading,
-	"required": required,
+	"required": object.get(route, "roles", ""),
 	"token_roles": object.get(input.token, ["claims", "authorization"], {}),
 })
 

@@ -71,12 +71,15 @@ alpha_idp := "https://login.alpha.example.com/"
 
 world := testing.world(raw)
 
-# decide evaluates the policy for a request in a world. The tenancy
-# built-in reads the sidecar's cache, which a Rego test has not: it is
-# replaced by its plain-Rego reading over data.tenancy (the request
-# fixtures in policies/fixtures exercise the built-in itself).
+# decide evaluates the policy for a request in a world. The Gatehouse
+# built-ins are replaced by their plain-Rego readings (the tenancy one reads
+# the sidecar's cache, which a Rego test has not, and with them the tests
+# also run under `opa test --capabilities policies/capabilities.json`); the
+# request fixtures in policies/fixtures exercise the built-ins themselves.
 decide(w, req) := d if {
-	d := authz.allow with data.tenancy as w with input as req with gatehouse.tenancy.decide as testing.decide
+	d := authz.allow with data.tenancy as w with input as req
+		with gatehouse.tenancy.decide as testing.decide
+		with gatehouse.tenancy.path_tenant as testing.path_tenant
 }
 
 allowed(w, req) if decide(w, req).allowed

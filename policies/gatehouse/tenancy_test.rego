@@ -64,7 +64,7 @@ test_user_roles_default_empty if {
 http(fields) := {"attributes": {"request": {"http": fields}}}
 
 path_reading(path) := r if {
-	r := tenancy.tenant_reading("path") with input as http({"path": path})
+	r := tenancy.tenant_reading("path") with input as http({"path": path}) with gatehouse.tenancy.path_tenant as testing.path_tenant
 }
 
 # matches(got, want): want is {"tenant": X}, {} (no tenant) or "invalid".
@@ -181,9 +181,9 @@ test_path_reading if {
 }
 
 test_path_reading_without_a_path_is_invalid if {
-	tenancy.tenant_reading("path").invalid with input as http({})
-	tenancy.tenant_reading("path").invalid with input as http({"path": 7})
-	tenancy.tenant_reading("path").invalid with input as {}
+	tenancy.tenant_reading("path").invalid with input as http({}) with gatehouse.tenancy.path_tenant as testing.path_tenant
+	tenancy.tenant_reading("path").invalid with input as http({"path": 7}) with gatehouse.tenancy.path_tenant as testing.path_tenant
+	tenancy.tenant_reading("path").invalid with input as {} with gatehouse.tenancy.path_tenant as testing.path_tenant
 }
 
 # header, host and token sources: a present value must be a valid id.
@@ -233,17 +233,17 @@ source_cases := [
 test_source_reading if {
 	wrong := [[mode, doc, got] |
 		some [mode, doc, want] in source_cases
-		got := tenancy.tenant_reading(mode) with input as doc
+		got := tenancy.tenant_reading(mode) with input as doc with gatehouse.tenancy.path_tenant as testing.path_tenant
 		not matches(got, want)
 	]
 	wrong == []
 }
 
 test_requested_tenant if {
-	tenancy.requested_tenant("path") == "acme" with input as http({"path": "/t/acme/items"})
-	not tenancy.requested_tenant("path") with input as http({"path": "/api/acme"})
-	not tenancy.requested_tenant("path") with input as http({"path": "/t/"})
-	not tenancy.requested_tenant("path") with input as http({"path": "/t/%2Facme"})
+	tenancy.requested_tenant("path") == "acme" with input as http({"path": "/t/acme/items"}) with gatehouse.tenancy.path_tenant as testing.path_tenant
+	not tenancy.requested_tenant("path") with input as http({"path": "/api/acme"}) with gatehouse.tenancy.path_tenant as testing.path_tenant
+	not tenancy.requested_tenant("path") with input as http({"path": "/t/"}) with gatehouse.tenancy.path_tenant as testing.path_tenant
+	not tenancy.requested_tenant("path") with input as http({"path": "/t/%2Facme"}) with gatehouse.tenancy.path_tenant as testing.path_tenant
 	tenancy.requested_tenant("header") == "beta" with input as http({"headers": {"x-tenant-id": "beta"}})
 	not tenancy.requested_tenant("token") with input as {"token": {"claims": {"tenant": 7}}}
 	not tenancy.requested_tenant("nonsense") with input as http({"path": "/t/acme"})

@@ -127,6 +127,22 @@ test_world_users if {
 # and a Go test (bundle/native_random_test.go) checks over random worlds
 # that these readings and the built-ins answer alike.
 
+# path_tenant(path): the tenant a raw path names, {"tenant": X}, {} or
+# {"invalid": why} (SPEC §6 step 3; see tenancy.tenant_reading("path")).
+path_tenant(path) := {"invalid": "the path could be read as another tenant (dot segment, //, \\, ; or percent-encoding)"} if {
+	regex.match(`^$|^[^/]|//|\\|;|%(?:2[eEfF]|5[cC]|3[bB])|/\.\.?(?:/|$)|^/[^/]*(?:/[^/]*)?%`, raw_path(path))
+} else := {} if {
+	not regex.match(`^/[tT]/`, raw_path(path))
+} else := {"tenant": x} if {
+	x := split(raw_path(path), "/")[2]
+	regex.match(`^[a-zA-Z0-9._-]{1,128}$`, x)
+} else := {"invalid": "the path's tenant segment is not a valid tenant id"}
+
+# raw_path(path): the path without its query; "" for no string.
+default raw_path(_) := ""
+
+raw_path(path) := split(path, "?")[0]
+
 default tenant_active(_) := false
 
 tenant_active(t) if {
@@ -234,9 +250,22 @@ decide_target(q, x, mine) := {"reason": "tenant_unknown", "tenant": x} if {
 }
 
 roles_reason(q, roles) := "role_required" if {
-	count(q.required) > 0
-	count({r | some r in q.required} & roles) == 0
+	count(required_of(q)) > 0
+	count(required_of(q) & roles) == 0
 } else := "no_role" if {
-	count(q.required) == 0
+	count(required_of(q)) == 0
 	count(roles) == 0
 } else := "allowed"
+
+# required_of(q): the roles q requires, from a comma list, a set or an
+# array; undefined when q requires none (step 5 is left to the caller).
+required_of(q) := {r |
+	some part in split(q.required, ",")
+	r := trim_space(part)
+	r != ""
+} if is_string(q.required)
+
+required_of(q) := {r | some r in q.required} if {
+	_ = q.required
+	not is_string(q.required)
+}
