@@ -163,7 +163,10 @@ func benchCheck(b *testing.B, name string, spec worldgen.Spec, decisionCache int
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu := startCPU()
+	n := 0
 	for i := 0; b.Loop(); i++ {
+		n++
 		cr := crs[i%len(crs)]
 		prep, err := envoy.Prepare(cr)
 		if err != nil {
@@ -176,6 +179,7 @@ func benchCheck(b *testing.B, name string, spec worldgen.Spec, decisionCache int
 			b.Fatal(err)
 		}
 	}
+	cpu.report(b, n)
 }
 
 // BenchmarkCheckTenancySmall: the shipped policy over a small world
