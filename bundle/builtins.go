@@ -250,9 +250,24 @@ var (
 	keyRoles  = ast.InternedTerm("roles")
 )
 
+// reasonTerms are the reasons' terms, built once.
+var reasonTerms = func() map[string]*ast.Term {
+	m := map[string]*ast.Term{}
+	for _, r := range []string{tenancy.ReasonAllowed, tenancy.ReasonInvalidToken, tenancy.ReasonUnknownUser, tenancy.ReasonUserInactive,
+		tenancy.ReasonTenantInactive, tenancy.ReasonTenantUnknown, tenancy.ReasonProjectUnknown, tenancy.ReasonTenantNotGranted,
+		tenancy.ReasonRoleRequired, tenancy.ReasonNoRole} {
+		m[r] = ast.StringTerm(r)
+	}
+	return m
+}()
+
 func answerTerm(a tenancy.Answer) *ast.Term {
 	obj := ast.NewObjectWithCapacity(3)
-	obj.Insert(keyReason, ast.InternedTerm(a.Reason))
+	reason := reasonTerms[a.Reason]
+	if reason == nil {
+		reason = ast.StringTerm(a.Reason)
+	}
+	obj.Insert(keyReason, reason)
 	if a.HasTenant {
 		obj.Insert(keyTenant, ast.StringTerm(a.Tenant))
 	}

@@ -618,7 +618,7 @@ func (r *reader) leaf(i int, keys []string) (ast.Value, error) {
 // Record implements authz.DependencyTracker.
 func (s *Store) Record(t storage.Transaction) {
 	if t, ok := t.(*txn); ok {
-		t.rec = &recording{}
+		t.rec = &recording{deps: make([]dependency, 0, 16)} // a decision of the shipped policy reads about 8 keys
 		t.r.SetRecorder(t)
 	}
 }
