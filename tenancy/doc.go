@@ -25,6 +25,10 @@
 // Recorder given to a Reader receives every keyed read, whoever reads: the
 // sidecar's OPA storage adapter and its built-in functions alike.
 //
+// Decide answers the tenancy questions of SPEC §6 (steps 2 to 6) from a
+// Reader, reading stored values in place; PathTenant reads the tenant a raw
+// request path names. The sidecar exposes both as Gatehouse built-ins.
+//
 // Writer applies raw changes and keeps every index in step; Apply adds the
 // invariants and cascades of the control API on top, checking a batch as
 // one change from the state before it to the state after it. Both work
