@@ -2,14 +2,19 @@ package crashtest
 
 import (
 	"encoding/json"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
@@ -188,4 +193,281 @@ func TestSidecarKilledWhileApplying(t *testing.T) {
 		t.Fatalf("the writer made no change")
 	}
 	compareDecisions(t, s, a, sized(300, 100), 2)
+}
+
+// TestControlKilledMidBatch kills the control endpoint with SIGKILL while
+// large batches are in flight, three times, restarting it on the same data
+// and address: every batch is all or nothing (and every acknowledged one
+// all), the sidecar catches up and decides as the oracle does.
+func TestControlKilledMidBatch(t *testing.T) {
+	k := newKeys(t)
+	c, a := worldControl(t, k)
+	s := startSidecar(t, k, sidecarOpts{controlURL: c.url, dataDir: filepath.Join(t.TempDir(), "sidecar")})
+	s.waitReady(t, 90*time.Second)
+	state, _ := a.state(t)
+	var home *tenancy.ProjectGrant // a customer tenant and a project granted to it
+	for _, e := range state[tenancy.ProjectGrants] {
+		if g := e.(*tenancy.ProjectGrant); g.Status == tenancy.StatusActive && (home == nil || g.ID < home.ID) {
+			home = g
+		}
+	}
+	n := sized(2000, 400) // users per batch, each with a user grant: 2n ops
+	batchOps := func(b int) []tenancy.Op {
+		ops := make([]tenancy.Op, 0, 2*n)
+		for i := 0; i < n; i++ {
+			u := &tenancy.User{ID: batchUser(b, i), Tenant: home.Tenant}
+			ops = append(ops, put(u))
+		}
+		for i := 0; i < n; i++ {
+			ops = append(ops, put(&tenancy.UserGrant{ID: batchGrant(b, i), User: batchUser(b, i), Project: home.Project, Tenant: home.Tenant, Roles: []string{"reader"}}))
+		}
+		return ops
+	}
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
+	var next atomic.Int64
+	acked := map[int]bool{}
+	var mu sync.Mutex
+	started := 0
+	for cycle := 0; cycle < sized(3, 1); cycle++ {
+		var wg sync.WaitGroup
+		for w := 0; w < 2; w++ {
+			wg.Go(func() {
+				for {
+					b := int(next.Add(1) - 1)
+					_, st, _, err := a.tryBatch(batchOps(b))
+					if err != nil {
+						return // the control endpoint is gone
+					}
+					if st != 200 {
+						t.Errorf("batch %d refused: %d", b, st)
+						return
+					}
+					mu.Lock()
+					acked[b] = true
+					mu.Unlock()
+				}
+			})
+		}
+		time.Sleep(time.Duration(300+r.IntN(1200)) * time.Millisecond)
+		c.kill()
+		wg.Wait()
+		started = int(next.Load())
+		c = startControl(t, k, c.dir, c.addr)
+		a = newAdmin(c, k)
+	}
+	state, rev := a.state(t)
+	whole, none := 0, 0
+	for b := 0; b < started; b++ {
+		users, grants := 0, 0
+		for i := 0; i < n; i++ {
+			if _, ok := state[tenancy.Users][batchUser(b, i)]; ok {
+				users++
+			}
+			if _, ok := state[tenancy.UserGrants][batchGrant(b, i)]; ok {
+				grants++
+			}
+		}
+		switch {
+		case users == n && grants == n:
+			whole++
+		case users == 0 && grants == 0:
+			none++
+			if acked[b] {
+				t.Errorf("batch %d was acknowledged but is missing after the restart", b)
+			}
+		default:
+			t.Errorf("batch %d is half applied: %d of %d users, %d of %d grants", b, users, n, grants, n)
+		}
+	}
+	t.Logf("%d batches started: %d whole (%d acknowledged), %d absent; control at revision %d", started, whole, len(acked), none, rev)
+	compareDecisions(t, s, a, sized(300, 100), 3)
+}
+
+func batchUser(b, i int) string  { return "kb" + itoa(b) + "-" + itoa(i) }
+func batchGrant(b, i int) string { return "kg" + itoa(b) + "-" + itoa(i) }
+func itoa(i int) string          { return strconv.Itoa(i) }
+
+// probe is a user grant whose roles the cut test toggles, revision by
+// revision, between reader and reader+writer.
+type probe struct{ g *tenancy.UserGrant }
+
+// probes picks user grants whose decision depends on their own roles only:
+// allowed with reader, the tenant holding writer on the project, the only
+// grant of the user on that project in that tenant.
+func probes(state testutil.State, n int) []probe {
+	count := map[[3]string]int{}
+	for _, e := range state[tenancy.UserGrants] {
+		g := e.(*tenancy.UserGrant)
+		count[[3]string{g.User, g.Project, g.Tenant}]++
+	}
+	var ids []string
+	for id := range state[tenancy.UserGrants] {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	var out []probe
+	for _, id := range ids {
+		g := state[tenancy.UserGrants][id].(*tenancy.UserGrant)
+		if count[[3]string{g.User, g.Project, g.Tenant}] != 1 {
+			continue
+		}
+		writer := *g
+		writer.Roles = []string{"reader", "writer"}
+		probeState := state.Clone()
+		probeState[tenancy.UserGrants][id] = &writer
+		if !decide(probeState, query{user: g.User, project: g.Project, tenant: g.Tenant, roles: []string{"writer"}}).allowed {
+			continue
+		}
+		out = append(out, probe{g: g})
+		if len(out) == n {
+			break
+		}
+	}
+	return out
+}
+
+// TestStreamCutMidRevision puts a TCP proxy between a sidecar and the
+// control endpoint that cuts connections after random byte counts: the
+// first snapshots, then change streams carrying large revisions (cut
+// inside a revision's line). Probes running all along must see, at
+// whatever revision a decision reports, exactly that revision's roles —
+// never half a revision; at the end the sidecar catches up and decides as
+// the oracle does.
+func TestStreamCutMidRevision(t *testing.T) {
+	k := newKeys(t)
+	c, a := worldControl(t, k)
+	state, _ := a.state(t)
+	ps := probes(state, 20)
+	if len(ps) < 5 {
+		t.Fatalf("only %d probe grants in the world", len(ps))
+	}
+	var padding []*tenancy.User // users whose labels make every revision large
+	for _, id := range slices.Sorted(maps.Keys(state[tenancy.Users]))[:sized(400, 150)] {
+		padding = append(padding, state[tenancy.Users][id].(*tenancy.User))
+	}
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 4))
+	p := startProxy(t, c.addr)
+	p.setBudgets(int64(20_000+r.IntN(2_000_000)), int64(20_000+r.IntN(2_000_000)), int64(1_000+r.IntN(50_000)))
+	s := startSidecar(t, k, sidecarOpts{controlURL: p.url(), dataDir: filepath.Join(t.TempDir(), "sidecar")})
+	s.waitReady(t, 90*time.Second)
+	snapCuts, _ := p.stats()
+
+	// the writer: revision by revision, every probe to reader (even) or
+	// reader+writer (odd), with the padding users relabelled
+	var mu sync.Mutex
+	phaseAt := map[uint64]int{}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var lastRev atomic.Uint64
+	wg.Go(func() {
+		for j := 0; ; j++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			var ops []tenancy.Op
+			for _, pr := range ps {
+				g := *pr.g
+				g.Roles = []string{"reader"}
+				if j%2 == 1 {
+					g.Roles = []string{"reader", "writer"}
+				}
+				ops = append(ops, put(&g))
+			}
+			for _, u := range padding {
+				v := *u
+				v.Labels = map[string]string{"revision": itoa(j)}
+				ops = append(ops, put(&v))
+			}
+			rev, st, body, err := a.tryBatch(ops)
+			if err != nil || st != 200 {
+				t.Errorf("toggle %d: %v %d %s", j, err, st, body)
+				return
+			}
+			mu.Lock()
+			phaseAt[rev] = j % 2
+			mu.Unlock()
+			lastRev.Store(rev)
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+	// the prober: every answer judged against the revision it reports
+	var judged, unavailable, wrong atomic.Int64
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, pr := range ps {
+				q := query{user: pr.g.User, project: pr.g.Project, tenant: pr.g.Tenant, roles: []string{"writer"}}
+				got, at, err := s.tryCheck(t, q, 0)
+				if err != nil {
+					unavailable.Add(1)
+					continue
+				}
+				mu.Lock()
+				phase, known := phaseAt[at]
+				mu.Unlock()
+				if !known {
+					continue // before the first toggle, or its answer is not back yet
+				}
+				judged.Add(1)
+				if got.allowed != (phase == 1) {
+					if wrong.Add(1) <= 5 {
+						t.Errorf("probe %s at revision %d: %v, but that revision gives it %s", pr.g.ID, at, got, map[int]string{0: "reader", 1: "reader,writer"}[phase])
+					}
+				}
+			}
+		}
+	})
+	time.Sleep(500 * time.Millisecond)
+	budgets := make([]int64, sized(12, 6))
+	for i := range budgets {
+		budgets[i] = int64(100 + r.IntN(400_000))
+	}
+	p.setBudgets(budgets...)
+	p.cutAll()
+	deadline := time.Now().Add(time.Duration(sized(8, 4)) * time.Second)
+	for time.Now().Before(deadline) {
+		if cuts, _ := p.stats(); cuts >= snapCuts+len(budgets) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	p.setBudgets()
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	cuts, midLine := p.stats()
+	t.Logf("%d connections cut (%d during the snapshot, %d inside a line); %d probe answers judged, %d unavailable, %d wrong; last revision %d",
+		cuts, snapCuts, midLine, judged.Load(), unavailable.Load(), wrong.Load(), lastRev.Load())
+	if midLine == 0 {
+		t.Errorf("no cut landed inside a line: the test did not test anything")
+	}
+	if judged.Load() == 0 {
+		t.Errorf("no probe answer could be judged")
+	}
+	compareDecisions(t, s, a, sized(300, 100), 4)
+}
+
+// tryCheck is check without failing: a "cannot decide" is returned.
+func (s *sidecar) tryCheck(t *testing.T, q query, minRev uint64) (answer, uint64, error) {
+	path := "/t/" + q.tenant + "/api/items"
+	ext := map[string]string{"project": q.project}
+	if len(q.roles) > 0 {
+		ext["roles"] = strings.Join(q.roles, ",")
+	}
+	req := testutil.CheckRequest(testutil.Request{Path: path, Headers: map[string]string{
+		"authorization": "Bearer " + token(t, q.user),
+	}, ContextExtensions: ext})
+	c, cancel := contextTimeout(t, 10*time.Second)
+	defer cancel()
+	resp, err := s.client.Check(c, req)
+	if err != nil {
+		return answer{}, 0, err
+	}
+	return toAnswer(t, resp), uint64(resp.GetDynamicMetadata().GetFields()["tenancy_revision"].GetNumberValue()), nil
 }
