@@ -228,7 +228,7 @@ log: {level: info, format: json}
 	wg.Go(func() { writeLoop(bg, c.writeEvery, admin, client, soakToken, &st) })
 	wg.Go(func() { reloadLoop(bg, c.reload, filepath.Join(policies, "envoy", "authz.rego"), opsURL, &st) })
 
-	fmt.Printf("\n| t | checks/s | p99 ms | errors | wrong | writes ok/wrong/err | write→decision p99 ms | reloads ok/failed | RSS MiB | goroutines | heap MiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Printf("\n| t | checks/s | p99 ms | errors | wrong | writes ok/wrong/err | write→decision p99 ms (so far) | reloads ok/failed | RSS MiB | goroutines | heap MiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	var rows []sample
 	begin := time.Now()
 	var failures []string

@@ -306,16 +306,19 @@ func probes(state testutil.State, n int) []probe {
 	}
 	slices.Sort(ids)
 	var out []probe
+	o := newOracle(state)
 	for _, id := range ids {
 		g := state[tenancy.UserGrants][id].(*tenancy.UserGrant)
-		if count[[3]string{g.User, g.Project, g.Tenant}] != 1 {
+		k := [3]string{g.User, g.Project, g.Tenant}
+		if count[k] != 1 {
 			continue
 		}
 		writer := *g
 		writer.Roles = []string{"reader", "writer"}
-		probeState := state.Clone()
-		probeState[tenancy.UserGrants][id] = &writer
-		if !decide(probeState, query{user: g.User, project: g.Project, tenant: g.Tenant, roles: []string{"writer"}}).allowed {
+		o.ugs[k] = []*tenancy.UserGrant{&writer}
+		ok := o.decide(query{user: g.User, project: g.Project, tenant: g.Tenant, roles: []string{"writer"}}).allowed
+		o.ugs[k] = []*tenancy.UserGrant{g}
+		if !ok {
 			continue
 		}
 		out = append(out, probe{g: g})

@@ -284,8 +284,35 @@ func (a answer) String() string {
 	return "deny " + a.reason
 }
 
+// oracle answers queries over one state, with the lookups the policy's
+// indexes provide built here from the entities.
+type oracle struct {
+	s      testutil.State
+	grants map[[2]string][]*tenancy.ProjectGrant // project, tenant
+	ugs    map[[3]string][]*tenancy.UserGrant    // user, project, tenant
+}
+
+func newOracle(s testutil.State) *oracle {
+	o := &oracle{s: s, grants: map[[2]string][]*tenancy.ProjectGrant{}, ugs: map[[3]string][]*tenancy.UserGrant{}}
+	for _, e := range s[tenancy.ProjectGrants] {
+		g := e.(*tenancy.ProjectGrant)
+		o.grants[[2]string{g.Project, g.Tenant}] = append(o.grants[[2]string{g.Project, g.Tenant}], g)
+	}
+	for _, e := range s[tenancy.UserGrants] {
+		g := e.(*tenancy.UserGrant)
+		k := [3]string{g.User, g.Project, g.Tenant}
+		o.ugs[k] = append(o.ugs[k], g)
+	}
+	return o
+}
+
 // decide computes the shipped policy's decision for q over s.
-func decide(s testutil.State, q query) answer {
+func decide(s testutil.State, q query) answer { return newOracle(s).decide(q) }
+
+// decide: SPEC §6 steps 2-5 for a subject of an issuer without
+// trust_token_roles, the target tenant taken from the path.
+func (o *oracle) decide(q query) answer {
+	s := o.s
 	deny := func(r string) answer { return answer{reason: r} }
 	ue, ok := s[tenancy.Users][q.user]
 	if !ok {
@@ -315,9 +342,8 @@ func decide(s testutil.State, q query) answer {
 		held = p.Roles
 	} else {
 		granted := false
-		for _, ge := range s[tenancy.ProjectGrants] {
-			g := ge.(*tenancy.ProjectGrant)
-			if g.Project == p.ID && g.Tenant == x && g.Status == tenancy.StatusActive {
+		for _, g := range o.grants[[2]string{p.ID, x}] {
+			if g.Status == tenancy.StatusActive {
 				granted = true
 				held = append(held, g.Roles...)
 			}
@@ -327,13 +353,10 @@ func decide(s testutil.State, q query) answer {
 		}
 	}
 	var eff []string
-	for _, ge := range s[tenancy.UserGrants] {
-		g := ge.(*tenancy.UserGrant)
-		if g.User == q.user && g.Project == p.ID && g.Tenant == x {
-			for _, r := range g.Roles {
-				if slices.Contains(held, r) && !slices.Contains(eff, r) {
-					eff = append(eff, r)
-				}
+	for _, g := range o.ugs[[3]string{q.user, p.ID, x}] {
+		for _, r := range g.Roles {
+			if slices.Contains(held, r) && !slices.Contains(eff, r) {
+				eff = append(eff, r)
 			}
 		}
 	}
@@ -449,8 +472,9 @@ func compareDecisions(t *testing.T, s *sidecar, a *admin, n int, seed uint64) {
 	s.waitRevision(t, rev, 30*time.Second)
 	bad := 0
 	allowed := 0
+	o := newOracle(state)
 	for _, q := range sample(state, n, seed) {
-		want := decide(state, q)
+		want := o.decide(q)
 		got, at := s.check(t, q, rev)
 		if at != rev {
 			t.Fatalf("decided at revision %d while the control is at %d (no writes are running)", at, rev)
