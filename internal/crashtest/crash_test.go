@@ -196,7 +196,7 @@ func TestSidecarKilledWhileApplying(t *testing.T) {
 }
 
 // TestControlKilledMidBatch kills the control endpoint with SIGKILL while
-// large batches are in flight, three times, restarting it on the same data
+// large batches (3,000 operations) are in flight, three times, restarting it on the same data
 // and address: every batch is all or nothing (and every acknowledged one
 // all), the sidecar catches up and decides as the oracle does.
 func TestControlKilledMidBatch(t *testing.T) {
@@ -211,7 +211,7 @@ func TestControlKilledMidBatch(t *testing.T) {
 			home = g
 		}
 	}
-	n := sized(2000, 400) // users per batch, each with a user grant: 2n ops
+	n := sized(1500, 400) // users per batch, each with a user grant: 2n ops
 	batchOps := func(b int) []tenancy.Op {
 		ops := make([]tenancy.Op, 0, 2*n)
 		for i := 0; i < n; i++ {
