@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,8 +36,12 @@ func TestMain(m *testing.M) {
 	}
 	gatehouseBin = filepath.Join(dir, "gatehouse")
 	goTool, err := exec.LookPath("go")
+	if err != nil && os.Getenv("GOROOT") != "" {
+		goTool, err = filepath.Join(os.Getenv("GOROOT"), "bin", "go"), nil
+	}
 	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		fmt.Fprintln(os.Stderr, "crashtest: the go command is needed to build gatehouse:", err)
+		os.Exit(1)
 	}
 	build := exec.Command(goTool, "build", "-o", gatehouseBin, "github.com/gatehouse-dev/gatehouse/cmd/gatehouse")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
