@@ -35,14 +35,20 @@ func TestSidecarKilledDuringSnapshot(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "sidecar")
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	kills := sized(5, 2)
-	est := 2 * time.Second // a first guess of the snapshot's length, refined below
-	during := 0
-	for i := 0; i < kills; i++ {
+	snapshotFile := filepath.Join(data, "tenancy.db.snapshot")
+	est := time.Second // a first guess of the snapshot's length, refined below
+	during, attempts := 0, 0
+	for ; during < kills && attempts < 4*kills; attempts++ {
 		s := startSidecar(t, k, sidecarOpts{controlURL: c.url, dataDir: data})
+		// the snapshot starts once the policies compiled: aim inside it
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if _, err := os.Stat(snapshotFile); err == nil || s.logged("tenancy snapshot applied") {
+				break
+			}
+		}
 		started := time.Now()
-		delay := time.Duration(r.Int64N(int64(est)))
-		time.Sleep(delay)
-		_, err := os.Stat(filepath.Join(data, "tenancy.db.snapshot"))
+		time.Sleep(time.Duration(r.Int64N(int64(est))))
+		_, err := os.Stat(snapshotFile)
 		inSnapshot := err == nil && !s.logged("tenancy snapshot applied")
 		s.kill()
 		if inSnapshot {
@@ -51,13 +57,13 @@ func TestSidecarKilledDuringSnapshot(t *testing.T) {
 		}
 		if s.logged("tenancy snapshot applied") {
 			// too late: start the next attempt from nothing, and aim earlier
-			est = max(200*time.Millisecond, time.Since(started)*2/3)
+			est = max(20*time.Millisecond, time.Since(started)/2)
 			if err := os.RemoveAll(data); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	t.Logf("%d of %d kills landed inside the snapshot", during, kills)
+	t.Logf("%d kills landed inside the snapshot (%d attempts)", during, attempts)
 	if during == 0 {
 		t.Fatalf("no kill landed inside a snapshot: the test did not test anything")
 	}
