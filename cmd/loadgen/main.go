@@ -103,9 +103,9 @@ func newKeysCmd() *cobra.Command {
 
 func newRunCmd() *cobra.Command {
 	var (
-		cfg                                  loadgen.Config
-		scenario, signingKey, expectAll, out string
-		jsonOut                              bool
+		cfg                                              loadgen.Config
+		scenario, signingKey, expectAll, out, tokenCache string
+		jsonOut                                          bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run --addr ADDR --scenario FILE",
@@ -125,7 +125,7 @@ error is reported and makes the command exit 1.`,
 			if err != nil {
 				return err
 			}
-			opts := loadgen.PlanOptions{}
+			opts := loadgen.PlanOptions{TokenCache: tokenCache}
 			if signingKey != "" {
 				if opts.SigningKey, err = keys.LoadRSA(signingKey); err != nil {
 					return err
@@ -141,6 +141,8 @@ error is reported and makes the command exit 1.`,
 			if cfg.Plan, err = loadgen.NewPlan(sc, opts); err != nil {
 				return err
 			}
+			fmt.Fprintf(os.Stderr, "plan: %d requests (%d distinct), %d distinct tokens, %d signed\n",
+				len(cfg.Plan.Requests), cfg.Plan.DistinctRequests, cfg.Plan.DistinctTokens, cfg.Plan.MintedTokens)
 			res, err := loadgen.Run(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -175,6 +177,8 @@ error is reported and makes the command exit 1.`,
 	f.Float64Var(&cfg.Rate, "rate", 0, "open loop at this many requests/s in total (0: closed loop)")
 	f.StringVar(&signingKey, "signing-key", "", "RSA private key (PEM) to mint the scenario's tokens with")
 	f.IntVar(&cfg.PID, "pid", 0, "server process to sample CPU time and RSS of (/proc)")
+	f.StringVar(&cfg.MetricsURL, "metrics", "", "server's Prometheus /metrics URL: report its decision and token cache hit rates over the window")
+	f.StringVar(&tokenCache, "token-cache", "", "file to reuse valid tokens from and add minted ones to (saves re-signing across runs)")
 	f.StringVar(&expectAll, "expect-all", "", "override every request's expect (allow|deny), e.g. for the no-op floor")
 	f.BoolVar(&jsonOut, "json", false, "print one JSON object instead of a line")
 	f.StringVar(&out, "out", "", "also write the JSON object to this file")
