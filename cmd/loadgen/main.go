@@ -174,6 +174,7 @@ error is reported and makes the command exit 1.`,
 	f.IntVar(&cfg.Conns, "conns", 1, "grpc connections to spread the workers over")
 	f.DurationVar(&cfg.Duration, "duration", 10*time.Second, "recorded window")
 	f.DurationVar(&cfg.Warmup, "warmup", 2*time.Second, "unrecorded warm-up before the window")
+	f.BoolVar(&cfg.Prime, "prime", false, "send every distinct request once before the warm-up (a hot workload starts hot)")
 	f.Float64Var(&cfg.Rate, "rate", 0, "open loop at this many requests/s in total (0: closed loop)")
 	f.StringVar(&signingKey, "signing-key", "", "RSA private key (PEM) to mint the scenario's tokens with")
 	f.IntVar(&cfg.PID, "pid", 0, "server process to sample CPU time and RSS of (/proc)")

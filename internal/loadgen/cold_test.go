@@ -440,3 +440,34 @@ func TestBenchTableHotCold(t *testing.T) {
 		t.Errorf("round trip: %v %s", err, b)
 	}
 }
+
+// Priming sends every distinct request once before the warm-up: a hot
+// workload's window then holds no first-seen request, however short the
+// warm-up; without it, a window reached before the first pass ends has
+// misses.
+func TestRunPrime(t *testing.T) {
+	t.Parallel()
+	for _, primed := range []bool{false, true} {
+		m := &metricsServer{seen: map[string]bool{}}
+		addr, url := serve(t, m), serveHTTP(t, m)
+		res, err := loadgen.Run(t.Context(), loadgen.Config{
+			Addr: addr, Plan: plan(t, `{"requests": [`+requestsJSON(5000)+`]}`, nil, nil),
+			Concurrency: 4, Duration: 50 * time.Millisecond, MetricsURL: url, Prime: primed,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.mu.Lock()
+		seen := len(m.seen)
+		m.mu.Unlock()
+		d := res.DecisionCache
+		switch {
+		case d == nil || res.Checks == 0:
+			t.Fatalf("primed=%v: no figures: %+v", primed, res)
+		case primed && (d.ByResult["miss"] != 0 || seen != 5000 || !res.Primed):
+			t.Errorf("primed: %d misses in the window, %d requests seen", d.ByResult["miss"], seen)
+		case !primed && (d.ByResult["miss"] == 0 || res.Primed):
+			t.Errorf("not primed: no misses in a window shorter than the first pass (%+v)", d)
+		}
+	}
+}

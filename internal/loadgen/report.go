@@ -28,6 +28,9 @@ type Result struct {
 	Conns int `json:"conns"`
 	// TargetRate is the open loop's scheduled calls per second.
 	TargetRate float64 `json:"target_rate,omitempty"`
+	// Primed is true when every distinct request was sent once before the
+	// warm-up (Config.Prime).
+	Primed bool `json:"primed,omitempty"`
 	// WarmupSeconds is the unrecorded lead-in.
 	WarmupSeconds float64 `json:"warmup_s"`
 	// DurationSeconds is the recorded window.
