@@ -14,6 +14,8 @@
 #   BENCH_1M=1 adds the cold row at 1,000,000 grants (first time: ~1.5 min
 #   to build the world, then ~1 min per run for the sidecar's snapshot)
 #   BENCH_SNAPSHOT_TIMEOUT=600 (seconds a sidecar may take to snapshot a world)
+#   BENCH_PEER=1 adds opa-envoy-plugin rows (hot and cold; built once, a few
+#   minutes) with bench/peer/policy.rego and HS256 tokens
 #   BENCH_CONTROL_PORT=9382
 set -euo pipefail
 
@@ -141,13 +143,40 @@ world() {
 		bin/benchworld scenario --size "$1" --kind cold --out "$dir/scenario-cold.json"
 	fi
 }
-TENANCY=${BENCH_TENANCY:-1}
+WORLDS=${BENCH_TENANCY:-1}
+TENANCY=$WORLDS # the Gatehouse multi-tenant rows
 [[ -z $GATEHOUSE_SKIP ]] || TENANCY=0
-if [[ $TENANCY == 1 ]]; then
+if [[ $WORLDS == 1 ]]; then
 	world 200k
+	[[ ${BENCH_1M:-0} != 1 ]] || world 1m
 fi
-if [[ ${BENCH_1M:-0} == 1 && $TENANCY == 1 ]]; then
-	world 1m
+
+# --- the peer (BENCH_PEER=1) -------------------------------------------------------
+# opa-envoy-plugin, built once into bin/ from the Go module proxy. The proxy
+# here serves only v1.0.0-envoy of it (OPA v1.0.0); `go install pkg@version`
+# fails on its deprecation check (the proxy refuses the version list), so it
+# is built from a scratch module that requires it.
+PEER_VERSION=${BENCH_PEER_VERSION:-v1.0.0-envoy}
+PEER_SKIP=""
+if [[ ${BENCH_PEER:-0} == 1 ]]; then
+	if [[ $WORLDS != 1 ]]; then
+		PEER_SKIP="the peer rows need the worlds (BENCH_TENANCY=0)"
+	elif [[ ! -x bin/opa-envoy-plugin || $(cat bin/opa-envoy-plugin.version 2>/dev/null) != "$PEER_VERSION" ]]; then
+		log "building bin/opa-envoy-plugin $PEER_VERSION (once; a few minutes)"
+		mod=bench/.var/peer-build
+		rm -rf "$mod" && mkdir -p "$mod"
+		if (cd "$mod" && go mod init peer >/dev/null 2>&1 &&
+			go get "github.com/open-policy-agent/opa-envoy-plugin/cmd/opa-envoy-plugin@$PEER_VERSION" &&
+			CGO_ENABLED=0 go build -o ../../../bin/opa-envoy-plugin github.com/open-policy-agent/opa-envoy-plugin/cmd/opa-envoy-plugin) \
+			>"$WORK/peer-build.log" 2>&1; then
+			echo "$PEER_VERSION" >bin/opa-envoy-plugin.version
+		else
+			PEER_SKIP="opa-envoy-plugin $PEER_VERSION does not build: $(grep -m1 -i 'error\|forbidden\|cannot' "$WORK/peer-build.log" || tail -n 1 "$WORK/peer-build.log")"
+		fi
+	fi
+	if [[ -z $PEER_SKIP && ! -f $KEYS/hs256.secret ]]; then
+		(umask 077 && head -c 48 /dev/urandom | base64 | tr -d '\n/+=' >"$KEYS/hs256.secret")
+	fi
 fi
 
 # --- pinning -----------------------------------------------------------------
@@ -228,12 +257,12 @@ measure() {
 # peak_mib PID: the process's largest RSS so far (VmHWM), in MiB.
 peak_mib() { awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
 
-# start_gatehouse NAME TIMEOUT ARGS...: starts `gatehouse ARGS` pinned and
-# waits for its gRPC port and /readyz; sets READY_MS. On failure it sets
-# START_ERR and returns 1.
-start_gatehouse() {
-	local name=$1 timeout=$2 logf=$WORK/$1.log start i
-	shift 2
+# start_server NAME TIMEOUT READY_URL CMD...: starts CMD pinned with
+# GOMAXPROCS=1 and waits for the gRPC port and READY_URL; sets SERVER_PID
+# and READY_MS. On failure it sets START_ERR and returns 1.
+start_server() {
+	local name=$1 timeout=$2 url=$3 logf=$WORK/$1.log start i
+	shift 3
 	START_ERR=""
 	for p in "$GRPC_PORT" "$HTTP_PORT" "$OPS_PORT"; do
 		if port_open "$p"; then
@@ -241,31 +270,32 @@ start_gatehouse() {
 			return 1
 		fi
 	done
-	log "starting gatehouse $*"
+	log "starting $*"
 	start=$(now_ms)
-	GOMAXPROCS=1 "${SERVER_PIN[@]}" bin/gatehouse "$@" >"$logf" 2>&1 &
+	GOMAXPROCS=1 "${SERVER_PIN[@]}" "$@" >>"$logf" 2>&1 &
 	SERVER_PID=$!
 	for ((i = 0; i < timeout * 10; i++)); do
 		if ! kill -0 "$SERVER_PID" 2>/dev/null; then
 			local rc=0
 			wait "$SERVER_PID" || rc=$?
 			SERVER_PID=""
-			START_ERR="gatehouse exited with status $rc before it was ready: $(tail -n 1 "$logf")"
+			START_ERR="$(basename "$1") exited with status $rc before it was ready: $(tail -n 1 "$logf")"
 			return 1
 		fi
-		if port_open "$GRPC_PORT" && curl -sf -o /dev/null "http://127.0.0.1:$OPS_PORT/readyz"; then
+		if port_open "$GRPC_PORT" && curl -sf -o /dev/null "$url"; then
 			READY_MS=$(($(now_ms) - start))
 			log "    ready after $READY_MS ms"
 			return 0
 		fi
 		sleep 0.1
 	done
-	log "gatehouse log (last lines):"
+	log "log (last lines):"
 	tail -n 5 "$logf" | sed 's/^/    /' >&2
 	stop_server
-	START_ERR="not ready (grpc :$GRPC_PORT, /readyz on :$OPS_PORT) within ${timeout}s"
+	START_ERR="not ready (grpc :$GRPC_PORT, $url) within ${timeout}s"
 	return 1
 }
+READYZ=http://127.0.0.1:$OPS_PORT/readyz
 
 # start_control SIZE: a control endpoint serving a copy of the world's file
 # (the world stays pristine).
@@ -306,14 +336,28 @@ YAML
 	echo "$WORK/sidecar-$1.yaml"
 }
 
+# --- rows, in table order ---------------------------------------------------------
+PEER=${BENCH_PEER:-0}
+ONE_M=${BENCH_1M:-0}
+PEER_LABEL="opa-envoy-plugin $PEER_VERSION, same policy in Rego, HS256"
+row noop "no-op ext_authz (grpc-go)" ""
+touch "$WORK/servers/noop/floor"
+row gatehouse-simple "Gatehouse, simple policy (bench/policies/simple)" hot
+row gatehouse-200k-hot "Gatehouse, shipped policy, 200k grants" hot
+[[ $PEER != 1 ]] || row peer-200k-hot "$PEER_LABEL, 200k grants" hot
+row gatehouse-200k-cold "Gatehouse, shipped policy, 200k grants" cold
+[[ $PEER != 1 ]] || row peer-200k-cold "$PEER_LABEL, 200k grants" cold
+if [[ $ONE_M == 1 ]]; then
+	row gatehouse-1m-cold "Gatehouse, shipped policy, 1M grants" cold
+	[[ $PEER != 1 ]] || row peer-1m-cold "$PEER_LABEL, 1M grants" cold
+fi
+
 # --- the floor: no-op ext_authz --------------------------------------------------
 # The floor allows everything, but is sent the very same bytes as a real
 # server: the cold 200k scenario when the tenancy rows run (the largest
 # requests, the most distinct), else scenario-simple.json.
 FLOOR_SCENARIO=$SCENARIO
-[[ $TENANCY != 1 ]] || FLOOR_SCENARIO=bench/.var/world-200k/scenario-cold.json
-row noop "no-op ext_authz (grpc-go)" ""
-touch "$WORK/servers/noop/floor"
+[[ $WORLDS != 1 ]] || FLOOR_SCENARIO=bench/.var/world-200k/scenario-cold.json
 note noop "the floor is sent $FLOOR_SCENARIO with every expectation set to allow"
 if port_open "$NOOP_PORT"; then
 	log "port $NOOP_PORT is already in use (set BENCH_NOOP_PORT): cannot measure the floor"
@@ -330,91 +374,127 @@ MEASURE_SCENARIO=$FLOOR_SCENARIO measure noop "127.0.0.1:$NOOP_PORT" --expect-al
 stop_server
 
 # --- gatehouse, simple policy ----------------------------------------------------
-row gatehouse-simple "Gatehouse, simple policy (bench/policies/simple)" hot
-GH_ARGS=(serve --config "$CONFIG")
+GH_ARGS=(bin/gatehouse serve --config "$CONFIG")
 [[ $GRPC_PORT == 9191 ]] || GH_ARGS+=(--grpc-addr "127.0.0.1:$GRPC_PORT")
 [[ $HTTP_PORT == 9192 ]] || GH_ARGS+=(--http-addr "127.0.0.1:$HTTP_PORT")
 [[ $OPS_PORT == 8181 ]] || GH_ARGS+=(--ops-addr "127.0.0.1:$OPS_PORT")
 if [[ -n $GATEHOUSE_SKIP ]]; then
 	skip gatehouse-simple "$GATEHOUSE_SKIP"
-elif start_gatehouse gatehouse-simple "$READY_TIMEOUT" "${GH_ARGS[@]}"; then
+elif start_server gatehouse-simple "$READY_TIMEOUT" "$READYZ" "${GH_ARGS[@]}"; then
 	MEASURE_METRICS=$METRICS measure gatehouse-simple "127.0.0.1:$GRPC_PORT" --prime
 	stop_server
 else
 	skip gatehouse-simple "$START_ERR"
 fi
 
-# --- gatehouse, shipped policy: 200k grants hot and cold, 1M grants cold ---------
-# One control endpoint per world. The first sidecar takes a snapshot into a
-# new cache file; the hot runs are primed (every distinct request sent once
-# before the warm-up, so their windows measure the hot path however slowly
-# the first pass went); every cold run is then made against a fresh process on
-# that file (ready from it in milliseconds), so that no run starts with the
-# answers of the one before in its caches.
+# --- the multi-tenant rows: 200k grants hot and cold, 1M grants cold ---------------
+# Gatehouse: one control endpoint per world. The first sidecar takes a
+# snapshot into a new cache file. Hot runs are primed (every distinct
+# request sent once before the warm-up, so their windows measure the hot
+# path however slowly the first pass went). Every cold run is made against
+# a fresh process (a Gatehouse sidecar on that cache file, ready from it in
+# milliseconds; the peer loading its data again), so that no run starts
+# with the answers of the one before in its caches.
 
-# fresh_sidecar: stops the sidecar and starts a new one on $FRESH_CONFIG
-# for row $FRESH_ROW.
-fresh_sidecar() {
+# fresh: stops the server and starts "${FRESH_CMD[@]}" for row $FRESH_ROW.
+fresh() {
 	stop_server
-	start_gatehouse "$FRESH_ROW" "$READY_TIMEOUT" serve --config "$FRESH_CONFIG" || return 1
+	start_server "$FRESH_ROW" "$FRESH_TIMEOUT" "$FRESH_URL" "${FRESH_CMD[@]}" || return 1
 	FRESH_READY+=("$READY_MS")
 }
 
-# cold NAME SIZE CONFIG: the cold row of a world whose cache file exists.
+# cold NAME SIZE TIMEOUT READY_URL CMD...: a cold row, each run against a
+# fresh server.
 cold() {
-	FRESH_ROW=$1 FRESH_CONFIG=$3 FRESH_READY=()
-	MEASURE_FRESH=fresh_sidecar MEASURE_SCENARIO=bench/.var/world-$2/scenario-cold.json MEASURE_METRICS=$METRICS \
-		measure "$1" "127.0.0.1:$GRPC_PORT"
+	FRESH_ROW=$1 FRESH_TIMEOUT=$3 FRESH_URL=$4 FRESH_READY=()
+	local size=$2
+	shift 4
+	FRESH_CMD=("$@")
+	MEASURE_FRESH=fresh MEASURE_SCENARIO=bench/.var/world-$size/scenario-cold.json \
+		measure "$FRESH_ROW" "127.0.0.1:$GRPC_PORT" "${COLD_FLAGS[@]}"
 	stop_server
 	if ((${#FRESH_READY[@]})); then
-		note "$1" "each run against a fresh sidecar on the cache file (ready after ${FRESH_READY[*]} ms)"
+		note "$FRESH_ROW" "each run against a fresh process (ready after ${FRESH_READY[*]} ms)"
 	fi
 }
 
-row gatehouse-200k-hot "Gatehouse, shipped policy, 200k grants" hot
-row gatehouse-200k-cold "Gatehouse, shipped policy, 200k grants" cold
-if [[ $TENANCY != 1 ]]; then
-	why=${GATEHOUSE_SKIP:-BENCH_TENANCY=0}
-	skip gatehouse-200k-hot "$why"
-	skip gatehouse-200k-cold "$why"
-elif ! start_control 200k; then
-	skip gatehouse-200k-hot "no control endpoint"
-	skip gatehouse-200k-cold "no control endpoint"
-else
-	cfg=$(sidecar_config 200k)
-	if start_gatehouse gatehouse-200k-hot "$SNAPSHOT_TIMEOUT" serve --config "$cfg"; then
-		note gatehouse-200k-hot "ready after $READY_MS ms (snapshot of the 200k world into a new cache file; peak RSS includes it)"
-		MEASURE_SCENARIO=bench/.var/world-200k/scenario.json MEASURE_METRICS=$METRICS measure gatehouse-200k-hot "127.0.0.1:$GRPC_PORT" --prime
-		lat=$(bin/benchworld latency --size 200k --control "http://127.0.0.1:$CONTROL_PORT" \
+# gatehouse_world SIZE: the Gatehouse rows of a world.
+gatehouse_world() {
+	local size=$1 hot=gatehouse-$1-hot cold=gatehouse-$1-cold
+	[[ -d $WORK/servers/$hot ]] || hot=""
+	if [[ $TENANCY != 1 ]]; then
+		local why=${GATEHOUSE_SKIP:-BENCH_TENANCY=0}
+		[[ -z $hot ]] || skip "$hot" "$why"
+		skip "$cold" "$why"
+		return 0
+	fi
+	if ! start_control "$size"; then
+		[[ -z $hot ]] || skip "$hot" "no control endpoint"
+		skip "$cold" "no control endpoint"
+		return 0
+	fi
+	local cfg first=${hot:-$cold}
+	cfg=$(sidecar_config "$size")
+	if ! start_server "$first" "$SNAPSHOT_TIMEOUT" "$READYZ" bin/gatehouse serve --config "$cfg"; then
+		[[ -z $hot ]] || skip "$hot" "$START_ERR"
+		skip "$cold" "the first sidecar was not ready: $START_ERR"
+		stop_control
+		return 0
+	fi
+	note "$first" "ready after $READY_MS ms: snapshot of the $size world into a new cache file (peak RSS $(peak_mib "$SERVER_PID") MiB)"
+	if [[ -n $hot ]]; then
+		MEASURE_SCENARIO=bench/.var/world-$size/scenario.json MEASURE_METRICS=$METRICS measure "$hot" "127.0.0.1:$GRPC_PORT" --prime
+		local lat
+		lat=$(bin/benchworld latency --size "$size" --control "http://127.0.0.1:$CONTROL_PORT" \
 			--admin-token-file "$WORK/admin.token" --grpc "127.0.0.1:$GRPC_PORT" --signing-key "$KEYS/signing.pem" --n 100 2>&1) || true
 		log "    $lat"
-		note gatehouse-200k-hot "$lat"
-		stop_server
-		cold gatehouse-200k-cold 200k "$cfg"
-	else
-		skip gatehouse-200k-hot "$START_ERR"
-		skip gatehouse-200k-cold "the first sidecar was not ready"
+		note "$hot" "$lat"
 	fi
+	COLD_FLAGS=(--metrics "$METRICS")
+	cold "$cold" "$size" "$READY_TIMEOUT" "$READYZ" bin/gatehouse serve --config "$cfg"
 	stop_control
-fi
+}
 
-if [[ ${BENCH_1M:-0} == 1 ]]; then
-	row gatehouse-1m-cold "Gatehouse, shipped policy, 1M grants" cold
-	if [[ $TENANCY != 1 ]]; then
-		skip gatehouse-1m-cold "${GATEHOUSE_SKIP:-BENCH_TENANCY=0}"
-	elif ! start_control 1m; then
-		skip gatehouse-1m-cold "no control endpoint"
-	else
-		cfg=$(sidecar_config 1m)
-		if start_gatehouse gatehouse-1m-cold "$SNAPSHOT_TIMEOUT" serve --config "$cfg"; then
-			note gatehouse-1m-cold "snapshot of the 1M world into a new cache file: ready after $READY_MS ms, peak RSS $(peak_mib "$SERVER_PID") MiB"
-			cold gatehouse-1m-cold 1m "$cfg"
-		else
-			skip gatehouse-1m-cold "$START_ERR"
-		fi
-		stop_control
+# peer_world SIZE: the peer's rows of a world: opa-envoy-plugin serving
+# bench/peer/policy.rego over the world as data.json, HS256 tokens.
+peer_world() {
+	local size=$1 hot=peer-$1-hot cold=peer-$1-cold
+	[[ -d $WORK/servers/$hot ]] || hot=""
+	if [[ -n $PEER_SKIP ]]; then
+		[[ -z $hot ]] || skip "$hot" "$PEER_SKIP"
+		skip "$cold" "$PEER_SKIP"
+		return 0
 	fi
-fi
+	local data=bench/.var/world-$size/opa
+	if [[ ! -f $data/tenancy/data.json ]]; then
+		log "writing the $size world as data.json for the peer (once)"
+		bin/benchworld opadata --size "$size" --out "$data/tenancy/data.json"
+	fi
+	mkdir -p "$data/bench"
+	printf '{"hs256_secret": "%s"}\n' "$(cat "$KEYS/hs256.secret")" >"$data/bench/data.json"
+	local cmd=(bin/opa-envoy-plugin run --server --addr "127.0.0.1:$OPS_PORT" --config-file bench/peer/config.yaml
+		--set "plugins.envoy_ext_authz_grpc.addr=127.0.0.1:$GRPC_PORT" --log-level error bench/peer/policy.rego "$data")
+	local url="http://127.0.0.1:$OPS_PORT/health?plugins"
+	if [[ -n $hot ]]; then
+		if start_server "$hot" "$SNAPSHOT_TIMEOUT" "$url" "${cmd[@]}"; then
+			note "$hot" "ready after $READY_MS ms (loading data.json)"
+			MEASURE_SCENARIO=bench/.var/world-$size/scenario.json \
+				measure "$hot" "127.0.0.1:$GRPC_PORT" --prime --hs256-secret "$KEYS/hs256.secret"
+			stop_server
+		else
+			skip "$hot" "$START_ERR"
+		fi
+	fi
+	COLD_FLAGS=(--hs256-secret "$KEYS/hs256.secret")
+	cold "$cold" "$size" "$SNAPSHOT_TIMEOUT" "$url" "${cmd[@]}"
+}
+
+world_rows() {
+	gatehouse_world "$1"
+	[[ $PEER != 1 ]] || peer_world "$1"
+}
+world_rows 200k
+[[ $ONE_M != 1 ]] || world_rows 1m
 
 # --- report ----------------------------------------------------------------------
 echo

@@ -49,7 +49,7 @@ const (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchworld build|scenario|latency [flags]")
+		fmt.Fprintln(os.Stderr, "usage: benchworld build|scenario|opadata|latency [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -58,6 +58,8 @@ func main() {
 		err = build(os.Args[2:])
 	case "scenario":
 		err = scenario(os.Args[2:])
+	case "opadata":
+		err = opaData(os.Args[2:])
 	case "latency":
 		err = latency(os.Args[2:])
 	default:
@@ -191,6 +193,75 @@ func scenario(args []string) error {
 		return err
 	}
 	return writeScenario(*out, w, *n, seed)
+}
+
+// opaData writes a world as one JSON document for a plain OPA (the peer,
+// opa-envoy-plugin, loading it as data.tenancy): the facts the shipped
+// policy reads, indexed the same way (bench/peer/policy.rego):
+//
+//	{"tenants": {t: {"status"}}, "users": {u: {"tenant", "status"}},
+//	 "tenant_roles": {p: {t: [roles]}}, "user_roles": {u: {p: {t: [roles]}}}}
+func opaData(args []string) error {
+	fs := flag.NewFlagSet("opadata", flag.ExitOnError)
+	size := fs.String("size", "small", "the world's size: small, 200k, 1m or 10m")
+	out := fs.String("out", "", "JSON file to write")
+	_ = fs.Parse(args)
+	spec, ok := sizes[*size]
+	if !ok || *out == "" {
+		return errors.New("opadata needs --size small|200k|1m|10m and --out")
+	}
+	type status struct {
+		Tenant string `json:"tenant,omitempty"`
+		Status string `json:"status"`
+	}
+	doc := struct {
+		Tenants     map[string]status                         `json:"tenants"`
+		Users       map[string]status                         `json:"users"`
+		TenantRoles map[string]map[string][]string            `json:"tenant_roles"`
+		UserRoles   map[string]map[string]map[string][]string `json:"user_roles"`
+	}{map[string]status{}, map[string]status{}, map[string]map[string][]string{}, map[string]map[string]map[string][]string{}}
+	_, err := worldgen.Generate(spec, func(e tenancy.Entity) error {
+		switch e := e.(type) {
+		case *tenancy.Tenant:
+			doc.Tenants[e.ID] = status{Status: e.Status}
+		case *tenancy.User:
+			doc.Users[e.ID] = status{Tenant: e.Tenant, Status: e.Status}
+		case *tenancy.Project:
+			doc.TenantRoles[e.ID] = map[string][]string{e.Owner: slices.Sorted(slices.Values(e.Roles))}
+		case *tenancy.ProjectGrant:
+			if e.Status == tenancy.StatusActive {
+				doc.TenantRoles[e.Project][e.Tenant] = slices.Sorted(slices.Values(e.Roles))
+			}
+		case *tenancy.UserGrant:
+			byProject := doc.UserRoles[e.User]
+			if byProject == nil {
+				byProject = map[string]map[string][]string{}
+				doc.UserRoles[e.User] = byProject
+			}
+			if byProject[e.Project] == nil {
+				byProject[e.Project] = map[string][]string{}
+			}
+			roles := append(byProject[e.Project][e.Tenant], e.Roles...)
+			slices.Sort(roles)
+			byProject[e.Project][e.Tenant] = slices.Compact(roles)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+		return err
+	}
+	tmp := *out + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, *out)
 }
 
 // writeScenario writes n requests of w, 80% of them allowed, each with a

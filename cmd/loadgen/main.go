@@ -103,9 +103,9 @@ func newKeysCmd() *cobra.Command {
 
 func newRunCmd() *cobra.Command {
 	var (
-		cfg                                              loadgen.Config
-		scenario, signingKey, expectAll, out, tokenCache string
-		jsonOut                                          bool
+		cfg                                                    loadgen.Config
+		scenario, signingKey, expectAll, out, tokenCache, hmac string
+		jsonOut                                                bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run --addr ADDR --scenario FILE",
@@ -129,6 +129,15 @@ error is reported and makes the command exit 1.`,
 			if signingKey != "" {
 				if opts.SigningKey, err = keys.LoadRSA(signingKey); err != nil {
 					return err
+				}
+			}
+			if hmac != "" {
+				b, err := os.ReadFile(hmac)
+				if err != nil {
+					return err
+				}
+				if opts.HMACSecret = []byte(strings.TrimSpace(string(b))); len(opts.HMACSecret) < 32 {
+					return fmt.Errorf("--hs256-secret %s: want at least 32 bytes", hmac)
 				}
 			}
 			if expectAll != "" {
@@ -179,6 +188,7 @@ error is reported and makes the command exit 1.`,
 	f.StringVar(&signingKey, "signing-key", "", "RSA private key (PEM) to mint the scenario's tokens with")
 	f.IntVar(&cfg.PID, "pid", 0, "server process to sample CPU time and RSS of (/proc)")
 	f.StringVar(&cfg.MetricsURL, "metrics", "", "server's Prometheus /metrics URL: report its decision and token cache hit rates over the window")
+	f.StringVar(&hmac, "hs256-secret", "", "file holding a shared secret: sign tokens with HS256 instead of --signing-key")
 	f.StringVar(&tokenCache, "token-cache", "", "file to reuse valid tokens from and add minted ones to (saves re-signing across runs)")
 	f.StringVar(&expectAll, "expect-all", "", "override every request's expect (allow|deny), e.g. for the no-op floor")
 	f.BoolVar(&jsonOut, "json", false, "print one JSON object instead of a line")

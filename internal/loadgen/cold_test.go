@@ -471,3 +471,39 @@ func TestRunPrime(t *testing.T) {
 		}
 	}
 }
+
+// HS256 tokens (for a peer verifying them in Rego) verify with the secret,
+// and never come from the cache entries of an RSA key or another secret.
+func TestNewPlanHS256(t *testing.T) {
+	t.Parallel()
+	key, _ := testKeys(t)
+	cache := filepath.Join(t.TempDir(), "tokens.json")
+	sc := userScenario(t, 6, 3)
+	secret := []byte(strings.Repeat("s", 32))
+	mk := func(opts loadgen.PlanOptions) *loadgen.Plan {
+		t.Helper()
+		opts.TokenCache = cache
+		p, err := loadgen.NewPlan(sc, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if p := mk(loadgen.PlanOptions{SigningKey: key}); p.MintedTokens != 3 {
+		t.Fatalf("RS256: signed %d", p.MintedTokens)
+	}
+	hs := mk(loadgen.PlanOptions{HMACSecret: secret})
+	if hs.MintedTokens != 3 {
+		t.Errorf("HS256 after RS256 tokens were cached: signed %d, want 3", hs.MintedTokens)
+	}
+	tok, err := jwt.Parse(bearers(hs)[0], func(*jwt.Token) (any, error) { return secret, nil }, jwt.WithValidMethods([]string{"HS256"}))
+	if err != nil || !tok.Valid {
+		t.Fatalf("HS256 token: %v", err)
+	}
+	if p := mk(loadgen.PlanOptions{HMACSecret: secret}); p.MintedTokens != 0 {
+		t.Errorf("HS256 again: signed %d, want 0", p.MintedTokens)
+	}
+	if p := mk(loadgen.PlanOptions{HMACSecret: []byte(strings.Repeat("t", 32))}); p.MintedTokens != 3 {
+		t.Errorf("another secret: signed %d, want 3", p.MintedTokens)
+	}
+}

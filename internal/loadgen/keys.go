@@ -40,9 +40,10 @@ const garbageToken = "not-a-jwt.%%%.garbage"
 // RSA-2048 signature costs ~1.4 ms); with a cache file, valid tokens are also
 // kept across runs.
 type minter struct {
-	sc  *Scenario
-	key *rsa.PrivateKey
-	now time.Time
+	sc   *Scenario
+	key  *rsa.PrivateKey
+	hmac []byte // when set, tokens are HS256 with this secret instead
+	now  time.Time
 	// memo maps a request's token identity (tokenIdentity) to its token.
 	memo map[string]string
 	// cache, when non-nil, is the token cache file's content; keyPrint
@@ -67,17 +68,22 @@ type cachedToken struct {
 
 const tokenCacheVersion = 1
 
-func newMinter(sc *Scenario, key *rsa.PrivateKey, now time.Time, cachePath string) (*minter, error) {
-	m := &minter{sc: sc, key: key, now: now, memo: map[string]string{}}
-	if cachePath == "" || key == nil {
+func newMinter(sc *Scenario, key *rsa.PrivateKey, secret []byte, now time.Time, cachePath string) (*minter, error) {
+	m := &minter{sc: sc, key: key, hmac: secret, now: now, memo: map[string]string{}}
+	if cachePath == "" || key == nil && secret == nil {
 		return m, nil
 	}
-	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		return nil, fmt.Errorf("token cache: %w", err)
+	var print [32]byte
+	if secret != nil {
+		print = sha256.Sum256(append([]byte("HS256\x00"), secret...))
+	} else {
+		pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("token cache: %w", err)
+		}
+		print = sha256.Sum256(pub)
 	}
-	sum := sha256.Sum256(pub)
-	m.keyPrint, m.cachePath = sum[:], cachePath
+	m.keyPrint, m.cachePath = print[:], cachePath
 	m.cache = &tokenCacheFile{Version: tokenCacheVersion, Tokens: map[string]cachedToken{}}
 	b, err := os.ReadFile(cachePath)
 	switch {
@@ -106,7 +112,7 @@ func (m *minter) token(r *Request) (string, error) {
 	default:
 		return "", fmt.Errorf("%w: token %q", ErrScenario, r.Token)
 	}
-	if m.key == nil {
+	if m.key == nil && m.hmac == nil {
 		return "", fmt.Errorf("request %q wants a %s token: %w", r.Name, r.Token, ErrNoSigningKey)
 	}
 	id, err := m.identity(r)
@@ -155,9 +161,16 @@ func (m *minter) token(r *Request) (string, error) {
 	for k, v := range r.Claims {
 		claims[k] = v
 	}
-	tok := jwt.NewWithClaims(jwt.SigningMethodRS256, claims)
-	tok.Header["kid"] = KeyID
-	s, err := tok.SignedString(m.key)
+	var s string
+	if m.hmac != nil {
+		tok := jwt.NewWithClaims(jwt.SigningMethodHS256, claims)
+		tok.Header["kid"] = KeyID
+		s, err = tok.SignedString(m.hmac)
+	} else {
+		tok := jwt.NewWithClaims(jwt.SigningMethodRS256, claims)
+		tok.Header["kid"] = KeyID
+		s, err = tok.SignedString(m.key)
+	}
 	if err != nil {
 		return "", fmt.Errorf("sign token for request %q: %w", r.Name, err)
 	}

@@ -20,6 +20,9 @@ type PlanOptions struct {
 	// SigningKey signs the "valid" and "expired" tokens; required only
 	// when the scenario has such requests.
 	SigningKey *rsa.PrivateKey
+	// HMACSecret, when set, signs the tokens with HS256 instead (for a
+	// peer that verifies tokens in Rego with a shared secret).
+	HMACSecret []byte
 	// Now is the time tokens are minted at; zero means time.Now().
 	Now time.Time
 	// ExpectAll, when non-nil, replaces every request's expectation (the
@@ -67,7 +70,7 @@ func NewPlan(sc *Scenario, opts PlanOptions) (*Plan, error) {
 	if now.IsZero() {
 		now = time.Now()
 	}
-	m, err := newMinter(sc, opts.SigningKey, now, opts.TokenCache)
+	m, err := newMinter(sc, opts.SigningKey, opts.HMACSecret, now, opts.TokenCache)
 	if err != nil {
 		return nil, err
 	}
