@@ -48,6 +48,7 @@ SPINNERS=()
 ROWS=() # server folders, in table order
 
 log() { printf '%s\n' "$*" >&2; }
+elapsed() { echo "[$(($(date +%s) - BENCH_START)) s]"; }
 
 # stop PID: SIGTERM, then SIGKILL after 5 s.
 stop() {
@@ -230,7 +231,7 @@ measure() {
 			log "    FAILED: $(cat "$dir/failed")"
 			return 1
 		fi
-		log "$name $label"
+		log "$(elapsed) $name $label"
 		GOMAXPROCS=1 "${CLIENT_PIN[@]}" bin/loadgen run "${common[@]}" --pid "$SERVER_PID" --out "$dir/$file" "$@" \
 			>"$dir/$file.txt" 2>"$dir/$file.err" || rc=$?
 		sed 's/^/    /' "$dir/$file.txt" >&2
@@ -270,7 +271,7 @@ start_server() {
 			return 1
 		fi
 	done
-	log "starting $*"
+	log "$(elapsed) starting $*"
 	start=$(now_ms)
 	GOMAXPROCS=1 "${SERVER_PIN[@]}" "$@" >>"$logf" 2>&1 &
 	SERVER_PID=$!
