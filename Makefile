@@ -51,7 +51,8 @@ soak: build
 	$(GO) build -o bin/soak ./bench/soak
 	SOAK_DURATION=$(SOAK_DURATION) bin/soak
 
-## bench: end-to-end load (gatehouse vs a no-op ext_authz floor, same run) and Go benchmarks
+## bench: end-to-end load, hot and cold, against a no-op ext_authz floor in the same run
+## (BENCH_1M=1 adds the 1M-grant world, BENCH_PEER=1 opa-envoy-plugin; see bench/README.md)
 bench: build
 	bench/bench.sh
 
