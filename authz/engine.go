@@ -67,6 +67,9 @@ type Request struct {
 	Input ast.Object
 	// Authorization is the request's Authorization header value.
 	Authorization string
+	// Token, when set, is the bearer token already verified by the caller
+	// (Verifier().VerifyHeader); Authorization is then not looked at.
+	Token *Token
 	// MinRevision asks for tenancy data at this revision or newer (0 = any).
 	MinRevision uint64
 	// Tracer, when set, receives the evaluation trace (for explanations).
@@ -221,7 +224,10 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		return nil, err
 	}
 
-	tok := e.verifier.VerifyHeader(ctx, req.Authorization)
+	tok := req.Token
+	if tok == nil {
+		tok = e.verifier.VerifyHeader(ctx, req.Authorization)
+	}
 
 	txn, err := a.store.NewTransaction(ctx)
 	if err != nil {
@@ -346,12 +352,24 @@ func (e *Engine) fresh(ctx context.Context, now time.Time, minRev uint64) error 
 	if e.cfg.MaxStaleness > 0 && now.Sub(st.SyncedAt) > e.cfg.MaxStaleness {
 		return unavailable(fmt.Errorf("%w: last synced %s ago (max_staleness %s)", ErrStale, now.Sub(st.SyncedAt).Round(time.Millisecond), e.cfg.MaxStaleness))
 	}
-	if minRev > st.Revision {
-		wctx, cancel := context.WithTimeout(ctx, e.cfg.MinRevisionWait)
-		defer cancel()
-		if err := e.tenancy.WaitRevision(wctx, minRev); err != nil {
-			return unavailable(fmt.Errorf("%w: want %d, have %d after %s", ErrRevisionNotReached, minRev, e.tenancy.State().Revision, e.cfg.MinRevisionWait))
-		}
+	return e.AwaitRevision(ctx, minRev)
+}
+
+// AwaitRevision waits, at most min_revision_wait, until tenancy data at
+// revision minRev or newer is readable. It returns at once when it is (or
+// when there is no data yet: Decide then answers "not ready"), and an error
+// wrapping ErrRevisionNotReached when the wait ends first. A request's
+// minimum revision is client input: callers answer that error with a deny
+// (SPEC §2: 429 stale), not with "cannot decide".
+func (e *Engine) AwaitRevision(ctx context.Context, minRev uint64) error {
+	st := e.tenancy.State()
+	if !st.Present || minRev <= st.Revision {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, e.cfg.MinRevisionWait)
+	defer cancel()
+	if err := e.tenancy.WaitRevision(wctx, minRev); err != nil {
+		return unavailable(fmt.Errorf("%w: want %d, have %d after %s", ErrRevisionNotReached, minRev, e.tenancy.State().Revision, e.cfg.MinRevisionWait))
 	}
 	return nil
 }

@@ -1,0 +1,212 @@
+package envoy
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"golang.org/x/sync/semaphore"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
+)
+
+// A Check passes three bounds before it is evaluated (SPEC §2: what a
+// client sends never turns into "cannot decide"; each bound is a deny):
+//
+//   - size: a request larger than Config.MaxRequestBytes is denied 413
+//     (request_too_large) without being decoded;
+//   - bytes in flight: admission takes the request's size from a weighted
+//     semaphore of Config.MaxInflightBytes, held until the answer is built;
+//   - evaluations in flight: Decide runs on one of Config.MaxInflight
+//     long-lived worker goroutines. Their stacks have grown to what policy
+//     evaluation needs (topdown recurses deeply), so a check does not grow
+//     a fresh goroutine's stack again, and at most MaxInflight inputs and
+//     evaluations are in memory at once.
+//
+// A check waits for admission and for a worker at most until its context
+// ends (Envoy's timeout) and at most queueWait; then it is denied 429
+// (overloaded, retry-after: 1): failing closed, and early enough for Envoy
+// to receive the deny rather than time out.
+
+// queueWait bounds how long a check waits for admission and a worker.
+const queueWait = time.Second
+
+// admission bounds the bytes of the requests in flight.
+type admission struct {
+	sem  *semaphore.Weighted
+	size int64
+}
+
+func newAdmission(size int64) *admission {
+	return &admission{sem: semaphore.NewWeighted(size), size: size}
+}
+
+// acquire takes n bytes (clamped to [1, size]), waiting at most until ctx
+// ends or deadline passes; it returns the release function, or nil.
+func (a *admission) acquire(ctx context.Context, n int64, deadline time.Time) func() {
+	n = min(max(n, 1), a.size)
+	if !a.sem.TryAcquire(n) {
+		wctx, cancel := context.WithDeadline(ctx, deadline)
+		err := a.sem.Acquire(wctx, n)
+		cancel()
+		if err != nil {
+			return nil
+		}
+	}
+	return func() { a.sem.Release(n) }
+}
+
+// workers runs evaluations on long-lived goroutines (see above).
+//
+// # Concurrency
+//
+// run is safe for concurrent use. Before start and after stop, run calls
+// fn on the caller's goroutine (a Server used without Serve).
+type workers struct {
+	n    int
+	jobs chan *job
+
+	running atomic.Bool
+	mu      sync.Mutex // serializes start and stop
+	quit    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// job is one evaluation handed to a worker; done is signalled when fn has
+// returned. Jobs are pooled: a check allocates nothing to hand over.
+type job struct {
+	fn   func()
+	done chan struct{}
+}
+
+var jobs = sync.Pool{New: func() any { return &job{done: make(chan struct{}, 1)} }}
+
+func newWorkers(n int) *workers {
+	return &workers{n: n, jobs: make(chan *job)}
+}
+
+// start starts the worker goroutines; stop ends them after their current
+// job.
+func (w *workers) start() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.running.Load() {
+		return
+	}
+	quit := make(chan struct{})
+	w.quit = quit
+	for range w.n {
+		w.wg.Go(func() { w.loop(quit) })
+	}
+	w.running.Store(true)
+}
+
+func (w *workers) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.running.Load() {
+		return
+	}
+	w.running.Store(false)
+	close(w.quit)
+	w.wg.Wait()
+}
+
+func (w *workers) loop(quit chan struct{}) {
+	for {
+		select {
+		case j := <-w.jobs:
+			j.fn()
+			j.done <- struct{}{}
+		case <-quit:
+			return
+		}
+	}
+}
+
+// run calls fn on a worker and returns once it has returned. It waits for a
+// free worker at most until ctx ends or deadline passes, and then returns
+// false without calling fn.
+func (w *workers) run(ctx context.Context, deadline time.Time, fn func()) bool {
+	if !w.running.Load() {
+		fn()
+		return true
+	}
+	j := jobs.Get().(*job)
+	j.fn = fn
+	select {
+	case w.jobs <- j:
+	default:
+		t := time.NewTimer(time.Until(deadline))
+		select {
+		case w.jobs <- j:
+			t.Stop()
+		case <-ctx.Done():
+			t.Stop()
+			j.fn = nil
+			jobs.Put(j)
+			return false
+		case <-t.C:
+			j.fn = nil
+			jobs.Put(j)
+			return false
+		}
+	}
+	<-j.done
+	j.fn = nil
+	jobs.Put(j)
+	return true
+}
+
+// checkMessage is what the gRPC codec decodes a Check request into: the
+// request, or why it could not be decoded. Decoding errors are client input
+// (invalid UTF-8 in a string field, a truncated message), so they must
+// reach Check as a deny, not become the INTERNAL status gRPC answers when a
+// codec fails.
+type checkMessage struct {
+	req  *authv3.CheckRequest
+	size int64 // encoded size in bytes
+	// err is why req could not be decoded (nil when it was).
+	err error
+	// tooLarge: size is over the limit; req was not decoded.
+	tooLarge bool
+}
+
+// codec is the server's gRPC codec: protobuf, except that a checkMessage
+// is decoded without ever failing (see checkMessage).
+type codec struct {
+	proto    encoding.CodecV2
+	maxBytes int64 // checkMessages above are not decoded
+}
+
+var _ encoding.CodecV2 = (*codec)(nil)
+
+func newCodec(maxBytes int64) *codec {
+	return &codec{proto: encoding.GetCodecV2("proto"), maxBytes: maxBytes}
+}
+
+func (c *codec) Name() string { return c.proto.Name() }
+
+func (c *codec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.Marshal(v) }
+
+func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(*checkMessage)
+	if !ok {
+		return c.proto.Unmarshal(data, v)
+	}
+	m.size = int64(data.Len())
+	if m.size > c.maxBytes {
+		m.tooLarge = true
+		return nil
+	}
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	if err := proto.Unmarshal(buf.ReadOnlyData(), m.req); err != nil {
+		m.err = fmt.Errorf("%w: the request does not decode: %v", ErrMalformedRequest, err)
+	}
+	return nil
+}
