@@ -34,7 +34,14 @@ type Config struct {
 	// DecisionCacheEntries bounds the decision cache (default 10000; <0
 	// disables it). See cache.go for when a cached decision is used.
 	DecisionCacheEntries int `yaml:"decision_cache_entries"`
+	// DecisionCacheBytes bounds the accounted size of the decision cache
+	// (default 32 MiB; <0 disables it): keys are fixed-size hashes; the
+	// decisions (deny bodies, headers, metadata) and recorded reads count.
+	DecisionCacheBytes int64 `yaml:"decision_cache_bytes"`
 }
+
+// DefaultDecisionCacheBytes is Config.DecisionCacheBytes when unset.
+const DefaultDecisionCacheBytes = 32 << 20
 
 // SetDefaults fills unset fields.
 func (c *Config) SetDefaults() {
@@ -46,6 +53,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.DecisionCacheEntries == 0 {
 		c.DecisionCacheEntries = 10000
+	}
+	if c.DecisionCacheBytes == 0 {
+		c.DecisionCacheBytes = DefaultDecisionCacheBytes
 	}
 }
 
@@ -128,8 +138,12 @@ func New(cfg Config, verifier *Verifier, tenancy Tenancy, logger *slog.Logger) *
 	}, []string{"result"})
 	e.cacheHit, e.cacheMiss = e.cached.WithLabelValues("hit"), e.cached.WithLabelValues("miss")
 	e.cacheStale, e.cacheBypass = e.cached.WithLabelValues("stale"), e.cached.WithLabelValues("bypass")
+	cacheBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gatehouse_decision_cache_bytes",
+		Help: "Accounted size of the decision cache (bounded by cache.decisions_mb).",
+	}, func() float64 { return float64(e.DecisionCacheBytes()) })
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(e.loads, e.cached)
+		cfg.Registerer.MustRegister(e.loads, e.cached, cacheBytes)
 	}
 	e.tracker, _ = tenancy.(DependencyTracker)
 	return e
@@ -138,7 +152,7 @@ func New(cfg Config, verifier *Verifier, tenancy Tenancy, logger *slog.Logger) *
 // SetPolicy makes ps the active policy set. Checks in flight finish on the
 // set they started with.
 func (e *Engine) SetPolicy(ps *PolicySet) {
-	prev := e.active.Swap(&activeSet{ps: ps, store: &dataStore{static: ps.static, tenancy: e.tenancy}, cache: newDecisionCache(ps.cache, e.cfg.DecisionCacheEntries)})
+	prev := e.active.Swap(&activeSet{ps: ps, store: &dataStore{static: ps.static, tenancy: e.tenancy}, cache: newDecisionCache(ps.cache, e.cfg.DecisionCacheEntries, e.cfg.DecisionCacheBytes)})
 	if ps.cache.disabled != "" {
 		e.logger.Info("decisions of this policy are not cached", "policy_revision", ps.revision, "why", ps.cache.disabled)
 	}
@@ -170,6 +184,15 @@ func (e *Engine) Policy() *PolicySet {
 		return a.ps
 	}
 	return nil
+}
+
+// DecisionCacheBytes returns the accounted size of the active policy set's
+// decision cache (0 without one).
+func (e *Engine) DecisionCacheBytes() int64 {
+	if a := e.active.Load(); a != nil {
+		return a.cache.bytes()
+	}
+	return 0
 }
 
 // Tenancy returns the tenancy store the engine reads.
@@ -254,11 +277,11 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	input.Insert(keyTenancyRevision, ast.UIntNumberTerm(rev))
 
 	debug := e.logger.Enabled(ctx, slog.LevelDebug)
-	cache, key := a.cache, ""
+	cache, key := a.cache, cacheKey{}
 	if cache != nil && req.Tracer == nil && !debug {
 		var sb strings.Builder
 		if cache.plan.key(input, &sb) {
-			key = sb.String()
+			key = keyOf(sb.String())
 		} else {
 			cache = nil
 		}

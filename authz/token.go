@@ -186,6 +186,10 @@ type VerifierConfig struct {
 	// CacheSize bounds the cached verified tokens; 0 means 10000, negative
 	// disables the cache.
 	CacheSize int
+	// CacheBytes bounds the accounted size of the cached verified tokens
+	// (their claims count, keys are SHA-256 hashes); 0 means 32 MiB,
+	// negative disables the cache.
+	CacheBytes int64
 	// Now is the clock (test hook); default time.Now.
 	Now func() time.Time
 	// HTTPClient fetches jwks_url (test hook); default a client with a 10s
@@ -376,7 +380,7 @@ func NewVerifier(cfg VerifierConfig, logger *slog.Logger) (*Verifier, error) {
 		now:     cfg.Now,
 		parser:  jwt.NewParser(jwt.WithJSONNumber(), jwt.WithoutClaimsValidation()),
 		issuers: make(map[string]*tokenIssuer, len(cfg.Issuers)),
-		cache:   newTokenCache(cfg.CacheSize),
+		cache:   newTokenCache(cfg.CacheSize, cfg.CacheBytes),
 		invalid: make(map[TokenError]*Token),
 	}
 	if v.now == nil {

@@ -20,7 +20,9 @@ import (
 //   - size: a request larger than Config.MaxRequestBytes is denied 413
 //     (request_too_large) without being decoded;
 //   - bytes in flight: admission takes the request's size from a weighted
-//     semaphore of Config.MaxInflightBytes, held until the answer is built;
+//     semaphore of Config.MaxInflightBytes, held until the answer is built
+//     (over gRPC, decodeReserve before the request is decoded, the rest of
+//     its size after);
 //   - evaluations in flight: Decide runs on one of Config.MaxInflight
 //     long-lived worker goroutines. Their stacks have grown to what policy
 //     evaluation needs (topdown recurses deeply), so a check does not grow
@@ -174,6 +176,9 @@ type checkMessage struct {
 	err error
 	// tooLarge: size is over the limit; req was not decoded.
 	tooLarge bool
+	// skip asks the codec to read the message without decoding it (the
+	// check is refused before).
+	skip bool
 }
 
 // codec is the server's gRPC codec: protobuf, except that a checkMessage
@@ -191,7 +196,23 @@ func newCodec(maxBytes int64) *codec {
 
 func (c *codec) Name() string { return c.proto.Name() }
 
-func (c *codec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.Marshal(v) }
+// pooledMessageBytes is the largest message marshaled into the shared
+// buffer pool, whose next tier above 32 KiB is 1 MiB: a large deny (a body
+// quoting a long path) would hold 1 MiB until it is written.
+const pooledMessageBytes = 32 << 10
+
+func (c *codec) Marshal(v any) (mem.BufferSlice, error) {
+	if m, ok := v.(proto.Message); ok {
+		if size := proto.Size(m); size > pooledMessageBytes {
+			b, err := proto.MarshalOptions{UseCachedSize: true}.Marshal(m)
+			if err != nil {
+				return nil, err
+			}
+			return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+		}
+	}
+	return c.proto.Marshal(v)
+}
 
 func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(*checkMessage)
@@ -201,11 +222,19 @@ func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m.size = int64(data.Len())
 	if m.size > c.maxBytes {
 		m.tooLarge = true
+	}
+	if m.tooLarge || m.skip {
 		return nil
 	}
-	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-	defer buf.Free()
-	if err := proto.Unmarshal(buf.ReadOnlyData(), m.req); err != nil {
+	var b []byte
+	if len(data) == 1 {
+		b = data[0].ReadOnlyData()
+	} else {
+		// Exactly the message's size: the shared pool would hand a 1 MiB
+		// buffer to any message over 32 KiB.
+		b = data.Materialize()
+	}
+	if err := proto.Unmarshal(b, m.req); err != nil {
 		m.err = fmt.Errorf("%w: the request does not decode: %v", ErrMalformedRequest, err)
 	}
 	return nil

@@ -61,7 +61,7 @@ type Config struct {
 	// beyond wait their turn.
 	MaxInflight int
 	// MaxInflightBytes bounds the summed size of the requests being
-	// answered (default 64 MiB; at least MaxRequestBytes). A check that
+	// answered (default 16 MiB; at least MaxRequestBytes). A check that
 	// finds no room, or no free evaluation goroutine, within its deadline
 	// (at most 1s) is denied 429 with reason overloaded.
 	MaxInflightBytes int64
@@ -100,7 +100,7 @@ var _ authv3.AuthorizationServer = (*Server)(nil)
 // Defaults of Config.
 const (
 	defaultMaxRequestBytes  = 1 << 20
-	defaultMaxInflightBytes = 64 << 20
+	defaultMaxInflightBytes = 16 << 20
 	// minGRPCMessageBytes is the least the gRPC transport accepts (its own
 	// default is 4 MiB): messages between MaxRequestBytes and the transport
 	// bound still reach Check, which denies them 413.
@@ -152,6 +152,7 @@ func New(cfg Config, engine *authz.Engine, logger *slog.Logger) (*Server, error)
 		// Handlers (decoding, token verification, the answer) run on
 		// goroutines that live on; evaluation runs on s.pool.
 		grpc.NumStreamWorkers(uint32(cfg.MaxInflight)),
+		grpc.InitialWindowSize(64 << 10), grpc.InitialConnWindowSize(1 << 20),
 	}
 	if tlsCfg != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
@@ -190,11 +191,7 @@ var authorizationService = grpc.ServiceDesc{
 	Methods: []grpc.MethodDesc{{
 		MethodName: "Check",
 		Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
-			m := &checkMessage{req: new(authv3.CheckRequest)}
-			if err := dec(m); err != nil {
-				return nil, err
-			}
-			return srv.(*Server).answer(ctx, m)
+			return srv.(*Server).answer(ctx, func(m *checkMessage) error { return dec(m) })
 		},
 	}},
 	Streams:  []grpc.StreamDesc{},
@@ -319,19 +316,58 @@ func (s *Server) setServing(ok bool) {
 	s.health.SetServingStatus(AuthorizationService, st)
 }
 
-// Check answers one ext_authz gRPC check (the gRPC server calls it with
-// the request decoded by its codec; this is the same answer for a request
+// Check answers one ext_authz gRPC check (the gRPC server calls answer
+// with the request still to decode; this is the same answer for a request
 // at hand).
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
-	size := int64(proto.Size(req))
-	return s.answer(ctx, &checkMessage{req: req, size: size, tooLarge: size > s.cfg.MaxRequestBytes})
+	return s.answer(ctx, func(m *checkMessage) error {
+		m.req, m.size = req, int64(proto.Size(req))
+		m.tooLarge = m.size > s.cfg.MaxRequestBytes
+		return nil
+	})
 }
 
-// answer is Check on a decoded message: a CheckResponse, or the gRPC
-// status of "cannot decide".
-func (s *Server) answer(ctx context.Context, m *checkMessage) (*authv3.CheckResponse, error) {
+// decodeReserve is what a check takes from the bytes in flight before its
+// request is decoded (the rest of its size once it is known), so that a
+// burst of checks is not all decoded at once.
+const decodeReserve = 16 << 10
+
+// answer is one gRPC Check: admission, decoding (decode fills m; its
+// error is the transport's, returned as is), decide, the CheckResponse; an
+// error is the gRPC status of "cannot decide".
+func (s *Server) answer(ctx context.Context, decode func(m *checkMessage) error) (*authv3.CheckResponse, error) {
 	start := time.Now()
-	d, headers, err := s.decide(ctx, m)
+	deadline := start.Add(queueWait)
+	m := &checkMessage{req: new(authv3.CheckRequest)}
+	reserve := min(decodeReserve, s.cfg.MaxRequestBytes)
+	release := s.admit.acquire(ctx, reserve, deadline)
+	m.skip = release == nil // read the message off the stream, do not decode it
+	if err := decode(m); err != nil {
+		if release != nil {
+			release()
+		}
+		return nil, err
+	}
+	var (
+		d       *authz.Decision
+		headers map[string]string
+		err     error
+	)
+	if release != nil {
+		defer release()
+		if extra := m.size - reserve; extra > 0 && !m.tooLarge {
+			if more := s.admit.acquire(ctx, extra, deadline); more != nil {
+				defer more()
+			} else {
+				d = overloaded(s.engine)
+			}
+		}
+	} else {
+		d = overloaded(s.engine)
+	}
+	if d == nil {
+		d, headers, err = s.decide(ctx, m, deadline)
+	}
 	if err != nil {
 		s.metrics.observe(transportGRPC, outcomeError, time.Since(start).Seconds())
 		return nil, grpcError(err)
@@ -341,21 +377,15 @@ func (s *Server) answer(ctx context.Context, m *checkMessage) (*authv3.CheckResp
 	return resp, nil
 }
 
-// decide answers a check for the server: limits first (size, bytes in
-// flight), then Evaluate with the policy evaluation on a worker.
-func (s *Server) decide(ctx context.Context, m *checkMessage) (*authz.Decision, map[string]string, error) {
+// decide answers an admitted check: the size limit, a request that did not
+// decode, then Evaluate with the policy evaluation on a worker.
+func (s *Server) decide(ctx context.Context, m *checkMessage, deadline time.Time) (*authz.Decision, map[string]string, error) {
 	switch {
 	case m.tooLarge:
 		return tooLarge(s.engine, m.size, s.cfg.MaxRequestBytes), nil, nil
 	case m.err != nil:
 		return badRequest(s.engine, m.err), nil, nil
 	}
-	deadline := time.Now().Add(queueWait)
-	release := s.admit.acquire(ctx, m.size, deadline)
-	if release == nil {
-		return overloaded(s.engine), RequestHeaders(m.req.GetAttributes().GetRequest().GetHttp()), nil
-	}
-	defer release()
 	return evaluate(ctx, s.engine, m.req, nil, func(fn func()) bool { return s.pool.run(ctx, deadline, fn) })
 }
 
