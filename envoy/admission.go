@@ -29,13 +29,27 @@ import (
 //     a fresh goroutine's stack again, and at most MaxInflight inputs and
 //     evaluations are in memory at once.
 //
-// A check waits for admission and for a worker at most until its context
-// ends (Envoy's timeout) and at most queueWait; then it is denied 429
-// (overloaded, retry-after: 1): failing closed, and early enough for Envoy
-// to receive the deny rather than time out.
+// A check waits for admission and for a worker at most queueWait, and
+// never into the last eighth of the time its caller gave it (Envoy's gRPC
+// timeout); then it is denied 429 (overloaded, retry-after: 1): failing
+// closed, and early enough for Envoy to receive the deny rather than time
+// out (a timeout is a failure, which failure_mode_allow turns into an
+// allow). The wait for a minimum revision keeps the same margin.
 
 // queueWait bounds how long a check waits for admission and a worker.
 const queueWait = time.Second
+
+// waitUntil is when a check that started at now stops waiting: after at
+// most wait, and an eighth of the time left before ctx's deadline.
+func waitUntil(ctx context.Context, now time.Time, wait time.Duration) time.Time {
+	until := now.Add(wait)
+	if d, ok := ctx.Deadline(); ok {
+		if margin := d.Add(-d.Sub(now) / 8); margin.Before(until) {
+			until = margin
+		}
+	}
+	return until
+}
 
 // admission bounds the bytes of the requests in flight.
 type admission struct {

@@ -113,3 +113,35 @@ func TestCheckOverloadedIsADeny(t *testing.T) {
 		}
 	})
 }
+
+// TestCheckDeniesBeforeTheCallersDeadline: a check that would wait past its
+// gRPC deadline (Envoy's ext_authz timeout) — for its minimum revision, for
+// a worker — is denied before the deadline, not left to time out: a
+// timeout is a failure, which failure_mode_allow turns into an allow.
+func TestCheckDeniesBeforeTheCallersDeadline(t *testing.T) {
+	t.Parallel()
+	const timeout = 400 * time.Millisecond
+	g := newGatedTenancy()
+	sc := startPolicy(t, gated, testutil.Options{Tenancy: g, Engine: authz.Config{DecisionCacheEntries: -1, MinRevisionWait: time.Minute},
+		Server: envoy.Config{MaxInflight: 1}})
+	t.Run("minimum revision", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), timeout)
+		defer cancel()
+		resp, err := sc.Check(ctx, testutil.Request{Headers: map[string]string{"x-gatehouse-min-revision": "99"}})
+		wantGRPCDeny(t, resp, err, http.StatusTooManyRequests, envoy.ReasonStale)
+	})
+	t.Run("busy workers", func(t *testing.T) {
+		held := make(chan *authv3.CheckResponse, 1)
+		go func() {
+			resp, _ := sc.Check(context.Background(), testutil.Request{Path: "/held"})
+			held <- resp
+		}()
+		<-g.blocked
+		ctx, cancel := context.WithTimeout(t.Context(), timeout)
+		defer cancel()
+		resp, err := sc.Check(ctx, testutil.Request{Path: "/next"})
+		wantGRPCDeny(t, resp, err, http.StatusTooManyRequests, envoy.ReasonOverloaded)
+		g.release()
+		<-held
+	})
+}

@@ -76,7 +76,7 @@ func (s *Server) decideHTTP(r *http.Request) (*authz.Decision, map[string]string
 	if r.ContentLength != 0 {
 		weight += s.bodyLimit(head)
 	}
-	deadline := time.Now().Add(queueWait)
+	deadline := waitUntil(ctx, time.Now(), queueWait)
 	release := s.admit.acquire(ctx, weight, deadline)
 	if release == nil {
 		return overloaded(s.engine), nil, nil

@@ -337,7 +337,7 @@ const decodeReserve = 16 << 10
 // error is the gRPC status of "cannot decide".
 func (s *Server) answer(ctx context.Context, decode func(m *checkMessage) error) (*authv3.CheckResponse, error) {
 	start := time.Now()
-	deadline := start.Add(queueWait)
+	deadline := waitUntil(ctx, start, queueWait)
 	m := &checkMessage{req: new(authv3.CheckRequest)}
 	reserve := min(decodeReserve, s.cfg.MaxRequestBytes)
 	release := s.admit.acquire(ctx, reserve, deadline)
@@ -420,8 +420,14 @@ func evaluate(ctx context.Context, engine *authz.Engine, req *authv3.CheckReques
 	if err != nil {
 		return badRequest(engine, fmt.Errorf("%w: %v", ErrMalformedRequest, err)), headers, nil
 	}
-	if err := engine.AwaitRevision(ctx, minRev); err != nil {
-		return stale(engine, err), headers, nil
+	if minRev > 0 {
+		// Deny before the caller's deadline: a timeout would be a failure.
+		wctx, cancel := context.WithDeadline(ctx, waitUntil(ctx, time.Now(), maxWait))
+		err := engine.AwaitRevision(wctx, minRev)
+		cancel()
+		if err != nil {
+			return stale(engine, err), headers, nil
+		}
 	}
 	areq := &authz.Request{
 		Build:       func(need *authz.Need) (ast.Object, error) { return prep.Input(need), nil },
@@ -438,6 +444,10 @@ func evaluate(ctx context.Context, engine *authz.Engine, req *authv3.CheckReques
 	}
 	return d, headers, err
 }
+
+// maxWait is longer than any wait engine.AwaitRevision makes on its own
+// (min_revision_wait): only the caller's deadline shortens it.
+const maxWait = 24 * time.Hour
 
 // minRevision is the larger of the x-gatehouse-min-revision header and the
 // route's min_revision context extension; each is empty or one decimal
