@@ -61,8 +61,8 @@ func TestConcurrentLargeChecksMemory(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("reads /proc")
 	}
-	if testing.Short() {
-		t.Skip("a load test")
+	if testing.Short() || raceEnabled {
+		t.Skip("a load test; it measures memory (not under the race detector)")
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestConcurrentLargeChecksMemory$", "-test.count=1")
 	cmd.Env = append(os.Environ(), memHelperEnv+"=1")
