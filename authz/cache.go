@@ -141,24 +141,45 @@ func (p *cachePlan) key(input ast.Object, b *strings.Builder) bool {
 // atLeast reports whether the strings in v alone (keys, values, numbers)
 // add up to more than n bytes; it stops counting there.
 func atLeast(v ast.Value, n int) bool {
-	rest := n
-	var walk func(ast.Value) bool
-	walk = func(v ast.Value) bool {
-		switch x := v.(type) {
-		case ast.String:
-			rest -= len(x)
-		case ast.Number:
-			rest -= len(x)
-		case ast.Object:
-			x.Until(func(k, e *ast.Term) bool { return walk(k.Value) || walk(e.Value) })
-		case *ast.Array:
-			x.Until(func(e *ast.Term) bool { return walk(e.Value) })
-		case ast.Set:
-			x.Until(func(e *ast.Term) bool { return walk(e.Value) })
-		}
-		return rest < 0
+	switch x := v.(type) { // the usual key values, without a walk
+	case ast.String:
+		return len(x) > n
+	case ast.Number:
+		return len(x) > n
+	case ast.Boolean, ast.Null:
+		return false
 	}
-	return walk(v)
+	return remaining(v, n) < 0
+}
+
+// remaining is rest minus the bytes of v's strings, counted until it is
+// negative.
+func remaining(v ast.Value, rest int) int {
+	switch x := v.(type) {
+	case ast.String:
+		return rest - len(x)
+	case ast.Number:
+		return rest - len(x)
+	case *ast.Array:
+		for i := 0; i < x.Len() && rest >= 0; i++ {
+			rest = remaining(x.Elem(i).Value, rest)
+		}
+	case ast.Object:
+		r := rest // captured: only this branch allocates
+		x.Until(func(k, e *ast.Term) bool {
+			r = remaining(e.Value, remaining(k.Value, r))
+			return r < 0
+		})
+		return r
+	case ast.Set:
+		r := rest
+		x.Until(func(e *ast.Term) bool {
+			r = remaining(e.Value, r)
+			return r < 0
+		})
+		return r
+	}
+	return rest
 }
 
 func child(v ast.Value, k *ast.Term) ast.Value {

@@ -2,6 +2,7 @@ package authz
 
 import (
 	"fmt"
+	"github.com/open-policy-agent/opa/v1/ast"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -116,5 +117,56 @@ func TestTokenCacheByteBudget(t *testing.T) {
 	}
 	if newTokenCache(10, -1) != nil {
 		t.Error("a negative byte budget must disable the cache")
+	}
+}
+
+// TestAtLeast: the key builder's size pre-check counts the strings of
+// scalar and composite values and stops past the limit.
+func TestAtLeast(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		value string
+		n     int
+		want  bool
+	}{
+		"short string":       {`"abc"`, 3, false},
+		"long string":        {`"abcd"`, 3, true},
+		"number":             {`12345`, 4, true},
+		"boolean":            {`true`, 0, false},
+		"array within":       {`["ab", "cd"]`, 4, false},
+		"array over":         {`["ab", "cd", "e"]`, 4, true},
+		"object keys count":  {`{"abc": "d"}`, 3, true},
+		"nested over":        {`{"a": [{"b": "cccc"}]}`, 5, true},
+		"nested within":      {`{"a": [{"b": "cccc"}]}`, 6, false},
+		"set":                {`{"aaa", "bbb"}`, 5, true},
+		"empty object":       {`{}`, 0, false},
+		"array of booleans":  {`[true, false]`, 0, false},
+		"deep array past n":  {`[["xxxxxxxx"], ["y"]]`, 8, true},
+		"string exactly n":   {`"12345678"`, 8, false},
+		"number exactly n":   {`1234`, 4, false},
+		"object exactly n":   {`{"ab": "cd"}`, 4, false},
+		"object one past n":  {`{"ab": "cde"}`, 4, true},
+		"array one past n":   {`["ab", "cde"]`, 4, true},
+		"null":               {`null`, 0, false},
+		"string in a set":    {`{"abcdef"}`, 5, true},
+		"two keys, within n": {`{"a": "b", "c": "d"}`, 4, false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			if got := atLeast(ast.MustParseTerm(tc.value).Value, tc.n); got != tc.want {
+				t.Errorf("atLeast(%s, %d) = %v, want %v", tc.value, tc.n, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestAtLeastOnScalarsDoesNotAllocate: the pre-check runs on every cache
+// key path of every check. (Not parallel: AllocsPerRun.)
+func TestAtLeastOnScalarsDoesNotAllocate(t *testing.T) {
+	for _, v := range []ast.Value{ast.String("a string"), ast.Number("12"), ast.Boolean(true), ast.NewArray(ast.StringTerm("a"), ast.StringTerm("b"))} {
+		if a := testing.AllocsPerRun(100, func() { atLeast(v, 100) }); a != 0 {
+			t.Errorf("atLeast(%v) allocates %v times", v, a)
+		}
 	}
 }

@@ -9,6 +9,8 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"golang.org/x/sync/semaphore"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
@@ -62,18 +64,26 @@ func newAdmission(size int64) *admission {
 }
 
 // acquire takes n bytes (clamped to [1, size]), waiting at most until ctx
-// ends or deadline passes; it returns the release function, or nil.
-func (a *admission) acquire(ctx context.Context, n int64, deadline time.Time) func() {
+// ends or deadline passes. It returns the bytes taken (pass them to
+// release), 0 when none were.
+func (a *admission) acquire(ctx context.Context, n int64, deadline time.Time) int64 {
 	n = min(max(n, 1), a.size)
 	if !a.sem.TryAcquire(n) {
 		wctx, cancel := context.WithDeadline(ctx, deadline)
 		err := a.sem.Acquire(wctx, n)
 		cancel()
 		if err != nil {
-			return nil
+			return 0
 		}
 	}
-	return func() { a.sem.Release(n) }
+	return n
+}
+
+// release gives back what acquire took (0: nothing).
+func (a *admission) release(n int64) {
+	if n > 0 {
+		a.sem.Release(n)
+	}
 }
 
 // workers runs evaluations on long-lived goroutines (see above).
@@ -92,11 +102,22 @@ type workers struct {
 	wg      sync.WaitGroup
 }
 
-// job is one evaluation handed to a worker; done is signalled when fn has
-// returned. Jobs are pooled: a check allocates nothing to hand over.
+// job is one evaluation handed to a worker: fn, or (fn nil) Decide of
+// engine on req; done is signalled when it has returned. Jobs are pooled:
+// a check allocates nothing to hand its evaluation over.
 type job struct {
-	fn   func()
-	done chan struct{}
+	fn     func()
+	ctx    context.Context
+	engine *authz.Engine
+	req    *authz.Request
+	d      *authz.Decision
+	err    error
+	done   chan struct{}
+}
+
+// reset clears j for the pool.
+func (j *job) reset() {
+	j.fn, j.ctx, j.engine, j.req, j.d, j.err = nil, nil, nil, nil, nil, nil
 }
 
 var jobs = sync.Pool{New: func() any { return &job{done: make(chan struct{}, 1)} }}
@@ -136,7 +157,11 @@ func (w *workers) loop(quit chan struct{}) {
 	for {
 		select {
 		case j := <-w.jobs:
-			j.fn()
+			if j.fn != nil {
+				j.fn()
+			} else {
+				j.d, j.err = j.engine.Decide(j.ctx, j.req)
+			}
 			j.done <- struct{}{}
 		case <-quit:
 			return
@@ -154,6 +179,31 @@ func (w *workers) run(ctx context.Context, deadline time.Time, fn func()) bool {
 	}
 	j := jobs.Get().(*job)
 	j.fn = fn
+	ok := w.do(ctx, deadline, j)
+	j.reset()
+	jobs.Put(j)
+	return ok
+}
+
+// decide is engine.Decide(ctx, req) run on a worker (on the caller's
+// goroutine when w is nil); ok is false when no worker was free in time.
+func (w *workers) decide(ctx context.Context, deadline time.Time, engine *authz.Engine, req *authz.Request) (d *authz.Decision, err error, ok bool) {
+	if w == nil || !w.running.Load() {
+		d, err = engine.Decide(ctx, req)
+		return d, err, true
+	}
+	j := jobs.Get().(*job)
+	j.ctx, j.engine, j.req = ctx, engine, req
+	if ok = w.do(ctx, deadline, j); ok {
+		d, err = j.d, j.err
+	}
+	j.reset()
+	jobs.Put(j)
+	return d, err, ok
+}
+
+// do hands j to a worker and waits for it to be done.
+func (w *workers) do(ctx context.Context, deadline time.Time, j *job) bool {
 	select {
 	case w.jobs <- j:
 	default:
@@ -163,18 +213,12 @@ func (w *workers) run(ctx context.Context, deadline time.Time, fn func()) bool {
 			t.Stop()
 		case <-ctx.Done():
 			t.Stop()
-			j.fn = nil
-			jobs.Put(j)
 			return false
 		case <-t.C:
-			j.fn = nil
-			jobs.Put(j)
 			return false
 		}
 	}
 	<-j.done
-	j.fn = nil
-	jobs.Put(j)
 	return true
 }
 

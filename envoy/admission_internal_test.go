@@ -97,34 +97,35 @@ func TestAdmissionBoundsBytes(t *testing.T) {
 	a := newAdmission(100)
 	deadline := func(d time.Duration) time.Time { return time.Now().Add(d) }
 	r1 := a.acquire(t.Context(), 60, deadline(time.Second))
-	if r1 == nil {
-		t.Fatal("60 of 100 refused")
+	if r1 != 60 {
+		t.Fatalf("60 of 100: took %d", r1)
 	}
-	if a.acquire(t.Context(), 60, deadline(30*time.Millisecond)) != nil {
+	if n := a.acquire(t.Context(), 60, deadline(30*time.Millisecond)); n != 0 {
 		t.Fatal("60 more admitted into 40")
 	}
 	r2 := a.acquire(t.Context(), 40, deadline(time.Second))
-	if r2 == nil {
-		t.Fatal("40 of the remaining 40 refused")
+	if r2 != 40 {
+		t.Fatalf("40 of the remaining 40: took %d", r2)
 	}
-	got := make(chan func(), 1)
+	got := make(chan int64, 1)
 	go func() { got <- a.acquire(context.Background(), 1000, deadline(5*time.Second)) }() // clamped to 100: waits for all
 	time.Sleep(20 * time.Millisecond)
-	r1()
+	a.release(r1)
 	select {
-	case r := <-got:
-		t.Fatalf("admitted with 40 in flight: %v", r != nil)
+	case n := <-got:
+		t.Fatalf("admitted with 40 in flight: took %d", n)
 	case <-time.After(20 * time.Millisecond):
 	}
-	r2()
+	a.release(r2)
 	r3 := <-got
-	if r3 == nil {
-		t.Fatal("an oversized request was never admitted alone")
+	if r3 != 100 {
+		t.Fatalf("an oversized request: took %d, want the whole budget", r3)
 	}
-	r3()
-	if r := a.acquire(t.Context(), 100, deadline(time.Second)); r == nil {
+	a.release(r3)
+	a.release(0) // nothing taken: nothing given back
+	if n := a.acquire(t.Context(), 100, deadline(time.Second)); n != 100 {
 		t.Fatal("the budget was not given back")
 	} else {
-		r()
+		a.release(n)
 	}
 }

@@ -77,16 +77,16 @@ func (s *Server) decideHTTP(r *http.Request) (*authz.Decision, map[string]string
 		weight += s.bodyLimit(head)
 	}
 	deadline := waitUntil(ctx, time.Now(), queueWait)
-	release := s.admit.acquire(ctx, weight, deadline)
-	if release == nil {
+	taken := s.admit.acquire(ctx, weight, deadline)
+	if taken == 0 {
 		return overloaded(s.engine), nil, nil
 	}
-	defer release()
+	defer s.admit.release(taken)
 	req, err := s.CheckRequestFromHTTP(r)
 	if err != nil {
 		return badRequest(s.engine, err), nil, nil
 	}
-	return evaluate(ctx, s.engine, req, nil, func(fn func()) bool { return s.pool.run(ctx, deadline, fn) })
+	return evaluate(ctx, s.engine, req, nil, s.pool, deadline)
 }
 
 // headBytes is the size of r without its body: method, request target,

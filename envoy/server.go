@@ -191,7 +191,7 @@ var authorizationService = grpc.ServiceDesc{
 	Methods: []grpc.MethodDesc{{
 		MethodName: "Check",
 		Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
-			return srv.(*Server).answer(ctx, func(m *checkMessage) error { return dec(m) })
+			return srv.(*Server).answer(ctx, dec)
 		},
 	}},
 	Streams:  []grpc.StreamDesc{},
@@ -320,7 +320,8 @@ func (s *Server) setServing(ok bool) {
 // with the request still to decode; this is the same answer for a request
 // at hand).
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
-	return s.answer(ctx, func(m *checkMessage) error {
+	return s.answer(ctx, func(v any) error {
+		m := v.(*checkMessage)
 		m.req, m.size = req, int64(proto.Size(req))
 		m.tooLarge = m.size > s.cfg.MaxRequestBytes
 		return nil
@@ -332,20 +333,17 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 // burst of checks is not all decoded at once.
 const decodeReserve = 16 << 10
 
-// answer is one gRPC Check: admission, decoding (decode fills m; its
-// error is the transport's, returned as is), decide, the CheckResponse; an
-// error is the gRPC status of "cannot decide".
-func (s *Server) answer(ctx context.Context, decode func(m *checkMessage) error) (*authv3.CheckResponse, error) {
+// answer is one gRPC Check: admission, decoding (dec fills a
+// *checkMessage; its error is the transport's, returned as is), decide,
+// the CheckResponse; an error is the gRPC status of "cannot decide".
+func (s *Server) answer(ctx context.Context, dec func(any) error) (*authv3.CheckResponse, error) {
 	start := time.Now()
 	deadline := waitUntil(ctx, start, queueWait)
 	m := &checkMessage{req: new(authv3.CheckRequest)}
-	reserve := min(decodeReserve, s.cfg.MaxRequestBytes)
-	release := s.admit.acquire(ctx, reserve, deadline)
-	m.skip = release == nil // read the message off the stream, do not decode it
-	if err := decode(m); err != nil {
-		if release != nil {
-			release()
-		}
+	taken := s.admit.acquire(ctx, min(decodeReserve, s.cfg.MaxRequestBytes), deadline)
+	m.skip = taken == 0 // read the message off the stream, do not decode it
+	if err := dec(m); err != nil {
+		s.admit.release(taken)
 		return nil, err
 	}
 	var (
@@ -353,21 +351,19 @@ func (s *Server) answer(ctx context.Context, decode func(m *checkMessage) error)
 		headers map[string]string
 		err     error
 	)
-	if release != nil {
-		defer release()
-		if extra := m.size - reserve; extra > 0 && !m.tooLarge {
-			if more := s.admit.acquire(ctx, extra, deadline); more != nil {
-				defer more()
-			} else {
-				d = overloaded(s.engine)
-			}
-		}
-	} else {
+	if taken == 0 {
 		d = overloaded(s.engine)
+	} else if extra := m.size - taken; extra > 0 && !m.tooLarge {
+		more := s.admit.acquire(ctx, extra, deadline)
+		taken += more
+		if more == 0 {
+			d = overloaded(s.engine)
+		}
 	}
 	if d == nil {
 		d, headers, err = s.decide(ctx, m, deadline)
 	}
+	s.admit.release(taken)
 	if err != nil {
 		s.metrics.observe(transportGRPC, outcomeError, time.Since(start).Seconds())
 		return nil, grpcError(err)
@@ -386,7 +382,7 @@ func (s *Server) decide(ctx context.Context, m *checkMessage, deadline time.Time
 	case m.err != nil:
 		return badRequest(s.engine, m.err), nil, nil
 	}
-	return evaluate(ctx, s.engine, m.req, nil, func(fn func()) bool { return s.pool.run(ctx, deadline, fn) })
+	return evaluate(ctx, s.engine, m.req, nil, s.pool, deadline)
 }
 
 // Evaluate is one Check as every Gatehouse front end answers it (the gRPC
@@ -405,12 +401,13 @@ func (s *Server) decide(ctx context.Context, m *checkMessage, deadline time.Time
 // sidecar's own reasons: an *authz.DecideError (not ready, stale data,
 // evaluation error, a decision of the wrong shape).
 func Evaluate(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer) (*authz.Decision, map[string]string, error) {
-	return evaluate(ctx, engine, req, tracer, func(fn func()) bool { fn(); return true })
+	return evaluate(ctx, engine, req, tracer, nil, time.Time{})
 }
 
-// evaluate is Evaluate with the policy evaluation run by run (false: no
-// worker was free in time, the check is denied 429 overloaded).
-func evaluate(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer, run func(func()) bool) (*authz.Decision, map[string]string, error) {
+// evaluate is Evaluate with the policy evaluation on one of pool's workers
+// (nil: on the caller's goroutine), denied 429 overloaded when none is free
+// by deadline.
+func evaluate(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer, pool *workers, deadline time.Time) (*authz.Decision, map[string]string, error) {
 	prep, err := Prepare(req)
 	if err != nil {
 		return badRequest(engine, err), RequestHeaders(req.GetAttributes().GetRequest().GetHttp()), nil
@@ -435,8 +432,8 @@ func evaluate(ctx context.Context, engine *authz.Engine, req *authv3.CheckReques
 		MinRevision: minRev,
 		Tracer:      tracer,
 	}
-	var d *authz.Decision
-	if !run(func() { d, err = engine.Decide(ctx, areq) }) {
+	d, err, ok := pool.decide(ctx, deadline, engine, areq)
+	if !ok {
 		return overloaded(engine), headers, nil
 	}
 	if errors.Is(err, authz.ErrRevisionNotReached) {
