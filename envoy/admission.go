@@ -32,7 +32,7 @@ import (
 //     evaluations are in memory at once.
 //
 // A check waits for admission and for a worker at most queueWait, and
-// never into the last eighth of the time its caller gave it (Envoy's gRPC
+// never into the last quarter of the time its caller gave it (Envoy's gRPC
 // timeout); then it is denied 429 (overloaded, retry-after: 1): failing
 // closed, and early enough for Envoy to receive the deny rather than time
 // out (a timeout is a failure, which failure_mode_allow turns into an
@@ -42,11 +42,12 @@ import (
 const queueWait = time.Second
 
 // waitUntil is when a check that started at now stops waiting: after at
-// most wait, and an eighth of the time left before ctx's deadline.
+// most wait, and a quarter of the time left before ctx's deadline (time to
+// answer on a loaded machine).
 func waitUntil(ctx context.Context, now time.Time, wait time.Duration) time.Time {
 	until := now.Add(wait)
 	if d, ok := ctx.Deadline(); ok {
-		if margin := d.Add(-d.Sub(now) / 8); margin.Before(until) {
+		if margin := d.Add(-d.Sub(now) / 4); margin.Before(until) {
 			until = margin
 		}
 	}
@@ -259,17 +260,29 @@ func (c *codec) Name() string { return c.proto.Name() }
 // quoting a long path) would hold 1 MiB until it is written.
 const pooledMessageBytes = 32 << 10
 
+// Marshal is gRPC's protobuf marshaling (one Size, then the cached size),
+// with a message over pooledMessageBytes in a buffer of its own size.
 func (c *codec) Marshal(v any) (mem.BufferSlice, error) {
-	if m, ok := v.(proto.Message); ok {
-		if size := proto.Size(m); size > pooledMessageBytes {
-			b, err := proto.MarshalOptions{UseCachedSize: true}.Marshal(m)
-			if err != nil {
-				return nil, err
-			}
-			return mem.BufferSlice{mem.SliceBuffer(b)}, nil
-		}
+	m, ok := v.(proto.Message)
+	if !ok {
+		return c.proto.Marshal(v)
 	}
-	return c.proto.Marshal(v)
+	size := proto.Size(m)
+	opts := proto.MarshalOptions{UseCachedSize: true}
+	if size > pooledMessageBytes || mem.IsBelowBufferPoolingThreshold(size) {
+		b, err := opts.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	pool := mem.DefaultBufferPool()
+	buf := pool.Get(size)
+	if _, err := opts.MarshalAppend((*buf)[:0], m); err != nil {
+		pool.Put(buf)
+		return nil, err
+	}
+	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
 }
 
 func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {

@@ -116,11 +116,12 @@ func TestCheckOverloadedIsADeny(t *testing.T) {
 
 // TestCheckDeniesBeforeTheCallersDeadline: a check that would wait past its
 // gRPC deadline (Envoy's ext_authz timeout) — for its minimum revision, for
-// a worker — is denied before the deadline, not left to time out: a
-// timeout is a failure, which failure_mode_allow turns into an allow.
+// a worker — is denied a quarter of the time before the deadline, not left
+// to time out: a timeout is a failure, which failure_mode_allow turns into
+// an allow.
 func TestCheckDeniesBeforeTheCallersDeadline(t *testing.T) {
 	t.Parallel()
-	const timeout = 400 * time.Millisecond
+	const timeout = 800 * time.Millisecond // less than the 1s queue bound
 	g := newGatedTenancy()
 	sc := startPolicy(t, gated, testutil.Options{Tenancy: g, Engine: authz.Config{DecisionCacheEntries: -1, MinRevisionWait: time.Minute},
 		Server: envoy.Config{MaxInflight: 1}})
