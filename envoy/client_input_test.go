@@ -443,3 +443,33 @@ func TestHTTPServiceRequestForms(t *testing.T) {
 		}
 	})
 }
+
+// TestHTTPServiceBodyReadErrors: a body that ends early or is not valid
+// chunked encoding is a 400 deny, not an evaluation of what was read.
+func TestHTTPServiceBodyReadErrors(t *testing.T) {
+	t.Parallel()
+	sc := startPolicy(t, evaluated418, testutil.Options{})
+	addr := sc.Server.HTTPAddr().String()
+	t.Run("bad chunk", func(t *testing.T) {
+		t.Parallel()
+		resp, body := rawHTTP(t, addr, "POST /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
+		wantHTTPDeny(t, resp, body, 400, "bad_request")
+	})
+	t.Run("body shorter than its length", func(t *testing.T) {
+		t.Parallel()
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_, _ = io.WriteString(conn, "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nshort")
+		_ = conn.(*net.TCPConn).CloseWrite()
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		wantHTTPDeny(t, resp, string(b), 400, "bad_request")
+	})
+}

@@ -28,7 +28,7 @@ const HeaderHeadersToRemove = "x-envoy-auth-headers-to-remove"
 // other status denies, a 5xx means "cannot decide".
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	d, headers, err := s.decideHTTP(r)
+	d, headers, err := s.decideHTTP(w, r)
 	if err != nil {
 		s.metrics.observe(transportHTTP, outcomeError, time.Since(start).Seconds())
 		code := http.StatusInternalServerError
@@ -64,9 +64,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.record(transportHTTP, d, start)
 }
 
+// bodyReadTimeout bounds reading a body in HTTP service mode (Envoy has
+// buffered it before it calls): a client trickling one cannot hold its
+// admitted bytes for long.
+const bodyReadTimeout = 5 * time.Second
+
 // decideHTTP is decide for the HTTP service: the size of the request's
 // head is checked and admitted before its body is read.
-func (s *Server) decideHTTP(r *http.Request) (*authz.Decision, map[string]string, error) {
+func (s *Server) decideHTTP(w http.ResponseWriter, r *http.Request) (*authz.Decision, map[string]string, error) {
 	ctx := r.Context()
 	head := headBytes(r)
 	if head > s.cfg.MaxRequestBytes {
@@ -82,6 +87,9 @@ func (s *Server) decideHTTP(r *http.Request) (*authz.Decision, map[string]string
 		return overloaded(s.engine), nil, nil
 	}
 	defer s.admit.release(taken)
+	if r.ContentLength != 0 {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyReadTimeout))
+	}
 	req, err := s.CheckRequestFromHTTP(r)
 	if err != nil {
 		return badRequest(s.engine, err), nil, nil
