@@ -378,6 +378,18 @@ type recorded struct {
 	deps []dependency
 }
 
+var _ authz.DependencySizer = recorded{}
+
+// Bytes implements authz.DependencySizer: what the reads hold, for the
+// decision cache's byte budget.
+func (r recorded) Bytes() int {
+	n := 48
+	for _, d := range r.deps {
+		n += 40 + len(d.key)
+	}
+	return n
+}
+
 func (t *txn) ID() uint64 { return t.id }
 
 // NewTransaction opens a read transaction on the current file.

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -46,8 +47,10 @@ var (
 )
 
 // ErrMalformedRequest is returned by Prepare for a CheckRequest without HTTP
-// request attributes, or with a path that cannot be parsed. The gRPC server
-// answers it with INVALID_ARGUMENT (Envoy then applies status_on_error).
+// request attributes, with a path or query string that cannot be parsed, or
+// with a string that is not UTF-8 (also once percent-decoded). It is client
+// input: Evaluate answers it with a 400 deny (reason bad_request), never
+// with "cannot decide".
 var ErrMalformedRequest = errors.New("malformed CheckRequest")
 
 // BodyError is returned by Prepare when the request body cannot be parsed as
@@ -84,16 +87,20 @@ type Prepared struct {
 	truncated   bool
 }
 
-// Prepare validates req: HTTP attributes present (else ErrMalformedRequest),
-// a path that parses (else ErrMalformedRequest), a body that parses as its
-// content type says (else *BodyError). These checks do not depend on the
-// policy.
+// Prepare validates req: HTTP attributes present, its strings (method,
+// path, host, headers, context extensions, ...) valid UTF-8, a path and
+// query that parse and decode to UTF-8 (else ErrMalformedRequest), a body
+// that parses as its content type says (else *BodyError). These checks do
+// not depend on the policy.
 func Prepare(req *authv3.CheckRequest) (*Prepared, error) {
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	if httpReq == nil {
 		return nil, fmt.Errorf("%w: attributes.request.http is missing", ErrMalformedRequest)
 	}
 	p := &Prepared{req: req, http: httpReq, headers: RequestHeaders(httpReq)}
+	if err := checkUTF8(httpReq, p.headers, req.GetAttributes().GetContextExtensions()); err != nil {
+		return nil, err
+	}
 	var err error
 	p.parsedPath, p.parsedQuery, err = parsePath(httpReq.GetPath())
 	if err != nil {
@@ -172,6 +179,33 @@ func RequestHeaders(h *authv3.AttributeContext_HttpRequest) map[string]string {
 	return out
 }
 
+// checkUTF8 reports the first string of the HTTP request attributes, its
+// headers or the context extensions that is not valid UTF-8. Over gRPC the
+// protobuf decoder has checked most of them already; header_map raw values,
+// the HTTP service mode and hand-built requests are checked here.
+func checkUTF8(h *authv3.AttributeContext_HttpRequest, headers, ext map[string]string) error {
+	for _, f := range [...]struct{ name, v string }{
+		{"method", h.GetMethod()}, {"path", h.GetPath()}, {"host", h.GetHost()}, {"scheme", h.GetScheme()},
+		{"protocol", h.GetProtocol()}, {"id", h.GetId()}, {"query", h.GetQuery()}, {"fragment", h.GetFragment()},
+		{"body", h.GetBody()},
+	} {
+		if !utf8.ValidString(f.v) {
+			return fmt.Errorf("%w: %s is not valid UTF-8", ErrMalformedRequest, f.name)
+		}
+	}
+	for k, v := range headers {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return fmt.Errorf("%w: header %q is not valid UTF-8", ErrMalformedRequest, k)
+		}
+	}
+	for k, v := range ext {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return fmt.Errorf("%w: context extension %q is not valid UTF-8", ErrMalformedRequest, k)
+		}
+	}
+	return nil
+}
+
 // stringMapNeed renders the entries of m that need asks for.
 func stringMapNeed(m map[string]string, need *authz.Need) ast.Object {
 	if need.All {
@@ -196,12 +230,17 @@ func stringMap(m map[string]string) ast.Object {
 }
 
 // parsePath splits the percent-decoded path and parses the query, as
-// opa-envoy-plugin does: "/a/b?x=1" → ["a","b"], {"x": ["1"]}.
+// opa-envoy-plugin does: "/a/b?x=1" → ["a","b"], {"x": ["1"]}. A bad
+// percent escape, a query Go refuses (";" separators, more than 10,000
+// parameters) or a decoded string that is not UTF-8 is an error.
 func parsePath(path string) (*ast.Term, *ast.Term, error) {
 	rawPath, rawQuery, _ := strings.Cut(path, "?")
 	decoded, err := url.PathUnescape(rawPath)
 	if err != nil {
 		return nil, nil, err
+	}
+	if !utf8.ValidString(decoded) {
+		return nil, nil, errors.New("the decoded path is not valid UTF-8")
 	}
 	segs := strings.Split(strings.TrimLeft(decoded, "/"), "/")
 	terms := make([]*ast.Term, len(segs))
@@ -210,21 +249,33 @@ func parsePath(path string) (*ast.Term, *ast.Term, error) {
 	}
 	query, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("query: %v", err)
 	}
-	return ast.ArrayTerm(terms...), ast.NewTerm(valuesObject(query)), nil
+	q, err := valuesObject(query)
+	if err != nil {
+		return nil, nil, fmt.Errorf("query: %v", err)
+	}
+	return ast.ArrayTerm(terms...), ast.NewTerm(q), nil
 }
 
-func valuesObject(v url.Values) ast.Object {
+// valuesObject renders decoded query or form values; a name or value that
+// is not UTF-8 is an error.
+func valuesObject(v url.Values) (ast.Object, error) {
 	obj := ast.NewObjectWithCapacity(len(v))
 	for k, vals := range v {
+		if !utf8.ValidString(k) {
+			return nil, fmt.Errorf("parameter %q is not valid UTF-8", k)
+		}
 		terms := make([]*ast.Term, len(vals))
 		for i, s := range vals {
+			if !utf8.ValidString(s) {
+				return nil, fmt.Errorf("the value of parameter %q is not valid UTF-8", k)
+			}
 			terms[i] = ast.StringTerm(s)
 		}
 		obj.Insert(ast.StringTerm(k), ast.ArrayTerm(terms...))
 	}
-	return obj
+	return obj, nil
 }
 
 var nullTerm = ast.NullTerm()
@@ -257,6 +308,10 @@ func parseBody(headers map[string]string, body string, raw []byte) (*ast.Term, b
 	}
 	switch {
 	case strings.Contains(ct, "application/json"):
+		if !utf8.ValidString(payload) {
+			// RFC 8259 §8.1; Go's decoder would turn the bytes into U+FFFD.
+			return nil, false, errors.New("JSON: not valid UTF-8")
+		}
 		v, err := ast.ValueFromReader(strings.NewReader(payload))
 		if err != nil {
 			return nil, false, fmt.Errorf("JSON: %v", err)
@@ -267,7 +322,11 @@ func parseBody(headers map[string]string, body string, raw []byte) (*ast.Term, b
 		if err != nil {
 			return nil, false, fmt.Errorf("form: %v", err)
 		}
-		return ast.NewTerm(valuesObject(vals)), false, nil
+		obj, err := valuesObject(vals)
+		if err != nil {
+			return nil, false, fmt.Errorf("form: %v", err)
+		}
+		return ast.NewTerm(obj), false, nil
 	case strings.Contains(ct, "multipart/form-data"):
 		return parseMultipart(ct, payload)
 	}
