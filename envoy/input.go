@@ -312,7 +312,7 @@ func parseBody(headers map[string]string, body string, raw []byte) (*ast.Term, b
 			// RFC 8259 §8.1; Go's decoder would turn the bytes into U+FFFD.
 			return nil, false, errors.New("JSON: not valid UTF-8")
 		}
-		v, err := ast.ValueFromReader(strings.NewReader(payload))
+		v, err := parseJSONValue(payload)
 		if err != nil {
 			return nil, false, fmt.Errorf("JSON: %v", err)
 		}
@@ -331,6 +331,24 @@ func parseBody(headers map[string]string, body string, raw []byte) (*ast.Term, b
 		return parseMultipart(ct, payload)
 	}
 	return nullTerm, false, nil
+}
+
+// parseJSONValue parses exactly one JSON value (numbers kept exact): trailing
+// data after it is an error, as for opa-envoy-plugin's body parser, so a
+// body an upstream would refuse is never half-read into parsed_body.
+func parseJSONValue(payload string) (ast.Value, error) {
+	dec := util.NewJSONDecoder(strings.NewReader(payload))
+	var x any
+	if err := dec.Decode(&x); err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		if err == nil {
+			err = errors.New("trailing data after the JSON value")
+		}
+		return nil, err
+	}
+	return ast.InterfaceToValue(x)
 }
 
 func parseMultipart(ct, payload string) (*ast.Term, bool, error) {
@@ -363,13 +381,9 @@ func parseMultipart(ct, payload string) (*ast.Term, bool, error) {
 		}
 		var t *ast.Term
 		if strings.Contains(p.Header.Get("Content-Type"), "application/json") {
-			var x any
-			if err := util.UnmarshalJSON(b, &x); err != nil {
-				return nil, false, fmt.Errorf("multipart part %q: JSON: %v", name, err)
-			}
-			v, err := ast.InterfaceToValue(x)
+			v, err := parseJSONValue(string(b))
 			if err != nil {
-				return nil, false, err
+				return nil, false, fmt.Errorf("multipart part %q: JSON: %v", name, err)
 			}
 			t = ast.NewTerm(v)
 		} else {
