@@ -2,6 +2,7 @@ package authz
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -650,6 +651,9 @@ func (v *Verifier) verify(ctx context.Context, raw string) *Token {
 		return v.reject(ctx, TokenUnknownIssuer, errors.New("no issuer selected"))
 	}
 	// The signature verified: the claims below are trustworthy.
+	if err := checkSegments(raw); err != nil {
+		return v.reject(ctx, TokenMalformed, err)
+	}
 	if err := checkNumericDates(claims); err != nil {
 		return v.reject(ctx, TokenMalformed, err)
 	}
@@ -700,6 +704,24 @@ func (v *Verifier) verify(ctx context.Context, raw string) *Token {
 		return v.reject(ctx, TokenMalformed, err)
 	}
 	return t
+}
+
+// checkSegments checks that the header and the payload of raw (already
+// parsed and verified) are each exactly one JSON object: golang-jwt decodes
+// the first value and ignores what follows, so `{"sub":"a"}{"sub":"b"}` or
+// trailing bytes would verify while other readers of the same token see
+// other claims or refuse it.
+func checkSegments(raw string) error {
+	for i, seg := range strings.SplitN(raw, ".", 3)[:2] {
+		b, err := base64.RawURLEncoding.DecodeString(seg)
+		if err != nil {
+			return fmt.Errorf("segment %d: %w", i, err)
+		}
+		if !json.Valid(b) {
+			return fmt.Errorf("segment %d: not exactly one JSON value", i)
+		}
+	}
+	return nil
 }
 
 // maxNumericDate is the latest NumericDate accepted in exp, nbf and iat:
