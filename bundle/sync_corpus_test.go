@@ -19,7 +19,7 @@ type corpusSeed struct {
 	name      string
 	stream    []byte
 	fromEmpty bool
-	want      uint64 // the revision the syncer leaves the cache at
+	want      uint64 // the revision the syncer leaves the cache at (0 for a snapshot: none taken)
 }
 
 // corpusDir holds FuzzSyncStream's corpus.
@@ -100,6 +100,9 @@ func syncCorpus(tb testing.TB, fx *syncFixture) []corpusSeed {
 		`[{"op":"delete","collection":"users","id":"alice"}]`)
 	r6 := rev(r5[1].Hash, sb+2, `[{"op":"put","collection":"tenants","id":"beta","value":{"id":"beta","parent":"acme","kind":"customer"}}]`)
 
+	maxHead := tenancy.FeedLine{Type: tenancy.LineHeader, Revision: math.MaxUint64, Epoch: "e2", Hash: tenancy.GenesisHash("e2", math.MaxUint64)}
+	wrap := rev(maxHead.Hash, 0, `[]`)
+
 	crlf := bytes.ReplaceAll(lines(head, rev(h, b+1, delBob)), []byte("\n"), []byte("\r\n"))
 	return []corpusSeed{
 		// change streams over the cache at b
@@ -134,6 +137,8 @@ func syncCorpus(tb testing.TB, fx *syncFixture) []corpusSeed {
 		named("snapshot-header-without-hash", 0, snap(tenancy.FeedLine{Type: tenancy.LineHeader, Revision: sb, Epoch: "e2"}, end(sb, 0, sh.Hash))),
 		named("snapshot-replay-in-parts", sb+2, snap(sh, acme, alice, r5[0], r5[1], r6, end(sb+2, 2, r6.Hash))),
 		named("snapshot-replay-cut", 0, snap(sh, acme, alice, r5[0], end(sb, 2, sh.Hash))),
+		// a revision after 2^64-1 would be revision 0: the revision goes back
+		named("snapshot-revision-wraps", 0, snap(maxHead, acme, wrap, end(0, 1, wrap.Hash))),
 		named("snapshot-entity-after-revision", 0, snap(sh, acme, r5[0], r5[1], alice, end(sb+1, 2, r5[1].Hash))),
 	}
 }
@@ -171,8 +176,13 @@ func TestSyncStreamCorpus(t *testing.T) {
 				}
 			}
 			runSync(t, dir, s.stream)
-			if got := readCache(t, filepath.Join(dir, bundle.CacheFile)); got.revision != s.want {
+			got := readCache(t, filepath.Join(dir, bundle.CacheFile))
+			if got.revision != s.want {
 				t.Fatalf("the cache is at revision %d, want %d", got.revision, s.want)
+			}
+			// a snapshot seed with want 0 is refused: the cache stays empty
+			if empty := s.fromEmpty && s.want == 0; (got.epoch == "") != empty {
+				t.Fatalf("the cache is at revision %d of epoch %q, want it empty: %v", got.revision, got.epoch, empty)
 			}
 		})
 	}
