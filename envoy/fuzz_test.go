@@ -25,6 +25,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/golang-jwt/jwt/v5"
@@ -121,9 +122,26 @@ func (v *verdict) unsure(why string) {
 // (with query), lowercase headers, body and context extensions.
 func judge(path string, headers map[string]string, body string, ext map[string]string) verdict {
 	var v verdict
+	// Every string a client sends must be UTF-8 (SPEC §2: a deny 400),
+	// raw and, for the path and query, percent-decoded.
+	if !utf8.ValidString(path) {
+		v.bad("path is not UTF-8")
+	}
+	for k, val := range headers {
+		if !utf8.ValidString(k) || !utf8.ValidString(val) {
+			v.bad("header " + strconv.Quote(k) + " is not UTF-8")
+		}
+	}
+	for k, val := range ext {
+		if !utf8.ValidString(k) || !utf8.ValidString(val) {
+			v.bad("context extension " + strconv.Quote(k) + " is not UTF-8")
+		}
+	}
 	rawPath, rawQuery, _ := strings.Cut(path, "?")
-	if _, err := url.PathUnescape(rawPath); err != nil {
+	if p, err := url.PathUnescape(rawPath); err != nil {
 		v.bad("path does not percent-decode")
+	} else if !utf8.ValidString(p) {
+		v.bad("path decodes to invalid UTF-8")
 	}
 	judgeQuery(&v, "query", rawQuery)
 	judgeBody(&v, headers, body)
@@ -161,11 +179,15 @@ func judgeQuery(v *verdict, what, q string) {
 			continue
 		}
 		k, val, _ := strings.Cut(pair, "=")
-		if _, err := url.QueryUnescape(k); err != nil {
+		if dk, err := url.QueryUnescape(k); err != nil {
 			v.bad(what + " key does not percent-decode")
+		} else if !utf8.ValidString(dk) {
+			v.bad(what + " key decodes to invalid UTF-8")
 		}
-		if _, err := url.QueryUnescape(val); err != nil {
+		if dv, err := url.QueryUnescape(val); err != nil {
 			v.bad(what + " value does not percent-decode")
+		} else if !utf8.ValidString(dv) {
+			v.bad(what + " value decodes to invalid UTF-8")
 		}
 	}
 }
@@ -203,7 +225,7 @@ func judgeBody(v *verdict, headers map[string]string, body string) {
 	case err != nil && parsed > 0:
 		v.unsure("content type does not parse")
 	case jsonish && mt == "application/json":
-		if !json.Valid([]byte(body)) {
+		if !utf8.ValidString(body) || !json.Valid([]byte(body)) {
 			v.bad("JSON body does not parse")
 		}
 	case formish && mt == "application/x-www-form-urlencoded":
@@ -449,6 +471,11 @@ func judgeHTTP(req *http.Request, body []byte) verdict {
 	}
 	if req.ContentLength == 0 {
 		body = nil
+	}
+	if !utf8.ValidString(req.Method) || !utf8.ValidString(req.Host) {
+		var v verdict
+		v.bad("method or host is not UTF-8")
+		return v
 	}
 	if len(body) > 1<<20 {
 		body = body[:1<<20]
