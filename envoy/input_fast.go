@@ -41,6 +41,60 @@ var (
 	termRawBody     = ast.InternedTerm("rawBody")
 )
 
+// termArena hands out the input's terms from blocks allocated together:
+// one allocation per block instead of one per term. A string every request
+// carries (a common header name, a method, a scheme) gets its one shared
+// term. The terms of an input document are never modified once built.
+type termArena struct{ free []ast.Term }
+
+// reserve makes room for n more terms in one block.
+func (a *termArena) reserve(n int) {
+	if len(a.free) < n {
+		a.free = make([]ast.Term, max(n, 16))
+	}
+}
+
+// term returns a term of v.
+func (a *termArena) term(v ast.Value) *ast.Term {
+	a.reserve(1)
+	t := &a.free[0]
+	a.free = a.free[1:]
+	t.Value = v
+	return t
+}
+
+// str returns a string term of s.
+func (a *termArena) str(s string) *ast.Term {
+	if t, ok := commonTerms[s]; ok {
+		return t
+	}
+	return a.term(ast.String(s))
+}
+
+// commonTerms are the shared terms of strings most CheckRequests carry:
+// header names Envoy and browsers send, methods, schemes, protocols.
+var commonTerms = func() map[string]*ast.Term {
+	m := map[string]*ast.Term{}
+	for _, s := range []string{
+		":authority", ":method", ":path", ":scheme", "accept", "accept-encoding", "accept-language",
+		"authorization", "cache-control", "connection", "content-length", "content-type", "cookie",
+		"forwarded", "grpc-timeout", "host", "if-modified-since", "if-none-match", "origin", "pragma",
+		"referer", "sec-fetch-dest", "sec-fetch-mode", "sec-fetch-site", "te", "traceparent", "tracestate",
+		"user-agent", "x-b3-parentspanid", "x-b3-sampled", "x-b3-spanid", "x-b3-traceid",
+		"x-envoy-attempt-count", "x-envoy-expected-rq-timeout-ms", "x-envoy-external-address",
+		"x-envoy-internal", "x-envoy-original-path", "x-forwarded-client-cert", "x-forwarded-for",
+		"x-forwarded-host", "x-forwarded-port", "x-forwarded-proto", "x-real-ip", "x-request-id",
+		PartialBodyHeader,
+		"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+		"http", "https", "HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/3",
+		"true", "false", "*/*", "application/json", "gzip", "gzip, deflate", "gzip, deflate, br", "no-cache",
+		"", "api", "v1", "v2",
+	} {
+		m[s] = ast.StringTerm(s)
+	}
+	return m
+}()
+
 // rest renders the populated fields of m not in handled that need asks
 // for, generically (a field that is needed at all is rendered whole).
 func rest(obj ast.Object, m protoreflect.Message, need *authz.Need, handled func(protoreflect.FieldNumber) bool) {
@@ -53,40 +107,50 @@ func rest(obj ast.Object, m protoreflect.Message, need *authz.Need, handled func
 }
 
 // attributesValue renders (what need asks for of) an AttributeContext.
-func attributesValue(a *authv3.AttributeContext, need *authz.Need) ast.Object {
-	obj := ast.NewObjectWithCapacity(4)
-	if n := need.Child("source"); a.Source != nil && n != nil {
-		obj.Insert(termSource, ast.NewTerm(peerValue(a.Source, n)))
+func attributesValue(a *authv3.AttributeContext, need *authz.Need, ar *termArena) ast.Object {
+	var items [4][2]*ast.Term
+	n := 0
+	if c := need.Child("source"); a.Source != nil && c != nil {
+		items[n] = ast.Item(termSource, ar.term(peerValue(a.Source, c, ar)))
+		n++
 	}
-	if n := need.Child("destination"); a.Destination != nil && n != nil {
-		obj.Insert(termDestination, ast.NewTerm(peerValue(a.Destination, n)))
+	if c := need.Child("destination"); a.Destination != nil && c != nil {
+		items[n] = ast.Item(termDestination, ar.term(peerValue(a.Destination, c, ar)))
+		n++
 	}
-	if n := need.Child("request"); a.Request != nil && n != nil {
-		obj.Insert(termRequest, ast.NewTerm(requestValue(a.Request, n)))
+	if c := need.Child("request"); a.Request != nil && c != nil {
+		items[n] = ast.Item(termRequest, ar.term(requestValue(a.Request, c, ar)))
+		n++
 	}
-	if n := need.Child("contextExtensions"); len(a.ContextExtensions) > 0 && n != nil {
-		obj.Insert(termContextExt, ast.NewTerm(stringMapNeed(a.ContextExtensions, n)))
+	if c := need.Child("contextExtensions"); len(a.ContextExtensions) > 0 && c != nil {
+		items[n] = ast.Item(termContextExt, ar.term(stringMapNeed(a.ContextExtensions, c, ar)))
+		n++
 	}
+	obj := ast.NewObject(items[:n]...)
 	rest(obj, a.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool {
 		return n == 1 || n == 2 || n == 4 || n == 10 // source, destination, request, context_extensions
 	})
 	return obj
 }
 
-func peerValue(p *authv3.AttributeContext_Peer, need *authz.Need) ast.Object {
-	obj := ast.NewObjectWithCapacity(2)
+func peerValue(p *authv3.AttributeContext_Peer, need *authz.Need, ar *termArena) ast.Object {
+	var items [2][2]*ast.Term
+	n := 0
 	handledAddr := false
 	if need.Child("address") == nil {
 		handledAddr = true // not needed: rest must not render it either
 	} else if sa, ok := p.GetAddress().GetAddress().(*corev3.Address_SocketAddress); ok && simpleSocketAddress(sa.SocketAddress) {
-		obj.Insert(termAddress, ast.NewTerm(ast.NewObject(
-			ast.Item(termSocketAddr, ast.NewTerm(socketAddressValue(sa.SocketAddress))),
+		items[n] = ast.Item(termAddress, ar.term(ast.NewObject(
+			ast.Item(termSocketAddr, ar.term(socketAddressValue(sa.SocketAddress, ar))),
 		)))
+		n++
 		handledAddr = true
 	}
 	if p.Principal != "" && need.Child("principal") != nil {
-		obj.Insert(termPrincipal, ast.StringTerm(p.Principal))
+		items[n] = ast.Item(termPrincipal, ar.str(p.Principal))
+		n++
 	}
+	obj := ast.NewObject(items[:n]...)
 	rest(obj, p.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool {
 		return (n == 1 && handledAddr) || n == 4 // address, principal
 	})
@@ -100,40 +164,52 @@ func simpleSocketAddress(sa *corev3.SocketAddress) bool {
 		(port || sa.PortSpecifier == nil)
 }
 
-func socketAddressValue(sa *corev3.SocketAddress) ast.Object {
-	obj := ast.NewObjectWithCapacity(2)
+func socketAddressValue(sa *corev3.SocketAddress, ar *termArena) ast.Object {
+	var items [2][2]*ast.Term
+	n := 0
 	if sa.Address != "" {
-		obj.Insert(termAddress, ast.StringTerm(sa.Address))
+		items[n] = ast.Item(termAddress, ar.str(sa.Address))
+		n++
 	}
 	if pv, ok := sa.PortSpecifier.(*corev3.SocketAddress_PortValue); ok {
-		obj.Insert(termPortValue, ast.UIntNumberTerm(uint64(pv.PortValue)))
+		items[n] = ast.Item(termPortValue, ast.UIntNumberTerm(uint64(pv.PortValue)))
+		n++
 	}
-	return obj
+	return ast.NewObject(items[:n]...)
 }
 
-func requestValue(r *authv3.AttributeContext_Request, need *authz.Need) ast.Object {
-	obj := ast.NewObjectWithCapacity(2)
+func requestValue(r *authv3.AttributeContext_Request, need *authz.Need, ar *termArena) ast.Object {
+	var items [2][2]*ast.Term
+	n := 0
 	if r.Time != nil && need.Child("time") != nil {
-		obj.Insert(termTime, ast.StringTerm(formatTimestamp(r.Time)))
+		items[n] = ast.Item(termTime, ar.str(formatTimestamp(r.Time)))
+		n++
 	}
-	if n := need.Child("http"); r.Http != nil && n != nil {
-		obj.Insert(termHTTP, ast.NewTerm(httpValue(r.Http, n)))
+	if c := need.Child("http"); r.Http != nil && c != nil {
+		items[n] = ast.Item(termHTTP, ar.term(httpValue(r.Http, c, ar)))
+		n++
 	}
+	obj := ast.NewObject(items[:n]...)
 	rest(obj, r.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool { return n == 1 || n == 2 })
 	return obj
 }
 
-func httpValue(h *authv3.AttributeContext_HttpRequest, need *authz.Need) ast.Object {
-	obj := ast.NewObjectWithCapacity(10)
+func httpValue(h *authv3.AttributeContext_HttpRequest, need *authz.Need, ar *termArena) ast.Object {
+	var items [12][2]*ast.Term
+	n := 0
+	add := func(k, v *ast.Term) {
+		items[n] = ast.Item(k, v)
+		n++
+	}
 	str := func(k *ast.Term, v string) {
 		if v != "" && need.Child(string(k.Value.(ast.String))) != nil {
-			obj.Insert(k, ast.StringTerm(v))
+			add(k, ar.str(v))
 		}
 	}
 	str(termID, h.Id)
 	str(termMethod, h.Method)
-	if n := need.Child("headers"); len(h.Headers) > 0 && n != nil {
-		obj.Insert(keyHeaders, ast.NewTerm(stringMapNeed(h.Headers, n)))
+	if c := need.Child("headers"); len(h.Headers) > 0 && c != nil {
+		add(keyHeaders, ar.term(stringMapNeed(h.Headers, c, ar)))
 	}
 	str(termPath, h.Path)
 	str(termHost, h.Host)
@@ -141,13 +217,14 @@ func httpValue(h *authv3.AttributeContext_HttpRequest, need *authz.Need) ast.Obj
 	str(termQuery, h.Query)
 	str(termFragment, h.Fragment)
 	if h.Size != 0 && need.Child("size") != nil {
-		obj.Insert(termSize, ast.StringTerm(strconv.FormatInt(h.Size, 10)))
+		add(termSize, ar.str(strconv.FormatInt(h.Size, 10)))
 	}
 	str(termProtocol, h.Protocol)
 	str(termBody, h.Body)
 	if len(h.RawBody) > 0 && need.Child("rawBody") != nil {
-		obj.Insert(termRawBody, ast.StringTerm(base64.StdEncoding.EncodeToString(h.RawBody)))
+		add(termRawBody, ar.str(base64.StdEncoding.EncodeToString(h.RawBody)))
 	}
+	obj := ast.NewObject(items[:n]...)
 	rest(obj, h.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool {
 		return n >= 1 && n <= 12 // id..raw_body; header_map (13) and newer fields stay generic
 	})

@@ -91,12 +91,39 @@ func TestFastInputEqualsGenericRendering(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := range 2000 {
 		req := randomRequest(r)
-		fast := attributesValue(req.Attributes, authz.NeedAll)
+		fast := attributesValue(req.Attributes, authz.NeedAll, &termArena{})
 		generic := messageValue(req.Attributes.ProtoReflect())
 		if fast.Compare(generic) != 0 {
 			t.Fatalf("request %d differs:\nfast    %v\ngeneric %v", i, fast, generic)
 		}
+		// Built differently (shared and arena terms, whole-object
+		// construction), the values must also hash and look up alike.
+		if fast.Hash() != generic.Hash() {
+			t.Fatalf("request %d: hash %d vs %d", i, fast.Hash(), generic.Hash())
+		}
+		if !sameLookups(fast, generic) {
+			t.Fatalf("request %d: a key of the generic rendering is not found alike in the fast one", i)
+		}
 	}
+}
+
+// sameLookups reports whether every key of want, at every depth, is found
+// in got with an equal value.
+func sameLookups(got, want ast.Value) bool {
+	wo, ok := want.(ast.Object)
+	if !ok {
+		return got.Compare(want) == 0
+	}
+	gotObj, ok := got.(ast.Object)
+	if !ok || gotObj.Len() != wo.Len() {
+		return false
+	}
+	same := true
+	wo.Foreach(func(k, v *ast.Term) {
+		g := gotObj.Get(k)
+		same = same && g != nil && sameLookups(g.Value, v.Value)
+	})
+	return same
 }
 
 // TestGenericRenderingEqualsProtojson: the input's attributes are exactly
