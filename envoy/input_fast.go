@@ -2,7 +2,9 @@ package envoy
 
 import (
 	"encoding/base64"
+	"slices"
 	"strconv"
+	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -96,14 +98,38 @@ var commonTerms = func() map[string]*ast.Term {
 }()
 
 // rest renders the populated fields of m not in handled that need asks
-// for, generically (a field that is needed at all is rendered whole).
-func rest(obj ast.Object, m protoreflect.Message, need *authz.Need, handled func(protoreflect.FieldNumber) bool) {
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if !handled(fd.Number()) && need.Child(fd.JSONName()) != nil {
-			obj.Insert(ast.StringTerm(fd.JSONName()), ast.NewTerm(fieldValue(fd, v)))
+// for, generically (a field that is needed at all is rendered whole). The
+// fields not handled are listed once per message type, so that the usual
+// request (none of them set) costs a few Has calls and no allocation.
+// handled must be the same for every message of a type; skip (0: none) is
+// one more field the caller rendered for this message.
+func rest(obj ast.Object, m protoreflect.Message, need *authz.Need, handled func(protoreflect.FieldNumber) bool, skip protoreflect.FieldNumber) {
+	for _, fd := range unhandledFields(m.Descriptor(), handled) {
+		if fd.Number() != skip && m.Has(fd) && need.Child(fd.JSONName()) != nil {
+			obj.Insert(ast.StringTerm(fd.JSONName()), ast.NewTerm(fieldValue(fd, m.Get(fd))))
 		}
-		return true
-	})
+	}
+}
+
+// unhandled caches unhandledFields by message type (each type is always
+// rendered with the same handled set).
+var unhandled sync.Map // protoreflect.FullName -> []protoreflect.FieldDescriptor
+
+// unhandledFields lists the fields of md, in number order, not in handled.
+func unhandledFields(md protoreflect.MessageDescriptor, handled func(protoreflect.FieldNumber) bool) []protoreflect.FieldDescriptor {
+	if v, ok := unhandled.Load(md.FullName()); ok {
+		return v.([]protoreflect.FieldDescriptor)
+	}
+	var out []protoreflect.FieldDescriptor
+	fields := md.Fields()
+	for i := range fields.Len() {
+		if fd := fields.Get(i); !handled(fd.Number()) {
+			out = append(out, fd)
+		}
+	}
+	slices.SortFunc(out, func(a, b protoreflect.FieldDescriptor) int { return int(a.Number()) - int(b.Number()) })
+	unhandled.Store(md.FullName(), out)
+	return out
 }
 
 // attributesValue renders (what need asks for of) an AttributeContext.
@@ -129,7 +155,7 @@ func attributesValue(a *authv3.AttributeContext, need *authz.Need, ar *termArena
 	obj := ast.NewObject(items[:n]...)
 	rest(obj, a.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool {
 		return n == 1 || n == 2 || n == 4 || n == 10 // source, destination, request, context_extensions
-	})
+	}, 0)
 	return obj
 }
 
@@ -151,9 +177,11 @@ func peerValue(p *authv3.AttributeContext_Peer, need *authz.Need, ar *termArena)
 		n++
 	}
 	obj := ast.NewObject(items[:n]...)
-	rest(obj, p.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool {
-		return (n == 1 && handledAddr) || n == 4 // address, principal
-	})
+	var skip protoreflect.FieldNumber
+	if handledAddr {
+		skip = 1 // address
+	}
+	rest(obj, p.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool { return n == 4 }, skip) // principal
 	return obj
 }
 
@@ -190,7 +218,7 @@ func requestValue(r *authv3.AttributeContext_Request, need *authz.Need, ar *term
 		n++
 	}
 	obj := ast.NewObject(items[:n]...)
-	rest(obj, r.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool { return n == 1 || n == 2 })
+	rest(obj, r.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool { return n == 1 || n == 2 }, 0)
 	return obj
 }
 
@@ -227,6 +255,6 @@ func httpValue(h *authv3.AttributeContext_HttpRequest, need *authz.Need, ar *ter
 	obj := ast.NewObject(items[:n]...)
 	rest(obj, h.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool {
 		return n >= 1 && n <= 12 // id..raw_body; header_map (13) and newer fields stay generic
-	})
+	}, 0)
 	return obj
 }
