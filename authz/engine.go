@@ -312,15 +312,12 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		e.tracker.Record(tt)
 	}
 
-	cancel := topdown.NewCancel()
-	stop := context.AfterFunc(ctx, cancel.Cancel)
-	defer stop()
 	q := topdown.NewQuery(a.ps.query).
 		WithCompiler(a.ps.compiler).
 		WithStore(a.store).
 		WithTransaction(txn).
 		WithInput(ast.NewTerm(input)).
-		WithCancel(cancel).
+		WithCancel(doneCancel{ctx.Done()}).
 		WithMetrics(noMetrics).
 		WithTime(start)
 	if req.Tracer != nil {
@@ -358,6 +355,24 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	}
 	d.Duration = e.cfg.Now().Sub(start)
 	return d, nil
+}
+
+// doneCancel stops an evaluation once its context is done: topdown polls
+// Cancelled between steps, here a non-blocking receive on the context's
+// Done channel. Unlike topdown.NewCancel with context.AfterFunc, nothing is
+// registered with the context and nothing allocated (the type is one
+// pointer). Cancel does nothing: only the context cancels.
+type doneCancel struct{ done <-chan struct{} }
+
+func (doneCancel) Cancel() {}
+
+func (c doneCancel) Cancelled() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // noMetrics: nothing reads topdown's per-query metrics, and building them
