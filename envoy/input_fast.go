@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -137,11 +138,11 @@ func attributesValue(a *authv3.AttributeContext, need *authz.Need, ar *termArena
 	var items [4][2]*ast.Term
 	n := 0
 	if c := need.Child("source"); a.Source != nil && c != nil {
-		items[n] = ast.Item(termSource, ar.term(peerValue(a.Source, c, ar)))
+		items[n] = ast.Item(termSource, ar.term(memoPeerValue(a.Source, c, ar, &lastSource)))
 		n++
 	}
 	if c := need.Child("destination"); a.Destination != nil && c != nil {
-		items[n] = ast.Item(termDestination, ar.term(peerValue(a.Destination, c, ar)))
+		items[n] = ast.Item(termDestination, ar.term(memoPeerValue(a.Destination, c, ar, &lastDestination)))
 		n++
 	}
 	if c := need.Child("request"); a.Request != nil && c != nil {
@@ -158,6 +159,62 @@ func attributesValue(a *authv3.AttributeContext, need *authz.Need, ar *termArena
 	}, 0)
 	return obj
 }
+
+// peerMemo is the rendering of a simple peer (a socket address with a port,
+// and a principal; nothing else set) for one need. The destination is the
+// sidecar's listener for every request, the source the same for every
+// request of a downstream connection: the last rendering of each is kept
+// and shared (input values are never modified once built).
+type peerMemo struct {
+	addr, principal string
+	port            uint32
+	need            *authz.Need
+	value           ast.Object
+}
+
+var lastSource, lastDestination atomic.Pointer[peerMemo]
+
+// memoPeerValue is peerValue, answered from memo when p is the same simple
+// peer as last time.
+func memoPeerValue(p *authv3.AttributeContext_Peer, need *authz.Need, ar *termArena, memo *atomic.Pointer[peerMemo]) ast.Object {
+	addr, port, ok := simplePeer(p)
+	if !ok {
+		return peerValue(p, need, ar)
+	}
+	if m := memo.Load(); m != nil && m.need == need && m.addr == addr && m.port == port && m.principal == p.Principal {
+		return m.value
+	}
+	v := peerValue(p, need, &termArena{}) // its own terms: kept past this input
+	memo.Store(&peerMemo{addr: addr, principal: p.Principal, port: port, need: need, value: v})
+	return v
+}
+
+// simplePeer reports whether p has a simple socket address with a port and
+// no field but the address and the principal set, and returns the address.
+func simplePeer(p *authv3.AttributeContext_Peer) (string, uint32, bool) {
+	sa, ok := p.GetAddress().GetAddress().(*corev3.Address_SocketAddress)
+	if !ok || !simpleSocketAddress(sa.SocketAddress) {
+		return "", 0, false
+	}
+	pv, ok := sa.SocketAddress.PortSpecifier.(*corev3.SocketAddress_PortValue)
+	if !ok {
+		return "", 0, false
+	}
+	m := p.ProtoReflect()
+	for _, fd := range unhandledFields(m.Descriptor(), peerHandled) {
+		if fd.Number() != 1 && m.Has(fd) {
+			return "", 0, false
+		}
+	}
+	if len(p.GetAddress().ProtoReflect().GetUnknown()) > 0 || len(m.GetUnknown()) > 0 {
+		return "", 0, false
+	}
+	return sa.SocketAddress.Address, pv.PortValue, true
+}
+
+// peerHandled: the fields of a Peer peerValue renders itself (principal;
+// the address when it is simple).
+func peerHandled(n protoreflect.FieldNumber) bool { return n == 4 }
 
 func peerValue(p *authv3.AttributeContext_Peer, need *authz.Need, ar *termArena) ast.Object {
 	var items [2][2]*ast.Term
@@ -181,7 +238,7 @@ func peerValue(p *authv3.AttributeContext_Peer, need *authz.Need, ar *termArena)
 	if handledAddr {
 		skip = 1 // address
 	}
-	rest(obj, p.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool { return n == 4 }, skip) // principal
+	rest(obj, p.ProtoReflect(), need, peerHandled, skip)
 	return obj
 }
 

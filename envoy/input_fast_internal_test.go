@@ -209,3 +209,61 @@ func lookup(v ast.Value, p ast.Ref) ast.Value {
 	}
 	return v
 }
+
+// TestPeerMemo: a peer rendered as the last one was is answered from the
+// memo; any difference (address, port, principal, another field, what the
+// policy needs) renders it anew. Every rendering equals the generic one.
+func TestPeerMemo(t *testing.T) {
+	peer := func(addr string, port uint32, principal string) *authv3.AttributeContext_Peer {
+		return &authv3.AttributeContext_Peer{
+			Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+				Address: addr, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+			}}},
+			Principal: principal,
+		}
+	}
+	withService := peer("10.0.0.1", 443, "")
+	withService.Service = "svc"
+	withLabels := peer("10.0.0.1", 443, "")
+	withLabels.Labels = map[string]string{"k": "v"}
+	namedPort := peer("10.0.0.1", 0, "")
+	namedPort.Address.GetSocketAddress().PortSpecifier = &corev3.SocketAddress_NamedPort{NamedPort: "https"}
+	seq := []*authv3.AttributeContext_Peer{
+		peer("10.0.0.1", 443, ""), peer("10.0.0.1", 443, ""), peer("10.0.0.1", 444, ""), peer("10.0.0.2", 444, ""),
+		peer("10.0.0.2", 444, "spiffe://a"), peer("10.0.0.2", 444, "spiffe://b"), peer("10.0.0.2", 444, ""),
+		withService, peer("10.0.0.1", 443, ""), withLabels, peer("10.0.0.1", 443, ""), namedPort, peer("10.0.0.1", 443, ""),
+	}
+	needs := map[string]*authz.Need{
+		"all":       authz.NeedAll,
+		"principal": authz.NeedFor([]ast.Ref{ast.MustParseRef("input.attributes.source.principal"), ast.MustParseRef("input.attributes.destination.principal")}),
+	}
+	for _, name := range []string{"all", "principal", "all"} {
+		need := needs[name]
+		for i, p := range seq {
+			for _, a := range []*authv3.AttributeContext{{Source: p}, {Destination: p}} {
+				got := attributesValue(a, need.Child("attributes"), &termArena{})
+				want := messageValue(a.ProtoReflect())
+				if name == "principal" {
+					want = filterPrincipal(t, want)
+				}
+				if got.Compare(want) != 0 || got.Hash() != want.Hash() {
+					t.Fatalf("need %s, peer %d: got %v, want %v", name, i, got, want)
+				}
+			}
+		}
+	}
+}
+
+// filterPrincipal keeps only source/destination principals of a rendering.
+func filterPrincipal(tb testing.TB, v ast.Object) ast.Object {
+	tb.Helper()
+	out := ast.NewObject()
+	v.Foreach(func(k, peer *ast.Term) {
+		obj := ast.NewObject()
+		if p := peer.Value.(ast.Object).Get(ast.StringTerm("principal")); p != nil {
+			obj.Insert(ast.StringTerm("principal"), p)
+		}
+		out.Insert(k, ast.NewTerm(obj))
+	})
+	return out
+}
