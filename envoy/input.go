@@ -1,6 +1,7 @@
 package envoy
 
 import (
+	"bytes"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -121,6 +122,9 @@ func (p *Prepared) Headers() map[string]string { return p.headers }
 // document).
 func (p *Prepared) Input(need *authz.Need) ast.Object {
 	var ar termArena
+	// One block for the whole input, usually: the fixed fields, the
+	// headers, the context extensions.
+	ar.reserve(32 + 2*len(p.headers) + 2*len(p.req.GetAttributes().GetContextExtensions()))
 	var items [7][2]*ast.Term
 	n := 0
 	add := func(k, v *ast.Term) {
@@ -249,22 +253,32 @@ func parsePath(path string) (*ast.Term, *ast.Term, error) {
 	if !utf8.ValidString(decoded) {
 		return nil, nil, errors.New("the decoded path is not valid UTF-8")
 	}
-	var ar termArena
-	segs := strings.Split(strings.TrimLeft(decoded, "/"), "/")
-	terms := make([]*ast.Term, len(segs))
-	ar.reserve(len(segs) + 2)
-	for i, s := range segs {
-		terms[i] = ar.str(s)
-	}
+	rest := strings.TrimLeft(decoded, "/")
 	query, err := url.ParseQuery(rawQuery)
 	if err != nil {
 		return nil, nil, fmt.Errorf("query: %v", err)
+	}
+	var ar termArena
+	nsegs := strings.Count(rest, "/") + 1
+	ar.reserve(nsegs + 2 + valuesTerms(query)) // one block for both
+	terms := make([]*ast.Term, 0, nsegs)
+	for seg := range strings.SplitSeq(rest, "/") {
+		terms = append(terms, ar.str(seg))
 	}
 	q, err := valuesObject(query, &ar)
 	if err != nil {
 		return nil, nil, fmt.Errorf("query: %v", err)
 	}
 	return ar.term(ast.NewArray(terms...)), ar.term(q), nil
+}
+
+// valuesTerms is the number of terms valuesObject takes from its arena.
+func valuesTerms(v url.Values) int {
+	n := 2 * len(v)
+	for _, vals := range v {
+		n += len(vals)
+	}
+	return n
 }
 
 // valuesObject renders decoded query or form values; a name or value that
@@ -276,7 +290,7 @@ func valuesObject(v url.Values, ar *termArena) (ast.Object, error) {
 	}
 	items := make([][2]*ast.Term, 0, len(v))
 	all := make([]*ast.Term, total) // every value array's elements, in one block
-	ar.reserve(2*len(v) + total)
+	ar.reserve(valuesTerms(v))
 	for k, vals := range v {
 		if !utf8.ValidString(k) {
 			return nil, fmt.Errorf("parameter %q is not valid UTF-8", k)
@@ -573,11 +587,14 @@ func valueValue(v *structpb.Value) ast.Value {
 // fractional digits.
 func formatTimestamp(ts *timestamppb.Timestamp) string {
 	t := time.Unix(ts.GetSeconds(), int64(ts.GetNanos())).UTC()
-	s := t.Format("2006-01-02T15:04:05.000000000")
-	s = strings.TrimSuffix(s, "000")
-	s = strings.TrimSuffix(s, "000")
-	s = strings.TrimSuffix(s, ".000")
-	return s + "Z"
+	var buf [40]byte
+	b := t.AppendFormat(buf[:0], "2006-01-02T15:04:05.000000000")
+	for _, cut := range [...]string{"000", "000", ".000"} {
+		if bytes.HasSuffix(b, []byte(cut)) {
+			b = b[:len(b)-len(cut)]
+		}
+	}
+	return string(append(b, 'Z'))
 }
 
 // formatDuration follows protojson: seconds with 0, 3, 6 or 9 fractional

@@ -42,6 +42,9 @@ var (
 	termProtocol    = ast.InternedTerm("protocol")
 	termBody        = ast.InternedTerm("body")
 	termRawBody     = ast.InternedTerm("rawBody")
+	termRequestID   = commonTerms["x-request-id"]
+	termPathHeader  = commonTerms[":path"]
+	termAuthority   = commonTerms[":authority"]
 )
 
 // termArena hands out the input's terms from blocks allocated together:
@@ -286,26 +289,42 @@ func httpValue(h *authv3.AttributeContext_HttpRequest, need *authz.Need, ar *ter
 		items[n] = ast.Item(k, v)
 		n++
 	}
-	str := func(k *ast.Term, v string) {
-		if v != "" && need.Child(string(k.Value.(ast.String))) != nil {
-			add(k, ar.str(v))
+	var headers ast.Object
+	// str adds field k when set and needed; Envoy repeats the id, path and
+	// host in the x-request-id, :path and :authority headers: the header's
+	// term is used when it holds the same string.
+	str := func(k *ast.Term, v string, header *ast.Term) {
+		if v == "" || need.Child(string(k.Value.(ast.String))) == nil {
+			return
 		}
+		if header != nil && headers != nil {
+			if t := headers.Get(header); t != nil {
+				if s, ok := t.Value.(ast.String); ok && string(s) == v {
+					add(k, t)
+					return
+				}
+			}
+		}
+		add(k, ar.str(v))
 	}
-	str(termID, h.Id)
-	str(termMethod, h.Method)
 	if c := need.Child("headers"); len(h.Headers) > 0 && c != nil {
-		add(keyHeaders, ar.term(stringMapNeed(h.Headers, c, ar)))
+		headers = stringMapNeed(h.Headers, c, ar)
 	}
-	str(termPath, h.Path)
-	str(termHost, h.Host)
-	str(termScheme, h.Scheme)
-	str(termQuery, h.Query)
-	str(termFragment, h.Fragment)
+	str(termID, h.Id, termRequestID)
+	str(termMethod, h.Method, nil)
+	if headers != nil {
+		add(keyHeaders, ar.term(headers))
+	}
+	str(termPath, h.Path, termPathHeader)
+	str(termHost, h.Host, termAuthority)
+	str(termScheme, h.Scheme, nil)
+	str(termQuery, h.Query, nil)
+	str(termFragment, h.Fragment, nil)
 	if h.Size != 0 && need.Child("size") != nil {
 		add(termSize, ar.str(strconv.FormatInt(h.Size, 10)))
 	}
-	str(termProtocol, h.Protocol)
-	str(termBody, h.Body)
+	str(termProtocol, h.Protocol, nil)
+	str(termBody, h.Body, nil)
 	if len(h.RawBody) > 0 && need.Child("rawBody") != nil {
 		add(termRawBody, ar.str(base64.StdEncoding.EncodeToString(h.RawBody)))
 	}
