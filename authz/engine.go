@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/topdown"
 	"github.com/open-policy-agent/opa/v1/topdown/print"
@@ -103,6 +104,8 @@ type Engine struct {
 	// children of cached, resolved once (the hot path must not hash labels)
 	cacheHit, cacheMiss, cacheStale, cacheBypass prometheus.Counter
 	tracker                                      DependencyTracker // nil when the tenancy store cannot record reads
+
+	revTerm atomic.Pointer[revisionTerm] // the last tenancy_revision term built
 
 	mu        sync.Mutex // guards lastErr, lastErrAt
 	lastErr   string
@@ -275,7 +278,7 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		input = ast.NewObject()
 	}
 	input.Insert(keyToken, ast.NewTerm(tok.Value()))
-	input.Insert(keyTenancyRevision, ast.UIntNumberTerm(rev))
+	input.Insert(keyTenancyRevision, e.revisionTerm(rev))
 
 	debug := e.logger.Enabled(ctx, slog.LevelDebug)
 	cache, key := a.cache, cacheKey{}
@@ -309,15 +312,13 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		e.tracker.Record(tt)
 	}
 
-	cancel := topdown.NewCancel()
-	stop := context.AfterFunc(ctx, cancel.Cancel)
-	defer stop()
 	q := topdown.NewQuery(a.ps.query).
 		WithCompiler(a.ps.compiler).
 		WithStore(a.store).
 		WithTransaction(txn).
 		WithInput(ast.NewTerm(input)).
-		WithCancel(cancel).
+		WithCancel(doneCancel{ctx.Done()}).
+		WithMetrics(noMetrics).
 		WithTime(start)
 	if req.Tracer != nil {
 		q = q.WithQueryTracer(req.Tracer)
@@ -354,6 +355,45 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	}
 	d.Duration = e.cfg.Now().Sub(start)
 	return d, nil
+}
+
+// doneCancel stops an evaluation once its context is done: topdown polls
+// Cancelled between steps, here a non-blocking receive on the context's
+// Done channel. Unlike topdown.NewCancel with context.AfterFunc, nothing is
+// registered with the context and nothing allocated (the type is one
+// pointer). Cancel does nothing: only the context cancels.
+type doneCancel struct{ done <-chan struct{} }
+
+func (doneCancel) Cancel() {}
+
+func (c doneCancel) Cancelled() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// noMetrics: nothing reads topdown's per-query metrics, and building them
+// costs allocations on every evaluation.
+var noMetrics = metrics.NoOp()
+
+// revisionTerm is the input.tenancy_revision term of one revision.
+type revisionTerm struct {
+	rev  uint64
+	term *ast.Term
+}
+
+// revisionTerm returns the term for rev, shared by every evaluation at that
+// revision (terms in the input are never modified).
+func (e *Engine) revisionTerm(rev uint64) *ast.Term {
+	if rt := e.revTerm.Load(); rt != nil && rt.rev == rev {
+		return rt.term
+	}
+	rt := &revisionTerm{rev: rev, term: ast.UIntNumberTerm(rev)}
+	e.revTerm.Store(rt)
+	return rt.term
 }
 
 // valid reports whether a cached decision holds for the data txn reads.

@@ -1,6 +1,7 @@
 package envoy
 
 import (
+	"bytes"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -120,41 +121,50 @@ func (p *Prepared) Headers() map[string]string { return p.headers }
 // cannot read anything else, so the decision is the same as on the whole
 // document).
 func (p *Prepared) Input(need *authz.Need) ast.Object {
-	in := ast.NewObjectWithCapacity(4)
-	if n := need.Child("attributes"); n != nil {
-		attrs := attributesValue(p.req.GetAttributes(), n)
+	var ar termArena
+	// One block for the whole input, usually: the fixed fields, the
+	// headers, the context extensions.
+	ar.reserve(32 + 2*len(p.headers) + 2*len(p.req.GetAttributes().GetContextExtensions()))
+	var items [7][2]*ast.Term
+	n := 0
+	add := func(k, v *ast.Term) {
+		items[n] = ast.Item(k, v)
+		n++
+	}
+	if c := need.Child("attributes"); c != nil {
+		attrs := attributesValue(p.req.GetAttributes(), c, &ar)
 		if len(p.http.GetHeaders()) == 0 && len(p.headers) > 0 {
 			// Envoy with encode_raw_headers sends header_map instead of
 			// headers; policies always see input...http.headers.
-			if hn := n.Child("request").Child("http").Child("headers"); hn != nil {
+			if hn := c.Child("request").Child("http").Child("headers"); hn != nil {
 				if h, ok := attrs.Get(termRequest).Value.(ast.Object); ok {
 					if hh, ok := h.Get(termHTTP).Value.(ast.Object); ok {
-						hh.Insert(keyHeaders, ast.NewTerm(stringMapNeed(p.headers, hn)))
+						hh.Insert(keyHeaders, ast.NewTerm(stringMapNeed(p.headers, hn, &ar)))
 					}
 				}
 			}
 		}
-		in.Insert(keyAttributes, ast.NewTerm(attrs))
+		add(keyAttributes, ar.term(attrs))
 	}
 	if need.Child("parsed_path") != nil {
-		in.Insert(keyParsedPath, p.parsedPath)
+		add(keyParsedPath, p.parsedPath)
 	}
 	if need.Child("parsed_query") != nil {
-		in.Insert(keyParsedQuery, p.parsedQuery)
+		add(keyParsedQuery, p.parsedQuery)
 	}
 	if need.Child("parsed_body") != nil {
-		in.Insert(keyParsedBody, p.body)
+		add(keyParsedBody, p.body)
 	}
 	if need.Child("truncated_body") != nil {
-		in.Insert(keyTruncatedBody, ast.InternedTerm(p.truncated))
+		add(keyTruncatedBody, ast.InternedTerm(p.truncated))
 	}
 	if need.Child("version") != nil {
-		in.Insert(keyVersion, versionV3)
+		add(keyVersion, versionV3)
 	}
 	if pr := p.req.GetAttributes().GetSource().GetPrincipal(); pr != "" && need.Child("source_principal") != nil {
-		in.Insert(keySourcePrinc, ast.StringTerm(pr))
+		add(keySourcePrinc, ar.str(pr))
 	}
-	return in
+	return ast.NewObject(items[:n]...)
 }
 
 // RequestHeaders returns the request headers by lowercase name: the headers
@@ -207,26 +217,27 @@ func checkUTF8(h *authv3.AttributeContext_HttpRequest, headers, ext map[string]s
 }
 
 // stringMapNeed renders the entries of m that need asks for.
-func stringMapNeed(m map[string]string, need *authz.Need) ast.Object {
+func stringMapNeed(m map[string]string, need *authz.Need, ar *termArena) ast.Object {
 	if need.All {
-		return stringMap(m)
+		return stringMap(m, ar)
 	}
 	keys := need.Keys()
-	obj := ast.NewObjectWithCapacity(len(keys))
+	items := make([][2]*ast.Term, 0, len(keys))
 	for _, k := range keys {
 		if v, ok := m[k]; ok {
-			obj.Insert(ast.StringTerm(k), ast.StringTerm(v))
+			items = append(items, ast.Item(ar.str(k), ar.str(v)))
 		}
 	}
-	return obj
+	return ast.NewObject(items...)
 }
 
-func stringMap(m map[string]string) ast.Object {
-	obj := ast.NewObjectWithCapacity(len(m))
+func stringMap(m map[string]string, ar *termArena) ast.Object {
+	items := make([][2]*ast.Term, 0, len(m))
+	ar.reserve(2 * len(m))
 	for k, v := range m {
-		obj.Insert(ast.StringTerm(k), ast.StringTerm(v))
+		items = append(items, ast.Item(ar.str(k), ar.str(v)))
 	}
-	return obj
+	return ast.NewObject(items...)
 }
 
 // parsePath splits the percent-decoded path and parses the query, as
@@ -242,40 +253,59 @@ func parsePath(path string) (*ast.Term, *ast.Term, error) {
 	if !utf8.ValidString(decoded) {
 		return nil, nil, errors.New("the decoded path is not valid UTF-8")
 	}
-	segs := strings.Split(strings.TrimLeft(decoded, "/"), "/")
-	terms := make([]*ast.Term, len(segs))
-	for i, s := range segs {
-		terms[i] = ast.StringTerm(s)
-	}
+	rest := strings.TrimLeft(decoded, "/")
 	query, err := url.ParseQuery(rawQuery)
 	if err != nil {
 		return nil, nil, fmt.Errorf("query: %v", err)
 	}
-	q, err := valuesObject(query)
+	var ar termArena
+	nsegs := strings.Count(rest, "/") + 1
+	ar.reserve(nsegs + 2 + valuesTerms(query)) // one block for both
+	terms := make([]*ast.Term, 0, nsegs)
+	for seg := range strings.SplitSeq(rest, "/") {
+		terms = append(terms, ar.str(seg))
+	}
+	q, err := valuesObject(query, &ar)
 	if err != nil {
 		return nil, nil, fmt.Errorf("query: %v", err)
 	}
-	return ast.ArrayTerm(terms...), ast.NewTerm(q), nil
+	return ar.term(ast.NewArray(terms...)), ar.term(q), nil
+}
+
+// valuesTerms is the number of terms valuesObject takes from its arena.
+func valuesTerms(v url.Values) int {
+	n := 2 * len(v)
+	for _, vals := range v {
+		n += len(vals)
+	}
+	return n
 }
 
 // valuesObject renders decoded query or form values; a name or value that
 // is not UTF-8 is an error.
-func valuesObject(v url.Values) (ast.Object, error) {
-	obj := ast.NewObjectWithCapacity(len(v))
+func valuesObject(v url.Values, ar *termArena) (ast.Object, error) {
+	total := 0
+	for _, vals := range v {
+		total += len(vals)
+	}
+	items := make([][2]*ast.Term, 0, len(v))
+	all := make([]*ast.Term, total) // every value array's elements, in one block
+	ar.reserve(valuesTerms(v))
 	for k, vals := range v {
 		if !utf8.ValidString(k) {
 			return nil, fmt.Errorf("parameter %q is not valid UTF-8", k)
 		}
-		terms := make([]*ast.Term, len(vals))
+		terms := all[:len(vals):len(vals)]
+		all = all[len(vals):]
 		for i, s := range vals {
 			if !utf8.ValidString(s) {
 				return nil, fmt.Errorf("the value of parameter %q is not valid UTF-8", k)
 			}
-			terms[i] = ast.StringTerm(s)
+			terms[i] = ar.str(s)
 		}
-		obj.Insert(ast.StringTerm(k), ast.ArrayTerm(terms...))
+		items = append(items, ast.Item(ar.str(k), ar.term(ast.NewArray(terms...))))
 	}
-	return obj, nil
+	return ast.NewObject(items...), nil
 }
 
 var nullTerm = ast.NullTerm()
@@ -322,7 +352,7 @@ func parseBody(headers map[string]string, body string, raw []byte) (*ast.Term, b
 		if err != nil {
 			return nil, false, fmt.Errorf("form: %v", err)
 		}
-		obj, err := valuesObject(vals)
+		obj, err := valuesObject(vals, &termArena{})
 		if err != nil {
 			return nil, false, fmt.Errorf("form: %v", err)
 		}
@@ -557,11 +587,14 @@ func valueValue(v *structpb.Value) ast.Value {
 // fractional digits.
 func formatTimestamp(ts *timestamppb.Timestamp) string {
 	t := time.Unix(ts.GetSeconds(), int64(ts.GetNanos())).UTC()
-	s := t.Format("2006-01-02T15:04:05.000000000")
-	s = strings.TrimSuffix(s, "000")
-	s = strings.TrimSuffix(s, "000")
-	s = strings.TrimSuffix(s, ".000")
-	return s + "Z"
+	var buf [40]byte
+	b := t.AppendFormat(buf[:0], "2006-01-02T15:04:05.000000000")
+	for _, cut := range [...]string{"000", "000", ".000"} {
+		if bytes.HasSuffix(b, []byte(cut)) {
+			b = b[:len(b)-len(cut)]
+		}
+	}
+	return string(append(b, 'Z'))
 }
 
 // formatDuration follows protojson: seconds with 0, 3, 6 or 9 fractional

@@ -71,6 +71,11 @@ type LimitsConfig struct {
 	// MaxInflightBytes bounds the summed size of the requests being
 	// answered (default 16 MiB; at least max_request_bytes).
 	MaxInflightBytes int64 `yaml:"max_inflight_bytes"`
+	// MemoryLimitMB is the Go runtime's soft memory limit in MiB (the
+	// collector works harder near it). 0 (default): GOMEMLIMIT when set,
+	// else 90% of the cgroup memory limit when there is one, else none;
+	// -1: none.
+	MemoryLimitMB int `yaml:"memory_limit_mb"`
 }
 
 // bytesOfMB converts a cache size in MiB: 0 stays 0 (the default),
@@ -216,6 +221,9 @@ func (c LimitsConfig) Validate() error {
 	}
 	if c.MaxInflightBytes < 0 {
 		errs = append(errs, fmt.Errorf("limits.max_inflight_bytes: %d is negative", c.MaxInflightBytes))
+	}
+	if c.MemoryLimitMB < -1 {
+		errs = append(errs, fmt.Errorf("limits.memory_limit_mb: %d is negative (-1 is no limit, 0 the default)", c.MemoryLimitMB))
 	}
 	if c.MaxInflightBytes > 0 && c.MaxInflightBytes < c.MaxRequestBytes {
 		errs = append(errs, fmt.Errorf("limits.max_inflight_bytes: %d is less than limits.max_request_bytes (%d)", c.MaxInflightBytes, c.MaxRequestBytes))

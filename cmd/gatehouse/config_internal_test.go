@@ -86,6 +86,10 @@ func TestServeConfigErrors(t *testing.T) {
 			yaml:  "policies: {dir: policies}\nlimits: {max_request_bytes: 2048, max_inflight_bytes: 1024}\n",
 			wants: []string{"limits.max_inflight_bytes", "1024", "2048"},
 		},
+		"memory_limit_mb below -1": {
+			yaml:  "policies: {dir: policies}\nlimits: {memory_limit_mb: -2}\n",
+			wants: []string{"limits.memory_limit_mb", "-2"},
+		},
 		"unknown limits key": {
 			yaml:  "policies: {dir: policies}\nlimits: {max_requests: 5}\n",
 			wants: []string{`"max_requests"`, "limits"},

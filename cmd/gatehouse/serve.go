@@ -55,6 +55,7 @@ variables (GATEHOUSE_CONTROL_URL for --control-url, ...), overridden by flags.`,
 				return configErr(err)
 			}
 			logger := newLogger(cfg.Log, cmd.ErrOrStderr())
+			applyMemoryLimit(cfg.Limits.MemoryLimitMB, logger)
 			sc, err := newSidecar(cfg, logger)
 			if err != nil {
 				return configErr(err)
