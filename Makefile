@@ -5,7 +5,7 @@ COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: all build run test test-go test-policies bench lint clean
+.PHONY: all build run test test-go test-policies bench lint fuzz soak clean
 
 all: build
 
@@ -28,7 +28,31 @@ test-policies: build
 	./bin/gatehouse test --coverage --threshold 90 policies
 	./bin/gatehouse check policies
 
-## bench: end-to-end load (gatehouse vs a no-op ext_authz floor, same run) and Go benchmarks
+## fuzz: each fuzz target in turn for $(FUZZTIME); `make test` runs their seed corpora
+FUZZTIME     ?= 30s
+FUZZMINIMIZE ?= 10x
+# bbolt files and fsyncs dominate some targets: keep their temp files in RAM
+FUZZTMP      ?= $(shell [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm || echo $${TMPDIR:-/tmp})
+FUZZ_TARGETS := envoy:FuzzCheckRequest envoy:FuzzHTTPService authz:FuzzVerifyToken authz:FuzzTokenClaims \
+	bundle:FuzzSyncStream bundle:FuzzOpenBundle control:FuzzWrite
+fuzz:
+	@failed=""; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t#*:}; \
+		echo "== $$fn (./$$pkg, $(FUZZTIME))"; \
+		TMPDIR=$(FUZZTMP) $(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) \
+			-fuzzminimizetime $(FUZZMINIMIZE) ./$$pkg || failed="$$failed $$fn"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: failing targets:$$failed (inputs under <pkg>/testdata/fuzz/)"; exit 1; fi
+
+## soak: SOAK_DURATION (default 5m) of load at 70% of peak with a control write every second and a
+## policy edit every 10 s; fails on errors, wrong decisions, RSS or goroutine growth (not in CI)
+SOAK_DURATION ?= 5m
+soak: build
+	$(GO) build -o bin/soak ./bench/soak
+	SOAK_DURATION=$(SOAK_DURATION) bin/soak
+
+## bench: end-to-end load, hot and cold, against a no-op ext_authz floor in the same run
+## (BENCH_1M=1 adds the 1M-grant world, BENCH_PEER=1 opa-envoy-plugin; see bench/README.md)
 bench: build
 	bench/bench.sh
 

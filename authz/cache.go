@@ -1,11 +1,13 @@
 package authz
 
 import (
+	"crypto/sha256"
+	"encoding/json"
 	"fmt"
-	"hash/maphash"
 	"slices"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/storage"
@@ -125,6 +127,9 @@ func (p *cachePlan) key(input ast.Object, b *strings.Builder) bool {
 		if v == nil {
 			b.WriteByte(1) // undefined
 		} else {
+			if atLeast(v, maxKeyBytes-b.Len()) {
+				return false // not rendered: it could be megabytes
+			}
 			b.WriteString(v.String())
 		}
 		if b.Len() > maxKeyBytes {
@@ -132,6 +137,50 @@ func (p *cachePlan) key(input ast.Object, b *strings.Builder) bool {
 		}
 	}
 	return true
+}
+
+// atLeast reports whether the strings in v alone (keys, values, numbers)
+// add up to more than n bytes; it stops counting there.
+func atLeast(v ast.Value, n int) bool {
+	switch x := v.(type) { // the usual key values, without a walk
+	case ast.String:
+		return len(x) > n
+	case ast.Number:
+		return len(x) > n
+	case ast.Boolean, ast.Null:
+		return false
+	}
+	return remaining(v, n) < 0
+}
+
+// remaining is rest minus the bytes of v's strings, counted until it is
+// negative.
+func remaining(v ast.Value, rest int) int {
+	switch x := v.(type) {
+	case ast.String:
+		return rest - len(x)
+	case ast.Number:
+		return rest - len(x)
+	case *ast.Array:
+		for i := 0; i < x.Len() && rest >= 0; i++ {
+			rest = remaining(x.Elem(i).Value, rest)
+		}
+	case ast.Object:
+		r := rest // captured: only this branch allocates
+		x.Until(func(k, e *ast.Term) bool {
+			r = remaining(e.Value, remaining(k.Value, r))
+			return r < 0
+		})
+		return r
+	case ast.Set:
+		r := rest
+		x.Until(func(e *ast.Term) bool {
+			r = remaining(e.Value, r)
+			return r < 0
+		})
+		return r
+	}
+	return rest
 }
 
 func child(v ast.Value, k *ast.Term) ast.Value {
@@ -198,18 +247,38 @@ func dataVersion(t Tenancy, txn storage.Transaction) DataVersion {
 	return v
 }
 
-// decisionCache holds decisions of one policy set.
+// cacheKey is the SHA-256 of a cache key (plan.key's bytes): entries cost
+// the same whatever the size of the input they stand for, and a client
+// string of up to maxKeyBytes is not kept once per entry.
+type cacheKey [sha256.Size]byte
+
+// keyOf hashes a key built by plan.key.
+func keyOf(k string) cacheKey {
+	return sha256.Sum256(unsafe.Slice(unsafe.StringData(k), len(k))) // read only
+}
+
+// decisionCache holds decisions of one policy set, bounded in entries and
+// in bytes (the accounted size of every entry: key, decision, recorded
+// reads).
+//
+// Each of its shards approximates an LRU with two generations: entries go
+// into cur; when cur would exceed its share of the entry or byte budget it
+// becomes prev (dropping the old prev) and a new cur starts; a hit in prev
+// moves the entry into cur. So at most the budget is held: per shard, two
+// generations of at most budget/(2×shards) each. An entry larger than one
+// generation's share is not cached.
 type decisionCache struct {
-	plan   cachePlan
-	seed   maphash.Seed
-	shards [32]cacheShard
-	max    int // entries per shard generation
+	plan     cachePlan
+	shards   [32]cacheShard
+	max      int   // entries per shard generation
+	maxBytes int64 // bytes per shard generation
 }
 
 type cacheShard struct {
-	mu   sync.Mutex
-	cur  map[string]*cacheEntry
-	prev map[string]*cacheEntry
+	mu                  sync.Mutex
+	cur                 map[cacheKey]*cacheEntry
+	prev                map[cacheKey]*cacheEntry
+	curBytes, prevBytes int64
 }
 
 type cacheEntry struct {
@@ -217,30 +286,35 @@ type cacheEntry struct {
 	deps    Dependencies
 	tracked bool
 	version DataVersion // of the data the decision was made on
+	size    int64       // accounted bytes, set by put
 }
 
-func newDecisionCache(plan cachePlan, entries int) *decisionCache {
-	if entries <= 0 || plan.disabled != "" {
+// newDecisionCache returns a cache of at most entries entries and bytes
+// bytes, or nil (no caching) when either is negative or zero or the plan
+// disables caching.
+func newDecisionCache(plan cachePlan, entries int, bytes int64) *decisionCache {
+	if entries <= 0 || bytes <= 0 || plan.disabled != "" {
 		return nil
 	}
-	c := &decisionCache{plan: plan, seed: maphash.MakeSeed()}
+	c := &decisionCache{plan: plan}
 	c.max = max(entries/len(c.shards)/2, 1)
+	c.maxBytes = max(bytes/int64(len(c.shards))/2, 1)
 	return c
 }
 
-func (c *decisionCache) shard(key string) *cacheShard {
-	return &c.shards[maphash.String(c.seed, key)%uint64(len(c.shards))]
+func (c *decisionCache) shard(key cacheKey) *cacheShard {
+	return &c.shards[key[0]%byte(len(c.shards))]
 }
 
 // lookup is get on a cache that may be nil (nil: no entry).
-func (c *decisionCache) lookup(key string) *cacheEntry {
+func (c *decisionCache) lookup(key cacheKey) *cacheEntry {
 	if c == nil {
 		return nil
 	}
 	return c.get(key)
 }
 
-func (c *decisionCache) get(key string) *cacheEntry {
+func (c *decisionCache) get(key cacheKey) *cacheEntry {
 	sh := c.shard(key)
 	sh.mu.Lock()
 	e, ok := sh.cur[key]
@@ -253,19 +327,124 @@ func (c *decisionCache) get(key string) *cacheEntry {
 	return e
 }
 
-func (c *decisionCache) put(key string, e *cacheEntry) {
+func (c *decisionCache) put(key cacheKey, e *cacheEntry) {
+	e.size = entryBytes(e)
+	if e.size > c.maxBytes {
+		return
+	}
 	sh := c.shard(key)
 	sh.mu.Lock()
 	c.putLocked(sh, key, e)
 	sh.mu.Unlock()
 }
 
-func (c *decisionCache) putLocked(sh *cacheShard, key string, e *cacheEntry) {
-	if sh.cur == nil {
-		sh.cur = make(map[string]*cacheEntry, c.max)
+// putLocked makes e the entry of key in cur, replacing any entry of key.
+func (c *decisionCache) putLocked(sh *cacheShard, key cacheKey, e *cacheEntry) {
+	if old, ok := sh.cur[key]; ok {
+		delete(sh.cur, key)
+		sh.curBytes -= old.size
 	}
-	if len(sh.cur) >= c.max {
-		sh.prev, sh.cur = sh.cur, make(map[string]*cacheEntry, c.max)
+	if old, ok := sh.prev[key]; ok {
+		delete(sh.prev, key)
+		sh.prevBytes -= old.size
+	}
+	if sh.cur == nil {
+		sh.cur = make(map[cacheKey]*cacheEntry)
+	}
+	if len(sh.cur) >= c.max || sh.curBytes+e.size > c.maxBytes {
+		sh.prev, sh.prevBytes = sh.cur, sh.curBytes
+		sh.cur, sh.curBytes = make(map[cacheKey]*cacheEntry), 0
 	}
 	sh.cur[key] = e
+	sh.curBytes += e.size
+}
+
+// bytes returns the accounted size of the entries held.
+func (c *decisionCache) bytes() int64 {
+	if c == nil {
+		return 0
+	}
+	var n int64
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		n += sh.curBytes + sh.prevBytes
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// DependencySizer is an optional capability of the Dependencies a
+// DependencyTracker records: the bytes they hold, for the decision cache's
+// byte budget. Dependencies without it are counted as
+// defaultDependencyBytes.
+type DependencySizer interface {
+	Bytes() int
+}
+
+// Accounted sizes of cache entries: rough upper bounds of what the Go
+// runtime allocates beyond the strings' bytes.
+const (
+	// cacheEntryOverhead: the key, the map slot, the entry and its Decision.
+	cacheEntryOverhead = 1024
+	// defaultDependencyBytes: recorded reads that cannot tell their size.
+	defaultDependencyBytes = 1 << 10
+)
+
+// entryBytes is the accounted size of a cache entry.
+func entryBytes(e *cacheEntry) int64 {
+	n := cacheEntryOverhead + decisionBytes(&e.d)
+	switch d := e.deps.(type) {
+	case nil:
+	case DependencySizer:
+		n += d.Bytes()
+	default:
+		n += defaultDependencyBytes
+	}
+	return int64(n)
+}
+
+// decisionBytes is the accounted size of what d references.
+func decisionBytes(d *Decision) int {
+	n := len(d.ID) + len(d.PolicyRevision) + len(d.Reason) + len(d.Body) + len(d.Subject) + len(d.TokenError)
+	for _, hs := range [...][]Header{d.Headers, d.ResponseHeadersToAdd, d.QueryParametersToSet} {
+		for _, h := range hs {
+			n += 32 + len(h.Key) + len(h.Value)
+		}
+	}
+	for _, ss := range [...][]string{d.RequestHeadersToRemove, d.QueryParametersToRemove} {
+		for _, s := range ss {
+			n += 16 + len(s)
+		}
+	}
+	if d.DynamicMetadata != nil {
+		n += jsonBytes(map[string]any(d.DynamicMetadata))
+	}
+	return n
+}
+
+// jsonBytes is the accounted size of a decoded JSON value (maps, slices,
+// strings, json.Number, bools, float64s, nil): its strings plus a
+// per-value overhead.
+func jsonBytes(v any) int {
+	const word = 16 // an interface value
+	switch x := v.(type) {
+	case string:
+		return word + 16 + len(x)
+	case json.Number:
+		return word + 16 + len(x)
+	case map[string]any:
+		n := word + 48
+		for k, e := range x {
+			n += 16 + len(k) + jsonBytes(e) + 16 // key, value, bucket share
+		}
+		return n
+	case []any:
+		n := word + 24
+		for _, e := range x {
+			n += jsonBytes(e)
+		}
+		return n
+	}
+	return word + 8
 }

@@ -94,15 +94,14 @@ func (d *Decision) shapeObject(obj ast.Object) error {
 		return fmt.Errorf("%w: \"allowed\" is a %s, want a boolean", ErrBadDecision, ast.ValueName(t.Value))
 	}
 	d.Allowed = bool(allowed)
-	var err error
-	obj.Foreach(func(k, t *ast.Term) {
-		if err != nil {
-			return
-		}
+	// Iter, not Foreach: the callback returns the error instead of
+	// writing a captured variable (one allocation less per decision).
+	return obj.Iter(func(k, t *ast.Term) error {
 		key, ok := k.Value.(ast.String)
 		if !ok {
-			return
+			return nil
 		}
+		var err error
 		switch string(key) {
 		case "http_status":
 			d.HTTPStatus, err = httpStatus(t.Value)
@@ -123,8 +122,8 @@ func (d *Decision) shapeObject(obj ast.Object) error {
 		case "query_parameters_to_remove":
 			d.QueryParametersToRemove, err = stringList("query_parameters_to_remove", t.Value)
 		}
+		return err
 	})
-	return err
 }
 
 func httpStatus(v ast.Value) (int, error) {
@@ -206,33 +205,38 @@ func headerList(name string, v ast.Value) ([]Header, error) {
 }
 
 func appendHeaders(out []Header, name string, obj ast.Object) ([]Header, error) {
-	var err error
-	obj.Foreach(func(k, t *ast.Term) {
-		if err != nil {
-			return
-		}
+	// The result is built in a heap-allocated slice header the callback
+	// reaches by pointer: one allocation, not two (closure + captured out).
+	dst := &headerAcc{out: out}
+	err := obj.Iter(dst.add(name))
+	return dst.out, err
+}
+
+// headerAcc accumulates the headers of appendHeaders.
+type headerAcc struct{ out []Header }
+
+func (a *headerAcc) add(name string) func(k, t *ast.Term) error {
+	return func(k, t *ast.Term) error {
 		key, ok := k.Value.(ast.String)
 		if !ok || key == "" {
-			err = fmt.Errorf("%w: %s has a key %v, want a non-empty string", ErrBadDecision, name, k)
-			return
+			return fmt.Errorf("%w: %s has a key %v, want a non-empty string", ErrBadDecision, name, k)
 		}
 		switch val := t.Value.(type) {
 		case ast.String:
-			out = append(out, Header{Key: string(key), Value: string(val)})
+			a.out = append(a.out, Header{Key: string(key), Value: string(val)})
 		case *ast.Array:
 			for i := 0; i < val.Len(); i++ {
 				s, ok := val.Elem(i).Value.(ast.String)
 				if !ok {
-					err = fmt.Errorf("%w: %s[%q] has a %s element, want strings", ErrBadDecision, name, string(key), ast.ValueName(val.Elem(i).Value))
-					return
+					return fmt.Errorf("%w: %s[%q] has a %s element, want strings", ErrBadDecision, name, string(key), ast.ValueName(val.Elem(i).Value))
 				}
-				out = append(out, Header{Key: string(key), Value: string(s)})
+				a.out = append(a.out, Header{Key: string(key), Value: string(s)})
 			}
 		default:
-			err = fmt.Errorf("%w: %s[%q] is a %s, want a string or an array of strings", ErrBadDecision, name, string(key), ast.ValueName(t.Value))
+			return fmt.Errorf("%w: %s[%q] is a %s, want a string or an array of strings", ErrBadDecision, name, string(key), ast.ValueName(t.Value))
 		}
-	})
-	return out, err
+		return nil
+	}
 }
 
 func paramList(v ast.Value) ([]Header, error) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/topdown"
 	"github.com/open-policy-agent/opa/v1/topdown/print"
@@ -34,10 +35,17 @@ type Config struct {
 	// DecisionCacheEntries bounds the decision cache (default 10000; <0
 	// disables it). See cache.go for when a cached decision is used.
 	DecisionCacheEntries int `yaml:"decision_cache_entries"`
+	// DecisionCacheBytes bounds the accounted size of the decision cache
+	// (default 32 MiB; <0 disables it): keys are fixed-size hashes; the
+	// decisions (deny bodies, headers, metadata) and recorded reads count.
+	DecisionCacheBytes int64 `yaml:"decision_cache_bytes"`
 	// Builtins are the Gatehouse built-ins policy sets are compiled with
 	// (Engine.Compile), e.g. bundle.Builtins().
 	Builtins []Builtin `yaml:"-"`
 }
+
+// DefaultDecisionCacheBytes is Config.DecisionCacheBytes when unset.
+const DefaultDecisionCacheBytes = 32 << 20
 
 // SetDefaults fills unset fields.
 func (c *Config) SetDefaults() {
@@ -49,6 +57,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.DecisionCacheEntries == 0 {
 		c.DecisionCacheEntries = 10000
+	}
+	if c.DecisionCacheBytes == 0 {
+		c.DecisionCacheBytes = DefaultDecisionCacheBytes
 	}
 }
 
@@ -70,6 +81,9 @@ type Request struct {
 	Input ast.Object
 	// Authorization is the request's Authorization header value.
 	Authorization string
+	// Token, when set, is the bearer token already verified by the caller
+	// (Verifier().VerifyHeader); Authorization is then not looked at.
+	Token *Token
 	// MinRevision asks for tenancy data at this revision or newer (0 = any).
 	MinRevision uint64
 	// Tracer, when set, receives the evaluation trace (for explanations).
@@ -93,6 +107,8 @@ type Engine struct {
 	// children of cached, resolved once (the hot path must not hash labels)
 	cacheHit, cacheMiss, cacheStale, cacheBypass prometheus.Counter
 	tracker                                      DependencyTracker // nil when the tenancy store cannot record reads
+
+	revTerm atomic.Pointer[revisionTerm] // the last tenancy_revision term built
 
 	mu        sync.Mutex // guards lastErr, lastErrAt
 	lastErr   string
@@ -128,8 +144,12 @@ func New(cfg Config, verifier *Verifier, tenancy Tenancy, logger *slog.Logger) *
 	}, []string{"result"})
 	e.cacheHit, e.cacheMiss = e.cached.WithLabelValues("hit"), e.cached.WithLabelValues("miss")
 	e.cacheStale, e.cacheBypass = e.cached.WithLabelValues("stale"), e.cached.WithLabelValues("bypass")
+	cacheBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gatehouse_decision_cache_bytes",
+		Help: "Accounted size of the decision cache (bounded by cache.decisions_mb).",
+	}, func() float64 { return float64(e.DecisionCacheBytes()) })
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(e.loads, e.cached)
+		cfg.Registerer.MustRegister(e.loads, e.cached, cacheBytes)
 	}
 	e.tracker, _ = tenancy.(DependencyTracker)
 	return e
@@ -138,7 +158,7 @@ func New(cfg Config, verifier *Verifier, tenancy Tenancy, logger *slog.Logger) *
 // SetPolicy makes ps the active policy set. Checks in flight finish on the
 // set they started with.
 func (e *Engine) SetPolicy(ps *PolicySet) {
-	prev := e.active.Swap(&activeSet{ps: ps, store: &dataStore{static: ps.static, tenancy: e.tenancy}, cache: newDecisionCache(ps.cache, e.cfg.DecisionCacheEntries)})
+	prev := e.active.Swap(&activeSet{ps: ps, store: &dataStore{static: ps.static, tenancy: e.tenancy}, cache: newDecisionCache(ps.cache, e.cfg.DecisionCacheEntries, e.cfg.DecisionCacheBytes)})
 	if ps.cache.disabled != "" {
 		e.logger.Info("decisions of this policy are not cached", "policy_revision", ps.revision, "why", ps.cache.disabled)
 	}
@@ -175,6 +195,15 @@ func (e *Engine) Policy() *PolicySet {
 		return a.ps
 	}
 	return nil
+}
+
+// DecisionCacheBytes returns the accounted size of the active policy set's
+// decision cache (0 without one).
+func (e *Engine) DecisionCacheBytes() int64 {
+	if a := e.active.Load(); a != nil {
+		return a.cache.bytes()
+	}
+	return 0
 }
 
 // Tenancy returns the tenancy store the engine reads.
@@ -229,7 +258,10 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		return nil, err
 	}
 
-	tok := e.verifier.VerifyHeader(ctx, req.Authorization)
+	tok := req.Token
+	if tok == nil {
+		tok = e.verifier.VerifyHeader(ctx, req.Authorization)
+	}
 
 	txn, err := a.store.NewTransaction(ctx)
 	if err != nil {
@@ -254,14 +286,14 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		input = ast.NewObject()
 	}
 	input.Insert(keyToken, ast.NewTerm(tok.Value()))
-	input.Insert(keyTenancyRevision, ast.UIntNumberTerm(rev))
+	input.Insert(keyTenancyRevision, e.revisionTerm(rev))
 
 	debug := e.logger.Enabled(ctx, slog.LevelDebug)
-	cache, key := a.cache, ""
+	cache, key := a.cache, cacheKey{}
 	if cache != nil && req.Tracer == nil && !debug {
 		var sb strings.Builder
 		if cache.plan.key(input, &sb) {
-			key = sb.String()
+			key = keyOf(sb.String())
 		} else {
 			cache = nil
 		}
@@ -288,15 +320,13 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		e.tracker.Record(tt)
 	}
 
-	cancel := topdown.NewCancel()
-	stop := context.AfterFunc(ctx, cancel.Cancel)
-	defer stop()
 	q := topdown.NewQuery(a.ps.query).
 		WithCompiler(a.ps.compiler).
 		WithStore(a.store).
 		WithTransaction(txn).
 		WithInput(ast.NewTerm(input)).
-		WithCancel(cancel).
+		WithCancel(doneCancel{ctx.Done()}).
+		WithMetrics(noMetrics).
 		WithTime(start)
 	if req.Tracer != nil {
 		q = q.WithQueryTracer(req.Tracer)
@@ -340,6 +370,45 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	return d, nil
 }
 
+// doneCancel stops an evaluation once its context is done: topdown polls
+// Cancelled between steps, here a non-blocking receive on the context's
+// Done channel. Unlike topdown.NewCancel with context.AfterFunc, nothing is
+// registered with the context and nothing allocated (the type is one
+// pointer). Cancel does nothing: only the context cancels.
+type doneCancel struct{ done <-chan struct{} }
+
+func (doneCancel) Cancel() {}
+
+func (c doneCancel) Cancelled() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// noMetrics: nothing reads topdown's per-query metrics, and building them
+// costs allocations on every evaluation.
+var noMetrics = metrics.NoOp()
+
+// revisionTerm is the input.tenancy_revision term of one revision.
+type revisionTerm struct {
+	rev  uint64
+	term *ast.Term
+}
+
+// revisionTerm returns the term for rev, shared by every evaluation at that
+// revision (terms in the input are never modified).
+func (e *Engine) revisionTerm(rev uint64) *ast.Term {
+	if rt := e.revTerm.Load(); rt != nil && rt.rev == rev {
+		return rt.term
+	}
+	rt := &revisionTerm{rev: rev, term: ast.UIntNumberTerm(rev)}
+	e.revTerm.Store(rt)
+	return rt.term
+}
+
 // valid reports whether a cached decision holds for the data txn reads.
 func (e *Engine) valid(ent *cacheEntry, txn storage.Transaction, ver DataVersion) bool {
 	if ent.version == ver {
@@ -360,12 +429,24 @@ func (e *Engine) fresh(ctx context.Context, now time.Time, minRev uint64) error 
 	if e.cfg.MaxStaleness > 0 && now.Sub(st.SyncedAt) > e.cfg.MaxStaleness {
 		return unavailable(fmt.Errorf("%w: last synced %s ago (max_staleness %s)", ErrStale, now.Sub(st.SyncedAt).Round(time.Millisecond), e.cfg.MaxStaleness))
 	}
-	if minRev > st.Revision {
-		wctx, cancel := context.WithTimeout(ctx, e.cfg.MinRevisionWait)
-		defer cancel()
-		if err := e.tenancy.WaitRevision(wctx, minRev); err != nil {
-			return unavailable(fmt.Errorf("%w: want %d, have %d after %s", ErrRevisionNotReached, minRev, e.tenancy.State().Revision, e.cfg.MinRevisionWait))
-		}
+	return e.AwaitRevision(ctx, minRev)
+}
+
+// AwaitRevision waits, at most min_revision_wait, until tenancy data at
+// revision minRev or newer is readable. It returns at once when it is (or
+// when there is no data yet: Decide then answers "not ready"), and an error
+// wrapping ErrRevisionNotReached when the wait ends first. A request's
+// minimum revision is client input: callers answer that error with a deny
+// (SPEC §2: 429 stale), not with "cannot decide".
+func (e *Engine) AwaitRevision(ctx context.Context, minRev uint64) error {
+	st := e.tenancy.State()
+	if !st.Present || minRev <= st.Revision {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, e.cfg.MinRevisionWait)
+	defer cancel()
+	if err := e.tenancy.WaitRevision(wctx, minRev); err != nil {
+		return unavailable(fmt.Errorf("%w: want %d, have %d after %s", ErrRevisionNotReached, minRev, e.tenancy.State().Revision, e.cfg.MinRevisionWait))
 	}
 	return nil
 }

@@ -15,8 +15,10 @@ var (
 	// configured max_staleness.
 	ErrStale = errors.New("tenancy data is stale")
 
-	// ErrRevisionNotReached is returned by Decide when a request asks for a
-	// minimum tenancy revision that does not arrive within the wait bound.
+	// ErrRevisionNotReached is returned by Decide and AwaitRevision when a
+	// request asks for a minimum tenancy revision that does not arrive
+	// within the wait bound. The revision is client input: transports
+	// answer it with a deny (429 stale), not as "cannot decide".
 	ErrRevisionNotReached = errors.New("tenancy revision not reached")
 
 	// ErrBadDecision is returned by Decide when the decision rule produced a

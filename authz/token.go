@@ -2,14 +2,18 @@ package authz
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -183,6 +187,10 @@ type VerifierConfig struct {
 	// CacheSize bounds the cached verified tokens; 0 means 10000, negative
 	// disables the cache.
 	CacheSize int
+	// CacheBytes bounds the accounted size of the cached verified tokens
+	// (their claims count, keys are SHA-256 hashes); 0 means 32 MiB,
+	// negative disables the cache.
+	CacheBytes int64
 	// Now is the clock (test hook); default time.Now.
 	Now func() time.Time
 	// HTTPClient fetches jwks_url (test hook); default a client with a 10s
@@ -200,7 +208,9 @@ type TokenError string
 const (
 	// TokenMissing: no Authorization header, an empty one, or a non-Bearer scheme.
 	TokenMissing TokenError = "missing"
-	// TokenMalformed: not three base64url segments of JSON (or a claim of the wrong type).
+	// TokenMalformed: not three base64url segments of JSON, a claim of the
+	// wrong type, an exp/nbf/iat outside [0, 9999-12-31], or no (or an
+	// empty) sub.
 	TokenMalformed TokenError = "malformed"
 	// TokenUnknownIssuer: no iss, or an iss that is not configured.
 	TokenUnknownIssuer TokenError = "unknown_issuer"
@@ -371,7 +381,7 @@ func NewVerifier(cfg VerifierConfig, logger *slog.Logger) (*Verifier, error) {
 		now:     cfg.Now,
 		parser:  jwt.NewParser(jwt.WithJSONNumber(), jwt.WithoutClaimsValidation()),
 		issuers: make(map[string]*tokenIssuer, len(cfg.Issuers)),
-		cache:   newTokenCache(cfg.CacheSize),
+		cache:   newTokenCache(cfg.CacheSize, cfg.CacheBytes),
 		invalid: make(map[TokenError]*Token),
 	}
 	if v.now == nil {
@@ -641,6 +651,12 @@ func (v *Verifier) verify(ctx context.Context, raw string) *Token {
 		return v.reject(ctx, TokenUnknownIssuer, errors.New("no issuer selected"))
 	}
 	// The signature verified: the claims below are trustworthy.
+	if err := checkSegments(raw); err != nil {
+		return v.reject(ctx, TokenMalformed, err)
+	}
+	if err := checkNumericDates(claims); err != nil {
+		return v.reject(ctx, TokenMalformed, err)
+	}
 	if err := is.validator.Validate(claims); err != nil {
 		switch {
 		case errors.Is(err, jwt.ErrInvalidType):
@@ -666,6 +682,11 @@ func (v *Verifier) verify(ctx context.Context, raw string) *Token {
 	if err != nil {
 		return v.reject(ctx, TokenMalformed, err)
 	}
+	if sub == "" {
+		// Every decision acts for a subject: a token naming none would be
+		// a user with an empty id (and, with trust_token_roles, roles).
+		return v.reject(ctx, TokenMalformed, errors.New("no sub"))
+	}
 	exp, err := claims.GetExpirationTime()
 	if err != nil || exp == nil {
 		return v.reject(ctx, TokenExpired, err)
@@ -683,6 +704,58 @@ func (v *Verifier) verify(ctx context.Context, raw string) *Token {
 		return v.reject(ctx, TokenMalformed, err)
 	}
 	return t
+}
+
+// checkSegments checks that the header and the payload of raw (already
+// parsed and verified) are each exactly one JSON object: golang-jwt decodes
+// the first value and ignores what follows, so `{"sub":"a"}{"sub":"b"}` or
+// trailing bytes would verify while other readers of the same token see
+// other claims or refuse it.
+func checkSegments(raw string) error {
+	for i, seg := range strings.SplitN(raw, ".", 3)[:2] {
+		b, err := base64.RawURLEncoding.DecodeString(seg)
+		if err != nil {
+			return fmt.Errorf("segment %d: %w", i, err)
+		}
+		if !json.Valid(b) {
+			return fmt.Errorf("segment %d: not exactly one JSON value", i)
+		}
+	}
+	return nil
+}
+
+// maxNumericDate is the latest NumericDate accepted in exp, nbf and iat:
+// 9999-12-31T23:59:59Z. Later values are not dates anyone issues, and
+// beyond int64 seconds they would wrap into the past when converted.
+const maxNumericDate = 253402300799
+
+// checkNumericDates checks that exp, nbf and iat, when present, are numbers
+// within [0, maxNumericDate]: a NaN, infinite, negative or huge date is
+// malformed, never compared (golang-jwt converts float seconds to int64, and
+// 1e19 wraps to a date in the past: an nbf that always passes).
+func checkNumericDates(claims jwt.MapClaims) error {
+	for _, name := range [...]string{"exp", "nbf", "iat"} {
+		v, ok := claims[name]
+		if !ok {
+			continue
+		}
+		var f float64
+		switch n := v.(type) {
+		case json.Number:
+			var err error
+			if f, err = strconv.ParseFloat(string(n), 64); err != nil {
+				return fmt.Errorf("%s %q: %w", name, string(n), err)
+			}
+		case float64:
+			f = n
+		default:
+			return fmt.Errorf("%s is a %T, not a number", name, v)
+		}
+		if math.IsNaN(f) || f < 0 || f > maxNumericDate {
+			return fmt.Errorf("%s %v is outside [0, %d]", name, f, maxNumericDate)
+		}
+	}
+	return nil
 }
 
 // selectKey is the Keyfunc: it picks the issuer from the (not yet verified)

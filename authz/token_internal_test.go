@@ -16,7 +16,7 @@ func TestTokenCacheInternals(t *testing.T) {
 
 	t.Run("bounded by size", func(t *testing.T) {
 		t.Parallel()
-		c := newTokenCache(10)
+		c := newTokenCache(10, 0)
 		for i := range 1000 {
 			c.put(c.generation(), key(i), tok(), now)
 			if n := c.size(); n > 10 {
@@ -29,7 +29,7 @@ func TestTokenCacheInternals(t *testing.T) {
 	})
 	t.Run("hits survive generation swaps", func(t *testing.T) {
 		t.Parallel()
-		c := newTokenCache(4) // 2 per generation
+		c := newTokenCache(4, 0) // 2 per generation
 		hot := tok()
 		c.put(c.generation(), key(-1), hot, now)
 		for i := range 100 {
@@ -41,7 +41,7 @@ func TestTokenCacheInternals(t *testing.T) {
 	})
 	t.Run("put after invalidation is dropped", func(t *testing.T) {
 		t.Parallel()
-		c := newTokenCache(10)
+		c := newTokenCache(10, 0)
 		gen := c.generation()
 		c.invalidate()
 		c.put(gen, key(1), tok(), now)
@@ -51,7 +51,7 @@ func TestTokenCacheInternals(t *testing.T) {
 	})
 	t.Run("invalidate drops everything", func(t *testing.T) {
 		t.Parallel()
-		c := newTokenCache(4)
+		c := newTokenCache(4, 0)
 		for i := range 4 {
 			c.put(c.generation(), key(i), tok(), now)
 		}
@@ -62,7 +62,7 @@ func TestTokenCacheInternals(t *testing.T) {
 	})
 	t.Run("expiry", func(t *testing.T) {
 		t.Parallel()
-		c := newTokenCache(4)
+		c := newTokenCache(4, 0)
 		short := &Token{Valid: true, ExpiresAt: now.Add(time.Minute)}
 		c.put(c.generation(), key(1), short, now)
 		if c.get(key(1), now.Add(time.Minute-time.Nanosecond)) != short {
@@ -82,7 +82,7 @@ func TestTokenCacheInternals(t *testing.T) {
 	})
 	t.Run("disabled", func(t *testing.T) {
 		t.Parallel()
-		if newTokenCache(-1) != nil {
+		if newTokenCache(-1, 0) != nil {
 			t.Fatal("negative size must disable the cache")
 		}
 	})

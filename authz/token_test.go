@@ -1108,3 +1108,73 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestVerifyClaimBounds: every NumericDate (exp, nbf, iat) is a finite
+// number in [0, 9999-12-31T23:59:59Z] and sub is a non-empty string, or the
+// token is malformed, whatever the key type and the issuer's settings. An
+// nbf of 1e19 used to wrap to a date in the past and pass.
+func TestVerifyClaimBounds(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	clock := newTestClock()
+	const maxDate = 253402300799
+	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{
+		{Issuer: testIssuer, Audiences: []string{"api"}, PublicKeyFile: writeFile(t, dir, "rsa.pem", pemOf(t, &rsaKeyA().PublicKey))},
+		{Issuer: "https://roles.example.com/", Audiences: []string{"api"}, TrustTokenRoles: true, Tenant: "acme",
+			PublicKeyFile: writeFile(t, dir, "ec.pem", pemOf(t, &ecKeyA().PublicKey))},
+	}})
+	signers := map[string]func(jwt.MapClaims) string{
+		"RS256": func(c jwt.MapClaims) string { return testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", c) },
+		"ES256 trust_token_roles": func(c jwt.MapClaims) string {
+			c["iss"] = "https://roles.example.com/"
+			c["authorization"] = map[string]any{"acme": map[string]any{"roles": []string{"admin"}}}
+			return testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "", c)
+		},
+	}
+	// raw JSON numbers, as a hostile issuer (or a forged-but-signed token)
+	// could write them
+	num := func(s string) json.Number { return json.Number(s) }
+	tests := map[string]struct {
+		extra map[string]any
+		want  authz.TokenError
+	}{
+		"valid":                  {nil, ""},
+		"nbf 1e19":               {map[string]any{"nbf": 1e19}, authz.TokenMalformed},
+		"nbf 9.3e18 (int64 max)": {map[string]any{"nbf": num("9223372036854775807")}, authz.TokenMalformed},
+		"nbf 2^64":               {map[string]any{"nbf": num("18446744073709551616")}, authz.TokenMalformed},
+		"nbf 1e400 (infinite)":   {map[string]any{"nbf": num("1e400")}, authz.TokenMalformed},
+		"nbf -1":                 {map[string]any{"nbf": -1}, authz.TokenMalformed},
+		"nbf -1e19":              {map[string]any{"nbf": -1e19}, authz.TokenMalformed},
+		"nbf 0":                  {map[string]any{"nbf": 0}, ""},
+		"nbf null":               {map[string]any{"nbf": json.RawMessage("null")}, authz.TokenMalformed},
+		"exp 1e19":               {map[string]any{"exp": 1e19}, authz.TokenMalformed},
+		"exp -1":                 {map[string]any{"exp": -1}, authz.TokenMalformed},
+		"exp -1e19":              {map[string]any{"exp": -1e19}, authz.TokenMalformed},
+		"exp 1e400":              {map[string]any{"exp": num("1e400")}, authz.TokenMalformed},
+		"exp max+1":              {map[string]any{"exp": maxDate + 1}, authz.TokenMalformed},
+		"exp max":                {map[string]any{"exp": maxDate}, ""},
+		"exp fractional":         {map[string]any{"exp": float64(clock.In(time.Hour)) + 0.5}, ""},
+		"exp a string":           {map[string]any{"exp": "2099-01-01"}, authz.TokenMalformed},
+		"iat 1e19":               {map[string]any{"iat": 1e19}, authz.TokenMalformed},
+		"iat -5":                 {map[string]any{"iat": -5}, authz.TokenMalformed},
+		"iat max+1":              {map[string]any{"iat": maxDate + 1}, authz.TokenMalformed},
+		"iat in the future":      {map[string]any{"iat": clock.In(time.Hour)}, ""},
+		"iat a string":           {map[string]any{"iat": "yesterday"}, authz.TokenMalformed},
+		"no sub":                 {map[string]any{"sub": nil}, authz.TokenMalformed},
+		"empty sub":              {map[string]any{"sub": ""}, authz.TokenMalformed},
+		"sub null":               {map[string]any{"sub": json.RawMessage("null")}, authz.TokenMalformed},
+		"sub an array":           {map[string]any{"sub": []string{"u1"}}, authz.TokenMalformed},
+	}
+	for signer, sign := range signers {
+		for name, tc := range tests {
+			t.Run(signer+"/"+name, func(t *testing.T) {
+				t.Parallel()
+				tok := v.Verify(t.Context(), sign(claims(clock, tc.extra)))
+				expectCode(t, tok, tc.want)
+				if tc.want == "" && tok.Subject != "u1" {
+					t.Errorf("subject %q, want u1", tok.Subject)
+				}
+			})
+		}
+	}
+}

@@ -12,6 +12,8 @@ import (
 const (
 	// defaultTokenCacheSize is VerifierConfig.CacheSize when it is 0.
 	defaultTokenCacheSize = 10000
+	// DefaultTokenCacheBytes is VerifierConfig.CacheBytes when it is 0.
+	DefaultTokenCacheBytes = 32 << 20
 	// maxTokenCacheAge bounds how long a verification result is reused,
 	// whatever the token's exp says.
 	maxTokenCacheAge = 10 * time.Minute
@@ -34,14 +36,17 @@ type tokenCacheEntry struct {
 	// until is the instant (Unix nanoseconds) from which the entry must no
 	// longer be used: min(token exp, insertion + maxTokenCacheAge).
 	until int64
+	// size is the entry's accounted bytes (tokenBytes).
+	size int64
 }
 
 // tokenCache caches successful verifications by the hash of the raw token.
 //
 // It approximates an LRU with two generations: entries are inserted into cur;
-// when cur holds limit entries it becomes prev and a new cur starts, so at
-// most 2*limit entries are kept. A hit in prev is promoted into cur, so a token
-// in steady use survives the swaps.
+// when cur holds limit entries, or limitBytes accounted bytes, it becomes
+// prev and a new cur starts, so at most 2*limit entries and 2*limitBytes
+// bytes are kept. A hit in prev is promoted into cur, so a token in steady
+// use survives the swaps. A token larger than limitBytes is not cached.
 //
 // Any change of any issuer's key set calls invalidate, which drops every entry
 // and bumps the generation; a verification that started before the change
@@ -51,29 +56,49 @@ type tokenCacheEntry struct {
 //
 // All methods are safe for concurrent use. Lookups take a read lock only.
 type tokenCache struct {
-	gen   atomic.Uint64
-	limit int // entries per generation
+	gen        atomic.Uint64
+	limit      int   // entries per generation
+	limitBytes int64 // accounted bytes per generation
 
-	mu   sync.RWMutex
-	cur  map[tokenCacheKey]tokenCacheEntry
-	prev map[tokenCacheKey]tokenCacheEntry
+	mu                  sync.RWMutex
+	cur                 map[tokenCacheKey]tokenCacheEntry
+	prev                map[tokenCacheKey]tokenCacheEntry
+	curBytes, prevBytes int64
 }
 
-// newTokenCache returns a cache holding at most size entries, or nil (no
-// caching) when size is negative. size 0 means defaultTokenCacheSize.
-func newTokenCache(size int) *tokenCache {
+// newTokenCache returns a cache holding at most size entries and bytes
+// accounted bytes, or nil (no caching) when either is negative. 0 means
+// defaultTokenCacheSize, DefaultTokenCacheBytes.
+func newTokenCache(size int, bytes int64) *tokenCache {
 	switch {
-	case size < 0:
+	case size < 0 || bytes < 0:
 		return nil
 	case size == 0:
 		size = defaultTokenCacheSize
 	}
-	limit := max(size/2, 1)
+	if bytes == 0 {
+		bytes = DefaultTokenCacheBytes
+	}
 	return &tokenCache{
-		limit: limit,
-		cur:   make(map[tokenCacheKey]tokenCacheEntry, limit),
+		limit:      max(size/2, 1),
+		limitBytes: max(bytes/2, 1),
+		cur:        make(map[tokenCacheKey]tokenCacheEntry),
 	}
 }
+
+// tokenBytes is the accounted size of a cached token: its strings, its
+// claims twice (as Go values and as the OPA value of input.token) and the
+// overhead of the entry, the Token and the map slot.
+func tokenBytes(t *Token) int64 {
+	const overhead = 512
+	n := overhead + len(t.Issuer) + len(t.Subject) + len(t.TenantBinding) +
+		tokenValueFactor*jsonBytes(map[string]any(t.Claims))
+	return int64(n)
+}
+
+// tokenValueFactor: the claims are held as decoded JSON and, larger, as the
+// OPA value built once at verification.
+const tokenValueFactor = 4
 
 // generation returns the current generation; pass it to put.
 func (c *tokenCache) generation() uint64 { return c.gen.Load() }
@@ -104,6 +129,7 @@ func (c *tokenCache) promote(key tokenCacheKey, e tokenCacheEntry) {
 	// Re-check under the write lock: an invalidation may have run meanwhile.
 	if pe, ok := c.prev[key]; ok && pe.tok == e.tok {
 		delete(c.prev, key)
+		c.prevBytes -= pe.size
 		c.insertLocked(key, e)
 	}
 }
@@ -118,21 +144,35 @@ func (c *tokenCache) put(gen uint64, key tokenCacheKey, tok *Token, now time.Tim
 	if !until.After(now) {
 		return // already at/after exp (accepted within leeway): never cache
 	}
+	size := tokenBytes(tok)
+	if size > c.limitBytes {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if gen != c.gen.Load() {
 		return
 	}
-	c.insertLocked(key, tokenCacheEntry{tok: tok, until: until.UnixNano()})
+	c.insertLocked(key, tokenCacheEntry{tok: tok, until: until.UnixNano(), size: size})
 }
 
-// insertLocked adds e to cur, swapping generations when cur is full.
+// insertLocked adds e to cur (replacing an entry of key), swapping
+// generations when cur is full.
 func (c *tokenCache) insertLocked(key tokenCacheKey, e tokenCacheEntry) {
-	if _, ok := c.cur[key]; !ok && len(c.cur) >= c.limit {
-		c.prev = c.cur
-		c.cur = make(map[tokenCacheKey]tokenCacheEntry, c.limit)
+	if old, ok := c.cur[key]; ok {
+		delete(c.cur, key)
+		c.curBytes -= old.size
+	}
+	if old, ok := c.prev[key]; ok {
+		delete(c.prev, key)
+		c.prevBytes -= old.size
+	}
+	if len(c.cur) >= c.limit || c.curBytes+e.size > c.limitBytes {
+		c.prev, c.prevBytes = c.cur, c.curBytes
+		c.cur, c.curBytes = make(map[tokenCacheKey]tokenCacheEntry), 0
 	}
 	c.cur[key] = e
+	c.curBytes += e.size
 }
 
 // invalidate drops every entry and starts a new generation.
@@ -140,8 +180,15 @@ func (c *tokenCache) invalidate() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.gen.Add(1)
-	c.cur = make(map[tokenCacheKey]tokenCacheEntry, c.limit)
-	c.prev = nil
+	c.cur, c.curBytes = make(map[tokenCacheKey]tokenCacheEntry), 0
+	c.prev, c.prevBytes = nil, 0
+}
+
+// bytes returns the accounted size of the entries held.
+func (c *tokenCache) bytes() int64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.curBytes + c.prevBytes
 }
 
 // size returns the number of entries held (including ones past their use).

@@ -3,6 +3,7 @@ package bundle
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -83,8 +84,8 @@ func (a *Applier) Add(l tenancy.FeedLine) (complete bool, err error) {
 		}
 	}()
 	if a.open == nil {
-		if l.Revision != a.rev+1 {
-			return false, fmt.Errorf("%w: cache at %d, feed sent %d", ErrGap, a.rev, l.Revision)
+		if err := follows(a.rev, l.Revision); err != nil {
+			return false, err
 		}
 		a.open, a.openRev = tenancy.NewRevisionHash(a.hash, l.Revision), l.Revision
 	} else if l.Revision != a.openRev {
@@ -103,6 +104,15 @@ func (a *Applier) Add(l tenancy.FeedLine) (complete bool, err error) {
 	a.rev, a.hash, a.open = l.Revision, sum, nil
 	a.n++
 	return true, nil
+}
+
+// follows checks that revision next follows cur: cur+1, without wrapping
+// around after the largest revision (a revision never goes back).
+func follows(cur, next uint64) error {
+	if cur == math.MaxUint64 || next != cur+1 {
+		return fmt.Errorf("%w: at revision %d, received revision %d", ErrGap, cur, next)
+	}
+	return nil
 }
 
 // applyChanges applies the changes of a revision line in tx, adding them
@@ -284,8 +294,8 @@ func (b *SnapshotBuilder) Put(l tenancy.FeedLine) error {
 // read (puts and deletes: idempotent over entities read after it).
 func (b *SnapshotBuilder) Revision(l tenancy.FeedLine) error {
 	if b.open == nil {
-		if l.Revision != b.rev+1 {
-			return fmt.Errorf("%w: snapshot at %d, replayed revision %d", ErrGap, b.rev, l.Revision)
+		if err := follows(b.rev, l.Revision); err != nil {
+			return fmt.Errorf("snapshot: %w", err)
 		}
 		b.open, b.openRev = tenancy.NewRevisionHash(b.hash, l.Revision), l.Revision
 		b.replayed = true

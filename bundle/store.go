@@ -402,6 +402,18 @@ type recorded struct {
 	deps []dependency
 }
 
+var _ authz.DependencySizer = recorded{}
+
+// Bytes implements authz.DependencySizer: what the reads hold, for the
+// decision cache's byte budget.
+func (r recorded) Bytes() int {
+	n := 48 + 40*cap(r.deps) // the slice is sized ahead (Record)
+	for _, d := range r.deps {
+		n += len(d.key)
+	}
+	return n
+}
+
 func (t *txn) ID() uint64 { return t.id }
 
 // NewTransaction opens a read transaction on the current file.

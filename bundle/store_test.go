@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"path/filepath"
 	"testing"
 	"time"
@@ -354,5 +355,68 @@ func TestOldSchemaCacheIsSetAside(t *testing.T) {
 	}
 	if m, _ := filepath.Glob(filepath.Join(dir, bundle.CacheFile+".corrupt-*")); len(m) != 1 {
 		t.Fatalf("old-schema cache not set aside: %v", m)
+	}
+}
+
+// TestRevisionNeverWraps: a revision follows the cache's (or a snapshot's)
+// revision as its successor, never by wrapping around after the largest
+// one: after 2^64-1 a "revision 0" is refused by the applier and by the
+// snapshot builder alike, and the cache keeps its revision. Revisions that
+// do follow are still accepted at the top of the range.
+func TestRevisionNeverWraps(t *testing.T) {
+	t.Parallel()
+	const top = math.MaxUint64
+	cases := map[string]struct {
+		start uint64 // the snapshot's revision
+		next  uint64 // the revision that comes after it
+		ok    bool
+	}{
+		"after the largest":      {start: top, next: 0},
+		"after the largest, top": {start: top, next: top},
+		"the largest itself":     {start: top - 1, next: top, ok: true},
+		"one after the other":    {start: 7, next: 8, ok: true},
+		"a gap near the top":     {start: top - 2, next: top},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			genesis := tenancy.GenesisHash("e", c.start)
+			next := tenancy.FeedLine{Type: tenancy.LineRevision, Revision: c.next,
+				Changes: []tenancy.Change{{Op: tenancy.OpDelete, Collection: tenancy.Users, ID: "nobody"}}}
+			next.Hash = tenancy.HashRevision(genesis, c.next, next.Changes)
+
+			// replayed in a snapshot
+			st := openStore(t, t.TempDir())
+			b, err := st.BeginSnapshot(c.start, "e", genesis)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = b.Revision(next)
+			if c.ok != (err == nil) || (!c.ok && !errors.Is(err, bundle.ErrGap)) {
+				b.Abort()
+				t.Fatalf("snapshot at %d replaying %d: %v (want accepted: %v)", c.start, c.next, err, c.ok)
+			}
+			b.Abort()
+
+			// applied over a cache
+			b, err = st.BeginSnapshot(c.start, "e", genesis)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Commit(time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			err = st.ApplyRevisions([]tenancy.FeedLine{next}, time.Now())
+			if c.ok != (err == nil) || (!c.ok && !errors.Is(err, bundle.ErrGap)) {
+				t.Fatalf("cache at %d applying %d: %v (want accepted: %v)", c.start, c.next, err, c.ok)
+			}
+			want := c.start
+			if c.ok {
+				want = c.next
+			}
+			if s := st.State(); s.Revision != want || !s.Present {
+				t.Fatalf("cache at %+v, want revision %d", s, want)
+			}
+		})
 	}
 }

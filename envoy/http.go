@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"maps"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -26,11 +28,7 @@ const HeaderHeadersToRemove = "x-envoy-auth-headers-to-remove"
 // other status denies, a 5xx means "cannot decide".
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	req := s.CheckRequestFromHTTP(r)
-	d, headers, err := s.decide(r.Context(), req)
-	if errors.Is(err, ErrMalformedRequest) {
-		d, err = badRequest(s.engine, err), nil
-	}
+	d, headers, err := s.decideHTTP(w, r)
 	if err != nil {
 		s.metrics.observe(transportHTTP, outcomeError, time.Since(start).Seconds())
 		code := http.StatusInternalServerError
@@ -66,6 +64,57 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.record(transportHTTP, d, start)
 }
 
+// bodyReadTimeout bounds reading a body in HTTP service mode (Envoy has
+// buffered it before it calls): a client trickling one cannot hold its
+// admitted bytes for long.
+const bodyReadTimeout = 5 * time.Second
+
+// decideHTTP is decide for the HTTP service: the size of the request's
+// head is checked and admitted before its body is read.
+func (s *Server) decideHTTP(w http.ResponseWriter, r *http.Request) (*authz.Decision, map[string]string, error) {
+	ctx := r.Context()
+	head := headBytes(r)
+	if head > s.cfg.MaxRequestBytes {
+		return tooLarge(s.engine, head, s.cfg.MaxRequestBytes), nil, nil
+	}
+	weight := head
+	if r.ContentLength != 0 {
+		weight += s.bodyLimit(head)
+	}
+	deadline := waitUntil(ctx, time.Now(), queueWait)
+	taken := s.admit.acquire(ctx, weight, deadline)
+	if taken == 0 {
+		return overloaded(s.engine), nil, nil
+	}
+	defer s.admit.release(taken)
+	if r.ContentLength != 0 {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyReadTimeout))
+	}
+	req, err := s.CheckRequestFromHTTP(r)
+	if err != nil {
+		return badRequest(s.engine, err), nil, nil
+	}
+	return evaluate(ctx, s.engine, req, nil, s.pool, deadline)
+}
+
+// headBytes is the size of r without its body: method, request target,
+// host and headers.
+func headBytes(r *http.Request) int64 {
+	n := len(r.Method) + len(r.RequestURI) + len(r.Host)
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return int64(n)
+}
+
+// bodyLimit is how much of a body is read: MaxBodyBytes, and no more than
+// leaves the request within MaxRequestBytes.
+func (s *Server) bodyLimit(head int64) int64 {
+	return max(0, min(s.cfg.MaxBodyBytes, s.cfg.MaxRequestBytes-head))
+}
+
 // withContextHeaders adds to headers the x-gatehouse-context-* names of the
 // forwarded request. CheckRequestFromHTTP moves them into the context
 // extensions, but they are Gatehouse headers all the same: a client's own
@@ -92,12 +141,13 @@ func withContextHeaders(headers map[string]string, h http.Header) map[string]str
 // CheckRequestFromHTTP builds the CheckRequest Envoy's gRPC client would
 // have sent for the request forwarded by its HTTP client: method, path (with
 // query, minus HTTPPathPrefix), host, lowercase headers with pseudo-headers,
-// x-gatehouse-context-* headers as context extensions, and the body.
-func (s *Server) CheckRequestFromHTTP(r *http.Request) *authv3.CheckRequest {
-	path := r.RequestURI
-	if path == "" || path == "*" {
-		path = r.URL.RequestURI()
-	}
+// x-gatehouse-context-* headers as context extensions, and the body (up to
+// MaxBodyBytes and what MaxRequestBytes leaves; a longer body is passed on
+// as partial; a body that is not UTF-8 as raw_body, as Envoy's
+// pack_as_bytes sends it). An error (the body cannot be read) wraps
+// ErrMalformedRequest.
+func (s *Server) CheckRequestFromHTTP(r *http.Request) (*authv3.CheckRequest, error) {
+	path := requestPath(r)
 	if p := s.cfg.HTTPPathPrefix; p != "" {
 		if rest, ok := strings.CutPrefix(path, p); ok {
 			path = rest
@@ -119,14 +169,22 @@ func (s *Server) CheckRequestFromHTTP(r *http.Request) *authv3.CheckRequest {
 	headers[":authority"] = r.Host
 	headers[":method"] = r.Method
 	headers[":path"] = path
-	body := ""
+	body, raw := "", []byte(nil)
 	if r.Body != nil && r.ContentLength != 0 {
-		b, _ := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodyBytes+1))
-		if int64(len(b)) > s.cfg.MaxBodyBytes {
-			b = b[:s.cfg.MaxBodyBytes]
+		limit := s.bodyLimit(headBytes(r))
+		b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+		if err != nil {
+			return nil, fmt.Errorf("%w: read body: %v", ErrMalformedRequest, err)
+		}
+		if int64(len(b)) > limit {
+			b = cutPartialRune(b[:limit])
 			headers[PartialBodyHeader] = "true"
 		}
-		body = string(b)
+		if utf8.Valid(b) {
+			body = string(b)
+		} else {
+			raw = b
+		}
 	}
 	scheme := "http"
 	if r.TLS != nil {
@@ -148,11 +206,51 @@ func (s *Server) CheckRequestFromHTTP(r *http.Request) *authv3.CheckRequest {
 				Scheme:   scheme,
 				Protocol: r.Proto,
 				Body:     body,
+				RawBody:  raw,
 				Size:     r.ContentLength,
 			},
 		},
 		ContextExtensions: ext,
-	}}
+	}}, nil
+}
+
+// requestPath is the path with query of r's request target, as Envoy's
+// :path carries it: the origin form as sent; an absolute URI without its
+// scheme and authority; "*" (OPTIONS *) as it is; "" for CONNECT's
+// host:port.
+func requestPath(r *http.Request) string {
+	uri := r.RequestURI
+	switch {
+	case uri == "": // a request built by hand, not read from a connection
+		return r.URL.RequestURI()
+	case uri == "*" || strings.HasPrefix(uri, "/"):
+		return uri
+	case r.URL.Scheme != "":
+		_, rest, _ := strings.Cut(uri, "://")
+		i := strings.IndexAny(rest, "/?")
+		switch {
+		case i < 0:
+			return "/"
+		case rest[i] == '?':
+			return "/" + rest[i:]
+		}
+		return rest[i:]
+	}
+	return "" // CONNECT host:port
+}
+
+// cutPartialRune drops an incomplete UTF-8 sequence that a cut left at the
+// end of b.
+func cutPartialRune(b []byte) []byte {
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if !utf8.FullRune(b[i:]) {
+				return b[:i]
+			}
+			break
+		}
+	}
+	return b
 }
 
 func peer(remote string) *authv3.AttributeContext_Peer {

@@ -1,6 +1,7 @@
 package envoy
 
 import (
+	"bytes"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -46,8 +48,10 @@ var (
 )
 
 // ErrMalformedRequest is returned by Prepare for a CheckRequest without HTTP
-// request attributes, or with a path that cannot be parsed. The gRPC server
-// answers it with INVALID_ARGUMENT (Envoy then applies status_on_error).
+// request attributes, with a path or query string that cannot be parsed, or
+// with a string that is not UTF-8 (also once percent-decoded). It is client
+// input: Evaluate answers it with a 400 deny (reason bad_request), never
+// with "cannot decide".
 var ErrMalformedRequest = errors.New("malformed CheckRequest")
 
 // BodyError is returned by Prepare when the request body cannot be parsed as
@@ -84,16 +88,20 @@ type Prepared struct {
 	truncated   bool
 }
 
-// Prepare validates req: HTTP attributes present (else ErrMalformedRequest),
-// a path that parses (else ErrMalformedRequest), a body that parses as its
-// content type says (else *BodyError). These checks do not depend on the
-// policy.
+// Prepare validates req: HTTP attributes present, its strings (method,
+// path, host, headers, context extensions, ...) valid UTF-8, a path and
+// query that parse and decode to UTF-8 (else ErrMalformedRequest), a body
+// that parses as its content type says (else *BodyError). These checks do
+// not depend on the policy.
 func Prepare(req *authv3.CheckRequest) (*Prepared, error) {
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	if httpReq == nil {
 		return nil, fmt.Errorf("%w: attributes.request.http is missing", ErrMalformedRequest)
 	}
 	p := &Prepared{req: req, http: httpReq, headers: RequestHeaders(httpReq)}
+	if err := checkUTF8(httpReq, p.headers, req.GetAttributes().GetContextExtensions()); err != nil {
+		return nil, err
+	}
 	var err error
 	p.parsedPath, p.parsedQuery, err = parsePath(httpReq.GetPath())
 	if err != nil {
@@ -113,41 +121,50 @@ func (p *Prepared) Headers() map[string]string { return p.headers }
 // cannot read anything else, so the decision is the same as on the whole
 // document).
 func (p *Prepared) Input(need *authz.Need) ast.Object {
-	in := ast.NewObjectWithCapacity(4)
-	if n := need.Child("attributes"); n != nil {
-		attrs := attributesValue(p.req.GetAttributes(), n)
+	var ar termArena
+	// One block for the whole input, usually: the fixed fields, the
+	// headers, the context extensions.
+	ar.reserve(32 + 2*len(p.headers) + 2*len(p.req.GetAttributes().GetContextExtensions()))
+	var items [7][2]*ast.Term
+	n := 0
+	add := func(k, v *ast.Term) {
+		items[n] = ast.Item(k, v)
+		n++
+	}
+	if c := need.Child("attributes"); c != nil {
+		attrs := attributesValue(p.req.GetAttributes(), c, &ar)
 		if len(p.http.GetHeaders()) == 0 && len(p.headers) > 0 {
 			// Envoy with encode_raw_headers sends header_map instead of
 			// headers; policies always see input...http.headers.
-			if hn := n.Child("request").Child("http").Child("headers"); hn != nil {
+			if hn := c.Child("request").Child("http").Child("headers"); hn != nil {
 				if h, ok := attrs.Get(termRequest).Value.(ast.Object); ok {
 					if hh, ok := h.Get(termHTTP).Value.(ast.Object); ok {
-						hh.Insert(keyHeaders, ast.NewTerm(stringMapNeed(p.headers, hn)))
+						hh.Insert(keyHeaders, ast.NewTerm(stringMapNeed(p.headers, hn, &ar)))
 					}
 				}
 			}
 		}
-		in.Insert(keyAttributes, ast.NewTerm(attrs))
+		add(keyAttributes, ar.term(attrs))
 	}
 	if need.Child("parsed_path") != nil {
-		in.Insert(keyParsedPath, p.parsedPath)
+		add(keyParsedPath, p.parsedPath)
 	}
 	if need.Child("parsed_query") != nil {
-		in.Insert(keyParsedQuery, p.parsedQuery)
+		add(keyParsedQuery, p.parsedQuery)
 	}
 	if need.Child("parsed_body") != nil {
-		in.Insert(keyParsedBody, p.body)
+		add(keyParsedBody, p.body)
 	}
 	if need.Child("truncated_body") != nil {
-		in.Insert(keyTruncatedBody, ast.InternedTerm(p.truncated))
+		add(keyTruncatedBody, ast.InternedTerm(p.truncated))
 	}
 	if need.Child("version") != nil {
-		in.Insert(keyVersion, versionV3)
+		add(keyVersion, versionV3)
 	}
 	if pr := p.req.GetAttributes().GetSource().GetPrincipal(); pr != "" && need.Child("source_principal") != nil {
-		in.Insert(keySourcePrinc, ast.StringTerm(pr))
+		add(keySourcePrinc, ar.str(pr))
 	}
-	return in
+	return ast.NewObject(items[:n]...)
 }
 
 // RequestHeaders returns the request headers by lowercase name: the headers
@@ -172,59 +189,123 @@ func RequestHeaders(h *authv3.AttributeContext_HttpRequest) map[string]string {
 	return out
 }
 
-// stringMapNeed renders the entries of m that need asks for.
-func stringMapNeed(m map[string]string, need *authz.Need) ast.Object {
-	if need.All {
-		return stringMap(m)
-	}
-	keys := need.Keys()
-	obj := ast.NewObjectWithCapacity(len(keys))
-	for _, k := range keys {
-		if v, ok := m[k]; ok {
-			obj.Insert(ast.StringTerm(k), ast.StringTerm(v))
+// checkUTF8 reports the first string of the HTTP request attributes, its
+// headers or the context extensions that is not valid UTF-8. Over gRPC the
+// protobuf decoder has checked most of them already; header_map raw values,
+// the HTTP service mode and hand-built requests are checked here.
+func checkUTF8(h *authv3.AttributeContext_HttpRequest, headers, ext map[string]string) error {
+	for _, f := range [...]struct{ name, v string }{
+		{"method", h.GetMethod()}, {"path", h.GetPath()}, {"host", h.GetHost()}, {"scheme", h.GetScheme()},
+		{"protocol", h.GetProtocol()}, {"id", h.GetId()}, {"query", h.GetQuery()}, {"fragment", h.GetFragment()},
+		{"body", h.GetBody()},
+	} {
+		if !utf8.ValidString(f.v) {
+			return fmt.Errorf("%w: %s is not valid UTF-8", ErrMalformedRequest, f.name)
 		}
 	}
-	return obj
+	for k, v := range headers {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return fmt.Errorf("%w: header %q is not valid UTF-8", ErrMalformedRequest, k)
+		}
+	}
+	for k, v := range ext {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return fmt.Errorf("%w: context extension %q is not valid UTF-8", ErrMalformedRequest, k)
+		}
+	}
+	return nil
 }
 
-func stringMap(m map[string]string) ast.Object {
-	obj := ast.NewObjectWithCapacity(len(m))
-	for k, v := range m {
-		obj.Insert(ast.StringTerm(k), ast.StringTerm(v))
+// stringMapNeed renders the entries of m that need asks for.
+func stringMapNeed(m map[string]string, need *authz.Need, ar *termArena) ast.Object {
+	if need.All {
+		return stringMap(m, ar)
 	}
-	return obj
+	keys := need.Keys()
+	items := make([][2]*ast.Term, 0, len(keys))
+	for _, k := range keys {
+		if v, ok := m[k]; ok {
+			items = append(items, ast.Item(ar.str(k), ar.str(v)))
+		}
+	}
+	return ast.NewObject(items...)
+}
+
+func stringMap(m map[string]string, ar *termArena) ast.Object {
+	items := make([][2]*ast.Term, 0, len(m))
+	ar.reserve(2 * len(m))
+	for k, v := range m {
+		items = append(items, ast.Item(ar.str(k), ar.str(v)))
+	}
+	return ast.NewObject(items...)
 }
 
 // parsePath splits the percent-decoded path and parses the query, as
-// opa-envoy-plugin does: "/a/b?x=1" → ["a","b"], {"x": ["1"]}.
+// opa-envoy-plugin does: "/a/b?x=1" → ["a","b"], {"x": ["1"]}. A bad
+// percent escape, a query Go refuses (";" separators, more than 10,000
+// parameters) or a decoded string that is not UTF-8 is an error.
 func parsePath(path string) (*ast.Term, *ast.Term, error) {
 	rawPath, rawQuery, _ := strings.Cut(path, "?")
 	decoded, err := url.PathUnescape(rawPath)
 	if err != nil {
 		return nil, nil, err
 	}
-	segs := strings.Split(strings.TrimLeft(decoded, "/"), "/")
-	terms := make([]*ast.Term, len(segs))
-	for i, s := range segs {
-		terms[i] = ast.StringTerm(s)
+	if !utf8.ValidString(decoded) {
+		return nil, nil, errors.New("the decoded path is not valid UTF-8")
 	}
+	rest := strings.TrimLeft(decoded, "/")
 	query, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("query: %v", err)
 	}
-	return ast.ArrayTerm(terms...), ast.NewTerm(valuesObject(query)), nil
+	var ar termArena
+	nsegs := strings.Count(rest, "/") + 1
+	ar.reserve(nsegs + 2 + valuesTerms(query)) // one block for both
+	terms := make([]*ast.Term, 0, nsegs)
+	for seg := range strings.SplitSeq(rest, "/") {
+		terms = append(terms, ar.str(seg))
+	}
+	q, err := valuesObject(query, &ar)
+	if err != nil {
+		return nil, nil, fmt.Errorf("query: %v", err)
+	}
+	return ar.term(ast.NewArray(terms...)), ar.term(q), nil
 }
 
-func valuesObject(v url.Values) ast.Object {
-	obj := ast.NewObjectWithCapacity(len(v))
-	for k, vals := range v {
-		terms := make([]*ast.Term, len(vals))
-		for i, s := range vals {
-			terms[i] = ast.StringTerm(s)
-		}
-		obj.Insert(ast.StringTerm(k), ast.ArrayTerm(terms...))
+// valuesTerms is the number of terms valuesObject takes from its arena.
+func valuesTerms(v url.Values) int {
+	n := 2 * len(v)
+	for _, vals := range v {
+		n += len(vals)
 	}
-	return obj
+	return n
+}
+
+// valuesObject renders decoded query or form values; a name or value that
+// is not UTF-8 is an error.
+func valuesObject(v url.Values, ar *termArena) (ast.Object, error) {
+	total := 0
+	for _, vals := range v {
+		total += len(vals)
+	}
+	items := make([][2]*ast.Term, 0, len(v))
+	all := make([]*ast.Term, total) // every value array's elements, in one block
+	ar.reserve(valuesTerms(v))
+	for k, vals := range v {
+		if !utf8.ValidString(k) {
+			return nil, fmt.Errorf("parameter %q is not valid UTF-8", k)
+		}
+		terms := all[:len(vals):len(vals)]
+		all = all[len(vals):]
+		for i, s := range vals {
+			if !utf8.ValidString(s) {
+				return nil, fmt.Errorf("the value of parameter %q is not valid UTF-8", k)
+			}
+			terms[i] = ar.str(s)
+		}
+		items = append(items, ast.Item(ar.str(k), ar.term(ast.NewArray(terms...))))
+	}
+	return ast.NewObject(items...), nil
 }
 
 var nullTerm = ast.NullTerm()
@@ -257,7 +338,11 @@ func parseBody(headers map[string]string, body string, raw []byte) (*ast.Term, b
 	}
 	switch {
 	case strings.Contains(ct, "application/json"):
-		v, err := ast.ValueFromReader(strings.NewReader(payload))
+		if !utf8.ValidString(payload) {
+			// RFC 8259 §8.1; Go's decoder would turn the bytes into U+FFFD.
+			return nil, false, errors.New("JSON: not valid UTF-8")
+		}
+		v, err := parseJSONValue(payload)
 		if err != nil {
 			return nil, false, fmt.Errorf("JSON: %v", err)
 		}
@@ -267,11 +352,33 @@ func parseBody(headers map[string]string, body string, raw []byte) (*ast.Term, b
 		if err != nil {
 			return nil, false, fmt.Errorf("form: %v", err)
 		}
-		return ast.NewTerm(valuesObject(vals)), false, nil
+		obj, err := valuesObject(vals, &termArena{})
+		if err != nil {
+			return nil, false, fmt.Errorf("form: %v", err)
+		}
+		return ast.NewTerm(obj), false, nil
 	case strings.Contains(ct, "multipart/form-data"):
 		return parseMultipart(ct, payload)
 	}
 	return nullTerm, false, nil
+}
+
+// parseJSONValue parses exactly one JSON value (numbers kept exact): trailing
+// data after it is an error, as for opa-envoy-plugin's body parser, so a
+// body an upstream would refuse is never half-read into parsed_body.
+func parseJSONValue(payload string) (ast.Value, error) {
+	dec := util.NewJSONDecoder(strings.NewReader(payload))
+	var x any
+	if err := dec.Decode(&x); err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		if err == nil {
+			err = errors.New("trailing data after the JSON value")
+		}
+		return nil, err
+	}
+	return ast.InterfaceToValue(x)
 }
 
 func parseMultipart(ct, payload string) (*ast.Term, bool, error) {
@@ -304,13 +411,9 @@ func parseMultipart(ct, payload string) (*ast.Term, bool, error) {
 		}
 		var t *ast.Term
 		if strings.Contains(p.Header.Get("Content-Type"), "application/json") {
-			var x any
-			if err := util.UnmarshalJSON(b, &x); err != nil {
-				return nil, false, fmt.Errorf("multipart part %q: JSON: %v", name, err)
-			}
-			v, err := ast.InterfaceToValue(x)
+			v, err := parseJSONValue(string(b))
 			if err != nil {
-				return nil, false, err
+				return nil, false, fmt.Errorf("multipart part %q: JSON: %v", name, err)
 			}
 			t = ast.NewTerm(v)
 		} else {
@@ -484,11 +587,14 @@ func valueValue(v *structpb.Value) ast.Value {
 // fractional digits.
 func formatTimestamp(ts *timestamppb.Timestamp) string {
 	t := time.Unix(ts.GetSeconds(), int64(ts.GetNanos())).UTC()
-	s := t.Format("2006-01-02T15:04:05.000000000")
-	s = strings.TrimSuffix(s, "000")
-	s = strings.TrimSuffix(s, "000")
-	s = strings.TrimSuffix(s, ".000")
-	return s + "Z"
+	var buf [40]byte
+	b := t.AppendFormat(buf[:0], "2006-01-02T15:04:05.000000000")
+	for _, cut := range [...]string{"000", "000", ".000"} {
+		if bytes.HasSuffix(b, []byte(cut)) {
+			b = b[:len(b)-len(cut)]
+		}
+	}
+	return string(append(b, 'Z'))
 }
 
 // formatDuration follows protojson: seconds with 0, 3, 6 or 9 fractional

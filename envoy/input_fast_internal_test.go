@@ -91,12 +91,39 @@ func TestFastInputEqualsGenericRendering(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := range 2000 {
 		req := randomRequest(r)
-		fast := attributesValue(req.Attributes, authz.NeedAll)
+		fast := attributesValue(req.Attributes, authz.NeedAll, &termArena{})
 		generic := messageValue(req.Attributes.ProtoReflect())
 		if fast.Compare(generic) != 0 {
 			t.Fatalf("request %d differs:\nfast    %v\ngeneric %v", i, fast, generic)
 		}
+		// Built differently (shared and arena terms, whole-object
+		// construction), the values must also hash and look up alike.
+		if fast.Hash() != generic.Hash() {
+			t.Fatalf("request %d: hash %d vs %d", i, fast.Hash(), generic.Hash())
+		}
+		if !sameLookups(fast, generic) {
+			t.Fatalf("request %d: a key of the generic rendering is not found alike in the fast one", i)
+		}
 	}
+}
+
+// sameLookups reports whether every key of want, at every depth, is found
+// in got with an equal value.
+func sameLookups(got, want ast.Value) bool {
+	wo, ok := want.(ast.Object)
+	if !ok {
+		return got.Compare(want) == 0
+	}
+	gotObj, ok := got.(ast.Object)
+	if !ok || gotObj.Len() != wo.Len() {
+		return false
+	}
+	same := true
+	wo.Foreach(func(k, v *ast.Term) {
+		g := gotObj.Get(k)
+		same = same && g != nil && sameLookups(g.Value, v.Value)
+	})
+	return same
 }
 
 // TestGenericRenderingEqualsProtojson: the input's attributes are exactly
@@ -181,4 +208,62 @@ func lookup(v ast.Value, p ast.Ref) ast.Value {
 		}
 	}
 	return v
+}
+
+// TestPeerMemo: a peer rendered as the last one was is answered from the
+// memo; any difference (address, port, principal, another field, what the
+// policy needs) renders it anew. Every rendering equals the generic one.
+func TestPeerMemo(t *testing.T) {
+	peer := func(addr string, port uint32, principal string) *authv3.AttributeContext_Peer {
+		return &authv3.AttributeContext_Peer{
+			Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+				Address: addr, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+			}}},
+			Principal: principal,
+		}
+	}
+	withService := peer("10.0.0.1", 443, "")
+	withService.Service = "svc"
+	withLabels := peer("10.0.0.1", 443, "")
+	withLabels.Labels = map[string]string{"k": "v"}
+	namedPort := peer("10.0.0.1", 0, "")
+	namedPort.Address.GetSocketAddress().PortSpecifier = &corev3.SocketAddress_NamedPort{NamedPort: "https"}
+	seq := []*authv3.AttributeContext_Peer{
+		peer("10.0.0.1", 443, ""), peer("10.0.0.1", 443, ""), peer("10.0.0.1", 444, ""), peer("10.0.0.2", 444, ""),
+		peer("10.0.0.2", 444, "spiffe://a"), peer("10.0.0.2", 444, "spiffe://b"), peer("10.0.0.2", 444, ""),
+		withService, peer("10.0.0.1", 443, ""), withLabels, peer("10.0.0.1", 443, ""), namedPort, peer("10.0.0.1", 443, ""),
+	}
+	needs := map[string]*authz.Need{
+		"all":       authz.NeedAll,
+		"principal": authz.NeedFor([]ast.Ref{ast.MustParseRef("input.attributes.source.principal"), ast.MustParseRef("input.attributes.destination.principal")}),
+	}
+	for _, name := range []string{"all", "principal", "all"} {
+		need := needs[name]
+		for i, p := range seq {
+			for _, a := range []*authv3.AttributeContext{{Source: p}, {Destination: p}} {
+				got := attributesValue(a, need.Child("attributes"), &termArena{})
+				want := messageValue(a.ProtoReflect())
+				if name == "principal" {
+					want = filterPrincipal(t, want)
+				}
+				if got.Compare(want) != 0 || got.Hash() != want.Hash() {
+					t.Fatalf("need %s, peer %d: got %v, want %v", name, i, got, want)
+				}
+			}
+		}
+	}
+}
+
+// filterPrincipal keeps only source/destination principals of a rendering.
+func filterPrincipal(tb testing.TB, v ast.Object) ast.Object {
+	tb.Helper()
+	out := ast.NewObject()
+	v.Foreach(func(k, peer *ast.Term) {
+		obj := ast.NewObject()
+		if p := peer.Value.(ast.Object).Get(ast.StringTerm("principal")); p != nil {
+			obj.Insert(ast.StringTerm("principal"), p)
+		}
+		out.Insert(k, ast.NewTerm(obj))
+	})
+	return out
 }

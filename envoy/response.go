@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -43,6 +44,10 @@ const (
 
 // Response turns a decision into a CheckResponse. incoming are the request
 // headers (lowercase names), used to strip spoofed x-gatehouse-* headers.
+// Strings that are not valid UTF-8 (a policy may build them, e.g. with
+// base64.decode of client input) have their bad bytes replaced by U+FFFD:
+// protobuf refuses to marshal them, and a response that cannot be sent is
+// a gRPC error, which Envoy's failure_mode_allow would turn into an allow.
 func Response(d *authz.Decision, incoming map[string]string) *authv3.CheckResponse {
 	resp := &authv3.CheckResponse{DynamicMetadata: dynamicMetadata(d)}
 	if d.Allowed {
@@ -52,7 +57,7 @@ func Response(d *authz.Decision, incoming map[string]string) *authv3.CheckRespon
 			HeadersToRemove:         headersToRemove(d, incoming),
 			ResponseHeadersToAdd:    headerOptions(d.ResponseHeadersToAdd),
 			QueryParametersToSet:    queryParams(d.QueryParametersToSet),
-			QueryParametersToRemove: d.QueryParametersToRemove,
+			QueryParametersToRemove: utf8Strings(d.QueryParametersToRemove),
 		}}
 		return resp
 	}
@@ -65,7 +70,7 @@ func Response(d *authz.Decision, incoming map[string]string) *authv3.CheckRespon
 	resp.HttpResponse = &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
 		Status:  &typev3.HttpStatus{Code: typev3.StatusCode(st)},
 		Headers: headerOptions(d.Headers),
-		Body:    d.Body,
+		Body:    utf8String(d.Body),
 	}}
 	return resp
 }
@@ -87,7 +92,7 @@ func headerOptions(hs []authz.Header) []*corev3.HeaderValueOption {
 			}
 		}
 		out[i] = &corev3.HeaderValueOption{
-			Header:       &corev3.HeaderValue{Key: h.Key, Value: h.Value},
+			Header:       &corev3.HeaderValue{Key: utf8String(h.Key), Value: utf8String(h.Value)},
 			AppendAction: action,
 		}
 	}
@@ -106,7 +111,7 @@ func headersToRemove(d *authz.Decision, incoming map[string]string) []string {
 			return
 		}
 		seen[n] = true
-		out = append(out, n)
+		out = append(out, utf8String(n))
 	}
 	for _, h := range d.RequestHeadersToRemove {
 		add(h)
@@ -130,7 +135,7 @@ func queryParams(ps []authz.Header) []*corev3.QueryParameter {
 	}
 	out := make([]*corev3.QueryParameter, len(ps))
 	for i, p := range ps {
-		out[i] = &corev3.QueryParameter{Key: p.Key, Value: p.Value}
+		out[i] = &corev3.QueryParameter{Key: utf8String(p.Key), Value: utf8String(p.Value)}
 	}
 	return out
 }
@@ -140,10 +145,10 @@ func queryParams(ps []authz.Header) []*corev3.QueryParameter {
 func dynamicMetadata(d *authz.Decision) *structpb.Struct {
 	fields := make(map[string]*structpb.Value, len(d.DynamicMetadata)+3)
 	for k, v := range d.DynamicMetadata {
-		fields[k] = jsonValue(v)
+		fields[utf8String(k)] = jsonValue(v)
 	}
 	fields[MetaDecisionID] = structpb.NewStringValue(d.ID)
-	fields[MetaPolicyRevision] = structpb.NewStringValue(d.PolicyRevision)
+	fields[MetaPolicyRevision] = structpb.NewStringValue(utf8String(d.PolicyRevision))
 	fields[MetaTenancyRevision] = structpb.NewNumberValue(float64(d.TenancyRevision))
 	return &structpb.Struct{Fields: fields}
 }
@@ -157,7 +162,7 @@ func jsonValue(v any) *structpb.Value {
 	case bool:
 		return structpb.NewBoolValue(v)
 	case string:
-		return structpb.NewStringValue(v)
+		return structpb.NewStringValue(utf8String(v))
 	case json.Number:
 		f, err := v.Float64()
 		if err != nil {
@@ -175,9 +180,32 @@ func jsonValue(v any) *structpb.Value {
 	case map[string]any:
 		fields := make(map[string]*structpb.Value, len(v))
 		for k, x := range v {
-			fields[k] = jsonValue(x)
+			fields[utf8String(k)] = jsonValue(x)
 		}
 		return structpb.NewStructValue(&structpb.Struct{Fields: fields})
 	}
-	return structpb.NewStringValue(fmt.Sprint(v))
+	return structpb.NewStringValue(utf8String(fmt.Sprint(v)))
+}
+
+// utf8String is s with invalid UTF-8 replaced by U+FFFD.
+func utf8String(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+// utf8Strings is utf8String on every element (ss itself when all are
+// valid).
+func utf8Strings(ss []string) []string {
+	for i, s := range ss {
+		if !utf8.ValidString(s) {
+			out := slices.Clone(ss)
+			for j := i; j < len(out); j++ {
+				out[j] = utf8String(out[j])
+			}
+			return out
+		}
+	}
+	return ss
 }

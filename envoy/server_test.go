@@ -106,8 +106,11 @@ h[k] := v if { some k, v in {"x": "2"} }`,
 	}
 }
 
-// TestCheckMalformedRequest: what Envoy never sends is INVALID_ARGUMENT
-// (HTTP: a 400 deny), not an evaluation.
+// TestCheckMalformedRequest: a request Envoy never sends (no HTTP
+// attributes) or one whose path or minimum revision does not parse is a
+// 400 deny over gRPC as over HTTP, not an evaluation and not an error
+// status (SPEC §2; it used to be INVALID_ARGUMENT). The whole class is in
+// TestClientInputIsNeverCannotDecide.
 func TestCheckMalformedRequest(t *testing.T) {
 	t.Parallel()
 	sc := startPolicy(t, "package envoy.authz\nallow := true\n", testutil.Options{})
@@ -133,7 +136,7 @@ func TestCheckMalformedRequest(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			resp, err := sc.Client.Check(t.Context(), req)
-			wantGRPCCode(t, resp, err, codes.InvalidArgument)
+			wantGRPCDeny(t, resp, err, http.StatusBadRequest, envoy.ReasonBadRequest)
 		})
 	}
 	t.Run("HTTP bad min revision is a 400 deny", func(t *testing.T) {
@@ -146,7 +149,9 @@ func TestCheckMalformedRequest(t *testing.T) {
 }
 
 // TestCheckMinRevision: a request asking for data newer than the sidecar
-// has waits (bounded) and then cannot decide; data arriving in time lets it
+// has waits (bounded) and then is denied 429 stale with retry-after: 1 (the
+// revision is client input: it used to be UNAVAILABLE / 503, which
+// failure_mode_allow turns into an allow); data arriving in time lets it
 // decide on that revision.
 func TestCheckMinRevision(t *testing.T) {
 	t.Parallel()
@@ -161,12 +166,13 @@ func TestCheckMinRevision(t *testing.T) {
 		} {
 			start := time.Now()
 			resp, err := sc.Check(t.Context(), req)
-			wantGRPCCode(t, resp, err, codes.Unavailable)
+			wantGRPCDeny(t, resp, err, http.StatusTooManyRequests, envoy.ReasonStale)
 			if el := time.Since(start); el < wait || el > wait+5*time.Second {
 				t.Errorf("%s: answered after %v, want about %v", name, el, wait)
 			}
-			if h := sc.CheckHTTP(t, t.Context(), req); h.Status != http.StatusServiceUnavailable {
-				t.Errorf("%s: HTTP status %d, want 503", name, h.Status)
+			if h := sc.CheckHTTP(t, t.Context(), req); h.Status != http.StatusTooManyRequests || h.Header.Get("retry-after") != "1" ||
+				!strings.Contains(h.Body, `"reason":"stale"`) {
+				t.Errorf("%s: HTTP %d %v %q, want 429 stale with retry-after: 1", name, h.Status, h.Header, h.Body)
 			}
 		}
 		// Revision 0 (what EmptyTenancy has) is always reached.

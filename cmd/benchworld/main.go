@@ -34,17 +34,32 @@ import (
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
-var sizes = map[string]worldgen.Spec{"small": worldgen.Small, "200k": worldgen.Default, "10m": worldgen.Scale10M}
+var sizes = map[string]worldgen.Spec{"small": worldgen.Small, "200k": worldgen.Default, "1m": worldgen.Scale1M, "10m": worldgen.Scale10M}
+
+// Scenarios build writes next to the world, and the seeds of their
+// requests: a hot one (few distinct requests, which a decision cache
+// answers after their first time) and a cold one (many, most first-seen
+// when they come round again).
+const (
+	hotScenario  = "scenario.json"
+	hotSeed      = 11
+	coldScenario = "scenario-cold.json"
+	coldSeed     = 12
+)
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchworld build|latency [flags]")
+		fmt.Fprintln(os.Stderr, "usage: benchworld build|scenario|opadata|latency [flags]")
 		os.Exit(2)
 	}
 	var err error
 	switch os.Args[1] {
 	case "build":
 		err = build(os.Args[2:])
+	case "scenario":
+		err = scenario(os.Args[2:])
+	case "opadata":
+		err = opaData(os.Args[2:])
 	case "latency":
 		err = latency(os.Args[2:])
 	default:
@@ -58,16 +73,18 @@ func main() {
 
 const issuer = "https://bench.gatehouse.test/"
 
-// build writes DIR/control/control.db and DIR/scenario.json.
+// build writes DIR/control/control.db, DIR/scenario.json (hot) and
+// DIR/scenario-cold.json (cold).
 func build(args []string) error {
 	fs := flag.NewFlagSet("build", flag.ExitOnError)
-	size := fs.String("size", "small", "small, 200k or 10m")
+	size := fs.String("size", "small", "small, 200k, 1m or 10m")
 	dir := fs.String("dir", "", "output folder")
-	nreq := fs.Int("requests", 2000, "distinct requests in the scenario (80% allowed)")
+	nreq := fs.Int("requests", 2000, "distinct requests in the hot scenario, "+hotScenario+" (80% allowed)")
+	ncold := fs.Int("cold-requests", 20000, "distinct requests in the cold scenario, "+coldScenario+" (80% allowed; 0: none)")
 	_ = fs.Parse(args)
 	spec, ok := sizes[*size]
 	if !ok || *dir == "" {
-		return errors.New("build needs --size small|200k|10m and --dir")
+		return errors.New("build needs --size small|200k|1m|10m and --dir")
 	}
 	path := filepath.Join(*dir, "control", "control.db")
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -138,12 +155,120 @@ func build(args []string) error {
 	fmt.Printf("world %s: %v entities (%d tenants, %d users, %d user grants) in %s, file %.0f MiB\n",
 		*size, n, counts[tenancy.Tenants], counts[tenancy.Users], counts[tenancy.UserGrants],
 		time.Since(start).Round(time.Millisecond), float64(st.Size())/(1<<20))
-	return writeScenario(filepath.Join(*dir, "scenario.json"), world, *nreq)
+	if err := writeScenario(filepath.Join(*dir, hotScenario), world, *nreq, hotSeed); err != nil {
+		return err
+	}
+	if *ncold > 0 {
+		return writeScenario(filepath.Join(*dir, coldScenario), world, *ncold, coldSeed)
+	}
+	return nil
 }
 
-func writeScenario(path string, w *worldgen.World, n int) error {
+// scenario writes a scenario of an existing world (the world is generated
+// again in memory, deterministically, without writing its data).
+func scenario(args []string) error {
+	fs := flag.NewFlagSet("scenario", flag.ExitOnError)
+	size := fs.String("size", "small", "the world's size: small, 200k, 1m or 10m")
+	out := fs.String("out", "", "scenario file to write")
+	kind := fs.String("kind", "cold", "hot ("+hotScenario+"'s requests) or cold ("+coldScenario+"'s)")
+	n := fs.Int("requests", 0, "distinct requests (default: 2000 hot, 20000 cold)")
+	_ = fs.Parse(args)
+	spec, ok := sizes[*size]
+	if !ok || *out == "" {
+		return errors.New("scenario needs --size small|200k|1m|10m and --out")
+	}
+	seed, def := uint64(coldSeed), 20000
+	switch *kind {
+	case "cold":
+	case "hot":
+		seed, def = hotSeed, 2000
+	default:
+		return fmt.Errorf("--kind %q: hot or cold", *kind)
+	}
+	if *n <= 0 {
+		*n = def
+	}
+	w, err := worldgen.Generate(spec, func(tenancy.Entity) error { return nil })
+	if err != nil {
+		return err
+	}
+	return writeScenario(*out, w, *n, seed)
+}
+
+// opaData writes a world as one JSON document for a plain OPA (the peer,
+// opa-envoy-plugin, loading it as data.tenancy): the facts the shipped
+// policy reads, indexed the same way (bench/peer/policy.rego):
+//
+//	{"tenants": {t: {"status"}}, "users": {u: {"tenant", "status"}},
+//	 "tenant_roles": {p: {t: [roles]}}, "user_roles": {u: {p: {t: [roles]}}}}
+func opaData(args []string) error {
+	fs := flag.NewFlagSet("opadata", flag.ExitOnError)
+	size := fs.String("size", "small", "the world's size: small, 200k, 1m or 10m")
+	out := fs.String("out", "", "JSON file to write")
+	_ = fs.Parse(args)
+	spec, ok := sizes[*size]
+	if !ok || *out == "" {
+		return errors.New("opadata needs --size small|200k|1m|10m and --out")
+	}
+	type status struct {
+		Tenant string `json:"tenant,omitempty"`
+		Status string `json:"status"`
+	}
+	doc := struct {
+		Tenants     map[string]status                         `json:"tenants"`
+		Users       map[string]status                         `json:"users"`
+		TenantRoles map[string]map[string][]string            `json:"tenant_roles"`
+		UserRoles   map[string]map[string]map[string][]string `json:"user_roles"`
+	}{map[string]status{}, map[string]status{}, map[string]map[string][]string{}, map[string]map[string]map[string][]string{}}
+	_, err := worldgen.Generate(spec, func(e tenancy.Entity) error {
+		switch e := e.(type) {
+		case *tenancy.Tenant:
+			doc.Tenants[e.ID] = status{Status: e.Status}
+		case *tenancy.User:
+			doc.Users[e.ID] = status{Tenant: e.Tenant, Status: e.Status}
+		case *tenancy.Project:
+			doc.TenantRoles[e.ID] = map[string][]string{e.Owner: slices.Sorted(slices.Values(e.Roles))}
+		case *tenancy.ProjectGrant:
+			if e.Status == tenancy.StatusActive {
+				doc.TenantRoles[e.Project][e.Tenant] = slices.Sorted(slices.Values(e.Roles))
+			}
+		case *tenancy.UserGrant:
+			byProject := doc.UserRoles[e.User]
+			if byProject == nil {
+				byProject = map[string]map[string][]string{}
+				doc.UserRoles[e.User] = byProject
+			}
+			if byProject[e.Project] == nil {
+				byProject[e.Project] = map[string][]string{}
+			}
+			roles := append(byProject[e.Project][e.Tenant], e.Roles...)
+			slices.Sort(roles)
+			byProject[e.Project][e.Tenant] = slices.Compact(roles)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+		return err
+	}
+	tmp := *out + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, *out)
+}
+
+// writeScenario writes n requests of w, 80% of them allowed, each with a
+// valid token of its subject (one token per user, as clients reuse theirs).
+func writeScenario(path string, w *worldgen.World, n int, seed uint64) error {
 	sc := loadgen.Scenario{Issuer: issuer, Audience: "api"}
-	for i, r := range w.Requests(n, 80, 11) {
+	for i, r := range w.Requests(n, 80, seed) {
 		expect := "deny"
 		if r.Allow {
 			expect = "allow"
@@ -157,7 +282,12 @@ func writeScenario(path string, w *worldgen.World, n int) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, b, 0o644)
+	// written whole or not at all: the bench reuses the file when present
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // latency revokes and restores user grants at the control endpoint and

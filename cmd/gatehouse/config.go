@@ -33,10 +33,12 @@ type ServeConfig struct {
 	Log LogConfig `yaml:"log"`
 	// Cache bounds the in-memory caches.
 	Cache CacheConfig `yaml:"cache"`
+	// Limits bound what checks may cost.
+	Limits LimitsConfig `yaml:"limits"`
 }
 
-// CacheConfig is the `cache:` section: entry bounds of the in-memory caches
-// (0 = default, negative = off).
+// CacheConfig is the `cache:` section: entry and size bounds of the
+// in-memory caches (0 = default, negative = off).
 type CacheConfig struct {
 	// Decisions: memoized decisions (default 10000).
 	Decisions int `yaml:"decisions"`
@@ -44,6 +46,45 @@ type CacheConfig struct {
 	Tokens int `yaml:"tokens"`
 	// Documents: decoded tenancy documents (default 50000).
 	Documents int `yaml:"documents"`
+	// DecisionsMB: MiB of memoized decisions, as accounted (keys are
+	// hashes; deny bodies, headers, metadata and recorded reads count);
+	// default 32.
+	DecisionsMB int `yaml:"decisions_mb"`
+	// TokensMB: MiB of verified tokens, as accounted (their claims count);
+	// default 32.
+	TokensMB int `yaml:"tokens_mb"`
+}
+
+// LimitsConfig is the `limits:` section: what one check, and all checks in
+// flight, may cost. Requests over them are denied (413 request_too_large,
+// 429 overloaded), never answered with an error status (SPEC §2).
+type LimitsConfig struct {
+	// MaxRequestBytes bounds a request Gatehouse evaluates: the encoded
+	// CheckRequest (gRPC); the request target, headers and body (HTTP
+	// service, where a body is cut to what fits and passed on as partial).
+	// Default 1 MiB; keep it above Envoy's max_request_headers_kb plus
+	// with_request_body.max_request_bytes.
+	MaxRequestBytes int64 `yaml:"max_request_bytes"`
+	// MaxInflight is the number of checks evaluated at once, each on a
+	// long-lived goroutine (default 4×GOMAXPROCS, at least 4).
+	MaxInflight int `yaml:"max_inflight"`
+	// MaxInflightBytes bounds the summed size of the requests being
+	// answered (default 16 MiB; at least max_request_bytes).
+	MaxInflightBytes int64 `yaml:"max_inflight_bytes"`
+	// MemoryLimitMB is the Go runtime's soft memory limit in MiB (the
+	// collector works harder near it). 0 (default): GOMEMLIMIT when set,
+	// else 90% of the cgroup memory limit when there is one, else none;
+	// -1: none.
+	MemoryLimitMB int `yaml:"memory_limit_mb"`
+}
+
+// bytesOfMB converts a cache size in MiB: 0 stays 0 (the default),
+// negative is -1 (off).
+func bytesOfMB(mb int) int64 {
+	if mb < 0 {
+		return -1
+	}
+	return int64(mb) << 20
 }
 
 // ListenConfig is the `listen:` section.
@@ -156,6 +197,7 @@ func (c ServeConfig) Validate() error {
 	if c.Data.ControlURL != "" && !strings.HasPrefix(c.Data.ControlURL, "http://") && !strings.HasPrefix(c.Data.ControlURL, "https://") {
 		errs = append(errs, fmt.Errorf("data.control_url: %q is not an http(s) URL", c.Data.ControlURL))
 	}
+	errs = append(errs, c.Limits.Validate())
 	seen := map[string]bool{}
 	for _, is := range c.Issuers {
 		errs = append(errs, is.Validate())
@@ -163,6 +205,28 @@ func (c ServeConfig) Validate() error {
 			errs = append(errs, fmt.Errorf("issuers: %q is listed twice", is.Issuer))
 		}
 		seen[is.Issuer] = true
+	}
+	return errors.Join(errs...)
+}
+
+// Validate reports negative limits and a max_inflight_bytes that cannot
+// hold one request of max_request_bytes.
+func (c LimitsConfig) Validate() error {
+	var errs []error
+	if c.MaxRequestBytes < 0 {
+		errs = append(errs, fmt.Errorf("limits.max_request_bytes: %d is negative", c.MaxRequestBytes))
+	}
+	if c.MaxInflight < 0 {
+		errs = append(errs, fmt.Errorf("limits.max_inflight: %d is negative", c.MaxInflight))
+	}
+	if c.MaxInflightBytes < 0 {
+		errs = append(errs, fmt.Errorf("limits.max_inflight_bytes: %d is negative", c.MaxInflightBytes))
+	}
+	if c.MemoryLimitMB < -1 {
+		errs = append(errs, fmt.Errorf("limits.memory_limit_mb: %d is negative (-1 is no limit, 0 the default)", c.MemoryLimitMB))
+	}
+	if c.MaxInflightBytes > 0 && c.MaxInflightBytes < c.MaxRequestBytes {
+		errs = append(errs, fmt.Errorf("limits.max_inflight_bytes: %d is less than limits.max_request_bytes (%d)", c.MaxInflightBytes, c.MaxRequestBytes))
 	}
 	return errors.Join(errs...)
 }
@@ -226,7 +290,7 @@ var yamlSections = map[string]string{
 	"main.ServeConfig": "the top level", "main.ControlFile": "the top level", "control.Config": "the top level",
 	"main.ListenConfig": "listen", "netx.TLSConfig": "listen.tls", "authz.PolicyConfig": "policies",
 	"authz.BundleSourceConfig": "policies.bundle", "main.DataConfig": "data", "authz.IssuerConfig": "issuers",
-	"main.LogConfig": "log",
+	"main.LogConfig": "log", "main.CacheConfig": "cache", "main.LimitsConfig": "limits",
 }
 
 var (

@@ -74,6 +74,30 @@ func TestServeConfigErrors(t *testing.T) {
 			yaml:  "policies: {dir: policies, decision: \"a//b\"}\n",
 			wants: []string{"policies.decision"},
 		},
+		"negative max_inflight": {
+			yaml:  "policies: {dir: policies}\nlimits: {max_inflight: -1}\n",
+			wants: []string{"limits.max_inflight", "-1"},
+		},
+		"negative max_request_bytes": {
+			yaml:  "policies: {dir: policies}\nlimits: {max_request_bytes: -5}\n",
+			wants: []string{"limits.max_request_bytes", "-5"},
+		},
+		"in-flight bytes below one request": {
+			yaml:  "policies: {dir: policies}\nlimits: {max_request_bytes: 2048, max_inflight_bytes: 1024}\n",
+			wants: []string{"limits.max_inflight_bytes", "1024", "2048"},
+		},
+		"memory_limit_mb below -1": {
+			yaml:  "policies: {dir: policies}\nlimits: {memory_limit_mb: -2}\n",
+			wants: []string{"limits.memory_limit_mb", "-2"},
+		},
+		"unknown limits key": {
+			yaml:  "policies: {dir: policies}\nlimits: {max_requests: 5}\n",
+			wants: []string{`"max_requests"`, "limits"},
+		},
+		"unknown cache key": {
+			yaml:  "policies: {dir: policies}\ncache: {decision_mb: 5}\n",
+			wants: []string{`"decision_mb"`, "cache"},
+		},
 		"duration not a duration": {
 			yaml:  "policies: {dir: policies}\ndata: {max_staleness: soon}\n",
 			wants: []string{"soon"},

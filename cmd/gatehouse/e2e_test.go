@@ -295,9 +295,10 @@ func TestE2ESeedCheckRevoke(t *testing.T) {
 	}
 	t.Logf("write at the control endpoint to a changed decision: %v", elapsed)
 
-	// a revision that will not arrive: cannot decide, not allow
+	// a revision that will not arrive: a 429 stale deny (SPEC §2), not an
+	// error status that failure_mode_allow would turn into an allow
 	v = n.check(bob, "/t/beta/entries", "timekeeping", "", map[string]string{"x-gatehouse-min-revision": fmt.Sprint(revoked + 100)})
-	if status.Code(v.err) != codes.Unavailable {
+	if v.err != nil || v.allowed || v.status != http.StatusTooManyRequests || v.reason != "stale" {
 		t.Fatalf("unreachable min revision: %+v", v)
 	}
 }

@@ -55,6 +55,7 @@ variables (GATEHOUSE_CONTROL_URL for --control-url, ...), overridden by flags.`,
 				return configErr(err)
 			}
 			logger := newLogger(cfg.Log, cmd.ErrOrStderr())
+			applyMemoryLimit(cfg.Limits.MemoryLimitMB, logger)
 			sc, err := newSidecar(cfg, logger)
 			if err != nil {
 				return configErr(err)
@@ -130,7 +131,9 @@ type sidecar struct {
 func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	verifier, err := authz.NewVerifier(authz.VerifierConfig{Issuers: cfg.Issuers, CacheSize: cfg.Cache.Tokens, Registerer: reg}, logger)
+	verifier, err := authz.NewVerifier(authz.VerifierConfig{
+		Issuers: cfg.Issuers, CacheSize: cfg.Cache.Tokens, CacheBytes: bytesOfMB(cfg.Cache.TokensMB), Registerer: reg,
+	}, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -158,6 +161,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		MaxStaleness:         cfg.Data.MaxStaleness,
 		MinRevisionWait:      cfg.Data.MinRevisionWait,
 		DecisionCacheEntries: cfg.Cache.Decisions,
+		DecisionCacheBytes:   bytesOfMB(cfg.Cache.DecisionsMB),
 		Registerer:           reg,
 		Builtins:             bundle.Builtins(),
 	}, verifier, tenancy, logger)
@@ -166,12 +170,15 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		return nil, err
 	}
 	ext, err := envoy.New(envoy.Config{
-		GRPCAddr:       cfg.Listen.GRPC,
-		HTTPAddr:       cfg.Listen.HTTP,
-		TLS:            cfg.Listen.TLS,
-		HTTPPathPrefix: cfg.Listen.HTTPPathPrefix,
-		Registerer:     reg,
-		Reflection:     cfg.Listen.GRPCReflection,
+		GRPCAddr:         cfg.Listen.GRPC,
+		HTTPAddr:         cfg.Listen.HTTP,
+		TLS:              cfg.Listen.TLS,
+		HTTPPathPrefix:   cfg.Listen.HTTPPathPrefix,
+		Registerer:       reg,
+		Reflection:       cfg.Listen.GRPCReflection,
+		MaxRequestBytes:  cfg.Limits.MaxRequestBytes,
+		MaxInflight:      cfg.Limits.MaxInflight,
+		MaxInflightBytes: cfg.Limits.MaxInflightBytes,
 	}, engine, logger)
 	if err != nil {
 		return nil, err

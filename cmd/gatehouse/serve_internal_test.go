@@ -109,3 +109,48 @@ log:
 		}
 	}
 }
+
+// TestServeLimits: the limits and cache sizes of the configuration file
+// reach the sidecar: a request over limits.max_request_bytes is a 413
+// request_too_large deny, not evaluated and not an error.
+func TestServeLimits(t *testing.T) {
+	t.Parallel()
+	dir, err := os.MkdirTemp("", "ghl") // short: socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	testutil.WriteFile(t, filepath.Join(dir, "pol", "policy.rego"), "package envoy.authz\nallow := true\n")
+	testutil.WriteFile(t, filepath.Join(dir, "gatehouse.yaml"), `listen:
+  grpc: unix://`+dir+`/g.sock
+  http: unix://`+dir+`/h.sock
+  ops: unix://`+dir+`/o.sock
+policies: {dir: pol}
+data: {dir: var}
+limits: {max_request_bytes: 4096, max_inflight: 2, max_inflight_bytes: 65536}
+cache: {decisions_mb: 1, tokens_mb: 1}
+`)
+	exit, _, ops, cancel := runServe(t, dir)
+	defer cancel()
+	testutil.Eventually(t, 10*time.Second, func() (bool, string) {
+		select {
+		case code := <-exit:
+			t.Fatalf("serve exited %d early", code)
+		default:
+		}
+		resp, err := ops.Get("http://ops/readyz")
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200, fmt.Sprint("readyz ", resp.StatusCode)
+	})
+	client := authv3.NewAuthorizationClient(testutil.Dial(t, "unix://"+filepath.Join(dir, "g.sock")))
+	if resp, err := client.Check(t.Context(), testutil.CheckRequest(testutil.Request{})); err != nil || resp.GetOkResponse() == nil {
+		t.Fatalf("a small check: %v, %v; want allowed", resp, err)
+	}
+	resp, err := client.Check(t.Context(), testutil.CheckRequest(testutil.Request{Headers: map[string]string{"x-pad": strings.Repeat("p", 8192)}}))
+	if err != nil || resp.GetDeniedResponse().GetStatus().GetCode() != 413 || !strings.Contains(resp.GetDeniedResponse().GetBody(), "request_too_large") {
+		t.Fatalf("a check over limits.max_request_bytes: %v, %v; want a 413 request_too_large deny", resp, err)
+	}
+}

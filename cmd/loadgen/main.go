@@ -103,9 +103,9 @@ func newKeysCmd() *cobra.Command {
 
 func newRunCmd() *cobra.Command {
 	var (
-		cfg                                  loadgen.Config
-		scenario, signingKey, expectAll, out string
-		jsonOut                              bool
+		cfg                                                    loadgen.Config
+		scenario, signingKey, expectAll, out, tokenCache, hmac string
+		jsonOut                                                bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run --addr ADDR --scenario FILE",
@@ -125,10 +125,19 @@ error is reported and makes the command exit 1.`,
 			if err != nil {
 				return err
 			}
-			opts := loadgen.PlanOptions{}
+			opts := loadgen.PlanOptions{TokenCache: tokenCache}
 			if signingKey != "" {
 				if opts.SigningKey, err = keys.LoadRSA(signingKey); err != nil {
 					return err
+				}
+			}
+			if hmac != "" {
+				b, err := os.ReadFile(hmac)
+				if err != nil {
+					return err
+				}
+				if opts.HMACSecret = []byte(strings.TrimSpace(string(b))); len(opts.HMACSecret) < 32 {
+					return fmt.Errorf("--hs256-secret %s: want at least 32 bytes", hmac)
 				}
 			}
 			if expectAll != "" {
@@ -141,6 +150,8 @@ error is reported and makes the command exit 1.`,
 			if cfg.Plan, err = loadgen.NewPlan(sc, opts); err != nil {
 				return err
 			}
+			fmt.Fprintf(os.Stderr, "plan: %d requests (%d distinct), %d distinct tokens, %d signed\n",
+				len(cfg.Plan.Requests), cfg.Plan.DistinctRequests, cfg.Plan.DistinctTokens, cfg.Plan.MintedTokens)
 			res, err := loadgen.Run(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -172,9 +183,13 @@ error is reported and makes the command exit 1.`,
 	f.IntVar(&cfg.Conns, "conns", 1, "grpc connections to spread the workers over")
 	f.DurationVar(&cfg.Duration, "duration", 10*time.Second, "recorded window")
 	f.DurationVar(&cfg.Warmup, "warmup", 2*time.Second, "unrecorded warm-up before the window")
+	f.BoolVar(&cfg.Prime, "prime", false, "send every distinct request once before the warm-up (a hot workload starts hot)")
 	f.Float64Var(&cfg.Rate, "rate", 0, "open loop at this many requests/s in total (0: closed loop)")
 	f.StringVar(&signingKey, "signing-key", "", "RSA private key (PEM) to mint the scenario's tokens with")
 	f.IntVar(&cfg.PID, "pid", 0, "server process to sample CPU time and RSS of (/proc)")
+	f.StringVar(&cfg.MetricsURL, "metrics", "", "server's Prometheus /metrics URL: report its decision and token cache hit rates over the window")
+	f.StringVar(&hmac, "hs256-secret", "", "file holding a shared secret: sign tokens with HS256 instead of --signing-key")
+	f.StringVar(&tokenCache, "token-cache", "", "file to reuse valid tokens from and add minted ones to (saves re-signing across runs)")
 	f.StringVar(&expectAll, "expect-all", "", "override every request's expect (allow|deny), e.g. for the no-op floor")
 	f.BoolVar(&jsonOut, "json", false, "print one JSON object instead of a line")
 	f.StringVar(&out, "out", "", "also write the JSON object to this file")

@@ -28,6 +28,14 @@ type BenchFile struct {
 type BenchServer struct {
 	// Name names the server ("noop", "gatehouse").
 	Name string `json:"name"`
+	// Label is the row's name in the table (default: Name).
+	Label string `json:"label,omitempty"`
+	// Workload names the load sent: "hot" (few distinct questions, asked
+	// again and again), "cold" (mostly first-seen questions).
+	Workload string `json:"workload,omitempty"`
+	// Notes are facts about the server's run printed under the table
+	// (e.g. how long it took to become ready).
+	Notes []string `json:"notes,omitempty"`
 	// Floor marks the no-op server the others are compared with.
 	Floor bool `json:"floor,omitempty"`
 	// Skipped is why the server was not measured (not built, not ready).
@@ -50,13 +58,17 @@ const (
 	benchSkipped  = "skipped"
 	benchFailed   = "failed"
 	benchFloor    = "floor"
+	benchLabel    = "label"
+	benchWorkload = "workload"
+	benchNotes    = "notes"
 )
 
 // CollectBenchServer reads what bench/bench.sh left in dir for one server:
 // c16.json, c1.json and half_peak.json (each the output of `loadgen run
 // --json`, any of them may be missing), and the text files "skipped" and
-// "failed" (a reason) and "floor" (a marker). The server's name is the
-// folder's name.
+// "failed" (a reason), "floor" (a marker), "label" (the row's name),
+// "workload" (hot, cold) and "notes" (one note a line). The server's name
+// is the folder's name.
 func CollectBenchServer(dir string) (BenchServer, error) {
 	s := BenchServer{Name: filepath.Base(dir)}
 	text := func(name string) (string, error) {
@@ -80,7 +92,16 @@ func CollectBenchServer(dir string) (BenchServer, error) {
 		}
 		return &r, nil
 	}
-	var errs [6]error
+	var errs [9]error
+	s.Label, errs[6] = text(benchLabel)
+	s.Workload, errs[7] = text(benchWorkload)
+	var notes string
+	notes, errs[8] = text(benchNotes)
+	for line := range strings.Lines(notes) {
+		if line = strings.TrimSpace(line); line != "" {
+			s.Notes = append(s.Notes, line)
+		}
+	}
 	s.Skipped, errs[0] = text(benchSkipped)
 	s.Failed, errs[1] = text(benchFailed)
 	_, err := os.Stat(filepath.Join(dir, benchFloor))
@@ -141,8 +162,17 @@ func (s *BenchServer) runs() []namedRun {
 	return []namedRun{{"c=16", s.C16}, {"c=1", s.C1}, {"half peak", s.HalfPeak}}
 }
 
+// Columns of the comparison table.
+var tableHeader = []string{
+	"server", "workload", "checks/s c=16", "ratio to floor", "server CPU µs/check", "CPU vs floor",
+	"p50 c=16", "p99 c=16", "p99 c=1", "p99 @ half peak", "RSS anon MiB", "RSS file MiB", "peak RSS MiB",
+	"decision cache hits", "token cache hits",
+}
+
 // Table writes the comparison table (Markdown) and, below it, the notes
-// that qualify it: invalid runs, missed calls, a saturated load generator.
+// that qualify it: invalid runs, missed calls, a saturated load generator,
+// and each server's own notes. Throughput and CPU per check are compared
+// with the floor's c=16 run of the same bench.
 func (f *BenchFile) Table(w io.Writer) error {
 	var floor *Result
 	for _, s := range f.Servers {
@@ -151,44 +181,68 @@ func (f *BenchFile) Table(w io.Writer) error {
 			break
 		}
 	}
-	rows := [][]string{{"server", "checks/s c=16", "ratio to floor", "p99 c=1", "p99 c=16", "p99 @ half peak", "server CPU µs/check", "RSS MiB"}}
+	rows := [][]string{tableHeader}
 	var notes []string
 	for _, s := range f.Servers {
 		name := s.Name
+		if s.Label != "" {
+			name = s.Label
+		}
 		if s.Floor {
 			name += " (floor)"
 		}
+		row := make([]string, len(tableHeader))
+		for i := range row {
+			row[i] = "-"
+		}
+		row[0] = name
+		if s.Workload != "" {
+			row[1] = s.Workload
+		}
 		if s.Skipped != "" {
-			rows = append(rows, []string{name, "skipped", "-", "-", "-", "-", "-", "-"})
+			row[2] = "skipped"
+			rows = append(rows, row)
 			notes = append(notes, fmt.Sprintf("%s: skipped (%s)", s.Name, s.Skipped))
 			continue
 		}
-		row := []string{name, "-", "-", "-", "-", "-", "-", "-"}
 		if r := s.C16; r != nil {
-			row[1] = thousands(r.ChecksPerSec)
-			if floor != nil {
-				row[2] = fmt.Sprintf("%.2f", r.ChecksPerSec/floor.ChecksPerSec)
+			if r.DistinctRequests > 0 {
+				row[1] = strings.TrimPrefix(fmt.Sprintf("%s %s req, %s tokens", s.Workload, thousands(float64(r.DistinctRequests)), thousands(float64(r.DistinctTokens))), " ")
 			}
-			row[4] = fmt.Sprintf("%.2f ms", r.Latency.P99)
+			row[2] = thousands(r.ChecksPerSec)
+			if floor != nil {
+				row[3] = fmt.Sprintf("%.2f", r.ChecksPerSec/floor.ChecksPerSec)
+			}
+			row[6] = fmt.Sprintf("%.2f ms", r.Latency.P50)
+			row[7] = fmt.Sprintf("%.2f ms", r.Latency.P99)
 			if r.Server != nil {
-				row[6] = fmt.Sprintf("%.1f", r.Server.CPUMicrosPerCheck)
+				row[4] = fmt.Sprintf("%.1f", r.Server.CPUMicrosPerCheck)
+				if floor != nil && floor.Server != nil && floor.Server.CPUMicrosPerCheck > 0 {
+					row[5] = fmt.Sprintf("%.2f×", r.Server.CPUMicrosPerCheck/floor.Server.CPUMicrosPerCheck)
+				}
+			}
+			if c := r.DecisionCache; c != nil {
+				row[13] = percent(c)
+			}
+			if c := r.TokenCache; c != nil {
+				row[14] = percent(c)
 			}
 		}
 		if r := s.C1; r != nil {
-			row[3] = fmt.Sprintf("%.2f ms", r.Latency.P99)
+			row[8] = fmt.Sprintf("%.2f ms", r.Latency.P99)
 		}
 		if r := s.HalfPeak; r != nil {
-			row[5] = fmt.Sprintf("%.2f ms", r.Latency.P99)
+			row[9] = fmt.Sprintf("%.2f ms", r.Latency.P99)
 		}
-		rss := 0.0
+		var mem *ProcStats // the sample with the largest RSS
 		invalid := false
 		for _, nr := range s.runs() {
 			r := nr.res
 			if r == nil {
 				continue
 			}
-			if r.Server != nil {
-				rss = max(rss, r.Server.RSSMiB)
+			if r.Server != nil && (mem == nil || r.Server.RSSMiB > mem.RSSMiB) {
+				mem = r.Server
 			}
 			if !r.OK {
 				invalid = true
@@ -203,13 +257,32 @@ func (f *BenchFile) Table(w io.Writer) error {
 				notes = append(notes, fmt.Sprintf("%s %s: the load generator used %.0f%% of its core: its own queueing may be in these numbers",
 					s.Name, nr.name, 100*r.Client.CPUUtil))
 			}
+			if r.MetricsError != "" {
+				notes = append(notes, fmt.Sprintf("%s %s: no cache figures: %s", s.Name, nr.name, r.MetricsError))
+			}
 		}
-		if rss > 0 {
-			row[7] = fmt.Sprintf("%.1f", rss)
+		if mem != nil && mem.RSSMiB > 0 {
+			row[10], row[11] = fmt.Sprintf("%.1f", mem.RSSAnonMiB), fmt.Sprintf("%.1f", mem.RSSFileMiB)
+			if mem.RSSAnonMiB == 0 && mem.RSSFileMiB == 0 { // an older result: VmRSS only
+				row[10] = fmt.Sprintf("%.1f (total)", mem.RSSMiB)
+				row[11] = "-"
+			}
+			peak := 0.0
+			for _, nr := range s.runs() {
+				if nr.res != nil && nr.res.Server != nil {
+					peak = max(peak, nr.res.Server.PeakRSSMiB)
+				}
+			}
+			if peak > 0 {
+				row[12] = fmt.Sprintf("%.1f", peak)
+			}
 		}
 		if s.Failed != "" {
 			invalid = true
 			notes = append(notes, fmt.Sprintf("%s: FAILED: %s", s.Name, s.Failed))
+		}
+		for _, n := range s.Notes {
+			notes = append(notes, fmt.Sprintf("%s: %s", s.Name, n))
 		}
 		if invalid {
 			row[0] += " INVALID"
@@ -226,6 +299,14 @@ func (f *BenchFile) Table(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// percent is a cache's hit rate as a percentage.
+func percent(c *CacheStats) string {
+	if c.Lookups == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f%%", 100*c.HitRate)
 }
 
 func firstProblem(r *Result) string {

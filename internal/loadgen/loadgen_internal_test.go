@@ -4,7 +4,10 @@ import (
 	"context"
 	"math"
 	"math/rand/v2"
+	"os"
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -146,5 +149,85 @@ func TestSleeper(t *testing.T) {
 	start := time.Now()
 	if s.sleep(ctx, time.Hour) || time.Since(start) > time.Second {
 		t.Error("sleep ignored a cancelled context")
+	}
+}
+
+func TestParseStatus(t *testing.T) {
+	const status = "Name:\tgatehouse\nVmPeak:\t  900000 kB\nVmHWM:\t  300000 kB\nVmRSS:\t  120000 kB\nRssAnon:\t   80000 kB\nRssFile:\t   39000 kB\nRssShmem:\t    1000 kB\nThreads:\t8\n"
+	m, err := parseStatus(1, []byte(status))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Mem{RSS: 120000 << 10, RSSAnon: 80000 << 10, RSSFile: 39000 << 10, RSSShmem: 1000 << 10, Peak: 300000 << 10}); m != want {
+		t.Errorf("parseStatus = %+v, want %+v", m, want)
+	}
+	// An old kernel without the parts: VmRSS alone.
+	if m, err := parseStatus(1, []byte("VmRSS:\t 2048 kB\n")); err != nil || m != (Mem{RSS: 2 << 20}) {
+		t.Errorf("VmRSS only: %+v %v", m, err)
+	}
+	for _, bad := range []string{"", "Name:\tx\n", "VmRSS:\t12 MB\n", "VmRSS:\tx kB\n", "VmRSS:\t12\n", "VmRSS:\t1 kB\nRssAnon:\t-5 kB\n"} {
+		if _, err := parseStatus(1, []byte(bad)); err == nil {
+			t.Errorf("parseStatus(%q) = nil error", bad)
+		}
+	}
+}
+
+func TestProcMemSelf(t *testing.T) {
+	m, err := ProcMem(os.Getpid())
+	if err != nil {
+		t.Skip("no /proc:", err)
+	}
+	if m.RSSAnon <= 0 || m.RSSFile <= 0 || m.RSS != m.RSSAnon+m.RSSFile+m.RSSShmem || m.Peak < m.RSS {
+		t.Errorf("ProcMem(self) = %+v: want RSS = anon + file + shmem <= peak", m)
+	}
+}
+
+func TestParseMetrics(t *testing.T) {
+	const text = `# HELP gatehouse_decision_cache_total Decisions by cache result.
+# TYPE gatehouse_decision_cache_total counter
+gatehouse_decision_cache_total{result="hit"} 12
+gatehouse_decision_cache_total{result="miss"} 3e+06
+gatehouse_decision_cache_total{result="stale",policy="a\"b,c}"} 4 1700000000000
+gatehouse_decision_cache_total{policy="x",result="stale"} 1
+gatehouse_decision_cache_total_other{result="hit"} 1000
+gatehouse_token_cache_hits_total 7
+go_goroutines 12
+`
+	got, err := parseMetrics(strings.NewReader(text), MetricDecisionCache, MetricTokenCacheHits, MetricTokenVerifications)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := counters{
+		MetricDecisionCache:  {"hit": 12, "miss": 3e6, "stale": 5},
+		MetricTokenCacheHits: {"": 7},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("parseMetrics = %v, want %v", got, want)
+	}
+	for _, bad := range []string{
+		`gatehouse_token_cache_hits_total`,
+		`gatehouse_token_cache_hits_total x`,
+		`gatehouse_token_cache_hits_total NaN`,
+		`gatehouse_token_cache_hits_total{result="hit} 1`,
+		`gatehouse_token_cache_hits_total{result} 1`,
+		`gatehouse_token_cache_hits_total 1 2 3`,
+	} {
+		if _, err := parseMetrics(strings.NewReader(bad), MetricTokenCacheHits); err == nil {
+			t.Errorf("parseMetrics(%q) = nil error", bad)
+		}
+	}
+	// Deltas: growth over the window; a family absent in the last scrape
+	// gives no figures.
+	before := counters{MetricDecisionCache: {"hit": 10, "miss": 5}, MetricTokenVerifications: {"valid": 100}, MetricTokenCacheHits: {"": 40}}
+	after := counters{MetricDecisionCache: {"hit": 40, "miss": 15, "bypass": 10}, MetricTokenVerifications: {"valid": 150, "expired": 10}, MetricTokenCacheHits: {"": 70}}
+	d, tk := cacheStats(before, after)
+	if d == nil || d.Lookups != 50 || d.Hits != 30 || d.HitRate != 0.6 || d.ByResult["bypass"] != 10 {
+		t.Errorf("decisions = %+v", d)
+	}
+	if tk == nil || tk.Lookups != 60 || tk.Hits != 30 || tk.HitRate != 0.5 {
+		t.Errorf("tokens = %+v", tk)
+	}
+	if d, tk := cacheStats(counters{}, counters{}); d != nil || tk != nil {
+		t.Errorf("no counters: %+v %+v", d, tk)
 	}
 }

@@ -3,6 +3,7 @@ package loadgen
 import (
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/json"
 	"fmt"
 	mrand "math/rand/v2"
 	"strings"
@@ -19,11 +20,20 @@ type PlanOptions struct {
 	// SigningKey signs the "valid" and "expired" tokens; required only
 	// when the scenario has such requests.
 	SigningKey *rsa.PrivateKey
+	// HMACSecret, when set, signs the tokens with HS256 instead (for a
+	// peer that verifies tokens in Rego with a shared secret).
+	HMACSecret []byte
 	// Now is the time tokens are minted at; zero means time.Now().
 	Now time.Time
 	// ExpectAll, when non-nil, replaces every request's expectation (the
 	// no-op floor allows everything, yet must be sent the same bytes).
 	ExpectAll *Outcome
+	// TokenCache, when set, is a file of tokens minted earlier: a "valid"
+	// token of the same signing key and claims with at least
+	// TokenCacheMinValidity left is reused rather than signed again, and
+	// the tokens signed are added to it (valid for TokenCacheValidity).
+	// Tokens whose claims set exp or iat are never cached.
+	TokenCache string
 }
 
 // Plan is a scenario prepared for sending: each request's CheckRequest is
@@ -36,6 +46,16 @@ type Plan struct {
 	Expect []Outcome
 	// Requests are the CheckRequests, as Envoy would send them.
 	Requests []*authv3.CheckRequest
+
+	// DistinctRequests counts the requests that differ in anything but
+	// their x-request-id and source port: method, host, path, headers,
+	// context extensions or token.
+	DistinctRequests int
+	// DistinctTokens counts the distinct bearer tokens sent.
+	DistinctTokens int
+	// MintedTokens counts the tokens signed to build the plan (the others
+	// were shared with an earlier request or read from the token cache).
+	MintedTokens int
 
 	wire  []wireRequest // encoded Requests, same index
 	order []int         // weighted, shuffled send order (indices into Requests)
@@ -50,13 +70,27 @@ func NewPlan(sc *Scenario, opts PlanOptions) (*Plan, error) {
 	if now.IsZero() {
 		now = time.Now()
 	}
+	m, err := newMinter(sc, opts.SigningKey, opts.HMACSecret, now, opts.TokenCache)
+	if err != nil {
+		return nil, err
+	}
 	p := &Plan{}
+	distinct := make(map[string]struct{}, len(sc.Requests))
+	tokens := map[string]struct{}{}
 	for i := range sc.Requests {
 		r := &sc.Requests[i]
-		tok, err := mintToken(sc, r, opts.SigningKey, now)
+		tok, err := m.token(r)
 		if err != nil {
 			return nil, err
 		}
+		if tok != "" {
+			tokens[tok] = struct{}{}
+		}
+		id, err := requestIdentity(r, tok)
+		if err != nil {
+			return nil, err
+		}
+		distinct[id] = struct{}{}
 		req := buildCheckRequest(r, i, tok, now)
 		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(req)
 		if err != nil {
@@ -74,10 +108,32 @@ func NewPlan(sc *Scenario, opts PlanOptions) (*Plan, error) {
 			p.order = append(p.order, i)
 		}
 	}
+	if err := m.save(); err != nil {
+		return nil, err
+	}
+	p.DistinctRequests, p.DistinctTokens, p.MintedTokens = len(distinct), len(tokens), m.minted
 	// A fixed seed: every run sends the same sequence.
 	rng := mrand.New(mrand.NewPCG(0x6761746568, 0x6f757365))
 	rng.Shuffle(len(p.order), func(i, j int) { p.order[i], p.order[j] = p.order[j], p.order[i] })
 	return p, nil
+}
+
+// requestIdentity is what a server may decide on: everything of the request
+// but its generated id and source port.
+func requestIdentity(r *Request, token string) (string, error) {
+	method := strings.ToUpper(r.Method)
+	if method == "" {
+		method = "GET"
+	}
+	headers := make(map[string]string, len(r.Headers))
+	for k, v := range r.Headers {
+		headers[strings.ToLower(k)] = v
+	}
+	b, err := json.Marshal([]any{method, r.Host, r.Path, headers, r.ContextExtensions, token})
+	if err != nil {
+		return "", fmt.Errorf("%w: request %q: %w", ErrScenario, r.Name, err)
+	}
+	return string(b), nil
 }
 
 // buildCheckRequest builds the CheckRequest Envoy's ext_authz filter would

@@ -38,27 +38,64 @@ func ProcCPU(pid int) (time.Duration, error) {
 	return time.Duration(utime+stime) * (time.Second / clockTicks), nil
 }
 
-// ProcRSS returns the resident set size of the process pid in bytes, from
-// VmRSS in /proc/PID/status.
-func ProcRSS(pid int) (int64, error) {
+// Mem is a process's memory, from /proc/PID/status, in bytes.
+type Mem struct {
+	// RSS is VmRSS: resident pages, RSSAnon + RSSFile + RSSShmem.
+	RSS int64
+	// RSSAnon is RssAnon: resident anonymous memory (the Go heap, stacks).
+	RSSAnon int64
+	// RSSFile is RssFile: resident file-backed pages (the binary, and the
+	// pages of a memory-mapped file such as a bbolt database).
+	RSSFile int64
+	// RSSShmem is RssShmem: resident shared memory.
+	RSSShmem int64
+	// Peak is VmHWM: the largest RSS the process has had.
+	Peak int64
+}
+
+// ProcMem returns the memory of the process pid from /proc/PID/status.
+// VmRSS is required; the other fields are 0 when the kernel does not
+// report them (RssAnon and RssFile appeared in Linux 4.5).
+func ProcMem(pid int) (Mem, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, fmt.Errorf("%w: %w", ErrProc, err)
+		return Mem{}, fmt.Errorf("%w: %w", ErrProc, err)
 	}
+	return parseStatus(pid, data)
+}
+
+func parseStatus(pid int, data []byte) (Mem, error) {
+	var m Mem
+	fields := map[string]*int64{"VmRSS:": &m.RSS, "RssAnon:": &m.RSSAnon, "RssFile:": &m.RSSFile, "RssShmem:": &m.RSSShmem, "VmHWM:": &m.Peak}
+	sawRSS := false
 	for line := range bytes.Lines(data) {
-		rest, ok := bytes.CutPrefix(line, []byte("VmRSS:"))
+		f := bytes.Fields(line) // "VmRSS:", "1234", "kB"
+		if len(f) == 0 {
+			continue
+		}
+		dst, ok := fields[string(f[0])]
 		if !ok {
 			continue
 		}
-		f := bytes.Fields(rest) // "1234", "kB"
-		if len(f) != 2 || string(f[1]) != "kB" {
-			break
+		if len(f) != 3 || string(f[2]) != "kB" {
+			return Mem{}, fmt.Errorf("%w: /proc/%d/status: %q is not in kB", ErrProc, pid, bytes.TrimSpace(line))
 		}
-		kb, err := strconv.ParseInt(string(f[0]), 10, 64)
-		if err != nil {
-			break
+		kb, err := strconv.ParseInt(string(f[1]), 10, 64)
+		if err != nil || kb < 0 {
+			return Mem{}, fmt.Errorf("%w: /proc/%d/status: %q", ErrProc, pid, bytes.TrimSpace(line))
 		}
-		return kb * 1024, nil
+		*dst = kb * 1024
+		sawRSS = sawRSS || dst == &m.RSS
 	}
-	return 0, fmt.Errorf("%w: /proc/%d/status: no VmRSS in kB", ErrProc, pid)
+	if !sawRSS {
+		return Mem{}, fmt.Errorf("%w: /proc/%d/status: no VmRSS", ErrProc, pid)
+	}
+	return m, nil
+}
+
+// ProcRSS returns the resident set size of the process pid in bytes, from
+// VmRSS in /proc/PID/status.
+func ProcRSS(pid int) (int64, error) {
+	m, err := ProcMem(pid)
+	return m.RSS, err
 }

@@ -28,6 +28,9 @@ type Result struct {
 	Conns int `json:"conns"`
 	// TargetRate is the open loop's scheduled calls per second.
 	TargetRate float64 `json:"target_rate,omitempty"`
+	// Primed is true when every distinct request was sent once before the
+	// warm-up (Config.Prime).
+	Primed bool `json:"primed,omitempty"`
 	// WarmupSeconds is the unrecorded lead-in.
 	WarmupSeconds float64 `json:"warmup_s"`
 	// DurationSeconds is the recorded window.
@@ -52,6 +55,18 @@ type Result struct {
 	Errors int64 `json:"errors"`
 	// Mismatches counts answers that contradict the scenario's expect.
 	Mismatches int64 `json:"mismatches"`
+	// DistinctRequests and DistinctTokens describe the plan sent (see
+	// Plan): how many different questions, with how many different
+	// bearer tokens.
+	DistinctRequests int `json:"distinct_requests,omitempty"`
+	DistinctTokens   int `json:"distinct_tokens,omitempty"`
+	// DecisionCache and TokenCache are the server's cache counters over
+	// the recorded window (Config.MetricsURL; nil when not asked for or
+	// not exported by the server).
+	DecisionCache *CacheStats `json:"decision_cache,omitempty"`
+	TokenCache    *CacheStats `json:"token_cache,omitempty"`
+	// MetricsError is why the server's metrics could not be read.
+	MetricsError string `json:"metrics_error,omitempty"`
 	// Requests breaks the counts down by scenario request.
 	Requests []RequestStats `json:"requests"`
 	// Server is the sampled server process, when a PID was given.
@@ -119,9 +134,16 @@ type ProcStats struct {
 	CPUMicrosPerCheck float64 `json:"cpu_us_per_check"`
 	// CPUUtil is CPU time over the window's wall time (1 = one core busy).
 	CPUUtil float64 `json:"cpu_util"`
-	// RSSMiB is the resident set size at the end of the window (servers
-	// only).
-	RSSMiB float64 `json:"rss_mib,omitempty"`
+	// RSSMiB is the resident set size (VmRSS) at the end of the window
+	// (servers only); RSSAnonMiB, RSSFileMiB and RSSShmemMiB are its parts
+	// (RssAnon: heap and stacks; RssFile: the binary and mapped files such
+	// as the bbolt cache; RssShmem), PeakRSSMiB the largest RSS so far
+	// (VmHWM).
+	RSSMiB      float64 `json:"rss_mib,omitempty"`
+	RSSAnonMiB  float64 `json:"rss_anon_mib,omitempty"`
+	RSSFileMiB  float64 `json:"rss_file_mib,omitempty"`
+	RSSShmemMiB float64 `json:"rss_shmem_mib,omitempty"`
+	PeakRSSMiB  float64 `json:"peak_rss_mib,omitempty"`
 }
 
 // Check returns nil when every recorded call got the expected answer, or an
@@ -176,7 +198,16 @@ func (r *Result) String() string {
 		fmt.Fprintf(&b, " | FAILED: %d mismatches, %d errors", r.Mismatches, r.Errors)
 	}
 	if s := r.Server; s != nil {
-		fmt.Fprintf(&b, " | server %.1f µs/check %.0f%% cpu %.1f MiB", s.CPUMicrosPerCheck, 100*s.CPUUtil, s.RSSMiB)
+		fmt.Fprintf(&b, " | server %.1f µs/check %.0f%% cpu %.1f MiB (anon %.1f, file %.1f)", s.CPUMicrosPerCheck, 100*s.CPUUtil, s.RSSMiB, s.RSSAnonMiB, s.RSSFileMiB)
+	}
+	if c := r.DecisionCache; c != nil {
+		fmt.Fprintf(&b, " | decision cache %.1f%% hits", 100*c.HitRate)
+	}
+	if c := r.TokenCache; c != nil {
+		fmt.Fprintf(&b, " | token cache %.1f%% hits", 100*c.HitRate)
+	}
+	if r.MetricsError != "" {
+		fmt.Fprintf(&b, " | %s", r.MetricsError)
 	}
 	fmt.Fprintf(&b, " | client %.1f µs/check %.0f%% cpu", r.Client.CPUMicrosPerCheck, 100*r.Client.CPUUtil)
 	for _, rs := range r.Requests {

@@ -33,6 +33,11 @@ type Config struct {
 	Conns int
 	// Warmup is sent but not recorded; it precedes the recorded window.
 	Warmup time.Duration
+	// Prime, when true, sends every distinct request of the plan once
+	// before the warm-up (unrecorded, Concurrency at a time): a hot
+	// workload's server then answers from its caches, however slowly it
+	// went through the first pass.
+	Prime bool
 	// Duration is the length of the recorded window; required.
 	Duration time.Duration
 	// Rate, when positive, makes an open loop: calls are scheduled at this
@@ -43,6 +48,10 @@ type Config struct {
 	// PID, when positive, is the server process whose CPU time and
 	// resident memory are sampled over the recorded window.
 	PID int
+	// MetricsURL, when set, is the server's Prometheus /metrics; its
+	// decision and token cache counters are read at the start and the end
+	// of the recorded window (see CacheStats).
+	MetricsURL string
 	// Timeout is how long calls still in flight after the window may take
 	// before they count as errors; default 10 s.
 	Timeout time.Duration
@@ -131,6 +140,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 	}()
 
+	if cfg.Prime {
+		if err := prime(ctx, cfg, conns); err != nil {
+			return nil, err
+		}
+	}
+
 	r := &runner{cfg: cfg, plan: cfg.Plan, recStart: cfg.Warmup, end: cfg.Warmup + cfg.Duration}
 	if cfg.Rate > 0 {
 		r.interval = float64(time.Second) / cfg.Rate
@@ -145,7 +160,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	var samples sampler
 	var wg sync.WaitGroup
 	r.base = time.Now()
-	wg.Go(func() { samples.run(ctx, r.base, r.recStart, r.end, cfg.PID) })
+	wg.Go(func() { samples.run(ctx, r.base, r.recStart, r.end, cfg.PID, cfg.MetricsURL) })
 	var tickets chan int64
 	if cfg.Rate > 0 {
 		tickets = make(chan int64)
@@ -206,6 +221,36 @@ func dial(ctx context.Context, cfg Config) ([]*grpc.ClientConn, error) {
 		}
 	}
 	return conns, nil
+}
+
+// prime sends each of the plan's requests once, cfg.Concurrency at a time.
+// Answers are not checked (the recorded window checks them all).
+func prime(ctx context.Context, cfg Config, conns []*grpc.ClientConn) error {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout+time.Duration(len(cfg.Plan.wire))*time.Second/10)
+	defer cancel()
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for i := range cfg.Concurrency {
+		cc := conns[i%len(conns)]
+		wg.Go(func() {
+			var reply checkReply
+			for idx := range next {
+				_ = cc.Invoke(ctx, authv3.Authorization_Check_FullMethodName, &cfg.Plan.wire[idx], &reply)
+			}
+		})
+	}
+	for idx := range cfg.Plan.wire {
+		select {
+		case next <- idx:
+		case <-ctx.Done():
+		}
+	}
+	close(next)
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("priming: %w", err)
+	}
+	return nil
 }
 
 // runner holds what all workers of one run share. Times are offsets from
@@ -349,15 +394,21 @@ func (r *runner) openLoop(ctx, callCtx context.Context, cc *grpc.ClientConn, w *
 }
 
 // sampler reads the server's CPU time and the load generator's own at the
-// start and the end of the recorded window, and the server's RSS at the end.
+// start and the end of the recorded window, the server's memory at the end,
+// and its cache counters at both ends. The scrapes are made outside the
+// CPU time window: before the first CPU sample, after the last.
 type sampler struct {
 	serverCPU0, serverCPU1 time.Duration
 	selfCPU0, selfCPU1     time.Duration
-	rss                    int64
+	mem                    Mem
+	metrics0, metrics1     counters
+	metricsErr             error
 	err                    error
 }
 
-func (s *sampler) run(ctx context.Context, base time.Time, start, end time.Duration, pid int) {
+var scraped = []string{MetricDecisionCache, MetricTokenVerifications, MetricTokenCacheHits}
+
+func (s *sampler) run(ctx context.Context, base time.Time, start, end time.Duration, pid int, metricsURL string) {
 	sleepUntil := func(t time.Time) bool {
 		select {
 		case <-time.After(time.Until(t)):
@@ -369,6 +420,9 @@ func (s *sampler) run(ctx context.Context, base time.Time, start, end time.Durat
 	if !sleepUntil(base.Add(start)) {
 		return
 	}
+	if metricsURL != "" {
+		s.metrics0, s.metricsErr = scrapeMetrics(ctx, metricsURL, scraped...)
+	}
 	s.selfCPU0 = selfCPU()
 	if pid > 0 {
 		s.serverCPU0, s.err = ProcCPU(pid)
@@ -379,8 +433,11 @@ func (s *sampler) run(ctx context.Context, base time.Time, start, end time.Durat
 	s.selfCPU1 = selfCPU()
 	if pid > 0 && s.err == nil {
 		if s.serverCPU1, s.err = ProcCPU(pid); s.err == nil {
-			s.rss, s.err = ProcRSS(pid)
+			s.mem, s.err = ProcMem(pid)
 		}
+	}
+	if metricsURL != "" && s.metricsErr == nil {
+		s.metrics1, s.metricsErr = scrapeMetrics(ctx, metricsURL, scraped...)
 	}
 }
 
@@ -402,6 +459,7 @@ func (r *runner) result(workers []*worker, s *sampler) (*Result, error) {
 		WarmupSeconds:   r.cfg.Warmup.Seconds(),
 		DurationSeconds: r.cfg.Duration.Seconds(),
 	}
+	res.Primed = r.cfg.Prime
 	if r.cfg.Rate > 0 {
 		res.Mode = ModeOpen
 		res.TargetRate = r.cfg.Rate
@@ -448,11 +506,22 @@ func (r *runner) result(workers []*worker, s *sampler) (*Result, error) {
 	}
 	if r.cfg.PID > 0 {
 		cpu := (s.serverCPU1 - s.serverCPU0).Seconds()
-		res.Server = &ProcStats{PID: r.cfg.PID, CPUUtil: cpu / window, RSSMiB: float64(s.rss) / (1 << 20)}
+		res.Server = &ProcStats{PID: r.cfg.PID, CPUUtil: cpu / window, RSSMiB: mib(s.mem.RSS),
+			RSSAnonMiB: mib(s.mem.RSSAnon), RSSFileMiB: mib(s.mem.RSSFile), RSSShmemMiB: mib(s.mem.RSSShmem), PeakRSSMiB: mib(s.mem.Peak)}
 		if res.Checks > 0 {
 			res.Server.CPUMicrosPerCheck = cpu * 1e6 / float64(res.Checks)
 		}
 	}
+	if r.cfg.MetricsURL != "" {
+		if s.metricsErr != nil {
+			res.MetricsError = s.metricsErr.Error()
+		} else {
+			res.DecisionCache, res.TokenCache = cacheStats(s.metrics0, s.metrics1)
+		}
+	}
+	res.DistinctRequests, res.DistinctTokens = r.plan.DistinctRequests, r.plan.DistinctTokens
 	res.OK = res.Errors == 0 && res.Mismatches == 0
 	return res, nil
 }
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }

@@ -36,6 +36,10 @@ type Spec struct {
 // tenant are skipped).
 var Default = Spec{Providers: 10, Tenants: 1000, Users: 50000, Projects: 200, GrantsPerProject: 40, UserGrants: 250000, ExternalPct: 10, Seed: 1}
 
+// Scale1M is the Default world five times over: 5,000 tenants, 250,000
+// users, over 1,000,000 user grants (1,250,000 drawn; duplicates skipped).
+var Scale1M = Spec{Providers: 50, Tenants: 5000, Users: 250000, Projects: 1000, GrantsPerProject: 40, UserGrants: 1250000, ExternalPct: 10, Seed: 1}
+
 // Scale10M is the scale run: 10,000 tenants, 2,500,000 users, over
 // 10,000,000 user grants (10,700,000 drawn; duplicates skipped).
 var Scale10M = Spec{Providers: 50, Tenants: 10000, Users: 2500000, Projects: 2000, GrantsPerProject: 100, UserGrants: 10700000, ExternalPct: 10, Seed: 1}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package worldgen_test
+
+const raceEnabled = false
