@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -162,6 +163,50 @@ func TestBuiltinsWithoutData(t *testing.T) {
 		got, err := value(t, calling(t, authz.EmptyTenancy(), expr))
 		if err != nil || got != want {
 			t.Errorf("%s = %q, %v; want %q", expr, got, err, want)
+		}
+	}
+}
+
+// TestShippedPolicyKeysOnNamedInputs: the shipped policy passes the
+// built-ins the input values it names (input.token.issuer, never
+// input.token or its claims whole): the decision cache keys on exactly the
+// input paths a policy references, and a whole token (iat, exp, jti) would
+// give every token its own decisions.
+func TestShippedPolicyKeysOnNamedInputs(t *testing.T) {
+	t.Parallel()
+	src, err := authz.LoadDir(policyDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := authz.Compile(src, authz.DefaultDecision, bundle.Builtins()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, why := ps.Cacheable(); !ok {
+		t.Fatalf("not cacheable: %s", why)
+	}
+	need := ps.Need()
+	for _, c := range []struct {
+		path []string
+		want []string
+	}{
+		{[]string{"token"}, []string{"claims", "error", "issuer", "subject", "tenant_binding", "trust_token_roles", "valid"}},
+		{[]string{"token", "claims"}, []string{"authorization", "tenant"}},
+		{[]string{"attributes", "request", "http"}, []string{"headers", "host", "path"}},
+		{[]string{"attributes", "request", "http", "headers"}, []string{"x-tenant-id"}},
+	} {
+		n := need
+		for _, k := range c.path {
+			n = n.Child(k)
+		}
+		if n == nil || n.All {
+			t.Errorf("input.%s is read whole", strings.Join(c.path, "."))
+			continue
+		}
+		got := n.Keys()
+		slices.Sort(got)
+		if !slices.Equal(got, c.want) {
+			t.Errorf("input.%s: reads %v, want %v", strings.Join(c.path, "."), got, c.want)
 		}
 	}
 }

@@ -61,16 +61,26 @@ reason := "missing_token" if {
 # The built-in checks that one of the route's roles ("required": a comma
 # list, a set or an array) is effective; without "required" it leaves that
 # to the policy, which then decides from answer.roles itself.
+#
+# It names each input value it reads (input.token.issuer, not input.token):
+# the decision cache keys on exactly those, so two tokens of one subject
+# share decisions.
 answer := gatehouse.tenancy.decide({
 	"subject": token_subject,
-	"issuer": object.get(input.token, "issuer", ""),
+	"issuer": input.token.issuer,
 	"trust_token_roles": trust_issuer,
-	"tenant_binding": object.get(input.token, "tenant_binding", ""),
+	"tenant_binding": input.token.tenant_binding,
 	"project": object.get(route, "project", ""),
 	"tenant_reading": reading,
 	"required": object.get(route, "roles", ""),
-	"token_roles": object.get(input.token, ["claims", "authorization"], {}),
+	"token_roles": token_roles,
 })
+
+# The per-tenant roles a token carries (its authorization claim, as
+# Userfront issues it); only a trust_token_roles issuer's count (step 6).
+default token_roles := {}
+
+token_roles := input.token.claims.authorization
 
 # Route settings (Envoy per-route context_extensions).
 default route := {}
