@@ -15,6 +15,14 @@
 // control endpoint is configured). Each evaluation opens one read
 // transaction, so a decision sees one revision of tenancy data.
 //
+// # Built-ins
+//
+// Gatehouse built-ins (Builtin; package bundle provides the tenancy ones)
+// are given to Compile (Config.Builtins for an engine's sources): the
+// compiler accepts calls to them and the policy set evaluates them. The
+// engine passes each evaluation's tenancy transaction to them in the
+// evaluation context (TenancyTxn): they read the decision's revision.
+//
 // # Concurrency
 //
 // An Engine is safe for concurrent use. The active PolicySet is swapped

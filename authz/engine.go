@@ -39,6 +39,9 @@ type Config struct {
 	// (default 32 MiB; <0 disables it): keys are fixed-size hashes; the
 	// decisions (deny bodies, headers, metadata) and recorded reads count.
 	DecisionCacheBytes int64 `yaml:"decision_cache_bytes"`
+	// Builtins are the Gatehouse built-ins policy sets are compiled with
+	// (Engine.Compile), e.g. bundle.Builtins().
+	Builtins []Builtin `yaml:"-"`
 }
 
 // DefaultDecisionCacheBytes is Config.DecisionCacheBytes when unset.
@@ -168,6 +171,11 @@ func (e *Engine) SetPolicy(ps *PolicySet) {
 		from = prev.ps.revision
 	}
 	e.logger.Info("policy loaded", "policy_revision", ps.revision, "previous_revision", from, "origin", ps.origin, "modules", ps.files)
+}
+
+// Compile compiles src for this engine: with the engine's built-ins.
+func (e *Engine) Compile(src Source, decision string) (*PolicySet, error) {
+	return Compile(src, decision, e.cfg.Builtins...)
 }
 
 // PolicyFailed records a policy set that did not load; the active set keeps
@@ -326,8 +334,13 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	if debug {
 		q = q.WithPrintHook(printHook{e.logger})
 	}
+	evalCtx := ctx
+	if a.ps.builtins != nil {
+		q = q.WithBuiltins(a.ps.builtins)
+		evalCtx = WithTenancyTxn(ctx, tt) // the built-ins read this decision's transaction
+	}
 	var result ast.Value
-	err = q.Iter(ctx, func(qr topdown.QueryResult) error {
+	err = q.Iter(evalCtx, func(qr topdown.QueryResult) error {
 		if t := qr[resultVar]; t != nil {
 			result = t.Value
 		}

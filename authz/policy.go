@@ -14,6 +14,7 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/loader"
+	"github.com/open-policy-agent/opa/v1/topdown"
 )
 
 // DefaultDecision is the decision rule evaluated when none is configured.
@@ -138,6 +139,7 @@ type PolicySet struct {
 	files    int
 	cache    cachePlan
 	need     *Need
+	builtins map[string]*topdown.Builtin // Gatehouse built-ins the set was compiled with
 }
 
 // Revision returns the policy revision.
@@ -157,8 +159,10 @@ func (p *PolicySet) Need() *Need { return p.need }
 func (p *PolicySet) Compiler() *ast.Compiler { return p.compiler }
 
 // Compile compiles src and prepares the decision query. Compile errors carry
-// file:line:col locations.
-func Compile(src Source, decision string) (*PolicySet, error) {
+// file:line:col locations. builtins are the Gatehouse built-ins the
+// policies may call (see Builtin); a policy calling one it is not given
+// does not compile.
+func Compile(src Source, decision string, builtins ...Builtin) (*PolicySet, error) {
 	ref, err := DecisionRef(decision)
 	if err != nil {
 		return nil, err
@@ -169,6 +173,9 @@ func Compile(src Source, decision string) (*PolicySet, error) {
 	compiler := ast.NewCompiler().
 		WithEnablePrintStatements(true).
 		WithUseTypeCheckAnnotations(true)
+	if len(builtins) > 0 {
+		compiler = compiler.WithCapabilities(Capabilities(builtins))
+	}
 	compiler.Compile(src.Modules)
 	if compiler.Failed() {
 		return nil, fmt.Errorf("compile policies: %w", compiler.Errors)
@@ -201,6 +208,7 @@ func Compile(src Source, decision string) (*PolicySet, error) {
 		files:    len(src.Modules),
 		cache:    plan,
 		need:     needOf(plan.paths),
+		builtins: topdownBuiltins(builtins),
 	}, nil
 }
 

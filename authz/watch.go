@@ -55,7 +55,7 @@ func (s *DirSource) Load() error {
 	src, err := LoadDir(s.dir, s.version)
 	if err == nil {
 		var ps *PolicySet
-		if ps, err = Compile(src, s.decision); err == nil {
+		if ps, err = s.engine.Compile(src, s.decision); err == nil {
 			s.engine.SetPolicy(ps)
 			return nil
 		}

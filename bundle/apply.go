@@ -152,7 +152,7 @@ func (a *Applier) Commit(syncedAt time.Time) error {
 		err = tenancy.SetChainHash(a.tx, a.hash)
 	}
 	if err == nil {
-		err = a.tx.Bucket([]byte("meta")).Put(metaSyncedAt, []byte(syncedAt.UTC().Format(time.RFC3339Nano)))
+		err = tenancy.SetSyncedAt(a.tx, syncedAt)
 	}
 	if err != nil {
 		a.Abort()
@@ -205,7 +205,7 @@ func (s *Store) persistSyncedAt(t time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.db().Update(func(tx *bolt.Tx) error {
-		return tx.Bucket([]byte("meta")).Put(metaSyncedAt, []byte(t.UTC().Format(time.RFC3339Nano)))
+		return tenancy.SetSyncedAt(tx, t)
 	})
 }
 
@@ -381,7 +381,7 @@ func (b *SnapshotBuilder) Commit(syncedAt time.Time) error {
 		if err := tenancy.SetChainHash(tx, b.hash); err != nil {
 			return err
 		}
-		return tx.Bucket([]byte("meta")).Put(metaSyncedAt, []byte(syncedAt.UTC().Format(time.RFC3339Nano)))
+		return tenancy.SetSyncedAt(tx, syncedAt)
 	})
 	if err == nil {
 		err = b.db.Sync()

@@ -34,7 +34,7 @@ type benchWorld struct {
 
 var benchWorlds = map[string]*benchWorld{"small": {}, "200k": {}}
 
-func buildWorld(b *testing.B, name string, spec worldgen.Spec) (*bundle.Store, *worldgen.World) {
+func buildWorld(b testing.TB, name string, spec worldgen.Spec) (*bundle.Store, *worldgen.World) {
 	b.Helper()
 	bw := benchWorlds[name]
 	bw.once.Do(func() {
@@ -120,12 +120,12 @@ func newVerifier(tb testing.TB) (*authz.Verifier, func(sub string) string) {
 // newEngine returns an engine with the shipped policies over st.
 func newEngine(tb testing.TB, st *bundle.Store, v *authz.Verifier, cacheEntries int) *authz.Engine {
 	tb.Helper()
-	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries}, v, st, discard())
+	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries, Builtins: bundle.Builtins()}, v, st, discard())
 	src, err := authz.LoadDir(policyDir(), 0)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ps, err := authz.Compile(src, authz.DefaultDecision)
+	ps, err := e.Compile(src, authz.DefaultDecision)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -163,7 +163,10 @@ func benchCheck(b *testing.B, name string, spec worldgen.Spec, decisionCache int
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu := startCPU()
+	n := 0
 	for i := 0; b.Loop(); i++ {
+		n++
 		cr := crs[i%len(crs)]
 		prep, err := envoy.Prepare(cr)
 		if err != nil {
@@ -176,6 +179,7 @@ func benchCheck(b *testing.B, name string, spec worldgen.Spec, decisionCache int
 			b.Fatal(err)
 		}
 	}
+	cpu.report(b, n)
 }
 
 // BenchmarkCheckTenancySmall: the shipped policy over a small world

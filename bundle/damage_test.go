@@ -33,6 +33,7 @@ func checkCode(t *testing.T, st *bundle.Store) codes.Code {
 	sc := testutil.StartSidecar(t, testutil.Options{
 		PolicyDir: policyDir(),
 		Tenancy:   st,
+		Engine:    authz.Config{Builtins: bundle.Builtins()},
 		Issuers:   []authz.IssuerConfig{{Issuer: rpIssuer, Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: pemFile}},
 	})
 	defer sc.Stop()

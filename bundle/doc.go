@@ -24,6 +24,15 @@
 // validated against: a decision made on one file is never served from
 // another, whatever their revisions.
 //
+// # Built-in functions
+//
+// Builtins are Gatehouse's Rego built-ins (SPEC §12, gatehouse.tenancy.*):
+// tenancy.Decide and friends run in the evaluation's own read transaction
+// (authz.TenancyTxn), through the same tenancy.Reader as Read, so their
+// keyed reads are recorded for the decision cache with the same stamps.
+// Damage they find marks the file damaged and halts the evaluation (the
+// engine cannot decide). ObserveReads lets explanations list their reads.
+//
 // # Policy bundles
 //
 // Signed OPA-format policy bundles (policy.go): Build writes them

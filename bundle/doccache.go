@@ -2,6 +2,7 @@ package bundle
 
 import (
 	"bytes"
+	"encoding/binary"
 	"hash/maphash"
 	"sync"
 
@@ -11,17 +12,18 @@ import (
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
-// docCache keeps decoded documents keyed by bucket and key, each tagged with
-// the file generation it was read from and the stamp of its stored value
-// (the revision that wrote it and its checksum). Within one file a stored
-// value's revision never changes without its content changing, so a hit
-// whose generation and stamp match is exactly the document in the
-// transaction being read, whatever its revision: no invalidation is
-// needed. A swapped-in file (a new generation) never matches an entry of
-// another; the cache is also cleared then, to free memory.
+// docCache keeps decoded documents keyed by document (an index of
+// tenancy.Docs) and key, each tagged with the file generation it was read
+// from and the stamp of its stored value (the revision that wrote it and
+// its checksum). Within one file a stored value's revision never changes
+// without its content changing, so a hit whose generation and stamp match
+// is exactly the document in the transaction being read, whatever its
+// revision: no invalidation is needed. A swapped-in file (a new
+// generation) never matches an entry of another; the cache is also
+// cleared then, to free memory.
 //
-// Every stored value is verified against its checksum on every read, hit
-// or miss: damage is found as soon as a damaged value is read.
+// The tenancy.Reader verifies every stored value against its checksum on
+// every read, hit or miss, before it reaches the cache.
 type docCache struct {
 	seed   maphash.Seed
 	shards [64]docShard
@@ -36,8 +38,7 @@ type docShard struct {
 
 type docEntry struct {
 	gen uint64
-	rev uint64
-	sum uint32
+	st  tenancy.Stamp
 	val ast.Value
 }
 
@@ -59,33 +60,40 @@ func (c *docCache) clear() {
 	}
 }
 
-// decode returns the document of a stored value read from the file of
-// generation gen; a damaged value is an error wrapping tenancy.ErrDamaged.
-func (c *docCache) decode(gen uint64, bucket string, key, raw []byte) (ast.Value, error) {
-	rev, sum, doc, err := tenancy.OpenValue(key, raw)
-	if err != nil {
-		return nil, err
+// cacheKey is the document number followed by the length-prefixed key
+// parts: unambiguous whatever the parts hold.
+func cacheKey(doc int, keys []string) string {
+	n := 1
+	for _, k := range keys {
+		n += len(k) + binary.MaxVarintLen32
 	}
-	if c.max == 0 {
-		return decodeJSON(doc)
+	b := make([]byte, 1, n)
+	b[0] = byte(doc)
+	for _, k := range keys {
+		b = binary.AppendUvarint(b, uint64(len(k)))
+		b = append(b, k...)
 	}
-	var h maphash.Hash
-	h.SetSeed(c.seed)
-	h.WriteString(bucket)
-	h.WriteByte(0)
-	h.Write(key)
-	sh := &c.shards[h.Sum64()%uint64(len(c.shards))]
-	ck := bucket + "\x00" + string(key)
+	return string(b)
+}
+
+// decode returns the value of a verified JSON document read from the file
+// of generation gen at keys of tenancy.Docs[doc], with its stamp.
+func (c *docCache) decode(gen uint64, doc int, keys []string, val []byte, st tenancy.Stamp) (ast.Value, error) {
+	if c.max == 0 || st == (tenancy.Stamp{}) {
+		return decodeJSON(val)
+	}
+	ck := cacheKey(doc, keys)
+	sh := &c.shards[maphash.String(c.seed, ck)%uint64(len(c.shards))]
 	sh.mu.RLock()
 	e, ok := sh.cur[ck]
 	if !ok {
 		e, ok = sh.prev[ck]
 	}
 	sh.mu.RUnlock()
-	if ok && e.gen == gen && e.rev == rev && e.sum == sum {
+	if ok && e.gen == gen && e.st == st {
 		return e.val, nil
 	}
-	val, err := decodeJSON(doc)
+	v, err := decodeJSON(val)
 	if err != nil {
 		return nil, err
 	}
@@ -96,9 +104,9 @@ func (c *docCache) decode(gen uint64, bucket string, key, raw []byte) (ast.Value
 	if len(sh.cur) >= c.max {
 		sh.prev, sh.cur = sh.cur, make(map[string]docEntry, c.max)
 	}
-	sh.cur[ck] = docEntry{gen: gen, rev: rev, sum: sum, val: val}
+	sh.cur[ck] = docEntry{gen: gen, st: st, val: v}
 	sh.mu.Unlock()
-	return val, nil
+	return v, nil
 }
 
 func decodeJSON(doc []byte) (ast.Value, error) {

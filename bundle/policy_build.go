@@ -130,7 +130,7 @@ func Build(w io.Writer, cfg BuildConfig) (BuildResult, error) {
 	if err != nil {
 		return BuildResult{}, err
 	}
-	if _, err := authz.Compile(src, cfg.Decision); err != nil {
+	if _, err := authz.Compile(src, cfg.Decision, Builtins()...); err != nil {
 		return BuildResult{}, err
 	}
 

@@ -168,7 +168,7 @@ func (s *PolicySource) open(tarball []byte, origin string) (*authz.PolicySet, er
 	if err != nil {
 		return nil, err
 	}
-	return authz.Compile(src, s.decision)
+	return s.engine.Compile(src, s.decision)
 }
 
 // Restore loads the persisted copy of the last applied bundle, verified

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +64,8 @@ type Store struct {
 	changed atomic.Pointer[chan struct{}] // closed when the revision advances
 	epoch   atomic.Pointer[string]
 	txnIDs  atomic.Uint64
+
+	observer atomic.Pointer[func(storage.Path)] // see ObserveReads
 }
 
 // cacheFile is the open cache file and its generation: a number that no
@@ -153,7 +154,7 @@ func (s *Store) openFile(path string) (db *bolt.DB, err error) {
 		return nil, fmt.Errorf("open %q: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		if tx.Bucket([]byte("meta")) == nil {
+		if !tenancy.Initialized(tx) {
 			return tenancy.Init(tx)
 		}
 		if v := tenancy.Schema(tx); v != tenancy.SchemaVersion {
@@ -181,9 +182,6 @@ func (s *Store) setAside(path string) error {
 	return nil
 }
 
-// meta keys of the cache (besides tenancy's revision, epoch and schema)
-var metaSyncedAt = []byte("synced_at")
-
 // loadState reads revision, epoch and sync time from the file.
 func (s *Store) loadState(db *bolt.DB) {
 	st := authz.TenancyState{}
@@ -191,11 +189,7 @@ func (s *Store) loadState(db *bolt.DB) {
 	_ = db.View(func(tx *bolt.Tx) error {
 		st.Revision = tenancy.Revision(tx)
 		epoch = tenancy.Epoch(tx)
-		if v := tx.Bucket([]byte("meta")).Get(metaSyncedAt); v != nil {
-			if t, err := time.Parse(time.RFC3339Nano, string(v)); err == nil {
-				st.SyncedAt = t
-			}
-		}
+		st.SyncedAt = tenancy.SyncedAt(tx)
 		return nil
 	})
 	st.Present = epoch != ""
@@ -352,24 +346,54 @@ type txn struct {
 	id   uint64
 	tx   *bolt.Tx
 	rev  uint64
-	file *cacheFile // the file tx reads
-	rec  *recording // non-nil while an evaluation's reads are recorded
+	s    *Store
+	file *cacheFile     // the file tx reads
+	r    tenancy.Reader // every read of the transaction: storage reads and built-ins
+	rec  *recording     // non-nil while an evaluation's reads are recorded
+	obs  func(storage.Path)
 }
 
-// recording lists the keyed reads of an evaluation.
+// KeyedRead implements tenancy.Recorder: the transaction's reader reports
+// its keyed reads to the recording and the read observer, if any.
+func (t *txn) KeyedRead(doc int, key []byte, st tenancy.Stamp) {
+	if t.rec != nil {
+		t.rec.KeyedRead(doc, key, st)
+	}
+	if t.obs != nil {
+		t.obs(append(append(storage.Path{authz.TenancyRoot}, tenancy.Docs[doc].Path...), tenancy.KeyParts(key)...))
+	}
+}
+
+// ObserveReads calls fn (nil: nobody) with the path of every keyed read of
+// data.tenancy made in transactions opened from now on, by the storage
+// adapter and by the built-ins alike (e.g. to explain a decision).
+func (s *Store) ObserveReads(fn func(storage.Path)) {
+	if fn == nil {
+		s.observer.Store(nil)
+		return
+	}
+	s.observer.Store(&fn)
+}
+
+// recording lists the keyed reads of an evaluation. It receives them from
+// the transaction's tenancy.Reader, whoever reads: the storage adapter or a
+// built-in function.
 type recording struct {
 	deps      []dependency
 	untracked bool // a scan was made: only valid at the same revision
 }
 
 // dependency is one keyed read: the document (index into tenancy.Docs), its
-// key, and the stamp of what was read: the revision that wrote it and its
-// checksum (0, 0: absent).
+// key, and the stamp of what was read (zero: absent).
 type dependency struct {
 	doc int
 	key string
-	rev uint64
-	sum uint32
+	st  tenancy.Stamp
+}
+
+// KeyedRead implements tenancy.Recorder.
+func (r *recording) KeyedRead(doc int, key []byte, st tenancy.Stamp) {
+	r.deps = append(r.deps, dependency{doc: doc, key: string(key), st: st})
 }
 
 // recorded is what Recorded returns: the reads and the file they were made on.
@@ -383,9 +407,9 @@ var _ authz.DependencySizer = recorded{}
 // Bytes implements authz.DependencySizer: what the reads hold, for the
 // decision cache's byte budget.
 func (r recorded) Bytes() int {
-	n := 48
+	n := 48 + 40*cap(r.deps) // the slice is sized ahead (Record)
 	for _, d := range r.deps {
-		n += 40 + len(d.key)
+		n += len(d.key)
 	}
 	return n
 }
@@ -408,7 +432,13 @@ func (s *Store) NewTransaction(_ context.Context, params ...storage.TransactionP
 		if err != nil {
 			return nil, &storage.Error{Code: storage.InternalErr, Message: "tenancy cache: " + err.Error()}
 		}
-		return &txn{id: s.txnIDs.Add(1), tx: tx, rev: tenancy.Revision(tx), file: f}, nil
+		t := &txn{id: s.txnIDs.Add(1), tx: tx, rev: tenancy.Revision(tx), s: s, file: f}
+		t.r.Reset(tx, nil)
+		if obs := s.observer.Load(); obs != nil {
+			t.obs = *obs
+			t.r.SetRecorder(t)
+		}
+		return t, nil
 	}
 	return nil, &storage.Error{Code: storage.InternalErr, Message: "tenancy cache: file swapped repeatedly"}
 }
@@ -464,7 +494,7 @@ func (s *Store) Read(_ context.Context, t storage.Transaction, path storage.Path
 			v, err = nil, &storage.Error{Code: storage.InternalErr, Message: fmt.Sprintf("tenancy cache damaged: %v", r)}
 		}
 	}()
-	r := reader{s: s, tx: tt.tx, gen: tt.file.gen, budget: s.cfg.MaxReadEntries, rec: tt.rec}
+	r := reader{s: s, t: tt, budget: s.cfg.MaxReadEntries}
 	val, err := r.read(path[1:])
 	if errors.Is(err, tenancy.ErrDamaged) {
 		s.markCorrupt(tt.file, err)
@@ -483,19 +513,19 @@ func notFound(path storage.Path) *storage.Error {
 	return &storage.Error{Code: storage.NotFoundErr, Message: path.String() + ": document does not exist"}
 }
 
-// reader resolves one Read inside a transaction.
+// reader resolves one Read inside a transaction: it maps a path below
+// data.tenancy onto tenancy.Docs and builds the document's value from what
+// the transaction's tenancy.Reader finds.
 type reader struct {
 	s      *Store
-	tx     *bolt.Tx
-	gen    uint64
+	t      *txn
 	budget int
-	rec    *recording
 }
 
 // scanned marks the evaluation as depending on more than keyed reads.
 func (r *reader) scanned() {
-	if r.rec != nil {
-		r.rec.untracked = true
+	if r.t.rec != nil {
+		r.t.rec.untracked = true
 	}
 }
 
@@ -510,7 +540,7 @@ func (r *reader) spend(n int) error {
 // read returns the value at rest (below data.tenancy), nil when absent.
 func (r *reader) read(rest []string) (ast.Value, error) {
 	for _, p := range rest {
-		if strings.IndexByte(p, 0) >= 0 {
+		if !tenancy.ValidKeyPart(p) {
 			return nil, nil // never part of a key: no composite-key confusion
 		}
 	}
@@ -565,22 +595,18 @@ func equalPrefix(a, p []string) bool {
 // doc reads keys (possibly fewer or more than the depth) of tenancy.Docs[i].
 func (r *reader) doc(i int, keys []string) (ast.Value, error) {
 	d := tenancy.Docs[i]
-	b := r.tx.Bucket([]byte(d.Bucket))
-	if b == nil {
-		return nil, &storage.Error{Code: storage.InternalErr, Message: "tenancy cache: bucket " + d.Bucket + " missing"}
-	}
 	if len(keys) < d.Depth {
 		r.scanned()
-		return r.subtree(d, b, keys)
+		return r.subtree(i, keys)
 	}
 	leafKeys, below := keys[:d.Depth], keys[d.Depth:]
 	var leaf ast.Value
 	var err error
 	if d.IDSet {
 		r.scanned()
-		leaf, err = r.idSet(b, leafKeys)
+		leaf, err = r.idSet(i, leafKeys)
 	} else {
-		leaf, err = r.leaf(i, b, leafKeys)
+		leaf, err = r.leaf(i, leafKeys)
 	}
 	if err != nil || leaf == nil {
 		return nil, err
@@ -588,27 +614,24 @@ func (r *reader) doc(i int, keys []string) (ast.Value, error) {
 	return navigate(leaf, below), nil
 }
 
-// leaf decodes the JSON document at a full key of tenancy.Docs[i].
-func (r *reader) leaf(i int, b *bolt.Bucket, keys []string) (ast.Value, error) {
-	k := joinKey(keys)
-	raw := b.Get(k)
-	if r.rec != nil {
-		rev, sum := tenancy.Stamp(raw)
-		r.rec.deps = append(r.rec.deps, dependency{doc: i, key: string(k), rev: rev, sum: sum})
-	}
-	if raw == nil {
-		return nil, nil
+// leaf decodes the JSON document at a full key of tenancy.Docs[i]. The
+// read is recorded (by the transaction's tenancy.Reader).
+func (r *reader) leaf(i int, keys []string) (ast.Value, error) {
+	doc, st, err := r.t.r.Get(i, keys...)
+	if err != nil || doc == nil {
+		return nil, err
 	}
 	if err := r.spend(1); err != nil {
 		return nil, err
 	}
-	return r.s.docs.decode(r.gen, tenancy.Docs[i].Bucket, k, raw)
+	return r.s.docs.decode(r.t.file.gen, i, keys, doc, st)
 }
 
 // Record implements authz.DependencyTracker.
 func (s *Store) Record(t storage.Transaction) {
 	if t, ok := t.(*txn); ok {
-		t.rec = &recording{}
+		t.rec = &recording{deps: make([]dependency, 0, 16)} // a decision of the shipped policy reads about 8 keys
+		t.r.SetRecorder(t)
 	}
 }
 
@@ -637,21 +660,9 @@ func (s *Store) Unchanged(t storage.Transaction, deps authz.Dependencies) (ok bo
 			ok = false
 		}
 	}()
-	var buckets [16]*bolt.Bucket
 	for _, d := range rd.deps {
-		var b *bolt.Bucket
-		if d.doc < len(buckets) {
-			if buckets[d.doc] == nil {
-				buckets[d.doc] = tt.tx.Bucket([]byte(tenancy.Docs[d.doc].Bucket))
-			}
-			b = buckets[d.doc]
-		} else {
-			b = tt.tx.Bucket([]byte(tenancy.Docs[d.doc].Bucket))
-		}
-		if b == nil {
-			return false
-		}
-		if rev, sum := tenancy.Stamp(b.Get([]byte(d.key))); rev != d.rev || sum != d.sum {
+		st, err := tt.r.StampAt(d.doc, d.key)
+		if err != nil || st != d.st {
 			return false
 		}
 	}
@@ -659,55 +670,37 @@ func (s *Store) Unchanged(t storage.Transaction, deps authz.Dependencies) (ok bo
 }
 
 // idSet lists the ids stored after the key parts (sorted), nil when none.
-func (r *reader) idSet(b *bolt.Bucket, keys []string) (ast.Value, error) {
-	pre := append(joinKey(keys), 0)
+func (r *reader) idSet(i int, keys []string) (ast.Value, error) {
 	var terms []*ast.Term
-	c := b.Cursor()
-	for k, v := c.Seek(pre); k != nil && hasPrefix(k, pre); k, v = c.Next() {
-		if err := r.spend(1); err != nil {
-			return nil, err
-		}
-		if err := tenancy.CheckIndexKey(k, v); err != nil {
-			return nil, err
-		}
-		id := k[len(pre):]
-		if i := indexByte(id, 0); i >= 0 {
-			id = id[:i]
+	var spent error
+	err := r.t.r.IDs(i, keys, func(id []byte) bool {
+		if spent = r.spend(1); spent != nil {
+			return false
 		}
 		terms = append(terms, ast.StringTerm(string(id)))
+		return true
+	})
+	if err == nil {
+		err = spent
 	}
-	if terms == nil {
-		return nil, nil
+	if err != nil || terms == nil {
+		return nil, err
 	}
 	return ast.NewArray(terms...), nil
 }
 
 // subtree builds the nested object below a partial key (fewer parts than
 // the doc's depth) by scanning its prefix.
-func (r *reader) subtree(d tenancy.Doc, b *bolt.Bucket, keys []string) (ast.Value, error) {
-	var pre []byte
-	if len(keys) > 0 {
-		pre = append(joinKey(keys), 0)
-	}
+func (r *reader) subtree(i int, keys []string) (ast.Value, error) {
+	d := tenancy.Docs[i]
 	root := ast.NewObject()
-	levels := d.Depth - len(keys) // key parts below pre that address a leaf
-	c := b.Cursor()
-	var k, v []byte
-	if pre == nil {
-		k, v = c.First()
-	} else {
-		k, v = c.Seek(pre)
-	}
-	for ; k != nil && hasPrefix(k, pre); k, v = c.Next() {
+	levels := d.Depth - len(keys) // key parts below the prefix that address a leaf
+	err := r.t.r.Scan(i, keys, func(e tenancy.Entry) (bool, error) {
 		if err := r.spend(1); err != nil {
-			return nil, err
-		}
-		parts := strings.Split(string(k[len(pre):]), "\x00")
-		if len(parts) < levels || (d.IDSet && len(parts) < levels+1) {
-			continue
+			return false, err
 		}
 		obj := root
-		for _, p := range parts[:levels-1] {
+		for _, p := range e.Parts[:levels-1] {
 			t := obj.Get(ast.StringTerm(p))
 			if t == nil {
 				t = ast.NewTerm(ast.NewObject())
@@ -715,24 +708,26 @@ func (r *reader) subtree(d tenancy.Doc, b *bolt.Bucket, keys []string) (ast.Valu
 			}
 			obj = t.Value.(ast.Object)
 		}
-		last := ast.StringTerm(parts[levels-1])
+		last := ast.StringTerm(e.Parts[levels-1])
 		if d.IDSet {
-			if err := tenancy.CheckIndexKey(k, v); err != nil {
-				return nil, err
-			}
 			t := obj.Get(last)
 			if t == nil {
 				t = ast.NewTerm(ast.NewArray())
 				obj.Insert(last, t)
 			}
-			t.Value = t.Value.(*ast.Array).Append(ast.StringTerm(parts[levels]))
-			continue
+			t.Value = t.Value.(*ast.Array).Append(ast.StringTerm(e.Parts[levels]))
+			return true, nil
 		}
-		val, err := r.s.docs.decode(r.gen, d.Bucket, k, v)
+		full := append(append(make([]string, 0, d.Depth), keys...), e.Parts[:levels]...)
+		val, err := r.s.docs.decode(r.t.file.gen, i, full, e.Doc, e.Stamp)
 		if err != nil {
-			return nil, err
+			return false, err
 		}
 		obj.Insert(last, ast.NewTerm(val))
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if root.Len() == 0 && len(keys) > 0 {
 		return nil, nil
@@ -761,34 +756,6 @@ func navigate(v ast.Value, path []string) ast.Value {
 		}
 	}
 	return v
-}
-
-func joinKey(parts []string) []byte {
-	n := len(parts)
-	for _, p := range parts {
-		n += len(p)
-	}
-	b := make([]byte, 0, n)
-	for i, p := range parts {
-		if i > 0 {
-			b = append(b, 0)
-		}
-		b = append(b, p...)
-	}
-	return b
-}
-
-func hasPrefix(k, pre []byte) bool {
-	return len(k) >= len(pre) && string(k[:len(pre)]) == string(pre)
-}
-
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
 }
 
 // head returns the revision, history epoch and history hash the cache file

@@ -29,7 +29,7 @@ func BenchmarkCheckGRPCTenancyConcurrent(b *testing.B) {
 		PolicyDir: "../policies",
 		Issuers:   issuers,
 		Tenancy:   st.store,
-		Engine:    authz.Config{DecisionCacheEntries: -1},
+		Engine:    authz.Config{DecisionCacheEntries: -1, Builtins: bundle.Builtins()},
 		Server:    envoy.Config{HTTPAddr: "-"},
 		Logger:    discard(),
 	})

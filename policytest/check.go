@@ -11,6 +11,9 @@ import (
 	"github.com/open-policy-agent/opa/v1/format"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/bundle"
 )
 
 // Check compiles every .rego file under paths (*_test.rego included) with
@@ -45,7 +48,7 @@ func Check(ctx context.Context, paths, ignore []string) (ast.Errors, error) {
 		WithStrict(true).
 		WithPathConflictsCheck(storage.NonEmpty(ctx, store, txn)).
 		WithEnablePrintStatements(true).
-		WithCapabilities(ast.CapabilitiesForThisVersion()).
+		WithCapabilities(authz.Capabilities(bundle.Builtins())).
 		WithUseTypeCheckAnnotations(true).
 		SetErrorLimit(0)
 	c.Compile(loaded.Modules)

@@ -24,6 +24,13 @@
 // evaluated to false, with its file:line and the values of its variables.
 // Coverage is OPA's: every module, *_test.rego included.
 //
+// The compiler knows Gatehouse's built-ins (bundle.Builtins). A Rego test
+// has no tenancy cache: a tenancy built-in it calls stops the test with an
+// error saying to mock it (`with gatehouse.tenancy.decide as
+// testing.decide`); gatehouse.tenancy.path_tenant reads no data and runs.
+// Fixtures run the built-ins for real. Capabilities returns the capabilities
+// file (`gatehouse capabilities`) for OPA's own tools.
+//
 // # Fixtures
 //
 // A fixture.yaml is a list of cases, or a mapping with cases and settings:

@@ -108,9 +108,9 @@ func Eval(ctx context.Context, cfg EvalConfig) (ev *Evaluation, err error) {
 			decision = shimPackage + "/decision"
 		}
 	}
-	ps, err := authz.Compile(src, cfg.Decision)
+	ps, err := authz.Compile(src, cfg.Decision, bundle.Builtins()...)
 	if err == nil && decision != cfg.Decision {
-		ps, err = authz.Compile(src, decision)
+		ps, err = authz.Compile(src, decision, bundle.Builtins()...)
 	}
 	if err != nil {
 		if ce, ok := compileError(err).(*CompileError); ok {

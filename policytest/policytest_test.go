@@ -15,9 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/tester"
 
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 	"github.com/gatehouse-dev/gatehouse/policytest"
 )
 
@@ -73,7 +76,19 @@ func opaSummary(tb testing.TB, paths ...string) []string {
 		tb.Fatal(err)
 	}
 	defer store.Abort(ctx, txn)
-	ch, err := tester.NewRunner().SetStore(store).SetModules(modules).SetTimeout(time.Minute).RunTests(ctx, txn)
+	// as `opa test --capabilities policies/capabilities.json` runs them:
+	// the shipped tests mock the Gatehouse built-ins, declared by the file
+	f, err := os.Open(filepath.Join(shipped, "capabilities.json"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	caps, err := ast.LoadCapabilitiesJSON(f)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	compiler := ast.NewCompiler().WithCapabilities(caps).WithEnablePrintStatements(true).WithUseTypeCheckAnnotations(true)
+	ch, err := tester.NewRunner().SetCompiler(compiler).SetStore(store).SetModules(modules).SetTimeout(time.Minute).RunTests(ctx, txn)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -82,6 +97,41 @@ func opaSummary(tb testing.TB, paths ...string) []string {
 		tb.Fatal(err)
 	}
 	return summaryLine.FindAllString(b.String(), -1)
+}
+
+// TestCapabilitiesFileIsCurrent: policies/capabilities.json is what
+// `gatehouse capabilities` prints (OPA's capabilities for the embedded
+// version plus the Gatehouse built-ins). After an OPA upgrade or a built-in
+// change: gatehouse capabilities > policies/capabilities.json
+func TestCapabilitiesFileIsCurrent(t *testing.T) {
+	t.Parallel()
+	want, err := policytest.Capabilities()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(shipped, "capabilities.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("policies/capabilities.json is out of date: run `gatehouse capabilities > policies/capabilities.json`")
+	}
+	caps, err := ast.LoadCapabilitiesJSON(bytes.NewReader(got))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, b := range caps.Builtins {
+		names[b.Name] = true
+	}
+	for _, b := range bundle.Builtins() {
+		if !names[b.Decl.Name] {
+			t.Errorf("%s is not declared", b.Decl.Name)
+		}
+	}
+	if !names["regex.match"] || !names["io.jwt.decode_verify"] {
+		t.Error("OPA's own built-ins are missing")
+	}
 }
 
 func TestRegoCountsMatchOPA(t *testing.T) {
@@ -568,5 +618,52 @@ func TestFormat(t *testing.T) {
 		if _, changed, err := policytest.FormatFile(f); err != nil || changed {
 			t.Errorf("%s: not formatted (%v): run gatehouse fmt -w policies", f, err)
 		}
+	}
+}
+
+// TestBuiltinsInRegoTests: a Rego unit test has no tenancy cache: a
+// Gatehouse built-in it calls stops the test with an error saying to mock
+// it (never a pass, a fail or an undefined that `not` would turn around);
+// mocked with `with`, it answers as the mock says; `gatehouse check`
+// accepts both.
+func TestBuiltinsInRegoTests(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	testutil.WriteFile(t, filepath.Join(dir, "x_test.rego"), `package x_test
+
+test_unmocked if gatehouse.tenancy.tenant_active("t")
+
+test_unmocked_negated if not gatehouse.tenancy.tenant_active("t")
+
+test_mocked if gatehouse.tenancy.tenant_active("t") with gatehouse.tenancy.tenant_active as active
+
+test_mocked_decide if {
+	a := gatehouse.tenancy.decide({"subject": "u"}) with gatehouse.tenancy.decide as answer
+	a.reason == "allowed"
+}
+
+active(_) := true
+
+answer(_) := {"reason": "allowed"}
+`)
+	rep := run(t, policytest.Config{Paths: []string{dir}})
+	got := map[string]*policytest.Result{}
+	for _, r := range rep.Tests {
+		got[r.Name] = r
+	}
+	for _, name := range []string{"test_unmocked", "test_unmocked_negated"} {
+		r := got[name]
+		if r == nil || r.Result != policytest.Error || !strings.Contains(r.Error, "no tenancy cache") || !strings.Contains(r.Error, "mock") {
+			t.Errorf("%s: %+v", name, r)
+		}
+	}
+	for _, name := range []string{"test_mocked", "test_mocked_decide"} {
+		if r := got[name]; r == nil || r.Result != policytest.Pass {
+			t.Errorf("%s: %+v", name, r)
+		}
+	}
+	findings, err := policytest.Check(t.Context(), []string{dir}, nil)
+	if err != nil || len(findings) > 0 {
+		t.Fatalf("check: %v %v", findings, err)
 	}
 }

@@ -12,10 +12,14 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/cover"
+	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/open-policy-agent/opa/v1/tester"
 	"github.com/open-policy-agent/opa/v1/topdown"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/bundle"
 )
 
 // regoRun runs the Rego tests of modules over data with OPA's tester, as
@@ -34,8 +38,34 @@ func newCompiler(ctx context.Context, store storage.Store, txn storage.Transacti
 	return ast.NewCompiler().
 		WithPathConflictsCheck(storage.NonEmpty(ctx, store, txn)).
 		WithEnablePrintStatements(true).
-		WithCapabilities(ast.CapabilitiesForThisVersion()).
+		WithCapabilities(authz.Capabilities(bundle.Builtins())).
 		WithUseTypeCheckAnnotations(true)
+}
+
+// testBuiltins are Gatehouse's built-ins for OPA's tester. A Rego unit test
+// has no tenancy cache: a built-in it calls halts with a hint to mock it
+// (`with gatehouse.tenancy.decide as testing.decide`); fixtures exercise
+// them for real.
+func testBuiltins() []*tester.Builtin {
+	var out []*tester.Builtin
+	for _, b := range bundle.Builtins() {
+		out = append(out, &tester.Builtin{Decl: b.Decl, Func: rego.FunctionDyn(&rego.Function{
+			Name: b.Decl.Name,
+			Decl: b.Decl.Decl,
+		}, func(bctx topdown.BuiltinContext, terms []*ast.Term) (*ast.Term, error) {
+			var out *ast.Term
+			err := b.Func(bctx, terms, func(t *ast.Term) error { out = t; return nil })
+			if h, ok := err.(topdown.Halt); ok { // rego halts on its own error type only
+				msg := h.Err.Error()
+				if te, ok := h.Err.(*topdown.Error); ok {
+					msg = strings.TrimPrefix(te.Message, b.Decl.Name+": ")
+				}
+				return nil, rego.NewHaltError(errors.New(msg))
+			}
+			return out, err
+		})})
+	}
+	return out
 }
 
 // run executes the tests. A compile error is returned as *CompileError.
@@ -52,6 +82,7 @@ func (r *regoRun) run(ctx context.Context) ([]*Result, *cover.Report, error) {
 		SetCompiler(newCompiler(ctx, store, txn)).
 		SetStore(store).
 		SetModules(r.modules).
+		AddCustomBuiltins(testBuiltins()).
 		CapturePrintOutput(true).
 		StackTraces(true).
 		SetTimeout(r.timeout).
@@ -171,6 +202,7 @@ func (r *regoRun) explainFailures(ctx context.Context, store storage.Store, txn 
 		SetCompiler(newCompiler(ctx, store, txn)).
 		SetStore(store).
 		SetModules(r.modules).
+		AddCustomBuiltins(testBuiltins()).
 		CapturePrintOutput(true).
 		SetTimeout(r.timeout).
 		EnableTracing(true).

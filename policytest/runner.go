@@ -163,7 +163,7 @@ func (r *fixtureRun) policy(fx *Fixture) (*authz.PolicySet, error) {
 		}
 		src = authz.Source{Modules: mods, Data: r.loaded.Data, Revision: "test", Origin: "gatehouse test"}
 	}
-	ps, err := authz.Compile(src, decision)
+	ps, err := authz.Compile(src, decision, bundle.Builtins()...)
 	if err != nil {
 		var aes ast.Errors
 		if errors.As(err, &aes) {

@@ -49,7 +49,11 @@ func NewSidecar(cfg SidecarConfig) *Sidecar {
 		ten = cfg.Store
 	}
 	rec := &readRecorder{Tenancy: ten}
-	e := authz.New(authz.Config{}, cfg.Verifier, rec, logger)
+	if cfg.Store != nil {
+		// the built-ins read the cache directly: their reads are observed too
+		cfg.Store.ObserveReads(rec.record)
+	}
+	e := authz.New(authz.Config{Builtins: bundle.Builtins()}, cfg.Verifier, rec, logger)
 	e.SetPolicy(cfg.Policy)
 	return &Sidecar{engine: e, store: cfg.Store, reads: rec}
 }
@@ -120,10 +124,15 @@ func (r *readRecorder) stop() []storage.Path {
 
 // Read records path and reads through.
 func (r *readRecorder) Read(ctx context.Context, txn storage.Transaction, path storage.Path) (any, error) {
+	r.record(path)
+	return r.Tenancy.Read(ctx, txn, path)
+}
+
+// record records a path read while recording is on.
+func (r *readRecorder) record(path storage.Path) {
 	r.mu.Lock()
 	if r.on {
 		r.reads = append(r.reads, append(storage.Path(nil), path...))
 	}
 	r.mu.Unlock()
-	return r.Tenancy.Read(ctx, txn, path)
 }

@@ -15,6 +15,20 @@
 // a collection. The "meta" bucket holds the schema, the revision, the
 // history epoch and the history hash of the revision (see RevisionHash).
 //
+// The package owns both sides of this format: nothing outside it knows a
+// bucket name, the key separator, a meta key or the value encoding. Writer
+// writes it; Reader reads it inside one bbolt transaction: keyed reads of
+// the documents of data.tenancy (Docs) verified against their checksum and
+// returned with their Stamp (revision and checksum: what a cached decision
+// is validated against), typed reads of users, tenants, projects and the
+// policy indexes decoded straight from the stored bytes, and scans. A
+// Recorder given to a Reader receives every keyed read, whoever reads: the
+// sidecar's OPA storage adapter and its built-in functions alike.
+//
+// Decide answers the tenancy questions of SPEC §6 (steps 2 to 6) from a
+// Reader, reading stored values in place; PathTenant reads the tenant a raw
+// request path names. The sidecar exposes both as Gatehouse built-ins.
+//
 // Writer applies raw changes and keeps every index in step; Apply adds the
 // invariants and cascades of the control API on top, checking a batch as
 // one change from the state before it to the state after it. Both work

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"strings"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -36,6 +37,7 @@ var (
 	metaEpoch    = []byte("epoch")
 	metaSchema   = []byte("schema")
 	metaHash     = []byte("hash")
+	metaSyncedAt = []byte("synced_at") // a sidecar's cache: when its data was last known current
 )
 
 // SchemaVersion is the layout version written by Init on a new file: every
@@ -177,6 +179,32 @@ func u64(v uint64) []byte {
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], v)
 	return b[:]
+}
+
+// Initialized reports whether tx holds a tenancy file at all (its meta
+// bucket), whatever its schema: Init creates one, Check verifies one.
+func Initialized(tx *bolt.Tx) bool { return tx.Bucket([]byte(bucketMeta)) != nil }
+
+// SyncedAt returns when a sidecar's cache was last known current (the
+// zero time when never recorded or unreadable).
+func SyncedAt(tx *bolt.Tx) time.Time {
+	if meta := tx.Bucket([]byte(bucketMeta)); meta != nil {
+		if v := meta.Get(metaSyncedAt); v != nil {
+			if t, err := time.Parse(time.RFC3339Nano, string(v)); err == nil {
+				return t
+			}
+		}
+	}
+	return time.Time{}
+}
+
+// SetSyncedAt records when a sidecar's cache was last known current.
+func SetSyncedAt(tx *bolt.Tx, t time.Time) error {
+	meta := tx.Bucket([]byte(bucketMeta))
+	if meta == nil {
+		return ErrNotInitialized
+	}
+	return meta.Put(metaSyncedAt, []byte(t.UTC().Format(time.RFC3339Nano)))
 }
 
 // Schema returns the layout version recorded in tx ("" when none).

@@ -33,9 +33,15 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // valueSum is the checksum of a stored value.
 func valueSum(key []byte, rev uint64, doc []byte) uint32 {
 	var r [8]byte
-	binary.BigEndian.PutUint64(r[:], rev)
+	return valueSumBuf(key, rev, doc, &r)
+}
+
+// valueSumBuf is valueSum with the caller's scratch for the revision (a
+// local one escapes to the heap through crc32).
+func valueSumBuf(key []byte, rev uint64, doc []byte, buf *[8]byte) uint32 {
+	binary.BigEndian.PutUint64(buf[:], rev)
 	s := crc32.Update(0, castagnoli, key)
-	s = crc32.Update(s, castagnoli, r[:])
+	s = crc32.Update(s, castagnoli, buf[:])
 	return crc32.Update(s, castagnoli, doc)
 }
 
@@ -66,18 +72,19 @@ func ModRevision(v []byte) (uint64, []byte) {
 	return binary.BigEndian.Uint64(v), v[8:]
 }
 
-// Stamp returns the revision and checksum a stored value records, without
-// verifying it: (0, 0) for no value. Two values with the same stamp under
-// one key hold the same document (up to a checksum collision between two
-// documents written by the same revision, which a revision never does).
-func Stamp(v []byte) (rev uint64, sum uint32) {
+// ValueStamp returns the revision and checksum a stored value records,
+// without verifying it: the zero Stamp for no value (nil). Two values with
+// the same stamp under one key hold the same document (up to a checksum
+// collision between two documents written by the same revision, which a
+// revision never does). A schema 1 value has a revision and no checksum.
+func ValueStamp(v []byte) Stamp {
 	if len(v) < valueHeader || v[8] != valueTag {
 		if len(v) >= 8 {
-			return binary.BigEndian.Uint64(v), 0
+			return Stamp{Rev: binary.BigEndian.Uint64(v)}
 		}
-		return 0, 0
+		return Stamp{}
 	}
-	return binary.BigEndian.Uint64(v), binary.BigEndian.Uint32(v[9:])
+	return Stamp{Rev: binary.BigEndian.Uint64(v), Sum: binary.BigEndian.Uint32(v[9:])}
 }
 
 // OpenValue verifies a stored value of a schema 2 file (e/* or i/*) and
@@ -85,11 +92,17 @@ func Stamp(v []byte) (rev uint64, sum uint32) {
 // schema 2 encoding or whose checksum does not match returns an error
 // wrapping ErrDamaged. The document aliases v.
 func OpenValue(key, v []byte) (rev uint64, sum uint32, doc []byte, err error) {
+	var buf [8]byte
+	return openValue(key, v, &buf)
+}
+
+// openValue is OpenValue with the caller's scratch (see valueSumBuf).
+func openValue(key, v []byte, buf *[8]byte) (rev uint64, sum uint32, doc []byte, err error) {
 	if len(v) < valueHeader || v[8] != valueTag {
 		return 0, 0, nil, fmt.Errorf("%w: value of %q: %d bytes, not a checksummed value", ErrDamaged, printable(key), len(v))
 	}
 	rev, sum, doc = binary.BigEndian.Uint64(v), binary.BigEndian.Uint32(v[9:]), v[valueHeader:]
-	if got := valueSum(key, rev, doc); got != sum {
+	if got := valueSumBuf(key, rev, doc, buf); got != sum {
 		return 0, 0, nil, fmt.Errorf("%w: value of %q: checksum %08x, recorded %08x", ErrDamaged, printable(key), got, sum)
 	}
 	return rev, sum, doc, nil

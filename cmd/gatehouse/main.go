@@ -91,6 +91,7 @@ check and fmt --fail); 2 usage, configuration or policy compile error.`,
 		newEvalCmd(),
 		newCheckCmd(),
 		newFmtCmd(),
+		newCapabilitiesCmd(),
 	)
 	return root
 }

@@ -163,6 +163,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		DecisionCacheEntries: cfg.Cache.Decisions,
 		DecisionCacheBytes:   bytesOfMB(cfg.Cache.DecisionsMB),
 		Registerer:           reg,
+		Builtins:             bundle.Builtins(),
 	}, verifier, tenancy, logger)
 	src, err := newPolicySource(cfg, engine, reg, logger)
 	if err != nil {

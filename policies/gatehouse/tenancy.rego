@@ -5,32 +5,34 @@
 #   data.tenancy and its indexes (never a scan of a collection).
 package gatehouse.tenancy
 
+# The tenancy questions are answered by Gatehouse built-ins reading the
+# sidecar's bbolt cache in the evaluation's transaction (keyed reads,
+# recorded for the decision cache like any read of data.tenancy). These
+# functions name them for policies; `gatehouse capabilities` declares them.
+# Rego tests replace a built-in with its plain-Rego reading over
+# data.tenancy: `with gatehouse.tenancy.tenant_active as testing.tenant_active`.
+
 # tenant_active(t) holds when tenant t exists and it and all its ancestors
 # (its service-provider parents) have status "active".
-tenant_active(t) if {
-	chain := data.tenancy.index.tenant_chain[t]
-	every c in chain {
-		data.tenancy.tenants[c].status == "active"
-	}
-}
+tenant_active(t) if gatehouse.tenancy.tenant_active(t)
 
 # tenant_roles(p, x) is the list of roles tenant x holds on project p: every
 # role of the project when x owns it, the roles of x's active project grant
 # otherwise. Undefined when x neither owns p nor holds an active grant on it.
-tenant_roles(p, x) := data.tenancy.index.tenant_roles[p][x]
+tenant_roles(p, x) := gatehouse.tenancy.tenant_roles(p, x)
 
 # user_roles(u, p, x) is the union of the roles of user u's grants on
 # project p inside tenant x ([] when there are none).
-default user_roles(_, _, _) := []
-
-user_roles(u, p, x) := data.tenancy.index.user_roles[u][p][x]
+user_roles(u, p, x) := gatehouse.tenancy.user_roles(u, p, x)
 
 # effective_roles(u, p, x): u's roles on p in x that x still holds on p.
-effective_roles(u, p, x) := {r |
-	held := tenant_roles(p, x)
-	some r in user_roles(u, p, x)
-	r in held
-}
+effective_roles(u, p, x) := gatehouse.tenancy.effective_roles(u, p, x)
+
+# user(subject, issuer, trust_token_roles) is the data user a verified
+# token acts as (SPEC §6 step 2): users[subject], when that user names the
+# token's issuer, or names none and the issuer does not carry roles in its
+# tokens. Undefined otherwise: the user counts as absent.
+user(subject, issuer, trust_token_roles) := gatehouse.tenancy.user(subject, issuer, trust_token_roles)
 
 # token_roles(authorization, p, x): per-tenant roles carried in a token's
 # authorization claim (authorization[x].roles, as Userfront issues them),
@@ -60,18 +62,14 @@ valid_id(s) if {
 default tenant_reading(_) := {"invalid": "tenant_from is not path, header, host or token"}
 
 # path: a first segment equal to "t" (any case) names the tenant in the
-# second segment ("/t" names none, "/t/" an empty, invalid one). A raw path
-# an upstream could read differently is invalid, whatever it seems to name.
-tenant_reading("path") := {"invalid": "the path could be read as another tenant (dot segment, //, \\, ; or percent-encoding)"} if {
-	regex.match(ambiguous_path, raw_path)
-} else := {} if {
-	not regex.match(`^/[tT]/`, raw_path)
-} else := {"tenant": x} if {
-	x := split(raw_path, "/")[2]
-
-	# valid_id inlined ("." and ".." segments are ambiguous already)
-	regex.match(`^[a-zA-Z0-9._-]{1,128}$`, x)
-} else := {"invalid": "the path's tenant segment is not a valid tenant id"}
+# second segment ("/t" names none, "/t/" an empty, invalid one). The raw
+# path is read (Envoy's :path as the client sent it, never decoded or
+# normalized; the query never counts), and a path an upstream could read
+# differently is invalid, whatever it seems to name: "", not starting with
+# "/", "//", "\", ";", a percent-encoded "/", "\", "." or ";" anywhere, a
+# "." or ".." segment, any percent-encoding in the first two segments. The
+# built-in gatehouse.tenancy.path_tenant applies these rules natively.
+tenant_reading("path") := gatehouse.tenancy.path_tenant(request_path)
 
 tenant_reading("header") := {} if {
 	not tenant_header
@@ -91,24 +89,10 @@ tenant_reading("token") := {} if {
 # undefined when it names none or an invalid one (see tenant_reading).
 requested_tenant(mode) := tenant_reading(mode).tenant
 
-# raw_path is the path as the client sent it (Envoy's :path, never decoded
-# or normalized), without its query: everything from the first "?" is cut.
-default raw_path := ""
+# request_path is the path as the client sent it, with its query.
+default request_path := ""
 
-raw_path := split(input.attributes.request.http.path, "?")[0]
-
-# ambiguous_path matches a raw path that an upstream (or a proxy between)
-# could read as a different path than Gatehouse does. One expression, one
-# match per request; its alternatives, in order:
-#   ^$|^[^/]                    not an origin-form path ("", "*", "t/x", "http://...")
-#   //                          merged by many readers
-#   \\                          read as "/" by some
-#   ;                           path parameters, cut by some
-#   %(2[eEfF]|5[cC]|3[bB])      an encoded ".", "/", "\" or ";" (either hex case)
-#   /\.\.?(/|$)                 a "." or ".." segment, resolved by most
-#   ^/[^/]*(/[^/]*)?%           any encoding in the first two segments: "t" and
-#                               the tenant could be spelled another way
-ambiguous_path := `^$|^[^/]|//|\\|;|%(?:2[eEfF]|5[cC]|3[bB])|/\.\.?(?:/|$)|^/[^/]*(?:/[^/]*)?%`
+request_path := input.attributes.request.http.path
 
 # id_reading(v, what) reads a present value v: a valid id, or invalid.
 id_reading(v, what) := {"tenant": v} if {

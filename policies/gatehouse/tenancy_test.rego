@@ -15,34 +15,47 @@ sp_world := testing.world({
 })
 
 test_active_chain if {
-	tenancy.tenant_active("grandchild") with data.tenancy as sp_world
+	tenancy.tenant_active("grandchild") with data.tenancy as sp_world with gatehouse.tenancy.tenant_active as testing.tenant_active
 }
 
 test_suspended_ancestor_deactivates_descendants if {
 	w := json.patch(sp_world, [{"op": "replace", "path": "/tenants/sp/status", "value": "suspended"}])
-	not tenancy.tenant_active("grandchild") with data.tenancy as w
-	not tenancy.tenant_active("sp") with data.tenancy as w
+	not tenancy.tenant_active("grandchild") with data.tenancy as w with gatehouse.tenancy.tenant_active as testing.tenant_active
+	not tenancy.tenant_active("sp") with data.tenancy as w with gatehouse.tenancy.tenant_active as testing.tenant_active
 }
 
 test_unknown_tenant_is_not_active if {
-	not tenancy.tenant_active("nowhere") with data.tenancy as sp_world
+	not tenancy.tenant_active("nowhere") with data.tenancy as sp_world with gatehouse.tenancy.tenant_active as testing.tenant_active
 }
 
 test_tenant_roles if {
-	tenancy.tenant_roles("p", "sp") == ["reader", "writer"] with data.tenancy as sp_world
-	tenancy.tenant_roles("p", "child") == ["reader"] with data.tenancy as sp_world
-	not tenancy.tenant_roles("p", "grandchild") with data.tenancy as sp_world
+	tenancy.tenant_roles("p", "sp") == ["reader", "writer"] with data.tenancy as sp_world with gatehouse.tenancy.tenant_roles as testing.tenant_roles
+	tenancy.tenant_roles("p", "child") == ["reader"] with data.tenancy as sp_world with gatehouse.tenancy.tenant_roles as testing.tenant_roles
+	not tenancy.tenant_roles("p", "grandchild") with data.tenancy as sp_world with gatehouse.tenancy.tenant_roles as testing.tenant_roles
 }
 
 test_effective_roles_intersect_with_tenant_roles if {
 	# a user grant role the tenant no longer holds is not effective
 	w := json.patch(sp_world, [{"op": "replace", "path": "/index/tenant_roles/p/child", "value": ["writer"]}])
-	tenancy.effective_roles("u", "p", "child") == set() with data.tenancy as w
-	tenancy.effective_roles("u", "p", "child") == {"reader"} with data.tenancy as sp_world
+	tenancy.effective_roles("u", "p", "child") == set() with data.tenancy as w with gatehouse.tenancy.effective_roles as testing.effective_roles
+	tenancy.effective_roles("u", "p", "child") == {"reader"} with data.tenancy as sp_world with gatehouse.tenancy.effective_roles as testing.effective_roles
+}
+
+test_user if {
+	w := testing.world({
+		"tenants": {"t": {"id": "t", "parent": null, "status": "active"}},
+		"users": {"a": {"id": "a", "tenant": "t"}, "b": {"id": "b", "tenant": "t", "issuer": "https://b.example.com/"}},
+	})
+	tenancy.user("a", "https://idp.example.com/", false).tenant == "t" with data.tenancy as w with gatehouse.tenancy.user as testing.user
+	not tenancy.user("a", "https://idp.example.com/", true) with data.tenancy as w with gatehouse.tenancy.user as testing.user
+	tenancy.user("b", "https://b.example.com/", true).id == "b" with data.tenancy as w with gatehouse.tenancy.user as testing.user
+	not tenancy.user("b", "https://idp.example.com/", false) with data.tenancy as w with gatehouse.tenancy.user as testing.user
+	not tenancy.user("", "https://idp.example.com/", false) with data.tenancy as w with gatehouse.tenancy.user as testing.user
+	not tenancy.user("c", "https://idp.example.com/", false) with data.tenancy as w with gatehouse.tenancy.user as testing.user
 }
 
 test_user_roles_default_empty if {
-	tenancy.user_roles("nobody", "p", "sp") == [] with data.tenancy as sp_world
+	tenancy.user_roles("nobody", "p", "sp") == [] with data.tenancy as sp_world with gatehouse.tenancy.user_roles as testing.user_roles
 }
 
 # --- reading the target tenant (SPEC §6 step 3) ---
@@ -51,7 +64,7 @@ test_user_roles_default_empty if {
 http(fields) := {"attributes": {"request": {"http": fields}}}
 
 path_reading(path) := r if {
-	r := tenancy.tenant_reading("path") with input as http({"path": path})
+	r := tenancy.tenant_reading("path") with input as http({"path": path}) with gatehouse.tenancy.path_tenant as testing.path_tenant
 }
 
 # matches(got, want): want is {"tenant": X}, {} (no tenant) or "invalid".
@@ -168,9 +181,9 @@ test_path_reading if {
 }
 
 test_path_reading_without_a_path_is_invalid if {
-	tenancy.tenant_reading("path").invalid with input as http({})
-	tenancy.tenant_reading("path").invalid with input as http({"path": 7})
-	tenancy.tenant_reading("path").invalid with input as {}
+	tenancy.tenant_reading("path").invalid with input as http({}) with gatehouse.tenancy.path_tenant as testing.path_tenant
+	tenancy.tenant_reading("path").invalid with input as http({"path": 7}) with gatehouse.tenancy.path_tenant as testing.path_tenant
+	tenancy.tenant_reading("path").invalid with input as {} with gatehouse.tenancy.path_tenant as testing.path_tenant
 }
 
 # header, host and token sources: a present value must be a valid id.
@@ -220,17 +233,17 @@ source_cases := [
 test_source_reading if {
 	wrong := [[mode, doc, got] |
 		some [mode, doc, want] in source_cases
-		got := tenancy.tenant_reading(mode) with input as doc
+		got := tenancy.tenant_reading(mode) with input as doc with gatehouse.tenancy.path_tenant as testing.path_tenant
 		not matches(got, want)
 	]
 	wrong == []
 }
 
 test_requested_tenant if {
-	tenancy.requested_tenant("path") == "acme" with input as http({"path": "/t/acme/items"})
-	not tenancy.requested_tenant("path") with input as http({"path": "/api/acme"})
-	not tenancy.requested_tenant("path") with input as http({"path": "/t/"})
-	not tenancy.requested_tenant("path") with input as http({"path": "/t/%2Facme"})
+	tenancy.requested_tenant("path") == "acme" with input as http({"path": "/t/acme/items"}) with gatehouse.tenancy.path_tenant as testing.path_tenant
+	not tenancy.requested_tenant("path") with input as http({"path": "/api/acme"}) with gatehouse.tenancy.path_tenant as testing.path_tenant
+	not tenancy.requested_tenant("path") with input as http({"path": "/t/"}) with gatehouse.tenancy.path_tenant as testing.path_tenant
+	not tenancy.requested_tenant("path") with input as http({"path": "/t/%2Facme"}) with gatehouse.tenancy.path_tenant as testing.path_tenant
 	tenancy.requested_tenant("header") == "beta" with input as http({"headers": {"x-tenant-id": "beta"}})
 	not tenancy.requested_tenant("token") with input as {"token": {"claims": {"tenant": 7}}}
 	not tenancy.requested_tenant("nonsense") with input as http({"path": "/t/acme"})
@@ -252,6 +265,6 @@ test_route_roles if {
 
 test_token_roles if {
 	authorization := {"child": {"roles": ["reader", "writer", 5]}}
-	tenancy.token_roles(authorization, "p", "child") == {"reader"} with data.tenancy as sp_world
-	tenancy.token_roles({}, "p", "child") == set() with data.tenancy as sp_world
+	tenancy.token_roles(authorization, "p", "child") == {"reader"} with data.tenancy as sp_world with gatehouse.tenancy.tenant_roles as testing.tenant_roles
+	tenancy.token_roles({}, "p", "child") == set() with data.tenancy as sp_world with gatehouse.tenancy.tenant_roles as testing.tenant_roles
 }
