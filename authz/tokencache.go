@@ -184,13 +184,6 @@ func (c *tokenCache) invalidate() {
 	c.prev, c.prevBytes = nil, 0
 }
 
-// bytes returns the accounted size of the entries held.
-func (c *tokenCache) bytes() int64 {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.curBytes + c.prevBytes
-}
-
 // size returns the number of entries held (including ones past their use).
 func (c *tokenCache) size() int {
 	c.mu.RLock()

@@ -182,6 +182,7 @@ func TestStalledStreamsHoldBoundedMemory(t *testing.T) {
 	}
 	time.Sleep(time.Second) // each stream fills its socket buffers and blocks
 	held := heap() - base
+	runtime.KeepAlive(conns) // the streams stay open while the heap is measured
 	t.Logf("%d stalled change streams hold %d KiB of heap (%d KiB each)", streams, held>>10, held/streams>>10)
 	if s.streams.Load() != streams {
 		t.Fatalf("%d streams open, want %d", s.streams.Load(), streams)
