@@ -308,41 +308,31 @@ func (r *Reader) Scan(doc int, keys []string, fn func(e Entry) (bool, error)) er
 
 // User returns users[id], nil when absent. The read is recorded.
 func (r *Reader) User(id string) (*User, error) {
-	doc, _, err := r.Get(DocUsers, id)
-	if err != nil || doc == nil {
-		return nil, err
-	}
-	u := &User{}
-	if err := decodeUser(doc, u); err != nil {
-		return nil, r.undecodable(DocUsers, err, id)
-	}
-	return u, nil
+	return readEntity(r, DocUsers, id, decodeUser)
 }
 
 // Tenant returns tenants[id], nil when absent. The read is recorded.
 func (r *Reader) Tenant(id string) (*Tenant, error) {
-	doc, _, err := r.Get(DocTenants, id)
-	if err != nil || doc == nil {
-		return nil, err
-	}
-	t := &Tenant{}
-	if err := decodeTenant(doc, t); err != nil {
-		return nil, r.undecodable(DocTenants, err, id)
-	}
-	return t, nil
+	return readEntity(r, DocTenants, id, decodeTenant)
 }
 
 // Project returns projects[id], nil when absent. The read is recorded.
 func (r *Reader) Project(id string) (*Project, error) {
-	doc, _, err := r.Get(DocProjects, id)
-	if err != nil || doc == nil {
+	return readEntity(r, DocProjects, id, decodeProject)
+}
+
+// readEntity reads the entity id of collection doc with r (recorded) and
+// decodes it with decode; nil when absent.
+func readEntity[T any](r *Reader, doc int, id string, decode func([]byte, *T) error) (*T, error) {
+	b, _, err := r.Get(doc, id)
+	if err != nil || b == nil {
 		return nil, err
 	}
-	p := &Project{}
-	if err := decodeProject(doc, p); err != nil {
-		return nil, r.undecodable(DocProjects, err, id)
+	e := new(T)
+	if err := decode(b, e); err != nil {
+		return nil, r.undecodable(doc, err, id)
 	}
-	return p, nil
+	return e, nil
 }
 
 // TenantChain returns index.tenant_chain[t] (t and its ancestors, see
