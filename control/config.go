@@ -89,6 +89,8 @@ type Config struct {
 	// StreamWriteTimeout bounds each write to a sync stream's client: a
 	// client that stops reading for longer is cut off. Default 30s.
 	StreamWriteTimeout time.Duration `yaml:"stream_write_timeout"`
+	// Audit configures the audit trail of admin writes.
+	Audit AuditConfig `yaml:"audit"`
 
 	// Now is the clock (test hook); default time.Now.
 	Now func() time.Time `yaml:"-"`
@@ -131,6 +133,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.StreamWriteTimeout == 0 {
 		c.StreamWriteTimeout = writeTimeout
+	}
+	if c.Audit.Retention == 0 {
+		c.Audit.Retention = DefaultAuditRetention
 	}
 	for i := range c.Issuers {
 		c.Issuers[i].SetDefaults()
@@ -183,6 +188,9 @@ func (c Config) Validate() error {
 	}
 	if c.StreamWriteTimeout <= 0 {
 		bad("stream_write_timeout: %v must be positive", c.StreamWriteTimeout)
+	}
+	if c.Audit.Retention < time.Hour {
+		bad("audit.retention: %v must be at least 1h", c.Audit.Retention)
 	}
 	seen := map[string]bool{}
 	for _, is := range c.Issuers {

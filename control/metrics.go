@@ -27,6 +27,8 @@ type metrics struct {
 	writeDuration prometheus.Histogram
 	streams       *prometheus.GaugeVec
 	bodiesBusy    prometheus.Counter
+	auditRecords  prometheus.Counter
+	auditTrimmed  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, revision func() float64) (*metrics, error) {
@@ -44,6 +46,14 @@ func newMetrics(reg prometheus.Registerer, revision func() float64) (*metrics, e
 			Name: "gatehouse_control_bodies_busy_total",
 			Help: "Request bodies refused with 503 because body_budget_bytes stayed in use by other bodies for body_budget_wait.",
 		}),
+		auditRecords: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gatehouse_control_audit_records_total",
+			Help: "Audit records committed with admin writes (one per changed entity).",
+		}),
+		auditTrimmed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gatehouse_control_audit_trimmed_total",
+			Help: "Audit records removed because they were older than audit.retention.",
+		}),
 		streams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "gatehouse_control_feed_streams",
 			Help: "Open sync feed streams by kind (snapshot, changes).",
@@ -56,7 +66,7 @@ func newMetrics(reg prometheus.Registerer, revision func() float64) (*metrics, e
 		m.streams.WithLabelValues(k)
 	}
 	for _, c := range []prometheus.Collector{
-		m.writes, m.writeDuration, m.streams, m.bodiesBusy,
+		m.writes, m.writeDuration, m.streams, m.bodiesBusy, m.auditRecords, m.auditTrimmed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "gatehouse_control_revision",
 			Help: "The last committed tenancy revision.",

@@ -31,6 +31,9 @@ import (
 var (
 	bucketLog     = []byte("log")
 	bucketBundles = []byte("bundles")
+	// buckets of the audit trail (audit.go) and the decision store
+	// (decisions.go)
+	ownBuckets = [][]byte{bucketLog, bucketBundles, bucketAudit, bucketAuditTenants}
 )
 
 const (
@@ -165,7 +168,7 @@ func (s *Server) open() error {
 		if err := tenancy.Init(tx); err != nil {
 			return err
 		}
-		for _, b := range [][]byte{bucketLog, bucketBundles} {
+		for _, b := range ownBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -319,6 +322,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("PUT /v1/bundles/{name}", s.handlePutBundle)
 	mux.HandleFunc("GET /v1/bundles/{name}", s.handleGetBundle)
 	mux.HandleFunc("POST /v1/batch", s.handleBatch)
+	mux.HandleFunc("GET /v1/audit", s.handleAudit)
 	mux.HandleFunc("GET /v1/{collection}", s.handleList)
 	mux.HandleFunc("GET /v1/{collection}/{id}", s.handleGet)
 	mux.HandleFunc("PUT /v1/{collection}/{id}", s.handlePut)
