@@ -91,6 +91,8 @@ type Config struct {
 	StreamWriteTimeout time.Duration `yaml:"stream_write_timeout"`
 	// Audit configures the audit trail of admin writes.
 	Audit AuditConfig `yaml:"audit"`
+	// Decisions configures the store of the sidecars' decision logs.
+	Decisions DecisionsConfig `yaml:"decisions"`
 
 	// Now is the clock (test hook); default time.Now.
 	Now func() time.Time `yaml:"-"`
@@ -133,6 +135,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.StreamWriteTimeout == 0 {
 		c.StreamWriteTimeout = writeTimeout
+	}
+	if c.Decisions.MaxMB == 0 {
+		c.Decisions.MaxMB = DefaultDecisionsMaxMB
 	}
 	if c.Audit.Retention == 0 {
 		c.Audit.Retention = DefaultAuditRetention
@@ -191,6 +196,9 @@ func (c Config) Validate() error {
 	}
 	if c.Audit.Retention < time.Hour {
 		bad("audit.retention: %v must be at least 1h", c.Audit.Retention)
+	}
+	if c.Decisions.MaxMB < 1 || c.Decisions.MaxMB > 1<<20 {
+		bad("decisions.max_mb: %d must be from 1 to %d", c.Decisions.MaxMB, 1<<20)
 	}
 	seen := map[string]bool{}
 	for _, is := range c.Issuers {

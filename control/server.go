@@ -33,7 +33,10 @@ var (
 	bucketBundles = []byte("bundles")
 	// buckets of the audit trail (audit.go) and the decision store
 	// (decisions.go)
-	ownBuckets = [][]byte{bucketLog, bucketBundles, bucketAudit, bucketAuditTenants}
+	ownBuckets = [][]byte{
+		bucketLog, bucketBundles, bucketAudit, bucketAuditTenants,
+		bucketDecisions, bucketDecisionsTenants, bucketDecisionsIDs, bucketDecisionsMeta, bucketUsage,
+	}
 )
 
 const (
@@ -68,6 +71,9 @@ type Server struct {
 	// before they are read.
 	bodies  *semaphore.Weighted
 	streams atomic.Int64 // sync streams open (bounded by cfg.MaxStreams)
+	// usageTrimmed is when decision intake last removed expired usage
+	// counters (Unix nanoseconds).
+	usageTrimmed atomic.Int64
 
 	// ctx ends with Serve or Close: open streams watch it.
 	ctx    context.Context
@@ -118,6 +124,10 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		_ = s.db.Close()
 		return nil, err
 	}
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		s.metrics.decisionBytes.Set(float64(getU64(tx.Bucket(bucketDecisionsMeta), metaDecisionBytes)))
+		return nil
+	})
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.handler = s.routes()
 	return s, nil
@@ -323,6 +333,9 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/bundles/{name}", s.handleGetBundle)
 	mux.HandleFunc("POST /v1/batch", s.handleBatch)
 	mux.HandleFunc("GET /v1/audit", s.handleAudit)
+	mux.HandleFunc("POST /v1/logs", s.handleLogs)
+	mux.HandleFunc("GET /v1/decisions", s.handleDecisions)
+	mux.HandleFunc("GET /v1/usage", s.handleUsage)
 	mux.HandleFunc("GET /v1/{collection}", s.handleList)
 	mux.HandleFunc("GET /v1/{collection}/{id}", s.handleGet)
 	mux.HandleFunc("PUT /v1/{collection}/{id}", s.handlePut)
