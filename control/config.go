@@ -93,6 +93,9 @@ type Config struct {
 	Audit AuditConfig `yaml:"audit"`
 	// Decisions configures the store of the sidecars' decision logs.
 	Decisions DecisionsConfig `yaml:"decisions"`
+	// SidecarTTL is how long a sidecar stays in the fleet view after its
+	// last status report; default 1m.
+	SidecarTTL time.Duration `yaml:"sidecar_ttl"`
 
 	// Now is the clock (test hook); default time.Now.
 	Now func() time.Time `yaml:"-"`
@@ -135,6 +138,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.StreamWriteTimeout == 0 {
 		c.StreamWriteTimeout = writeTimeout
+	}
+	if c.SidecarTTL == 0 {
+		c.SidecarTTL = DefaultSidecarTTL
 	}
 	if c.Decisions.MaxMB == 0 {
 		c.Decisions.MaxMB = DefaultDecisionsMaxMB
@@ -196,6 +202,9 @@ func (c Config) Validate() error {
 	}
 	if c.Audit.Retention < time.Hour {
 		bad("audit.retention: %v must be at least 1h", c.Audit.Retention)
+	}
+	if c.SidecarTTL < time.Second {
+		bad("sidecar_ttl: %v must be at least 1s", c.SidecarTTL)
 	}
 	if c.Decisions.MaxMB < 1 || c.Decisions.MaxMB > 1<<20 {
 		bad("decisions.max_mb: %d must be from 1 to %d", c.Decisions.MaxMB, 1<<20)

@@ -74,6 +74,8 @@ type Server struct {
 	// usageTrimmed is when decision intake last removed expired usage
 	// counters (Unix nanoseconds).
 	usageTrimmed atomic.Int64
+	// fleet holds the sidecars' status reports.
+	fleet *fleet
 
 	// ctx ends with Serve or Close: open streams watch it.
 	ctx    context.Context
@@ -100,6 +102,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.fleet = newFleet(cfg.SidecarTTL, s.now)
 	admin, err := readToken("admin_token_file", cfg.AdminTokenFile)
 	if err != nil {
 		return nil, err
@@ -154,6 +157,11 @@ func (s *Server) instrument() error {
 	m, err := newMetrics(reg, func() float64 { return float64(s.rev.Load()) })
 	if err != nil {
 		return fmt.Errorf("register metrics: %w", err)
+	}
+	for _, c := range s.fleet.collectors(s.rev.Load) {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register metrics: %w", err)
+		}
 	}
 	s.metrics = m
 	return nil
@@ -336,6 +344,9 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/logs", s.handleLogs)
 	mux.HandleFunc("GET /v1/decisions", s.handleDecisions)
 	mux.HandleFunc("GET /v1/usage", s.handleUsage)
+	mux.HandleFunc("POST /v1/sidecars/{id}/status", s.handleSidecarStatus)
+	mux.HandleFunc("GET /v1/sidecars", s.handleSidecars)
+	mux.HandleFunc("GET /v1/revisions/{rev}", s.handleRevision)
 	mux.HandleFunc("GET /v1/{collection}", s.handleList)
 	mux.HandleFunc("GET /v1/{collection}/{id}", s.handleGet)
 	mux.HandleFunc("PUT /v1/{collection}/{id}", s.handlePut)
