@@ -183,29 +183,40 @@ func (s *Server) storeDecisions(records []json.RawMessage) (intakeAnswer, error)
 	if last := s.usageTrimmed.Load(); now.Sub(time.Unix(0, last)) >= usageTrimEvery {
 		trimUsageNow = s.usageTrimmed.CompareAndSwap(last, now.UnixNano())
 	}
+	// parsed before the write transaction, which other writes wait for
+	type parsed struct {
+		doc []byte
+		m   decisionMeta
+		ts  time.Time
+	}
 	reasons := map[string]int{}
+	valid := make([]parsed, 0, len(records))
+	for _, raw := range records {
+		var p parsed
+		doc, reason := s.parseDecision(raw, &p.m)
+		if reason != "" {
+			reasons[reason]++
+			ans.Dropped++
+			continue
+		}
+		p.doc, p.ts = doc, now
+		if t, err := time.Parse(time.RFC3339Nano, p.m.Timestamp); err == nil {
+			p.ts = t
+		}
+		valid = append(valid, p)
+	}
+	dropped := ans.Dropped
 	var stored uint64
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		ans = intakeAnswer{}
-		clear(reasons)
+		ans = intakeAnswer{Dropped: dropped}
 		main, idx, ids := tx.Bucket(bucketDecisions), tx.Bucket(bucketDecisionsTenants), tx.Bucket(bucketDecisionsIDs)
 		meta, usage := tx.Bucket(bucketDecisionsMeta), tx.Bucket(bucketUsage)
 		size, seq := getU64(meta, metaDecisionBytes), getU64(meta, metaDecisionSeq)
-		for _, raw := range records {
-			var m decisionMeta
-			doc, reason := s.parseDecision(raw, &m)
-			if reason != "" {
-				reasons[reason]++
-				ans.Dropped++
-				continue
-			}
+		for i := range valid {
+			doc, m, ts := valid[i].doc, &valid[i].m, valid[i].ts
 			if ids.Get([]byte(m.DecisionID)) != nil {
 				ans.Duplicates++
 				continue
-			}
-			ts := now
-			if t, err := time.Parse(time.RFC3339Nano, m.Timestamp); err == nil {
-				ts = t
 			}
 			seq++
 			k := binary.BigEndian.AppendUint64(tsKey(ts), seq)
@@ -223,7 +234,7 @@ func (s *Server) storeDecisions(records []json.RawMessage) (intakeAnswer, error)
 			if err := countUsage(usage, m.tenant(), ts, m.allowed()); err != nil {
 				return err
 			}
-			size += entrySize(doc, &m)
+			size += entrySize(doc, m)
 			ans.Stored++
 		}
 		evicted, size, err := evictDecisions(tx, size, limit)
