@@ -250,6 +250,21 @@ func (l *lookup) get(collection, id string) (tenancy.Entity, error) {
 	return nil, nil
 }
 
+// entityRefs are the fields of the entities' documents that lead to
+// tenants.
+type entityRefs struct {
+	ID      string `json:"id"`
+	Parent  string `json:"parent"`
+	Tenant  string `json:"tenant"`
+	Owner   string `json:"owner"`
+	Project string `json:"project"`
+	User    string `json:"user"`
+	Scope   struct {
+		Type string `json:"type"`
+		ID   string `json:"id"`
+	} `json:"scope"`
+}
+
 // touchedTenants lists, sorted, the tenants a change touches, from the
 // entity's values before and after: a tenant itself and its parent; a
 // user's home tenant; a project's owner; a project grant's grantee and the
@@ -278,25 +293,25 @@ func (l *lookup) touchedTenants(collection string, docs ...json.RawMessage) ([]s
 		if doc == nil {
 			continue
 		}
-		e, derr := tenancy.DecodeStored(collection, doc)
-		if derr != nil {
-			return nil, derr
+		var e entityRefs // the fields naming tenants (the documents were validated when written)
+		if derr := json.Unmarshal(doc, &e); derr != nil {
+			return nil, fmt.Errorf("%s: %w", collection, derr)
 		}
-		switch e := e.(type) {
-		case *tenancy.Tenant:
+		switch collection {
+		case tenancy.Tenants:
 			add(e.ID)
 			add(e.Parent)
-		case *tenancy.User:
+		case tenancy.Users:
 			add(e.Tenant)
-		case *tenancy.Project:
+		case tenancy.Projects:
 			add(e.Owner)
-		case *tenancy.ProjectGrant:
+		case tenancy.ProjectGrants:
 			add(e.Tenant)
 			follow(tenancy.Projects, e.Project, owner)
-		case *tenancy.UserGrant:
+		case tenancy.UserGrants:
 			add(e.Tenant)
 			follow(tenancy.Users, e.User, home)
-		case *tenancy.Membership:
+		case tenancy.Memberships:
 			follow(tenancy.Users, e.User, home)
 			switch e.Scope.Type {
 			case tenancy.ScopeTenant:
