@@ -526,6 +526,11 @@ func walkers(main, idx *bolt.Bucket, tenants []string, upper []byte) []*walker {
 // and returns the items and the cursor of the next page ("" when no key
 // is left). The items are copied out of the transaction by visit.
 func collect(ws []*walker, lower []byte, limit int, visit func(main []byte) (json.RawMessage, error)) ([]json.RawMessage, string, error) {
+	return collectBudget(ws, lower, limit, scanBudget, visit)
+}
+
+// collectBudget is collect with a scan budget of budget keys.
+func collectBudget(ws []*walker, lower []byte, limit, budget int, visit func(main []byte) (json.RawMessage, error)) ([]json.RawMessage, string, error) {
 	items := []json.RawMessage{}
 	var last []byte
 	for scanned := 0; ; scanned++ {
@@ -541,7 +546,7 @@ func collect(ws []*walker, lower []byte, limit int, visit func(main []byte) (jso
 		if best == nil {
 			return items, "", nil
 		}
-		if len(items) == limit || scanned == scanBudget {
+		if len(items) == limit || scanned == budget {
 			return items, hex.EncodeToString(last), nil
 		}
 		last = append(last[:0:0], best...)
