@@ -54,6 +54,9 @@ const (
 	maxUsageItems = 10000
 	// usageTrimEvery is how often intake removes expired usage counters.
 	usageTrimEvery = time.Hour
+	// maxClockSkew is how far ahead of the control endpoint's clock a
+	// record's timestamp may be; a later one is filed at the receipt time.
+	maxClockSkew = 5 * time.Minute
 )
 
 // Why records are dropped: the label of
@@ -200,8 +203,8 @@ func (s *Server) storeDecisions(records []json.RawMessage) (intakeAnswer, error)
 			continue
 		}
 		p.doc, p.ts = doc, now
-		if t, err := time.Parse(time.RFC3339Nano, p.m.Timestamp); err == nil {
-			p.ts = t
+		if t, err := time.Parse(time.RFC3339Nano, p.m.Timestamp); err == nil && !t.After(now.Add(maxClockSkew)) {
+			p.ts = t // else filed at the receipt time: a clock far ahead would keep its records from ever being the oldest
 		}
 		valid = append(valid, p)
 	}
