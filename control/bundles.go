@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -31,6 +32,12 @@ func bundlePathName(r *http.Request) (string, error) {
 		return "", badRequest("bundle name %q is not valid ([a-zA-Z0-9._-]{1,128}, not . or ..)", name)
 	}
 	return name, nil
+}
+
+// bundleAudit is a bundle's value in its audit records.
+type bundleAudit struct {
+	ETag  string `json:"etag"`
+	Bytes int    `json:"bytes"`
 }
 
 // etag is the quoted sha256 of a bundle.
@@ -67,10 +74,30 @@ func (s *Server) handlePutBundle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sum := sha256.Sum256(body)
+	var trimmed int
 	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketBundles)
+		var before json.RawMessage
+		if old := b.Get([]byte(name)); len(old) >= sha256.Size {
+			before, _ = json.Marshal(bundleAudit{ETag: etag(old[:sha256.Size]), Bytes: len(old) - sha256.Size})
+		}
+		after, _ := json.Marshal(bundleAudit{ETag: etag(sum[:]), Bytes: len(body)})
 		v := make([]byte, 0, len(sum)+len(body))
-		return tx.Bucket(bucketBundles).Put([]byte(name), append(append(v, sum[:]...), body...))
+		if err := b.Put([]byte(name), append(append(v, sum[:]...), body...)); err != nil {
+			return err
+		}
+		var err error
+		trimmed, err = appendRecord(tx, AuditRecord{
+			Revision: tenancy.Revision(tx), Time: s.now().UTC(), Actor: actorOf(p),
+			Request: requestPut, Op: tenancy.OpPut, Collection: "bundles", ID: name,
+			Tenants: []string{}, Before: before, After: after,
+		}, s.cfg.Audit.Retention)
+		return err
 	})
+	if err == nil {
+		s.metrics.auditRecords.Inc()
+		s.metrics.auditTrimmed.Add(float64(trimmed))
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return

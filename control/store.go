@@ -59,6 +59,7 @@ func (s *Server) commit(p principal, ops []tenancy.Op) (writeResult, error) {
 	if err != nil {
 		return writeResult{}, err
 	}
+	w.KeepBefore() // for the audit records
 	if p.role == roleUser {
 		err = s.applyDelegated(w, p, ops)
 	} else {
@@ -76,13 +77,19 @@ func (s *Server) commit(p principal, ops []tenancy.Op) (writeResult, error) {
 	if err := tenancy.SetChainHash(tx, hash); err != nil {
 		return writeResult{}, err
 	}
-	rec := revisionRecord{rev: rev, time: s.now().UTC(), changes: changes, prev: prev, hash: hash}
+	rec := revisionRecord{rev: rev, time: s.now().UTC(), changes: changes, prev: prev, hash: hash, actor: actorOf(p), request: requestOf(ops)}
 	if err := appendLog(tx, rec, uint64(s.cfg.History), s.cfg.FeedPartBytes); err != nil {
+		return writeResult{}, err
+	}
+	audited, trimmed, err := appendAudit(tx, rec, w.Before(), s.cfg.Audit.Retention)
+	if err != nil {
 		return writeResult{}, err
 	}
 	if err := tx.Commit(); err != nil {
 		return writeResult{}, fmt.Errorf("commit revision %d: %w", rev, err)
 	}
+	s.metrics.auditRecords.Add(float64(audited))
+	s.metrics.auditTrimmed.Add(float64(trimmed))
 	s.setRevision(rev)
 	s.feed.publish(rev)
 	return writeResult{revision: rev, changes: changes}, nil
@@ -129,13 +136,20 @@ type revisionRecord struct {
 	changes []tenancy.Change
 	prev    string
 	hash    string
+	// actor and request say who made the write and what it was (put,
+	// delete or batch): with the changes, the revision's audit records.
+	actor   Actor
+	request string
 }
 
-// historyEntry is a history part as stored: tenancy.LogEntry plus the hash
-// the revision follows (first part only).
+// historyEntry is a history part as stored: tenancy.LogEntry plus, on the
+// first part, the hash the revision follows and who wrote it (the feed
+// does not carry the latter to sidecars).
 type historyEntry struct {
 	tenancy.LogEntry
-	Prev string `json:"prev,omitempty"`
+	Prev  string `json:"prev,omitempty"`
+	Actor *Actor `json:"actor,omitempty"`
+	Op    string `json:"op,omitempty"`
 }
 
 func partKey(rev uint64, part uint32) []byte {
@@ -167,6 +181,9 @@ func appendLog(tx *bolt.Tx, r revisionRecord, history uint64, partBytes int) err
 		e := historyEntry{LogEntry: tenancy.LogEntry{Revision: r.rev, Time: r.time, Changes: p}}
 		if i == 0 {
 			e.Prev = r.prev
+			if r.actor.Kind != "" {
+				e.Actor, e.Op = &r.actor, r.request
+			}
 		}
 		if i < len(ps)-1 {
 			e.More = true

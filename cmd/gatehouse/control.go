@@ -45,7 +45,8 @@ and policy bundle hosting (/v1/bundles/{name}). The data lives in
 
 Configuration comes from --config (YAML, snake_case keys: addr, data_dir,
 admin_token_file, sync_token_file, issuers, history, heartbeat,
-max_entity_bytes, max_body_bytes, body_budget_bytes, body_budget_wait, log),
+max_entity_bytes, max_body_bytes, body_budget_bytes, body_budget_wait,
+audit.retention, decisions.max_mb, sidecar_ttl, log),
 overridden by GATEHOUSE_* environment variables (GATEHOUSE_ADMIN_TOKEN_FILE
 for --admin-token-file, ...), overridden by flags. Paths in the file are
 relative to its folder. Runs until SIGTERM or SIGINT.

@@ -338,6 +338,19 @@ Revoke Bob's grant, then repeat the first request: 403 no_role within millisecon
 
 curl -s -X DELETE {{.Control}}/v1/user_grants/bob-tk -H "authorization: Bearer $(cat {{.Dir}}/admin.token)"
 
+Is the revocation enforced everywhere? Ask with the revision the DELETE
+answered ({"revision": R, ...}): "pending" lists the sidecars not there yet.
+
+curl -s {{.Control}}/v1/revisions/R -H "authorization: Bearer $(cat {{.Dir}}/admin.token)"
+curl -s {{.Control}}/v1/sidecars -H "authorization: Bearer $(cat {{.Dir}}/admin.token)"
+
+Who changed what (the audit, per tenant), and a decision's log record (its
+decision_id is the answer's x-gatehouse-decision-id header):
+
+curl -s "{{.Control}}/v1/audit?tenant=beta&limit=5" -H "authorization: Bearer $(cat {{.Dir}}/admin.token)"
+curl -s "{{.Control}}/v1/decisions?tenant=beta&limit=5" -H "authorization: Bearer $(cat {{.Dir}}/admin.token)"
+curl -s "{{.Control}}/v1/usage?tenant=beta" -H "authorization: Bearer $(cat {{.Dir}}/admin.token)"
+
 Stop with Ctrl-C.
 `))
 
