@@ -71,6 +71,12 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Reflection registers gRPC server reflection (for grpcurl).
 	Reflection bool
+	// Observer receives every answer (decision logs, shadow policies;
+	// nil: none). See observe.go.
+	Observer Observer
+	// DryRun answers every check "allow"; the observer sees what was
+	// decided (opa-envoy-plugin's dry-run).
+	DryRun bool
 }
 
 // Server answers Envoy's ext_authz checks over gRPC and HTTP.
@@ -364,6 +370,7 @@ func (s *Server) answer(ctx context.Context, dec func(any) error) (*authv3.Check
 		d, headers, err = s.decide(ctx, m, deadline)
 	}
 	s.admit.release(taken)
+	d, err = s.observe(ctx, transportGRPC, m.req, d, err, start)
 	if err != nil {
 		s.metrics.observe(transportGRPC, outcomeError, time.Since(start).Seconds())
 		return nil, grpcError(err)

@@ -16,6 +16,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
 )
 
@@ -35,6 +36,15 @@ type ServeConfig struct {
 	Cache CacheConfig `yaml:"cache"`
 	// Limits bound what checks may cost.
 	Limits LimitsConfig `yaml:"limits"`
+	// DecisionLogs configures decision logs (SPEC §9); nil = none.
+	DecisionLogs *decisionlog.Config `yaml:"decision_logs"`
+	// DryRun answers every check "allow" and logs what was decided.
+	DryRun bool `yaml:"dry_run"`
+	// Labels describe the sidecar in decision logs and status reports.
+	Labels map[string]string `yaml:"labels"`
+	// ID names the sidecar (labels.id; --id, GATEHOUSE_ID; default the
+	// host name).
+	ID string `yaml:"id"`
 }
 
 // CacheConfig is the `cache:` section: entry and size bounds of the
@@ -163,6 +173,12 @@ func (c *ServeConfig) SetDefaults() {
 		c.Issuers[i].SetDefaults()
 	}
 	c.Log.SetDefaults()
+	if c.ID == "" {
+		c.ID, _ = os.Hostname()
+	}
+	if c.DecisionLogs != nil {
+		c.DecisionLogs.SetDefaults()
+	}
 }
 
 // SetDefaults fills unset fields.
@@ -198,6 +214,12 @@ func (c ServeConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("data.control_url: %q is not an http(s) URL", c.Data.ControlURL))
 	}
 	errs = append(errs, c.Limits.Validate())
+	if c.DecisionLogs != nil {
+		errs = append(errs, c.DecisionLogs.Validate())
+		if !c.DecisionLogs.Enabled() {
+			errs = append(errs, errors.New("decision_logs: no sink (console, file or service) is configured"))
+		}
+	}
 	seen := map[string]bool{}
 	for _, is := range c.Issuers {
 		errs = append(errs, is.Validate())
@@ -257,6 +279,14 @@ func (c *ServeConfig) resolvePaths(base string) {
 	} {
 		*p = resolve(base, *p)
 	}
+	if dl := c.DecisionLogs; dl != nil {
+		if dl.File != nil {
+			dl.File.Path = resolve(base, dl.File.Path)
+		}
+		if dl.Service != nil {
+			dl.Service.TokenFile = resolve(base, dl.Service.TokenFile)
+		}
+	}
 	for i := range c.Issuers {
 		c.Issuers[i].JWKSFile = resolve(base, c.Issuers[i].JWKSFile)
 		c.Issuers[i].PublicKeyFile = resolve(base, c.Issuers[i].PublicKeyFile)
@@ -291,6 +321,9 @@ var yamlSections = map[string]string{
 	"main.ListenConfig": "listen", "netx.TLSConfig": "listen.tls", "authz.PolicyConfig": "policies",
 	"authz.BundleSourceConfig": "policies.bundle", "main.DataConfig": "data", "authz.IssuerConfig": "issuers",
 	"main.LogConfig": "log", "main.CacheConfig": "cache", "main.LimitsConfig": "limits",
+	"decisionlog.Config": "decision_logs", "decisionlog.FileConfig": "decision_logs.file",
+	"decisionlog.ServiceConfig": "decision_logs.service", "decisionlog.ReportingConfig": "decision_logs.service.reporting",
+	"decisionlog.SampleConfig": "decision_logs.sample",
 }
 
 var (

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/ops"
 )
@@ -31,6 +32,7 @@ type serveFlags struct {
 	decision   string
 	logLevel   string
 	logFormat  string
+	id         string
 }
 
 func newServeCmd() *cobra.Command {
@@ -77,6 +79,7 @@ variables (GATEHOUSE_CONTROL_URL for --control-url, ...), overridden by flags.`,
 	fl.StringVar(&f.decision, "decision", "", "decision rule path (policies.decision, default envoy/authz/allow)")
 	fl.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (log.level)")
 	fl.StringVar(&f.logFormat, "log-format", "", "json or text (log.format)")
+	fl.StringVar(&f.id, "id", "", "the sidecar's id in decision logs and status reports (id, default the host name)")
 	return cmd
 }
 
@@ -104,6 +107,7 @@ func loadServeConfig(cmd *cobra.Command, f serveFlags) (ServeConfig, error) {
 	set("decision", &cfg.Policies.Decision, f.decision)
 	set("log-level", &cfg.Log.Level, f.logLevel)
 	set("log-format", &cfg.Log.Format, f.logFormat)
+	set("id", &cfg.ID, f.id)
 	if cmd.Flags().Changed("policies") {
 		cfg.Policies.Bundle = authz.BundleSourceConfig{}
 	}
@@ -124,6 +128,7 @@ type sidecar struct {
 	syncer   *bundle.Syncer
 	ext      *envoy.Server
 	ops      *ops.Server
+	declog   *decisionlog.Logger // nil: no decision logs
 	closers  []io.Closer
 }
 
@@ -169,7 +174,19 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 	if err != nil {
 		return nil, err
 	}
+	var observer envoy.Observer
+	var declog *decisionlog.Logger
+	if cfg.DecisionLogs != nil {
+		dl := *cfg.DecisionLogs
+		dl.ID, dl.Version, dl.Labels, dl.Path, dl.Registerer = cfg.ID, version, cfg.Labels, cfg.Policies.Decision, reg
+		if declog, err = decisionlog.New(dl, engine, logger); err != nil {
+			return nil, err
+		}
+		observer = declog
+	}
 	ext, err := envoy.New(envoy.Config{
+		Observer:         observer,
+		DryRun:           cfg.DryRun,
 		GRPCAddr:         cfg.Listen.GRPC,
 		HTTPAddr:         cfg.Listen.HTTP,
 		TLS:              cfg.Listen.TLS,
@@ -190,7 +207,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 	if err := opsSrv.Listen(); err != nil {
 		return nil, err
 	}
-	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, syncer: syncer, ext: ext, ops: opsSrv, closers: closers}, nil
+	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, syncer: syncer, ext: ext, ops: opsSrv, declog: declog, closers: closers}, nil
 }
 
 // policySource keeps the engine's policy set current: a directory
@@ -260,6 +277,16 @@ func (s *sidecar) logReady(ctx context.Context) {
 // (health NOT_SERVING first), background work stops, stores close.
 func (s *sidecar) Run(ctx context.Context) error {
 	s.logger.Info("gatehouse serve starting", "version", version, "grpc", s.ext.GRPCAddr(), "http", s.ext.HTTPAddr(), "ops", s.ops.Addr())
+	// Decision logs stop after the ext_authz server: the answers it
+	// drains are logged too.
+	logDone := make(chan struct{})
+	lctx, lcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer lcancel()
+	if s.declog != nil {
+		go func() { _ = s.declog.Run(lctx); close(logDone) }()
+	} else {
+		close(logDone)
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.ext.Serve(gctx) })
 	g.Go(func() error { return s.ops.Serve(gctx) })
@@ -270,6 +297,8 @@ func (s *sidecar) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { s.logReady(gctx); return nil })
 	err := g.Wait()
+	lcancel()
+	<-logDone
 	for _, c := range s.closers {
 		if cerr := c.Close(); cerr != nil {
 			s.logger.Warn("close", "err", cerr)
