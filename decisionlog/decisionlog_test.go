@@ -244,8 +244,10 @@ func byID(t *testing.T, sink string, recs []map[string]any) map[string]map[strin
 	out := map[string]map[string]any{}
 	for _, r := range recs {
 		id, _ := r["decision_id"].(string)
-		if _, dup := out[id]; dup {
-			t.Errorf("%s: decision %s logged twice", sink, id)
+		if prev, dup := out[id]; dup {
+			a, _ := json.Marshal(prev)
+			b, _ := json.Marshal(r)
+			t.Errorf("%s: decision %s logged twice:\n%s\n%s", sink, id, a, b)
 		}
 		out[id] = r
 	}

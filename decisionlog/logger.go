@@ -36,11 +36,13 @@ type Logger struct {
 	engine *authz.Engine
 	logger *slog.Logger
 	queue  chan Entry
+	labels map[string]string // shared by every record: read only
 	mask   *masker
 	reqID  atomic.Uint64
 
 	console *bufio.Writer
 	file    *lumberjack.Logger
+	fileBuf *bufio.Writer
 	upload  *uploader
 
 	dropped *prometheus.CounterVec
@@ -61,6 +63,11 @@ func New(cfg Config, engine *authz.Engine, logger *slog.Logger) (*Logger, error)
 	}
 	l := &Logger{cfg: cfg, engine: engine, logger: logger, queue: make(chan Entry, max(1, cfg.QueueSize)), mask: newMasker(),
 		sampleAllow: 1, sampleDeny: 1}
+	l.labels = make(map[string]string, len(cfg.Labels)+2)
+	for k, v := range cfg.Labels {
+		l.labels[k] = v
+	}
+	l.labels["id"], l.labels["version"] = cfg.ID, cfg.Version
 	if cfg.Sample.Allow != nil {
 		l.sampleAllow = *cfg.Sample.Allow
 	}
@@ -95,6 +102,7 @@ func New(cfg Config, engine *authz.Engine, logger *slog.Logger) (*Logger, error)
 	}
 	if f := cfg.File; f != nil {
 		l.file = &lumberjack.Logger{Filename: f.Path, MaxSize: f.MaxSizeMB, MaxBackups: f.MaxBackups}
+		l.fileBuf = bufio.NewWriterSize(l.file, 64<<10)
 	}
 	if cfg.Service != nil {
 		l.upload = newUploader(cfg, l.dropped, l.written.WithLabelValues("service"), logger)
@@ -163,23 +171,39 @@ func (l *Logger) Run(ctx context.Context) error {
 	return nil
 }
 
+// flush writes the buffered lines out (when the queue is empty, and
+// before a line would not fit: a rotation never splits a line).
 func (l *Logger) flush() {
 	if l.console != nil {
 		if err := l.console.Flush(); err != nil {
 			l.logger.Warn("decision log: console write failed", "err", err)
 		}
 	}
+	l.flushFile()
+}
+
+func (l *Logger) flushFile() {
+	if l.fileBuf == nil {
+		return
+	}
+	if err := l.fileBuf.Flush(); err != nil {
+		n := l.fileBuf.Buffered()
+		l.fileBuf.Reset(l.file)
+		l.dropped.WithLabelValues(DropWriteError).Inc()
+		l.logger.Warn("decision log: file write failed", "err", err, "bytes_lost", n)
+	}
 }
 
 // write builds, masks and encodes one record and hands it to the sinks.
 func (l *Logger) write(ctx context.Context, e Entry) {
-	rec, err := l.Build(e)
+	lp := l.mask.policy(l.engine.Policy())
+	rec, err := l.build(e, lp != nil)
 	if err != nil {
 		l.dropped.WithLabelValues(DropEncodeError).Inc()
 		l.logger.Error("decision log: record not built", "err", err)
 		return
 	}
-	if lp := l.mask.policy(l.engine.Policy()); lp != nil {
+	if lp != nil {
 		drop, err := l.mask.apply(ctx, lp, rec)
 		if err != nil {
 			// The mask may have been meant to hide something: fail closed.
@@ -202,7 +226,10 @@ func (l *Logger) write(ctx context.Context, e Entry) {
 		l.emit(l.console, "console", line)
 	}
 	if l.file != nil {
-		l.emit(l.file, "file", line)
+		if l.fileBuf.Available() < len(line) {
+			l.flushFile()
+		}
+		l.emit(l.fileBuf, "file", line)
 	}
 	if l.upload != nil {
 		l.upload.add(line[:len(line)-1]) // without the newline
@@ -219,9 +246,13 @@ func (l *Logger) emit(w io.Writer, sink string, line []byte) {
 }
 
 // Build makes the record of an entry (before masking and scrubbing).
-func (l *Logger) Build(e Entry) (*Record, error) {
+func (l *Logger) Build(e Entry) (*Record, error) { return l.build(e, true) }
+
+// build makes the record of e; with generic, its input is a JSON-like
+// value that mask policies can edit, else it is encoded at once.
+func (l *Logger) build(e Entry, generic bool) (*Record, error) {
 	rec := &Record{
-		Labels:    l.labels(),
+		Labels:    l.labels,
 		Path:      l.cfg.Path,
 		Timestamp: e.Start.UTC().Format(time.RFC3339Nano),
 		ReqID:     l.reqID.Add(1),
@@ -264,6 +295,20 @@ func (l *Logger) Build(e Entry) (*Record, error) {
 			if d != nil && d.Token != nil {
 				in.Insert(ast.InternedTerm("tenancy_revision"), ast.UIntNumberTerm(d.TenancyRevision))
 			}
+			if !generic {
+				rec.inputJSON = appendJSON(make([]byte, 0, 2048), in, []string{}, func(path []string, key string) bool {
+					if eraseSecretHeaders(path, key) {
+						p := "/input/attributes/request/http/headerMap"
+						if len(path) == 4 {
+							p = "/input/attributes/request/http/headers/" + escapePointer(key)
+						}
+						rec.Erased = append(rec.Erased, p)
+						return true
+					}
+					return false
+				})
+				return rec, nil
+			}
 			v, err := ast.JSON(in)
 			if err != nil {
 				return nil, err
@@ -294,35 +339,19 @@ func errString(err error) string {
 	return err.Error()
 }
 
-func (l *Logger) labels() map[string]string {
-	m := make(map[string]string, len(l.cfg.Labels)+2)
-	for k, v := range l.cfg.Labels {
-		m[k] = v
-	}
-	m["id"], m["version"] = l.cfg.ID, l.cfg.Version
-	return m
-}
 
 // Encode scrubs rec of the Authorization header's value and its token and
 // returns it as one JSON line.
 func (l *Logger) Encode(rec *Record, authorization string) ([]byte, error) {
-	if secrets := secretsOf(authorization); len(secrets) > 0 {
-		rec.Input = scrub(rec.Input, secrets)
-		rec.Result = scrub(rec.Result, secrets)
-		if rec.Error != nil {
-			rec.Error.Message = scrubString(rec.Error.Message, secrets)
-		}
-		if s := rec.Gatehouse.Shadow; s != nil {
-			s.Result = scrub(s.Result, secrets)
-			s.Error = scrubString(s.Error, secrets)
-		}
-		rec.Gatehouse.Reason = scrubString(rec.Gatehouse.Reason, secrets)
-		rec.Gatehouse.Subject = scrubString(rec.Gatehouse.Subject, secrets)
-		rec.Gatehouse.Tenant = scrubString(rec.Gatehouse.Tenant, secrets)
-	}
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return nil, err
+	}
+	if rec.inputJSON != nil {
+		b = append(append(append(b[:len(b)-1], `,"input":`...), rec.inputJSON...), '}')
+	}
+	if secrets := secretsOf(authorization); len(secrets) > 0 {
+		b = scrubBytes(b, secrets)
 	}
 	return append(b, '\n'), nil
 }

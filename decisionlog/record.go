@@ -63,6 +63,9 @@ type Record struct {
 	Erased      []string          `json:"erased,omitempty"`
 	Masked      []string          `json:"masked,omitempty"`
 	Gatehouse   Gatehouse         `json:"gatehouse"`
+
+	// inputJSON is the input already encoded (Input is then nil).
+	inputJSON []byte
 }
 
 // Bundle is a bundles entry: the policy revision.
@@ -227,20 +230,11 @@ func eraseHeaders(input map[string]any) []string {
 			}
 		}
 	}
-	if hm, ok := http["headerMap"].(map[string]any); ok {
-		if list, ok := hm["headers"].([]any); ok {
-			kept := list[:0]
-			for _, e := range list {
-				if kv, ok := e.(map[string]any); ok {
-					if k, _ := kv["key"].(string); isSecretHeader(k) {
-						erased = append(erased, "/input/attributes/request/http/headerMap/headers/"+escapePointer(k))
-						continue
-					}
-				}
-				kept = append(kept, e)
-			}
-			hm["headers"] = kept
-		}
+	if _, ok := http["headerMap"]; ok {
+		// Raw values would carry the secrets base64-encoded; http.headers
+		// has the same headers.
+		delete(http, "headerMap")
+		erased = append(erased, "/input/attributes/request/http/headerMap")
 	}
 	return erased
 }

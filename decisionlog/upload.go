@@ -145,7 +145,9 @@ func (u *uploader) run(ctx context.Context) {
 				continue
 			}
 		}
-		if err := u.flush(ctx); err != nil {
+		// An upload in flight is not cut by shutdown: one cut after the
+		// service stored it would be sent again by final.
+		if err := u.flush(context.WithoutCancel(ctx)); err != nil {
 			delay = min(2*delay, u.maxDelay)
 			u.logger.Warn("decision log upload failed; retrying", "err", err, "retry_in", delay, "pending", u.pending())
 		} else {
