@@ -570,3 +570,112 @@ func TestConfigValidate(t *testing.T) {
 func envoyConfig(obs envoy.Observer, dryRun bool) envoy.Config {
 	return envoy.Config{Observer: obs, DryRun: dryRun}
 }
+
+// shadowPolicy allows only /ok/a: /ok/b is a disagreement.
+const shadowPolicy = `package envoy.authz
+
+default allow := {"allowed": false, "http_status": 403, "reason": "shadow_no"}
+
+allow := {"allowed": true, "reason": "shadow_ok"} if {
+	input.token.valid
+	input.parsed_path == ["ok", "a"]
+}
+`
+
+func TestShadowDisagreementCountedAnswersStayActive(t *testing.T) {
+	t.Parallel()
+	file := filepath.Join(t.TempDir(), "decisions.log")
+	var shadow *decisionlog.Shadow
+	h := startHarness(t, harnessOpts{
+		cfg: decisionlog.Config{File: &decisionlog.FileConfig{Path: file}},
+		wrap: func(sc *testutil.Sidecar, l *decisionlog.Logger) interface{ Observe(decisionlog.Entry) } {
+			logger, _ := testutil.Logger(t)
+			se := authz.New(authz.Config{}, sc.Verifier, nil, logger)
+			src, err := authz.NewDirSource(authz.PolicyConfig{Dir: testutil.PolicyDir(t, map[string]string{"s.rego": shadowPolicy})}, se, logger)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := src.Load(); err != nil {
+				t.Fatal(err)
+			}
+			shadow = decisionlog.NewShadow(decisionlog.ShadowConfig{Registerer: sc.Registry}, se, l, logger)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { _ = shadow.Run(ctx); close(done) }()
+			t.Cleanup(func() { cancel(); <-done })
+			return shadow
+		},
+	})
+	tok := mint(t, "alice")
+	want := map[string]string{"/ok/a": "agree", "/ok/b": "disagree", "/no/a": "agree"}
+	counts := map[string]int{}
+	ids := map[string]string{}
+	for i := range 60 {
+		path := []string{"/ok/a", "/ok/b", "/no/a"}[i%3]
+		a := h.check(t, i, testutil.Request{Path: path, Headers: map[string]string{"authorization": "Bearer " + tok}})
+		if wantAllowed := path != "/no/a"; a.allowed != wantAllowed {
+			t.Fatalf("%s: allowed %v: the shadow policy's answer reached the client", path, a.allowed)
+		}
+		counts[want[path]]++
+		ids[a.id] = path
+	}
+	// The shadow stops before the logger: harness.stop stops the sidecar
+	// and the logger; let the shadow drain first.
+	testutil.Eventually(t, 5*time.Second, func() (bool, string) {
+		n := testutil.MetricValue(t, h.sc.Registry, "gatehouse_shadow_total", map[string]string{"result": "agree"}) +
+			testutil.MetricValue(t, h.sc.Registry, "gatehouse_shadow_total", map[string]string{"result": "disagree"})
+		return int(n) == 60, fmt.Sprintf("%v shadowed", n)
+	})
+	h.stop()
+	for _, r := range []string{"agree", "disagree"} {
+		if v := testutil.MetricValue(t, h.sc.Registry, "gatehouse_shadow_total", map[string]string{"result": r}); int(v) != counts[r] {
+			t.Errorf("shadow_total{%s} = %v, want %d", r, v, counts[r])
+		}
+	}
+	b, _ := os.ReadFile(file)
+	for id, rec := range byID(t, "file", readLines(t, b)) {
+		g := rec["gatehouse"].(map[string]any)
+		sh, _ := g["shadow"].(map[string]any)
+		if sh == nil {
+			t.Errorf("%s: no shadow answer in the record", id)
+			continue
+		}
+		if agree := want[ids[id]] == "agree"; sh["agree"] != agree {
+			t.Errorf("%s (%s): shadow %v", id, ids[id], sh)
+		}
+		if ids[id] == "/ok/b" && (sh["allowed"] != false || sh["reason"] != "shadow_no" || g["allowed"] != true) {
+			t.Errorf("%s: a disagreement without both results: %v", id, g)
+		}
+	}
+}
+
+func TestDryRunAllowsAndLogsTheDecision(t *testing.T) {
+	t.Parallel()
+	file := filepath.Join(t.TempDir(), "decisions.log")
+	h := startHarness(t, harnessOpts{cfg: decisionlog.Config{File: &decisionlog.FileConfig{Path: file}}, dryRun: true})
+	tok := mint(t, "alice")
+	decided := map[string]int{}
+	for i, r := range []testutil.Request{
+		{Path: "/no/a", Headers: map[string]string{"authorization": "Bearer " + tok}}, // 403
+		{Path: "/ok/a"}, // 401
+		{Path: "/ok/a", Headers: map[string]string{"authorization": "Bearer " + tok}}, // 200
+		{Method: "POST", Path: "/ok/a", Body: "{bad", Headers: map[string]string{"content-type": "application/json"}}, // 400
+	} {
+		for tr := range 2 {
+			a := h.check(t, 2*i+tr, r)
+			if !a.allowed || a.status != 200 {
+				t.Errorf("%s %s: dry run answered %+v", r.Method, r.Path, a)
+			}
+			decided[a.id] = []int{403, 401, 200, 400}[i]
+		}
+	}
+	h.stop()
+	b, _ := os.ReadFile(file)
+	recs := byID(t, "file", readLines(t, b))
+	for id, status := range decided {
+		g := recs[id]["gatehouse"].(map[string]any)
+		if g["dry_run"] != true || int(g["http_status"].(float64)) != status || g["allowed"] != (status == 200) {
+			t.Errorf("%s: record %v, decided %d", id, g, status)
+		}
+	}
+}

@@ -321,8 +321,8 @@ func (l *Logger) build(e Entry, generic bool) (*Record, error) {
 	return rec, nil
 }
 
-func shadowOf(s *ShadowResult) *Shadow {
-	out := &Shadow{Agree: s.Agree}
+func shadowOf(s *ShadowResult) *ShadowRecord {
+	out := &ShadowRecord{Agree: s.Agree}
 	if s.Err != nil {
 		out.Error = s.Err.Error()
 		return out
@@ -338,7 +338,6 @@ func errString(err error) string {
 	}
 	return err.Error()
 }
-
 
 // Encode scrubs rec of the Authorization header's value and its token and
 // returns it as one JSON line.

@@ -81,23 +81,23 @@ type RecordError struct {
 
 // Gatehouse is the record's "gatehouse" object (SPEC §9).
 type Gatehouse struct {
-	Tenant          string  `json:"tenant"`
-	Subject         string  `json:"subject"`
-	Issuer          string  `json:"issuer"`
-	Allowed         bool    `json:"allowed"`
-	HTTPStatus      int     `json:"http_status"`
-	Reason          string  `json:"reason"`
-	PolicyRevision  string  `json:"policy_revision"`
-	TenancyRevision uint64  `json:"tenancy_revision"`
-	Cache           string  `json:"cache"`
-	DurationNS      int64   `json:"duration_ns"`
-	Transport       string  `json:"transport,omitempty"`
-	DryRun          bool    `json:"dry_run,omitempty"`
-	Shadow          *Shadow `json:"shadow,omitempty"`
+	Tenant          string        `json:"tenant"`
+	Subject         string        `json:"subject"`
+	Issuer          string        `json:"issuer"`
+	Allowed         bool          `json:"allowed"`
+	HTTPStatus      int           `json:"http_status"`
+	Reason          string        `json:"reason"`
+	PolicyRevision  string        `json:"policy_revision"`
+	TenancyRevision uint64        `json:"tenancy_revision"`
+	Cache           string        `json:"cache"`
+	DurationNS      int64         `json:"duration_ns"`
+	Transport       string        `json:"transport,omitempty"`
+	DryRun          bool          `json:"dry_run,omitempty"`
+	Shadow          *ShadowRecord `json:"shadow,omitempty"`
 }
 
-// Shadow is the shadow policy's answer in a record.
-type Shadow struct {
+// ShadowRecord is the shadow policy's answer in a record.
+type ShadowRecord struct {
 	Agree          bool   `json:"agree"`
 	Allowed        bool   `json:"allowed"`
 	HTTPStatus     int    `json:"http_status,omitempty"`

@@ -272,6 +272,11 @@ func (c LogConfig) Validate() error {
 // resolvePaths makes the file paths of a configuration file relative to the
 // file's folder.
 func (c *ServeConfig) resolvePaths(base string) {
+	if sh := c.Policies.Shadow; sh != nil {
+		for _, p := range []*string{&sh.Dir, &sh.Bundle.PublicKeyFile, &sh.Bundle.TokenFile} {
+			*p = resolve(base, *p)
+		}
+	}
 	for _, p := range []*string{
 		&c.Policies.Dir, &c.Policies.Bundle.PublicKeyFile, &c.Policies.Bundle.TokenFile,
 		&c.Data.Dir, &c.Data.TokenFile,

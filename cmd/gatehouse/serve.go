@@ -120,16 +120,18 @@ func loadServeConfig(cmd *cobra.Command, f serveFlags) (ServeConfig, error) {
 
 // sidecar is the assembled `serve` process.
 type sidecar struct {
-	logger   *slog.Logger
-	registry *prometheus.Registry
-	verifier *authz.Verifier
-	engine   *authz.Engine
-	policies policySource
-	syncer   *bundle.Syncer
-	ext      *envoy.Server
-	ops      *ops.Server
-	declog   *decisionlog.Logger // nil: no decision logs
-	closers  []io.Closer
+	logger    *slog.Logger
+	registry  *prometheus.Registry
+	verifier  *authz.Verifier
+	engine    *authz.Engine
+	policies  policySource
+	syncer    *bundle.Syncer
+	ext       *envoy.Server
+	ops       *ops.Server
+	declog    *decisionlog.Logger // nil: no decision logs
+	shadow    *decisionlog.Shadow // nil: no shadow policy
+	shadowSrc policySource
+	closers   []io.Closer
 }
 
 // newSidecar builds every component and opens the listeners.
@@ -184,6 +186,28 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		}
 		observer = declog
 	}
+	var shadow *decisionlog.Shadow
+	var shadowSrc policySource
+	if cfg.Policies.Shadow != nil {
+		slog := logger.With("shadow", true)
+		sengine := authz.New(authz.Config{
+			MaxStaleness: cfg.Data.MaxStaleness, MinRevisionWait: cfg.Data.MinRevisionWait,
+			DecisionCacheEntries: cfg.Cache.Decisions, DecisionCacheBytes: bytesOfMB(cfg.Cache.DecisionsMB),
+			Builtins: bundle.Builtins(),
+		}, verifier, tenancy, slog)
+		scfg := cfg
+		scfg.Policies = *cfg.Policies.Shadow
+		scfg.Data.Dir = filepath.Join(cfg.Data.Dir, "shadow") // its own persisted bundle
+		if shadowSrc, err = newPolicySource(scfg, sengine, nil, slog); err != nil {
+			return nil, fmt.Errorf("policies.shadow: %w", err)
+		}
+		var next decisionlog.Observer
+		if declog != nil {
+			next = declog
+		}
+		shadow = decisionlog.NewShadow(decisionlog.ShadowConfig{Registerer: reg}, sengine, next, logger)
+		observer = shadow
+	}
 	ext, err := envoy.New(envoy.Config{
 		Observer:         observer,
 		DryRun:           cfg.DryRun,
@@ -207,7 +231,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 	if err := opsSrv.Listen(); err != nil {
 		return nil, err
 	}
-	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, syncer: syncer, ext: ext, ops: opsSrv, declog: declog, closers: closers}, nil
+	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, syncer: syncer, ext: ext, ops: opsSrv, declog: declog, shadow: shadow, shadowSrc: shadowSrc, closers: closers}, nil
 }
 
 // policySource keeps the engine's policy set current: a directory
@@ -277,26 +301,38 @@ func (s *sidecar) logReady(ctx context.Context) {
 // (health NOT_SERVING first), background work stops, stores close.
 func (s *sidecar) Run(ctx context.Context) error {
 	s.logger.Info("gatehouse serve starting", "version", version, "grpc", s.ext.GRPCAddr(), "http", s.ext.HTTPAddr(), "ops", s.ops.Addr())
-	// Decision logs stop after the ext_authz server: the answers it
-	// drains are logged too.
-	logDone := make(chan struct{})
+	// The shadow policy, then decision logs, stop after the ext_authz
+	// server: the answers it drains are logged too.
+	logDone, shadowDone := make(chan struct{}), make(chan struct{})
 	lctx, lcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer lcancel()
+	sctx, scancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer scancel()
 	if s.declog != nil {
 		go func() { _ = s.declog.Run(lctx); close(logDone) }()
 	} else {
 		close(logDone)
 	}
+	if s.shadow != nil {
+		go func() { _ = s.shadow.Run(sctx); close(shadowDone) }()
+	} else {
+		close(shadowDone)
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.ext.Serve(gctx) })
 	g.Go(func() error { return s.ops.Serve(gctx) })
 	g.Go(func() error { return s.policies.Run(gctx) })
+	if s.shadowSrc != nil {
+		g.Go(func() error { return s.shadowSrc.Run(gctx) })
+	}
 	g.Go(func() error { return s.verifier.Run(gctx) })
 	if s.syncer != nil {
 		g.Go(func() error { return s.syncer.Run(gctx) })
 	}
 	g.Go(func() error { s.logReady(gctx); return nil })
 	err := g.Wait()
+	scancel()
+	<-shadowDone
 	lcancel()
 	<-logDone
 	for _, c := range s.closers {
