@@ -658,7 +658,7 @@ func TestDryRunAllowsAndLogsTheDecision(t *testing.T) {
 	for i, r := range []testutil.Request{
 		{Path: "/no/a", Headers: map[string]string{"authorization": "Bearer " + tok}}, // 403
 		{Path: "/ok/a"}, // 401
-		{Path: "/ok/a", Headers: map[string]string{"authorization": "Bearer " + tok}}, // 200
+		{Path: "/ok/a", Headers: map[string]string{"authorization": "Bearer " + tok}},                                 // 200
 		{Method: "POST", Path: "/ok/a", Body: "{bad", Headers: map[string]string{"content-type": "application/json"}}, // 400
 	} {
 		for tr := range 2 {
