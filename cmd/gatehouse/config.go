@@ -141,6 +141,9 @@ type DataConfig struct {
 	// files up to 1 GiB (the check reads every page: ~80 s of one core at
 	// 6.5 GB). Damage found while reading triggers a rebuild either way.
 	VerifyOnStart *bool `yaml:"verify_on_start"`
+	// StatusInterval is how often the sidecar reports its state to the
+	// control endpoint (POST /v1/sidecars/{id}/status; default 5s).
+	StatusInterval time.Duration `yaml:"status_interval"`
 }
 
 // LogConfig is the `log:` section.
@@ -206,6 +209,9 @@ func (c ServeConfig) Validate() error {
 	}
 	if c.Data.ReconnectMaxBackoff < 0 {
 		errs = append(errs, fmt.Errorf("data.reconnect_max_backoff: %v is negative", c.Data.ReconnectMaxBackoff))
+	}
+	if c.Data.StatusInterval < 0 {
+		errs = append(errs, fmt.Errorf("data.status_interval: %v is negative", c.Data.StatusInterval))
 	}
 	if c.Data.MinRevisionWait < 0 {
 		errs = append(errs, fmt.Errorf("data.min_revision_wait: %v is negative", c.Data.MinRevisionWait))

@@ -131,6 +131,7 @@ type sidecar struct {
 	declog    *decisionlog.Logger // nil: no decision logs
 	shadow    *decisionlog.Shadow // nil: no shadow policy
 	shadowSrc policySource
+	reporter  *ops.Reporter // nil without a control endpoint
 	closers   []io.Closer
 }
 
@@ -225,13 +226,20 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		return nil, err
 	}
 	opsSrv := ops.New(ops.Config{Addr: cfg.Listen.Ops, Pprof: cfg.Listen.Pprof, Gatherer: reg, Registerer: reg}, engine, logger)
+	var reporter *ops.Reporter
+	if cfg.Data.ControlURL != "" {
+		reporter = ops.NewReporter(ops.ReporterConfig{
+			ControlURL: cfg.Data.ControlURL, TokenFile: cfg.Data.TokenFile, ID: cfg.ID, Version: version,
+			Labels: cfg.Labels, Interval: cfg.Data.StatusInterval,
+		}, opsSrv.Snapshot, logger)
+	}
 	if err := ext.Listen(); err != nil {
 		return nil, err
 	}
 	if err := opsSrv.Listen(); err != nil {
 		return nil, err
 	}
-	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, syncer: syncer, ext: ext, ops: opsSrv, declog: declog, shadow: shadow, shadowSrc: shadowSrc, closers: closers}, nil
+	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, syncer: syncer, ext: ext, ops: opsSrv, declog: declog, shadow: shadow, shadowSrc: shadowSrc, reporter: reporter, closers: closers}, nil
 }
 
 // policySource keeps the engine's policy set current: a directory
@@ -324,6 +332,9 @@ func (s *sidecar) Run(ctx context.Context) error {
 	g.Go(func() error { return s.policies.Run(gctx) })
 	if s.shadowSrc != nil {
 		g.Go(func() error { return s.shadowSrc.Run(gctx) })
+	}
+	if s.reporter != nil {
+		g.Go(func() error { return s.reporter.Run(gctx) })
 	}
 	g.Go(func() error { return s.verifier.Run(gctx) })
 	if s.syncer != nil {
