@@ -6,6 +6,10 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/decisionlog"
@@ -24,13 +28,21 @@ type Observer interface {
 // as decided (nil when there is none); the input of the record is built
 // from it later, off the Check's path, so req must not be reused after.
 func (s *Server) observe(ctx context.Context, t transport, req *authv3.CheckRequest, d *authz.Decision, err error, start time.Time) (*authz.Decision, error) {
-	if s.cfg.Observer == nil && !s.cfg.DryRun {
+	if s.cfg.Observer == nil && !s.cfg.DryRun && s.cfg.Tracer == nil {
 		return d, err
 	}
 	e := decisionlog.Entry{Decision: d, Err: err, Transport: t.String(), Start: start, Duration: time.Since(start)}
+	var headers map[string]string
 	if req != nil && req.GetAttributes().GetRequest().GetHttp() != nil {
+		headers = RequestHeaders(req.GetAttributes().GetRequest().GetHttp())
 		e.Input = logInput(req)
-		e.Authorization = RequestHeaders(req.GetAttributes().GetRequest().GetHttp())["authorization"]
+		e.Authorization = headers["authorization"]
+	}
+	if s.cfg.Tracer != nil {
+		sc := span(ctx, s.cfg.Tracer, t, headers, d, err, start)
+		if sc.IsValid() {
+			e.TraceID, e.SpanID = sc.TraceID().String(), sc.SpanID().String()
+		}
 	}
 	if s.cfg.DryRun {
 		e.DryRun = true
@@ -40,6 +52,34 @@ func (s *Server) observe(ctx context.Context, t transport, req *authv3.CheckRequ
 		s.cfg.Observer.Observe(e)
 	}
 	return d, err
+}
+
+// propagator reads W3C traceparent and tracestate.
+var propagator = propagation.TraceContext{}
+
+// span records the Check as a server span from start to now, child of the
+// request's traceparent (a malformed one starts a new trace), with the
+// decision's id, outcome and revisions; "cannot decide" is an error span.
+func span(ctx context.Context, tracer trace.Tracer, t transport, headers map[string]string, d *authz.Decision, err error, start time.Time) trace.SpanContext {
+	pctx := propagator.Extract(ctx, propagation.MapCarrier(headers))
+	_, sp := tracer.Start(pctx, "gatehouse.Check", trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(start),
+		trace.WithAttributes(attribute.String("gatehouse.transport", t.String())))
+	if err != nil {
+		sp.RecordError(err)
+		sp.SetStatus(codes.Error, "cannot decide")
+	} else {
+		sp.SetAttributes(
+			attribute.String("gatehouse.decision_id", d.ID),
+			attribute.Bool("gatehouse.allowed", d.Allowed),
+			attribute.Int("http.response.status_code", d.Status()),
+			attribute.String("gatehouse.reason", d.Reason),
+			attribute.String("gatehouse.policy_revision", d.PolicyRevision),
+			attribute.Int64("gatehouse.tenancy_revision", int64(d.TenancyRevision)),
+			attribute.String("gatehouse.cache", d.Cache),
+		)
+	}
+	sp.End()
+	return sp.SpanContext()
 }
 
 // logInput builds the input of req again, whole, for a record or a shadow

@@ -19,6 +19,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/topdown"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -77,6 +78,9 @@ type Config struct {
 	// DryRun answers every check "allow"; the observer sees what was
 	// decided (opa-envoy-plugin's dry-run).
 	DryRun bool
+	// Tracer, when set, records a span per Check, child of the request's
+	// W3C traceparent (see observe.go).
+	Tracer trace.Tracer
 }
 
 // Server answers Envoy's ext_authz checks over gRPC and HTTP.

@@ -45,6 +45,8 @@ type ServeConfig struct {
 	// ID names the sidecar (labels.id; --id, GATEHOUSE_ID; default the
 	// host name).
 	ID string `yaml:"id"`
+	// Tracing exports a span per Check over OTLP; nil = off.
+	Tracing *TracingConfig `yaml:"tracing"`
 }
 
 // CacheConfig is the `cache:` section: entry and size bounds of the
@@ -182,6 +184,9 @@ func (c *ServeConfig) SetDefaults() {
 	if c.DecisionLogs != nil {
 		c.DecisionLogs.SetDefaults()
 	}
+	if c.Tracing != nil {
+		c.Tracing.SetDefaults()
+	}
 }
 
 // SetDefaults fills unset fields.
@@ -220,6 +225,9 @@ func (c ServeConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("data.control_url: %q is not an http(s) URL", c.Data.ControlURL))
 	}
 	errs = append(errs, c.Limits.Validate())
+	if c.Tracing != nil {
+		errs = append(errs, c.Tracing.Validate())
+	}
 	if c.DecisionLogs != nil {
 		errs = append(errs, c.DecisionLogs.Validate())
 		if !c.DecisionLogs.Enabled() {
@@ -334,7 +342,7 @@ var yamlSections = map[string]string{
 	"main.LogConfig": "log", "main.CacheConfig": "cache", "main.LimitsConfig": "limits",
 	"decisionlog.Config": "decision_logs", "decisionlog.FileConfig": "decision_logs.file",
 	"decisionlog.ServiceConfig": "decision_logs.service", "decisionlog.ReportingConfig": "decision_logs.service.reporting",
-	"decisionlog.SampleConfig": "decision_logs.sample",
+	"decisionlog.SampleConfig": "decision_logs.sample", "main.TracingConfig": "tracing",
 }
 
 var (

@@ -11,6 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
@@ -131,7 +133,8 @@ type sidecar struct {
 	declog    *decisionlog.Logger // nil: no decision logs
 	shadow    *decisionlog.Shadow // nil: no shadow policy
 	shadowSrc policySource
-	reporter  *ops.Reporter // nil without a control endpoint
+	reporter  *ops.Reporter            // nil without a control endpoint
+	tracer    *sdktrace.TracerProvider // nil without tracing
 	closers   []io.Closer
 }
 
@@ -209,7 +212,16 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		shadow = decisionlog.NewShadow(decisionlog.ShadowConfig{Registerer: reg}, sengine, next, logger)
 		observer = shadow
 	}
+	var tp *sdktrace.TracerProvider
+	var tracer trace.Tracer
+	if cfg.Tracing != nil {
+		if tp, err = newTracerProvider(context.Background(), *cfg.Tracing, cfg.ID); err != nil {
+			return nil, err
+		}
+		tracer = tp.Tracer("github.com/gatehouse-dev/gatehouse/envoy")
+	}
 	ext, err := envoy.New(envoy.Config{
+		Tracer:           tracer,
 		Observer:         observer,
 		DryRun:           cfg.DryRun,
 		GRPCAddr:         cfg.Listen.GRPC,
@@ -239,7 +251,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 	if err := opsSrv.Listen(); err != nil {
 		return nil, err
 	}
-	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, syncer: syncer, ext: ext, ops: opsSrv, declog: declog, shadow: shadow, shadowSrc: shadowSrc, reporter: reporter, closers: closers}, nil
+	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, syncer: syncer, ext: ext, ops: opsSrv, declog: declog, shadow: shadow, shadowSrc: shadowSrc, reporter: reporter, tracer: tp, closers: closers}, nil
 }
 
 // policySource keeps the engine's policy set current: a directory
@@ -346,6 +358,13 @@ func (s *sidecar) Run(ctx context.Context) error {
 	<-shadowDone
 	lcancel()
 	<-logDone
+	if s.tracer != nil {
+		tctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if terr := s.tracer.Shutdown(tctx); terr != nil {
+			s.logger.Warn("tracing: spans not exported at shutdown", "err", terr)
+		}
+		cancel()
+	}
 	for _, c := range s.closers {
 		if cerr := c.Close(); cerr != nil {
 			s.logger.Warn("close", "err", cerr)
