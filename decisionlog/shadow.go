@@ -94,24 +94,35 @@ func (s *Shadow) forward(e Entry) {
 	}
 }
 
-// Run evaluates queued decisions until ctx is done; what is still queued
-// then goes on unshadowed.
+// drainTimeout bounds evaluating what is queued at shutdown.
+const drainTimeout = 2 * time.Second
+
+// Run evaluates queued decisions until ctx is done, then what is still
+// queued for at most drainTimeout; the rest goes on unshadowed.
 func (s *Shadow) Run(ctx context.Context) error {
 	for {
 		select {
 		case e := <-s.queue:
 			s.evaluate(ctx, &e)
 			s.forward(e)
+			continue
 		case <-ctx.Done():
-			for {
-				select {
-				case e := <-s.queue:
-					s.skipped.Inc()
-					s.forward(e)
-				default:
-					return nil
-				}
+		}
+		break
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	for {
+		select {
+		case e := <-s.queue:
+			if dctx.Err() == nil {
+				s.evaluate(dctx, &e)
+			} else {
+				s.skipped.Inc()
 			}
+			s.forward(e)
+		default:
+			return nil
 		}
 	}
 }
