@@ -9,79 +9,125 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 )
 
-// appendJSON appends v as JSON, escaping as encoding/json does (HTML
+// inputPath is the way down to the request headers in the input.
+var inputPath = [...]string{"attributes", "request", "http"}
+
+// encoder writes OPA values as JSON, escaping as encoding/json does (HTML
 // characters included), so that a secret's escaped form is the same
-// wherever it appears in a record. erase, when set, is called for each
-// object key at the given depth with the keys above it: it reports keys to
-// leave out.
-func appendJSON(b []byte, v ast.Value, path []string, erase func(path []string, key string) bool) []byte {
+// wherever it appears in a record. It leaves out the secret request
+// headers and header_map (whose raw values would carry them
+// base64-encoded; http.headers has the same headers), calling erased with
+// the JSON pointer of each. One encoder is reused by one goroutine: its
+// callbacks are bound once, so objects cost no allocation.
+type encoder struct {
+	b      []byte
+	first  bool
+	depth  int // how far down inputPath the current object is (-1: off it)
+	erased func(string)
+
+	itemFn func(k, t *ast.Term)
+	elemFn func(t *ast.Term)
+}
+
+func newEncoder() *encoder {
+	e := &encoder{}
+	e.itemFn, e.elemFn = e.item, e.elem
+	return e
+}
+
+// input appends the input document to b.
+func (e *encoder) input(b []byte, v ast.Value, erased func(string)) []byte {
+	e.b = b
+	e.value(v, 0, erased)
+	b, e.b, e.erased = e.b, nil, nil
+	return b
+}
+
+func (e *encoder) value(v ast.Value, depth int, erased func(string)) {
 	switch x := v.(type) {
 	case ast.Null:
-		return append(b, "null"...)
+		e.b = append(e.b, "null"...)
 	case ast.Boolean:
-		return strconv.AppendBool(b, bool(x))
+		e.b = strconv.AppendBool(e.b, bool(x))
 	case ast.Number:
-		return append(b, x...)
+		e.b = append(e.b, x...)
 	case ast.String:
-		return appendString(b, string(x))
+		e.b = appendString(e.b, string(x))
 	case *ast.Array:
-		b = append(b, '[')
+		e.b = append(e.b, '[')
 		for i := range x.Len() {
 			if i > 0 {
-				b = append(b, ',')
+				e.b = append(e.b, ',')
 			}
-			b = appendJSON(b, x.Elem(i).Value, nil, nil)
+			e.value(x.Elem(i).Value, -1, nil)
 		}
-		return append(b, ']')
+		e.b = append(e.b, ']')
 	case ast.Set:
-		b = append(b, '[')
-		first := true
-		x.Foreach(func(t *ast.Term) {
-			if !first {
-				b = append(b, ',')
-			}
-			first = false
-			b = appendJSON(b, t.Value, nil, nil)
-		})
-		return append(b, ']')
+		first := e.first
+		e.b, e.first = append(e.b, '['), true
+		x.Foreach(e.elemFn)
+		e.b, e.first = append(e.b, ']'), first
 	case ast.Object:
-		b = append(b, '{')
-		first := true
-		x.Foreach(func(k, t *ast.Term) {
-			ks, ok := k.Value.(ast.String)
-			if !ok {
-				ks = ast.String(k.String())
-			}
-			if erase != nil && erase(path, string(ks)) {
-				return
-			}
-			if !first {
-				b = append(b, ',')
-			}
-			first = false
-			b = appendString(b, string(ks))
-			b = append(b, ':')
-			var sub []string
-			if erase != nil && len(path) < 4 {
-				sub = append(path[:len(path):len(path)], string(ks))
-			}
-			if sub == nil {
-				b = appendJSON(b, t.Value, nil, nil)
-			} else {
-				b = appendJSON(b, t.Value, sub, erase)
-			}
-		})
-		return append(b, '}')
+		first, d, er := e.first, e.depth, e.erased
+		e.b, e.first, e.depth, e.erased = append(e.b, '{'), true, depth, erased
+		x.Foreach(e.itemFn)
+		e.b, e.first, e.depth, e.erased = append(e.b, '}'), first, d, er
+	default:
+		j, err := ast.JSON(v)
+		out, err2 := json.Marshal(j)
+		if err != nil || err2 != nil {
+			e.b = append(e.b, "null"...)
+			return
+		}
+		e.b = append(e.b, out...)
 	}
-	j, err := ast.JSON(v)
-	if err != nil {
-		return append(b, "null"...)
+}
+
+func (e *encoder) elem(t *ast.Term) {
+	if !e.first {
+		e.b = append(e.b, ',')
 	}
-	out, err := json.Marshal(j)
-	if err != nil {
-		return append(b, "null"...)
+	e.first = false
+	e.value(t.Value, -1, nil)
+}
+
+func (e *encoder) item(k, t *ast.Term) {
+	ks, ok := k.Value.(ast.String)
+	if !ok {
+		ks = ast.String(k.String())
 	}
-	return append(b, out...)
+	next := -1
+	switch {
+	case e.erased == nil || e.depth < 0:
+	case e.depth < len(inputPath):
+		if string(ks) == inputPath[e.depth] {
+			next = e.depth + 1
+		}
+	case e.depth == len(inputPath): // in input.attributes.request.http
+		switch string(ks) {
+		case "headerMap":
+			e.erased("/input/attributes/request/http/headerMap")
+			return
+		case "headers":
+			next = e.depth + 1
+		}
+	case e.depth == len(inputPath)+1: // in its headers
+		if isSecretHeader(string(ks)) {
+			e.erased("/input/attributes/request/http/headers/" + escapePointer(string(ks)))
+			return
+		}
+	}
+	if !e.first {
+		e.b = append(e.b, ',')
+	}
+	e.first = false
+	e.b = appendString(e.b, string(ks))
+	e.b = append(e.b, ':')
+	if next < 0 {
+		e.value(t.Value, -1, nil)
+	} else {
+		e.value(t.Value, next, e.erased)
+	}
 }
 
 const hexDigits = "0123456789abcdef"
@@ -135,32 +181,28 @@ func appendString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// eraseSecretHeaders leaves the secret headers out of
-// input.attributes.request.http.headers, and header_map (whose raw values
-// would carry them base64-encoded) entirely: http.headers has its values.
-func eraseSecretHeaders(path []string, key string) bool {
-	if len(path) != 4 && len(path) != 3 {
-		return false
-	}
-	if path[0] != "attributes" || path[1] != "request" || path[2] != "http" {
-		return false
-	}
-	if len(path) == 3 {
-		return key == "headerMap"
-	}
-	return path[3] == "headers" && isSecretHeader(key)
-}
-
-// scrubBytes replaces every secret, raw or JSON-escaped, in an encoded
-// record.
+// scrubBytes replaces every secret, as JSON escapes it, in an encoded
+// record (a secret JSON escapes appears only escaped: its raw form could
+// span a delimiter).
 func scrubBytes(b []byte, secrets []string) []byte {
-	// A secret that JSON escapes appears only in its escaped form (its
-	// raw form could span a delimiter).
 	for _, s := range secrets {
-		esc := appendString(nil, s)
-		if esc = esc[1 : len(esc)-1]; bytes.Contains(b, esc) {
+		esc := []byte(s)
+		if needsEscape(s) {
+			esc = appendString(nil, s)
+			esc = esc[1 : len(esc)-1]
+		}
+		if bytes.Contains(b, esc) {
 			b = bytes.ReplaceAll(b, esc, []byte(redacted))
 		}
 	}
 	return b
+}
+
+func needsEscape(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' || c >= utf8.RuneSelf {
+			return true
+		}
+	}
+	return false
 }

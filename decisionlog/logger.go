@@ -2,6 +2,7 @@ package decisionlog
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -37,8 +38,14 @@ type Logger struct {
 	logger *slog.Logger
 	queue  chan Entry
 	labels map[string]string // shared by every record: read only
-	mask   *masker
-	reqID  atomic.Uint64
+
+	// reused by the one writing goroutine
+	inBuf []byte
+	line  bytes.Buffer
+	enc   *json.Encoder
+	jenc  *encoder
+	mask  *masker
+	reqID atomic.Uint64
 
 	console *bufio.Writer
 	file    *lumberjack.Logger
@@ -63,6 +70,7 @@ func New(cfg Config, engine *authz.Engine, logger *slog.Logger) (*Logger, error)
 	}
 	l := &Logger{cfg: cfg, engine: engine, logger: logger, queue: make(chan Entry, max(1, cfg.QueueSize)), mask: newMasker(),
 		sampleAllow: 1, sampleDeny: 1}
+	l.enc, l.jenc = json.NewEncoder(&l.line), newEncoder()
 	l.labels = make(map[string]string, len(cfg.Labels)+2)
 	for k, v := range cfg.Labels {
 		l.labels[k] = v
@@ -258,7 +266,7 @@ func (l *Logger) build(e Entry, generic bool) (*Record, error) {
 		ReqID:     l.reqID.Add(1),
 		TraceID:   e.TraceID,
 		SpanID:    e.SpanID,
-		Metrics:   map[string]int64{"timer_server_handler_ns": e.Duration.Nanoseconds()},
+		Metrics:   Metrics{ServerHandlerNS: e.Duration.Nanoseconds()},
 	}
 	d := e.Decision
 	if d == nil {
@@ -278,7 +286,7 @@ func (l *Logger) build(e Entry, generic bool) (*Record, error) {
 			rec.Bundles = map[string]Bundle{"policy": {Revision: d.PolicyRevision}}
 		}
 		if d.Duration > 0 {
-			rec.Metrics["timer_rego_query_eval_ns"] = d.Duration.Nanoseconds()
+			rec.Metrics.RegoEvalNS = d.Duration.Nanoseconds()
 		}
 	}
 	rec.Gatehouse.Transport = e.Transport
@@ -296,17 +304,8 @@ func (l *Logger) build(e Entry, generic bool) (*Record, error) {
 				in.Insert(ast.InternedTerm("tenancy_revision"), ast.UIntNumberTerm(d.TenancyRevision))
 			}
 			if !generic {
-				rec.inputJSON = appendJSON(make([]byte, 0, 2048), in, []string{}, func(path []string, key string) bool {
-					if eraseSecretHeaders(path, key) {
-						p := "/input/attributes/request/http/headerMap"
-						if len(path) == 4 {
-							p = "/input/attributes/request/http/headers/" + escapePointer(key)
-						}
-						rec.Erased = append(rec.Erased, p)
-						return true
-					}
-					return false
-				})
+				l.inBuf = l.jenc.input(l.inBuf[:0], in, func(p string) { rec.Erased = append(rec.Erased, p) })
+				rec.inputJSON = l.inBuf
 				return rec, nil
 			}
 			v, err := ast.JSON(in)
@@ -341,16 +340,18 @@ func errString(err error) string {
 
 // Encode scrubs rec of the Authorization header's value and its token and
 // returns it as one JSON line.
+// The line is valid until the next call (its buffer is reused).
 func (l *Logger) Encode(rec *Record, authorization string) ([]byte, error) {
-	b, err := json.Marshal(rec)
-	if err != nil {
+	l.line.Reset()
+	if err := l.enc.Encode(rec); err != nil {
 		return nil, err
 	}
+	b := l.line.Bytes()
 	if rec.inputJSON != nil {
-		b = append(append(append(b[:len(b)-1], `,"input":`...), rec.inputJSON...), '}')
+		b = append(append(append(b[:len(b)-2], `,"input":`...), rec.inputJSON...), '}', '\n') // before "}\n"
 	}
-	if secrets := secretsOf(authorization); len(secrets) > 0 {
-		b = scrubBytes(b, secrets)
+	if secret := secretOf(authorization); secret != "" {
+		b = scrubBytes(b, []string{secret})
 	}
-	return append(b, '\n'), nil
+	return b, nil
 }

@@ -56,7 +56,7 @@ type Record struct {
 	Error       *RecordError      `json:"error,omitempty"`
 	RequestedBy string            `json:"requested_by,omitempty"`
 	Timestamp   string            `json:"timestamp"`
-	Metrics     map[string]int64  `json:"metrics,omitempty"`
+	Metrics     Metrics           `json:"metrics"`
 	ReqID       uint64            `json:"req_id"`
 	TraceID     string            `json:"trace_id,omitempty"`
 	SpanID      string            `json:"span_id,omitempty"`
@@ -66,6 +66,12 @@ type Record struct {
 
 	// inputJSON is the input already encoded (Input is then nil).
 	inputJSON []byte
+}
+
+// Metrics are OPA's timers of the decision, in nanoseconds.
+type Metrics struct {
+	ServerHandlerNS int64 `json:"timer_server_handler_ns"`
+	RegoEvalNS      int64 `json:"timer_rego_query_eval_ns,omitempty"`
 }
 
 // Bundle is a bundles entry: the policy revision.
@@ -256,58 +262,18 @@ func escapePointer(s string) string {
 // redacted replaces a raw token wherever a record would contain it.
 const redacted = "[REDACTED]"
 
-// scrub replaces every occurrence of the secrets in v's strings (keys
-// too), in place where it can, returning the new value.
-func scrub(v any, secrets []string) any {
-	switch x := v.(type) {
-	case string:
-		return scrubString(x, secrets)
-	case map[string]any:
-		for k, e := range x {
-			nk := scrubString(k, secrets)
-			ne := scrub(e, secrets)
-			if nk != k {
-				delete(x, k)
-			}
-			x[nk] = ne
-		}
-		return x
-	case []any:
-		for i, e := range x {
-			x[i] = scrub(e, secrets)
-		}
-		return x
-	case []string:
-		out := make([]any, len(x))
-		for i, e := range x {
-			out[i] = scrubString(e, secrets)
-		}
-		return out
+// secretOf is the string a record must not contain for an Authorization
+// header value: its credential (the header value has it too), or the
+// whole value when the credential is too short to scrub on its own; ""
+// when neither is long enough.
+func secretOf(authorization string) string {
+	if tok := rawToken(authorization); len(tok) >= minScrubLen {
+		return tok
 	}
-	return v
-}
-
-func scrubString(s string, secrets []string) string {
-	for _, sec := range secrets {
-		if sec != "" && strings.Contains(s, sec) {
-			s = strings.ReplaceAll(s, sec, redacted)
-		}
-	}
-	return s
-}
-
-// secretsOf are the strings a record must not contain for an
-// Authorization header value: the header value and its token.
-func secretsOf(authorization string) []string {
-	tok := rawToken(authorization)
-	var out []string
 	if v := strings.TrimSpace(authorization); len(v) >= minScrubLen {
-		out = append(out, v)
+		return v
 	}
-	if len(tok) >= minScrubLen && tok != strings.TrimSpace(authorization) {
-		out = append(out, tok)
-	}
-	return out
+	return ""
 }
 
 // deepCopy copies JSON-like maps and slices (records are scrubbed and
