@@ -36,7 +36,7 @@ type Config struct {
 	Stdout interface{ Write([]byte) (int, error) } `yaml:"-"`
 	// Registerer receives the metrics (nil: none).
 	Registerer prometheus.Registerer `yaml:"-"`
-	// HTTPClient is the upload client (default: 30s timeout).
+	// HTTPClient is the upload client (default: 10s timeout).
 	HTTPClient *http.Client `yaml:"-"`
 	// Now is a test hook (default time.Now).
 	Now func() time.Time `yaml:"-"`

@@ -1,7 +1,6 @@
 package decisionlog
 
 import (
-	"bytes"
 	"encoding/json"
 	"strconv"
 	"unicode/utf8"
@@ -24,6 +23,8 @@ type encoder struct {
 	first  bool
 	depth  int // how far down inputPath the current object is (-1: off it)
 	erased func(string)
+	// secrets are replaced in every string written (see secretsOf).
+	secrets []string
 
 	itemFn func(k, t *ast.Term)
 	elemFn func(t *ast.Term)
@@ -35,11 +36,11 @@ func newEncoder() *encoder {
 	return e
 }
 
-// input appends the input document to b.
-func (e *encoder) input(b []byte, v ast.Value, erased func(string)) []byte {
-	e.b = b
+// input appends the input document to b, secrets replaced.
+func (e *encoder) input(b []byte, v ast.Value, secrets []string, erased func(string)) []byte {
+	e.b, e.secrets = b, secrets
 	e.value(v, 0, erased)
-	b, e.b, e.erased = e.b, nil, nil
+	b, e.b, e.erased, e.secrets = e.b, nil, nil, nil
 	return b
 }
 
@@ -52,7 +53,7 @@ func (e *encoder) value(v ast.Value, depth int, erased func(string)) {
 	case ast.Number:
 		e.b = append(e.b, x...)
 	case ast.String:
-		e.b = appendString(e.b, string(x))
+		e.b = appendString(e.b, scrubString(string(x), e.secrets))
 	case *ast.Array:
 		e.b = append(e.b, '[')
 		for i := range x.Len() {
@@ -121,7 +122,7 @@ func (e *encoder) item(k, t *ast.Term) {
 		e.b = append(e.b, ',')
 	}
 	e.first = false
-	e.b = appendString(e.b, string(ks))
+	e.b = appendString(e.b, scrubString(string(ks), e.secrets))
 	e.b = append(e.b, ':')
 	if next < 0 {
 		e.value(t.Value, -1, nil)
@@ -179,23 +180,6 @@ func appendString(b []byte, s string) []byte {
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
-}
-
-// scrubBytes replaces every secret, as JSON escapes it, in an encoded
-// record (a secret JSON escapes appears only escaped: its raw form could
-// span a delimiter).
-func scrubBytes(b []byte, secrets []string) []byte {
-	for _, s := range secrets {
-		esc := []byte(s)
-		if needsEscape(s) {
-			esc = appendString(nil, s)
-			esc = esc[1 : len(esc)-1]
-		}
-		if bytes.Contains(b, esc) {
-			b = bytes.ReplaceAll(b, esc, []byte(redacted))
-		}
-	}
-	return b
 }
 
 func needsEscape(s string) bool {

@@ -214,7 +214,8 @@ func (l *Logger) flushFile() {
 // write builds, masks and encodes one record and hands it to the sinks.
 func (l *Logger) write(ctx context.Context, e Entry) {
 	lp := l.mask.policy(l.engine.Policy())
-	rec, err := l.build(e, lp != nil)
+	secrets := secretsOf(e.Authorization)
+	rec, err := l.build(e, lp != nil, secrets)
 	if err != nil {
 		l.dropped.WithLabelValues(DropEncodeError).Inc()
 		l.logger.Error("decision log: record not built", "err", err)
@@ -233,7 +234,7 @@ func (l *Logger) write(ctx context.Context, e Entry) {
 			return
 		}
 	}
-	line, err := l.Encode(rec, e.Authorization)
+	line, err := l.encode(rec)
 	if err != nil {
 		l.dropped.WithLabelValues(DropEncodeError).Inc()
 		l.logger.Error("decision log: record not encoded", "decision_id", rec.DecisionID, "err", err)
@@ -263,11 +264,32 @@ func (l *Logger) emit(w io.Writer, sink string, line []byte) {
 }
 
 // Build makes the record of an entry (before masking and scrubbing).
-func (l *Logger) Build(e Entry) (*Record, error) { return l.build(e, true) }
+func (l *Logger) Build(e Entry) (*Record, error) { return l.build(e, true, secretsOf(e.Authorization)) }
 
-// build makes the record of e; with generic, its input is a JSON-like
-// value that mask policies can edit, else it is encoded at once.
-func (l *Logger) build(e Entry, generic bool) (*Record, error) {
+// build makes the record of e, every string scrubbed of secrets; with
+// generic, its input is a JSON-like value that mask policies can edit,
+// else it is encoded at once.
+func (l *Logger) build(e Entry, generic bool, secrets []string) (*Record, error) {
+	rec, err := l.record(e, generic, secrets)
+	if err != nil || len(secrets) == 0 {
+		return rec, err
+	}
+	rec.Input = scrub(rec.Input, secrets)
+	rec.Result = scrub(rec.Result, secrets)
+	if rec.Error != nil {
+		rec.Error.Message = scrubString(rec.Error.Message, secrets)
+	}
+	if s := rec.Gatehouse.Shadow; s != nil {
+		s.Result = scrub(s.Result, secrets)
+		s.Error = scrubString(s.Error, secrets)
+		s.Reason = scrubString(s.Reason, secrets)
+	}
+	g := &rec.Gatehouse
+	g.Reason, g.Subject, g.Tenant, g.Issuer = scrubString(g.Reason, secrets), scrubString(g.Subject, secrets), scrubString(g.Tenant, secrets), scrubString(g.Issuer, secrets)
+	return rec, nil
+}
+
+func (l *Logger) record(e Entry, generic bool, secrets []string) (*Record, error) {
 	rec := &Record{
 		Labels:    l.labels,
 		Path:      l.cfg.Path,
@@ -313,7 +335,7 @@ func (l *Logger) build(e Entry, generic bool) (*Record, error) {
 				in.Insert(ast.InternedTerm("tenancy_revision"), ast.UIntNumberTerm(d.TenancyRevision))
 			}
 			if !generic {
-				l.inBuf = l.jenc.input(l.inBuf[:0], in, func(p string) { rec.Erased = append(rec.Erased, p) })
+				l.inBuf = l.jenc.input(l.inBuf[:0], in, secrets, func(p string) { rec.Erased = append(rec.Erased, p) })
 				rec.inputJSON = l.inBuf
 				return rec, nil
 			}
@@ -347,10 +369,9 @@ func errString(err error) string {
 	return err.Error()
 }
 
-// Encode scrubs rec of the Authorization header's value and its token and
-// returns it as one JSON line.
-// The line is valid until the next call (its buffer is reused).
-func (l *Logger) Encode(rec *Record, authorization string) ([]byte, error) {
+// encode returns rec as one JSON line, valid until the next call (its
+// buffer is reused).
+func (l *Logger) encode(rec *Record) ([]byte, error) {
 	l.line.Reset()
 	if err := l.enc.Encode(rec); err != nil {
 		return nil, err
@@ -358,9 +379,6 @@ func (l *Logger) Encode(rec *Record, authorization string) ([]byte, error) {
 	b := l.line.Bytes()
 	if rec.inputJSON != nil {
 		b = append(append(append(b[:len(b)-2], `,"input":`...), rec.inputJSON...), '}', '\n') // before "}\n"
-	}
-	if secret := secretOf(authorization); secret != "" {
-		b = scrubBytes(b, []string{secret})
 	}
 	return b, nil
 }

@@ -1,6 +1,8 @@
 package decisionlog
 
 import (
+	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -143,7 +145,7 @@ func result(d *authz.Decision) any {
 		m["response_headers_to_add"] = headerMap(d.ResponseHeadersToAdd)
 	}
 	if len(d.RequestHeadersToRemove) > 0 {
-		m["request_headers_to_remove"] = d.RequestHeadersToRemove
+		m["request_headers_to_remove"] = anySlice(d.RequestHeadersToRemove)
 	}
 	if d.Body != "" {
 		m["body"] = d.Body
@@ -158,9 +160,18 @@ func result(d *authz.Decision) any {
 		m["query_parameters_to_set"] = headerMap(d.QueryParametersToSet)
 	}
 	if len(d.QueryParametersToRemove) > 0 {
-		m["query_parameters_to_remove"] = d.QueryParametersToRemove
+		m["query_parameters_to_remove"] = anySlice(d.QueryParametersToRemove)
 	}
 	return m
+}
+
+// anySlice copies strings into a JSON-like array (mask rules edit it).
+func anySlice(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
 }
 
 // headerMap renders headers as the policy's object: a string, or an array
@@ -262,18 +273,73 @@ func escapePointer(s string) string {
 // redacted replaces a raw token wherever a record would contain it.
 const redacted = "[REDACTED]"
 
-// secretOf is the string a record must not contain for an Authorization
-// header value: its credential (the header value has it too), or the
-// whole value when the credential is too short to scrub on its own; ""
-// when neither is long enough.
-func secretOf(authorization string) string {
-	if tok := rawToken(authorization); len(tok) >= minScrubLen {
-		return tok
+// secretsOf are the strings no string of a record may contain for an
+// Authorization header value: the whole (trimmed) value, then its
+// credential, each when long enough to scrub — each as it is, JSON-escaped
+// (a JSON body or header carrying it) and URL-escaped (a query or path).
+// Strings are scrubbed before they are encoded, so a replacement never
+// cuts an escape sequence.
+func secretsOf(authorization string) []string {
+	var out []string
+	add := func(s string) {
+		for _, f := range []string{s, jsonEscaped(s), url.QueryEscape(s), url.PathEscape(s)} {
+			if !slices.Contains(out, f) {
+				out = append(out, f)
+			}
+		}
 	}
-	if v := strings.TrimSpace(authorization); len(v) >= minScrubLen {
-		return v
+	v := strings.TrimSpace(authorization)
+	if len(v) >= minScrubLen {
+		add(v)
 	}
-	return ""
+	if tok := rawToken(v); tok != v && len(tok) >= minScrubLen {
+		add(tok)
+	}
+	return out
+}
+
+// jsonEscaped is s as it appears inside a JSON string.
+func jsonEscaped(s string) string {
+	if !needsEscape(s) {
+		return s
+	}
+	b := appendString(nil, s)
+	return string(b[1 : len(b)-1])
+}
+
+// scrub replaces the secrets in every string of a JSON-like value (keys
+// too), in place where it can, returning the new value.
+func scrub(v any, secrets []string) any {
+	switch x := v.(type) {
+	case string:
+		return scrubString(x, secrets)
+	case map[string]any:
+		for k, e := range x {
+			ne := scrub(e, secrets)
+			if nk := scrubString(k, secrets); nk != k {
+				delete(x, k)
+				k = nk
+			}
+			x[k] = ne
+		}
+		return x
+	case []any:
+		for i, e := range x {
+			x[i] = scrub(e, secrets)
+		}
+		return x
+	}
+	return v
+}
+
+// scrubString replaces every secret in s.
+func scrubString(s string, secrets []string) string {
+	for _, sec := range secrets {
+		if strings.Contains(s, sec) {
+			s = strings.ReplaceAll(s, sec, redacted)
+		}
+	}
+	return s
 }
 
 // deepCopy copies JSON-like maps and slices (records are scrubbed and

@@ -43,7 +43,7 @@ func newUploader(cfg Config, dropped *prometheus.CounterVec, written prometheus.
 	r := cfg.Service.Reporting
 	client := cfg.HTTPClient
 	if client == nil {
-		client = &http.Client{Timeout: 30 * time.Second}
+		client = &http.Client{Timeout: 10 * time.Second} // bounds a shutdown waiting for an upload in flight
 	}
 	return &uploader{
 		url: cfg.Service.URL, tokenFile: cfg.Service.TokenFile,
