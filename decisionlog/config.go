@@ -23,6 +23,9 @@ type Config struct {
 	// QueueSize bounds the decisions waiting to become records (default
 	// 10000); beyond it they are dropped and counted (queue_full).
 	QueueSize int `yaml:"queue_size"`
+	// QueueBytes bounds the requests those decisions hold (Entry.Size;
+	// default 64 MiB): bodies can be large. Beyond it: queue_full.
+	QueueBytes int64 `yaml:"queue_bytes"`
 
 	// ID is the sidecar's id (labels.id).
 	ID string `yaml:"-"`
@@ -88,6 +91,7 @@ type SampleConfig struct {
 // Defaults.
 const (
 	DefaultQueueSize        = 10000
+	DefaultQueueBytes       = 64 << 20
 	DefaultBufferLimitBytes = 32 << 20
 	defaultMinDelay         = 1.0
 	defaultMaxDelay         = 30.0
@@ -104,6 +108,9 @@ func (c *Config) Enabled() bool {
 func (c *Config) SetDefaults() {
 	if c.QueueSize == 0 {
 		c.QueueSize = DefaultQueueSize
+	}
+	if c.QueueBytes == 0 {
+		c.QueueBytes = DefaultQueueBytes
 	}
 	if c.File != nil {
 		if c.File.MaxSizeMB == 0 {
@@ -135,6 +142,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.QueueSize < 0 {
 		errs = append(errs, fmt.Errorf("decision_logs.queue_size: %d is negative", c.QueueSize))
+	}
+	if c.QueueBytes < 0 {
+		errs = append(errs, fmt.Errorf("decision_logs.queue_bytes: %d is negative", c.QueueBytes))
 	}
 	for name, f := range map[string]*float64{"allow": c.Sample.Allow, "deny": c.Sample.Deny} {
 		if f != nil && (*f < 0 || *f > 1) {

@@ -535,6 +535,59 @@ func TestObserveNeverBlocks(t *testing.T) {
 	if v := testutil.MetricValue(t, reg, "gatehouse_decision_logs_dropped_total", map[string]string{"reason": "queue_full"}); v != 996 {
 		t.Errorf("dropped{queue_full} = %v, want 996", v)
 	}
+
+	// The queue is bounded in bytes too: entries holding large requests.
+	reg = prometheus.NewRegistry()
+	l, err = decisionlog.New(decisionlog.Config{Console: true, QueueBytes: 10 << 20, Stdout: io.Discard, Registerer: reg}, authz.New(authz.Config{}, nil, nil, discard), discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		l.Observe(decisionlog.Entry{Decision: &authz.Decision{ID: authz.NewDecisionID(), Allowed: true}, Size: 1 << 20})
+	}
+	if v := testutil.MetricValue(t, reg, "gatehouse_decision_logs_dropped_total", map[string]string{"reason": "queue_full"}); v != 90 {
+		t.Errorf("dropped{queue_full} = %v with 1 MiB entries and queue_bytes 10 MiB, want 90", v)
+	}
+}
+
+// TestUploadRejected: a 4xx the service will not take back is not retried
+// for ever: the batch is dropped and counted, and later batches go on.
+func TestUploadRejected(t *testing.T) {
+	t.Parallel()
+	var posts atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if posts.Add(1) == 1 {
+			http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
+	t.Cleanup(srv.Close)
+	reg := prometheus.NewRegistry()
+	discard := slog.New(slog.DiscardHandler)
+	l, err := decisionlog.New(decisionlog.Config{Registerer: reg, Service: &decisionlog.ServiceConfig{URL: srv.URL,
+		Reporting: decisionlog.ReportingConfig{MinDelaySeconds: 0.02}}}, authz.New(authz.Config{}, nil, nil, discard), discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { _ = l.Run(ctx); close(done) }()
+	observe := func(n int) {
+		for range n {
+			l.Observe(decisionlog.Entry{Decision: &authz.Decision{ID: authz.NewDecisionID(), Allowed: true}, Start: time.Now()})
+		}
+	}
+	observe(5)
+	testutil.Eventually(t, 5*time.Second, func() (bool, string) { return posts.Load() >= 1, "no upload" })
+	observe(7)
+	testutil.Eventually(t, 5*time.Second, func() (bool, string) {
+		w := testutil.MetricValue(t, reg, "gatehouse_decision_logs_written_total", map[string]string{"sink": "service"})
+		r := testutil.MetricValue(t, reg, "gatehouse_decision_logs_dropped_total", map[string]string{"reason": "rejected"})
+		return w+r == 12 && r > 0 && w > 0, fmt.Sprintf("written %v rejected %v", w, r)
+	})
+	cancel()
+	<-done
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -544,13 +597,14 @@ func TestConfigValidate(t *testing.T) {
 		cfg  decisionlog.Config
 		want string
 	}{
-		"ok":             {cfg: decisionlog.Config{Console: true}},
-		"file no path":   {cfg: decisionlog.Config{File: &decisionlog.FileConfig{}}, want: "decision_logs.file.path"},
-		"bad url":        {cfg: decisionlog.Config{Service: &decisionlog.ServiceConfig{URL: "ftp://x"}}, want: "decision_logs.service.url"},
-		"no host":        {cfg: decisionlog.Config{Service: &decisionlog.ServiceConfig{URL: "http://"}}, want: "decision_logs.service.url"},
-		"sample < 0":     {cfg: decisionlog.Config{Sample: decisionlog.SampleConfig{Allow: &neg}}, want: "decision_logs.sample.allow"},
-		"sample > 1":     {cfg: decisionlog.Config{Sample: decisionlog.SampleConfig{Deny: &big}}, want: "decision_logs.sample.deny"},
-		"queue negative": {cfg: decisionlog.Config{QueueSize: -1}, want: "decision_logs.queue_size"},
+		"ok":                   {cfg: decisionlog.Config{Console: true}},
+		"file no path":         {cfg: decisionlog.Config{File: &decisionlog.FileConfig{}}, want: "decision_logs.file.path"},
+		"bad url":              {cfg: decisionlog.Config{Service: &decisionlog.ServiceConfig{URL: "ftp://x"}}, want: "decision_logs.service.url"},
+		"no host":              {cfg: decisionlog.Config{Service: &decisionlog.ServiceConfig{URL: "http://"}}, want: "decision_logs.service.url"},
+		"sample < 0":           {cfg: decisionlog.Config{Sample: decisionlog.SampleConfig{Allow: &neg}}, want: "decision_logs.sample.allow"},
+		"sample > 1":           {cfg: decisionlog.Config{Sample: decisionlog.SampleConfig{Deny: &big}}, want: "decision_logs.sample.deny"},
+		"queue negative":       {cfg: decisionlog.Config{QueueSize: -1}, want: "decision_logs.queue_size"},
+		"queue bytes negative": {cfg: decisionlog.Config{QueueBytes: -1}, want: "decision_logs.queue_bytes"},
 		"max below min": {cfg: decisionlog.Config{Service: &decisionlog.ServiceConfig{URL: "http://x", Reporting: decisionlog.ReportingConfig{MinDelaySeconds: 5, MaxDelaySeconds: 1}}},
 			want: "max_delay_seconds"},
 		"negative buffer": {cfg: decisionlog.Config{Service: &decisionlog.ServiceConfig{URL: "http://x", Reporting: decisionlog.ReportingConfig{BufferSizeLimitBytes: -1}}},

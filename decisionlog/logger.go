@@ -41,6 +41,7 @@ type Logger struct {
 	engine *authz.Engine
 	logger *slog.Logger
 	queue  chan Entry
+	queued atomic.Int64      // Entry.Size of the queued entries
 	labels map[string]string // shared by every record: read only
 
 	// reused by the one writing goroutine
@@ -135,11 +136,24 @@ func (l *Logger) Observe(e Entry) {
 			return
 		}
 	}
+	if e.Size > 0 && l.queued.Add(e.Size) > l.cfg.QueueBytes {
+		l.queued.Add(-e.Size)
+		l.dropQueueFull.Inc()
+		return
+	}
 	select {
 	case l.queue <- e:
 	default:
+		l.queued.Add(-e.Size)
 		l.dropQueueFull.Inc()
 	}
+}
+
+// take removes one queued entry (there is one).
+func (l *Logger) take() Entry {
+	e := <-l.queue
+	l.queued.Add(-e.Size)
+	return e
 }
 
 // Run writes records until ctx is done, then writes what is queued, makes
@@ -162,7 +176,7 @@ func (l *Logger) Run(ctx context.Context) error {
 		select {
 		case <-tick.C:
 			for n := len(l.queue); n > 0; n-- {
-				l.write(ctx, <-l.queue)
+				l.write(ctx, l.take())
 			}
 			l.flush()
 			continue
@@ -173,6 +187,7 @@ func (l *Logger) Run(ctx context.Context) error {
 	for {
 		select {
 		case e := <-l.queue:
+			l.queued.Add(-e.Size)
 			l.write(context.Background(), e)
 			continue
 		default:

@@ -37,6 +37,9 @@ type Entry struct {
 	DryRun bool
 	// Shadow is the shadow policy's answer, when one was evaluated.
 	Shadow *ShadowResult
+	// Size is about how many bytes the entry holds on to (the request
+	// Input reads), for Config.QueueBytes.
+	Size int64
 }
 
 // ShadowResult is a shadow policy's answer for the same input.

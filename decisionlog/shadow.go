@@ -3,6 +3,7 @@ package decisionlog
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,6 +21,9 @@ type ShadowConfig struct {
 	// QueueSize bounds the decisions waiting for the shadow policy
 	// (default 1000); beyond it they are not shadowed (counted).
 	QueueSize int
+	// QueueBytes bounds the requests the queued decisions hold
+	// (Entry.Size; default 16 MiB); beyond it they are not shadowed.
+	QueueBytes int64
 	// Timeout bounds one shadow evaluation (default 1s).
 	Timeout time.Duration
 	// Registerer receives the metrics (nil: none).
@@ -41,6 +45,7 @@ type Shadow struct {
 	next   Observer
 	logger *slog.Logger
 	queue  chan Entry
+	queued atomic.Int64 // Entry.Size of the queued entries
 
 	total   *prometheus.CounterVec
 	skipped prometheus.Counter
@@ -51,6 +56,9 @@ type Shadow struct {
 func NewShadow(cfg ShadowConfig, engine *authz.Engine, next Observer, logger *slog.Logger) *Shadow {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 1000
+	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = 16 << 20
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = time.Second
@@ -80,9 +88,16 @@ func (s *Shadow) Observe(e Entry) {
 		s.forward(e)
 		return
 	}
+	if s.queued.Add(e.Size) > s.cfg.QueueBytes {
+		s.queued.Add(-e.Size)
+		s.skipped.Inc()
+		s.forward(e)
+		return
+	}
 	select {
 	case s.queue <- e:
 	default:
+		s.queued.Add(-e.Size)
 		s.skipped.Inc()
 		s.forward(e)
 	}
@@ -103,6 +118,7 @@ func (s *Shadow) Run(ctx context.Context) error {
 	for {
 		select {
 		case e := <-s.queue:
+			s.queued.Add(-e.Size)
 			s.evaluate(ctx, &e)
 			s.forward(e)
 			continue
@@ -115,6 +131,7 @@ func (s *Shadow) Run(ctx context.Context) error {
 	for {
 		select {
 		case e := <-s.queue:
+			s.queued.Add(-e.Size)
 			if dctx.Err() == nil {
 				s.evaluate(dctx, &e)
 			} else {

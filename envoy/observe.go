@@ -37,6 +37,7 @@ func (s *Server) observe(ctx context.Context, t transport, req *authv3.CheckRequ
 		headers = RequestHeaders(req.GetAttributes().GetRequest().GetHttp())
 		e.Input = logInput(req)
 		e.Authorization = headers["authorization"]
+		e.Size = approxSize(req.GetAttributes().GetRequest().GetHttp(), headers)
 	}
 	if s.cfg.Tracer != nil {
 		sc := span(ctx, s.cfg.Tracer, t, headers, d, err, start)
@@ -80,6 +81,16 @@ func span(ctx context.Context, tracer trace.Tracer, t transport, headers map[str
 	}
 	sp.End()
 	return sp.SpanContext()
+}
+
+// approxSize is about the bytes a queued entry keeps alive: the request's
+// body, path and headers (cheap: no encoding).
+func approxSize(h *authv3.AttributeContext_HttpRequest, headers map[string]string) int64 {
+	n := 512 + len(h.GetBody()) + len(h.GetRawBody()) + len(h.GetPath())
+	for k, v := range headers {
+		n += len(k) + len(v) + 32
+	}
+	return int64(n)
 }
 
 // logInput builds the input of req again, whole, for a record or a shadow
