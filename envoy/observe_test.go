@@ -92,3 +92,25 @@ func TestTracingSpanPerCheck(t *testing.T) {
 		}
 	}
 }
+
+// TestDryRunCannotDecide: in dry run, "cannot decide" (here: no policy
+// yet) is answered allow over both transports, and the observer sees the
+// error.
+func TestDryRunCannotDecide(t *testing.T) {
+	t.Parallel()
+	obs := &entries{}
+	sc := testutil.StartSidecar(t, testutil.Options{NoPolicy: true, Server: envoy.Config{Observer: obs, DryRun: true}})
+	resp, err := sc.Check(t.Context(), testutil.Request{Path: "/x"})
+	if err != nil || resp.GetOkResponse() == nil {
+		t.Fatalf("gRPC: %v, %v; want an allow", resp, err)
+	}
+	if e := obs.last(); e.Err == nil || e.Decision != nil || !e.DryRun {
+		t.Errorf("entry %+v: want the error", e)
+	}
+	if r := sc.CheckHTTP(t, t.Context(), testutil.Request{Path: "/x"}); r.Status != 200 || r.Header.Get("x-gatehouse-decision-id") == "" {
+		t.Errorf("HTTP: %d %v; want 200 with a decision id", r.Status, r.Header)
+	}
+	if e := obs.last(); e.Err == nil || !e.DryRun {
+		t.Errorf("entry %+v: want the error", e)
+	}
+}
