@@ -23,6 +23,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/control"
+	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/internal/keys"
 	"github.com/gatehouse-dev/gatehouse/policies"
 )
@@ -122,6 +123,9 @@ func runDev(ctx context.Context, f devFlags, stdout, stderr io.Writer) error {
 		Data:     DataConfig{Dir: filepath.Join(dir, "sidecar"), ControlURL: controlURL, TokenFile: env.syncToken},
 		Issuers:  []authz.IssuerConfig{env.issuer(devIssuer, false), env.issuer(devTrustedIssuer, true)},
 		Log:      logCfg,
+		ID:       "dev-sidecar",
+		// Every decision in OPA's decision-log format (README: Decision logs).
+		DecisionLogs: &decisionlog.Config{File: &decisionlog.FileConfig{Path: filepath.Join(dir, "decisions.log")}},
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -326,6 +330,11 @@ Envoy's authorization_request.headers_to_add would send them):
 # {{.Title}} -> {{.Expect}}
 curl -si http://{{$.HTTP}}{{.Path}}{{if .Token}} -H "authorization: Bearer $(cat {{.Token}})"{{end}} -H "x-gatehouse-context-project: {{.Project}}"{{if .Roles}} -H "x-gatehouse-context-roles: {{.Roles}}"{{end}}
 {{end}}
+Each answer's x-gatehouse-decision-id names its decision log record (OPA's
+format, token-free) in {{.Dir}}/decisions.log:
+
+grep "$(curl -si http://{{.HTTP}}/t/beta/entries -H "authorization: Bearer $(cat {{.Dir}}/tokens/bob.jwt)" -H "x-gatehouse-context-project: timekeeping" | tr -d '\r' | sed -n 's/^x-gatehouse-decision-id: //Ip')" {{.Dir}}/decisions.log
+
 gRPC (what Envoy sends):
 
 grpcurl -plaintext -d @ {{.GRPC}} envoy.service.auth.v3.Authorization/Check <<EOF
