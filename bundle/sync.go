@@ -92,6 +92,9 @@ type Syncer struct {
 	metrics syncMetrics
 
 	lastPersist time.Time
+	// noBulk: the last bulk snapshot failed its checksums; take the next
+	// one as NDJSON (then bulk again).
+	noBulk bool
 }
 
 type syncMetrics struct {
@@ -187,7 +190,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 	return nil
 }
 
-func (s *Syncer) request(ctx context.Context, path string, q url.Values) (*http.Response, error) {
+func (s *Syncer) request(ctx context.Context, path string, q url.Values, accept string) (*http.Response, error) {
 	u := strings.TrimRight(s.cfg.ControlURL, "/") + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
@@ -198,6 +201,9 @@ func (s *Syncer) request(ctx context.Context, path string, q url.Values) (*http.
 	}
 	if err := setBearer(req, s.cfg.TokenFile, "data.token_file"); err != nil {
 		return nil, err
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
 	}
 	resp, err := s.cfg.HTTPClient.Do(req)
 	if err != nil {
@@ -283,11 +289,18 @@ func (s *Syncer) snapshot(ctx context.Context) (err error) {
 		}
 		s.metrics.snapshots.WithLabelValues(result).Inc()
 	}()
-	resp, err := s.request(ctx, "/v1/sync/snapshot", nil)
+	accept := tenancy.BulkMediaType + ", " + ndjson + ";q=0.5"
+	if s.noBulk {
+		accept, s.noBulk = ndjson, false // this once
+	}
+	resp, err := s.request(ctx, "/v1/sync/snapshot", nil, accept)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
+	if mt, _, _ := strings.Cut(resp.Header.Get("Content-Type"), ";"); strings.TrimSpace(mt) == tenancy.BulkMediaType {
+		return s.bulkSnapshot(resp, start)
+	}
 	lr := s.open(resp)
 	head, err := lr.next()
 	if err != nil {
@@ -342,6 +355,58 @@ func (s *Syncer) snapshot(ctx context.Context) (err error) {
 	}
 }
 
+// ndjson is the media type of the NDJSON feed.
+const ndjson = "application/x-ndjson"
+
+// bulkSnapshot builds a new cache file from a bulk snapshot (see
+// tenancy.BulkMediaType): the control endpoint's buckets, in key order,
+// loaded into full pages of a new file and verified before it is swapped
+// in. A snapshot whose values fail their checksums makes the next one an
+// NDJSON snapshot (the control endpoint then reports its damage).
+func (s *Syncer) bulkSnapshot(resp *http.Response, start time.Time) error {
+	// the idle timeout cuts a stream that stops sending
+	body := &idleReader{r: resp.Body, c: resp.Body, idle: s.cfg.IdleTimeout}
+	defer body.stop()
+	br := tenancy.NewBulkReader(body, s.cfg.MaxLineBytes)
+	h, err := br.ReadHeader()
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	n, err := s.store.LoadBulk(br, h, s.cfg.Now())
+	if err != nil {
+		if errors.Is(err, tenancy.ErrDamaged) {
+			s.noBulk = true
+		}
+		return fmt.Errorf("bulk snapshot at revision %d: %w", h.Revision, err)
+	}
+	s.trim()
+	s.logger.Info("tenancy snapshot applied", "revision", h.Revision, "entities", n, "bulk", true, "duration", time.Since(start))
+	return nil
+}
+
+// idleReader closes a body that delivers nothing for longer than idle.
+type idleReader struct {
+	r    io.Reader
+	c    io.Closer
+	idle time.Duration
+	t    *time.Timer
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	if r.t == nil {
+		r.t = time.AfterFunc(r.idle, func() { r.c.Close() })
+	} else {
+		r.t.Reset(r.idle)
+	}
+	return r.r.Read(p)
+}
+
+func (r *idleReader) stop() {
+	if r.t != nil {
+		r.t.Stop()
+	}
+}
+
 // maxGroup bounds how many already-received revisions are applied together.
 const maxGroup = 512
 
@@ -368,7 +433,7 @@ func (s *Syncer) follow(ctx context.Context) (progressed bool, err error) {
 		return false, err
 	}
 	q := url.Values{"since": {strconv.FormatUint(rev, 10)}, "epoch": {epoch}, "hash": {hash}}
-	resp, err := s.request(ctx, "/v1/sync/changes", q)
+	resp, err := s.request(ctx, "/v1/sync/changes", q, "")
 	if err != nil {
 		return false, err
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -131,6 +132,11 @@ func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request) {
 	defer release()
 	s.metrics.streams.WithLabelValues(streamSnapshot).Inc()
 	defer s.metrics.streams.WithLabelValues(streamSnapshot).Dec()
+	if acceptsBulk(r) {
+		if done := s.sendBulk(w, r); done {
+			return
+		}
+	}
 	var start uint64
 	var startHash string
 	err = s.db.View(func(tx *bolt.Tx) error {
@@ -381,4 +387,105 @@ func (s *Server) sendRevisions(lw *lineWriter, last, upto uint64) (uint64, error
 		}
 		from = next
 	}
+}
+
+// bulkMaxDuration bounds a bulk snapshot: it reads the file in one read
+// transaction, which keeps the pages it sees from being reused (the file
+// grows meanwhile) and holds off a re-map of the file (when it outgrows its
+// mapping, writes wait for it). At disk speed a 10M-grant world takes a
+// minute or two; a client slower than this is cut and retries.
+var bulkMaxDuration = 15 * time.Minute
+
+// acceptsBulk reports whether a snapshot request's Accept header names the
+// bulk snapshot's media type.
+func acceptsBulk(r *http.Request) bool {
+	for _, v := range r.Header.Values("Accept") {
+		for part := range strings.SplitSeq(v, ",") {
+			mt, _, _ := strings.Cut(part, ";")
+			if strings.EqualFold(strings.TrimSpace(mt), tenancy.BulkMediaType) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// deadlineWriter sets a write deadline before each write to the client:
+// timeout from now, and never past end.
+type deadlineWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+	end     time.Time
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	dl := time.Now().Add(d.timeout)
+	if dl.After(d.end) {
+		dl = d.end
+	}
+	_ = d.rc.SetWriteDeadline(dl)
+	return d.w.Write(p)
+}
+
+// sendBulk answers a snapshot request with a bulk snapshot (see
+// tenancy.BulkMediaType): the data buckets of the file, in key order, from
+// one read transaction. It reports false, having written nothing, when
+// the file cannot be sent that way (a file of the legacy schema, whose
+// values carry no checksums): the caller sends the NDJSON snapshot.
+func (s *Server) sendBulk(w http.ResponseWriter, r *http.Request) bool {
+	ctx, cancel := context.WithTimeout(r.Context(), bulkMaxDuration)
+	defer cancel()
+	start := time.Now()
+	tx, err := s.db.Begin(false)
+	if err != nil {
+		s.writeError(w, r, fmt.Errorf("begin snapshot: %w", err))
+		return true
+	}
+	defer func() { _ = tx.Rollback() }()
+	if tenancy.Schema(tx) != tenancy.SchemaVersion {
+		return false
+	}
+	rev := tenancy.Revision(tx)
+	h := w.Header()
+	h.Set("Content-Type", tenancy.BulkMediaType)
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set(RevisionHeader, strconv.FormatUint(rev, 10))
+	dw := &deadlineWriter{w: w, rc: http.NewResponseController(w), timeout: s.cfg.StreamWriteTimeout, end: start.Add(bulkMaxDuration)}
+	buf := bufio.NewWriterSize(&ctxWriter{ctx: ctx, w: dw}, 256<<10)
+	bw := tenancy.NewBulkWriter(buf)
+	err = tenancy.WriteBulk(tx, s.epoch, bw)
+	if err == nil {
+		err = buf.Flush()
+	}
+	switch {
+	case err != nil && ctx.Err() == nil && !errors.Is(err, errClientGone):
+		s.logger.Error("bulk snapshot failed", "revision", rev, "sent", bw.Entities(), "err", err)
+	case err != nil:
+		s.logger.Debug("bulk snapshot cut", "revision", rev, "sent", bw.Entities(), "err", err)
+	default:
+		s.logger.Debug("bulk snapshot sent", "revision", rev, "entities", bw.Entities(), "duration", time.Since(start))
+	}
+	return true
+}
+
+// errClientGone: the client went away, or the snapshot outlived its bound.
+var errClientGone = errors.New("the snapshot's client went away or took too long")
+
+// ctxWriter fails writes once ctx is done.
+type ctxWriter struct {
+	ctx context.Context
+	w   *deadlineWriter
+}
+
+func (c *ctxWriter) Write(p []byte) (int, error) {
+	if c.ctx.Err() != nil {
+		return 0, errClientGone
+	}
+	n, err := c.w.Write(p)
+	if err != nil {
+		err = fmt.Errorf("%w: %w", errClientGone, err)
+	}
+	return n, err
 }
