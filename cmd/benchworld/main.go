@@ -49,7 +49,7 @@ const (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchworld build|scenario|opadata|latency|bootstrap [flags]")
+		fmt.Fprintln(os.Stderr, "usage: benchworld build|scenario|opadata|latency|bootstrap|followers [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -64,6 +64,8 @@ func main() {
 		err = latency(os.Args[2:])
 	case "bootstrap":
 		err = bootstrap(os.Args[2:])
+	case "followers":
+		err = followers(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
