@@ -23,7 +23,9 @@ import (
 
 // SyncConfig configures a Syncer.
 type SyncConfig struct {
-	// ControlURL is the control endpoint, e.g. http://127.0.0.1:8282.
+	// ControlURL is the control endpoint, e.g. http://127.0.0.1:8282, or
+	// several replicas of it, comma-separated: the Syncer follows one and
+	// moves to the next when it fails (see Run).
 	ControlURL string
 	// TokenFile holds the bearer token (re-read at every connection, so it
 	// can be rotated).
@@ -91,6 +93,10 @@ type Syncer struct {
 	logger  *slog.Logger
 	metrics syncMetrics
 
+	// urls are the control endpoint's replicas; cur the one followed.
+	urls []string
+	cur  int
+
 	lastPersist time.Time
 	// noBulk: the last bulk snapshot failed its checksums; take the next
 	// one as NDJSON (then bulk again).
@@ -129,7 +135,29 @@ func NewSyncer(cfg SyncConfig, store *Store, logger *slog.Logger) *Syncer {
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(m.applied, m.snapshots, m.errors, m.apply, m.lag)
 	}
-	return &Syncer{cfg: cfg, store: store, logger: logger, metrics: m}
+	return &Syncer{cfg: cfg, store: store, logger: logger, metrics: m, urls: SplitURLs(cfg.ControlURL)}
+}
+
+// SplitURLs splits a comma-separated list of control endpoint URLs,
+// trimming spaces and dropping empty entries.
+func SplitURLs(list string) []string {
+	var out []string
+	for u := range strings.SplitSeq(list, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	if len(out) == 0 {
+		out = []string{""}
+	}
+	return out
+}
+
+// failover moves to the next replica of the control endpoint.
+func (s *Syncer) failover(cause error) {
+	from := s.urls[s.cur]
+	s.cur = (s.cur + 1) % len(s.urls)
+	s.logger.Warn("moving to another replica of the control endpoint", "from", from, "to", s.urls[s.cur], "cause", cause)
 }
 
 // errGone means the feed no longer holds the cache's revision, or the
@@ -137,6 +165,11 @@ func NewSyncer(cfg SyncConfig, store *Store, logger *slog.Logger) *Syncer {
 // epoch, a different history hash, a since ahead of its revision): a
 // snapshot is needed.
 var errGone = errors.New("change history gone")
+
+// errAhead: the control endpoint has not reached the cache's revision (a
+// replica lagging behind, or a history restored from a backup). It is an
+// errGone: with several replicas the others are tried first.
+var errAhead = fmt.Errorf("the control endpoint is behind the cache: %w", errGone)
 
 // Run syncs until ctx is done.
 func (s *Syncer) Run(ctx context.Context) error {
@@ -152,6 +185,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 		go s.trimEvery(ctx.Done(), 2*time.Second, func() bool { return residentFileBytes() > s.cfg.ResidentBudget })
 	}
 	backoff := s.cfg.MinBackoff
+	misses := 0 // replicas that failed in a row
 	for ctx.Err() == nil {
 		var err error
 		progressed := false
@@ -160,8 +194,12 @@ func (s *Syncer) Run(ctx context.Context) error {
 			progressed = err == nil
 		} else {
 			progressed, err = s.follow(ctx)
-			if errors.Is(err, errGone) {
-				s.logger.Info("change history no longer covers the cache; taking a snapshot", "revision", s.store.State().Revision)
+			switch {
+			case errors.Is(err, errAhead) && misses+1 < len(s.urls):
+				// this replica has not reached the cache's revision: the
+				// others may have; a snapshot only when none has
+			case errors.Is(err, errGone):
+				s.logger.Info("change history no longer covers the cache; taking a snapshot", "revision", s.store.State().Revision, "control_url", s.urls[s.cur])
 				err = s.snapshot(ctx)
 				progressed = err == nil
 			}
@@ -172,18 +210,27 @@ func (s *Syncer) Run(ctx context.Context) error {
 		if err != nil {
 			s.metrics.errors.Inc()
 			s.store.setError(err.Error())
-			s.logger.Warn("tenancy sync interrupted; serving from the cache", "err", err, "revision", s.store.State().Revision, "retry_in", backoff)
+			s.logger.Warn("tenancy sync interrupted; serving from the cache", "err", err, "revision", s.store.State().Revision, "control_url", s.urls[s.cur], "retry_in", backoff)
 		}
 		if progressed {
-			backoff = s.cfg.MinBackoff
+			backoff, misses = s.cfg.MinBackoff, 0
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
+		if err != nil && len(s.urls) > 1 {
+			// the next replica at once; back off after a whole round
+			s.failover(err)
+			if misses++; misses < len(s.urls) {
+				wait = s.cfg.MinBackoff / 2
+			} else {
+				misses = 0
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(wait):
 		}
-		if !progressed {
+		if !progressed && misses == 0 {
 			backoff = min(backoff*2, s.cfg.MaxBackoff)
 		}
 	}
@@ -191,7 +238,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 }
 
 func (s *Syncer) request(ctx context.Context, path string, q url.Values, accept string) (*http.Response, error) {
-	u := strings.TrimRight(s.cfg.ControlURL, "/") + path
+	u := strings.TrimRight(s.urls[s.cur], "/") + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
@@ -222,9 +269,10 @@ func (s *Syncer) request(ctx context.Context, path string, q url.Values, accept 
 	case resp.StatusCode == http.StatusGone:
 		return nil, fmt.Errorf("%w: %s", errGone, strings.TrimSpace(string(b)))
 	case resp.StatusCode == http.StatusConflict && answer.Code == "ahead":
-		// the control endpoint is behind the cache: not the history the
-		// cache holds (restored from a backup, or replaced)
-		return nil, fmt.Errorf("%w: %s", errGone, strings.TrimSpace(string(b)))
+		// the control endpoint is behind the cache: a replica lagging
+		// behind, or not the history the cache holds (restored from a
+		// backup, or replaced)
+		return nil, fmt.Errorf("%w: %s", errAhead, strings.TrimSpace(string(b)))
 	}
 	return nil, fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(b)))
 }
