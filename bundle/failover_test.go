@@ -137,3 +137,29 @@ func TestFailoverSkipsLaggingReplica(t *testing.T) {
 		t.Fatalf("%v snapshots: the lagging replica made the sidecar re-snapshot", got)
 	}
 }
+
+// A replica that accepts connections but never answers is given up after
+// the idle timeout: the sidecar moves to the next one.
+func TestFailoverFromSilentReplica(t *testing.T) {
+	t.Parallel()
+	a := startPlane(t, nil)
+	rev := a.batch(world)
+	release := make(chan struct{})
+	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(silent.Close)
+	t.Cleanup(func() { close(release) })
+	start := time.Now()
+	r := startReplica(t, a, t.TempDir(), func(c *bundle.SyncConfig) {
+		c.ControlURL = silent.URL + "," + a.url
+		c.IdleTimeout = 300 * time.Millisecond
+	})
+	r.expect(rev, map[string]bool{"bob": true})
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("ready after %v behind a silent replica", took)
+	}
+}

@@ -242,20 +242,43 @@ func (s *Syncer) request(ctx context.Context, path string, q url.Values, accept 
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	// a replica that does not answer within the idle timeout is given up
+	// (the next one is tried); the stream itself is bounded by lineReader
+	rctx, cancel := context.WithCancel(ctx)
+	answered := make(chan struct{})
+	go func() {
+		t := time.NewTimer(s.cfg.IdleTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-answered:
+		}
+	}()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u, nil)
 	if err != nil {
+		close(answered)
+		cancel()
 		return nil, err
 	}
 	if err := setBearer(req, s.cfg.TokenFile, "data.token_file"); err != nil {
+		close(answered)
+		cancel()
 		return nil, err
 	}
 	if accept != "" {
 		req.Header.Set("Accept", accept)
 	}
 	resp, err := s.cfg.HTTPClient.Do(req)
+	close(answered)
 	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", path, err)
+		cancel()
+		if ctx.Err() == nil && rctx.Err() != nil {
+			err = fmt.Errorf("no answer within %v: %w", s.cfg.IdleTimeout, err)
+		}
+		return nil, fmt.Errorf("GET %s%s: %w", s.urls[s.cur], path, err)
 	}
+	resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
 	if resp.StatusCode == http.StatusOK {
 		return resp, nil
 	}
@@ -275,6 +298,18 @@ func (s *Syncer) request(ctx context.Context, path string, q url.Values, accept 
 		return nil, fmt.Errorf("%w: %s", errAhead, strings.TrimSpace(string(b)))
 	}
 	return nil, fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(b)))
+}
+
+// cancelBody ends its request's context when closed.
+type cancelBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
 
 // lineReader reads NDJSON lines, each bounded, with an idle timeout.
