@@ -49,9 +49,10 @@ func TestFailoverSameHistoryNoSnapshot(t *testing.T) {
 	})
 	rev := a.grantUser("carol")
 	r.expect(rev, map[string]bool{"bob": true, "carol": true})
-	if got := r.snapshots(); got != 1 {
-		t.Fatalf("%v snapshots to start, want 1", got)
-	}
+	testutil.Eventually(t, 5*time.Second, func() (bool, string) { // counted once the snapshot call returns
+		got := r.snapshots()
+		return got == 1, fmt.Sprintf("%v snapshots to start, want 1", got)
+	})
 
 	a.down()
 	b.up()
