@@ -164,3 +164,34 @@ func TestFailoverFromSilentReplica(t *testing.T) {
 		t.Fatalf("ready after %v behind a silent replica", took)
 	}
 }
+
+// When the only replica that answers is behind the cache (the others are
+// down), the sidecar does not wait for the others forever: after trying
+// each, it re-snapshots from the one that answers (a restored history is
+// never left unfollowed).
+func TestFailoverBehindWithOthersDown(t *testing.T) {
+	t.Parallel()
+	a := startPlane(t, nil)
+	a.batch(world)
+	backup := filepath.Join(t.TempDir(), "control.db.backup")
+	a.down()
+	copyFile(t, backup, a.file())
+	a.up()
+	down := standbyPlane(t, a.cfg) // never up
+	r := startReplica(t, a, t.TempDir(), func(c *bundle.SyncConfig) {
+		c.ControlURL = a.url + "," + down.url
+		c.IdleTimeout = time.Second
+	})
+	a.grantUser("carol")
+	var rev uint64
+	for i := range 5 {
+		rev = a.filler(i)
+	}
+	r.expect(rev, map[string]bool{"carol": true})
+
+	a.down()
+	copyFile(t, a.file(), backup) // restored: far behind the cache (409 ahead)
+	a.up()
+	rev = a.grantUser("dave")
+	r.expect(rev, map[string]bool{"carol": false, "dave": true})
+}

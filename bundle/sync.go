@@ -186,6 +186,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 	}
 	backoff := s.cfg.MinBackoff
 	misses := 0 // replicas that failed in a row
+	behind := 0 // replicas found behind the cache (and skipped) since the last progress
 	for ctx.Err() == nil {
 		var err error
 		progressed := false
@@ -195,9 +196,11 @@ func (s *Syncer) Run(ctx context.Context) error {
 		} else {
 			progressed, err = s.follow(ctx)
 			switch {
-			case errors.Is(err, errAhead) && misses+1 < len(s.urls):
+			case errors.Is(err, errAhead) && behind+1 < len(s.urls):
 				// this replica has not reached the cache's revision: the
-				// others may have; a snapshot only when none has
+				// others may have; a snapshot once as many replicas were
+				// found behind as there are others
+				behind++
 			case errors.Is(err, errGone):
 				s.logger.Info("change history no longer covers the cache; taking a snapshot", "revision", s.store.State().Revision, "control_url", s.urls[s.cur])
 				err = s.snapshot(ctx)
@@ -213,7 +216,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 			s.logger.Warn("tenancy sync interrupted; serving from the cache", "err", err, "revision", s.store.State().Revision, "control_url", s.urls[s.cur], "retry_in", backoff)
 		}
 		if progressed {
-			backoff, misses = s.cfg.MinBackoff, 0
+			backoff, misses, behind = s.cfg.MinBackoff, 0, 0
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
 		if err != nil && len(s.urls) > 1 {
