@@ -66,6 +66,7 @@ type Server struct {
 	gatherer prometheus.Gatherer // nil when the Registerer is not one
 	handler  http.Handler
 	feed     *notifier
+	parts    *partCache    // encoded history parts shared by the change streams
 	rev      atomic.Uint64 // the last committed revision
 	// bodies holds body_budget_bytes: request bodies reserve their size
 	// before they are read.
@@ -211,6 +212,7 @@ func (s *Server) open() error {
 	s.db = db
 	s.rev.Store(rev)
 	s.feed = newNotifier(rev)
+	s.parts = newPartCache(sharedPartsBytes)
 	s.logger.Info("control data opened", "path", path, "revision", rev, "epoch", s.epoch, "new_epoch", created)
 	return nil
 }

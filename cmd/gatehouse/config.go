@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -122,8 +123,10 @@ type DataConfig struct {
 	// Dir holds the bbolt cache file.
 	Dir string `yaml:"dir"`
 	// ControlURL is the control endpoint to sync tenancy data from ("" =
-	// no tenancy data: empty at revision 0).
-	ControlURL string `yaml:"control_url"`
+	// no tenancy data: empty at revision 0), or several replicas of it: a
+	// comma-separated string, or a YAML list. The sidecar follows one and
+	// fails over to the next.
+	ControlURL URLList `yaml:"control_url"`
 	// TokenFile holds the bearer token for the control endpoint.
 	TokenFile string `yaml:"token_file"`
 	// MaxStaleness: older data makes checks answer "cannot decide"; 0 = serve
@@ -221,9 +224,7 @@ func (c ServeConfig) Validate() error {
 	if c.Data.MinRevisionWait < 0 {
 		errs = append(errs, fmt.Errorf("data.min_revision_wait: %v is negative", c.Data.MinRevisionWait))
 	}
-	if c.Data.ControlURL != "" && !strings.HasPrefix(c.Data.ControlURL, "http://") && !strings.HasPrefix(c.Data.ControlURL, "https://") {
-		errs = append(errs, fmt.Errorf("data.control_url: %q is not an http(s) URL", c.Data.ControlURL))
-	}
+	errs = append(errs, c.Data.ControlURL.Validate("data.control_url"))
 	errs = append(errs, c.Limits.Validate())
 	if c.Tracing != nil {
 		errs = append(errs, c.Tracing.Validate())
@@ -397,5 +398,71 @@ func applyEnv(cmd *cobra.Command) error {
 			}
 		}
 	})
+	return errors.Join(errs...)
+}
+
+// URLList is one URL or several: in YAML a string (comma-separated) or a
+// list of strings; held comma-separated.
+type URLList string
+
+// UnmarshalYAML accepts a string or a list of strings.
+func (l *URLList) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		var v string
+		if err := n.Decode(&v); err != nil {
+			return err
+		}
+		*l = URLList(v)
+		return nil
+	case yaml.SequenceNode:
+		var vs []string
+		if err := n.Decode(&vs); err != nil {
+			return err
+		}
+		for _, v := range vs {
+			if strings.Contains(v, ",") {
+				return fmt.Errorf("line %d: %q: one URL per list entry", n.Line, v)
+			}
+		}
+		*l = URLList(strings.Join(vs, ","))
+		return nil
+	}
+	return fmt.Errorf("line %d: want a URL, a comma-separated list of URLs or a YAML list of them", n.Line)
+}
+
+// URLs returns the URLs of the list (none for an empty one).
+func (l URLList) URLs() []string {
+	var out []string
+	for u := range strings.SplitSeq(string(l), ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// Validate checks that every entry is an http(s) URL with a host, listed
+// once, and that a non-empty list has entries.
+func (l URLList) Validate(key string) error {
+	if strings.TrimSpace(string(l)) == "" {
+		return nil
+	}
+	urls := l.URLs()
+	if len(urls) == 0 {
+		return fmt.Errorf("%s: %q lists no URL", key, string(l))
+	}
+	seen := map[string]bool{}
+	var errs []error
+	for _, u := range urls {
+		p, err := url.Parse(u)
+		switch {
+		case err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "":
+			errs = append(errs, fmt.Errorf("%s: %q is not an http(s) URL", key, u))
+		case seen[strings.TrimRight(u, "/")]:
+			errs = append(errs, fmt.Errorf("%s: %q is listed twice", key, u))
+		}
+		seen[strings.TrimRight(u, "/")] = true
+	}
 	return errors.Join(errs...)
 }

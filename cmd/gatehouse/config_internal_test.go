@@ -70,6 +70,31 @@ func TestServeConfigErrors(t *testing.T) {
 			yaml:  "policies: {dir: policies}\ndata: {control_url: \"ftp://x\"}\n",
 			wants: []string{"data.control_url", "ftp://x"},
 		},
+		"bad control url in a list": {
+			yaml:  "policies: {dir: policies}\ndata: {control_url: [\"http://a:1\", \"b:2\"]}\n",
+			wants: []string{"data.control_url", `"b:2"`},
+		},
+		"bad control url in a comma list": {
+			yaml:  "policies: {dir: policies}\ndata: {control_url: \"http://a:1, https://\"}\n",
+			wants: []string{"data.control_url", `"https://"`},
+		},
+		"control url listed twice": {
+			yaml:  "policies: {dir: policies}\ndata: {control_url: \"http://a:1,http://a:1/\"}\n",
+			wants: []string{"data.control_url", "twice"},
+		},
+		"control url list of commas": {
+			yaml:  "policies: {dir: policies}\ndata: {control_url: \" , ,\"}\n",
+			wants: []string{"data.control_url", "no URL"},
+		},
+		"control url list entry with a comma": {
+			yaml:  "policies: {dir: policies}\ndata: {control_url: [\"http://a:1,http://b:2\"]}\n",
+			wants: []string{"one URL per list entry"},
+		},
+		"control url flag": {
+			yaml:  "policies: {dir: policies}\n",
+			args:  []string{"--control-url", "http://a:1,ftp://b"},
+			wants: []string{"data.control_url", `"ftp://b"`},
+		},
 		"bad decision": {
 			yaml:  "policies: {dir: policies, decision: \"a//b\"}\n",
 			wants: []string{"policies.decision"},
@@ -352,6 +377,30 @@ func TestVersion(t *testing.T) {
 	for _, w := range []string{"gatehouse ", "commit: ", "go: go1."} {
 		if !strings.Contains(out, w) {
 			t.Errorf("version output %q lacks %q", out, w)
+		}
+	}
+}
+
+// TestControlURLList: data.control_url takes one URL, a comma-separated
+// list or a YAML list; the sidecar gets them comma-separated, in order.
+func TestControlURLList(t *testing.T) {
+	t.Parallel()
+	cases := map[string]string{
+		`control_url: http://a:1`:                          "http://a:1",
+		`control_url: "http://a:1, https://b:2/"`:          "http://a:1,https://b:2/",
+		"control_url:\n    - http://a:1\n    - http://b:2": "http://a:1,http://b:2",
+		`control_url: [http://a:1]`:                        "http://a:1",
+	}
+	for data, want := range cases {
+		var cfg ServeConfig
+		if err := decodeYAMLFile(writeConfig(t, "policies: {dir: policies}\ndata:\n    "+data+"\n"), &cfg); err != nil {
+			t.Fatalf("%s: %v", data, err)
+		}
+		if err := cfg.Data.ControlURL.Validate("data.control_url"); err != nil {
+			t.Fatalf("%s: %v", data, err)
+		}
+		if got := strings.Join(cfg.Data.ControlURL.URLs(), ","); got != want {
+			t.Fatalf("%s: %q, want %q", data, got, want)
 		}
 	}
 }

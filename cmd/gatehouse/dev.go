@@ -120,7 +120,7 @@ func runDev(ctx context.Context, f devFlags, stdout, stderr io.Writer) error {
 	cfg := ServeConfig{
 		Listen:   ListenConfig{GRPC: f.grpcAddr, HTTP: f.httpAddr, Ops: f.opsAddr, GRPCReflection: true},
 		Policies: authz.PolicyConfig{Dir: env.policies},
-		Data:     DataConfig{Dir: filepath.Join(dir, "sidecar"), ControlURL: controlURL, TokenFile: env.syncToken},
+		Data:     DataConfig{Dir: filepath.Join(dir, "sidecar"), ControlURL: URLList(controlURL), TokenFile: env.syncToken},
 		Issuers:  []authz.IssuerConfig{env.issuer(devIssuer, false), env.issuer(devTrustedIssuer, true)},
 		Log:      logCfg,
 		ID:       "dev-sidecar",

@@ -74,7 +74,7 @@ variables (GATEHOUSE_CONTROL_URL for --control-url, ...), overridden by flags.`,
 	fl.StringVar(&f.config, "config", "", "YAML configuration file (paths in it are relative to its folder)")
 	fl.StringVar(&f.policies, "policies", "", "policy directory (policies.dir)")
 	fl.StringVar(&f.dataDir, "data-dir", "", "folder of the bbolt cache file (data.dir)")
-	fl.StringVar(&f.controlURL, "control-url", "", "control endpoint to sync tenancy data from (data.control_url)")
+	fl.StringVar(&f.controlURL, "control-url", "", "control endpoint to sync tenancy data from, or its replicas comma-separated (data.control_url)")
 	fl.StringVar(&f.grpcAddr, "grpc-addr", "", "ext_authz gRPC address, host:port or unix:///path (listen.grpc, default 127.0.0.1:9191)")
 	fl.StringVar(&f.httpAddr, "http-addr", "", "ext_authz HTTP service address (listen.http, default 127.0.0.1:9192)")
 	fl.StringVar(&f.opsAddr, "ops-addr", "", "ops address (listen.ops, default 127.0.0.1:8181)")
@@ -102,7 +102,7 @@ func loadServeConfig(cmd *cobra.Command, f serveFlags) (ServeConfig, error) {
 	}
 	set("policies", &cfg.Policies.Dir, f.policies)
 	set("data-dir", &cfg.Data.Dir, f.dataDir)
-	set("control-url", &cfg.Data.ControlURL, f.controlURL)
+	set("control-url", (*string)(&cfg.Data.ControlURL), f.controlURL)
 	set("grpc-addr", &cfg.Listen.GRPC, f.grpcAddr)
 	set("http-addr", &cfg.Listen.HTTP, f.httpAddr)
 	set("ops-addr", &cfg.Listen.Ops, f.opsAddr)
@@ -159,7 +159,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		closers = append(closers, store)
 		tenancy = store
 		syncer = bundle.NewSyncer(bundle.SyncConfig{
-			ControlURL:     cfg.Data.ControlURL,
+			ControlURL:     string(cfg.Data.ControlURL),
 			TokenFile:      cfg.Data.TokenFile,
 			MaxBackoff:     cfg.Data.ReconnectMaxBackoff,
 			CheckOnStart:   cfg.Data.VerifyOnStart == nil || *cfg.Data.VerifyOnStart,
