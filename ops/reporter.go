@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,8 +17,10 @@ import (
 
 // ReporterConfig configures a Reporter (the fleet view, SPEC §9).
 type ReporterConfig struct {
-	// ControlURL is the control endpoint (data.control_url).
-	ControlURL string
+	// ControlURLs are the control endpoint's replicas (data.control_url).
+	// Every report goes to each of them: a replica keeps the fleet view in
+	// its own memory, so each one that answers knows every sidecar.
+	ControlURLs []string
 	// TokenFile holds the bearer token (data.token_file), read at each
 	// report.
 	TokenFile string
@@ -106,7 +109,21 @@ func (r *Reporter) post(ctx context.Context, rep Report) error {
 	if err != nil {
 		return err
 	}
-	u := strings.TrimRight(r.cfg.ControlURL, "/") + "/v1/sidecars/" + url.PathEscape(r.cfg.ID) + "/status"
+	var errs []error
+	for _, base := range r.cfg.ControlURLs {
+		if err := r.postTo(ctx, base, body); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == len(r.cfg.ControlURLs) {
+		return errors.Join(errs...) // no replica has the report
+	}
+	return nil // a replica that missed it is down or behind; it hears the next one
+
+}
+
+func (r *Reporter) postTo(ctx context.Context, base string, body []byte) error {
+	u := strings.TrimRight(base, "/") + "/v1/sidecars/" + url.PathEscape(r.cfg.ID) + "/status"
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
 	if err != nil {
 		return err

@@ -43,7 +43,7 @@ func TestReporterPostsStatus(t *testing.T) {
 	sc := testutil.StartSidecar(t, testutil.Options{Policies: map[string]string{"p.rego": "package envoy.authz\ndefault allow := false\n"}, Tenancy: ten})
 	logger, _ := testutil.Logger(t)
 	snap := ops.New(ops.Config{}, sc.Engine, logger)
-	rep := ops.NewReporter(ops.ReporterConfig{ControlURL: srv.URL + "/", TokenFile: tok, ID: "pod a/1", Version: "v9",
+	rep := ops.NewReporter(ops.ReporterConfig{ControlURLs: []string{srv.URL + "/"}, TokenFile: tok, ID: "pod a/1", Version: "v9",
 		Labels: map[string]string{"zone": "z1"}, Interval: 20 * time.Millisecond}, snap.Snapshot, logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -124,8 +124,12 @@ func runDev(ctx context.Context, f devFlags, stdout, stderr io.Writer) error {
 		Issuers:  []authz.IssuerConfig{env.issuer(devIssuer, false), env.issuer(devTrustedIssuer, true)},
 		Log:      logCfg,
 		ID:       "dev-sidecar",
-		// Every decision in OPA's decision-log format (README: Decision logs).
-		DecisionLogs: &decisionlog.Config{File: &decisionlog.FileConfig{Path: filepath.Join(dir, "decisions.log")}},
+		// Every decision in OPA's decision-log format (README: Decision logs),
+		// to a file and uploaded to the control endpoint's /v1/decisions.
+		DecisionLogs: &decisionlog.Config{
+			File:    &decisionlog.FileConfig{Path: filepath.Join(dir, "decisions.log")},
+			Service: &decisionlog.ServiceConfig{URL: controlURL + "/v1/logs", TokenFile: env.syncToken},
+		},
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {

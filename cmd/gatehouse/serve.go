@@ -241,7 +241,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 	var reporter *ops.Reporter
 	if cfg.Data.ControlURL != "" {
 		reporter = ops.NewReporter(ops.ReporterConfig{
-			ControlURL: cfg.Data.ControlURL, TokenFile: cfg.Data.TokenFile, ID: cfg.ID, Version: version,
+			ControlURLs: cfg.Data.ControlURL.URLs(), TokenFile: cfg.Data.TokenFile, ID: cfg.ID, Version: version,
 			Labels: cfg.Labels, Interval: cfg.Data.StatusInterval,
 		}, opsSrv.Snapshot, logger)
 	}
