@@ -33,6 +33,9 @@ type PolicyConfig struct {
 	Decision string `yaml:"decision"`
 	// RegoVersion is "v1" (default) or "v0" for policies in the older syntax.
 	RegoVersion string `yaml:"rego_version"`
+	// AuthZENDecision is the decision rule of the AuthZEN API (SPEC §10),
+	// e.g. authzen/allow (the default); its package holds the search rules.
+	AuthZENDecision string `yaml:"authzen_decision"`
 }
 
 // BundleSourceConfig locates a signed policy bundle.
@@ -54,6 +57,9 @@ func (c *PolicyConfig) SetDefaults() {
 	}
 	if c.RegoVersion == "" {
 		c.RegoVersion = "v1"
+	}
+	if c.AuthZENDecision == "" {
+		c.AuthZENDecision = DefaultAuthZENDecision
 	}
 	if c.Bundle.Poll == 0 {
 		c.Bundle.Poll = 10 * time.Second

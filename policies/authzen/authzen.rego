@@ -128,7 +128,9 @@ search_subjects contains {"type": "user", "id": u} if {
 subject_candidates(res) := gatehouse.tenancy.project_users(res.id, res.properties.tenant) if {
 	res.type == "project"
 	is_string(res.properties.tenant)
-} else := {u | # no tenant: each user's home tenant, one of those holding the project
+} # no tenant: each user's home tenant, one of those holding the project
+
+else := {u |
 	res.type == "project"
 	some x, _ in data.tenancy.index.tenant_roles[res.id]
 	some u in gatehouse.tenancy.project_users(res.id, x)
