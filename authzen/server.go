@@ -66,6 +66,8 @@ type Config struct {
 	ClientCerts bool `yaml:"-"`
 	// Registerer receives the metrics (nil: none).
 	Registerer prometheus.Registerer `yaml:"-"`
+
+	offline bool // NewOffline: answers through Answer only
 }
 
 // SetDefaults fills unset fields.
@@ -87,7 +89,7 @@ func (c *Config) SetDefaults() {
 // Validate reports every problem of the configuration.
 func (c Config) Validate() error {
 	var errs []error
-	if c.TokenFile == "" && !c.ClientCerts {
+	if c.TokenFile == "" && !c.ClientCerts && !c.offline {
 		errs = append(errs, errors.New("authzen: listen.authzen needs PEP authentication: authzen.token_file and/or listen.tls.client_ca_file"))
 	}
 	if c.MaxBodyBytes < 0 {
@@ -187,6 +189,40 @@ func New(cfg Config, engine Engine, logger *slog.Logger) (*Server, error) {
 	s.mux.HandleFunc(PathMetadata, s.metadata)
 	return s, nil
 }
+
+// NewOffline returns a server for offline tools (gatehouse eval, request
+// fixtures): it answers through Answer, with no PEP to authenticate; its
+// Handler refuses every request (401).
+func NewOffline(cfg Config, engine Engine, logger *slog.Logger) (*Server, error) {
+	cfg.TokenFile, cfg.ClientCerts, cfg.offline = "", false, true
+	return New(cfg, engine, logger)
+}
+
+// Answer answers one request of an authenticated PEP as the listener
+// would (path: one of the Path* constants, body: the JSON request): the
+// HTTP status and the JSON body.
+func (s *Server) Answer(ctx context.Context, method, path string, body []byte) (int, []byte) {
+	r, err := http.NewRequestWithContext(ctx, method, path, bytes.NewReader(body))
+	if err != nil {
+		return http.StatusBadRequest, []byte(`{"error":"bad_request","message":"bad path"}`)
+	}
+	r.Header.Set("Content-Type", "application/json")
+	r.Host = "gatehouse.offline"
+	rec := &recorder{header: http.Header{}, code: http.StatusOK}
+	s.mux.ServeHTTP(rec, r)
+	return rec.code, rec.body.Bytes()
+}
+
+// recorder is the ResponseWriter of Answer.
+type recorder struct {
+	header http.Header
+	code   int
+	body   bytes.Buffer
+}
+
+func (r *recorder) Header() http.Header         { return r.header }
+func (r *recorder) Write(b []byte) (int, error) { return r.body.Write(b) }
+func (r *recorder) WriteHeader(code int)        { r.code = code }
 
 // Handler returns the HTTP handler of the API.
 func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serve) }
