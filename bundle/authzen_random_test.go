@@ -10,11 +10,13 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/open-policy-agent/opa/v1/ast"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
 // The shipped AuthZEN policy (policies/authzen) over random worlds:
@@ -43,7 +45,12 @@ func TestAuthZENAgreesWithCheck(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer sess.Close()
+			defer func() { sess.Close() }()
+			type question struct {
+				rule ast.Ref
+				in   map[string]any
+			}
+			var asked []question
 
 			users := append(slices.Clone(w.users), "ghost")
 			tenants := append(slices.Clone(w.tenants), "nowhere")
@@ -62,6 +69,9 @@ func TestAuthZENAgreesWithCheck(t *testing.T) {
 			}
 			eval := func(rule ast.Ref, in map[string]any) ast.Value {
 				t.Helper()
+				if !rule.Equal(allow) || rng.IntN(4) == 0 {
+					asked = append(asked, question{rule, in})
+				}
 				val, err := ast.InterfaceToValue(in)
 				if err != nil {
 					t.Fatal(err)
@@ -229,6 +239,44 @@ func TestAuthZENAgreesWithCheck(t *testing.T) {
 						ids(eval(searchActions, map[string]any{"subject": subject(u, iss), "resource": res}), "name"), want)
 				}
 			}
+
+			// random writes: the decision cache (which recorded the reads of
+			// the built-ins, and knows when a search scanned) must answer as
+			// fresh evaluations do
+			fresh := rnEngine(t, st, v, policyDir(), -1, bundle.Builtins())
+			sess.Close()
+			rng.Shuffle(len(asked), func(i, j int) { asked[i], asked[j] = asked[j], asked[i] })
+			asked = asked[:min(len(asked), 40)]
+			for i := range 4 {
+				if i%2 == 0 {
+					mutate(t, rng, w, src, st)
+				} else {
+					grantAlike(t, rng, w, src, st, i)
+				}
+				sc, err := e.Session(context.Background(), 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sf, err := fresh.Session(context.Background(), 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, q := range asked {
+					vc, _ := ast.InterfaceToValue(q.in)
+					vf, _ := ast.InterfaceToValue(q.in)
+					gc, _, err1 := sc.Eval(q.rule, vc.(ast.Object))
+					gf, _, err2 := sf.Eval(q.rule, vf.(ast.Object))
+					if err1 != nil || err2 != nil {
+						t.Fatal(err1, err2)
+					}
+					if fmt.Sprint(gc) != fmt.Sprint(gf) {
+						t.Fatalf("after writes, %v %v:\ncached:    %v\nevaluated: %v", q.rule, q.in, gc, gf)
+					}
+				}
+				sc.Close()
+				sf.Close()
+			}
+			sess, _ = e.Session(context.Background(), 0)
 		})
 	}
 }
@@ -239,4 +287,96 @@ func astJSON(v ast.Value) any {
 		panic(err)
 	}
 	return j
+}
+
+// grantAlike gives a random user a copy of an existing user grant (same
+// project, tenant and roles): someone new holds roles where searches
+// looked.
+func grantAlike(t testing.TB, rng *rand.Rand, w rworld, src *source, st *bundle.Store, n int) {
+	if len(w.users) == 0 {
+		return
+	}
+	var grants []*tenancy.UserGrant
+	_ = src.db.View(func(tx *bolt.Tx) error {
+		for i := range 14 {
+			if e, _ := tenancy.Get(tx, tenancy.UserGrants, fmt.Sprintf("ug%d", i)); e != nil {
+				grants = append(grants, e.(*tenancy.UserGrant))
+			}
+		}
+		return nil
+	})
+	if len(grants) == 0 {
+		return
+	}
+	g := pick(rng, grants)
+	tryWrite(t, src, st, []tenancy.Op{put(tenancy.UserGrants, map[string]any{
+		"id": fmt.Sprintf("alike%d", n), "user": pick(rng, w.users), "project": g.Project, "tenant": g.Tenant, "roles": g.Roles,
+	})})
+}
+
+// The decision cache serves AuthZEN answers only while they hold: a
+// revoked grant turns a cached evaluation false (its keyed reads changed),
+// and a new grant shows in a cached search (a search lists an index: its
+// answer holds for its own data version only).
+func TestAuthZENDecisionCacheFollowsWrites(t *testing.T) {
+	t.Parallel()
+	src := newSource(t)
+	for _, op := range []tenancy.Op{
+		put(tenancy.Tenants, map[string]any{"id": "t0", "parent": nil, "status": "active"}),
+		put(tenancy.Projects, map[string]any{"id": "p0", "owner": "t0", "roles": []string{"reader"}}),
+		put(tenancy.Users, map[string]any{"id": "u0", "tenant": "t0", "status": "active"}),
+		put(tenancy.Users, map[string]any{"id": "u1", "tenant": "t0", "status": "active"}),
+		put(tenancy.UserGrants, map[string]any{"id": "ug0", "user": "u0", "project": "p0", "tenant": "t0", "roles": []string{"reader"}}),
+	} {
+		if !tryWrite(t, src, nil, []tenancy.Op{op}) {
+			t.Fatalf("write %v refused", op)
+		}
+	}
+	st := openStore(t, t.TempDir())
+	loadSnapshot(t, st, src)
+	v, _ := rnIssuers(t, rworld{})
+	e := rnEngine(t, st, v, policyDir(), 0, bundle.Builtins())
+	resource := map[string]any{"type": "project", "id": "p0", "properties": map[string]any{"tenant": "t0"}}
+	ask := func(rule string, in map[string]any) (string, authz.CacheResult) {
+		t.Helper()
+		sess, err := e.Session(context.Background(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sess.Close()
+		val, _ := ast.InterfaceToValue(in)
+		out, res, err := sess.Eval(ast.MustParseRef("data.authzen."+rule), val.(ast.Object))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if obj, ok := out.(ast.Object); ok && rule == "allow" {
+			return obj.Get(ast.StringTerm("decision")).String(), res
+		}
+		return fmt.Sprint(out), res
+	}
+	evaluation := map[string]any{"subject": map[string]any{"type": "user", "id": "u0"}, "action": map[string]any{"name": "reader"}, "resource": resource}
+	search := map[string]any{"subject": map[string]any{"type": "user"}, "action": map[string]any{"name": "reader"}, "resource": resource}
+	for _, want := range []authz.CacheResult{"miss", "hit"} {
+		if d, res := ask("allow", evaluation); d != "true" || res != want {
+			t.Fatalf("evaluation: %s (%s), want true (%s)", d, res, want)
+		}
+		if got, res := ask("search_subjects", search); got != `{{"id": "u0", "type": "user"}}` || res != want {
+			t.Fatalf("search: %s (%s), want u0 (%s)", got, res, want)
+		}
+	}
+	if !tryWrite(t, src, st, []tenancy.Op{put(tenancy.UserGrants, map[string]any{"id": "ug1", "user": "u1", "project": "p0", "tenant": "t0", "roles": []string{"reader"}})}) {
+		t.Fatal("grant refused")
+	}
+	if got, _ := ask("search_subjects", search); got != `{{"id": "u0", "type": "user"}, {"id": "u1", "type": "user"}}` {
+		t.Fatalf("search after a new grant: %s", got)
+	}
+	if d, res := ask("allow", evaluation); d != "true" || res != "hit" {
+		t.Fatalf("an evaluation whose reads did not change: %s (%s), want a hit", d, res)
+	}
+	if !tryWrite(t, src, st, []tenancy.Op{{Op: tenancy.OpDelete, Collection: tenancy.UserGrants, ID: "ug0"}}) {
+		t.Fatal("revocation refused")
+	}
+	if d, _ := ask("allow", evaluation); d != "false" {
+		t.Fatalf("evaluation after revocation: %s", d)
+	}
 }
