@@ -109,6 +109,7 @@ type Engine struct {
 	tracker                                      DependencyTracker // nil when the tenancy store cannot record reads
 
 	revTerm atomic.Pointer[revisionTerm] // the last tenancy_revision term built
+	queries atomic.Pointer[querySet]     // queries of the active set other than the decision (query.go)
 
 	mu        sync.Mutex // guards lastErr, lastErrAt
 	lastErr   string
