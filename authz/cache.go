@@ -2,11 +2,13 @@ package authz
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -267,11 +269,22 @@ func keyOf(k string) cacheKey {
 // moves the entry into cur. So at most the budget is held: per shard, two
 // generations of at most budget/(2×shards) each. An entry larger than one
 // generation's share is not cached.
+//
+// Admission: until a shard holds one generation's worth of entries or
+// bytes, every decision is stored. From then on a decision is stored only
+// when its key was asked before and not stored then: seen remembers the
+// fingerprints of such keys (direct-mapped: a newer key takes the slot).
+// A workload of mostly first-seen questions (many users, each asking
+// once) then neither evicts the decisions that are asked again nor pays
+// for recording the reads and storing decisions never used, and the cache
+// holds half of its budget instead of all of it; a question asked twice
+// is cached from its second answer on.
 type decisionCache struct {
 	plan     cachePlan
 	shards   [32]cacheShard
 	max      int   // entries per shard generation
 	maxBytes int64 // bytes per shard generation
+	seen     []atomic.Uint64
 }
 
 type cacheShard struct {
@@ -299,7 +312,40 @@ func newDecisionCache(plan cachePlan, entries int, bytes int64) *decisionCache {
 	c := &decisionCache{plan: plan}
 	c.max = max(entries/len(c.shards)/2, 1)
 	c.maxBytes = max(bytes/int64(len(c.shards))/2, 1)
+	c.seen = make([]atomic.Uint64, seenSlots(entries))
 	return c
+}
+
+// seenSlots is the size of the admission table of a cache of entries
+// entries: a power of two, about twice as many, within [1024, 1<<20]
+// (8 bytes each).
+func seenSlots(entries int) int {
+	n := 1024
+	for n < 2*entries && n < 1<<20 {
+		n *= 2
+	}
+	return n
+}
+
+// admit reports whether the decision for key, not in the cache, is to be
+// stored (and its reads recorded for that): see decisionCache.
+func (c *decisionCache) admit(key cacheKey) bool {
+	sh := c.shard(key)
+	sh.mu.Lock()
+	roomy := len(sh.cur)+len(sh.prev) < c.max && sh.curBytes+sh.prevBytes < c.maxBytes
+	sh.mu.Unlock()
+	if roomy {
+		return true
+	}
+	// The key is a SHA-256: any 8 of its bytes are as good as random.
+	slot := &c.seen[binary.LittleEndian.Uint64(key[8:16])&uint64(len(c.seen)-1)]
+	fp := binary.LittleEndian.Uint64(key[16:24]) | 1 // never 0, an empty slot
+	if slot.Load() == fp {
+		slot.Store(0)
+		return true
+	}
+	slot.Store(fp)
+	return false
 }
 
 func (c *decisionCache) shard(key cacheKey) *cacheShard {

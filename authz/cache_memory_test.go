@@ -142,3 +142,57 @@ func TestTokenCacheMemoryBounded(t *testing.T) {
 		t.Fatal("not a JWT")
 	}
 }
+
+// TestDecisionCacheAdmitsRepeatedQuestions: once the cache holds one
+// generation's worth of entries, a first-seen question is answered but not
+// stored. A stream of distinct questions (the cold workload: many users,
+// each asking once) leaves the cache at half of its bound instead of
+// filling it (and evicting what is asked again), while a question asked
+// again is stored from its second answer on and then hit. Variants: the
+// bound in entries, in bytes.
+func TestDecisionCacheAdmitsRepeatedQuestions(t *testing.T) {
+	t.Parallel()
+	for name, cfg := range map[string]authz.Config{
+		"entries": {DecisionCacheEntries: 1000},
+		"bytes":   {DecisionCacheEntries: 1 << 20, DecisionCacheBytes: 1 << 20},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			reg := prometheus.NewRegistry()
+			cfg.Registerer = reg
+			e, _ := engineOn(t, map[string]string{"policy.rego": noSuchTenant}, cfg, nil)
+			ask := func(i int) {
+				t.Helper()
+				if d, err := e.Decide(t.Context(), &authz.Request{Input: tenantInput(i, 500)}); err != nil || d.Status() != 403 {
+					t.Fatalf("Decide: %v, %v", d, err)
+				}
+			}
+			ask(0)
+			one := e.DecisionCacheBytes() // every entry has the same size
+			full := one * int64(cfg.DecisionCacheEntries)
+			if cfg.DecisionCacheBytes > 0 {
+				full = cfg.DecisionCacheBytes
+			}
+			for i := 1; i < 20_000; i++ {
+				ask(i)
+			}
+			// The old cache held 1.5 generations on average: 75% of it.
+			if got := e.DecisionCacheBytes(); got > full*55/100 || got < full*40/100 {
+				t.Errorf("after 20,000 distinct questions the cache holds %d bytes of %d, want about half", got, full)
+			}
+			hits := func() float64 {
+				return testutil.MetricValue(t, reg, "gatehouse_decision_cache_total", map[string]string{"result": "hit"})
+			}
+			before := hits()
+			ask(1_000_000) // first seen: answered, not stored
+			ask(1_000_000) // asked again: stored
+			if hits() != before {
+				t.Fatalf("hits %v → %v: a question asked twice was answered from the cache", before, hits())
+			}
+			ask(1_000_000)
+			if hits() != before+1 {
+				t.Errorf("a question asked a third time is not a cache hit (hits %v → %v)", before, hits())
+			}
+		})
+	}
+}

@@ -305,6 +305,9 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		e.cacheBypass.Inc()
 	case ent == nil:
 		e.cacheMiss.Inc()
+		if !cache.admit(key) {
+			cache = nil // first seen while the cache is full: not stored
+		}
 	case e.valid(ent, tt, ver):
 		e.cacheHit.Inc()
 		d := ent.d
