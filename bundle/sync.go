@@ -51,7 +51,7 @@ type SyncConfig struct {
 	MaxLineBytes int
 	// ResidentBudget: when the cache file's mapped pages in the process's
 	// resident set exceed it, they are dropped from it (measured every
-	// 100ms; default 32 MiB; <0 never). See Store.TrimResident and
+	// 100ms; default 16 MiB; <0 never). See Store.TrimResident and
 	// residentMeter.
 	ResidentBudget int64
 	// Registerer receives sync metrics (nil: none).
@@ -76,7 +76,7 @@ func (c *SyncConfig) SetDefaults() {
 		c.Now = time.Now
 	}
 	if c.ResidentBudget == 0 {
-		c.ResidentBudget = 32 << 20
+		c.ResidentBudget = 16 << 20
 	}
 	if c.MaxLineBytes == 0 {
 		c.MaxLineBytes = 64 << 20

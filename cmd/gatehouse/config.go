@@ -124,7 +124,7 @@ type DataConfig struct {
 	ReconnectMaxBackoff time.Duration `yaml:"reconnect_max_backoff"`
 	// ResidentBudgetMB: when the cache file's pages resident in the
 	// process exceed it, they are dropped from the resident set (they stay in
-	// the page cache). Default 32; -1 never trims.
+	// the page cache). Default 16; -1 never trims.
 	ResidentBudgetMB int `yaml:"resident_budget_mb"`
 	// VerifyOnStart runs bbolt's consistency check over the cache file in
 	// the background after a restart: true always, false never; unset, for
