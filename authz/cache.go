@@ -270,15 +270,15 @@ func keyOf(k string) cacheKey {
 // generations of at most budget/(2×shards) each. An entry larger than one
 // generation's share is not cached.
 //
-// Admission: until a shard holds one generation's worth of entries or
+// Admission: until a shard holds half a generation's worth of entries or
 // bytes, every decision is stored. From then on a decision is stored only
 // when its key was asked before and not stored then: seen remembers the
 // fingerprints of such keys (direct-mapped: a newer key takes the slot).
 // A workload of mostly first-seen questions (many users, each asking
 // once) then neither evicts the decisions that are asked again nor pays
 // for recording the reads and storing decisions never used, and the cache
-// holds half of its budget instead of all of it; a question asked twice
-// is cached from its second answer on.
+// holds a quarter of its budget instead of all of it; a question asked
+// twice is cached from its second answer on.
 type decisionCache struct {
 	plan     cachePlan
 	shards   [32]cacheShard
@@ -332,7 +332,7 @@ func seenSlots(entries int) int {
 func (c *decisionCache) admit(key cacheKey) bool {
 	sh := c.shard(key)
 	sh.mu.Lock()
-	roomy := len(sh.cur)+len(sh.prev) < c.max && sh.curBytes+sh.prevBytes < c.maxBytes
+	roomy := 2*(len(sh.cur)+len(sh.prev)) < c.max && 2*(sh.curBytes+sh.prevBytes) < c.maxBytes
 	sh.mu.Unlock()
 	if roomy {
 		return true

@@ -36,7 +36,7 @@ type Config struct {
 	// disables it). See cache.go for when a cached decision is used.
 	DecisionCacheEntries int `yaml:"decision_cache_entries"`
 	// DecisionCacheBytes bounds the accounted size of the decision cache
-	// (default 32 MiB; <0 disables it): keys are fixed-size hashes; the
+	// (default 16 MiB; <0 disables it): keys are fixed-size hashes; the
 	// decisions (deny bodies, headers, metadata) and recorded reads count.
 	DecisionCacheBytes int64 `yaml:"decision_cache_bytes"`
 	// Builtins are the Gatehouse built-ins policy sets are compiled with
@@ -45,7 +45,7 @@ type Config struct {
 }
 
 // DefaultDecisionCacheBytes is Config.DecisionCacheBytes when unset.
-const DefaultDecisionCacheBytes = 32 << 20
+const DefaultDecisionCacheBytes = 16 << 20
 
 // SetDefaults fills unset fields.
 func (c *Config) SetDefaults() {

@@ -42,16 +42,16 @@ type ServeConfig struct {
 type CacheConfig struct {
 	// Decisions: memoized decisions (default 10000).
 	Decisions int `yaml:"decisions"`
-	// Tokens: verified tokens (default 10000).
+	// Tokens: verified tokens (default 5000).
 	Tokens int `yaml:"tokens"`
 	// Documents: decoded tenancy documents (default 50000).
 	Documents int `yaml:"documents"`
 	// DecisionsMB: MiB of memoized decisions, as accounted (keys are
 	// hashes; deny bodies, headers, metadata and recorded reads count);
-	// default 32.
+	// default 16.
 	DecisionsMB int `yaml:"decisions_mb"`
 	// TokensMB: MiB of verified tokens, as accounted (their claims count);
-	// default 32.
+	// default 16.
 	TokensMB int `yaml:"tokens_mb"`
 }
 
