@@ -34,11 +34,13 @@ func TestUncachedCheckAllocations(t *testing.T) {
 	}
 	req := benchRequest(t)
 	headers := req.GetAttributes().GetRequest().GetHttp().GetHeaders()
+	var memo envoy.InputMemo // as a Server renders inputs
 	check := func() {
-		in, err := envoy.Input(req)
+		prep, err := memo.Prepare(req)
 		if err != nil {
 			t.Fatal(err)
 		}
+		in := prep.Input(authz.NeedAll)
 		d, err := e.Decide(context.Background(), &authz.Request{Input: in, Authorization: headers["authorization"]})
 		if err != nil {
 			t.Fatal(err)
