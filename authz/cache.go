@@ -6,10 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/storage"
@@ -113,11 +111,13 @@ func constantPrefix(r ast.Ref) ast.Ref {
 // is evaluated uncached.
 const maxKeyBytes = 8 << 10
 
-// key builds the cache key of an input: the values at every planned path.
-func (p *cachePlan) key(input ast.Object, b *strings.Builder) bool {
+// key appends the cache key of an input to b: the values at every planned
+// path, each as its String() text, separated by 0 bytes (1: undefined).
+// ok is false when the key would be longer than maxKeyBytes.
+func (p *cachePlan) key(input ast.Object, b []byte) (_ []byte, ok bool) {
 	for i, path := range p.paths {
 		if i > 0 {
-			b.WriteByte(0)
+			b = append(b, 0)
 		}
 		var v ast.Value = input
 		for _, t := range path[1:] {
@@ -127,18 +127,31 @@ func (p *cachePlan) key(input ast.Object, b *strings.Builder) bool {
 			}
 		}
 		if v == nil {
-			b.WriteByte(1) // undefined
+			b = append(b, 1) // undefined
 		} else {
-			if atLeast(v, maxKeyBytes-b.Len()) {
-				return false // not rendered: it could be megabytes
+			if atLeast(v, maxKeyBytes-len(b)) {
+				return b, false // not rendered: it could be megabytes
 			}
-			b.WriteString(v.String())
+			b = appendText(b, v)
 		}
-		if b.Len() > maxKeyBytes {
-			return false
+		if len(b) > maxKeyBytes {
+			return b, false
 		}
 	}
-	return true
+	return b, true
+}
+
+// appendText appends v.String() to b, without building the string when v
+// can append itself (every value type of this OPA version can).
+func appendText(b []byte, v ast.Value) []byte {
+	if a, ok := v.(interface {
+		AppendText([]byte) ([]byte, error)
+	}); ok {
+		if out, err := a.AppendText(b); err == nil {
+			return out
+		}
+	}
+	return append(b, v.String()...)
 }
 
 // atLeast reports whether the strings in v alone (keys, values, numbers)
@@ -255,9 +268,7 @@ func dataVersion(t Tenancy, txn storage.Transaction) DataVersion {
 type cacheKey [sha256.Size]byte
 
 // keyOf hashes a key built by plan.key.
-func keyOf(k string) cacheKey {
-	return sha256.Sum256(unsafe.Slice(unsafe.StringData(k), len(k))) // read only
-}
+func keyOf(k []byte) cacheKey { return sha256.Sum256(k) }
 
 // decisionCache holds decisions of one policy set, bounded in entries and
 // in bytes (the accounted size of every entry: key, decision, recorded

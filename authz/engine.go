@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -109,6 +108,7 @@ type Engine struct {
 	tracker                                      DependencyTracker // nil when the tenancy store cannot record reads
 
 	revTerm atomic.Pointer[revisionTerm] // the last tenancy_revision term built
+	keyBufs sync.Pool                    // *[]byte: buffers for decision cache keys
 
 	mu        sync.Mutex // guards lastErr, lastErrAt
 	lastErr   string
@@ -134,6 +134,7 @@ func New(cfg Config, verifier *Verifier, tenancy Tenancy, logger *slog.Logger) *
 		verifier, _ = NewVerifier(VerifierConfig{}, logger) // no issuers: cannot fail
 	}
 	e := &Engine{cfg: cfg, logger: logger, verifier: verifier, tenancy: tenancy}
+	e.keyBufs.New = func() any { b := make([]byte, 0, 512); return &b }
 	e.loads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gatehouse_policy_loads_total",
 		Help: "Policy set loads, by result (success, error). An error leaves the last good policy serving.",
@@ -291,12 +292,17 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	debug := e.logger.Enabled(ctx, slog.LevelDebug)
 	cache, key := a.cache, cacheKey{}
 	if cache != nil && req.Tracer == nil && !debug {
-		var sb strings.Builder
-		if cache.plan.key(input, &sb) {
-			key = keyOf(sb.String())
+		buf := e.keyBufs.Get().(*[]byte)
+		k, ok := cache.plan.key(input, (*buf)[:0])
+		if ok {
+			key = keyOf(k)
 		} else {
 			cache = nil
 		}
+		if cap(k) <= maxKeyBytes+1024 { // a refused key's buffer may be larger
+			*buf = k[:0]
+		}
+		e.keyBufs.Put(buf)
 	} else {
 		cache = nil
 	}
