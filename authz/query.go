@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -40,7 +39,7 @@ type Session struct {
 	rev   uint64
 	ver   DataVersion
 	start time.Time
-	sb    strings.Builder
+	kb    []byte // the cache key being built
 }
 
 // querySet holds what the queries of one active policy set share: the
@@ -133,11 +132,10 @@ func (s *Session) Eval(rule ast.Ref, input ast.Object) (ast.Value, CacheResult, 
 	debug := e.logger.Enabled(s.ctx, slog.LevelDebug)
 	cache, key := s.qs.cache, cacheKey{}
 	if cache != nil && !debug {
-		s.sb.Reset()
-		s.sb.WriteString(rule.String())
-		s.sb.WriteByte(0)
-		if cache.plan.key(input, &s.sb) {
-			key = keyOf(s.sb.String())
+		s.kb = append(append(s.kb[:0], rule.String()...), 0)
+		if k, ok := cache.plan.key(input, s.kb); ok {
+			s.kb = k
+			key = keyOf(k)
 		} else {
 			cache = nil
 		}
@@ -151,6 +149,9 @@ func (s *Session) Eval(rule ast.Ref, input ast.Object) (ast.Value, CacheResult, 
 	case ent == nil:
 		e.cacheMiss.Inc()
 		result = "miss"
+		if !cache.admit(key) {
+			cache = nil // first seen while the cache is full: not stored
+		}
 	case e.valid(ent, s.tt, s.ver):
 		if v, err := ast.ParseTerm(ent.d.Body); err == nil {
 			e.cacheHit.Inc()

@@ -58,16 +58,16 @@ type ServeConfig struct {
 type CacheConfig struct {
 	// Decisions: memoized decisions (default 10000).
 	Decisions int `yaml:"decisions"`
-	// Tokens: verified tokens (default 10000).
+	// Tokens: verified tokens (default 5000).
 	Tokens int `yaml:"tokens"`
 	// Documents: decoded tenancy documents (default 50000).
 	Documents int `yaml:"documents"`
 	// DecisionsMB: MiB of memoized decisions, as accounted (keys are
 	// hashes; deny bodies, headers, metadata and recorded reads count);
-	// default 32.
+	// default 16.
 	DecisionsMB int `yaml:"decisions_mb"`
 	// TokensMB: MiB of verified tokens, as accounted (their claims count);
-	// default 32.
+	// default 16.
 	TokensMB int `yaml:"tokens_mb"`
 }
 
@@ -144,7 +144,7 @@ type DataConfig struct {
 	ReconnectMaxBackoff time.Duration `yaml:"reconnect_max_backoff"`
 	// ResidentBudgetMB: when the cache file's pages resident in the
 	// process exceed it, they are dropped from the resident set (they stay in
-	// the page cache). Default 32; -1 never trims.
+	// the page cache). Default 16; -1 never trims.
 	ResidentBudgetMB int `yaml:"resident_budget_mb"`
 	// VerifyOnStart runs bbolt's consistency check over the cache file in
 	// the background after a restart: true always, false never; unset, for
