@@ -2,7 +2,6 @@ package authz
 
 import (
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -11,6 +10,8 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/storage"
+
+	"github.com/gatehouse-dev/gatehouse/internal/jsonsize"
 )
 
 // The decision cache memoizes decisions of one policy set, soundly:
@@ -418,33 +419,7 @@ func decisionBytes(d *Decision) int {
 		}
 	}
 	if d.DynamicMetadata != nil {
-		n += jsonBytes(map[string]any(d.DynamicMetadata))
+		n += jsonsize.Of(map[string]any(d.DynamicMetadata))
 	}
 	return n
-}
-
-// jsonBytes is the accounted size of a decoded JSON value (maps, slices,
-// strings, json.Number, bools, float64s, nil): its strings plus a
-// per-value overhead.
-func jsonBytes(v any) int {
-	const word = 16 // an interface value
-	switch x := v.(type) {
-	case string:
-		return word + 16 + len(x)
-	case json.Number:
-		return word + 16 + len(x)
-	case map[string]any:
-		n := word + 48
-		for k, e := range x {
-			n += 16 + len(k) + jsonBytes(e) + 16 // key, value, bucket share
-		}
-		return n
-	case []any:
-		n := word + 24
-		for _, e := range x {
-			n += jsonBytes(e)
-		}
-		return n
-	}
-	return word + 8
 }

@@ -1,6 +1,8 @@
 package authz
 
 import (
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"fmt"
 	"strings"
 	"time"
@@ -51,7 +53,7 @@ type Decision struct {
 	// Subject is the verified token subject, "" without a valid token.
 	Subject string
 	// TokenError is the token verification code, "" when valid.
-	TokenError TokenError
+	TokenError token.TokenError
 	// Duration is the time Decide took.
 	Duration time.Duration
 }

@@ -1,6 +1,8 @@
 package authz
 
 import (
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -83,7 +85,7 @@ type Request struct {
 	Authorization string
 	// Token, when set, is the bearer token already verified by the caller
 	// (Verifier().VerifyHeader); Authorization is then not looked at.
-	Token *Token
+	Token *token.Token
 	// MinRevision asks for tenancy data at this revision or newer (0 = any).
 	MinRevision uint64
 	// Tracer, when set, receives the evaluation trace (for explanations).
@@ -97,7 +99,7 @@ type Request struct {
 type Engine struct {
 	cfg      Config
 	logger   *slog.Logger
-	verifier *Verifier
+	verifier *token.Verifier
 	tenancy  Tenancy
 
 	active atomic.Pointer[activeSet]
@@ -125,13 +127,13 @@ type activeSet struct {
 // New returns an engine with no policy set; Decide answers "not ready" until
 // SetPolicy is called. A nil tenancy means EmptyTenancy; a nil verifier
 // trusts no issuer.
-func New(cfg Config, verifier *Verifier, tenancy Tenancy, logger *slog.Logger) *Engine {
+func New(cfg Config, verifier *token.Verifier, tenancy Tenancy, logger *slog.Logger) *Engine {
 	cfg.SetDefaults()
 	if tenancy == nil {
 		tenancy = EmptyTenancy()
 	}
 	if verifier == nil {
-		verifier, _ = NewVerifier(VerifierConfig{}, logger) // no issuers: cannot fail
+		verifier, _ = token.NewVerifier(token.VerifierConfig{}, logger) // no issuers: cannot fail
 	}
 	e := &Engine{cfg: cfg, logger: logger, verifier: verifier, tenancy: tenancy}
 	e.loads = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -210,7 +212,7 @@ func (e *Engine) DecisionCacheBytes() int64 {
 func (e *Engine) Tenancy() Tenancy { return e.tenancy }
 
 // Verifier returns the token verifier.
-func (e *Engine) Verifier() *Verifier { return e.verifier }
+func (e *Engine) Verifier() *token.Verifier { return e.verifier }
 
 // Ready returns nil when the engine can decide, or why not.
 func (e *Engine) Ready() error {

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -87,7 +89,7 @@ func benchEngine(tb testing.TB, st *bundle.Store) (*authz.Engine, func(sub strin
 
 // newVerifier returns a verifier trusting a fresh RSA key, and a minter of
 // tokens signed by it.
-func newVerifier(tb testing.TB) (*authz.Verifier, func(sub string) string) {
+func newVerifier(tb testing.TB) (*token.Verifier, func(sub string) string) {
 	tb.Helper()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -98,7 +100,7 @@ func newVerifier(tb testing.TB) (*authz.Verifier, func(sub string) string) {
 	if err := os.WriteFile(pemFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	v, err := authz.NewVerifier(authz.VerifierConfig{Issuers: []authz.IssuerConfig{{
+	v, err := token.NewVerifier(token.VerifierConfig{Issuers: []token.IssuerConfig{{
 		Issuer: "https://idp.bench/", Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: pemFile,
 	}}}, discard())
 	if err != nil {
@@ -118,7 +120,7 @@ func newVerifier(tb testing.TB) (*authz.Verifier, func(sub string) string) {
 }
 
 // newEngine returns an engine with the shipped policies over st.
-func newEngine(tb testing.TB, st *bundle.Store, v *authz.Verifier, cacheEntries int) *authz.Engine {
+func newEngine(tb testing.TB, st *bundle.Store, v *token.Verifier, cacheEntries int) *authz.Engine {
 	tb.Helper()
 	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries, Builtins: bundle.Builtins()}, v, st, discard())
 	src, err := authz.LoadDir(policyDir(), 0)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/codes"
 
@@ -34,7 +36,7 @@ func benchCheckGRPC(b *testing.B, cacheEntries int) {
 	sc := testutil.StartSidecar(b, testutil.Options{
 		PolicyDir: policyDir(),
 		Tenancy:   st,
-		Issuers:   []authz.IssuerConfig{issuer},
+		Issuers:   []token.IssuerConfig{issuer},
 		Engine:    authz.Config{DecisionCacheEntries: cacheEntries, Builtins: benchBuiltins()},
 		Server:    envoy.Config{HTTPAddr: "-"},
 		Logger:    discard(),
@@ -83,12 +85,12 @@ func benchCheckGRPC(b *testing.B, cacheEntries int) {
 
 // benchIssuer is an RS256 issuer with a fresh key, and a minter of its
 // tokens.
-func benchIssuer(tb testing.TB) (authz.IssuerConfig, func(sub string) string) {
+func benchIssuer(tb testing.TB) (token.IssuerConfig, func(sub string) string) {
 	tb.Helper()
 	key := testutil.RSAKey(tb, "bench-grpc")
 	pem := tb.TempDir() + "/pub.pem"
 	testutil.WriteFile(tb, pem, string(testutil.PublicKeyPEM(tb, &key.PublicKey)))
-	cfg := authz.IssuerConfig{Issuer: "https://idp.bench/", Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: pem}
+	cfg := token.IssuerConfig{Issuer: "https://idp.bench/", Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: pem}
 	return cfg, func(sub string) string {
 		return testutil.MintJWT(tb, jwtRS256, key, "", testutil.Claims(cfg.Issuer, sub, nil))
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -34,7 +36,7 @@ func checkCode(t *testing.T, st *bundle.Store) codes.Code {
 		PolicyDir: policyDir(),
 		Tenancy:   st,
 		Engine:    authz.Config{Builtins: bundle.Builtins()},
-		Issuers:   []authz.IssuerConfig{{Issuer: rpIssuer, Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: pemFile}},
+		Issuers:   []token.IssuerConfig{{Issuer: rpIssuer, Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: pemFile}},
 	})
 	defer sc.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
@@ -193,11 +195,11 @@ func genWorld(t testing.TB, rng *rand.Rand, src *source) rworld {
 
 // rnIssuers is a verifier trusting the random issuers (the bound ones
 // bound to w.bound), and their signing keys.
-func rnIssuers(t testing.TB, w rworld) (*authz.Verifier, map[string]*ecdsa.PrivateKey) {
+func rnIssuers(t testing.TB, w rworld) (*token.Verifier, map[string]*ecdsa.PrivateKey) {
 	dir := t.TempDir()
 	keys := map[string]*ecdsa.PrivateKey{}
-	var cfgs []authz.IssuerConfig
-	for i, c := range []authz.IssuerConfig{
+	var cfgs []token.IssuerConfig
+	for i, c := range []token.IssuerConfig{
 		{Issuer: rnPlain}, {Issuer: rnTrust, TrustTokenRoles: true}, {Issuer: rnBound, Tenant: w.bound},
 		{Issuer: rnBoundTrst, Tenant: w.bound, TrustTokenRoles: true}, {Issuer: rnOther},
 	} {
@@ -208,7 +210,7 @@ func rnIssuers(t testing.TB, w rworld) (*authz.Verifier, map[string]*ecdsa.Priva
 		c.Audiences, c.Algorithms, c.PublicKeyFile = []string{"api"}, []string{"ES256"}, pem
 		cfgs = append(cfgs, c)
 	}
-	v, err := authz.NewVerifier(authz.VerifierConfig{Issuers: cfgs}, discard())
+	v, err := token.NewVerifier(token.VerifierConfig{Issuers: cfgs}, discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +337,7 @@ func rnRequest(t testing.TB, rng *rand.Rand, w rworld, keys map[string]*ecdsa.Pr
 }
 
 // rnEngine is an engine over st deciding with the policies in dir.
-func rnEngine(t testing.TB, st *bundle.Store, v *authz.Verifier, dir string, cacheEntries int, builtins []authz.Builtin) *authz.Engine {
+func rnEngine(t testing.TB, st *bundle.Store, v *token.Verifier, dir string, cacheEntries int, builtins []authz.Builtin) *authz.Engine {
 	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries, Builtins: builtins}, v, st, discard())
 	src, err := authz.LoadDir(dir, 0)
 	if err != nil {

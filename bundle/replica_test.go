@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -246,13 +248,13 @@ func (r *replica) stop() {
 	})
 }
 
-func rpVerifier(tb testing.TB) *authz.Verifier {
+func rpVerifier(tb testing.TB) *token.Verifier {
 	tb.Helper()
 	key := testutil.RSAKey(tb, "replica")
 	rpVerifierOnce.Do(func() { rpPubPEM = testutil.PublicKeyPEM(tb, &key.PublicKey) })
 	pemFile := filepath.Join(tb.TempDir(), "pub.pem")
 	testutil.WriteFile(tb, pemFile, string(rpPubPEM))
-	v, err := authz.NewVerifier(authz.VerifierConfig{Issuers: []authz.IssuerConfig{{
+	v, err := token.NewVerifier(token.VerifierConfig{Issuers: []token.IssuerConfig{{
 		Issuer: rpIssuer, Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: pemFile,
 	}}}, discard())
 	if err != nil {

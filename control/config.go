@@ -7,9 +7,10 @@ import (
 	"os"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
 )
 
@@ -55,7 +56,7 @@ type Config struct {
 	SyncTokenFile string `yaml:"sync_token_file"`
 	// Issuers are the trusted issuers of membership-scoped tokens: such a
 	// token acts as users[sub] with the rights of the user's memberships.
-	Issuers []authz.IssuerConfig `yaml:"issuers"`
+	Issuers []token.IssuerConfig `yaml:"issuers"`
 	// History is the number of revisions of change history retained for
 	// the change feed; default 100000. A sidecar further behind re-snapshots.
 	History int `yaml:"history"`

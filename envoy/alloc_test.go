@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
@@ -20,7 +22,7 @@ func TestUncachedCheckAllocations(t *testing.T) {
 		t.Skip("allocation counts")
 	}
 	logger := discard()
-	v, err := authz.NewVerifier(authz.VerifierConfig{Issuers: benchIssuers(t)}, logger)
+	v, err := token.NewVerifier(token.VerifierConfig{Issuers: benchIssuers(t)}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/golang-jwt/jwt/v5"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
@@ -61,11 +63,11 @@ func benchRequest(tb testing.TB) *authv3.CheckRequest {
 	})
 }
 
-func benchIssuers(tb testing.TB) []authz.IssuerConfig {
+func benchIssuers(tb testing.TB) []token.IssuerConfig {
 	tb.Helper()
 	key := testutil.RSAKey(tb, "bench")
 	dir := testutil.PolicyDir(tb, map[string]string{"idp.pem": string(testutil.PublicKeyPEM(tb, &key.PublicKey))})
-	return []authz.IssuerConfig{{Issuer: benchIssuer, Audiences: []string{"api"}, PublicKeyFile: dir + "/idp.pem"}}
+	return []token.IssuerConfig{{Issuer: benchIssuer, Audiences: []string{"api"}, PublicKeyFile: dir + "/idp.pem"}}
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -93,7 +95,7 @@ func BenchmarkCheckSimplePolicy(b *testing.B) {
 
 func benchSimplePolicy(b *testing.B, cacheEntries int) {
 	logger := discard()
-	v, err := authz.NewVerifier(authz.VerifierConfig{Issuers: benchIssuers(b)}, logger)
+	v, err := token.NewVerifier(token.VerifierConfig{Issuers: benchIssuers(b)}, logger)
 	if err != nil {
 		b.Fatal(err)
 	}

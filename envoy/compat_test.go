@@ -13,13 +13,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 )
 
@@ -59,7 +60,7 @@ func newCompatFixture(tb testing.TB) *compatFixture {
 	idp := testutil.NewJWKSServer(tb, jwks...)
 	sc := testutil.StartSidecar(tb, testutil.Options{
 		PolicyDir: dir,
-		Issuers:   []authz.IssuerConfig{{Issuer: testIssuer, Audiences: []string{"api"}, JWKSURL: idp.URL}},
+		Issuers:   []token.IssuerConfig{{Issuer: testIssuer, Audiences: []string{"api"}, JWKSURL: idp.URL}},
 	})
 	// Fixed claims keep the golden files stable: exp is in 2100.
 	claims := func(sub, scope string, exp int64) jwt.MapClaims {

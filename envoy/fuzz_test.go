@@ -27,6 +27,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -78,7 +80,7 @@ func startFuzzSidecar(tb testing.TB) (*testutil.Sidecar, string) {
 	pem := testutil.PolicyDir(tb, map[string]string{"public.pem": string(testutil.PublicKeyPEM(tb, &key.PublicKey))})
 	sc := testutil.StartSidecar(tb, testutil.Options{
 		Policies: map[string]string{"policy.rego": fuzzPolicy},
-		Issuers:  []authz.IssuerConfig{{Issuer: fuzzIssuer, Audiences: []string{"api"}, PublicKeyFile: pem + "/public.pem"}},
+		Issuers:  []token.IssuerConfig{{Issuer: fuzzIssuer, Audiences: []string{"api"}, PublicKeyFile: pem + "/public.pem"}},
 		Engine:   authz.Config{MinRevisionWait: time.Millisecond},
 		Tenancy:  testutil.NewTenancy(fuzzRevision, nil),
 		Logger:   slog.New(slog.DiscardHandler),

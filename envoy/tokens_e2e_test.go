@@ -10,9 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 )
 
@@ -38,7 +39,7 @@ func TestTokenAttacksThroughCheck(t *testing.T) {
 		testutil.JWK(t, "rsa-1", "RS256", &rsaKey.PublicKey),
 		testutil.JWK(t, "ec-1", "ES256", &ecKey.PublicKey))
 	pemDir := testutil.PolicyDir(t, map[string]string{"acme.pem": string(testutil.PublicKeyPEM(t, &acmeKey.PublicKey))})
-	issuers := []authz.IssuerConfig{
+	issuers := []token.IssuerConfig{
 		{Issuer: issuer, Audiences: []string{"api"}, JWKSURL: idp.URL, JWKSMinRefreshInterval: time.Millisecond},
 		{Issuer: tenantIssuer, Audiences: []string{"api"}, PublicKeyFile: filepath.Join(pemDir, "acme.pem"), Tenant: "acme"},
 	}

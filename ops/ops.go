@@ -18,6 +18,8 @@ import (
 	"net/http/pprof"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -128,7 +130,7 @@ type Status struct {
 	Ready   bool                 `json:"ready"`
 	Policy  authz.PolicyStatus   `json:"policy"`
 	Tenancy TenancyStatus        `json:"tenancy"`
-	Issuers []authz.IssuerStatus `json:"issuers,omitempty"`
+	Issuers []token.IssuerStatus `json:"issuers,omitempty"`
 }
 
 // TenancyStatus is the tenancy part of Status.

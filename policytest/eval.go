@@ -11,6 +11,8 @@ import (
 	"os"
 	"strings"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/storage"
@@ -45,7 +47,7 @@ type EvalConfig struct {
 	// "attributes" is a CheckRequest), check_request or input.
 	InputKind string
 	// Issuers verify the bearer token of a CheckRequest (serve's issuers:).
-	Issuers []authz.IssuerConfig
+	Issuers []token.IssuerConfig
 	// Explain traces the evaluation and explains the decision.
 	Explain bool
 	// Logger receives engine logs; nil discards them.
@@ -135,7 +137,7 @@ func Eval(ctx context.Context, cfg EvalConfig) (ev *Evaluation, err error) {
 		}
 		defer store.Close()
 	}
-	verifier, err := authz.NewVerifier(authz.VerifierConfig{Issuers: cfg.Issuers, CacheSize: -1}, logger)
+	verifier, err := token.NewVerifier(token.VerifierConfig{Issuers: cfg.Issuers, CacheSize: -1}, logger)
 	if err != nil {
 		return nil, usagef("%v", err)
 	}
@@ -172,10 +174,10 @@ func Eval(ctx context.Context, cfg EvalConfig) (ev *Evaluation, err error) {
 				ev.Decision.Subject = string(sub)
 			} else {
 				code, _ := lookup(tok.Value, "error").(ast.String)
-				ev.Decision.TokenError = authz.TokenError(code)
+				ev.Decision.TokenError = token.TokenError(code)
 			}
 		} else {
-			ev.Decision.TokenError = authz.TokenMissing
+			ev.Decision.TokenError = token.TokenMissing
 		}
 	}
 	if tracer != nil {

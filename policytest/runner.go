@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/topdown"
 
@@ -205,7 +207,7 @@ func (r *fixtureRun) run(ctx context.Context, fx *Fixture) ([]*Result, error) {
 		defer store.Close()
 	}
 	issuers := fx.issuers()
-	verifier, err := authz.NewVerifier(authz.VerifierConfig{Issuers: r.minter.issuers(issuers), CacheSize: -1}, r.logger())
+	verifier, err := token.NewVerifier(token.VerifierConfig{Issuers: r.minter.issuers(issuers), CacheSize: -1}, r.logger())
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: issuers: %v", ErrFixture, fx.File, err)
 	}

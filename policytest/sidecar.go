@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/topdown"
@@ -30,7 +32,7 @@ type SidecarConfig struct {
 	// Policy is the compiled policy set (authz.Compile).
 	Policy *authz.PolicySet
 	// Verifier verifies bearer tokens; nil trusts no issuer.
-	Verifier *authz.Verifier
+	Verifier *token.Verifier
 	// Store serves data.tenancy; nil means no tenancy data (revision 0), as
 	// serve without a control endpoint.
 	Store *bundle.Store

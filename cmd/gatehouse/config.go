@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
@@ -28,7 +30,7 @@ type ServeConfig struct {
 	// Data configures tenancy data: cache folder, control endpoint, freshness.
 	Data DataConfig `yaml:"data"`
 	// Issuers are the trusted token issuers.
-	Issuers []authz.IssuerConfig `yaml:"issuers"`
+	Issuers []token.IssuerConfig `yaml:"issuers"`
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
 	// Cache bounds the in-memory caches.
@@ -289,7 +291,7 @@ func decodeYAMLFile(path string, v any) error {
 var yamlSections = map[string]string{
 	"main.ServeConfig": "the top level", "main.ControlFile": "the top level", "control.Config": "the top level",
 	"main.ListenConfig": "listen", "netx.TLSConfig": "listen.tls", "authz.PolicyConfig": "policies",
-	"authz.BundleSourceConfig": "policies.bundle", "main.DataConfig": "data", "authz.IssuerConfig": "issuers",
+	"authz.BundleSourceConfig": "policies.bundle", "main.DataConfig": "data", "token.IssuerConfig": "issuers",
 	"main.LogConfig": "log", "main.CacheConfig": "cache", "main.LimitsConfig": "limits",
 }
 

@@ -17,6 +17,8 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
@@ -105,7 +107,7 @@ func runDev(ctx context.Context, f devFlags, stdout, stderr io.Writer) error {
 		DataDir:        filepath.Join(dir, "control"),
 		AdminTokenFile: env.adminToken,
 		SyncTokenFile:  env.syncToken,
-		Issuers:        []authz.IssuerConfig{env.issuer(devIssuer, false)},
+		Issuers:        []token.IssuerConfig{env.issuer(devIssuer, false)},
 	}, logger.With("component", "control"))
 	if err != nil {
 		return failureErr(err)
@@ -120,7 +122,7 @@ func runDev(ctx context.Context, f devFlags, stdout, stderr io.Writer) error {
 		Listen:   ListenConfig{GRPC: f.grpcAddr, HTTP: f.httpAddr, Ops: f.opsAddr, GRPCReflection: true},
 		Policies: authz.PolicyConfig{Dir: env.policies},
 		Data:     DataConfig{Dir: filepath.Join(dir, "sidecar"), ControlURL: controlURL, TokenFile: env.syncToken},
-		Issuers:  []authz.IssuerConfig{env.issuer(devIssuer, false), env.issuer(devTrustedIssuer, true)},
+		Issuers:  []token.IssuerConfig{env.issuer(devIssuer, false), env.issuer(devTrustedIssuer, true)},
 		Log:      logCfg,
 	}
 	cfg.SetDefaults()
@@ -165,8 +167,8 @@ type devEnv struct {
 	tokens                string // folder of minted tokens
 }
 
-func (e devEnv) issuer(name string, trust bool) authz.IssuerConfig {
-	c := authz.IssuerConfig{
+func (e devEnv) issuer(name string, trust bool) token.IssuerConfig {
+	c := token.IssuerConfig{
 		Issuer: name, Audiences: []string{devAudience}, Algorithms: []string{"RS256"},
 		PublicKeyFile: e.publicKey, TrustTokenRoles: trust,
 	}

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/golang-jwt/jwt/v5"
 	bolt "go.etcd.io/bbolt"
@@ -164,7 +166,7 @@ func (p *plane) sidecarConfig(dataDir, controlURL string) ServeConfig {
 		Policies: authz.PolicyConfig{Dir: "../../policies"},
 		Data: DataConfig{Dir: dataDir, ControlURL: controlURL, TokenFile: p.syncFile,
 			ReconnectMaxBackoff: 300 * time.Millisecond, MinRevisionWait: 2 * time.Second},
-		Issuers: []authz.IssuerConfig{{Issuer: e2eIssuer, Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: p.pubFile}},
+		Issuers: []token.IssuerConfig{{Issuer: e2eIssuer, Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: p.pubFile}},
 		Log:     LogConfig{Level: "info", Format: "text"},
 	}
 	cfg.SetDefaults()

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
@@ -118,7 +120,7 @@ func loadServeConfig(cmd *cobra.Command, f serveFlags) (ServeConfig, error) {
 type sidecar struct {
 	logger   *slog.Logger
 	registry *prometheus.Registry
-	verifier *authz.Verifier
+	verifier *token.Verifier
 	engine   *authz.Engine
 	policies policySource
 	syncer   *bundle.Syncer
@@ -131,7 +133,7 @@ type sidecar struct {
 func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	verifier, err := authz.NewVerifier(authz.VerifierConfig{
+	verifier, err := token.NewVerifier(token.VerifierConfig{
 		Issuers: cfg.Issuers, CacheSize: cfg.Cache.Tokens, CacheBytes: bytesOfMB(cfg.Cache.TokensMB), Registerer: reg,
 	}, logger)
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -33,7 +35,7 @@ type Options struct {
 	// Watch runs the directory source (hot reload).
 	Watch bool
 	// Issuers configure the token verifier.
-	Issuers []authz.IssuerConfig
+	Issuers []token.IssuerConfig
 	// Engine configures the engine (Registerer is set by StartSidecar).
 	Engine authz.Config
 	// Tenancy is the tenancy store (default authz.EmptyTenancy()).
@@ -55,7 +57,7 @@ type Options struct {
 // gRPC client connected.
 type Sidecar struct {
 	Engine    *authz.Engine
-	Verifier  *authz.Verifier
+	Verifier  *token.Verifier
 	Server    *envoy.Server
 	Ops       *ops.Server
 	Policies  *authz.DirSource
@@ -87,7 +89,7 @@ func StartSidecar(tb testing.TB, opts Options) *Sidecar {
 	if logger == nil {
 		logger, s.Logs = LoggerAt(tb, opts.LogLevel)
 	}
-	v, err := authz.NewVerifier(authz.VerifierConfig{Issuers: opts.Issuers, Registerer: s.Registry}, logger)
+	v, err := token.NewVerifier(token.VerifierConfig{Issuers: opts.Issuers, Registerer: s.Registry}, logger)
 	if err != nil {
 		tb.Fatalf("NewVerifier: %v", err)
 	}

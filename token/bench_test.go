@@ -1,12 +1,12 @@
-package authz_test
+package token_test
 
 import (
 	"testing"
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // BenchmarkVerify measures Verify on the hot path (a cached token) and on a
@@ -14,15 +14,15 @@ import (
 func BenchmarkVerify(b *testing.B) {
 	clock := newTestClock()
 	dir := b.TempDir()
-	issuers := []authz.IssuerConfig{
+	issuers := []token.IssuerConfig{
 		{Issuer: testIssuer, Audiences: []string{"api"},
 			JWKSFile: writeFile(b, dir, "k.json", jwksOf(b, jwkOf(b, "rsa", "", &rsaKeyA().PublicKey), jwkOf(b, "ec", "", &ecKeyA().PublicKey)))},
 	}
 	rs := testutil.MintJWT(b, jwt.SigningMethodRS256, rsaKeyA(), "rsa", claims(clock, nil))
 	es := testutil.MintJWT(b, jwt.SigningMethodES256, ecKeyA(), "ec", claims(clock, nil))
-	cached := newVerifier(b, authz.VerifierConfig{Now: clock.Now, Issuers: issuers})
-	uncached := newVerifier(b, authz.VerifierConfig{Now: clock.Now, Issuers: issuers, CacheSize: -1})
-	run := func(name string, v *authz.Verifier, raw string) {
+	cached := newVerifier(b, token.VerifierConfig{Now: clock.Now, Issuers: issuers})
+	uncached := newVerifier(b, token.VerifierConfig{Now: clock.Now, Issuers: issuers, CacheSize: -1})
+	run := func(name string, v *token.Verifier, raw string) {
 		b.Run(name, func(b *testing.B) {
 			ctx := b.Context()
 			if tok := v.Verify(ctx, raw); !tok.Valid {

@@ -1,4 +1,4 @@
-package authz_test
+package token_test
 
 import (
 	"crypto"
@@ -17,8 +17,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 var (
@@ -79,7 +79,7 @@ func TestJWKSFileSkipsUnusableKeys(t *testing.T) {
 		{"kty": "XYZ", "kid": "xyz"},
 	}
 	keys := append(junk, good)
-	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{{
+	v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Issuers: []token.IssuerConfig{{
 		Issuer: testIssuer, Algorithms: []string{"RS256", "ES256", "PS256"},
 		JWKSFile: writeFile(t, t.TempDir(), "keys.json", jwksOf(t, keys...)),
 	}}})
@@ -88,15 +88,15 @@ func TestJWKSFileSkipsUnusableKeys(t *testing.T) {
 	}
 	tests := map[string]struct {
 		raw  string
-		want authz.TokenError
+		want token.TokenError
 	}{
 		"good key":          {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "good", claims(clock, nil)), ""},
-		"encryption key":    {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "enc", claims(clock, nil)), authz.TokenUnknownKey},
-		"alg mismatch key":  {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "mismatch", claims(clock, nil)), authz.TokenUnknownKey},
-		"off-curve EC key":  {testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "offcurve", claims(clock, nil)), authz.TokenUnknownKey},
-		"symmetric key":     {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "hmac", claims(clock, nil)), authz.TokenUnknownKey},
+		"encryption key":    {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "enc", claims(clock, nil)), token.TokenUnknownKey},
+		"alg mismatch key":  {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "mismatch", claims(clock, nil)), token.TokenUnknownKey},
+		"off-curve EC key":  {testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "offcurve", claims(clock, nil)), token.TokenUnknownKey},
+		"symmetric key":     {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "hmac", claims(clock, nil)), token.TokenUnknownKey},
 		"no kid: good key":  {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil)), ""},
-		"no kid: EC absent": {testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "", claims(clock, nil)), authz.TokenUnsupportedAlgorithm},
+		"no kid: EC absent": {testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "", claims(clock, nil)), token.TokenUnsupportedAlgorithm},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -118,10 +118,10 @@ func TestJWKSOnlyInvalidKeysIsAnError(t *testing.T) {
 	for name, key := range tests {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			_, err := authz.NewVerifier(authz.VerifierConfig{Issuers: []authz.IssuerConfig{{
+			_, err := token.NewVerifier(token.VerifierConfig{Issuers: []token.IssuerConfig{{
 				Issuer: testIssuer, JWKSFile: writeFile(t, t.TempDir(), "k.json", jwksOf(t, key)),
 			}}}, nil)
-			if !errors.Is(err, authz.ErrKeySource) || !strings.Contains(err.Error(), "jwks_file") {
+			if !errors.Is(err, token.ErrKeySource) || !strings.Contains(err.Error(), "jwks_file") {
 				t.Fatalf("NewVerifier error = %v, want ErrKeySource naming jwks_file", err)
 			}
 		})
@@ -131,7 +131,7 @@ func TestJWKSOnlyInvalidKeysIsAnError(t *testing.T) {
 func TestJWKSCurvesAndAlgorithms(t *testing.T) {
 	t.Parallel()
 	clock := newTestClock()
-	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{{
+	v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Issuers: []token.IssuerConfig{{
 		Issuer:     testIssuer,
 		Algorithms: []string{"ES256", "ES384", "ES512", "RS256", "RS512", "PS384"},
 		JWKSFile: writeFile(t, t.TempDir(), "k.json", jwksOf(t,
@@ -149,19 +149,19 @@ func TestJWKSCurvesAndAlgorithms(t *testing.T) {
 		method jwt.SigningMethod
 		key    crypto.PrivateKey
 		kid    string
-		want   authz.TokenError
+		want   token.TokenError
 	}{
 		"ES256 P-256":          {jwt.SigningMethodES256, ecKeyA(), "p256", ""},
 		"ES384 P-384":          {jwt.SigningMethodES384, ecKeyP384(), "p384", ""},
 		"ES512 P-521":          {jwt.SigningMethodES512, ecKeyP521(), "p521", ""},
-		"ES384 on a P-256 key": {jwt.SigningMethodES384, ecKeyP384(), "p256", authz.TokenUnsupportedAlgorithm},
-		"ES256 on a P-521 key": {jwt.SigningMethodES256, ecKeyA(), "p521", authz.TokenUnsupportedAlgorithm},
+		"ES384 on a P-256 key": {jwt.SigningMethodES384, ecKeyP384(), "p256", token.TokenUnsupportedAlgorithm},
+		"ES256 on a P-521 key": {jwt.SigningMethodES256, ecKeyA(), "p521", token.TokenUnsupportedAlgorithm},
 		"RS512":                {jwt.SigningMethodRS512, rsaKeyA(), "rsa", ""},
 		"PS384":                {jwt.SigningMethodPS384, rsaKeyA(), "rsa", ""},
-		"RS256 on an EC key":   {jwt.SigningMethodRS256, rsaKeyA(), "p256", authz.TokenUnsupportedAlgorithm},
+		"RS256 on an EC key":   {jwt.SigningMethodRS256, rsaKeyA(), "p256", token.TokenUnsupportedAlgorithm},
 		"duplicate kid, 1st":   {jwt.SigningMethodRS256, rsaKeyA(), "dup", ""},
 		"duplicate kid, 2nd":   {jwt.SigningMethodRS256, rsaKeyB(), "dup", ""},
-		"duplicate kid, other": {jwt.SigningMethodRS256, mustRSA(2048), "dup", authz.TokenBadSignature},
+		"duplicate kid, other": {jwt.SigningMethodRS256, mustRSA(2048), "dup", token.TokenBadSignature},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -186,7 +186,7 @@ func TestVerifyPEMBlockTypes(t *testing.T) {
 	bundle = append(bundle, pemOf(t, &rsaKeyA().PublicKey)...)
 	bundle = append(bundle, pem.EncodeToMemory(&pem.Block{Type: "RSA PUBLIC KEY", Bytes: x509.MarshalPKCS1PublicKey(rsaB)})...)
 	bundle = append(bundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certDER})...)
-	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{{
+	v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Issuers: []token.IssuerConfig{{
 		Issuer: testIssuer, PublicKeyFile: writeFile(t, dir, "keys.pem", bundle),
 	}}})
 	if n := v.Status()[0].KeyCount; n != 3 {
@@ -196,15 +196,15 @@ func TestVerifyPEMBlockTypes(t *testing.T) {
 		method jwt.SigningMethod
 		key    crypto.PrivateKey
 		kid    string
-		want   authz.TokenError
+		want   token.TokenError
 	}{
 		"PUBLIC KEY":              {jwt.SigningMethodRS256, rsaKeyA(), "", ""},
 		"RSA PUBLIC KEY":          {jwt.SigningMethodRS256, rsaKeyB(), "", ""},
 		"CERTIFICATE (EC)":        {jwt.SigningMethodES256, ecKeyA(), "", ""},
 		"kid ignored for PEM":     {jwt.SigningMethodRS256, rsaKeyB(), "some-kid", ""},
-		"no matching key":         {jwt.SigningMethodRS256, mustRSA(2048), "", authz.TokenBadSignature},
-		"EdDSA not allowed":       {jwt.SigningMethodEdDSA, edKeyA(), "", authz.TokenUnsupportedAlgorithm},
-		"ES256 by another EC key": {jwt.SigningMethodES256, mustEC(elliptic.P256()), "", authz.TokenBadSignature},
+		"no matching key":         {jwt.SigningMethodRS256, mustRSA(2048), "", token.TokenBadSignature},
+		"EdDSA not allowed":       {jwt.SigningMethodEdDSA, edKeyA(), "", token.TokenUnsupportedAlgorithm},
+		"ES256 by another EC key": {jwt.SigningMethodES256, mustEC(elliptic.P256()), "", token.TokenBadSignature},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -218,11 +218,11 @@ func TestJWKSURLIgnoresBrokenKeysButKeepsGoodOnes(t *testing.T) {
 	t.Parallel()
 	clock := newTestClock()
 	srv := newJWKSServer(t, jwksOf(t, offCurve(t, "bad", &ecKeyA().PublicKey), jwkOf(t, "good", "", &ecKeyA().PublicKey)))
-	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{{
+	v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Issuers: []token.IssuerConfig{{
 		Issuer: testIssuer, JWKSURL: srv.URL,
 	}}})
 	expectCode(t, v.Verify(t.Context(), testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "good", claims(clock, nil))), "")
-	expectCode(t, v.Verify(t.Context(), testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "bad", claims(clock, nil))), authz.TokenUnknownKey)
+	expectCode(t, v.Verify(t.Context(), testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "bad", claims(clock, nil))), token.TokenUnknownKey)
 	if st := v.Status(); st[0].KeyCount != 1 || st[0].LastError != "" {
 		t.Fatalf("Status = %+v", st)
 	}

@@ -1,4 +1,4 @@
-package authz_test
+package token_test
 
 import (
 	"context"
@@ -30,8 +30,8 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // --- fixtures: real keys, generated once per test binary ---
@@ -208,9 +208,9 @@ func (s *jwksServer) set(body []byte, code int) {
 }
 
 // newVerifier builds a verifier or fails the test.
-func newVerifier(tb testing.TB, cfg authz.VerifierConfig) *authz.Verifier {
+func newVerifier(tb testing.TB, cfg token.VerifierConfig) *token.Verifier {
 	tb.Helper()
-	v, err := authz.NewVerifier(cfg, nil)
+	v, err := token.NewVerifier(cfg, nil)
 	if err != nil {
 		tb.Fatalf("NewVerifier: %v", err)
 	}
@@ -241,7 +241,7 @@ func counter(tb testing.TB, reg *prometheus.Registry, name string, labels map[st
 	return 0
 }
 
-func expectCode(tb testing.TB, tok *authz.Token, want authz.TokenError) {
+func expectCode(tb testing.TB, tok *token.Token, want token.TokenError) {
 	tb.Helper()
 	if tok == nil {
 		tb.Fatal("nil token")
@@ -286,9 +286,9 @@ func TestBearerToken(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			token, ok := authz.BearerToken(tc.header)
-			if token != tc.token || ok != tc.ok {
-				t.Fatalf("BearerToken(%q) = %q, %v; want %q, %v", tc.header, token, ok, tc.token, tc.ok)
+			got, ok := token.BearerToken(tc.header)
+			if got != tc.token || ok != tc.ok {
+				t.Fatalf("BearerToken(%q) = %q, %v; want %q, %v", tc.header, got, ok, tc.token, tc.ok)
 			}
 		})
 	}
@@ -298,31 +298,31 @@ func TestBearerToken(t *testing.T) {
 
 func TestVerifierIssuerConfigValidate(t *testing.T) {
 	t.Parallel()
-	valid := authz.IssuerConfig{Issuer: testIssuer, PublicKeyFile: "/k.pem"}
+	valid := token.IssuerConfig{Issuer: testIssuer, PublicKeyFile: "/k.pem"}
 	tests := map[string]struct {
-		mutate func(c *authz.IssuerConfig)
+		mutate func(c *token.IssuerConfig)
 		want   []string // substrings of the error; none = valid
 	}{
-		"valid":          {func(c *authz.IssuerConfig) {}, nil},
-		"valid jwks_url": {func(c *authz.IssuerConfig) { c.PublicKeyFile, c.JWKSURL = "", "https://idp/jwks" }, nil},
-		"valid all algorithms": {func(c *authz.IssuerConfig) {
+		"valid":          {func(c *token.IssuerConfig) {}, nil},
+		"valid jwks_url": {func(c *token.IssuerConfig) { c.PublicKeyFile, c.JWKSURL = "", "https://idp/jwks" }, nil},
+		"valid all algorithms": {func(c *token.IssuerConfig) {
 			c.Algorithms = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 		}, nil},
-		"none":                 {func(c *authz.IssuerConfig) { c.Algorithms = []string{"RS256", "none"} }, []string{`"none"`, "public keys only", testIssuer}},
-		"HS256":                {func(c *authz.IssuerConfig) { c.Algorithms = []string{"HS256"} }, []string{`"HS256"`, "public keys only"}},
-		"HS512":                {func(c *authz.IssuerConfig) { c.Algorithms = []string{"HS512"} }, []string{`"HS512"`, "public keys only"}},
-		"unknown algorithm":    {func(c *authz.IssuerConfig) { c.Algorithms = []string{"rs256"} }, []string{`"rs256"`, "unsupported"}},
-		"no key source":        {func(c *authz.IssuerConfig) { c.PublicKeyFile = "" }, []string{"no key source"}},
-		"two key sources":      {func(c *authz.IssuerConfig) { c.JWKSFile = "/k.json" }, []string{"more than one key source", "jwks_file", "public_key_file"}},
-		"three key sources":    {func(c *authz.IssuerConfig) { c.JWKSFile, c.JWKSURL = "/k.json", "https://idp/jwks" }, []string{"more than one key source"}},
-		"empty issuer":         {func(c *authz.IssuerConfig) { c.Issuer = "" }, []string{"issuer must not be empty"}},
-		"negative leeway":      {func(c *authz.IssuerConfig) { c.Leeway = -time.Second }, []string{"leeway -1s"}},
-		"negative refresh":     {func(c *authz.IssuerConfig) { c.JWKSRefreshInterval = -time.Second }, []string{"jwks_refresh_interval"}},
-		"negative min refresh": {func(c *authz.IssuerConfig) { c.JWKSMinRefreshInterval = -time.Second }, []string{"jwks_min_refresh_interval"}},
-		"bad url scheme":       {func(c *authz.IssuerConfig) { c.PublicKeyFile, c.JWKSURL = "", "ftp://idp/jwks" }, []string{"scheme"}},
-		"bad tenant":           {func(c *authz.IssuerConfig) { c.Tenant = "a b" }, []string{`tenant "a b"`}},
-		"empty audience":       {func(c *authz.IssuerConfig) { c.Audiences = []string{""} }, []string{"empty audience"}},
-		"several problems":     {func(c *authz.IssuerConfig) { c.PublicKeyFile, c.Algorithms = "", []string{"none"} }, []string{"no key source", `"none"`}},
+		"none":                 {func(c *token.IssuerConfig) { c.Algorithms = []string{"RS256", "none"} }, []string{`"none"`, "public keys only", testIssuer}},
+		"HS256":                {func(c *token.IssuerConfig) { c.Algorithms = []string{"HS256"} }, []string{`"HS256"`, "public keys only"}},
+		"HS512":                {func(c *token.IssuerConfig) { c.Algorithms = []string{"HS512"} }, []string{`"HS512"`, "public keys only"}},
+		"unknown algorithm":    {func(c *token.IssuerConfig) { c.Algorithms = []string{"rs256"} }, []string{`"rs256"`, "unsupported"}},
+		"no key source":        {func(c *token.IssuerConfig) { c.PublicKeyFile = "" }, []string{"no key source"}},
+		"two key sources":      {func(c *token.IssuerConfig) { c.JWKSFile = "/k.json" }, []string{"more than one key source", "jwks_file", "public_key_file"}},
+		"three key sources":    {func(c *token.IssuerConfig) { c.JWKSFile, c.JWKSURL = "/k.json", "https://idp/jwks" }, []string{"more than one key source"}},
+		"empty issuer":         {func(c *token.IssuerConfig) { c.Issuer = "" }, []string{"issuer must not be empty"}},
+		"negative leeway":      {func(c *token.IssuerConfig) { c.Leeway = -time.Second }, []string{"leeway -1s"}},
+		"negative refresh":     {func(c *token.IssuerConfig) { c.JWKSRefreshInterval = -time.Second }, []string{"jwks_refresh_interval"}},
+		"negative min refresh": {func(c *token.IssuerConfig) { c.JWKSMinRefreshInterval = -time.Second }, []string{"jwks_min_refresh_interval"}},
+		"bad url scheme":       {func(c *token.IssuerConfig) { c.PublicKeyFile, c.JWKSURL = "", "ftp://idp/jwks" }, []string{"scheme"}},
+		"bad tenant":           {func(c *token.IssuerConfig) { c.Tenant = "a b" }, []string{`tenant "a b"`}},
+		"empty audience":       {func(c *token.IssuerConfig) { c.Audiences = []string{""} }, []string{"empty audience"}},
+		"several problems":     {func(c *token.IssuerConfig) { c.PublicKeyFile, c.Algorithms = "", []string{"none"} }, []string{"no key source", `"none"`}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -339,7 +339,7 @@ func TestVerifierIssuerConfigValidate(t *testing.T) {
 			if err == nil {
 				t.Fatal("Validate accepted the config")
 			}
-			if !errors.Is(err, authz.ErrIssuerConfig) {
+			if !errors.Is(err, token.ErrIssuerConfig) {
 				t.Errorf("error does not wrap ErrIssuerConfig: %v", err)
 			}
 			for _, w := range tc.want {
@@ -353,13 +353,13 @@ func TestVerifierIssuerConfigValidate(t *testing.T) {
 
 func TestVerifierIssuerConfigSetDefaults(t *testing.T) {
 	t.Parallel()
-	c := authz.IssuerConfig{Issuer: testIssuer}
+	c := token.IssuerConfig{Issuer: testIssuer}
 	c.SetDefaults()
 	if strings.Join(c.Algorithms, ",") != "RS256,ES256" || c.Leeway != 30*time.Second ||
 		c.JWKSRefreshInterval != 5*time.Minute || c.JWKSMinRefreshInterval != 5*time.Second {
 		t.Fatalf("defaults: %+v", c)
 	}
-	c = authz.IssuerConfig{Algorithms: []string{"EdDSA"}, Leeway: time.Second}
+	c = token.IssuerConfig{Algorithms: []string{"EdDSA"}, Leeway: time.Second}
 	c.SetDefaults()
 	if strings.Join(c.Algorithms, ",") != "EdDSA" || c.Leeway != time.Second {
 		t.Fatalf("SetDefaults overwrote set fields: %+v", c)
@@ -375,25 +375,25 @@ func TestNewVerifierErrors(t *testing.T) {
 	}
 	good := writeFile(t, dir, "good.pem", pemOf(t, &rsaKeyA().PublicKey))
 	tests := map[string]struct {
-		issuers []authz.IssuerConfig
+		issuers []token.IssuerConfig
 		want    error
 	}{
-		"invalid config":   {[]authz.IssuerConfig{{Issuer: testIssuer, Algorithms: []string{"HS256"}, PublicKeyFile: good}}, authz.ErrIssuerConfig},
-		"duplicate issuer": {[]authz.IssuerConfig{{Issuer: testIssuer, PublicKeyFile: good}, {Issuer: testIssuer, PublicKeyFile: good}}, authz.ErrIssuerConfig},
-		"missing file":     {[]authz.IssuerConfig{{Issuer: testIssuer, PublicKeyFile: filepath.Join(dir, "nope.pem")}}, authz.ErrKeySource},
-		"not PEM":          {[]authz.IssuerConfig{{Issuer: testIssuer, PublicKeyFile: writeFile(t, dir, "x.pem", []byte("hello"))}}, authz.ErrKeySource},
-		"private key PEM": {[]authz.IssuerConfig{{Issuer: testIssuer, PublicKeyFile: writeFile(t, dir, "p.pem",
-			pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: priv}))}}, authz.ErrKeySource},
-		"small RSA PEM":       {[]authz.IssuerConfig{{Issuer: testIssuer, PublicKeyFile: writeFile(t, dir, "s.pem", pemOf(t, &mustRSA(1024).PublicKey))}}, authz.ErrKeySource},
-		"JWKS not JSON":       {[]authz.IssuerConfig{{Issuer: testIssuer, JWKSFile: writeFile(t, dir, "x.json", []byte("{"))}}, authz.ErrKeySource},
-		"JWKS without keys":   {[]authz.IssuerConfig{{Issuer: testIssuer, JWKSFile: writeFile(t, dir, "e.json", []byte(`{"keys":[]}`))}}, authz.ErrKeySource},
-		"JWKS only oct":       {[]authz.IssuerConfig{{Issuer: testIssuer, JWKSFile: writeFile(t, dir, "o.json", []byte(`{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}`))}}, authz.ErrKeySource},
-		"JWKS no keys member": {[]authz.IssuerConfig{{Issuer: testIssuer, JWKSFile: writeFile(t, dir, "n.json", []byte(`{}`))}}, authz.ErrKeySource},
+		"invalid config":   {[]token.IssuerConfig{{Issuer: testIssuer, Algorithms: []string{"HS256"}, PublicKeyFile: good}}, token.ErrIssuerConfig},
+		"duplicate issuer": {[]token.IssuerConfig{{Issuer: testIssuer, PublicKeyFile: good}, {Issuer: testIssuer, PublicKeyFile: good}}, token.ErrIssuerConfig},
+		"missing file":     {[]token.IssuerConfig{{Issuer: testIssuer, PublicKeyFile: filepath.Join(dir, "nope.pem")}}, token.ErrKeySource},
+		"not PEM":          {[]token.IssuerConfig{{Issuer: testIssuer, PublicKeyFile: writeFile(t, dir, "x.pem", []byte("hello"))}}, token.ErrKeySource},
+		"private key PEM": {[]token.IssuerConfig{{Issuer: testIssuer, PublicKeyFile: writeFile(t, dir, "p.pem",
+			pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: priv}))}}, token.ErrKeySource},
+		"small RSA PEM":       {[]token.IssuerConfig{{Issuer: testIssuer, PublicKeyFile: writeFile(t, dir, "s.pem", pemOf(t, &mustRSA(1024).PublicKey))}}, token.ErrKeySource},
+		"JWKS not JSON":       {[]token.IssuerConfig{{Issuer: testIssuer, JWKSFile: writeFile(t, dir, "x.json", []byte("{"))}}, token.ErrKeySource},
+		"JWKS without keys":   {[]token.IssuerConfig{{Issuer: testIssuer, JWKSFile: writeFile(t, dir, "e.json", []byte(`{"keys":[]}`))}}, token.ErrKeySource},
+		"JWKS only oct":       {[]token.IssuerConfig{{Issuer: testIssuer, JWKSFile: writeFile(t, dir, "o.json", []byte(`{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}`))}}, token.ErrKeySource},
+		"JWKS no keys member": {[]token.IssuerConfig{{Issuer: testIssuer, JWKSFile: writeFile(t, dir, "n.json", []byte(`{}`))}}, token.ErrKeySource},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			_, err := authz.NewVerifier(authz.VerifierConfig{Issuers: tc.issuers}, nil)
+			_, err := token.NewVerifier(token.VerifierConfig{Issuers: tc.issuers}, nil)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("NewVerifier error = %v, want %v", err, tc.want)
 			}
@@ -413,21 +413,21 @@ func TestVerifyValidTokens(t *testing.T) {
 	srv := newJWKSServer(t, jwksOf(t, jwkOf(t, "rsa-1", "", rsaPub), jwkOf(t, "ec-1", "", ecPub)))
 	allAlgs := []string{"RS256", "PS256", "ES256", "EdDSA"}
 	tests := map[string]struct {
-		issuer authz.IssuerConfig
+		issuer token.IssuerConfig
 		method jwt.SigningMethod
 		key    crypto.PrivateKey
 		kid    string
 	}{
-		"RS256 PEM":                         {authz.IssuerConfig{PublicKeyFile: writeFile(t, dir, "rsa.pem", pemOf(t, rsaPub))}, jwt.SigningMethodRS256, rsaKeyA(), ""},
-		"RS256 PEM any kid":                 {authz.IssuerConfig{PublicKeyFile: writeFile(t, dir, "rsa2.pem", pemOf(t, rsaPub))}, jwt.SigningMethodRS256, rsaKeyA(), "whatever"},
-		"RS256 JWKS file":                   {authz.IssuerConfig{JWKSFile: writeFile(t, dir, "rsa.json", jwksOf(t, jwkOf(t, "rsa-1", "RS256", rsaPub)))}, jwt.SigningMethodRS256, rsaKeyA(), "rsa-1"},
-		"RS256 JWKS URL":                    {authz.IssuerConfig{JWKSURL: srv.URL}, jwt.SigningMethodRS256, rsaKeyA(), "rsa-1"},
-		"PS256 JWKS URL":                    {authz.IssuerConfig{JWKSURL: srv.URL, Algorithms: allAlgs}, jwt.SigningMethodPS256, rsaKeyA(), "rsa-1"},
-		"ES256 PEM":                         {authz.IssuerConfig{PublicKeyFile: writeFile(t, dir, "ec.pem", pemOf(t, ecPub))}, jwt.SigningMethodES256, ecKeyA(), ""},
-		"ES256 JWKS URL":                    {authz.IssuerConfig{JWKSURL: srv.URL}, jwt.SigningMethodES256, ecKeyA(), "ec-1"},
-		"EdDSA JWKS file":                   {authz.IssuerConfig{Algorithms: allAlgs, JWKSFile: writeFile(t, dir, "ed.json", jwksOf(t, jwkOf(t, "ed-1", "EdDSA", edPub)))}, jwt.SigningMethodEdDSA, edKeyA(), "ed-1"},
-		"EdDSA PEM":                         {authz.IssuerConfig{Algorithms: []string{"EdDSA"}, PublicKeyFile: writeFile(t, dir, "ed.pem", pemOf(t, edPub))}, jwt.SigningMethodEdDSA, edKeyA(), ""},
-		"token without kid, JWKS with kids": {authz.IssuerConfig{JWKSFile: writeFile(t, dir, "rsa3.json", jwksOf(t, jwkOf(t, "rsa-1", "", rsaPub)))}, jwt.SigningMethodRS256, rsaKeyA(), ""},
+		"RS256 PEM":                         {token.IssuerConfig{PublicKeyFile: writeFile(t, dir, "rsa.pem", pemOf(t, rsaPub))}, jwt.SigningMethodRS256, rsaKeyA(), ""},
+		"RS256 PEM any kid":                 {token.IssuerConfig{PublicKeyFile: writeFile(t, dir, "rsa2.pem", pemOf(t, rsaPub))}, jwt.SigningMethodRS256, rsaKeyA(), "whatever"},
+		"RS256 JWKS file":                   {token.IssuerConfig{JWKSFile: writeFile(t, dir, "rsa.json", jwksOf(t, jwkOf(t, "rsa-1", "RS256", rsaPub)))}, jwt.SigningMethodRS256, rsaKeyA(), "rsa-1"},
+		"RS256 JWKS URL":                    {token.IssuerConfig{JWKSURL: srv.URL}, jwt.SigningMethodRS256, rsaKeyA(), "rsa-1"},
+		"PS256 JWKS URL":                    {token.IssuerConfig{JWKSURL: srv.URL, Algorithms: allAlgs}, jwt.SigningMethodPS256, rsaKeyA(), "rsa-1"},
+		"ES256 PEM":                         {token.IssuerConfig{PublicKeyFile: writeFile(t, dir, "ec.pem", pemOf(t, ecPub))}, jwt.SigningMethodES256, ecKeyA(), ""},
+		"ES256 JWKS URL":                    {token.IssuerConfig{JWKSURL: srv.URL}, jwt.SigningMethodES256, ecKeyA(), "ec-1"},
+		"EdDSA JWKS file":                   {token.IssuerConfig{Algorithms: allAlgs, JWKSFile: writeFile(t, dir, "ed.json", jwksOf(t, jwkOf(t, "ed-1", "EdDSA", edPub)))}, jwt.SigningMethodEdDSA, edKeyA(), "ed-1"},
+		"EdDSA PEM":                         {token.IssuerConfig{Algorithms: []string{"EdDSA"}, PublicKeyFile: writeFile(t, dir, "ed.pem", pemOf(t, edPub))}, jwt.SigningMethodEdDSA, edKeyA(), ""},
+		"token without kid, JWKS with kids": {token.IssuerConfig{JWKSFile: writeFile(t, dir, "rsa3.json", jwksOf(t, jwkOf(t, "rsa-1", "", rsaPub)))}, jwt.SigningMethodRS256, rsaKeyA(), ""},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -435,7 +435,7 @@ func TestVerifyValidTokens(t *testing.T) {
 			clock := newTestClock()
 			ic := tc.issuer
 			ic.Issuer, ic.Audiences, ic.Tenant, ic.TrustTokenRoles = testIssuer, []string{"other", "api"}, "acme", true
-			v := newVerifier(t, authz.VerifierConfig{Issuers: []authz.IssuerConfig{ic}, Now: clock.Now})
+			v := newVerifier(t, token.VerifierConfig{Issuers: []token.IssuerConfig{ic}, Now: clock.Now})
 			raw := testutil.MintJWT(t, tc.method, tc.key, tc.kid, claims(clock, nil))
 			tok := v.Verify(t.Context(), raw)
 			expectCode(t, tok, "")
@@ -482,7 +482,7 @@ func TestVerifyAttacks(t *testing.T) {
 		jwkOf(t, "ec", "", &ecKeyA().PublicKey),
 		jwkOf(t, "rs-only", "RS256", &rsaKeyB().PublicKey),
 	))
-	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{
+	v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Issuers: []token.IssuerConfig{
 		{Issuer: testIssuer, Audiences: []string{"api"}, PublicKeyFile: writeFile(t, dir, "a.pem", rsaPEM),
 			Algorithms: []string{"RS256", "ES256"}},
 		{Issuer: "strict", Algorithms: []string{"RS256"}, JWKSFile: jwksFile},
@@ -506,59 +506,59 @@ func TestVerifyAttacks(t *testing.T) {
 	}
 	tests := map[string]struct {
 		raw  string
-		want authz.TokenError
+		want token.TokenError
 	}{
 		"valid":                        {valid, ""},
-		"alg none":                     {craft(`{"alg":"none","typ":"JWT"}`, payloadJSON(claims(clock, nil)), nil), authz.TokenUnsupportedAlgorithm},
-		"alg none with a signature":    {craft(`{"alg":"none"}`, payloadJSON(claims(clock, nil)), []byte("x")), authz.TokenUnsupportedAlgorithm},
-		"alg None":                     {craft(`{"alg":"None"}`, payloadJSON(claims(clock, nil)), nil), authz.TokenUnsupportedAlgorithm},
-		"HS256 with public key secret": {hmacWithPublicKey(), authz.TokenUnsupportedAlgorithm},
-		"RS384 off the allow-list":     {testutil.MintJWT(t, jwt.SigningMethodRS384, rsaKeyA(), "a", claims(clock, map[string]any{"iss": "strict"})), authz.TokenUnsupportedAlgorithm},
-		"unknown alg name":             {craft(`{"alg":"XS999"}`, payloadJSON(claims(clock, nil)), []byte("x")), authz.TokenUnsupportedAlgorithm},
-		"ES256 against an RSA key":     {testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "a", claims(clock, map[string]any{"iss": "jwks"})), authz.TokenUnsupportedAlgorithm},
-		"ES256 against PEM RSA only":   {testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "", claims(clock, nil)), authz.TokenUnsupportedAlgorithm},
-		"PS256 against JWK alg RS256":  {testutil.MintJWT(t, jwt.SigningMethodPS256, rsaKeyB(), "rs-only", claims(clock, map[string]any{"iss": "jwks"})), authz.TokenUnsupportedAlgorithm},
-		"unknown issuer":               {rs256(claims(clock, map[string]any{"iss": "https://evil.example/"})), authz.TokenUnknownIssuer},
-		"missing iss":                  {rs256(claims(clock, map[string]any{"iss": nil})), authz.TokenUnknownIssuer},
-		"iss not a string":             {rs256(claims(clock, map[string]any{"iss": 7})), authz.TokenUnknownIssuer},
-		"unknown issuer and alg none":  {craft(`{"alg":"none"}`, payloadJSON(claims(clock, map[string]any{"iss": "x"})), nil), authz.TokenUnknownIssuer},
-		"unknown issuer and odd alg":   {craft(`{"alg":"XS999"}`, payloadJSON(claims(clock, map[string]any{"iss": "x"})), nil), authz.TokenUnknownIssuer},
-		"wrong audience":               {rs256(claims(clock, map[string]any{"aud": "other"})), authz.TokenBadAudience},
+		"alg none":                     {craft(`{"alg":"none","typ":"JWT"}`, payloadJSON(claims(clock, nil)), nil), token.TokenUnsupportedAlgorithm},
+		"alg none with a signature":    {craft(`{"alg":"none"}`, payloadJSON(claims(clock, nil)), []byte("x")), token.TokenUnsupportedAlgorithm},
+		"alg None":                     {craft(`{"alg":"None"}`, payloadJSON(claims(clock, nil)), nil), token.TokenUnsupportedAlgorithm},
+		"HS256 with public key secret": {hmacWithPublicKey(), token.TokenUnsupportedAlgorithm},
+		"RS384 off the allow-list":     {testutil.MintJWT(t, jwt.SigningMethodRS384, rsaKeyA(), "a", claims(clock, map[string]any{"iss": "strict"})), token.TokenUnsupportedAlgorithm},
+		"unknown alg name":             {craft(`{"alg":"XS999"}`, payloadJSON(claims(clock, nil)), []byte("x")), token.TokenUnsupportedAlgorithm},
+		"ES256 against an RSA key":     {testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "a", claims(clock, map[string]any{"iss": "jwks"})), token.TokenUnsupportedAlgorithm},
+		"ES256 against PEM RSA only":   {testutil.MintJWT(t, jwt.SigningMethodES256, ecKeyA(), "", claims(clock, nil)), token.TokenUnsupportedAlgorithm},
+		"PS256 against JWK alg RS256":  {testutil.MintJWT(t, jwt.SigningMethodPS256, rsaKeyB(), "rs-only", claims(clock, map[string]any{"iss": "jwks"})), token.TokenUnsupportedAlgorithm},
+		"unknown issuer":               {rs256(claims(clock, map[string]any{"iss": "https://evil.example/"})), token.TokenUnknownIssuer},
+		"missing iss":                  {rs256(claims(clock, map[string]any{"iss": nil})), token.TokenUnknownIssuer},
+		"iss not a string":             {rs256(claims(clock, map[string]any{"iss": 7})), token.TokenUnknownIssuer},
+		"unknown issuer and alg none":  {craft(`{"alg":"none"}`, payloadJSON(claims(clock, map[string]any{"iss": "x"})), nil), token.TokenUnknownIssuer},
+		"unknown issuer and odd alg":   {craft(`{"alg":"XS999"}`, payloadJSON(claims(clock, map[string]any{"iss": "x"})), nil), token.TokenUnknownIssuer},
+		"wrong audience":               {rs256(claims(clock, map[string]any{"aud": "other"})), token.TokenBadAudience},
 		"audience array with match":    {rs256(claims(clock, map[string]any{"aud": []string{"x", "api"}})), ""},
-		"audience array without match": {rs256(claims(clock, map[string]any{"aud": []string{"x", "y"}})), authz.TokenBadAudience},
-		"no audience":                  {rs256(claims(clock, map[string]any{"aud": nil})), authz.TokenBadAudience},
-		"audience a number":            {rs256(claims(clock, map[string]any{"aud": 5})), authz.TokenBadAudience},
-		"audience array of numbers":    {rs256(claims(clock, map[string]any{"aud": []int{5}})), authz.TokenMalformed},
-		"expired":                      {rs256(claims(clock, map[string]any{"exp": clock.Ago(time.Hour)})), authz.TokenExpired},
-		"missing exp":                  {rs256(claims(clock, map[string]any{"exp": nil})), authz.TokenExpired},
-		"exp not a number":             {rs256(claims(clock, map[string]any{"exp": "tomorrow"})), authz.TokenMalformed},
+		"audience array without match": {rs256(claims(clock, map[string]any{"aud": []string{"x", "y"}})), token.TokenBadAudience},
+		"no audience":                  {rs256(claims(clock, map[string]any{"aud": nil})), token.TokenBadAudience},
+		"audience a number":            {rs256(claims(clock, map[string]any{"aud": 5})), token.TokenBadAudience},
+		"audience array of numbers":    {rs256(claims(clock, map[string]any{"aud": []int{5}})), token.TokenMalformed},
+		"expired":                      {rs256(claims(clock, map[string]any{"exp": clock.Ago(time.Hour)})), token.TokenExpired},
+		"missing exp":                  {rs256(claims(clock, map[string]any{"exp": nil})), token.TokenExpired},
+		"exp not a number":             {rs256(claims(clock, map[string]any{"exp": "tomorrow"})), token.TokenMalformed},
 		"expired within leeway":        {rs256(claims(clock, map[string]any{"exp": clock.Ago(20 * time.Second)})), ""},
-		"expired beyond leeway":        {rs256(claims(clock, map[string]any{"exp": clock.Ago(40 * time.Second)})), authz.TokenExpired},
-		"not yet valid":                {rs256(claims(clock, map[string]any{"nbf": clock.In(time.Hour)})), authz.TokenNotYetValid},
+		"expired beyond leeway":        {rs256(claims(clock, map[string]any{"exp": clock.Ago(40 * time.Second)})), token.TokenExpired},
+		"not yet valid":                {rs256(claims(clock, map[string]any{"nbf": clock.In(time.Hour)})), token.TokenNotYetValid},
 		"nbf within leeway":            {rs256(claims(clock, map[string]any{"nbf": clock.In(20 * time.Second)})), ""},
-		"nbf beyond leeway":            {rs256(claims(clock, map[string]any{"nbf": clock.In(40 * time.Second)})), authz.TokenNotYetValid},
-		"expired and wrong audience":   {rs256(claims(clock, map[string]any{"exp": clock.Ago(time.Hour), "aud": "x"})), authz.TokenExpired},
-		"tampered payload":             {tampered(), authz.TokenBadSignature},
-		"tampered header":              {b64(append(header[:len(header)-1], []byte(`,"x":1}`)...)) + "." + parts[1] + "." + parts[2], authz.TokenBadSignature},
-		"signature stripped":           {parts[0] + "." + parts[1] + ".", authz.TokenBadSignature},
-		"other key, same kid":          {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "a", claims(clock, map[string]any{"iss": "jwks"})), authz.TokenBadSignature},
-		"other key, PEM":               {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "", claims(clock, nil)), authz.TokenBadSignature},
-		"unknown kid":                  {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "nope", claims(clock, map[string]any{"iss": "jwks"})), authz.TokenUnknownKey},
-		"kid not a string":             {craft(`{"alg":"RS256","kid":5}`, payloadJSON(claims(clock, nil)), []byte("x")), authz.TokenMalformed},
-		"crit header":                  {craft(`{"alg":"RS256","crit":["exp"]}`, payloadJSON(claims(clock, nil)), []byte("x")), authz.TokenMalformed},
-		"one segment":                  {"abc", authz.TokenMalformed},
-		"two segments":                 {"abc.def", authz.TokenMalformed},
-		"four segments":                {valid + ".x", authz.TokenMalformed},
-		"JWE":                          {"a.b.c.d.e", authz.TokenMalformed},
-		"bad base64 header":            {"!!!." + parts[1] + "." + parts[2], authz.TokenMalformed},
-		"bad base64 signature":         {parts[0] + "." + parts[1] + ".!!!", authz.TokenMalformed},
-		"header not JSON":              {b64([]byte("nope")) + "." + parts[1] + "." + parts[2], authz.TokenMalformed},
-		"payload not JSON":             {parts[0] + "." + b64([]byte("nope")) + "." + parts[2], authz.TokenMalformed},
-		"payload an array":             {parts[0] + "." + b64([]byte("[1]")) + "." + parts[2], authz.TokenMalformed},
-		"no alg":                       {craft(`{"typ":"JWT"}`, payloadJSON(claims(clock, nil)), []byte("x")), authz.TokenMalformed},
-		"sub not a string":             {rs256(claims(clock, map[string]any{"sub": 1})), authz.TokenMalformed},
-		"huge":                         {strings.Repeat("a", 70<<10) + ".b.c", authz.TokenMalformed},
-		"empty":                        {"", authz.TokenMissing},
+		"nbf beyond leeway":            {rs256(claims(clock, map[string]any{"nbf": clock.In(40 * time.Second)})), token.TokenNotYetValid},
+		"expired and wrong audience":   {rs256(claims(clock, map[string]any{"exp": clock.Ago(time.Hour), "aud": "x"})), token.TokenExpired},
+		"tampered payload":             {tampered(), token.TokenBadSignature},
+		"tampered header":              {b64(append(header[:len(header)-1], []byte(`,"x":1}`)...)) + "." + parts[1] + "." + parts[2], token.TokenBadSignature},
+		"signature stripped":           {parts[0] + "." + parts[1] + ".", token.TokenBadSignature},
+		"other key, same kid":          {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "a", claims(clock, map[string]any{"iss": "jwks"})), token.TokenBadSignature},
+		"other key, PEM":               {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "", claims(clock, nil)), token.TokenBadSignature},
+		"unknown kid":                  {testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "nope", claims(clock, map[string]any{"iss": "jwks"})), token.TokenUnknownKey},
+		"kid not a string":             {craft(`{"alg":"RS256","kid":5}`, payloadJSON(claims(clock, nil)), []byte("x")), token.TokenMalformed},
+		"crit header":                  {craft(`{"alg":"RS256","crit":["exp"]}`, payloadJSON(claims(clock, nil)), []byte("x")), token.TokenMalformed},
+		"one segment":                  {"abc", token.TokenMalformed},
+		"two segments":                 {"abc.def", token.TokenMalformed},
+		"four segments":                {valid + ".x", token.TokenMalformed},
+		"JWE":                          {"a.b.c.d.e", token.TokenMalformed},
+		"bad base64 header":            {"!!!." + parts[1] + "." + parts[2], token.TokenMalformed},
+		"bad base64 signature":         {parts[0] + "." + parts[1] + ".!!!", token.TokenMalformed},
+		"header not JSON":              {b64([]byte("nope")) + "." + parts[1] + "." + parts[2], token.TokenMalformed},
+		"payload not JSON":             {parts[0] + "." + b64([]byte("nope")) + "." + parts[2], token.TokenMalformed},
+		"payload an array":             {parts[0] + "." + b64([]byte("[1]")) + "." + parts[2], token.TokenMalformed},
+		"no alg":                       {craft(`{"typ":"JWT"}`, payloadJSON(claims(clock, nil)), []byte("x")), token.TokenMalformed},
+		"sub not a string":             {rs256(claims(clock, map[string]any{"sub": 1})), token.TokenMalformed},
+		"huge":                         {strings.Repeat("a", 70<<10) + ".b.c", token.TokenMalformed},
+		"empty":                        {"", token.TokenMissing},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -581,21 +581,21 @@ func TestVerifyAttacks(t *testing.T) {
 func TestVerifyHeader(t *testing.T) {
 	t.Parallel()
 	clock := newTestClock()
-	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{
+	v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Issuers: []token.IssuerConfig{
 		{Issuer: testIssuer, PublicKeyFile: writeFile(t, t.TempDir(), "a.pem", pemOf(t, &rsaKeyA().PublicKey))},
 	}})
 	raw := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil))
 	tests := map[string]struct {
 		header string
-		want   authz.TokenError
+		want   token.TokenError
 	}{
 		"bearer":       {"Bearer " + raw, ""},
 		"lower case":   {"bearer " + raw, ""},
-		"no header":    {"", authz.TokenMissing},
-		"basic":        {"Basic dXNlcjpwYXNz", authz.TokenMissing},
-		"bearer alone": {"Bearer", authz.TokenMissing},
-		"two tokens":   {"Bearer " + raw + " " + raw, authz.TokenMissing},
-		"garbage":      {"Bearer garbage", authz.TokenMalformed},
+		"no header":    {"", token.TokenMissing},
+		"basic":        {"Basic dXNlcjpwYXNz", token.TokenMissing},
+		"bearer alone": {"Bearer", token.TokenMissing},
+		"two tokens":   {"Bearer " + raw + " " + raw, token.TokenMissing},
+		"garbage":      {"Bearer garbage", token.TokenMalformed},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -608,10 +608,10 @@ func TestVerifyHeader(t *testing.T) {
 func TestVerifierWithoutIssuers(t *testing.T) {
 	t.Parallel()
 	clock := newTestClock()
-	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now})
+	v := newVerifier(t, token.VerifierConfig{Now: clock.Now})
 	raw := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil))
-	expectCode(t, v.Verify(t.Context(), raw), authz.TokenUnknownIssuer)
-	expectCode(t, v.VerifyHeader(t.Context(), ""), authz.TokenMissing)
+	expectCode(t, v.Verify(t.Context(), raw), token.TokenUnknownIssuer)
+	expectCode(t, v.VerifyHeader(t.Context(), ""), token.TokenMissing)
 	if len(v.Status()) != 0 {
 		t.Fatalf("Status = %v", v.Status())
 	}
@@ -628,14 +628,14 @@ func canceledContext(tb testing.TB) context.Context {
 
 func TestTokenValueOfHandBuiltTokens(t *testing.T) {
 	t.Parallel()
-	var nilToken *authz.Token
+	var nilToken *token.Token
 	tests := map[string]struct {
-		tok  *authz.Token
+		tok  *token.Token
 		want string
 	}{
 		"nil":     {nilToken, `{"valid": false, "error": "missing"}`},
-		"invalid": {&authz.Token{Error: authz.TokenExpired}, `{"valid": false, "error": "expired"}`},
-		"valid": {&authz.Token{Valid: true, Issuer: "i", Subject: "s", Claims: map[string]any{"a": json.Number("1")}},
+		"invalid": {&token.Token{Error: token.TokenExpired}, `{"valid": false, "error": "expired"}`},
+		"valid": {&token.Token{Valid: true, Issuer: "i", Subject: "s", Claims: map[string]any{"a": json.Number("1")}},
 			`{"valid": true, "issuer": "i", "subject": "s", "claims": {"a": 1}, "tenant_binding": "", "trust_token_roles": false}`},
 	}
 	for name, tc := range tests {
@@ -653,11 +653,11 @@ func TestTokenValueOfHandBuiltTokens(t *testing.T) {
 func TestVerifyCache(t *testing.T) {
 	t.Parallel()
 	pemFile := writeFile(t, t.TempDir(), "a.pem", pemOf(t, &rsaKeyA().PublicKey))
-	setup := func(t *testing.T, leeway time.Duration, cacheSize int) (*authz.Verifier, *testClock, *prometheus.Registry) {
+	setup := func(t *testing.T, leeway time.Duration, cacheSize int) (*token.Verifier, *testClock, *prometheus.Registry) {
 		clock := newTestClock()
 		reg := prometheus.NewPedanticRegistry()
-		v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Registerer: reg, CacheSize: cacheSize,
-			Issuers: []authz.IssuerConfig{{Issuer: testIssuer, PublicKeyFile: pemFile, Leeway: leeway}}})
+		v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Registerer: reg, CacheSize: cacheSize,
+			Issuers: []token.IssuerConfig{{Issuer: testIssuer, PublicKeyFile: pemFile, Leeway: leeway}}})
 		return v, clock, reg
 	}
 	hits := func(tb testing.TB, reg *prometheus.Registry) float64 {
@@ -699,7 +699,7 @@ func TestVerifyCache(t *testing.T) {
 			t.Fatal("token served from the cache at its exp")
 		}
 		clock.Advance(time.Millisecond)
-		expectCode(t, v.Verify(t.Context(), raw), authz.TokenExpired)
+		expectCode(t, v.Verify(t.Context(), raw), token.TokenExpired)
 		if hits(t, reg) != 1 {
 			t.Fatal("expired token served from the cache")
 		}
@@ -734,7 +734,7 @@ func TestVerifyCache(t *testing.T) {
 		v, clock, reg := setup(t, 0, 0)
 		raw := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "", claims(clock, nil))
 		for range 3 {
-			expectCode(t, v.Verify(t.Context(), raw), authz.TokenBadSignature)
+			expectCode(t, v.Verify(t.Context(), raw), token.TokenBadSignature)
 		}
 		if hits(t, reg) != 0 {
 			t.Fatalf("cache hits = %v, want 0", hits(t, reg))
@@ -776,7 +776,7 @@ func TestVerifyCache(t *testing.T) {
 // TestVerifyCacheHitDoesNotAllocate is not parallel: AllocsPerRun needs that.
 func TestVerifyCacheHitDoesNotAllocate(t *testing.T) {
 	clock := newTestClock()
-	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{
+	v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Issuers: []token.IssuerConfig{
 		{Issuer: testIssuer, PublicKeyFile: writeFile(t, t.TempDir(), "a.pem", pemOf(t, &rsaKeyA().PublicKey))}}})
 	raw := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "", claims(clock, nil))
 	expectCode(t, v.Verify(t.Context(), raw), "")
@@ -793,7 +793,7 @@ func TestJWKSRotationRefreshesOnUnknownKid(t *testing.T) {
 	clock := newTestClock()
 	srv := newJWKSServer(t, jwksOf(t, jwkOf(t, "a", "", &rsaKeyA().PublicKey)))
 	reg := prometheus.NewPedanticRegistry()
-	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Registerer: reg, Issuers: []authz.IssuerConfig{
+	v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Registerer: reg, Issuers: []token.IssuerConfig{
 		{Issuer: testIssuer, JWKSURL: srv.URL, JWKSMinRefreshInterval: time.Minute},
 	}})
 	tokA := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
@@ -819,12 +819,12 @@ func TestJWKSRotationRefreshesOnUnknownKid(t *testing.T) {
 
 	// A kid nobody publishes: one more refresh (rate limit permitting), then unknown_key.
 	tokC := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "c", claims(clock, nil))
-	expectCode(t, v.Verify(t.Context(), tokC), authz.TokenUnknownKey)
+	expectCode(t, v.Verify(t.Context(), tokC), token.TokenUnknownKey)
 	if srv.hits.Load() != 2 {
 		t.Fatalf("hits = %d: refresh within the min interval", srv.hits.Load())
 	}
 	clock.Advance(time.Minute)
-	expectCode(t, v.Verify(t.Context(), testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "c", claims(clock, nil))), authz.TokenUnknownKey)
+	expectCode(t, v.Verify(t.Context(), testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "c", claims(clock, nil))), token.TokenUnknownKey)
 	if srv.hits.Load() != 3 {
 		t.Fatalf("hits = %d, want 3 (refresh after the min interval)", srv.hits.Load())
 	}
@@ -834,7 +834,7 @@ func TestJWKSRateLimitUnderFlood(t *testing.T) {
 	t.Parallel()
 	clock := newTestClock()
 	srv := newJWKSServer(t, jwksOf(t, jwkOf(t, "a", "", &rsaKeyA().PublicKey)))
-	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{
+	v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Issuers: []token.IssuerConfig{
 		{Issuer: testIssuer, JWKSURL: srv.URL},
 	}})
 	c := claims(clock, nil)
@@ -845,7 +845,7 @@ func TestJWKSRateLimitUnderFlood(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, raw := range toks {
 		wg.Go(func() {
-			if tok := v.Verify(t.Context(), raw); tok.Error != authz.TokenUnknownKey {
+			if tok := v.Verify(t.Context(), raw); tok.Error != token.TokenUnknownKey {
 				t.Errorf("random kid: %v %q, want unknown_key", tok.Valid, tok.Error)
 			}
 		})
@@ -863,7 +863,7 @@ func TestJWKSKeyRemovalInvalidatesCache(t *testing.T) {
 		clock := newTestClock()
 		srv := newJWKSServer(t, jwksOf(t, jwkOf(t, "a", "", &rsaKeyA().PublicKey)))
 		reg := prometheus.NewPedanticRegistry()
-		v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Registerer: reg, Issuers: []authz.IssuerConfig{
+		v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Registerer: reg, Issuers: []token.IssuerConfig{
 			{Issuer: testIssuer, JWKSURL: srv.URL},
 		}})
 		tokA := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
@@ -876,14 +876,14 @@ func TestJWKSKeyRemovalInvalidatesCache(t *testing.T) {
 		srv.set(jwksOf(t, jwkOf(t, "b", "", &rsaKeyB().PublicKey)), http.StatusOK)
 		tokB := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyB(), "b", claims(clock, nil))
 		expectCode(t, v.Verify(t.Context(), tokB), "")
-		expectCode(t, v.Verify(t.Context(), tokA), authz.TokenUnknownKey)
+		expectCode(t, v.Verify(t.Context(), tokA), token.TokenUnknownKey)
 	})
 	t.Run("periodic refresh by Run", func(t *testing.T) {
 		t.Parallel()
 		clock := newTestClock()
 		keyC := &rsaKeyB().PublicKey
 		srv := newJWKSServer(t, jwksOf(t, jwkOf(t, "a", "", &rsaKeyA().PublicKey), jwkOf(t, "c", "", keyC)))
-		v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{
+		v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Issuers: []token.IssuerConfig{
 			{Issuer: testIssuer, JWKSURL: srv.URL, JWKSRefreshInterval: 10 * time.Millisecond},
 		}})
 		tokA := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
@@ -900,7 +900,7 @@ func TestJWKSKeyRemovalInvalidatesCache(t *testing.T) {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
-		expectCode(t, v.Verify(t.Context(), tokA), authz.TokenUnknownKey)
+		expectCode(t, v.Verify(t.Context(), tokA), token.TokenUnknownKey)
 		cancel()
 		select {
 		case err := <-done:
@@ -931,14 +931,14 @@ func TestJWKSServerFailureKeepsLastGoodKeys(t *testing.T) {
 			clock := newTestClock()
 			srv := newJWKSServer(t, good(t))
 			reg := prometheus.NewPedanticRegistry()
-			v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Registerer: reg, CacheSize: -1,
-				Issuers: []authz.IssuerConfig{{Issuer: testIssuer, JWKSURL: srv.URL}}})
+			v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Registerer: reg, CacheSize: -1,
+				Issuers: []token.IssuerConfig{{Issuer: testIssuer, JWKSURL: srv.URL}}})
 			tokA := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
 			expectCode(t, v.Verify(t.Context(), tokA), "")
 
 			fail(t, srv)
 			// An unknown kid forces a refresh, which fails.
-			expectCode(t, v.Verify(t.Context(), testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "zz", claims(clock, nil))), authz.TokenUnknownKey)
+			expectCode(t, v.Verify(t.Context(), testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "zz", claims(clock, nil))), token.TokenUnknownKey)
 			st := v.Status()
 			if len(st) != 1 || st[0].KeyCount != 1 || st[0].LastError == "" {
 				t.Fatalf("Status = %+v, want 1 key and an error", st)
@@ -956,7 +956,7 @@ func TestJWKSInitialFetchFailureIsNotFatal(t *testing.T) {
 	clock := newTestClock()
 	srv := newJWKSServer(t, []byte("down"))
 	srv.set([]byte("down"), http.StatusServiceUnavailable)
-	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{
+	v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Issuers: []token.IssuerConfig{
 		{Issuer: testIssuer, JWKSURL: srv.URL},
 	}})
 	st := v.Status()
@@ -964,7 +964,7 @@ func TestJWKSInitialFetchFailureIsNotFatal(t *testing.T) {
 		t.Fatalf("Status = %+v", st)
 	}
 	tokA := testutil.MintJWT(t, jwt.SigningMethodRS256, rsaKeyA(), "a", claims(clock, nil))
-	expectCode(t, v.Verify(t.Context(), tokA), authz.TokenUnknownKey)
+	expectCode(t, v.Verify(t.Context(), tokA), token.TokenUnknownKey)
 
 	// The IdP comes back; keys are fetched on demand.
 	srv.set(jwksOf(t, jwkOf(t, "a", "", &rsaKeyA().PublicKey)), http.StatusOK)
@@ -979,7 +979,7 @@ func TestVerifyConcurrentWithRefreshes(t *testing.T) {
 	t.Parallel()
 	clock := newTestClock()
 	srv := newJWKSServer(t, jwksOf(t, jwkOf(t, "a", "", &rsaKeyA().PublicKey), jwkOf(t, "e", "", &ecKeyA().PublicKey)))
-	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, CacheSize: 8, Issuers: []authz.IssuerConfig{
+	v := newVerifier(t, token.VerifierConfig{Now: clock.Now, CacheSize: 8, Issuers: []token.IssuerConfig{
 		{Issuer: testIssuer, JWKSURL: srv.URL, JWKSRefreshInterval: time.Millisecond, JWKSMinRefreshInterval: time.Nanosecond},
 	}})
 	ctx, cancel := context.WithCancel(t.Context())
@@ -1023,8 +1023,8 @@ func TestVerifierMetricsShareARegistry(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	clock := newTestClock()
 	pemFile := writeFile(t, t.TempDir(), "a.pem", pemOf(t, &rsaKeyA().PublicKey))
-	cfg := authz.VerifierConfig{Now: clock.Now, Registerer: reg,
-		Issuers: []authz.IssuerConfig{{Issuer: testIssuer, PublicKeyFile: pemFile}}}
+	cfg := token.VerifierConfig{Now: clock.Now, Registerer: reg,
+		Issuers: []token.IssuerConfig{{Issuer: testIssuer, PublicKeyFile: pemFile}}}
 	v1, v2 := newVerifier(t, cfg), newVerifier(t, cfg)
 	v1.VerifyHeader(t.Context(), "")
 	v2.VerifyHeader(t.Context(), "Basic x")
@@ -1037,7 +1037,7 @@ func TestJWKSRunRetriesSoonerAfterFailure(t *testing.T) {
 	t.Parallel()
 	srv := newJWKSServer(t, nil)
 	srv.set([]byte("down"), http.StatusBadGateway)
-	v := newVerifier(t, authz.VerifierConfig{Issuers: []authz.IssuerConfig{{Issuer: testIssuer, JWKSURL: srv.URL,
+	v := newVerifier(t, token.VerifierConfig{Issuers: []token.IssuerConfig{{Issuer: testIssuer, JWKSURL: srv.URL,
 		JWKSRefreshInterval: time.Hour, JWKSMinRefreshInterval: 5 * time.Millisecond}}})
 	if st := v.Status(); st[0].LastError == "" {
 		t.Fatalf("Status = %+v, want an error", st)
@@ -1062,7 +1062,7 @@ func TestLogsNeverHoldTokens(t *testing.T) {
 	var buf syncBuffer
 	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv := newJWKSServer(t, jwksOf(t, jwkOf(t, "a", "", &rsaKeyA().PublicKey)))
-	v, err := authz.NewVerifier(authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{
+	v, err := token.NewVerifier(token.VerifierConfig{Now: clock.Now, Issuers: []token.IssuerConfig{
 		{Issuer: testIssuer, JWKSURL: srv.URL, Audiences: []string{"api"}}}}, logger)
 	if err != nil {
 		t.Fatal(err)
@@ -1118,7 +1118,7 @@ func TestVerifyClaimBounds(t *testing.T) {
 	dir := t.TempDir()
 	clock := newTestClock()
 	const maxDate = 253402300799
-	v := newVerifier(t, authz.VerifierConfig{Now: clock.Now, Issuers: []authz.IssuerConfig{
+	v := newVerifier(t, token.VerifierConfig{Now: clock.Now, Issuers: []token.IssuerConfig{
 		{Issuer: testIssuer, Audiences: []string{"api"}, PublicKeyFile: writeFile(t, dir, "rsa.pem", pemOf(t, &rsaKeyA().PublicKey))},
 		{Issuer: "https://roles.example.com/", Audiences: []string{"api"}, TrustTokenRoles: true, Tenant: "acme",
 			PublicKeyFile: writeFile(t, dir, "ec.pem", pemOf(t, &ecKeyA().PublicKey))},
@@ -1136,34 +1136,34 @@ func TestVerifyClaimBounds(t *testing.T) {
 	num := func(s string) json.Number { return json.Number(s) }
 	tests := map[string]struct {
 		extra map[string]any
-		want  authz.TokenError
+		want  token.TokenError
 	}{
 		"valid":                  {nil, ""},
-		"nbf 1e19":               {map[string]any{"nbf": 1e19}, authz.TokenMalformed},
-		"nbf 9.3e18 (int64 max)": {map[string]any{"nbf": num("9223372036854775807")}, authz.TokenMalformed},
-		"nbf 2^64":               {map[string]any{"nbf": num("18446744073709551616")}, authz.TokenMalformed},
-		"nbf 1e400 (infinite)":   {map[string]any{"nbf": num("1e400")}, authz.TokenMalformed},
-		"nbf -1":                 {map[string]any{"nbf": -1}, authz.TokenMalformed},
-		"nbf -1e19":              {map[string]any{"nbf": -1e19}, authz.TokenMalformed},
+		"nbf 1e19":               {map[string]any{"nbf": 1e19}, token.TokenMalformed},
+		"nbf 9.3e18 (int64 max)": {map[string]any{"nbf": num("9223372036854775807")}, token.TokenMalformed},
+		"nbf 2^64":               {map[string]any{"nbf": num("18446744073709551616")}, token.TokenMalformed},
+		"nbf 1e400 (infinite)":   {map[string]any{"nbf": num("1e400")}, token.TokenMalformed},
+		"nbf -1":                 {map[string]any{"nbf": -1}, token.TokenMalformed},
+		"nbf -1e19":              {map[string]any{"nbf": -1e19}, token.TokenMalformed},
 		"nbf 0":                  {map[string]any{"nbf": 0}, ""},
-		"nbf null":               {map[string]any{"nbf": json.RawMessage("null")}, authz.TokenMalformed},
-		"exp 1e19":               {map[string]any{"exp": 1e19}, authz.TokenMalformed},
-		"exp -1":                 {map[string]any{"exp": -1}, authz.TokenMalformed},
-		"exp -1e19":              {map[string]any{"exp": -1e19}, authz.TokenMalformed},
-		"exp 1e400":              {map[string]any{"exp": num("1e400")}, authz.TokenMalformed},
-		"exp max+1":              {map[string]any{"exp": maxDate + 1}, authz.TokenMalformed},
+		"nbf null":               {map[string]any{"nbf": json.RawMessage("null")}, token.TokenMalformed},
+		"exp 1e19":               {map[string]any{"exp": 1e19}, token.TokenMalformed},
+		"exp -1":                 {map[string]any{"exp": -1}, token.TokenMalformed},
+		"exp -1e19":              {map[string]any{"exp": -1e19}, token.TokenMalformed},
+		"exp 1e400":              {map[string]any{"exp": num("1e400")}, token.TokenMalformed},
+		"exp max+1":              {map[string]any{"exp": maxDate + 1}, token.TokenMalformed},
 		"exp max":                {map[string]any{"exp": maxDate}, ""},
 		"exp fractional":         {map[string]any{"exp": float64(clock.In(time.Hour)) + 0.5}, ""},
-		"exp a string":           {map[string]any{"exp": "2099-01-01"}, authz.TokenMalformed},
-		"iat 1e19":               {map[string]any{"iat": 1e19}, authz.TokenMalformed},
-		"iat -5":                 {map[string]any{"iat": -5}, authz.TokenMalformed},
-		"iat max+1":              {map[string]any{"iat": maxDate + 1}, authz.TokenMalformed},
+		"exp a string":           {map[string]any{"exp": "2099-01-01"}, token.TokenMalformed},
+		"iat 1e19":               {map[string]any{"iat": 1e19}, token.TokenMalformed},
+		"iat -5":                 {map[string]any{"iat": -5}, token.TokenMalformed},
+		"iat max+1":              {map[string]any{"iat": maxDate + 1}, token.TokenMalformed},
 		"iat in the future":      {map[string]any{"iat": clock.In(time.Hour)}, ""},
-		"iat a string":           {map[string]any{"iat": "yesterday"}, authz.TokenMalformed},
-		"no sub":                 {map[string]any{"sub": nil}, authz.TokenMalformed},
-		"empty sub":              {map[string]any{"sub": ""}, authz.TokenMalformed},
-		"sub null":               {map[string]any{"sub": json.RawMessage("null")}, authz.TokenMalformed},
-		"sub an array":           {map[string]any{"sub": []string{"u1"}}, authz.TokenMalformed},
+		"iat a string":           {map[string]any{"iat": "yesterday"}, token.TokenMalformed},
+		"no sub":                 {map[string]any{"sub": nil}, token.TokenMalformed},
+		"empty sub":              {map[string]any{"sub": ""}, token.TokenMalformed},
+		"sub null":               {map[string]any{"sub": json.RawMessage("null")}, token.TokenMalformed},
+		"sub an array":           {map[string]any{"sub": []string{"u1"}}, token.TokenMalformed},
 	}
 	for signer, sign := range signers {
 		for name, tc := range tests {

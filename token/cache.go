@@ -1,4 +1,4 @@
-package authz
+package token
 
 import (
 	"crypto/sha256"
@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unsafe"
+
+	"github.com/gatehouse-dev/gatehouse/internal/jsonsize"
 )
 
 // Cache bounds of the verified-token cache.
@@ -92,7 +94,7 @@ func newTokenCache(size int, bytes int64) *tokenCache {
 func tokenBytes(t *Token) int64 {
 	const overhead = 512
 	n := overhead + len(t.Issuer) + len(t.Subject) + len(t.TenantBinding) +
-		tokenValueFactor*jsonBytes(map[string]any(t.Claims))
+		tokenValueFactor*jsonsize.Of(map[string]any(t.Claims))
 	return int64(n)
 }
 

@@ -1,7 +1,8 @@
-package authz
+package token
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"testing"
@@ -129,5 +130,45 @@ func TestJWKSRedirectPolicy(t *testing.T) {
 				t.Fatalf("refuseSchemeDowngrade = %v, want ok=%v", err, tc.ok)
 			}
 		})
+	}
+}
+
+// TestTokenCacheByteBudget: tokens with large claims are cached within the
+// byte budget (accounted as their claims, twice over, plus overhead); a
+// token larger than a generation's share is not cached at all.
+func TestTokenCacheByteBudget(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	const budget = 512 << 10
+	c := newTokenCache(10000, budget)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 3000 {
+		roles := make([]any, r.IntN(400))
+		for j := range roles {
+			roles[j] = fmt.Sprintf("role-%d-%d", i, j)
+		}
+		tok := &Token{Valid: true, Issuer: "i", Subject: fmt.Sprint(i), ExpiresAt: now.Add(time.Hour),
+			Claims: map[string]any{"sub": fmt.Sprint(i), "roles": roles}}
+		c.put(c.generation(), tokenCacheKeyOf(fmt.Sprint(i)), tok, now)
+		size := tokenBytes(tok)
+		if got := c.get(tokenCacheKeyOf(fmt.Sprint(i)), now); (got != nil) != (size <= c.limitBytes) {
+			t.Fatalf("token %d of %d accounted bytes: cached=%v (a generation holds %d)", i, size, got != nil, c.limitBytes)
+		}
+		c.mu.RLock()
+		var sum int64
+		for _, e := range c.cur {
+			sum += e.size
+		}
+		for _, e := range c.prev {
+			sum += e.size
+		}
+		held, cur, prev := sum, c.curBytes, c.prevBytes
+		c.mu.RUnlock()
+		if held != cur+prev || held > budget {
+			t.Fatalf("token %d: entries hold %d bytes, accounted %d+%d, budget %d", i, held, cur, prev, budget)
+		}
+	}
+	if newTokenCache(10, -1) != nil {
+		t.Error("a negative byte budget must disable the cache")
 	}
 }

@@ -1,4 +1,4 @@
-package authz_test
+package token_test
 
 // Fuzz targets of token verification: the compact JWT string as it arrives
 // (FuzzVerifyToken), and the claim values of tokens signed with a real key
@@ -25,8 +25,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 const (
@@ -39,14 +39,14 @@ var fuzzNow = time.Unix(1_800_000_000, 0)
 
 // fuzzVerifier trusts one RSA and one EC key of fuzzIssuer (RS256, ES256),
 // audience "api", the default leeway.
-func fuzzVerifier(tb testing.TB) (*authz.Verifier, *rsa.PrivateKey, *ecdsa.PrivateKey) {
+func fuzzVerifier(tb testing.TB) (*token.Verifier, *rsa.PrivateKey, *ecdsa.PrivateKey) {
 	tb.Helper()
 	rk, ek := testutil.RSAKey(tb, "fuzz-rsa"), testutil.ECKey(tb, "fuzz-ec")
 	dir := tb.TempDir()
 	pem := string(testutil.PublicKeyPEM(tb, &rk.PublicKey)) + string(testutil.PublicKeyPEM(tb, &ek.PublicKey))
 	testutil.WriteFile(tb, filepath.Join(dir, "keys.pem"), pem)
-	v, err := authz.NewVerifier(authz.VerifierConfig{
-		Issuers: []authz.IssuerConfig{{Issuer: fuzzIssuer, Audiences: []string{"api"}, Algorithms: []string{"RS256", "ES256"},
+	v, err := token.NewVerifier(token.VerifierConfig{
+		Issuers: []token.IssuerConfig{{Issuer: fuzzIssuer, Audiences: []string{"api"}, Algorithms: []string{"RS256", "ES256"},
 			PublicKeyFile: filepath.Join(dir, "keys.pem"), Leeway: fuzzLeeway}},
 		Now: func() time.Time { return fuzzNow },
 	}, nil)
@@ -148,7 +148,7 @@ func numericDate(v any) (float64, bool) {
 // checkValidToken fails when a token the verifier accepted breaks a rule:
 // its header, signature (re-verified with crypto/rsa or crypto/ecdsa) and
 // claims.
-func checkValidToken(t *testing.T, tok *authz.Token, raw string, rk *rsa.PrivateKey, ek *ecdsa.PrivateKey) {
+func checkValidToken(t *testing.T, tok *token.Token, raw string, rk *rsa.PrivateKey, ek *ecdsa.PrivateKey) {
 	t.Helper()
 	parts := strings.Split(raw, ".")
 	if len(parts) != 3 {
@@ -190,13 +190,13 @@ func checkValidToken(t *testing.T, tok *authz.Token, raw string, rk *rsa.Private
 	}
 }
 
-var fuzzTokenCodes = []authz.TokenError{authz.TokenMissing, authz.TokenMalformed, authz.TokenUnknownIssuer,
-	authz.TokenUnsupportedAlgorithm, authz.TokenUnknownKey, authz.TokenBadSignature, authz.TokenExpired,
-	authz.TokenNotYetValid, authz.TokenBadAudience}
+var fuzzTokenCodes = []token.TokenError{token.TokenMissing, token.TokenMalformed, token.TokenUnknownIssuer,
+	token.TokenUnsupportedAlgorithm, token.TokenUnknownKey, token.TokenBadSignature, token.TokenExpired,
+	token.TokenNotYetValid, token.TokenBadAudience}
 
 // checkToken checks the result's own consistency, then the rules when it
 // is valid.
-func checkToken(t *testing.T, tok *authz.Token, raw string, rk *rsa.PrivateKey, ek *ecdsa.PrivateKey) {
+func checkToken(t *testing.T, tok *token.Token, raw string, rk *rsa.PrivateKey, ek *ecdsa.PrivateKey) {
 	t.Helper()
 	if tok == nil {
 		t.Fatal("Verify returned nil")
