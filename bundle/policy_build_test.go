@@ -22,6 +22,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/open-policy-agent/opa/v1/ast"
 	opabundle "github.com/open-policy-agent/opa/v1/bundle"
@@ -644,7 +646,7 @@ func TestPolicyBundleKeys(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			k, err := bundle.ParsePrivateKey(tc.pem)
+			k, err := token.ParsePrivateKey(tc.pem)
 			var s *bundle.Signer
 			if err == nil {
 				s, err = bundle.NewSigner(k, tc.alg, "")
@@ -666,11 +668,11 @@ func TestPolicyBundleKeys(t *testing.T) {
 	t.Run("public keys", func(t *testing.T) {
 		t.Parallel()
 		pems := append(testutil.PublicKeyPEM(t, rsaKey.Public()), testutil.PublicKeyPEM(t, pbKey(t, "ed25519", "a").Public())...)
-		keys, err := bundle.ParsePublicKeys(pems)
+		keys, err := token.ParsePublicKeys(pems)
 		if err != nil || len(keys) != 2 {
 			t.Fatalf("ParsePublicKeys: %d keys, %v", len(keys), err)
 		}
-		if _, err := bundle.ParsePublicKeys(pbPrivatePEM(t, rsaKey)); !errors.Is(err, bundle.ErrKey) || !strings.Contains(err.Error(), "give the sidecar only the public key") {
+		if _, err := token.ParsePublicKeys(pbPrivatePEM(t, rsaKey)); !errors.Is(err, bundle.ErrKey) || !strings.Contains(err.Error(), "give the sidecar only the public key") {
 			t.Fatalf("private key as public key: %v", err)
 		}
 	})

@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/open-policy-agent/opa/v1/ast"
 	opabundle "github.com/open-policy-agent/opa/v1/bundle"
@@ -44,8 +46,8 @@ func NewVerifier(keys []crypto.PublicKey, from string) (*Verifier, error) {
 		return nil, fmt.Errorf("%w: no public key", ErrKey)
 	}
 	for _, k := range keys {
-		if len(methodsFor(k)) == 0 {
-			return nil, fmt.Errorf("%w: %s key cannot verify bundle signatures", ErrKey, keyKind(k))
+		if err := token.CheckPublicKey(k); err != nil {
+			return nil, fmt.Errorf("%s key cannot verify bundle signatures: %w", token.KeyKind(k), err)
 		}
 	}
 	return &Verifier{keys: slices.Clone(keys), from: from}, nil
@@ -268,13 +270,13 @@ func (v *Verifier) verifyJWS(doc []byte) (map[string]opabundle.FileInfo, error) 
 	)
 	for _, k := range v.keys {
 		claims = signedFiles{}
-		p := jwt.NewParser(jwt.WithValidMethods(methodsFor(k)))
+		p := jwt.NewParser(jwt.WithValidMethods(token.AlgorithmsFor(k)))
 		_, err := p.ParseWithClaims(sd.Signatures[0], &claims, func(*jwt.Token) (any, error) { return k, nil })
 		if err == nil {
 			ok = true
 			break
 		}
-		errs = append(errs, fmt.Sprintf("%s key: %v", keyKind(k), err))
+		errs = append(errs, fmt.Sprintf("%s key: %v", token.KeyKind(k), err))
 	}
 	if !ok {
 		return nil, fmt.Errorf("%w with the key(s) in %s: %s", ErrSignature, v.from, strings.Join(errs, "; "))

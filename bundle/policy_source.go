@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -151,7 +153,7 @@ func (s *PolicySource) verifier() (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := ParsePublicKeys(pem)
+	keys, err := token.ParsePublicKeys(pem)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s.keyFile, err)
 	}

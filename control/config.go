@@ -185,15 +185,8 @@ func (c Config) Validate() error {
 	if c.StreamWriteTimeout <= 0 {
 		bad("stream_write_timeout: %v must be positive", c.StreamWriteTimeout)
 	}
-	seen := map[string]bool{}
-	for _, is := range c.Issuers {
-		if err := is.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("issuers: %w", err))
-		}
-		if seen[is.Issuer] {
-			bad("issuers: %q is listed twice", is.Issuer)
-		}
-		seen[is.Issuer] = true
+	if err := token.ValidateIssuers(c.Issuers); err != nil {
+		errs = append(errs, fmt.Errorf("issuers: %w", err))
 	}
 	if len(errs) == 0 {
 		return nil

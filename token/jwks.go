@@ -4,21 +4,16 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net/http"
 	"os"
 	"slices"
@@ -26,6 +21,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/MicahParks/jwkset"
 )
 
 // Limits of the key sources.
@@ -34,20 +31,7 @@ const (
 	maxJWKSBytes = 1 << 20
 	// jwksFetchTimeout bounds one JWKS fetch, whatever the HTTP client does.
 	jwksFetchTimeout = 10 * time.Second
-	// minRSABits is the smallest RSA modulus accepted as a verification key.
-	minRSABits = 2048
 )
-
-// tokenAlgorithmSupported reports whether alg is a JWS algorithm Gatehouse
-// verifies: asymmetric signatures only.
-func tokenAlgorithmSupported(alg string) bool {
-	switch alg {
-	case "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
-		"ES256", "ES384", "ES512", "EdDSA":
-		return true
-	}
-	return false
-}
 
 // verifyKey is one public key an issuer's tokens may be signed with.
 type verifyKey struct {
@@ -59,21 +43,8 @@ type verifyKey struct {
 
 // newVerifyKey checks that pub is a key type and size Gatehouse accepts.
 func newVerifyKey(kid, alg string, pub crypto.PublicKey) (*verifyKey, error) {
-	switch p := pub.(type) {
-	case *rsa.PublicKey:
-		if p.N == nil || p.N.BitLen() < minRSABits {
-			return nil, fmt.Errorf("RSA key smaller than %d bits", minRSABits)
-		}
-	case *ecdsa.PublicKey:
-		if ecdsaAlgorithm(p) == "" {
-			return nil, fmt.Errorf("unsupported ECDSA curve %s", p.Curve.Params().Name)
-		}
-	case ed25519.PublicKey:
-		if len(p) != ed25519.PublicKeySize {
-			return nil, errors.New("Ed25519 key of wrong size")
-		}
-	default:
-		return nil, fmt.Errorf("unsupported public key type %T", pub)
+	if err := CheckPublicKey(pub); err != nil {
+		return nil, err
 	}
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
@@ -86,38 +57,13 @@ func newVerifyKey(kid, alg string, pub crypto.PublicKey) (*verifyKey, error) {
 	return k, nil
 }
 
-// ecdsaAlgorithm returns the only JWS algorithm an ECDSA key may be used with,
-// or "" for curves Gatehouse does not accept.
-func ecdsaAlgorithm(p *ecdsa.PublicKey) string {
-	switch p.Curve {
-	case elliptic.P256():
-		return "ES256"
-	case elliptic.P384():
-		return "ES384"
-	case elliptic.P521():
-		return "ES512"
-	}
-	return ""
-}
-
 // fits reports whether k may verify a signature made with alg: the key type
 // (and ECDSA curve) must match the algorithm, and a JWK's own alg must equal it.
 func (k *verifyKey) fits(alg string) bool {
 	if k.alg != "" && k.alg != alg {
 		return false
 	}
-	switch p := k.pub.(type) {
-	case *rsa.PublicKey:
-		switch alg {
-		case "RS256", "RS384", "RS512", "PS256", "PS384", "PS512":
-			return true
-		}
-	case *ecdsa.PublicKey:
-		return alg == ecdsaAlgorithm(p)
-	case ed25519.PublicKey:
-		return alg == "EdDSA"
-	}
-	return false
+	return slices.Contains(AlgorithmsFor(k.pub), alg)
 }
 
 // keySet is an immutable set of verification keys.
@@ -177,49 +123,19 @@ func (s *keySet) withoutKid() []*verifyKey {
 	return out
 }
 
-// parsePEMKeys parses one or more PEM blocks of type PUBLIC KEY (PKIX),
-// RSA PUBLIC KEY (PKCS #1) or CERTIFICATE (only its public key is used: the
-// certificate's validity and chain are not checked). Any other block is an
-// error, so a private key handed by mistake is refused rather than skipped.
+// parsePEMKeys parses the keys of a public_key_file (ParsePublicKeys).
 func parsePEMKeys(data []byte) ([]*verifyKey, error) {
-	var keys []*verifyKey
-	for n := 1; ; n++ {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		var (
-			pub any
-			err error
-		)
-		switch block.Type {
-		case "PUBLIC KEY":
-			pub, err = x509.ParsePKIXPublicKey(block.Bytes)
-		case "RSA PUBLIC KEY":
-			pub, err = x509.ParsePKCS1PublicKey(block.Bytes)
-		case "CERTIFICATE":
-			var cert *x509.Certificate
-			if cert, err = x509.ParseCertificate(block.Bytes); err == nil {
-				pub = cert.PublicKey
-			}
-		default:
-			if strings.Contains(block.Type, "PRIVATE") {
-				return nil, fmt.Errorf("PEM block %d: %s refused: give the public key only", n, block.Type)
-			}
-			return nil, fmt.Errorf("PEM block %d: unsupported type %q (want PUBLIC KEY, RSA PUBLIC KEY or CERTIFICATE)", n, block.Type)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("PEM block %d (%s): %w", n, block.Type, err)
-		}
+	pubs, err := ParsePublicKeys(data)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]*verifyKey, 0, len(pubs))
+	for _, pub := range pubs {
 		k, err := newVerifyKey("", "", pub)
 		if err != nil {
-			return nil, fmt.Errorf("PEM block %d (%s): %w", n, block.Type, err)
+			return nil, err
 		}
 		keys = append(keys, k)
-	}
-	if len(keys) == 0 {
-		return nil, errors.New("no PEM block found")
 	}
 	return keys, nil
 }
@@ -286,7 +202,11 @@ func parseJWKS(data []byte) ([]*verifyKey, []jwkSkip, error) {
 
 // parseJWK turns one JWK into a verification key. expected is true when the
 // key is valid but not meant for (or not supported in) signature
-// verification.
+// verification. The key material is decoded and checked (base64url, the
+// EC point on its curve, the RSA exponent's range) by jwkset; our rules come
+// on top: signature keys only, the algorithm allow-list, the curves and the
+// RSA size floor of CheckPublicKey, an odd RSA modulus and exponent of at
+// most 32 bits.
 func parseJWK(j jwk) (k *verifyKey, expected bool, err error) {
 	if j.Use != "" && j.Use != "sig" {
 		return nil, true, fmt.Errorf("use %q is not sig", j.Use)
@@ -294,118 +214,55 @@ func parseJWK(j jwk) (k *verifyKey, expected bool, err error) {
 	if len(j.KeyOps) > 0 && !slices.Contains(j.KeyOps, "verify") {
 		return nil, true, errors.New("key_ops does not include verify")
 	}
-	if j.Alg != "" && !tokenAlgorithmSupported(j.Alg) {
+	if j.Alg != "" && !AlgorithmSupported(j.Alg) {
 		return nil, true, fmt.Errorf("alg %q is not a supported signature algorithm", j.Alg)
 	}
-	var pub crypto.PublicKey
-	switch j.Kty {
-	case "RSA":
-		pub, err = parseRSAJWK(j)
-	case "EC":
-		pub, expected, err = parseECJWK(j)
-	case "OKP":
-		pub, expected, err = parseOKPJWK(j)
-	case "oct":
+	switch {
+	case j.Kty == "oct":
 		return nil, true, errors.New("symmetric (oct) keys are never used")
-	default:
+	case j.Kty == "EC" && j.Crv != "P-256" && j.Crv != "P-384" && j.Crv != "P-521":
+		return nil, true, fmt.Errorf("unsupported EC curve %q", j.Crv)
+	case j.Kty == "OKP" && j.Crv != "Ed25519":
+		return nil, true, fmt.Errorf("unsupported OKP curve %q", j.Crv)
+	case j.Kty != "RSA" && j.Kty != "EC" && j.Kty != "OKP":
 		return nil, true, fmt.Errorf("unsupported kty %q", j.Kty)
 	}
+	// Only the key material is handed over: the metadata rules are ours,
+	// and x5c/x5u are never used (keys come from the configured source).
+	parsed, err := jwkset.NewJWKFromMarshal(jwkset.JWKMarshal{
+		KTY: jwkset.KTY(j.Kty), CRV: jwkset.CRV(j.Crv), N: j.N, E: j.E, X: j.X, Y: j.Y,
+	}, jwkset.JWKMarshalOptions{}, jwkset.JWKValidateOptions{})
 	if err != nil {
-		return nil, expected, err
+		return nil, false, err
+	}
+	pub := parsed.Key()
+	if p, ok := pub.(*rsa.PublicKey); ok {
+		if err := checkRSAJWK(j.E, p); err != nil {
+			return nil, false, err
+		}
 	}
 	k, err = newVerifyKey(j.Kid, j.Alg, pub)
 	return k, false, err
 }
 
-// decodeJWKField decodes a base64url JWK member, tolerating padding.
-func decodeJWKField(name, v string) ([]byte, error) {
-	if v == "" {
-		return nil, fmt.Errorf("member %q missing", name)
-	}
-	b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(v, "="))
+// checkRSAJWK adds the rules jwkset does not check: the exponent as written
+// fits 32 bits (jwkset keeps only its low 64 bits), and the modulus and the
+// exponent are odd.
+func checkRSAJWK(e string, p *rsa.PublicKey) error {
+	eb, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(e, "="))
 	if err != nil {
-		return nil, fmt.Errorf("member %q: %w", name, err)
+		return fmt.Errorf("member \"e\": %w", err)
 	}
-	return b, nil
-}
-
-// parseRSAJWK reads n and e.
-func parseRSAJWK(j jwk) (*rsa.PublicKey, error) {
-	nb, err := decodeJWKField("n", j.N)
-	if err != nil {
-		return nil, err
+	if eb = bytes.TrimLeft(eb, "\x00"); len(eb) > 4 {
+		return errors.New("RSA exponent out of range")
 	}
-	eb, err := decodeJWKField("e", j.E)
-	if err != nil {
-		return nil, err
+	if p.E < 3 || p.E%2 == 0 {
+		return fmt.Errorf("RSA exponent %d invalid", p.E)
 	}
-	eb = bytes.TrimLeft(eb, "\x00")
-	if len(eb) == 0 || len(eb) > 4 {
-		return nil, errors.New("RSA exponent out of range")
+	if p.N.Bit(0) == 0 {
+		return errors.New("RSA modulus is even")
 	}
-	var e uint64
-	for _, b := range eb {
-		e = e<<8 | uint64(b)
-	}
-	if e < 3 || e%2 == 0 || e > 1<<31-1 {
-		return nil, fmt.Errorf("RSA exponent %d invalid", e)
-	}
-	n := new(big.Int).SetBytes(nb)
-	if n.Bit(0) == 0 {
-		return nil, errors.New("RSA modulus is even")
-	}
-	return &rsa.PublicKey{N: n, E: int(e)}, nil
-}
-
-// parseECJWK reads crv, x and y and checks the point is on the curve.
-func parseECJWK(j jwk) (*ecdsa.PublicKey, bool, error) {
-	var curve elliptic.Curve
-	switch j.Crv {
-	case "P-256":
-		curve = elliptic.P256()
-	case "P-384":
-		curve = elliptic.P384()
-	case "P-521":
-		curve = elliptic.P521()
-	default:
-		return nil, true, fmt.Errorf("unsupported EC curve %q", j.Crv)
-	}
-	size := (curve.Params().BitSize + 7) / 8
-	x, err := decodeJWKField("x", j.X)
-	if err != nil {
-		return nil, false, err
-	}
-	y, err := decodeJWKField("y", j.Y)
-	if err != nil {
-		return nil, false, err
-	}
-	if len(x) != size || len(y) != size {
-		return nil, false, fmt.Errorf("EC coordinates must be %d bytes for %s", size, j.Crv)
-	}
-	point := make([]byte, 0, 1+2*size)
-	point = append(point, 4)
-	point = append(point, x...)
-	point = append(point, y...)
-	pub, err := ecdsa.ParseUncompressedPublicKey(curve, point)
-	if err != nil {
-		return nil, false, fmt.Errorf("EC point invalid (not on %s?): %w", j.Crv, err)
-	}
-	return pub, false, nil
-}
-
-// parseOKPJWK reads an Ed25519 key (RFC 8037).
-func parseOKPJWK(j jwk) (ed25519.PublicKey, bool, error) {
-	if j.Crv != "Ed25519" {
-		return nil, true, fmt.Errorf("unsupported OKP curve %q", j.Crv)
-	}
-	x, err := decodeJWKField("x", j.X)
-	if err != nil {
-		return nil, false, err
-	}
-	if len(x) != ed25519.PublicKeySize {
-		return nil, false, fmt.Errorf("Ed25519 key must be %d bytes", ed25519.PublicKeySize)
-	}
-	return ed25519.PublicKey(x), false, nil
+	return nil
 }
 
 // loadKeyFile reads the PEM or JWKS file of an issuer.

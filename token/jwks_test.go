@@ -109,9 +109,13 @@ func TestJWKSFileSkipsUnusableKeys(t *testing.T) {
 func TestJWKSOnlyInvalidKeysIsAnError(t *testing.T) {
 	t.Parallel()
 	tests := map[string]map[string]any{
-		"off curve":            offCurve(t, "a", &ecKeyA().PublicKey),
-		"small RSA":            jwkOf(t, "a", "", &mustRSA(1024).PublicKey),
-		"even exp":             withJWK(jwkOf(t, "a", "", &rsaKeyA().PublicKey), map[string]any{"e": b64([]byte{2})}),
+		"off curve": offCurve(t, "a", &ecKeyA().PublicKey),
+		"small RSA": jwkOf(t, "a", "", &mustRSA(1024).PublicKey),
+		"even exp":  withJWK(jwkOf(t, "a", "", &rsaKeyA().PublicKey), map[string]any{"e": b64([]byte{2})}),
+		// jwkset keeps the low 64 bits of e: 2^64+65537 must not pass as 65537
+		"exp over 64 bits":     withJWK(jwkOf(t, "a", "", &rsaKeyA().PublicKey), map[string]any{"e": b64([]byte{1, 0, 0, 0, 0, 0, 1, 0, 1})}),
+		"even modulus":         withJWK(jwkOf(t, "a", "", &rsaKeyA().PublicKey), map[string]any{"n": b64(append(rsaKeyA().N.Bytes()[:255:255], 2))}),
+		"X25519 only":          {"kty": "OKP", "crv": "X25519", "x": b64(make([]byte, 32))},
 		"short OKP":            {"kty": "OKP", "crv": "Ed25519", "x": b64([]byte{1})},
 		"P-256 point as P-384": withJWK(jwkOf(t, "a", "", &ecKeyA().PublicKey), map[string]any{"crv": "P-384"}),
 	}

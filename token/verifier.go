@@ -149,7 +149,7 @@ func (c IssuerConfig) Validate() error {
 	}
 	for _, alg := range c.Algorithms {
 		switch {
-		case tokenAlgorithmSupported(alg):
+		case AlgorithmSupported(alg):
 		case strings.EqualFold(alg, "none"), strings.HasPrefix(strings.ToUpper(alg), "HS"):
 			bad("algorithm %q refused: Gatehouse verifies with public keys only (RS*, PS*, ES*, EdDSA)", alg)
 		default:
@@ -175,6 +175,23 @@ func (c IssuerConfig) Validate() error {
 		if d.v < 0 {
 			bad("%s %s: must not be negative", d.name, d.v)
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// ValidateIssuers reports every problem of an issuer list, joined: each
+// issuer's Validate, and an issuer listed twice. Every error wraps
+// ErrIssuerConfig. It is the one validation of the `issuers:` lists of the
+// serve and control configurations, and NewVerifier's.
+func ValidateIssuers(issuers []IssuerConfig) error {
+	var errs []error
+	seen := make(map[string]bool, len(issuers))
+	for _, ic := range issuers {
+		errs = append(errs, ic.Validate())
+		if ic.Issuer != "" && seen[ic.Issuer] {
+			errs = append(errs, fmt.Errorf("%w: issuer %q: listed twice", ErrIssuerConfig, ic.Issuer))
+		}
+		seen[ic.Issuer] = true
 	}
 	return errors.Join(errs...)
 }
@@ -341,7 +358,7 @@ type tokenIssuer struct {
 
 // allows reports whether alg is on the issuer's allow-list.
 func (is *tokenIssuer) allows(alg string) bool {
-	return tokenAlgorithmSupported(alg) && slices.Contains(is.cfg.Algorithms, alg)
+	return AlgorithmSupported(alg) && slices.Contains(is.cfg.Algorithms, alg)
 }
 
 // tokenMetrics are the verifier's Prometheus counters.
@@ -404,20 +421,18 @@ func NewVerifier(cfg VerifierConfig, logger *slog.Logger) (*Verifier, error) {
 		v.metrics = m
 	}
 
-	var errs []error
-	for i := range cfg.Issuers {
-		ic := cfg.Issuers[i]
+	issuers := make([]IssuerConfig, len(cfg.Issuers))
+	for i, ic := range cfg.Issuers {
 		ic.Algorithms = slices.Clone(ic.Algorithms)
 		ic.Audiences = slices.Clone(ic.Audiences)
 		ic.SetDefaults()
-		if err := ic.Validate(); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if _, dup := v.issuers[ic.Issuer]; dup {
-			errs = append(errs, fmt.Errorf("%w: issuer %q: configured twice", ErrIssuerConfig, ic.Issuer))
-			continue
-		}
+		issuers[i] = ic
+	}
+	if err := ValidateIssuers(issuers); err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, ic := range issuers {
 		is := &tokenIssuer{
 			cfg: ic,
 			validator: jwt.NewValidator(jwt.WithLeeway(ic.Leeway), jwt.WithExpirationRequired(),

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	opabundle "github.com/open-policy-agent/opa/v1/bundle"
 
@@ -223,7 +225,7 @@ func TestBundleBuildCLI(t *testing.T) {
 			if _, err := opabundle.NewReader(bytes.NewReader(tarball)).WithBundleVerificationConfig(vc).Read(); err != nil {
 				t.Fatalf("OPA does not verify the bundle: %v", err)
 			}
-			keys, err := bundle.ParsePublicKeys(pubPEM)
+			keys, err := token.ParsePublicKeys(pubPEM)
 			if err != nil {
 				t.Fatal(err)
 			}

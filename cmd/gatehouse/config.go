@@ -200,14 +200,7 @@ func (c ServeConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("data.control_url: %q is not an http(s) URL", c.Data.ControlURL))
 	}
 	errs = append(errs, c.Limits.Validate())
-	seen := map[string]bool{}
-	for _, is := range c.Issuers {
-		errs = append(errs, is.Validate())
-		if seen[is.Issuer] {
-			errs = append(errs, fmt.Errorf("issuers: %q is listed twice", is.Issuer))
-		}
-		seen[is.Issuer] = true
-	}
+	errs = append(errs, token.ValidateIssuers(c.Issuers))
 	return errors.Join(errs...)
 }
 

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"errors"
 	"fmt"
 	"io"
@@ -81,12 +83,10 @@ func runEval(cmd *cobra.Command, f evalFlags) error {
 			return usageErr(err)
 		}
 		sc.resolvePaths(filepath.Dir(f.config))
-		var errs []error
 		for i := range sc.Issuers {
 			sc.Issuers[i].SetDefaults()
-			errs = append(errs, sc.Issuers[i].Validate())
 		}
-		if err := errors.Join(errs...); err != nil {
+		if err := token.ValidateIssuers(sc.Issuers); err != nil {
 			return usageErr(err)
 		}
 		cfg.Issuers = sc.Issuers
