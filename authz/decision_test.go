@@ -32,13 +32,20 @@ func engineOn(tb testing.TB, files map[string]string, cfg authz.Config, tenancy 
 
 func loadDir(tb testing.TB, e *authz.Engine, dir string) {
 	tb.Helper()
-	src, err := authz.NewDirSource(authz.PolicyConfig{Dir: dir}, e, slog.New(slog.DiscardHandler))
+	loadDirVersion(tb, e, dir, ast.RegoV1)
+}
+
+func loadDirVersion(tb testing.TB, e *authz.Engine, dir string, v ast.RegoVersion) {
+	tb.Helper()
+	src, err := authz.LoadDir(dir, v)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := src.Load(); err != nil {
+	ps, err := e.Compile(src, authz.DefaultDecision)
+	if err != nil {
 		tb.Fatalf("load policies: %v", err)
 	}
+	e.SetPolicy(ps)
 }
 
 // decide evaluates input (a JSON-like value) with the Authorization header

@@ -42,7 +42,7 @@ type Config struct {
 	// decisions (deny bodies, headers, metadata) and recorded reads count.
 	DecisionCacheBytes int64 `yaml:"decision_cache_bytes"`
 	// Builtins are the Gatehouse built-ins policy sets are compiled with
-	// (Engine.Compile), e.g. bundle.Builtins().
+	// (Engine.Compile), e.g. replica.Builtins().
 	Builtins []Builtin `yaml:"-"`
 }
 

@@ -3,7 +3,6 @@ package authz
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -22,67 +21,6 @@ const DefaultDecision = "envoy/authz/allow"
 
 // resultVar is the query variable the decision is bound to.
 const resultVar = ast.Var("gatehouse_decision")
-
-// PolicyConfig is the `policies:` section of the serve configuration.
-type PolicyConfig struct {
-	// Dir is a directory of .rego files and data.json/data.yaml files.
-	Dir string `yaml:"dir"`
-	// Bundle fetches an OPA bundle from a URL instead of reading Dir.
-	Bundle BundleSourceConfig `yaml:"bundle"`
-	// Decision is the path of the decision rule, e.g. envoy/authz/allow.
-	Decision string `yaml:"decision"`
-	// RegoVersion is "v1" (default) or "v0" for policies in the older syntax.
-	RegoVersion string `yaml:"rego_version"`
-}
-
-// BundleSourceConfig locates a signed policy bundle.
-type BundleSourceConfig struct {
-	// URL of the bundle, e.g. http://127.0.0.1:8282/v1/bundles/main.
-	URL string `yaml:"url"`
-	// PublicKeyFile is the PEM key the bundle signature must verify with.
-	PublicKeyFile string `yaml:"public_key_file"`
-	// TokenFile holds a bearer token sent when downloading the bundle.
-	TokenFile string `yaml:"token_file"`
-	// Poll is how often the bundle is polled for changes (default 10s).
-	Poll time.Duration `yaml:"poll"`
-}
-
-// SetDefaults fills unset fields.
-func (c *PolicyConfig) SetDefaults() {
-	if c.Decision == "" {
-		c.Decision = DefaultDecision
-	}
-	if c.RegoVersion == "" {
-		c.RegoVersion = "v1"
-	}
-	if c.Bundle.Poll == 0 {
-		c.Bundle.Poll = 10 * time.Second
-	}
-}
-
-// Validate reports every problem of the configuration.
-func (c PolicyConfig) Validate() error {
-	var errs []error
-	if c.Dir == "" && c.Bundle.URL == "" {
-		errs = append(errs, errors.New("policies: set dir or bundle.url"))
-	}
-	if c.Dir != "" && c.Bundle.URL != "" {
-		errs = append(errs, errors.New("policies: set dir or bundle.url, not both"))
-	}
-	if c.Bundle.URL != "" && c.Bundle.PublicKeyFile == "" {
-		errs = append(errs, errors.New("policies.bundle: public_key_file is required (unsigned bundles are refused)"))
-	}
-	if _, err := DecisionRef(c.Decision); err != nil {
-		errs = append(errs, err)
-	}
-	if _, err := ParseRegoVersion(c.RegoVersion); err != nil {
-		errs = append(errs, err)
-	}
-	if c.Bundle.Poll < 0 {
-		errs = append(errs, fmt.Errorf("policies.bundle.poll: %v is negative", c.Bundle.Poll))
-	}
-	return errors.Join(errs...)
-}
 
 // ParseRegoVersion maps "v0"/"v1" to the parser's version.
 func ParseRegoVersion(s string) (ast.RegoVersion, error) {

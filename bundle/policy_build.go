@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/gatehouse-dev/gatehouse/replica"
+
 	"github.com/open-policy-agent/opa/v1/ast"
 	opabundle "github.com/open-policy-agent/opa/v1/bundle"
 	"github.com/open-policy-agent/opa/v1/util"
@@ -130,7 +132,7 @@ func Build(w io.Writer, cfg BuildConfig) (BuildResult, error) {
 	if err != nil {
 		return BuildResult{}, err
 	}
-	if _, err := authz.Compile(src, cfg.Decision, Builtins()...); err != nil {
+	if _, err := authz.Compile(src, cfg.Decision, replica.Builtins()...); err != nil {
 		return BuildResult{}, err
 	}
 

@@ -49,7 +49,7 @@ const (
 type PolicySourceConfig struct {
 	// Policies is the `policies:` section of the serve configuration;
 	// Bundle.URL and Bundle.PublicKeyFile are required.
-	Policies authz.PolicyConfig
+	Policies PolicyConfig
 	// DataDir, when set, keeps a copy of the last applied bundle
 	// (<DataDir>/policy-bundle.tar.gz) that Restore verifies and loads at
 	// start, so a sidecar restarted while the bundle server is down still
@@ -272,7 +272,7 @@ func (s *PolicySource) fetch(ctx context.Context) ([]byte, string, error) {
 	if s.etag != "" && s.active != nil {
 		req.Header.Set("If-None-Match", s.etag)
 	}
-	if err := setBearer(req, s.tokenFile, "policy bundle token"); err != nil {
+	if err := token.SetBearer(req, s.tokenFile, "policy bundle token"); err != nil {
 		return nil, "", err
 	}
 	req.Header.Set("Accept", "application/gzip, application/octet-stream")

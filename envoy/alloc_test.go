@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/gatehouse-dev/gatehouse/bundle"
+
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
@@ -27,7 +29,7 @@ func TestUncachedCheckAllocations(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := authz.New(authz.Config{DecisionCacheEntries: -1}, v, nil, logger)
-	src, err := authz.NewDirSource(authz.PolicyConfig{Dir: testutil.PolicyDir(t, map[string]string{"policy.rego": benchPolicy})}, e, logger)
+	src, err := bundle.NewDirSource(bundle.PolicyConfig{Dir: testutil.PolicyDir(t, map[string]string{"policy.rego": benchPolicy})}, e, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

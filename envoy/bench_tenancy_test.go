@@ -5,11 +5,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/replica"
+
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 	"github.com/gatehouse-dev/gatehouse/internal/worldgen"
@@ -29,7 +30,7 @@ func BenchmarkCheckGRPCTenancyConcurrent(b *testing.B) {
 		PolicyDir: "../policies",
 		Issuers:   issuers,
 		Tenancy:   st.store,
-		Engine:    authz.Config{DecisionCacheEntries: -1, Builtins: bundle.Builtins()},
+		Engine:    authz.Config{DecisionCacheEntries: -1, Builtins: replica.Builtins()},
 		Server:    envoy.Config{HTTPAddr: "-"},
 		Logger:    discard(),
 	})
@@ -84,7 +85,7 @@ func benchParallel(b *testing.B, n int, f func(i int)) {
 }
 
 type world struct {
-	store *bundle.Store
+	store *replica.Store
 	world *worldgen.World
 }
 
@@ -93,7 +94,7 @@ type world struct {
 func openWorld(tb testing.TB, spec worldgen.Spec) world {
 	tb.Helper()
 	dir := tb.TempDir()
-	st, err := bundle.OpenStore(bundle.StoreConfig{Dir: dir}, discard())
+	st, err := replica.OpenStore(replica.StoreConfig{Dir: dir}, discard())
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/gatehouse-dev/gatehouse/bundle"
+
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -100,7 +102,7 @@ func benchSimplePolicy(b *testing.B, cacheEntries int) {
 		b.Fatal(err)
 	}
 	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries}, v, nil, logger)
-	src, err := authz.NewDirSource(authz.PolicyConfig{Dir: testutil.PolicyDir(b, map[string]string{"policy.rego": benchPolicy})}, e, logger)
+	src, err := bundle.NewDirSource(bundle.PolicyConfig{Dir: testutil.PolicyDir(b, map[string]string{"policy.rego": benchPolicy})}, e, logger)
 	if err != nil {
 		b.Fatal(err)
 	}

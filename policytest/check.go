@@ -7,13 +7,14 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/gatehouse-dev/gatehouse/replica"
+
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/format"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 )
 
 // Check compiles every .rego file under paths (*_test.rego included) with
@@ -48,7 +49,7 @@ func Check(ctx context.Context, paths, ignore []string) (ast.Errors, error) {
 		WithStrict(true).
 		WithPathConflictsCheck(storage.NonEmpty(ctx, store, txn)).
 		WithEnablePrintStatements(true).
-		WithCapabilities(authz.Capabilities(bundle.Builtins())).
+		WithCapabilities(authz.Capabilities(replica.Builtins())).
 		WithUseTypeCheckAnnotations(true).
 		SetErrorLimit(0)
 	c.Compile(loaded.Modules)

@@ -11,6 +11,8 @@ import (
 	"os"
 	"strings"
 
+	"github.com/gatehouse-dev/gatehouse/replica"
+
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -20,7 +22,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 )
 
@@ -110,9 +111,9 @@ func Eval(ctx context.Context, cfg EvalConfig) (ev *Evaluation, err error) {
 			decision = shimPackage + "/decision"
 		}
 	}
-	ps, err := authz.Compile(src, cfg.Decision, bundle.Builtins()...)
+	ps, err := authz.Compile(src, cfg.Decision, replica.Builtins()...)
 	if err == nil && decision != cfg.Decision {
-		ps, err = authz.Compile(src, decision, bundle.Builtins()...)
+		ps, err = authz.Compile(src, decision, replica.Builtins()...)
 	}
 	if err != nil {
 		if ce, ok := compileError(err).(*CompileError); ok {
@@ -121,7 +122,7 @@ func Eval(ctx context.Context, cfg EvalConfig) (ev *Evaluation, err error) {
 		return nil, usagef("%v", err)
 	}
 
-	var store *bundle.Store
+	var store *replica.Store
 	if cfg.Data != "" {
 		ops, err := ReadTenancyFile(cfg.Data)
 		if err != nil {

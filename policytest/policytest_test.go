@@ -15,11 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/replica"
+
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/tester"
 
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 	"github.com/gatehouse-dev/gatehouse/policytest"
 )
@@ -124,7 +125,7 @@ func TestCapabilitiesFileIsCurrent(t *testing.T) {
 	for _, b := range caps.Builtins {
 		names[b.Name] = true
 	}
-	for _, b := range bundle.Builtins() {
+	for _, b := range replica.Builtins() {
 		if !names[b.Decl.Name] {
 			t.Errorf("%s is not declared", b.Decl.Name)
 		}

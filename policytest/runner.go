@@ -10,13 +10,14 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/replica"
+
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/topdown"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 )
 
 // Config configures a run of `gatehouse test`.
@@ -165,7 +166,7 @@ func (r *fixtureRun) policy(fx *Fixture) (*authz.PolicySet, error) {
 		}
 		src = authz.Source{Modules: mods, Data: r.loaded.Data, Revision: "test", Origin: "gatehouse test"}
 	}
-	ps, err := authz.Compile(src, decision, bundle.Builtins()...)
+	ps, err := authz.Compile(src, decision, replica.Builtins()...)
 	if err != nil {
 		var aes ast.Errors
 		if errors.As(err, &aes) {
@@ -191,7 +192,7 @@ func (r *fixtureRun) run(ctx context.Context, fx *Fixture) ([]*Result, error) {
 			return nil, err
 		}
 	}
-	var store *bundle.Store
+	var store *replica.Store
 	if fx.Tenancy != "" {
 		ops, err := ReadTenancyFile(fx.path(fx.Tenancy))
 		if err != nil {

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/gatehouse-dev/gatehouse/replica"
+
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -13,7 +15,6 @@ import (
 	"github.com/open-policy-agent/opa/v1/topdown"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 )
 
@@ -23,7 +24,7 @@ import (
 // envoy.Evaluate (input, authz.Engine.Decide) → envoy.Response.
 type Sidecar struct {
 	engine *authz.Engine
-	store  *bundle.Store // nil: empty tenancy
+	store  *replica.Store // nil: empty tenancy
 	reads  *readRecorder
 }
 
@@ -35,7 +36,7 @@ type SidecarConfig struct {
 	Verifier *token.Verifier
 	// Store serves data.tenancy; nil means no tenancy data (revision 0), as
 	// serve without a control endpoint.
-	Store *bundle.Store
+	Store *replica.Store
 	// Logger receives the engine's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -55,7 +56,7 @@ func NewSidecar(cfg SidecarConfig) *Sidecar {
 		// the built-ins read the cache directly: their reads are observed too
 		cfg.Store.ObserveReads(rec.record)
 	}
-	e := authz.New(authz.Config{Builtins: bundle.Builtins()}, cfg.Verifier, rec, logger)
+	e := authz.New(authz.Config{Builtins: replica.Builtins()}, cfg.Verifier, rec, logger)
 	e.SetPolicy(cfg.Policy)
 	return &Sidecar{engine: e, store: cfg.Store, reads: rec}
 }

@@ -1,6 +1,11 @@
 package token
 
-import "strings"
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+)
 
 // BearerToken extracts the token of an Authorization header value of the
 // form "Bearer <token>" (RFC 6750 §2.1). The scheme is matched
@@ -23,4 +28,22 @@ func BearerToken(authorization string) (token string, ok bool) {
 		return "", false
 	}
 	return token, true
+}
+
+// SetBearer sets the Authorization header from a token file (re-read at
+// every request, so the token can be rotated in place); no file, no header.
+func SetBearer(req *http.Request, file, what string) error {
+	if file == "" {
+		return nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return fmt.Errorf("%s: %s is empty", what, file)
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	return nil
 }

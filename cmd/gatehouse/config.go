@@ -11,13 +11,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/bundle"
+
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
 )
 
@@ -26,7 +27,7 @@ type ServeConfig struct {
 	// Listen holds the listener addresses.
 	Listen ListenConfig `yaml:"listen"`
 	// Policies locates the policy set and names the decision rule.
-	Policies authz.PolicyConfig `yaml:"policies"`
+	Policies bundle.PolicyConfig `yaml:"policies"`
 	// Data configures tenancy data: cache folder, control endpoint, freshness.
 	Data DataConfig `yaml:"data"`
 	// Issuers are the trusted token issuers.
@@ -283,8 +284,8 @@ func decodeYAMLFile(path string, v any) error {
 // that YAML errors speak of keys, not types.
 var yamlSections = map[string]string{
 	"main.ServeConfig": "the top level", "main.ControlFile": "the top level", "control.Config": "the top level",
-	"main.ListenConfig": "listen", "netx.TLSConfig": "listen.tls", "authz.PolicyConfig": "policies",
-	"authz.BundleSourceConfig": "policies.bundle", "main.DataConfig": "data", "token.IssuerConfig": "issuers",
+	"main.ListenConfig": "listen", "netx.TLSConfig": "listen.tls", "bundle.PolicyConfig": "policies",
+	"bundle.BundleSourceConfig": "policies.bundle", "main.DataConfig": "data", "token.IssuerConfig": "issuers",
 	"main.LogConfig": "log", "main.CacheConfig": "cache", "main.LimitsConfig": "limits",
 }
 

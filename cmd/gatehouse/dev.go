@@ -17,6 +17,8 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/bundle"
+
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -120,7 +122,7 @@ func runDev(ctx context.Context, f devFlags, stdout, stderr io.Writer) error {
 
 	cfg := ServeConfig{
 		Listen:   ListenConfig{GRPC: f.grpcAddr, HTTP: f.httpAddr, Ops: f.opsAddr, GRPCReflection: true},
-		Policies: authz.PolicyConfig{Dir: env.policies},
+		Policies: bundle.PolicyConfig{Dir: env.policies},
 		Data:     DataConfig{Dir: filepath.Join(dir, "sidecar"), ControlURL: controlURL, TokenFile: env.syncToken},
 		Issuers:  []token.IssuerConfig{env.issuer(devIssuer, false), env.issuer(devTrustedIssuer, true)},
 		Log:      logCfg,

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/replica"
+
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -107,7 +109,7 @@ func loadServeConfig(cmd *cobra.Command, f serveFlags) (ServeConfig, error) {
 	set("log-level", &cfg.Log.Level, f.logLevel)
 	set("log-format", &cfg.Log.Format, f.logFormat)
 	if cmd.Flags().Changed("policies") {
-		cfg.Policies.Bundle = authz.BundleSourceConfig{}
+		cfg.Policies.Bundle = bundle.BundleSourceConfig{}
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -123,7 +125,7 @@ type sidecar struct {
 	verifier *token.Verifier
 	engine   *authz.Engine
 	policies policySource
-	syncer   *bundle.Syncer
+	syncer   *replica.Syncer
 	ext      *envoy.Server
 	ops      *ops.Server
 	closers  []io.Closer
@@ -140,16 +142,16 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		return nil, err
 	}
 	var tenancy authz.Tenancy = authz.EmptyTenancy()
-	var syncer *bundle.Syncer
+	var syncer *replica.Syncer
 	var closers []io.Closer
 	if cfg.Data.ControlURL != "" {
-		store, err := bundle.OpenStore(bundle.StoreConfig{Dir: cfg.Data.Dir, CacheEntries: cfg.Cache.Documents}, logger)
+		store, err := replica.OpenStore(replica.StoreConfig{Dir: cfg.Data.Dir, CacheEntries: cfg.Cache.Documents}, logger)
 		if err != nil {
 			return nil, err
 		}
 		closers = append(closers, store)
 		tenancy = store
-		syncer = bundle.NewSyncer(bundle.SyncConfig{
+		syncer = replica.NewSyncer(replica.SyncConfig{
 			ControlURL:     cfg.Data.ControlURL,
 			TokenFile:      cfg.Data.TokenFile,
 			MaxBackoff:     cfg.Data.ReconnectMaxBackoff,
@@ -165,7 +167,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		DecisionCacheEntries: cfg.Cache.Decisions,
 		DecisionCacheBytes:   bytesOfMB(cfg.Cache.DecisionsMB),
 		Registerer:           reg,
-		Builtins:             bundle.Builtins(),
+		Builtins:             replica.Builtins(),
 	}, verifier, tenancy, logger)
 	src, err := newPolicySource(cfg, engine, reg, logger)
 	if err != nil {
@@ -196,7 +198,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 }
 
 // policySource keeps the engine's policy set current: a directory
-// (authz.DirSource) or a signed bundle URL (bundle.PolicySource).
+// (bundle.DirSource) or a signed bundle URL (bundle.PolicySource).
 type policySource interface {
 	Run(ctx context.Context) error
 }
@@ -218,7 +220,7 @@ func newPolicySource(cfg ServeConfig, engine *authz.Engine, reg prometheus.Regis
 		_ = src.Restore()
 		return src, nil
 	}
-	src, err := authz.NewDirSource(cfg.Policies, engine, logger)
+	src, err := bundle.NewDirSource(cfg.Policies, engine, logger)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/gatehouse-dev/gatehouse/bundle"
+
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -60,7 +62,7 @@ type Sidecar struct {
 	Verifier  *token.Verifier
 	Server    *envoy.Server
 	Ops       *ops.Server
-	Policies  *authz.DirSource
+	Policies  *bundle.DirSource
 	PolicyDir string
 	Registry  *prometheus.Registry
 	// Logs holds the log output (when Options.Logger was nil).
@@ -102,7 +104,7 @@ func StartSidecar(tb testing.TB, opts Options) *Sidecar {
 	if s.PolicyDir == "" {
 		s.PolicyDir = PolicyDir(tb, opts.Policies)
 	}
-	src, err := authz.NewDirSource(authz.PolicyConfig{Dir: s.PolicyDir, Decision: opts.Decision}, s.Engine, logger)
+	src, err := bundle.NewDirSource(bundle.PolicyConfig{Dir: s.PolicyDir, Decision: opts.Decision}, s.Engine, logger)
 	if err != nil {
 		tb.Fatalf("NewDirSource: %v", err)
 	}

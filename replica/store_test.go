@@ -1,4 +1,4 @@
-package bundle_test
+package replica_test
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/storage"
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/replica"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
@@ -97,9 +97,9 @@ func (s *source) snapshot() []tenancy.FeedLine {
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func openStore(t testing.TB, dir string) *bundle.Store {
+func openStore(t testing.TB, dir string) *replica.Store {
 	t.Helper()
-	st, err := bundle.OpenStore(bundle.StoreConfig{Dir: dir}, discard())
+	st, err := replica.OpenStore(replica.StoreConfig{Dir: dir}, discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +107,7 @@ func openStore(t testing.TB, dir string) *bundle.Store {
 	return st
 }
 
-func loadSnapshot(t testing.TB, st *bundle.Store, src *source) {
+func loadSnapshot(t testing.TB, st *replica.Store, src *source) {
 	t.Helper()
 	b, err := st.BeginSnapshot(src.rev, "epoch-1", src.hash)
 	if err != nil {
@@ -123,7 +123,7 @@ func loadSnapshot(t testing.TB, st *bundle.Store, src *source) {
 	}
 }
 
-func read(t testing.TB, st *bundle.Store, path ...string) (any, error) {
+func read(t testing.TB, st *replica.Store, path ...string) (any, error) {
 	t.Helper()
 	ctx := context.Background()
 	txn, err := st.NewTransaction(ctx)
@@ -208,7 +208,7 @@ func TestApplyRevisionsAndGaps(t *testing.T) {
 
 	r2 := src.write(`[{"op":"delete","collection":"project_grants","id":"pg-beta"}]`)
 	r3 := src.write(`[{"op":"put","collection":"users","value":{"id":"carol","tenant":"acme"}}]`)
-	if err := st.ApplyRevisions([]tenancy.FeedLine{r3}, time.Now()); !errors.Is(err, bundle.ErrGap) {
+	if err := st.ApplyRevisions([]tenancy.FeedLine{r3}, time.Now()); !errors.Is(err, replica.ErrGap) {
 		t.Fatalf("applying 3 on 1: %v, want ErrGap", err)
 	}
 	if st.State().Revision != 1 {
@@ -268,7 +268,7 @@ func TestReopenServesFromFile(t *testing.T) {
 	dir := t.TempDir()
 	src := newSource(t)
 	src.write(world)
-	st, err := bundle.OpenStore(bundle.StoreConfig{Dir: dir}, discard())
+	st, err := replica.OpenStore(replica.StoreConfig{Dir: dir}, discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +291,7 @@ func TestReadBudget(t *testing.T) {
 	src := newSource(t)
 	src.write(world)
 	dir := t.TempDir()
-	st, err := bundle.OpenStore(bundle.StoreConfig{Dir: dir, MaxReadEntries: 1}, discard())
+	st, err := replica.OpenStore(replica.StoreConfig{Dir: dir, MaxReadEntries: 1}, discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,8 +312,8 @@ func TestSecondOpenerDoesNotSetTheFileAside(t *testing.T) {
 	src.write(world)
 	st := openStore(t, dir)
 	loadSnapshot(t, st, src)
-	_, err := bundle.OpenStore(bundle.StoreConfig{Dir: dir}, discard())
-	if !errors.Is(err, bundle.ErrInUse) {
+	_, err := replica.OpenStore(replica.StoreConfig{Dir: dir}, discard())
+	if !errors.Is(err, replica.ErrInUse) {
 		t.Fatalf("second open: %v, want ErrInUse", err)
 	}
 	if m, _ := filepath.Glob(filepath.Join(dir, "*.corrupt-*")); len(m) != 0 {
@@ -332,13 +332,13 @@ func TestOldSchemaCacheIsSetAside(t *testing.T) {
 	dir := t.TempDir()
 	src := newSource(t)
 	src.write(world)
-	st, err := bundle.OpenStore(bundle.StoreConfig{Dir: dir}, discard())
+	st, err := replica.OpenStore(replica.StoreConfig{Dir: dir}, discard())
 	if err != nil {
 		t.Fatal(err)
 	}
 	loadSnapshot(t, st, src)
 	st.Close()
-	db, err := bolt.Open(filepath.Join(dir, bundle.CacheFile), 0o600, nil)
+	db, err := bolt.Open(filepath.Join(dir, replica.CacheFile), 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +353,7 @@ func TestOldSchemaCacheIsSetAside(t *testing.T) {
 	if s := st2.State(); s.Present {
 		t.Fatalf("an old-schema cache is served: %+v", s)
 	}
-	if m, _ := filepath.Glob(filepath.Join(dir, bundle.CacheFile+".corrupt-*")); len(m) != 1 {
+	if m, _ := filepath.Glob(filepath.Join(dir, replica.CacheFile+".corrupt-*")); len(m) != 1 {
 		t.Fatalf("old-schema cache not set aside: %v", m)
 	}
 }
@@ -392,7 +392,7 @@ func TestRevisionNeverWraps(t *testing.T) {
 				t.Fatal(err)
 			}
 			err = b.Revision(next)
-			if c.ok != (err == nil) || (!c.ok && !errors.Is(err, bundle.ErrGap)) {
+			if c.ok != (err == nil) || (!c.ok && !errors.Is(err, replica.ErrGap)) {
 				b.Abort()
 				t.Fatalf("snapshot at %d replaying %d: %v (want accepted: %v)", c.start, c.next, err, c.ok)
 			}
@@ -407,7 +407,7 @@ func TestRevisionNeverWraps(t *testing.T) {
 				t.Fatal(err)
 			}
 			err = st.ApplyRevisions([]tenancy.FeedLine{next}, time.Now())
-			if c.ok != (err == nil) || (!c.ok && !errors.Is(err, bundle.ErrGap)) {
+			if c.ok != (err == nil) || (!c.ok && !errors.Is(err, replica.ErrGap)) {
 				t.Fatalf("cache at %d applying %d: %v (want accepted: %v)", c.start, c.next, err, c.ok)
 			}
 			want := c.start

@@ -1,4 +1,4 @@
-package bundle_test
+package replica_test
 
 import (
 	"context"
@@ -20,9 +20,9 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/worldgen"
+	"github.com/gatehouse-dev/gatehouse/replica"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
@@ -36,7 +36,7 @@ type benchWorld struct {
 
 var benchWorlds = map[string]*benchWorld{"small": {}, "200k": {}}
 
-func buildWorld(b testing.TB, name string, spec worldgen.Spec) (*bundle.Store, *worldgen.World) {
+func buildWorld(b testing.TB, name string, spec worldgen.Spec) (*replica.Store, *worldgen.World) {
 	b.Helper()
 	bw := benchWorlds[name]
 	bw.once.Do(func() {
@@ -46,7 +46,7 @@ func buildWorld(b testing.TB, name string, spec worldgen.Spec) (*bundle.Store, *
 			return
 		}
 		bw.dir = dir
-		st, err := bundle.OpenStore(bundle.StoreConfig{Dir: dir}, discard())
+		st, err := replica.OpenStore(replica.StoreConfig{Dir: dir}, discard())
 		if err != nil {
 			bw.err = err
 			return
@@ -71,7 +71,7 @@ func buildWorld(b testing.TB, name string, spec worldgen.Spec) (*bundle.Store, *
 	if bw.err != nil {
 		b.Fatal(bw.err)
 	}
-	st, err := bundle.OpenStore(bundle.StoreConfig{Dir: bw.dir}, discard())
+	st, err := replica.OpenStore(replica.StoreConfig{Dir: bw.dir}, discard())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func buildWorld(b testing.TB, name string, spec worldgen.Spec) (*bundle.Store, *
 
 // benchEngine returns an engine over st with the shipped policies and an
 // RS256 issuer, and a token minter for it.
-func benchEngine(tb testing.TB, st *bundle.Store) (*authz.Engine, func(sub string) string) {
+func benchEngine(tb testing.TB, st *replica.Store) (*authz.Engine, func(sub string) string) {
 	tb.Helper()
 	v, mint := newVerifier(tb)
 	return newEngine(tb, st, v, 0), mint
@@ -120,9 +120,9 @@ func newVerifier(tb testing.TB) (*token.Verifier, func(sub string) string) {
 }
 
 // newEngine returns an engine with the shipped policies over st.
-func newEngine(tb testing.TB, st *bundle.Store, v *token.Verifier, cacheEntries int) *authz.Engine {
+func newEngine(tb testing.TB, st *replica.Store, v *token.Verifier, cacheEntries int) *authz.Engine {
 	tb.Helper()
-	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries, Builtins: bundle.Builtins()}, v, st, discard())
+	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries, Builtins: replica.Builtins()}, v, st, discard())
 	src, err := authz.LoadDir(policyDir(), 0)
 	if err != nil {
 		tb.Fatal(err)

@@ -1,4 +1,4 @@
-package bundle_test
+package replica_test
 
 import (
 	"bytes"
@@ -10,7 +10,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/replica"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
@@ -165,18 +165,18 @@ func TestSyncStreamCorpus(t *testing.T) {
 		}
 		got, err := os.ReadFile(path)
 		if err != nil || !bytes.Equal(got, s.encode()) {
-			t.Errorf("%s is not the generated seed (%v): run go test ./bundle/ -run TestSyncStreamCorpus -update", path, err)
+			t.Errorf("%s is not the generated seed (%v): run go test ./replica/ -run TestSyncStreamCorpus -update", path, err)
 		}
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
 			if !s.fromEmpty {
-				if err := os.WriteFile(filepath.Join(dir, bundle.CacheFile), fx.template, 0o600); err != nil {
+				if err := os.WriteFile(filepath.Join(dir, replica.CacheFile), fx.template, 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}
 			runSync(t, dir, s.stream)
-			got := readCache(t, filepath.Join(dir, bundle.CacheFile))
+			got := readCache(t, filepath.Join(dir, replica.CacheFile))
 			if got.revision != s.want {
 				t.Fatalf("the cache is at revision %d, want %d", got.revision, s.want)
 			}

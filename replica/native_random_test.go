@@ -1,4 +1,4 @@
-package bundle_test
+package replica_test
 
 import (
 	"context"
@@ -23,9 +23,9 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/replica"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
@@ -85,7 +85,7 @@ func subset(rng *rand.Rand, xs []string, min int) []string {
 
 // tryWrite applies ops as the control endpoint does and feeds the store the
 // revision; a batch the invariants refuse changes nothing (false).
-func tryWrite(t testing.TB, src *source, st *bundle.Store, ops []tenancy.Op) bool {
+func tryWrite(t testing.TB, src *source, st *replica.Store, ops []tenancy.Op) bool {
 	t.Helper()
 	var line tenancy.FeedLine
 	err := src.db.Update(func(tx *bolt.Tx) error {
@@ -337,7 +337,7 @@ func rnRequest(t testing.TB, rng *rand.Rand, w rworld, keys map[string]*ecdsa.Pr
 }
 
 // rnEngine is an engine over st deciding with the policies in dir.
-func rnEngine(t testing.TB, st *bundle.Store, v *token.Verifier, dir string, cacheEntries int, builtins []authz.Builtin) *authz.Engine {
+func rnEngine(t testing.TB, st *replica.Store, v *token.Verifier, dir string, cacheEntries int, builtins []authz.Builtin) *authz.Engine {
 	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries, Builtins: builtins}, v, st, discard())
 	src, err := authz.LoadDir(dir, 0)
 	if err != nil {
@@ -396,8 +396,8 @@ func TestNativeBuiltinsAgreeWithRego(t *testing.T) {
 			loadSnapshot(t, st, src)
 			v, keys := rnIssuers(t, w)
 
-			native := rnEngine(t, st, v, policyDir(), -1, bundle.Builtins())
-			cached := rnEngine(t, st, v, policyDir(), 0, bundle.Builtins())
+			native := rnEngine(t, st, v, policyDir(), -1, replica.Builtins())
+			cached := rnEngine(t, st, v, policyDir(), 0, replica.Builtins())
 			ref := rnEngine(t, st, v, reference, -1, nil)
 
 			type asked struct {
@@ -436,7 +436,7 @@ func TestNativeBuiltinsAgreeWithRego(t *testing.T) {
 }
 
 // mutate makes one random write the control endpoint accepts (or none).
-func mutate(t testing.TB, rng *rand.Rand, w rworld, src *source, st *bundle.Store) {
+func mutate(t testing.TB, rng *rand.Rand, w rworld, src *source, st *replica.Store) {
 	for range 20 {
 		var ops []tenancy.Op
 		switch rng.IntN(6) {
@@ -502,7 +502,7 @@ func loadTestingModule(t testing.TB) *ast.Module {
 // store's transaction) and testing.decide (plain Rego over data.tenancy,
 // read from the same transaction) random queries, some no request of the
 // shipped policy makes.
-func compareDecideQueries(t testing.TB, rng *rand.Rand, w rworld, st *bundle.Store, testingModule *ast.Module) {
+func compareDecideQueries(t testing.TB, rng *rand.Rand, w rworld, st *replica.Store, testingModule *ast.Module) {
 	ctx := context.Background()
 	compiler := ast.NewCompiler()
 	compiler.Compile(map[string]*ast.Module{"testing_test.rego": testingModule})
@@ -513,8 +513,8 @@ func compareDecideQueries(t testing.TB, rng *rand.Rand, w rworld, st *bundle.Sto
 	if err != nil {
 		t.Fatal(err)
 	}
-	decide := bundle.Builtins()[0]
-	if decide.Decl.Name != bundle.BuiltinDecide {
+	decide := replica.Builtins()[0]
+	if decide.Decl.Name != replica.BuiltinDecide {
 		t.Fatal("Builtins()[0] is not decide")
 	}
 	tenant := func() string { return pick(rng, append(slices.Clone(w.tenants), "nowhere", "")) }
@@ -598,7 +598,7 @@ func compareDecideQueries(t testing.TB, rng *rand.Rand, w rworld, st *bundle.Sto
 
 // compareSmallBuiltins asks the small built-ins and their plain-Rego
 // readings (testing.*) random questions.
-func compareSmallBuiltins(t testing.TB, rng *rand.Rand, w rworld, st *bundle.Store, testingModule *ast.Module) {
+func compareSmallBuiltins(t testing.TB, rng *rand.Rand, w rworld, st *replica.Store, testingModule *ast.Module) {
 	ctx := context.Background()
 	compiler := ast.NewCompiler()
 	compiler.Compile(map[string]*ast.Module{"testing_test.rego": testingModule})
@@ -606,7 +606,7 @@ func compareSmallBuiltins(t testing.TB, rng *rand.Rand, w rworld, st *bundle.Sto
 		t.Fatal(compiler.Errors)
 	}
 	funcs := map[string]authz.Builtin{}
-	for _, b := range bundle.Builtins() {
+	for _, b := range replica.Builtins() {
 		funcs[b.Decl.Name] = b
 	}
 	tenant := func() string { return pick(rng, append(slices.Clone(w.tenants), "nowhere", "")) }
@@ -692,8 +692,8 @@ func TestPathTenantAgreesWithRego(t *testing.T) {
 		t.Fatal(err)
 	}
 	var pathTenant authz.Builtin
-	for _, b := range bundle.Builtins() {
-		if b.Decl.Name == bundle.BuiltinPathTenant {
+	for _, b := range replica.Builtins() {
+		if b.Decl.Name == replica.BuiltinPathTenant {
 			pathTenant = b
 		}
 	}

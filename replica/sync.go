@@ -1,4 +1,4 @@
-package bundle
+package replica
 
 import (
 	"bufio"
@@ -11,10 +11,11 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/token"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -196,7 +197,7 @@ func (s *Syncer) request(ctx context.Context, path string, q url.Values) (*http.
 	if err != nil {
 		return nil, err
 	}
-	if err := setBearer(req, s.cfg.TokenFile, "data.token_file"); err != nil {
+	if err := token.SetBearer(req, s.cfg.TokenFile, "data.token_file"); err != nil {
 		return nil, err
 	}
 	resp, err := s.cfg.HTTPClient.Do(req)
@@ -517,22 +518,4 @@ func (s *Syncer) heard(rev uint64) {
 			s.lastPersist = now
 		}
 	}
-}
-
-// setBearer sets the Authorization header from a token file (re-read at
-// every request, so the token can be rotated in place); no file, no header.
-func setBearer(req *http.Request, file, what string) error {
-	if file == "" {
-		return nil
-	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	tok := strings.TrimSpace(string(b))
-	if tok == "" {
-		return fmt.Errorf("%s: %s is empty", what, file)
-	}
-	req.Header.Set("Authorization", "Bearer "+tok)
-	return nil
 }

@@ -1,4 +1,4 @@
-package bundle_test
+package replica_test
 
 import (
 	"context"

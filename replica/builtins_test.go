@@ -1,4 +1,4 @@
-package bundle_test
+package replica_test
 
 import (
 	"context"
@@ -11,8 +11,8 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/replica"
 )
 
 // calling returns an engine over ten whose decision is the value of expr
@@ -21,7 +21,7 @@ import (
 func calling(t *testing.T, ten authz.Tenancy, expr string) *authz.Engine {
 	t.Helper()
 	dir := testutil.PolicyDir(t, map[string]string{"p.rego": "package envoy.authz\n\ndefault allow := false\n\nallow := {\"allowed\": true, \"headers\": {\"x-value\": json.marshal(v)}} if {\n\tv := " + expr + "\n}\n"})
-	e := authz.New(authz.Config{DecisionCacheEntries: -1, Builtins: bundle.Builtins()}, nil, ten, discard())
+	e := authz.New(authz.Config{DecisionCacheEntries: -1, Builtins: replica.Builtins()}, nil, ten, discard())
 	src, err := authz.LoadDir(dir, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -124,13 +124,13 @@ func TestBuiltinsOnDamagedData(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			st, err := bundle.OpenStore(bundle.StoreConfig{Dir: dir}, discard())
+			st, err := replica.OpenStore(replica.StoreConfig{Dir: dir}, discard())
 			if err != nil {
 				t.Fatal(err)
 			}
 			loadSnapshot(t, st, src)
 			st.Close()
-			flipInValue(t, filepath.Join(dir, bundle.CacheFile), []byte(c.key), []byte(c.doc), 3)
+			flipInValue(t, filepath.Join(dir, replica.CacheFile), []byte(c.key), []byte(c.doc), 3)
 			st = openStore(t, dir)
 
 			got, err := value(t, calling(t, st, c.expr))
@@ -178,7 +178,7 @@ func TestShippedPolicyKeysOnNamedInputs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps, err := authz.Compile(src, authz.DefaultDecision, bundle.Builtins()...)
+	ps, err := authz.Compile(src, authz.DefaultDecision, replica.Builtins()...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package authz
+package bundle
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -21,7 +23,7 @@ type DirSource struct {
 	dir      string
 	decision string
 	version  ast.RegoVersion
-	engine   *Engine
+	engine   *authz.Engine
 	logger   *slog.Logger
 	// Poll is the fallback polling interval (default 1s); file events make
 	// most reloads faster.
@@ -31,9 +33,9 @@ type DirSource struct {
 }
 
 // NewDirSource returns a source for cfg.Dir feeding e.
-func NewDirSource(cfg PolicyConfig, e *Engine, logger *slog.Logger) (*DirSource, error) {
+func NewDirSource(cfg PolicyConfig, e *authz.Engine, logger *slog.Logger) (*DirSource, error) {
 	cfg.SetDefaults()
-	v, err := ParseRegoVersion(cfg.RegoVersion)
+	v, err := authz.ParseRegoVersion(cfg.RegoVersion)
 	if err != nil {
 		return nil, err
 	}
@@ -43,7 +45,7 @@ func NewDirSource(cfg PolicyConfig, e *Engine, logger *slog.Logger) (*DirSource,
 // Load loads the directory now if it changed since the last attempt. It
 // returns the compile error, if any, after reporting it to the engine.
 func (s *DirSource) Load() error {
-	rev, err := DirRevision(s.dir, false)
+	rev, err := authz.DirRevision(s.dir, false)
 	if err != nil {
 		s.engine.PolicyFailed(err)
 		return err
@@ -52,9 +54,9 @@ func (s *DirSource) Load() error {
 		return nil
 	}
 	s.tried = rev
-	src, err := LoadDir(s.dir, s.version)
+	src, err := authz.LoadDir(s.dir, s.version)
 	if err == nil {
-		var ps *PolicySet
+		var ps *authz.PolicySet
 		if ps, err = s.engine.Compile(src, s.decision); err == nil {
 			s.engine.SetPolicy(ps)
 			return nil

@@ -1,4 +1,4 @@
-package bundle_test
+package replica_test
 
 import (
 	"bytes"
@@ -15,8 +15,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/replica"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
@@ -27,7 +27,7 @@ import (
 // checkCode sends a gRPC Check for bob (developer on tk in beta) to an
 // ext_authz server over st and returns its status code (OK for any
 // CheckResponse, allow or deny).
-func checkCode(t *testing.T, st *bundle.Store) codes.Code {
+func checkCode(t *testing.T, st *replica.Store) codes.Code {
 	t.Helper()
 	pemFile := filepath.Join(t.TempDir(), "pub.pem")
 	key := testutil.RSAKey(t, "replica")
@@ -35,7 +35,7 @@ func checkCode(t *testing.T, st *bundle.Store) codes.Code {
 	sc := testutil.StartSidecar(t, testutil.Options{
 		PolicyDir: policyDir(),
 		Tenancy:   st,
-		Engine:    authz.Config{Builtins: bundle.Builtins()},
+		Engine:    authz.Config{Builtins: replica.Builtins()},
 		Issuers:   []token.IssuerConfig{{Issuer: rpIssuer, Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: pemFile}},
 	})
 	defer sc.Stop()
@@ -75,7 +75,7 @@ func dataBytes(t *testing.T, file string) int64 {
 
 func setAside(t *testing.T, dir string) []string {
 	t.Helper()
-	m, _ := filepath.Glob(filepath.Join(dir, bundle.CacheFile+".corrupt-*"))
+	m, _ := filepath.Glob(filepath.Join(dir, replica.CacheFile+".corrupt-*"))
 	return m
 }
 
@@ -98,7 +98,7 @@ func TestTruncatedCacheIsSetAside(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			dir := cacheWithWorld(t, p)
-			file := filepath.Join(dir, bundle.CacheFile)
+			file := filepath.Join(dir, replica.CacheFile)
 			if err := os.Truncate(file, cut(dataBytes(t, file))); err != nil {
 				t.Fatal(err)
 			}
@@ -187,7 +187,7 @@ func TestDamagedValueIsNeverServed(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			dir := cacheWithWorld(t, p)
-			file := filepath.Join(dir, bundle.CacheFile)
+			file := filepath.Join(dir, replica.CacheFile)
 			flipInValue(t, file, []byte(c.key), []byte(c.doc), c.at)
 			// bbolt's own check does not see it
 			db, err := bolt.Open(file, 0o600, &bolt.Options{ReadOnly: true})
@@ -245,7 +245,7 @@ func TestFailedCheckStopsDeciding(t *testing.T) {
 		p.filler(i)
 	}
 	dir := cacheWithWorld(t, p)
-	file := filepath.Join(dir, bundle.CacheFile)
+	file := filepath.Join(dir, replica.CacheFile)
 	db, err := bolt.Open(file, 0o600, &bolt.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
@@ -267,7 +267,7 @@ func TestFailedCheckStopsDeciding(t *testing.T) {
 	f.Close()
 
 	p.block.Store(true)
-	r := startReplica(t, p, dir, func(c *bundle.SyncConfig) { c.CheckOnStart = true })
+	r := startReplica(t, p, dir, func(c *replica.SyncConfig) { c.CheckOnStart = true })
 	testutil.Eventually(t, 5*time.Second, func() (bool, string) {
 		return r.store.Corrupt(), "the check did not find the damage"
 	})

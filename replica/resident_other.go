@@ -1,6 +1,6 @@
 //go:build !linux
 
-package bundle
+package replica
 
 // dropPages is a no-op where madvise is not used.
 func dropPages(uintptr, int64) error { return nil }

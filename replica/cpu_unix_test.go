@@ -1,6 +1,6 @@
 //go:build unix
 
-package bundle_test
+package replica_test
 
 import (
 	"syscall"

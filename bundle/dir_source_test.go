@@ -1,4 +1,4 @@
-package authz_test
+package bundle_test
 
 import (
 	"encoding/json"

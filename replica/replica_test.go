@@ -1,4 +1,4 @@
-package bundle_test
+package replica_test
 
 import (
 	"bytes"
@@ -18,13 +18,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/replica"
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
@@ -35,7 +35,7 @@ import (
 // The tests of this file run the real control endpoint (its handler on a
 // real socket, 127.0.0.1:0, so that it can be stopped, restored from a
 // copy of its data directory and restarted behind the same address) and
-// real sidecars: a bundle.Store on a bbolt file, a Syncer, and an engine
+// real sidecars: a replica.Store on a bbolt file, a Syncer, and an engine
 // deciding with the shipped policies.
 
 const (
@@ -193,12 +193,12 @@ func (p *plane) filler(i int) uint64 {
 
 func (p *plane) revision() uint64 { return p.cur.Load().Revision() }
 
-// replica is a sidecar: cache file, syncer and engine.
-type replica struct {
+// sidecar is a replica: cache file, syncer and engine.
+type sidecar struct {
 	t      testing.TB
 	dir    string
-	store  *bundle.Store
-	syncer *bundle.Syncer
+	store  *replica.Store
+	syncer *replica.Syncer
 	engine *authz.Engine
 	reg    *prometheus.Registry
 	cancel context.CancelFunc
@@ -212,14 +212,14 @@ var (
 )
 
 // startReplica starts a sidecar syncing from p into dir.
-func startReplica(t testing.TB, p *plane, dir string, edit func(*bundle.SyncConfig)) *replica {
+func startReplica(t testing.TB, p *plane, dir string, edit func(*replica.SyncConfig)) *sidecar {
 	t.Helper()
-	st, err := bundle.OpenStore(bundle.StoreConfig{Dir: dir}, discard())
+	st, err := replica.OpenStore(replica.StoreConfig{Dir: dir}, discard())
 	if err != nil {
 		t.Fatalf("OpenStore: %v", err)
 	}
-	r := &replica{t: t, dir: dir, store: st, reg: prometheus.NewRegistry(), done: make(chan struct{})}
-	cfg := bundle.SyncConfig{
+	r := &sidecar{t: t, dir: dir, store: st, reg: prometheus.NewRegistry(), done: make(chan struct{})}
+	cfg := replica.SyncConfig{
 		ControlURL: p.url, TokenFile: filepath.Join(filepath.Dir(p.cfg.DataDir), "sync.token"),
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, IdleTimeout: 5 * time.Second,
 		ResidentBudget: -1, Registerer: r.reg,
@@ -227,7 +227,7 @@ func startReplica(t testing.TB, p *plane, dir string, edit func(*bundle.SyncConf
 	if edit != nil {
 		edit(&cfg)
 	}
-	r.syncer = bundle.NewSyncer(cfg, st, discard())
+	r.syncer = replica.NewSyncer(cfg, st, discard())
 	r.engine = newEngine(t, st, rpVerifier(t), 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
@@ -240,7 +240,7 @@ func startReplica(t testing.TB, p *plane, dir string, edit func(*bundle.SyncConf
 }
 
 // stop stops the syncer and closes the cache file.
-func (r *replica) stop() {
+func (r *sidecar) stop() {
 	r.once.Do(func() {
 		r.cancel()
 		<-r.done
@@ -270,7 +270,7 @@ func rpToken(tb testing.TB, sub string) string {
 
 // decide asks whether sub may use project tk in tenant beta as a
 // developer: allowed, denied, or an error (cannot decide).
-func (r *replica) decide(sub string) (bool, error) {
+func (r *sidecar) decide(sub string) (bool, error) {
 	r.t.Helper()
 	return decideDeveloper(r.t, r.engine, sub)
 }
@@ -294,7 +294,7 @@ func decideDeveloper(tb testing.TB, e *authz.Engine, sub string) (bool, error) {
 
 // expect waits until every subject gets its expected decision (allowed or
 // denied, never an error) and the cache is at revision rev.
-func (r *replica) expect(rev uint64, want map[string]bool) {
+func (r *sidecar) expect(rev uint64, want map[string]bool) {
 	r.t.Helper()
 	testutil.Eventually(r.t, 15*time.Second, func() (bool, string) {
 		if got := r.store.State().Revision; got != rev {
@@ -310,7 +310,7 @@ func (r *replica) expect(rev uint64, want map[string]bool) {
 	})
 }
 
-func (r *replica) snapshots() float64 {
+func (r *sidecar) snapshots() float64 {
 	return testutil.MetricValue(r.t, r.reg, "gatehouse_sync_snapshots_total", map[string]string{"result": "success"})
 }
 
@@ -411,7 +411,7 @@ func TestApplyRefusesAnotherHistory(t *testing.T) {
 		"a hash from elsewhere":      {Type: tenancy.LineRevision, Revision: 2, Changes: r2.Changes, Hash: r3other.Hash},
 	}
 	for name, l := range cases {
-		if err := st.ApplyRevisions([]tenancy.FeedLine{l}, time.Now()); !errors.Is(err, bundle.ErrDiverged) {
+		if err := st.ApplyRevisions([]tenancy.FeedLine{l}, time.Now()); !errors.Is(err, replica.ErrDiverged) {
 			t.Fatalf("%s: %v, want ErrDiverged", name, err)
 		}
 		if st.State().Revision != 1 {

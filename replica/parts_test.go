@@ -1,4 +1,4 @@
-package bundle_test
+package replica_test
 
 import (
 	"bufio"
@@ -18,9 +18,9 @@ import (
 	"github.com/open-policy-agent/opa/v1/storage"
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/replica"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
@@ -51,7 +51,7 @@ func newcomers(n int) string {
 func TestRevisionLargerThanALine(t *testing.T) {
 	t.Parallel()
 	batch := newcomers(300) // ~100 KB of changes
-	line := func(c *bundle.SyncConfig) { c.MaxLineBytes = 8 << 10 }
+	line := func(c *replica.SyncConfig) { c.MaxLineBytes = 8 << 10 }
 
 	p := startPlane(t, func(c *control.Config) { c.FeedPartBytes = 2 << 10 })
 	p.batch(world)
@@ -241,7 +241,7 @@ func writeControlFile(t *testing.T, dir, ops string) {
 }
 
 // rolesInOneTxn reads the roles of two user grants in one transaction.
-func rolesInOneTxn(t *testing.T, st *bundle.Store, a, z string) (string, string) {
+func rolesInOneTxn(t *testing.T, st *replica.Store, a, z string) (string, string) {
 	ctx := context.Background()
 	txn, err := st.NewTransaction(ctx)
 	if err != nil {
