@@ -1,6 +1,8 @@
 package authz
 
 import (
+	"errors"
+
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	"context"
@@ -26,24 +28,24 @@ import (
 type Config struct {
 	// MaxStaleness: tenancy data not known to be current for longer than
 	// this makes Decide answer "cannot decide". 0 = serve however old.
-	MaxStaleness time.Duration `yaml:"max_staleness"`
+	MaxStaleness time.Duration
 	// MinRevisionWait bounds how long a request carrying a minimum revision
 	// waits for that revision (default 1s).
-	MinRevisionWait time.Duration `yaml:"min_revision_wait"`
+	MinRevisionWait time.Duration
 	// Now is a test hook; default time.Now.
-	Now func() time.Time `yaml:"-"`
+	Now func() time.Time
 	// Registerer receives the engine's metrics (nil: none).
-	Registerer prometheus.Registerer `yaml:"-"`
+	Registerer prometheus.Registerer
 	// DecisionCacheEntries bounds the decision cache (default 10000; <0
 	// disables it). See cache.go for when a cached decision is used.
-	DecisionCacheEntries int `yaml:"decision_cache_entries"`
+	DecisionCacheEntries int
 	// DecisionCacheBytes bounds the accounted size of the decision cache
 	// (default 32 MiB; <0 disables it): keys are fixed-size hashes; the
 	// decisions (deny bodies, headers, metadata) and recorded reads count.
-	DecisionCacheBytes int64 `yaml:"decision_cache_bytes"`
+	DecisionCacheBytes int64
 	// Builtins are the Gatehouse built-ins policy sets are compiled with
 	// (Engine.Compile), e.g. replica.Builtins().
-	Builtins []Builtin `yaml:"-"`
+	Builtins []Builtin
 }
 
 // DefaultDecisionCacheBytes is Config.DecisionCacheBytes when unset.
@@ -65,15 +67,18 @@ func (c *Config) SetDefaults() {
 	}
 }
 
-// Validate reports every problem of the configuration.
+// Validate reports every problem of the configuration, joined, each a
+// *FieldError naming its Config field (a configuration file's loader maps
+// fields to its keys).
 func (c Config) Validate() error {
+	var errs []error
 	if c.MaxStaleness < 0 {
-		return fmt.Errorf("data.max_staleness: %v is negative", c.MaxStaleness)
+		errs = append(errs, &FieldError{Field: "MaxStaleness", Err: fmt.Errorf("%v is negative", c.MaxStaleness)})
 	}
 	if c.MinRevisionWait < 0 {
-		return fmt.Errorf("data.min_revision_wait: %v is negative", c.MinRevisionWait)
+		errs = append(errs, &FieldError{Field: "MinRevisionWait", Err: fmt.Errorf("%v is negative", c.MinRevisionWait)})
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Request is one decision request.

@@ -392,3 +392,28 @@ func TestEngineDecisionCache(t *testing.T) {
 		t.Errorf("after a policy reload: %v", d.Headers)
 	}
 }
+
+// TestConfigValidateNamesFields: the engine's Config.Validate names its own
+// fields (*FieldError), never a configuration file's keys, and reports
+// every problem at once.
+func TestConfigValidateNamesFields(t *testing.T) {
+	t.Parallel()
+	err := authz.Config{MaxStaleness: -time.Second, MinRevisionWait: -time.Second}.Validate()
+	var fields []string
+	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+		var fe *authz.FieldError
+		if !errors.As(e, &fe) {
+			t.Fatalf("%v is not a *FieldError", e)
+		}
+		fields = append(fields, fe.Field)
+	}
+	if strings.Join(fields, ",") != "MaxStaleness,MinRevisionWait" {
+		t.Fatalf("fields %v", fields)
+	}
+	if strings.Contains(err.Error(), "data.") {
+		t.Fatalf("%q names a serve key", err)
+	}
+	if err := (authz.Config{}).Validate(); err != nil {
+		t.Fatalf("zero Config: %v", err)
+	}
+}

@@ -64,3 +64,19 @@ func (e *DecideError) Unwrap() error { return e.Err }
 
 func unavailable(err error) error { return &DecideError{Code: CodeUnavailable, Err: err} }
 func internal(err error) error    { return &DecideError{Code: CodeInternal, Err: err} }
+
+// FieldError is a problem of one Config field, returned by Config.Validate.
+// It names the Go field, not a configuration file's key: the loader of a
+// file maps Field to its key.
+type FieldError struct {
+	// Field is the Config field, e.g. "MaxStaleness".
+	Field string
+	// Err is the problem with its value.
+	Err error
+}
+
+// Error returns "Field: problem".
+func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
+
+// Unwrap returns Err.
+func (e *FieldError) Unwrap() error { return e.Err }

@@ -30,7 +30,7 @@ func ParseRegoVersion(s string) (ast.RegoVersion, error) {
 	case "v0":
 		return ast.RegoV0, nil
 	}
-	return ast.RegoUndefined, fmt.Errorf("policies.rego_version: %q is not v0 or v1", s)
+	return ast.RegoUndefined, fmt.Errorf("rego version %q is not v0 or v1", s)
 }
 
 // DecisionRef turns "envoy/authz/allow" (or "data.envoy.authz.allow") into
@@ -39,12 +39,12 @@ func DecisionRef(path string) (ast.Ref, error) {
 	p := strings.TrimPrefix(strings.TrimPrefix(path, "data."), "/")
 	p = strings.ReplaceAll(p, ".", "/")
 	if p == "" {
-		return nil, fmt.Errorf("policies.decision: %q is empty", path)
+		return nil, fmt.Errorf("decision %q is empty", path)
 	}
 	ref := ast.Ref{ast.DefaultRootDocument}
 	for part := range strings.SplitSeq(p, "/") {
 		if part == "" {
-			return nil, fmt.Errorf("policies.decision: %q has an empty segment", path)
+			return nil, fmt.Errorf("decision %q has an empty segment", path)
 		}
 		ref = append(ref, ast.StringTerm(part))
 	}

@@ -58,10 +58,10 @@ func (c PolicyConfig) Validate() error {
 		errs = append(errs, errors.New("policies.bundle: public_key_file is required (unsigned bundles are refused)"))
 	}
 	if _, err := authz.DecisionRef(c.Decision); err != nil {
-		errs = append(errs, err)
+		errs = append(errs, fmt.Errorf("policies.decision: %w", err))
 	}
 	if _, err := authz.ParseRegoVersion(c.RegoVersion); err != nil {
-		errs = append(errs, err)
+		errs = append(errs, fmt.Errorf("policies.rego_version: %w", err))
 	}
 	if c.Bundle.Poll < 0 {
 		errs = append(errs, fmt.Errorf("policies.bundle.poll: %v is negative", c.Bundle.Poll))

@@ -99,7 +99,7 @@ func Eval(ctx context.Context, cfg EvalConfig) (ev *Evaluation, err error) {
 		if tok := doc.Get(ast.InternedTerm("token")); tok != nil {
 			ref, err := authz.DecisionRef(cfg.Decision)
 			if err != nil {
-				return nil, usagef("%v", err)
+				return nil, usagef("--decision: %v", err)
 			}
 			shim, err := ast.ParseModuleWithOpts(shimPackage+".rego", fmt.Sprintf(
 				"package %s\n\ndecision := x if {\n\tx := %v with input.token as %v\n}\n", shimPackage, ref, tok),

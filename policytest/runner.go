@@ -67,7 +67,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	if _, err := authz.DecisionRef(cfg.Decision); err != nil {
-		return nil, usagef("%v", err)
+		return nil, usagef("--decision: %v", err)
 	}
 	files, err := Discover(cfg.Paths, cfg.Ignore)
 	if err != nil {

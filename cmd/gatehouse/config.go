@@ -1,23 +1,20 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/bundle"
 
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
 )
@@ -188,21 +185,56 @@ func (c ServeConfig) Validate() error {
 		c.Policies.Validate(),
 		c.Log.Validate(),
 	}
-	if c.Data.MaxStaleness < 0 {
-		errs = append(errs, fmt.Errorf("data.max_staleness: %v is negative", c.Data.MaxStaleness))
-	}
 	if c.Data.ReconnectMaxBackoff < 0 {
 		errs = append(errs, fmt.Errorf("data.reconnect_max_backoff: %v is negative", c.Data.ReconnectMaxBackoff))
 	}
-	if c.Data.MinRevisionWait < 0 {
-		errs = append(errs, fmt.Errorf("data.min_revision_wait: %v is negative", c.Data.MinRevisionWait))
-	}
+	errs = append(errs, keyed(c.engineConfig().Validate(), engineKeys))
 	if c.Data.ControlURL != "" && !strings.HasPrefix(c.Data.ControlURL, "http://") && !strings.HasPrefix(c.Data.ControlURL, "https://") {
 		errs = append(errs, fmt.Errorf("data.control_url: %q is not an http(s) URL", c.Data.ControlURL))
 	}
 	errs = append(errs, c.Limits.Validate())
 	errs = append(errs, token.ValidateIssuers(c.Issuers))
 	return errors.Join(errs...)
+}
+
+// engineConfig is the engine's part of the serve configuration.
+func (c ServeConfig) engineConfig() authz.Config {
+	return authz.Config{
+		MaxStaleness:         c.Data.MaxStaleness,
+		MinRevisionWait:      c.Data.MinRevisionWait,
+		DecisionCacheEntries: c.Cache.Decisions,
+		DecisionCacheBytes:   bytesOfMB(c.Cache.DecisionsMB),
+	}
+}
+
+// engineKeys maps the authz.Config fields named by its Validate to the
+// keys of the serve configuration file.
+var engineKeys = map[string]string{
+	"MaxStaleness":         "data.max_staleness",
+	"MinRevisionWait":      "data.min_revision_wait",
+	"DecisionCacheEntries": "cache.decisions",
+	"DecisionCacheBytes":   "cache.decisions_mb",
+}
+
+// keyed rewrites the *authz.FieldError problems of a component's Validate
+// (joined) into "key: problem", by the field's key in the file.
+func keyed(err error, keys map[string]string) error {
+	if err == nil {
+		return nil
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	out := make([]error, 0, len(errs))
+	for _, e := range errs {
+		var fe *authz.FieldError
+		if errors.As(e, &fe) && keys[fe.Field] != "" {
+			e = fmt.Errorf("%s: %w", keys[fe.Field], fe.Err)
+		}
+		out = append(out, e)
+	}
+	return errors.Join(out...)
 }
 
 // Validate reports negative limits and a max_inflight_bytes that cannot
@@ -264,62 +296,6 @@ func resolve(base, p string) string {
 		return p
 	}
 	return filepath.Join(base, p)
-}
-
-// decodeYAMLFile reads a YAML file strictly (unknown keys are errors) into v.
-func decodeYAMLFile(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) { // an empty file is fine
-		return fmt.Errorf("config %s: %s", path, yamlMessage(err))
-	}
-	return nil
-}
-
-// yamlSections names the configuration section behind each Go type, so
-// that YAML errors speak of keys, not types.
-var yamlSections = map[string]string{
-	"main.ServeConfig": "the top level", "main.ControlFile": "the top level", "control.Config": "the top level",
-	"main.ListenConfig": "listen", "netx.TLSConfig": "listen.tls", "bundle.PolicyConfig": "policies",
-	"bundle.BundleSourceConfig": "policies.bundle", "main.DataConfig": "data", "token.IssuerConfig": "issuers",
-	"main.LogConfig": "log", "main.CacheConfig": "cache", "main.LimitsConfig": "limits",
-}
-
-var (
-	reUnknownField = regexp.MustCompile(`field (\S+) not found in type (\S+)`)
-	reIntoType     = regexp.MustCompile(`into (\S+)$`)
-)
-
-// yamlMessage turns a YAML decoding error into one line naming the key.
-func yamlMessage(err error) string {
-	var lines []string
-	for _, l := range strings.Split(err.Error(), "\n") {
-		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "yaml: unmarshal errors:"))
-		if l == "" {
-			continue
-		}
-		l = reUnknownField.ReplaceAllStringFunc(l, func(m string) string {
-			sub := reUnknownField.FindStringSubmatch(m)
-			sec := yamlSections[sub[2]]
-			if sec == "" {
-				sec = sub[2]
-			}
-			return fmt.Sprintf("unknown key %q in %s", sub[1], sec)
-		})
-		l = reIntoType.ReplaceAllStringFunc(l, func(m string) string {
-			t := strings.TrimPrefix(m, "into ")
-			if t == "time.Duration" {
-				return "into a duration (e.g. 30s, 5m)"
-			}
-			return m
-		})
-		lines = append(lines, strings.TrimPrefix(l, "yaml: "))
-	}
-	return strings.Join(lines, "; ")
 }
 
 // envPrefix prefixes the environment variable of every flag:

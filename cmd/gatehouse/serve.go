@@ -161,14 +161,9 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 			Registerer:     reg,
 		}, store, logger)
 	}
-	engine := authz.New(authz.Config{
-		MaxStaleness:         cfg.Data.MaxStaleness,
-		MinRevisionWait:      cfg.Data.MinRevisionWait,
-		DecisionCacheEntries: cfg.Cache.Decisions,
-		DecisionCacheBytes:   bytesOfMB(cfg.Cache.DecisionsMB),
-		Registerer:           reg,
-		Builtins:             replica.Builtins(),
-	}, verifier, tenancy, logger)
+	ecfg := cfg.engineConfig()
+	ecfg.Registerer, ecfg.Builtins = reg, replica.Builtins()
+	engine := authz.New(ecfg, verifier, tenancy, logger)
 	src, err := newPolicySource(cfg, engine, reg, logger)
 	if err != nil {
 		return nil, err
