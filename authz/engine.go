@@ -254,7 +254,10 @@ var (
 	keyTenancyRevision = ast.InternedTerm("tenancy_revision")
 )
 
-// Decide evaluates the decision rule for req.
+// Decide evaluates the decision rule for req, in named steps: freshness
+// (fresh), the token (verify), the input (input), the decision cache
+// (lookup), evaluation (evaluate), the Decision's shape (shape) and the
+// cache fill (fill). Every error is a *DecideError (see errors.go).
 func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	start := e.cfg.Now()
 	a := e.active.Load()
@@ -264,11 +267,7 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	if err := e.fresh(ctx, start, req.MinRevision); err != nil {
 		return nil, err
 	}
-
-	tok := req.Token
-	if tok == nil {
-		tok = e.verifier.VerifyHeader(ctx, req.Authorization)
-	}
+	tok := e.verify(ctx, req)
 
 	txn, err := a.store.NewTransaction(ctx)
 	if err != nil {
@@ -279,82 +278,25 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	rev := e.tenancy.TxnRevision(tt)
 	ver := dataVersion(e.tenancy, tt)
 
-	input := req.Input
-	if input == nil && req.Build != nil {
-		need := a.ps.need
-		if req.Tracer != nil {
-			need = NeedAll
-		}
-		if input, err = req.Build(need); err != nil {
-			return nil, err
-		}
+	input, err := e.input(a, req, tok, rev)
+	if err != nil {
+		return nil, err
 	}
-	if input == nil {
-		input = ast.NewObject()
-	}
-	input.Insert(keyToken, ast.NewTerm(tok.Value()))
-	input.Insert(keyTenancyRevision, e.revisionTerm(rev))
-
 	debug := e.logger.Enabled(ctx, slog.LevelDebug)
-	cache, key := a.cache, cacheKey{}
-	if cache != nil && req.Tracer == nil && !debug {
-		var sb strings.Builder
-		if cache.plan.key(input, &sb) {
-			key = keyOf(sb.String())
-		} else {
-			cache = nil
-		}
-	} else {
-		cache = nil
-	}
-	switch ent := cache.lookup(key); {
-	case cache == nil:
-		e.cacheBypass.Inc()
-	case ent == nil:
-		e.cacheMiss.Inc()
-	case e.valid(ent, tt, ver):
-		e.cacheHit.Inc()
-		d := ent.d
+	cache, key := a.cacheFor(input, req.Tracer == nil && !debug)
+	if d := e.lookup(cache, key, tt, ver); d != nil {
 		d.ID = NewDecisionID()
 		d.TenancyRevision = rev
 		d.Subject, d.TokenError = tok.Subject, tok.Error
 		d.Duration = e.cfg.Now().Sub(start)
-		return &d, nil
-	default:
-		e.cacheStale.Inc()
+		return d, nil
 	}
 	if cache != nil && e.tracker != nil {
 		e.tracker.Record(tt)
 	}
-
-	q := topdown.NewQuery(a.ps.query).
-		WithCompiler(a.ps.compiler).
-		WithStore(a.store).
-		WithTransaction(txn).
-		WithInput(ast.NewTerm(input)).
-		WithCancel(doneCancel{ctx.Done()}).
-		WithMetrics(noMetrics).
-		WithTime(start)
-	if req.Tracer != nil {
-		q = q.WithQueryTracer(req.Tracer)
-	}
-	if debug {
-		q = q.WithPrintHook(printHook{e.logger})
-	}
-	evalCtx := ctx
-	if a.ps.builtins != nil {
-		q = q.WithBuiltins(a.ps.builtins)
-		evalCtx = WithTenancyTxn(ctx, tt) // the built-ins read this decision's transaction
-	}
-	var result ast.Value
-	err = q.Iter(evalCtx, func(qr topdown.QueryResult) error {
-		if t := qr[resultVar]; t != nil {
-			result = t.Value
-		}
-		return nil
-	})
+	result, err := e.evaluate(ctx, a, txn, input, req.Tracer, debug, start)
 	if err != nil {
-		return nil, internal(fmt.Errorf("%w: %v", ErrEvaluation, err))
+		return nil, err
 	}
 	d := &Decision{
 		ID:              NewDecisionID(),
@@ -366,15 +308,121 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	if err := d.shape(result); err != nil {
 		return nil, internal(err)
 	}
-	if cache != nil {
-		ent := &cacheEntry{d: *d, version: ver}
-		if e.tracker != nil {
-			ent.deps, ent.tracked = e.tracker.Recorded(tt)
-		}
-		cache.put(key, ent)
-	}
+	e.fill(cache, key, d, tt, ver)
 	d.Duration = e.cfg.Now().Sub(start)
 	return d, nil
+}
+
+// verify returns the request's token: the one the caller verified, or the
+// Authorization header's, verified now.
+func (e *Engine) verify(ctx context.Context, req *Request) *token.Token {
+	if req.Token != nil {
+		return req.Token
+	}
+	return e.verifier.VerifyHeader(ctx, req.Authorization)
+}
+
+// input completes the request's input document with input.token and
+// input.tenancy_revision, building it first (req.Build) when not given.
+// A Build error is wrapped as ErrInput.
+func (e *Engine) input(a *activeSet, req *Request, tok *token.Token, rev uint64) (ast.Object, error) {
+	input := req.Input
+	if input == nil && req.Build != nil {
+		need := a.ps.need
+		if req.Tracer != nil {
+			need = NeedAll
+		}
+		var err error
+		if input, err = req.Build(need); err != nil {
+			return nil, internal(fmt.Errorf("%w: %w", ErrInput, err))
+		}
+	}
+	if input == nil {
+		input = ast.NewObject()
+	}
+	input.Insert(keyToken, ast.NewTerm(tok.Value()))
+	input.Insert(keyTenancyRevision, e.revisionTerm(rev))
+	return input, nil
+}
+
+// cacheFor returns the decision cache and the key of input, or a nil cache
+// when the decision is not cached (no cache, not allowed, or an input the
+// key plan cannot key).
+func (a *activeSet) cacheFor(input ast.Object, allowed bool) (*decisionCache, cacheKey) {
+	if a.cache == nil || !allowed {
+		return nil, cacheKey{}
+	}
+	var sb strings.Builder
+	if !a.cache.plan.key(input, &sb) {
+		return nil, cacheKey{}
+	}
+	return a.cache, keyOf(sb.String())
+}
+
+// lookup returns a copy of the cached decision for key when it still holds
+// for the data the transaction tt reads, else nil; it counts the outcome.
+func (e *Engine) lookup(cache *decisionCache, key cacheKey, tt storage.Transaction, ver DataVersion) *Decision {
+	switch ent := cache.lookup(key); {
+	case cache == nil:
+		e.cacheBypass.Inc()
+	case ent == nil:
+		e.cacheMiss.Inc()
+	case e.valid(ent, tt, ver):
+		e.cacheHit.Inc()
+		d := ent.d
+		return &d
+	default:
+		e.cacheStale.Inc()
+	}
+	return nil
+}
+
+// evaluate runs the prepared query of a's policy set over txn and returns
+// the decision rule's value (nil when undefined).
+func (e *Engine) evaluate(ctx context.Context, a *activeSet, txn storage.Transaction, input ast.Object, tracer topdown.QueryTracer, debug bool, start time.Time) (ast.Value, error) {
+	q := topdown.NewQuery(a.ps.query).
+		WithCompiler(a.ps.compiler).
+		WithStore(a.store).
+		WithTransaction(txn).
+		WithInput(ast.NewTerm(input)).
+		WithCancel(doneCancel{ctx.Done()}).
+		WithMetrics(noMetrics).
+		WithTime(start)
+	if tracer != nil {
+		q = q.WithQueryTracer(tracer)
+	}
+	if debug {
+		q = q.WithPrintHook(printHook{e.logger})
+	}
+	evalCtx := ctx
+	if a.ps.builtins != nil {
+		q = q.WithBuiltins(a.ps.builtins)
+		evalCtx = WithTenancyTxn(ctx, txn.(*dataTxn).tenancy) // the built-ins read this decision's transaction
+	}
+	var result ast.Value
+	err := q.Iter(evalCtx, func(qr topdown.QueryResult) error {
+		if t := qr[resultVar]; t != nil {
+			result = t.Value
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, internal(fmt.Errorf("%w: %v", ErrEvaluation, err))
+	}
+	return result, nil
+}
+
+// fill caches d (before its Duration is set) with the reads recorded for
+// it, when the decision is cached.
+func (e *Engine) fill(cache *decisionCache, key cacheKey, d *Decision, tt storage.Transaction, ver DataVersion) {
+	if cache == nil {
+		return
+	}
+	ent := &cacheEntry{d: *d, version: ver}
+	if e.tracker != nil {
+		ent.deps, ent.tracked = e.tracker.Recorded(tt)
+	}
+	cache.put(key, ent)
 }
 
 // doneCancel stops an evaluation once its context is done: topdown polls

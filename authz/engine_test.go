@@ -417,3 +417,41 @@ func TestConfigValidateNamesFields(t *testing.T) {
 		t.Fatalf("zero Config: %v", err)
 	}
 }
+
+// TestDecideErrorsAreDecideErrors: every way Decide cannot decide returns
+// a *DecideError with its code, as the package documentation promises —
+// including a failing Request.Build, whose error was returned unwrapped.
+func TestDecideErrorsAreDecideErrors(t *testing.T) {
+	t.Parallel()
+	ready, _ := engineWith(t, map[string]string{"policy.rego": "package envoy.authz\nallow := true\n"}, authz.Config{})
+	badShape, _ := engineWith(t, map[string]string{"policy.rego": "package envoy.authz\nallow := {\"allowed\": \"yes\"}\n"}, authz.Config{})
+	conflict, _ := engineWith(t, map[string]string{"policy.rego": "package envoy.authz\nallow := input.a\nallow := input.b\n"}, authz.Config{})
+	notReady := authz.New(authz.Config{}, nil, nil, nil)
+	buildErr := errors.New("no input for you")
+	tests := map[string]struct {
+		e    *authz.Engine
+		req  *authz.Request
+		code authz.Code
+		is   error
+	}{
+		"not ready":     {notReady, &authz.Request{}, authz.CodeUnavailable, authz.ErrNotReady},
+		"build fails":   {ready, &authz.Request{Build: func(*authz.Need) (ast.Object, error) { return nil, buildErr }}, authz.CodeInternal, buildErr},
+		"bad shape":     {badShape, &authz.Request{Input: ast.NewObject()}, authz.CodeInternal, authz.ErrBadDecision},
+		"eval conflict": {conflict, &authz.Request{Input: ast.MustParseTerm(`{"a": 1, "b": 2}`).Value.(ast.Object)}, authz.CodeInternal, authz.ErrEvaluation},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			d, err := tc.e.Decide(t.Context(), tc.req)
+			if d != nil {
+				t.Fatalf("decision %+v, want none", d)
+			}
+			if got := decideCode(t, err); got != tc.code {
+				t.Fatalf("code %s, want %s (%v)", got, tc.code, err)
+			}
+			if !errors.Is(err, tc.is) {
+				t.Fatalf("error %v is not %v", err, tc.is)
+			}
+		})
+	}
+}

@@ -30,6 +30,10 @@ var (
 	// (e.g. a conflict error, a cancelled query, a storage error).
 	ErrEvaluation = errors.New("policy evaluation failed")
 
+	// ErrInput is returned by Decide when Request.Build could not build the
+	// input document.
+	ErrInput = errors.New("build input")
+
 	// ErrNoDecisionRule is returned by Compile when no rule or data defines
 	// the configured decision path.
 	ErrNoDecisionRule = errors.New("decision rule not defined")
