@@ -221,6 +221,18 @@ func (s *Server) Listen() error {
 	return nil
 }
 
+// Close closes the listeners of a Server that will not Serve (a later
+// start-up step failed). Serve closes them itself.
+func (s *Server) Close() error {
+	var errs []error
+	for _, l := range []net.Listener{s.grpcLis, s.httpLis} {
+		if l != nil {
+			errs = append(errs, l.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // GRPCAddr returns the bound gRPC address (after Listen).
 func (s *Server) GRPCAddr() net.Addr { return addrOf(s.grpcLis) }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -131,8 +132,18 @@ type sidecar struct {
 	closers  []io.Closer
 }
 
-// newSidecar builds every component and opens the listeners.
-func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
+// newSidecar builds every component and opens the listeners. When a step
+// fails, what the earlier steps opened (the cache file, listeners) is
+// closed before it returns.
+func newSidecar(cfg ServeConfig, logger *slog.Logger) (_ *sidecar, err error) {
+	var opened []io.Closer // closed, last first, when a later step fails
+	defer func() {
+		if err != nil {
+			for i := len(opened) - 1; i >= 0; i-- {
+				_ = opened[i].Close()
+			}
+		}
+	}()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	verifier, err := token.NewVerifier(token.VerifierConfig{
@@ -150,6 +161,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 			return nil, err
 		}
 		closers = append(closers, store)
+		opened = append(opened, store)
 		tenancy = store
 		syncer = replica.NewSyncer(replica.SyncConfig{
 			ControlURL:     cfg.Data.ControlURL,
@@ -186,6 +198,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 	if err := ext.Listen(); err != nil {
 		return nil, err
 	}
+	opened = append(opened, ext)
 	if err := opsSrv.Listen(); err != nil {
 		return nil, err
 	}
@@ -255,21 +268,46 @@ func (s *sidecar) logReady(ctx context.Context) {
 	}
 }
 
-// Run serves until ctx is done, then shuts down in order: ext_authz drains
-// (health NOT_SERVING first), background work stops, stores close.
+// Run serves until ctx is done (or a component fails), then shuts down in
+// order: ext_authz drains (health NOT_SERVING, GracefulStop bounded by its
+// shutdown timeout) with the ops listener; then the background work stops
+// (policy source, JWKS refresh, syncer); last the cache file closes.
 func (s *sidecar) Run(ctx context.Context) error {
 	s.logger.Info("gatehouse serve starting", "version", version, "grpc", s.ext.GRPCAddr(), "http", s.ext.HTTPAddr(), "ops", s.ops.Addr())
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.ext.Serve(gctx) })
-	g.Go(func() error { return s.ops.Serve(gctx) })
-	g.Go(func() error { return s.policies.Run(gctx) })
-	g.Go(func() error { return s.verifier.Run(gctx) })
-	if s.syncer != nil {
-		g.Go(func() error { return s.syncer.Run(gctx) })
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBackground()
+
+	var serving, background errgroup.Group
+	serve := func(run func(context.Context) error) {
+		serving.Go(func() error {
+			defer stopServing() // one listener failing stops the other
+			return run(serveCtx)
+		})
 	}
-	g.Go(func() error { s.logReady(gctx); return nil })
-	err := g.Wait()
-	for _, c := range s.closers {
+	serve(s.ext.Serve)
+	serve(s.ops.Serve)
+	work := func(run func(context.Context) error) {
+		background.Go(func() error {
+			err := run(bgCtx)
+			if err != nil {
+				stopServing() // a failed component stops the sidecar
+			}
+			return err
+		})
+	}
+	work(s.policies.Run)
+	work(s.verifier.Run)
+	if s.syncer != nil {
+		work(s.syncer.Run)
+	}
+	work(func(ctx context.Context) error { s.logReady(ctx); return nil })
+
+	err := serving.Wait() // 1. drained: no check in flight any more
+	stopBackground()      // 2. then the work that feeds the checks
+	err = errors.Join(err, background.Wait())
+	for _, c := range s.closers { // 3. last, the cache file
 		if cerr := c.Close(); cerr != nil {
 			s.logger.Warn("close", "err", cerr)
 		}
