@@ -227,7 +227,7 @@ func TestDamagedValueIsNeverServed(t *testing.T) {
 			if len(setAside(t, dir)) != 1 {
 				t.Fatalf("the damaged file was not set aside: %v", setAside(t, dir))
 			}
-			if err := r.store.CheckFile(); err != nil {
+			if err := r.store.CheckFile(t.Context()); err != nil {
 				t.Fatalf("rebuilt file: %v", err)
 			}
 		})

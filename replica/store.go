@@ -22,6 +22,9 @@ import (
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
+// ErrClosed is returned by CheckFile after Close.
+var ErrClosed = errors.New("tenancy cache closed")
+
 // ErrInUse is returned by OpenStore when another process holds the cache
 // file (two sidecars on one data directory).
 var ErrInUse = errors.New("cache file in use")
@@ -55,10 +58,15 @@ type Store struct {
 	logger *slog.Logger
 	path   string
 
-	mu   sync.Mutex // serializes swaps and writes
-	file atomic.Pointer[cacheFile]
-	gens atomic.Uint64 // the last generation given to a file
-	docs *docCache
+	mu sync.Mutex // serializes swaps and writes
+	// life guards closed and checking (never held while waiting for mu by
+	// a check: Close must not wait for one).
+	life     sync.Mutex
+	closed   bool
+	checking bool
+	file     atomic.Pointer[cacheFile]
+	gens     atomic.Uint64 // the last generation given to a file
+	docs     *docCache
 
 	state   atomic.Pointer[authz.TenancyState]
 	changed atomic.Pointer[chan struct{}] // closed when the revision advances
@@ -251,8 +259,18 @@ func (s *Store) setError(msg string) {
 	s.state.Store(&st)
 }
 
-// Close closes the cache file.
+// Close closes the cache file. During a CheckFile it returns at once: the
+// check closes the file when it ends (a shutdown does not wait for it).
 func (s *Store) Close() error {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if s.checking {
+		return nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f := s.file.Load(); f != nil {
@@ -296,8 +314,22 @@ func (s *Store) markCorrupt(f *cacheFile, cause any) {
 //
 // bbolt's check reads the freelist that write transactions change, so it
 // holds the writer lock: applying revisions waits until it is done, while
-// reads (decisions) go on.
-func (s *Store) CheckFile() error {
+// reads (decisions) go on. It does not hold up Close: a Close during the
+// check returns at once and the file is closed when the check ends. ctx
+// ends the check between its phases (bbolt's own walk cannot be
+// interrupted); a cancelled check returns ctx's error and marks nothing.
+func (s *Store) CheckFile(ctx context.Context) error {
+	s.life.Lock()
+	if s.closed {
+		s.life.Unlock()
+		return ErrClosed
+	}
+	s.checking = true
+	s.life.Unlock()
+	defer s.checkEnded()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.file.Load()
@@ -308,15 +340,40 @@ func (s *Store) CheckFile() error {
 				err = fmt.Errorf("consistency check: %v", r)
 			}
 		}()
+		// Drain the channel: bbolt's walk goes on until it closes it, and
+		// must not outlive the transaction.
 		for e := range tx.Check() {
-			return e
+			if err == nil {
+				err = e
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 		return tenancy.VerifyFile(tx)
 	})
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
 	if err != nil {
 		s.markCorrupt(f, err)
 	}
 	return err
+}
+
+// checkEnded ends a CheckFile, closing the file if Close came meanwhile.
+func (s *Store) checkEnded() {
+	s.life.Lock()
+	defer s.life.Unlock()
+	s.checking = false
+	if s.closed {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		_ = s.file.Load().db.Close()
+	}
 }
 
 // FileSize returns the cache file's size in bytes (0 if unknown).

@@ -143,7 +143,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 			s.logger.Info("tenancy cache consistency check skipped: the file is large (set data.verify_on_start: true to force it)",
 				"bytes", size, "limit", s.cfg.CheckMaxBytes)
 		} else {
-			go s.checkInBackground()
+			go s.checkInBackground(ctx)
 		}
 	}
 	if s.cfg.ResidentBudget > 0 {
@@ -464,16 +464,21 @@ func (s *Syncer) follow(ctx context.Context) (progressed bool, err error) {
 }
 
 // checkInBackground runs the cache file's consistency check, keeping the
-// pages it reads out of the resident set.
-func (s *Syncer) checkInBackground() {
+// pages it reads out of the resident set. It ends early when ctx does
+// (between the check's phases); Close does not wait for it.
+func (s *Syncer) checkInBackground(ctx context.Context) {
 	start := time.Now()
 	// the check reads every page: keep them out of the resident set as it goes
 	done := make(chan struct{})
 	defer close(done)
 	go s.trimEvery(done, 250*time.Millisecond, func() bool { return true })
-	if err := s.store.CheckFile(); err != nil {
+	switch err := s.store.CheckFile(ctx); {
+	case ctx.Err() != nil || errors.Is(err, ErrClosed):
+		s.logger.Info("tenancy cache consistency check cancelled", "duration", time.Since(start))
+		return
+	case err != nil:
 		s.logger.Error("tenancy cache failed its consistency check; rebuilding from a snapshot", "err", err)
-	} else {
+	default:
 		s.logger.Info("tenancy cache consistency check passed", "duration", time.Since(start))
 	}
 	s.trim() // the check read every page

@@ -521,7 +521,7 @@ func TestE2ECorruptCacheIsRebuilt(t *testing.T) {
 				if n2.store.Corrupt() {
 					return false, "cache still marked damaged"
 				}
-				if err := n2.store.CheckFile(); err != nil {
+				if err := n2.store.CheckFile(t.Context()); err != nil {
 					return false, "cache fails its check: " + err.Error()
 				}
 				v := n2.check(p.token("bob"), "/t/beta/entries", "timekeeping", "", nil)
