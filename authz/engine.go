@@ -117,6 +117,8 @@ type Engine struct {
 
 	revTerm atomic.Pointer[revisionTerm] // the last tenancy_revision term built
 
+	policyChanged atomic.Pointer[chan struct{}] // closed at every SetPolicy and PolicyFailed
+
 	mu        sync.Mutex // guards lastErr, lastErrAt
 	lastErr   string
 	lastErrAt time.Time
@@ -141,6 +143,7 @@ func New(cfg Config, verifier *token.Verifier, tenancy Tenancy, logger *slog.Log
 		verifier, _ = token.NewVerifier(token.VerifierConfig{}, logger) // no issuers: cannot fail
 	}
 	e := &Engine{cfg: cfg, logger: logger, verifier: verifier, tenancy: tenancy}
+	e.signalPolicy()
 	e.loads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gatehouse_policy_loads_total",
 		Help: "Policy set loads, by result (success, error). An error leaves the last good policy serving.",
@@ -172,6 +175,7 @@ func (e *Engine) SetPolicy(ps *PolicySet) {
 	e.mu.Lock()
 	e.lastErr = ""
 	e.mu.Unlock()
+	e.signalPolicy()
 	e.loads.WithLabelValues("success").Inc()
 	from := ""
 	if prev != nil {
@@ -194,6 +198,42 @@ func (e *Engine) PolicyFailed(err error) {
 	e.mu.Unlock()
 	e.loads.WithLabelValues("error").Inc()
 	e.logger.Error("policy not loaded; the last good policy keeps serving", "err", err)
+	e.signalPolicy()
+}
+
+// signalPolicy tells readiness watchers that the policy state changed.
+func (e *Engine) signalPolicy() {
+	ch := make(chan struct{})
+	if old := e.policyChanged.Swap(&ch); old != nil {
+		close(*old)
+	}
+}
+
+// ReadinessWatch holds the channels that close at the next event that may
+// change Engine.Ready's answer. Take it before calling Ready, then wait on
+// it: a change in between is not missed.
+type ReadinessWatch struct {
+	// Policy closes when a policy set is applied or refused.
+	Policy <-chan struct{}
+	// Tenancy closes when the tenancy data's revision or presence changes
+	// (nil when the store never changes).
+	Tenancy <-chan struct{}
+}
+
+// WatchReadiness returns the current readiness signals.
+func (e *Engine) WatchReadiness() ReadinessWatch {
+	return ReadinessWatch{Policy: *e.policyChanged.Load(), Tenancy: e.tenancy.Changed()}
+}
+
+// Wait returns once a signal of w fired, or with ctx's error.
+func (w ReadinessWatch) Wait(ctx context.Context) error {
+	select {
+	case <-w.Policy:
+	case <-w.Tenancy:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
 }
 
 // Policy returns the active policy set, nil before the first load.

@@ -266,17 +266,17 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.logger.Info("ext_authz listening", "grpc", addrOf(s.grpcLis), "http", addrOf(s.httpLis), "tls", s.tls != nil)
 
-	tick := time.NewTicker(200 * time.Millisecond)
-	defer tick.Stop()
-	s.syncHealth()
 	var serveErr error
 loop:
 	for {
+		// health follows readiness as it changes (signalled, not polled)
+		w := s.engine.WatchReadiness()
+		s.syncHealth()
 		select {
 		case <-ctx.Done():
 			break loop
-		case <-tick.C:
-			s.syncHealth()
+		case <-w.Policy:
+		case <-w.Tenancy:
 		case err := <-errc:
 			if err != nil {
 				serveErr = err

@@ -222,6 +222,10 @@ func (s *Store) publish(st authz.TenancyState) {
 	}
 }
 
+// Changed implements authz.Tenancy: the channel is closed when the
+// revision or the presence of the data changes.
+func (s *Store) Changed() <-chan struct{} { return *s.changed.Load() }
+
 // State implements authz.Tenancy.
 func (s *Store) State() authz.TenancyState { return *s.state.Load() }
 

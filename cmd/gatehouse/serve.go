@@ -251,19 +251,16 @@ var processStart = time.Now()
 // logReady logs, once, when the sidecar becomes ready and how long after
 // the process started (a restart serves from the cache file at once).
 func (s *sidecar) logReady(ctx context.Context) {
-	t := time.NewTicker(5 * time.Millisecond)
-	defer t.Stop()
 	for {
+		w := s.engine.WatchReadiness()
 		if err := s.engine.Ready(); err == nil {
 			st := s.engine.Tenancy().State()
 			s.logger.Info("ready", "since_start", time.Since(processStart).Round(time.Millisecond).String(),
 				"policy_revision", s.engine.PolicyStatus().Revision, "tenancy_revision", st.Revision)
 			return
 		}
-		select {
-		case <-ctx.Done():
+		if w.Wait(ctx) != nil {
 			return
-		case <-t.C:
 		}
 	}
 }
