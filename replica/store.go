@@ -1,3 +1,8 @@
+// store.go is long (about 800 lines) on purpose: it is the one OPA
+// storage.Store of the tenancy data — file lifecycle, state, transactions
+// and keyed reads share the file's invariants (generations, damage,
+// recorded reads), and reading them in one place is how they stay right.
+
 package replica
 
 import (

@@ -8,19 +8,12 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 
 	"github.com/golang-jwt/jwt/v5"
 )
-
-// ErrKey is wrapped by every error of the key parsers (ParsePublicKeys,
-// ParsePrivateKey, CheckPublicKey, SigningMethod): not PEM, a private key
-// where a public one is expected, an encrypted or unsupported key, an RSA
-// key under 2048 bits, or an algorithm that does not fit the key.
-var ErrKey = errors.New("unusable key")
 
 // minRSABits is the smallest RSA modulus accepted, for tokens and bundles.
 const minRSABits = 2048
