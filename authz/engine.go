@@ -3,6 +3,8 @@ package authz
 import (
 	"errors"
 
+	"github.com/gatehouse-dev/gatehouse/internal/promx"
+
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	"context"
@@ -133,9 +135,12 @@ type activeSet struct {
 
 // New returns an engine with no policy set; Decide answers "not ready" until
 // SetPolicy is called. A nil tenancy means EmptyTenancy; a nil verifier
-// trusts no issuer.
+// trusts no issuer; a nil logger discards.
 func New(cfg Config, verifier *token.Verifier, tenancy Tenancy, logger *slog.Logger) *Engine {
 	cfg.SetDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	if tenancy == nil {
 		tenancy = EmptyTenancy()
 	}
@@ -152,15 +157,24 @@ func New(cfg Config, verifier *token.Verifier, tenancy Tenancy, logger *slog.Log
 		Name: "gatehouse_decision_cache_total",
 		Help: "Decisions by cache result: hit, miss (evaluated and stored), stale (evaluated: data changed), bypass (not cacheable).",
 	}, []string{"result"})
-	e.cacheHit, e.cacheMiss = e.cached.WithLabelValues("hit"), e.cached.WithLabelValues("miss")
-	e.cacheStale, e.cacheBypass = e.cached.WithLabelValues("stale"), e.cached.WithLabelValues("bypass")
 	cacheBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "gatehouse_decision_cache_bytes",
-		Help: "Accounted size of the decision cache (bounded by cache.decisions_mb).",
+		Help: "Accounted size of the decision cache (bounded by its byte budget).",
 	}, func() float64 { return float64(e.DecisionCacheBytes()) })
-	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(e.loads, e.cached, cacheBytes)
+	if reg := cfg.Registerer; reg != nil {
+		// A second engine on the registry shares the first one's metrics
+		// (the cache size gauge stays the first engine's) instead of
+		// panicking.
+		var errs [3]error
+		e.loads, errs[0] = promx.Register(reg, e.loads)
+		e.cached, errs[1] = promx.Register(reg, e.cached)
+		_, errs[2] = promx.Register(reg, prometheus.Collector(cacheBytes))
+		if err := errors.Join(errs[:]...); err != nil {
+			logger.Warn("engine metrics not registered", "err", err)
+		}
 	}
+	e.cacheHit, e.cacheMiss = e.cached.WithLabelValues("hit"), e.cached.WithLabelValues("miss")
+	e.cacheStale, e.cacheBypass = e.cached.WithLabelValues("stale"), e.cached.WithLabelValues("bypass")
 	e.tracker, _ = tenancy.(DependencyTracker)
 	return e
 }

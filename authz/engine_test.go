@@ -455,3 +455,35 @@ func TestDecideErrorsAreDecideErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestTwoEnginesShareARegistry: a second Engine on the registry of the
+// first (a reload that builds a new engine, two engines in one test
+// process) shares its metrics instead of panicking in MustRegister, and
+// both count into them.
+func TestTwoEnginesShareARegistry(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	policy := map[string]string{"policy.rego": "package envoy.authz\nallow := true\n"}
+	e1, _ := engineWith(t, policy, authz.Config{Registerer: reg})
+	e2, _ := engineWith(t, policy, authz.Config{Registerer: reg})
+	for _, e := range []*authz.Engine{e1, e2} {
+		if _, err := decide(t, e, nil, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var loads float64
+	for _, f := range families {
+		if f.GetName() == "gatehouse_policy_loads_total" {
+			for _, m := range f.GetMetric() {
+				loads += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if loads != 2 {
+		t.Fatalf("gatehouse_policy_loads_total = %v, want 2 (one load per engine)", loads)
+	}
+}

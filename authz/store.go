@@ -75,7 +75,7 @@ func (emptyTenancy) Truncate(context.Context, storage.Transaction, storage.Trans
 func (emptyTenancy) TxnRevision(storage.Transaction) uint64 { return 0 }
 
 func (emptyTenancy) Changed() <-chan struct{} { return nil }
-func (emptyTenancy) State() TenancyState                    { return TenancyState{Present: true} }
+func (emptyTenancy) State() TenancyState      { return TenancyState{Present: true} }
 func (emptyTenancy) WaitRevision(ctx context.Context, rev uint64) error {
 	if rev == 0 {
 		return nil
