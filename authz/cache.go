@@ -408,7 +408,7 @@ func entryBytes(e *cacheEntry) int64 {
 // decisionBytes is the accounted size of what d references.
 func decisionBytes(d *Decision) int {
 	n := len(d.ID) + len(d.PolicyRevision) + len(d.Reason) + len(d.Body) + len(d.Subject) + len(d.TokenError)
-	for _, hs := range [...][]Header{d.Headers, d.ResponseHeadersToAdd, d.QueryParametersToSet} {
+	for _, hs := range [...][]Pair{d.Headers, d.ResponseHeadersToAdd, d.QueryParametersToSet} {
 		for _, h := range hs {
 			n += 32 + len(h.Key) + len(h.Value)
 		}

@@ -35,7 +35,7 @@ func TestDecisionCacheByteBudgetProperty(t *testing.T) {
 				if r.IntN(3) == 0 {
 					c.get(key)
 				} else {
-					e := &cacheEntry{d: Decision{Body: strings.Repeat("b", r.IntN(12<<10)), Headers: []Header{{Key: "x", Value: strings.Repeat("h", r.IntN(512))}}}}
+					e := &cacheEntry{d: Decision{Body: strings.Repeat("b", r.IntN(12<<10)), Headers: []Pair{{Key: "x", Value: strings.Repeat("h", r.IntN(512))}}}}
 					if r.IntN(10) == 0 {
 						e.d.Body = strings.Repeat("B", 8<<10+r.IntN(8<<10)) // beyond a generation's share (4 KiB)
 					}

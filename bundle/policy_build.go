@@ -122,11 +122,11 @@ func Build(w io.Writer, cfg BuildConfig) (BuildResult, error) {
 	// Read the tarball back as a sidecar does, and compile it.
 	opts := OpenOptions{RegoVersion: version, BaseDir: cfg.Dir, Origin: cfg.Dir, Unsigned: cfg.Signer == nil}
 	if cfg.Signer != nil {
-		v, err := NewVerifier([]crypto.PublicKey{cfg.Signer.Public()}, "the signing key")
+		v, err := NewKeySet([]crypto.PublicKey{cfg.Signer.Public()}, "the signing key")
 		if err != nil {
 			return BuildResult{}, err
 		}
-		opts.Verifier = v
+		opts.Keys = v
 	}
 	src, err := OpenBundle(buf.Bytes(), opts)
 	if err != nil {

@@ -114,9 +114,9 @@ func pbSigner(tb testing.TB, key crypto.Signer, alg, keyID string) *bundle.Signe
 	return s
 }
 
-func pbVerifier(tb testing.TB, pubs ...crypto.PublicKey) *bundle.Verifier {
+func pbVerifier(tb testing.TB, pubs ...crypto.PublicKey) *bundle.KeySet {
 	tb.Helper()
-	v, err := bundle.NewVerifier(pubs, "test keys")
+	v, err := bundle.NewKeySet(pubs, "test keys")
 	if err != nil {
 		tb.Fatalf("NewVerifier: %v", err)
 	}
@@ -436,7 +436,7 @@ func TestPolicyBundleWeVerifyOPAs(t *testing.T) {
 			if err := opabundle.NewWriter(&buf).DisableFormat(true).Write(b); err != nil {
 				t.Fatal(err)
 			}
-			src, err := bundle.OpenBundle(buf.Bytes(), bundle.OpenOptions{Verifier: pbVerifier(t, key.Public())})
+			src, err := bundle.OpenBundle(buf.Bytes(), bundle.OpenOptions{Keys: pbVerifier(t, key.Public())})
 			if err != nil {
 				t.Fatalf("our verifier refuses OPA's bundle: %v", err)
 			}
@@ -452,7 +452,7 @@ func TestPolicyBundleWeVerifyOPAs(t *testing.T) {
 			}
 			// Another key: refused.
 			other := pbKey(t, tc.kind, "someone-else")
-			if _, err := bundle.OpenBundle(buf.Bytes(), bundle.OpenOptions{Verifier: pbVerifier(t, other.Public())}); !errors.Is(err, bundle.ErrSignature) {
+			if _, err := bundle.OpenBundle(buf.Bytes(), bundle.OpenOptions{Keys: pbVerifier(t, other.Public())}); !errors.Is(err, bundle.ErrSignature) {
 				t.Fatalf("OPA's bundle with another key: %v", err)
 			}
 		})
@@ -551,7 +551,7 @@ func TestPolicyBundleOpenRefuses(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			_, err := bundle.OpenBundle(tc.tarball, bundle.OpenOptions{Verifier: v})
+			_, err := bundle.OpenBundle(tc.tarball, bundle.OpenOptions{Keys: v})
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("error %v, want %v", err, tc.want)
 			}
@@ -563,13 +563,13 @@ func TestPolicyBundleOpenRefuses(t *testing.T) {
 
 	t.Run("good", func(t *testing.T) {
 		t.Parallel()
-		if _, err := bundle.OpenBundle(good, bundle.OpenOptions{Verifier: v}); err != nil {
+		if _, err := bundle.OpenBundle(good, bundle.OpenOptions{Keys: v}); err != nil {
 			t.Fatal(err)
 		}
 		// Digests of data files are over canonical JSON (as OPA's): a
 		// reformatted data.json with the same values still verifies.
 		reformatted := pbEdit(t, good, replace("static/gate/data.json", []byte("{\n  \"open\":   false\n}\n")))
-		src, err := bundle.OpenBundle(reformatted, bundle.OpenOptions{Verifier: v})
+		src, err := bundle.OpenBundle(reformatted, bundle.OpenOptions{Keys: v})
 		if err != nil {
 			t.Fatalf("reformatted data.json: %v", err)
 		}
@@ -577,7 +577,7 @@ func TestPolicyBundleOpenRefuses(t *testing.T) {
 			t.Fatalf("data %s", got)
 		}
 		// A rotated key file: any listed key verifies.
-		if _, err := bundle.OpenBundle(good, bundle.OpenOptions{Verifier: pbVerifier(t, pbKey(t, "ec", "new").Public(), key.Public())}); err != nil {
+		if _, err := bundle.OpenBundle(good, bundle.OpenOptions{Keys: pbVerifier(t, pbKey(t, "ec", "new").Public(), key.Public())}); err != nil {
 			t.Fatal(err)
 		}
 	})

@@ -148,7 +148,7 @@ func NewPolicySource(cfg PolicySourceConfig, engine *authz.Engine, logger *slog.
 }
 
 // verifier reads the public key file.
-func (s *PolicySource) verifier() (*Verifier, error) {
+func (s *PolicySource) verifier() (*KeySet, error) {
 	pem, err := os.ReadFile(s.keyFile)
 	if err != nil {
 		return nil, err
@@ -157,7 +157,7 @@ func (s *PolicySource) verifier() (*Verifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s.keyFile, err)
 	}
-	return NewVerifier(keys, s.keyFile)
+	return NewKeySet(keys, s.keyFile)
 }
 
 // open verifies and compiles a bundle.
@@ -166,7 +166,7 @@ func (s *PolicySource) open(tarball []byte, origin string) (*authz.PolicySet, er
 	if err != nil {
 		return nil, fmt.Errorf("public key: %w", err)
 	}
-	src, err := OpenBundle(tarball, OpenOptions{Verifier: v, RegoVersion: s.version, Origin: origin, MaxBytes: 4 * s.cfg.MaxBytes})
+	src, err := OpenBundle(tarball, OpenOptions{Keys: v, RegoVersion: s.version, Origin: origin, MaxBytes: 4 * s.cfg.MaxBytes})
 	if err != nil {
 		return nil, err
 	}

@@ -94,7 +94,7 @@ func (s *Server) decideHTTP(w http.ResponseWriter, r *http.Request) (*authz.Deci
 	if err != nil {
 		return badRequest(s.engine, err), nil, nil
 	}
-	return evaluate(ctx, s.engine, req, nil, s.pool, deadline)
+	return decide(ctx, s.engine, req, nil, s.pool, deadline)
 }
 
 // headBytes is the size of r without its body: method, request target,

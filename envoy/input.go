@@ -50,7 +50,7 @@ var (
 // ErrMalformedRequest is returned by Prepare for a CheckRequest without HTTP
 // request attributes, with a path or query string that cannot be parsed, or
 // with a string that is not UTF-8 (also once percent-decoded). It is client
-// input: Evaluate answers it with a 400 deny (reason bad_request), never
+// input: Decide answers it with a 400 deny (reason bad_request), never
 // with "cannot decide".
 var ErrMalformedRequest = errors.New("malformed CheckRequest")
 

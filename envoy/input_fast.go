@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"encoding/base64"
+	"fmt"
 	"slices"
 	"strconv"
 	"sync"
@@ -158,7 +159,7 @@ func attributesValue(a *authv3.AttributeContext, need *authz.Need, ar *termArena
 	}
 	obj := ast.NewObject(items[:n]...)
 	rest(obj, a.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool {
-		return n == 1 || n == 2 || n == 4 || n == 10 // source, destination, request, context_extensions
+		return n == fieldAttrSource || n == fieldAttrDestination || n == fieldAttrRequest || n == fieldAttrContextExtensions
 	}, 0)
 	return obj
 }
@@ -217,7 +218,7 @@ func simplePeer(p *authv3.AttributeContext_Peer) (string, uint32, bool) {
 
 // peerHandled: the fields of a Peer peerValue renders itself (principal;
 // the address when it is simple).
-func peerHandled(n protoreflect.FieldNumber) bool { return n == 4 }
+func peerHandled(n protoreflect.FieldNumber) bool { return n == fieldPeerPrincipal }
 
 func peerValue(p *authv3.AttributeContext_Peer, need *authz.Need, ar *termArena) ast.Object {
 	var items [2][2]*ast.Term
@@ -278,7 +279,7 @@ func requestValue(r *authv3.AttributeContext_Request, need *authz.Need, ar *term
 		n++
 	}
 	obj := ast.NewObject(items[:n]...)
-	rest(obj, r.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool { return n == 1 || n == 2 }, 0)
+	rest(obj, r.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool { return n == fieldRequestTime || n == fieldRequestHTTP }, 0)
 	return obj
 }
 
@@ -333,4 +334,27 @@ func httpValue(h *authv3.AttributeContext_HttpRequest, need *authz.Need, ar *ter
 		return n >= 1 && n <= 12 // id..raw_body; header_map (13) and newer fields stay generic
 	}, 0)
 	return obj
+}
+
+// Field numbers of the fields the renderers above handle themselves (the
+// rest of a message goes through the generic path), looked up by name in
+// the generated descriptors once, at start.
+var (
+	fieldAttrSource            = fieldNumber((*authv3.AttributeContext)(nil), "source")
+	fieldAttrDestination       = fieldNumber((*authv3.AttributeContext)(nil), "destination")
+	fieldAttrRequest           = fieldNumber((*authv3.AttributeContext)(nil), "request")
+	fieldAttrContextExtensions = fieldNumber((*authv3.AttributeContext)(nil), "context_extensions")
+	fieldPeerPrincipal         = fieldNumber((*authv3.AttributeContext_Peer)(nil), "principal")
+	fieldRequestTime           = fieldNumber((*authv3.AttributeContext_Request)(nil), "time")
+	fieldRequestHTTP           = fieldNumber((*authv3.AttributeContext_Request)(nil), "http")
+)
+
+// fieldNumber is the number of m's field name; it panics at start when the
+// generated code has no such field (a renamed field must not go unnoticed).
+func fieldNumber(m protoreflect.ProtoMessage, name protoreflect.Name) protoreflect.FieldNumber {
+	f := m.ProtoReflect().Descriptor().Fields().ByName(name)
+	if f == nil {
+		panic(fmt.Sprintf("envoy: %s has no field %s", m.ProtoReflect().Descriptor().FullName(), name))
+	}
+	return f.Number()
 }

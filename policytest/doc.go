@@ -72,7 +72,7 @@
 //	    expect: {allowed: true}
 //
 // Paths in fixture.yaml are relative to its folder. Unknown fields are
-// errors. Each case runs as serve answers a Check: envoy.Evaluate builds the
+// errors. Each case runs as serve answers a Check: envoy.Decide builds the
 // input document from the CheckRequest and authz.Engine.Decide evaluates the
 // decision rule of the policies under test (every .rego file found but
 // *_test.rego, with the data files; compiled by authz.Compile) over the

@@ -21,7 +21,7 @@ import (
 // Sidecar is an offline sidecar: the decision engine of `serve` with a
 // compiled policy set, a token verifier and a tenancy store, without
 // listeners. Check follows serve's path for one CheckRequest:
-// envoy.Evaluate (input, authz.Engine.Decide) → envoy.Response.
+// envoy.Decide (input, authz.Engine.Decide) → envoy.Response.
 type Sidecar struct {
 	engine *authz.Engine
 	store  *replica.Store // nil: empty tenancy
@@ -87,7 +87,7 @@ func (s *Sidecar) Check(ctx context.Context, req *authv3.CheckRequest, tracer to
 	if tracer != nil {
 		s.reads.start()
 	}
-	d, headers, err := envoy.Evaluate(ctx, s.engine, req, tracer)
+	d, headers, err := envoy.Decide(ctx, s.engine, req, tracer)
 	var reads []storage.Path
 	if tracer != nil {
 		reads = s.reads.stop()

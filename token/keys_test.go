@@ -45,7 +45,7 @@ func TestKeyRulesHaveOneOwner(t *testing.T) {
 			t.Parallel()
 			keys, err := token.ParsePublicKeys(tc.pem)
 			if err == nil {
-				_, err = bundle.NewVerifier(keys, "keys.pem")
+				_, err = bundle.NewKeySet(keys, "keys.pem")
 			}
 			if tc.wantErr == "" {
 				if err != nil {
@@ -61,7 +61,7 @@ func TestKeyRulesHaveOneOwner(t *testing.T) {
 	t.Run("bundle verifier refuses a small RSA key given directly", func(t *testing.T) {
 		t.Parallel()
 		small := &mustRSA(1024).PublicKey
-		if _, err := bundle.NewVerifier([]crypto.PublicKey{small}, "test"); !errors.Is(err, token.ErrKey) {
+		if _, err := bundle.NewKeySet([]crypto.PublicKey{small}, "test"); !errors.Is(err, token.ErrKey) {
 			t.Fatalf("NewVerifier(RSA-1024) = %v, want ErrKey", err)
 		}
 	})

@@ -229,11 +229,11 @@ func TestBundleBuildCLI(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			v, err := bundle.NewVerifier(keys, tc.verifyWith)
+			v, err := bundle.NewKeySet(keys, tc.verifyWith)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := bundle.OpenBundle(tarball, bundle.OpenOptions{Verifier: v}); err != nil {
+			if _, err := bundle.OpenBundle(tarball, bundle.OpenOptions{Keys: v}); err != nil {
 				t.Fatalf("Gatehouse does not verify the bundle: %v", err)
 			}
 		})
