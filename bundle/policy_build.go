@@ -12,8 +12,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/gatehouse-dev/gatehouse/replica"
-
 	"github.com/open-policy-agent/opa/v1/ast"
 	opabundle "github.com/open-policy-agent/opa/v1/bundle"
 	"github.com/open-policy-agent/opa/v1/util"
@@ -44,6 +42,9 @@ type BuildConfig struct {
 	// Signer signs the bundle; nil writes an unsigned bundle (which a
 	// sidecar refuses).
 	Signer *Signer
+	// Builtins are the built-ins the policy is compiled with, as the
+	// sidecar compiles it (replica.Builtins()).
+	Builtins []authz.Builtin
 }
 
 // BuildResult describes a built bundle.
@@ -132,7 +133,7 @@ func Build(w io.Writer, cfg BuildConfig) (BuildResult, error) {
 	if err != nil {
 		return BuildResult{}, err
 	}
-	if _, err := authz.Compile(src, cfg.Decision, replica.Builtins()...); err != nil {
+	if _, err := authz.Compile(src, cfg.Decision, cfg.Builtins...); err != nil {
 		return BuildResult{}, err
 	}
 

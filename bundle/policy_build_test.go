@@ -22,6 +22,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/gatehouse-dev/gatehouse/replica"
+
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -127,6 +129,9 @@ func pbVerifier(tb testing.TB, pubs ...crypto.PublicKey) *bundle.KeySet {
 func pbBuild(tb testing.TB, cfg bundle.BuildConfig) ([]byte, bundle.BuildResult) {
 	tb.Helper()
 	var buf bytes.Buffer
+	if cfg.Builtins == nil {
+		cfg.Builtins = replica.Builtins()
+	}
 	res, err := bundle.Build(&buf, cfg)
 	if err != nil {
 		tb.Fatalf("Build: %v", err)

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 )
 
 // TestCheckFileDoesNotHoldUpClose: a shutdown never waits for the start-up
@@ -24,7 +26,11 @@ func TestCheckFileDoesNotHoldUpClose(t *testing.T) {
 	s.mu.Lock() // a writer, or a long check, holds the lock
 	checked := make(chan error, 1)
 	go func() { checked <- s.CheckFile(ctx) }()
-	waitFor(t, func() bool { s.life.Lock(); defer s.life.Unlock(); return s.checking })
+	testutil.Eventually(t, 5*time.Second, func() (bool, string) {
+		s.life.Lock()
+		defer s.life.Unlock()
+		return s.checking, "the check did not start"
+	})
 
 	closed := make(chan error, 1)
 	go func() { closed <- s.Close() }()
@@ -68,18 +74,5 @@ func TestCheckFilePassesAndCloses(t *testing.T) {
 	}
 	if err := s.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
-	}
-}
-
-// waitFor polls cond (this package cannot import testutil: testutil imports
-// it through bundle).
-func waitFor(tb testing.TB, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatal("condition not reached")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/gatehouse-dev/gatehouse/replica"
+
 	"github.com/gatehouse-dev/gatehouse/token"
 
 	"github.com/spf13/cobra"
@@ -113,6 +115,7 @@ func runBundleBuild(cmd *cobra.Command, dir string, f bundleBuildFlags) error {
 		RegoVersion:  f.regoVersion,
 		Decision:     f.decision,
 		Signer:       signer,
+		Builtins:     replica.Builtins(),
 	})
 	if err != nil {
 		return usageErr(fmt.Errorf("bundle build %s: %w", dir, err))
