@@ -1,13 +1,13 @@
 package authz
 
 import (
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Pair is one name and value of a header or a query parameter. A name may

@@ -1,14 +1,9 @@
 package authz
 
 import (
-	"errors"
-
-	"github.com/gatehouse-dev/gatehouse/internal/promx"
-
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -24,6 +19,9 @@ import (
 	"github.com/open-policy-agent/opa/v1/topdown"
 	"github.com/open-policy-agent/opa/v1/topdown/print"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dev/gatehouse/internal/promx"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Config configures an Engine.

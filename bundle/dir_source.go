@@ -9,10 +9,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
-
 	"github.com/fsnotify/fsnotify"
 	"github.com/open-policy-agent/opa/v1/ast"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
 )
 
 // DirSource keeps an engine's policy set in step with a directory: an edit

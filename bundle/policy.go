@@ -35,11 +35,11 @@ import (
 	"slices"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	"github.com/golang-jwt/jwt/v5"
 	opabundle "github.com/open-policy-agent/opa/v1/bundle"
 	"github.com/open-policy-agent/opa/v1/util"
+
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Names of the bundle's own files.

@@ -17,12 +17,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // PersistedBundleFile is the name, in PolicySourceConfig.DataDir, of the

@@ -9,11 +9,10 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatehouse-dev/gatehouse/tenancy"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // AdminRole is the membership role that grants administration of the

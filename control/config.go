@@ -7,11 +7,10 @@ import (
 	"os"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Defaults of Config.

@@ -17,8 +17,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
@@ -26,6 +24,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Buckets of this package in the data file (tenancy owns the others).

@@ -4,13 +4,11 @@ import (
 	"context"
 	"testing"
 
-	"github.com/gatehouse-dev/gatehouse/bundle"
-
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // TestUncachedCheckAllocations bounds the allocations of one in-process

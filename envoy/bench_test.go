@@ -7,10 +7,6 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/gatehouse-dev/gatehouse/bundle"
-
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/golang-jwt/jwt/v5"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
@@ -18,8 +14,10 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Read the results as ratios: BenchmarkCheckGRPC / BenchmarkCheckNoop is

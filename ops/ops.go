@@ -10,13 +10,12 @@ import (
 	"net/http/pprof"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Config configures the ops listener.

@@ -3,9 +3,8 @@ package policytest
 import (
 	"encoding/json"
 
-	"github.com/gatehouse-dev/gatehouse/replica"
-
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/replica"
 )
 
 // Capabilities returns the capabilities file of this Gatehouse: OPA's

@@ -13,11 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/gatehouse-dev/gatehouse/policytest"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 const world = "../policies/fixtures/tenancy/tenancy.json"

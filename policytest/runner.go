@@ -10,14 +10,12 @@ import (
 	"regexp"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/replica"
-
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/topdown"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/replica"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Config configures a run of `gatehouse test`.

@@ -6,16 +6,14 @@ import (
 	"log/slog"
 	"sync"
 
-	"github.com/gatehouse-dev/gatehouse/replica"
-
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/topdown"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/envoy"
+	"github.com/gatehouse-dev/gatehouse/replica"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Sidecar is an offline sidecar: the decision engine of `serve` with a

@@ -11,11 +11,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/replica"
-
 	bolt "go.etcd.io/bbolt"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/gatehouse-dev/gatehouse/replica"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 

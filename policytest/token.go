@@ -13,10 +13,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	"github.com/golang-jwt/jwt/v5"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // DefaultIssuer is the issuer of minted tokens when a fixture configures

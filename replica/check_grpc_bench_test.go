@@ -4,8 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/codes"
 
@@ -13,6 +11,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 	"github.com/gatehouse-dev/gatehouse/internal/worldgen"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // BenchmarkCheckTenancyGRPC is the shipped policy over the 200k world

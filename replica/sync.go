@@ -15,11 +15,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dev/gatehouse/tenancy"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // SyncConfig configures a Syncer.

@@ -1,9 +1,9 @@
 package token
 
 import (
-	"github.com/gatehouse-dev/gatehouse/internal/promx"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dev/gatehouse/internal/promx"
 )
 
 // tokenMetrics are the verifier's Prometheus counters.

@@ -17,18 +17,16 @@ import (
 	"text/template"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/bundle"
-
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/internal/keys"
 	"github.com/gatehouse-dev/gatehouse/policies"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // devWorld is the demo world seeded into a fresh dev control endpoint: the

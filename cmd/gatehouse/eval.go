@@ -1,8 +1,6 @@
 package main
 
 import (
-	"github.com/gatehouse-dev/gatehouse/token"
-
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +11,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/policytest"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 type evalFlags struct {

@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/sergi/go-diff/diffmatchpatch"
-
 	"github.com/spf13/cobra"
 
 	"github.com/gatehouse-dev/gatehouse/policytest"
