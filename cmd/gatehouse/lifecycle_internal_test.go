@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
 	"github.com/gatehouse-dev/gatehouse/replica"
@@ -75,4 +77,42 @@ func freeAddr(tb testing.TB) string {
 	addr := l.Addr().String()
 	_ = l.Close()
 	return addr
+}
+
+// TestSidecarRunShutsDownAndClosesTheStore: Run returns once its context
+// ends — the listeners drained, the background work (here a syncer that
+// cannot reach its control endpoint and a policy directory watcher)
+// stopped — and the cache file is closed when it returns.
+func TestSidecarRunShutsDownAndClosesTheStore(t *testing.T) {
+	t.Parallel()
+	policies := filepath.Join(t.TempDir(), "policies")
+	writeTestFile(t, filepath.Join(policies, "policy.rego"), "package envoy.authz\nallow := true\n")
+	cfg := ServeConfig{
+		Listen: ListenConfig{GRPC: "127.0.0.1:0", HTTP: "127.0.0.1:0", Ops: "127.0.0.1:0"},
+		Data:   DataConfig{Dir: t.TempDir(), ControlURL: "http://127.0.0.1:1"},
+	}
+	cfg.Policies.Dir = policies
+	cfg.SetDefaults()
+	sc, err := newSidecar(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- sc.Run(ctx) }()
+	time.Sleep(100 * time.Millisecond) // serving, syncer retrying
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+	st, err := replica.OpenStore(replica.StoreConfig{Dir: cfg.Data.Dir}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("the cache file is still held after Run returned: %v", err)
+	}
+	_ = st.Close()
 }
