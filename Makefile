@@ -33,8 +33,8 @@ FUZZTIME     ?= 30s
 FUZZMINIMIZE ?= 10x
 # bbolt files and fsyncs dominate some targets: keep their temp files in RAM
 FUZZTMP      ?= $(shell [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm || echo $${TMPDIR:-/tmp})
-FUZZ_TARGETS := envoy:FuzzCheckRequest envoy:FuzzHTTPService authz:FuzzVerifyToken authz:FuzzTokenClaims \
-	bundle:FuzzSyncStream bundle:FuzzOpenBundle control:FuzzWrite
+FUZZ_TARGETS := envoy:FuzzCheckRequest envoy:FuzzHTTPService token:FuzzVerifyToken token:FuzzTokenClaims \
+	replica:FuzzSyncStream bundle:FuzzOpenBundle control:FuzzWrite
 fuzz:
 	@failed=""; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t#*:}; \

@@ -3,7 +3,6 @@ package authz
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"sync"
@@ -11,6 +10,8 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/storage"
+
+	"github.com/gatehouse-dev/gatehouse/internal/jsonsize"
 )
 
 // The decision cache memoizes decisions of one policy set, soundly:
@@ -464,7 +465,7 @@ func entryBytes(e *cacheEntry) int64 {
 // decisionBytes is the accounted size of what d references.
 func decisionBytes(d *Decision) int {
 	n := len(d.ID) + len(d.PolicyRevision) + len(d.Reason) + len(d.Body) + len(d.Subject) + len(d.TokenError)
-	for _, hs := range [...][]Header{d.Headers, d.ResponseHeadersToAdd, d.QueryParametersToSet} {
+	for _, hs := range [...][]Pair{d.Headers, d.ResponseHeadersToAdd, d.QueryParametersToSet} {
 		for _, h := range hs {
 			n += 32 + len(h.Key) + len(h.Value)
 		}
@@ -475,33 +476,7 @@ func decisionBytes(d *Decision) int {
 		}
 	}
 	if d.DynamicMetadata != nil {
-		n += jsonBytes(map[string]any(d.DynamicMetadata))
+		n += jsonsize.Of(map[string]any(d.DynamicMetadata))
 	}
 	return n
-}
-
-// jsonBytes is the accounted size of a decoded JSON value (maps, slices,
-// strings, json.Number, bools, float64s, nil): its strings plus a
-// per-value overhead.
-func jsonBytes(v any) int {
-	const word = 16 // an interface value
-	switch x := v.(type) {
-	case string:
-		return word + 16 + len(x)
-	case json.Number:
-		return word + 16 + len(x)
-	case map[string]any:
-		n := word + 48
-		for k, e := range x {
-			n += 16 + len(k) + jsonBytes(e) + 16 // key, value, bucket share
-		}
-		return n
-	case []any:
-		n := word + 24
-		for _, e := range x {
-			n += jsonBytes(e)
-		}
-		return n
-	}
-	return word + 8
 }

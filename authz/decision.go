@@ -6,11 +6,13 @@ import (
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
-// Header is one header (or query parameter) name and value. A name may
+// Pair is one name and value of a header or a query parameter. A name may
 // appear more than once: every value is kept.
-type Header struct {
+type Pair struct {
 	Key   string
 	Value string
 }
@@ -30,9 +32,9 @@ type Decision struct {
 	// ignore it.
 	HTTPStatus int
 	// Headers go to the upstream on allow, to the client on deny.
-	Headers []Header
+	Headers []Pair
 	// ResponseHeadersToAdd go to the client on allow.
-	ResponseHeadersToAdd []Header
+	ResponseHeadersToAdd []Pair
 	// RequestHeadersToRemove are removed from the request on allow.
 	RequestHeadersToRemove []string
 	// Body is the deny body.
@@ -40,7 +42,7 @@ type Decision struct {
 	// DynamicMetadata is the policy's dynamic metadata (JSON values).
 	DynamicMetadata map[string]any
 	// QueryParametersToSet and QueryParametersToRemove rewrite the query on allow.
-	QueryParametersToSet    []Header
+	QueryParametersToSet    []Pair
 	QueryParametersToRemove []string
 	// Reason is the optional "reason" string of an object decision (a
 	// Gatehouse extension, used in logs and explanations).
@@ -51,12 +53,12 @@ type Decision struct {
 	// Subject is the verified token subject, "" without a valid token.
 	Subject string
 	// TokenError is the token verification code, "" when valid.
-	TokenError TokenError
+	TokenError token.TokenError
 	// Duration is the time Decide took.
 	Duration time.Duration
 	// Token is the verified token the decision was made on (input.token),
 	// nil for answers made without evaluating. For decision logs.
-	Token *Token
+	Token *token.Token
 	// Cache is how the decision cache took part: CacheHit, CacheMiss
 	// (evaluated, also when the cached entry was stale) or CacheBypass
 	// (evaluated, not cacheable); "" for answers made without evaluating.
@@ -199,8 +201,8 @@ func objectField(name string, v ast.Value) (map[string]any, error) {
 
 // headerList accepts an object of string or string-array values, or an
 // array of such objects (opa-envoy-plugin's forms).
-func headerList(name string, v ast.Value) ([]Header, error) {
-	var out []Header
+func headerList(name string, v ast.Value) ([]Pair, error) {
+	var out []Pair
 	switch v := v.(type) {
 	case ast.Object:
 		return appendHeaders(out, name, v)
@@ -218,7 +220,7 @@ func headerList(name string, v ast.Value) ([]Header, error) {
 	return nil, fmt.Errorf("%w: %s is a %s, want an object", ErrBadDecision, name, ast.ValueName(v))
 }
 
-func appendHeaders(out []Header, name string, obj ast.Object) ([]Header, error) {
+func appendHeaders(out []Pair, name string, obj ast.Object) ([]Pair, error) {
 	// The result is built in a heap-allocated slice header the callback
 	// reaches by pointer: one allocation, not two (closure + captured out).
 	dst := &headerAcc{out: out}
@@ -227,7 +229,7 @@ func appendHeaders(out []Header, name string, obj ast.Object) ([]Header, error) 
 }
 
 // headerAcc accumulates the headers of appendHeaders.
-type headerAcc struct{ out []Header }
+type headerAcc struct{ out []Pair }
 
 func (a *headerAcc) add(name string) func(k, t *ast.Term) error {
 	return func(k, t *ast.Term) error {
@@ -237,14 +239,14 @@ func (a *headerAcc) add(name string) func(k, t *ast.Term) error {
 		}
 		switch val := t.Value.(type) {
 		case ast.String:
-			a.out = append(a.out, Header{Key: string(key), Value: string(val)})
+			a.out = append(a.out, Pair{Key: string(key), Value: string(val)})
 		case *ast.Array:
 			for i := 0; i < val.Len(); i++ {
 				s, ok := val.Elem(i).Value.(ast.String)
 				if !ok {
 					return fmt.Errorf("%w: %s[%q] has a %s element, want strings", ErrBadDecision, name, string(key), ast.ValueName(val.Elem(i).Value))
 				}
-				a.out = append(a.out, Header{Key: string(key), Value: string(s)})
+				a.out = append(a.out, Pair{Key: string(key), Value: string(s)})
 			}
 		default:
 			return fmt.Errorf("%w: %s[%q] is a %s, want a string or an array of strings", ErrBadDecision, name, string(key), ast.ValueName(t.Value))
@@ -253,7 +255,7 @@ func (a *headerAcc) add(name string) func(k, t *ast.Term) error {
 	}
 }
 
-func paramList(v ast.Value) ([]Header, error) {
+func paramList(v ast.Value) ([]Pair, error) {
 	obj, ok := v.(ast.Object)
 	if !ok {
 		return nil, fmt.Errorf("%w: query_parameters_to_set is a %s, want an object", ErrBadDecision, ast.ValueName(v))

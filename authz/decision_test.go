@@ -32,13 +32,20 @@ func engineOn(tb testing.TB, files map[string]string, cfg authz.Config, tenancy 
 
 func loadDir(tb testing.TB, e *authz.Engine, dir string) {
 	tb.Helper()
-	src, err := authz.NewDirSource(authz.PolicyConfig{Dir: dir}, e, slog.New(slog.DiscardHandler))
+	loadDirVersion(tb, e, dir, ast.RegoV1)
+}
+
+func loadDirVersion(tb testing.TB, e *authz.Engine, dir string, v ast.RegoVersion) {
+	tb.Helper()
+	src, err := authz.LoadDir(dir, v)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := src.Load(); err != nil {
+	ps, err := e.Compile(src, authz.DefaultDecision)
+	if err != nil {
 		tb.Fatalf("load policies: %v", err)
 	}
+	e.SetPolicy(ps)
 }
 
 // decide evaluates input (a JSON-like value) with the Authorization header
@@ -84,13 +91,13 @@ func TestDecisionShape(t *testing.T) {
 			}
 		}},
 		"headers object with string and array values": {`allow := {"allowed": true, "headers": {"x-b": "2", "x-a": ["1", "3"]}}`, func(t *testing.T, d *authz.Decision) {
-			want := []authz.Header{{Key: "x-a", Value: "1"}, {Key: "x-a", Value: "3"}, {Key: "x-b", Value: "2"}}
+			want := []authz.Pair{{Key: "x-a", Value: "1"}, {Key: "x-a", Value: "3"}, {Key: "x-b", Value: "2"}}
 			if !slices.Equal(d.Headers, want) {
 				t.Errorf("headers %v, want %v", d.Headers, want)
 			}
 		}},
 		"headers array of objects keeps its order": {`allow := {"allowed": true, "headers": [{"x-z": "1"}, {"x-a": ["2", "3"]}, {"x-z": "4"}]}`, func(t *testing.T, d *authz.Decision) {
-			want := []authz.Header{{Key: "x-z", Value: "1"}, {Key: "x-a", Value: "2"}, {Key: "x-a", Value: "3"}, {Key: "x-z", Value: "4"}}
+			want := []authz.Pair{{Key: "x-z", Value: "1"}, {Key: "x-a", Value: "2"}, {Key: "x-a", Value: "3"}, {Key: "x-z", Value: "4"}}
 			if !slices.Equal(d.Headers, want) {
 				t.Errorf("headers %v, want %v", d.Headers, want)
 			}
@@ -109,13 +116,13 @@ func TestDecisionShape(t *testing.T) {
 			if !d.Allowed || d.Status() != 200 {
 				t.Errorf("allowed %v status %d", d.Allowed, d.Status())
 			}
-			if want := []authz.Header{{Key: "x-rate", Value: "10"}}; !slices.Equal(d.ResponseHeadersToAdd, want) {
+			if want := []authz.Pair{{Key: "x-rate", Value: "10"}}; !slices.Equal(d.ResponseHeadersToAdd, want) {
 				t.Errorf("response_headers_to_add %v", d.ResponseHeadersToAdd)
 			}
 			if want := []string{"authorization", "cookie"}; !slices.Equal(d.RequestHeadersToRemove, want) {
 				t.Errorf("request_headers_to_remove %v", d.RequestHeadersToRemove)
 			}
-			if want := []authz.Header{{Key: "tag", Value: "a"}, {Key: "tag", Value: "b"}, {Key: "user", Value: "alice"}}; !slices.Equal(d.QueryParametersToSet, want) {
+			if want := []authz.Pair{{Key: "tag", Value: "a"}, {Key: "tag", Value: "b"}, {Key: "user", Value: "alice"}}; !slices.Equal(d.QueryParametersToSet, want) {
 				t.Errorf("query_parameters_to_set %v", d.QueryParametersToSet)
 			}
 			if want := []string{"debug"}; !slices.Equal(d.QueryParametersToRemove, want) {
@@ -132,7 +139,7 @@ func TestDecisionShape(t *testing.T) {
 			if d.Allowed || d.Status() != 401 || d.HTTPStatus != 401 || d.Body != `{"error":"login"}` || d.Reason != "missing_token" {
 				t.Errorf("decision %+v", d)
 			}
-			if want := []authz.Header{{Key: "www-authenticate", Value: "Bearer"}}; !slices.Equal(d.Headers, want) {
+			if want := []authz.Pair{{Key: "www-authenticate", Value: "Bearer"}}; !slices.Equal(d.Headers, want) {
 				t.Errorf("headers %v", d.Headers)
 			}
 		}},
@@ -208,7 +215,7 @@ func TestDecisionWrongShape(t *testing.T) {
 // TestDecisionHeaderSet: HeaderSet matches names case-insensitively.
 func TestDecisionHeaderSet(t *testing.T) {
 	t.Parallel()
-	d := &authz.Decision{Headers: []authz.Header{{Key: "X-Gatehouse-User", Value: "a"}}}
+	d := &authz.Decision{Headers: []authz.Pair{{Key: "X-Gatehouse-User", Value: "a"}}}
 	if !d.HeaderSet("x-gatehouse-user") || d.HeaderSet("x-gatehouse-tenant") {
 		t.Error("HeaderSet is wrong")
 	}

@@ -1,7 +1,7 @@
 // Package authz is Gatehouse's decision engine: it compiles Rego policies,
-// verifies bearer tokens, completes the input document, evaluates the
-// decision rule against one consistent view of the data and shapes the
-// result into a transport-neutral Decision.
+// completes the input document (with the bearer token verified by package
+// token), evaluates the decision rule against one consistent view of the
+// data and shapes the result into a transport-neutral Decision.
 //
 // The engine knows OPA, not Envoy: the envoy package turns a CheckRequest
 // into the input value and a Decision into a CheckResponse.

@@ -3,6 +3,7 @@ package authz
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -17,30 +18,33 @@ import (
 	"github.com/open-policy-agent/opa/v1/topdown"
 	"github.com/open-policy-agent/opa/v1/topdown/print"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse-dev/gatehouse/internal/promx"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Config configures an Engine.
 type Config struct {
 	// MaxStaleness: tenancy data not known to be current for longer than
 	// this makes Decide answer "cannot decide". 0 = serve however old.
-	MaxStaleness time.Duration `yaml:"max_staleness"`
+	MaxStaleness time.Duration
 	// MinRevisionWait bounds how long a request carrying a minimum revision
 	// waits for that revision (default 1s).
-	MinRevisionWait time.Duration `yaml:"min_revision_wait"`
+	MinRevisionWait time.Duration
 	// Now is a test hook; default time.Now.
-	Now func() time.Time `yaml:"-"`
+	Now func() time.Time
 	// Registerer receives the engine's metrics (nil: none).
-	Registerer prometheus.Registerer `yaml:"-"`
+	Registerer prometheus.Registerer
 	// DecisionCacheEntries bounds the decision cache (default 10000; <0
 	// disables it). See cache.go for when a cached decision is used.
-	DecisionCacheEntries int `yaml:"decision_cache_entries"`
+	DecisionCacheEntries int
 	// DecisionCacheBytes bounds the accounted size of the decision cache
 	// (default 16 MiB; <0 disables it): keys are fixed-size hashes; the
 	// decisions (deny bodies, headers, metadata) and recorded reads count.
-	DecisionCacheBytes int64 `yaml:"decision_cache_bytes"`
+	DecisionCacheBytes int64
 	// Builtins are the Gatehouse built-ins policy sets are compiled with
-	// (Engine.Compile), e.g. bundle.Builtins().
-	Builtins []Builtin `yaml:"-"`
+	// (Engine.Compile), e.g. replica.Builtins().
+	Builtins []Builtin
 }
 
 // DefaultDecisionCacheBytes is Config.DecisionCacheBytes when unset.
@@ -62,15 +66,18 @@ func (c *Config) SetDefaults() {
 	}
 }
 
-// Validate reports every problem of the configuration.
+// Validate reports every problem of the configuration, joined, each a
+// *FieldError naming its Config field (a configuration file's loader maps
+// fields to its keys).
 func (c Config) Validate() error {
+	var errs []error
 	if c.MaxStaleness < 0 {
-		return fmt.Errorf("data.max_staleness: %v is negative", c.MaxStaleness)
+		errs = append(errs, &FieldError{Field: "MaxStaleness", Err: fmt.Errorf("%v is negative", c.MaxStaleness)})
 	}
 	if c.MinRevisionWait < 0 {
-		return fmt.Errorf("data.min_revision_wait: %v is negative", c.MinRevisionWait)
+		errs = append(errs, &FieldError{Field: "MinRevisionWait", Err: fmt.Errorf("%v is negative", c.MinRevisionWait)})
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Request is one decision request.
@@ -82,7 +89,7 @@ type Request struct {
 	Authorization string
 	// Token, when set, is the bearer token already verified by the caller
 	// (Verifier().VerifyHeader); Authorization is then not looked at.
-	Token *Token
+	Token *token.Token
 	// MinRevision asks for tenancy data at this revision or newer (0 = any).
 	MinRevision uint64
 	// Tracer, when set, receives the evaluation trace (for explanations).
@@ -96,7 +103,7 @@ type Request struct {
 type Engine struct {
 	cfg      Config
 	logger   *slog.Logger
-	verifier *Verifier
+	verifier *token.Verifier
 	tenancy  Tenancy
 
 	active atomic.Pointer[activeSet]
@@ -110,6 +117,8 @@ type Engine struct {
 	revTerm atomic.Pointer[revisionTerm] // the last tenancy_revision term built
 	queries atomic.Pointer[querySet]     // queries of the active set other than the decision (query.go)
 	keyBufs sync.Pool                    // *[]byte: buffers for decision cache keys
+
+	policyChanged atomic.Pointer[chan struct{}] // closed at every SetPolicy and PolicyFailed
 
 	mu        sync.Mutex // guards lastErr, lastErrAt
 	lastErr   string
@@ -125,17 +134,21 @@ type activeSet struct {
 
 // New returns an engine with no policy set; Decide answers "not ready" until
 // SetPolicy is called. A nil tenancy means EmptyTenancy; a nil verifier
-// trusts no issuer.
-func New(cfg Config, verifier *Verifier, tenancy Tenancy, logger *slog.Logger) *Engine {
+// trusts no issuer; a nil logger discards.
+func New(cfg Config, verifier *token.Verifier, tenancy Tenancy, logger *slog.Logger) *Engine {
 	cfg.SetDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	if tenancy == nil {
 		tenancy = EmptyTenancy()
 	}
 	if verifier == nil {
-		verifier, _ = NewVerifier(VerifierConfig{}, logger) // no issuers: cannot fail
+		verifier, _ = token.NewVerifier(token.VerifierConfig{}, logger) // no issuers: cannot fail
 	}
 	e := &Engine{cfg: cfg, logger: logger, verifier: verifier, tenancy: tenancy}
 	e.keyBufs.New = func() any { b := make([]byte, 0, 512); return &b }
+	e.signalPolicy()
 	e.loads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gatehouse_policy_loads_total",
 		Help: "Policy set loads, by result (success, error). An error leaves the last good policy serving.",
@@ -144,15 +157,24 @@ func New(cfg Config, verifier *Verifier, tenancy Tenancy, logger *slog.Logger) *
 		Name: "gatehouse_decision_cache_total",
 		Help: "Decisions by cache result: hit, miss (evaluated and stored), stale (evaluated: data changed), bypass (not cacheable).",
 	}, []string{"result"})
-	e.cacheHit, e.cacheMiss = e.cached.WithLabelValues("hit"), e.cached.WithLabelValues("miss")
-	e.cacheStale, e.cacheBypass = e.cached.WithLabelValues("stale"), e.cached.WithLabelValues("bypass")
 	cacheBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "gatehouse_decision_cache_bytes",
-		Help: "Accounted size of the decision cache (bounded by cache.decisions_mb).",
+		Help: "Accounted size of the decision cache (bounded by its byte budget).",
 	}, func() float64 { return float64(e.DecisionCacheBytes()) })
-	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(e.loads, e.cached, cacheBytes)
+	if reg := cfg.Registerer; reg != nil {
+		// A second engine on the registry shares the first one's metrics
+		// (the cache size gauge stays the first engine's) instead of
+		// panicking.
+		var errs [3]error
+		e.loads, errs[0] = promx.Register(reg, e.loads)
+		e.cached, errs[1] = promx.Register(reg, e.cached)
+		_, errs[2] = promx.Register(reg, prometheus.Collector(cacheBytes))
+		if err := errors.Join(errs[:]...); err != nil {
+			logger.Warn("engine metrics not registered", "err", err)
+		}
 	}
+	e.cacheHit, e.cacheMiss = e.cached.WithLabelValues("hit"), e.cached.WithLabelValues("miss")
+	e.cacheStale, e.cacheBypass = e.cached.WithLabelValues("stale"), e.cached.WithLabelValues("bypass")
 	e.tracker, _ = tenancy.(DependencyTracker)
 	return e
 }
@@ -167,6 +189,7 @@ func (e *Engine) SetPolicy(ps *PolicySet) {
 	e.mu.Lock()
 	e.lastErr = ""
 	e.mu.Unlock()
+	e.signalPolicy()
 	e.loads.WithLabelValues("success").Inc()
 	from := ""
 	if prev != nil {
@@ -189,6 +212,42 @@ func (e *Engine) PolicyFailed(err error) {
 	e.mu.Unlock()
 	e.loads.WithLabelValues("error").Inc()
 	e.logger.Error("policy not loaded; the last good policy keeps serving", "err", err)
+	e.signalPolicy()
+}
+
+// signalPolicy tells readiness watchers that the policy state changed.
+func (e *Engine) signalPolicy() {
+	ch := make(chan struct{})
+	if old := e.policyChanged.Swap(&ch); old != nil {
+		close(*old)
+	}
+}
+
+// ReadinessWatch holds the channels that close at the next event that may
+// change Engine.Ready's answer. Take it before calling Ready, then wait on
+// it: a change in between is not missed.
+type ReadinessWatch struct {
+	// Policy closes when a policy set is applied or refused.
+	Policy <-chan struct{}
+	// Tenancy closes when the tenancy data's revision or presence changes
+	// (nil when the store never changes).
+	Tenancy <-chan struct{}
+}
+
+// WatchReadiness returns the current readiness signals.
+func (e *Engine) WatchReadiness() ReadinessWatch {
+	return ReadinessWatch{Policy: *e.policyChanged.Load(), Tenancy: e.tenancy.Changed()}
+}
+
+// Wait returns once a signal of w fired, or with ctx's error.
+func (w ReadinessWatch) Wait(ctx context.Context) error {
+	select {
+	case <-w.Policy:
+	case <-w.Tenancy:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
 }
 
 // Policy returns the active policy set, nil before the first load.
@@ -212,7 +271,7 @@ func (e *Engine) DecisionCacheBytes() int64 {
 func (e *Engine) Tenancy() Tenancy { return e.tenancy }
 
 // Verifier returns the token verifier.
-func (e *Engine) Verifier() *Verifier { return e.verifier }
+func (e *Engine) Verifier() *token.Verifier { return e.verifier }
 
 // Ready returns nil when the engine can decide, or why not.
 func (e *Engine) Ready() error {
@@ -249,7 +308,10 @@ var (
 	keyTenancyRevision = ast.InternedTerm("tenancy_revision")
 )
 
-// Decide evaluates the decision rule for req.
+// Decide evaluates the decision rule for req, in named steps: freshness
+// (fresh), the token (verify), the input (input), the decision cache
+// (lookup), evaluation (evaluate), the Decision's shape (shape) and the
+// cache fill (fill). Every error is a *DecideError (see errors.go).
 func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	start := e.cfg.Now()
 	a := e.active.Load()
@@ -259,11 +321,7 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	if err := e.fresh(ctx, start, req.MinRevision); err != nil {
 		return nil, err
 	}
-
-	tok := req.Token
-	if tok == nil {
-		tok = e.verifier.VerifyHeader(ctx, req.Authorization)
-	}
+	tok := e.verify(ctx, req)
 
 	txn, err := a.store.NewTransaction(ctx)
 	if err != nil {
@@ -274,93 +332,33 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	rev := e.tenancy.TxnRevision(tt)
 	ver := dataVersion(e.tenancy, tt)
 
-	input := req.Input
-	if input == nil && req.Build != nil {
-		need := a.ps.need
-		if req.Tracer != nil {
-			need = NeedAll
-		}
-		if input, err = req.Build(need); err != nil {
-			return nil, err
-		}
+	input, err := e.input(a, req, tok, rev)
+	if err != nil {
+		return nil, err
 	}
-	if input == nil {
-		input = ast.NewObject()
-	}
-	input.Insert(keyToken, ast.NewTerm(tok.Value()))
-	input.Insert(keyTenancyRevision, e.revisionTerm(rev))
-
 	debug := e.logger.Enabled(ctx, slog.LevelDebug)
-	cache, key := a.cache, cacheKey{}
-	if cache != nil && req.Tracer == nil && !debug {
-		buf := e.keyBufs.Get().(*[]byte)
-		k, ok := cache.plan.key(input, (*buf)[:0])
-		if ok {
-			key = keyOf(k)
-		} else {
-			cache = nil
-		}
-		if cap(k) <= maxKeyBytes+1024 { // a refused key's buffer may be larger
-			*buf = k[:0]
-		}
-		e.keyBufs.Put(buf)
-	} else {
-		cache = nil
+	cache, key := e.cacheFor(a, input, req.Tracer == nil && !debug)
+	state := CacheBypass
+	if cache != nil {
+		state = CacheMiss
 	}
-	switch ent := cache.lookup(key); {
-	case cache == nil:
-		e.cacheBypass.Inc()
-	case ent == nil:
-		e.cacheMiss.Inc()
-		if !cache.admit(key) {
-			cache = nil // first seen while the cache is full: not stored
-		}
-	case e.valid(ent, tt, ver):
-		e.cacheHit.Inc()
-		d := ent.d
+	d, cache := e.lookup(cache, key, tt, ver)
+	if d != nil {
 		d.ID = NewDecisionID()
 		d.TenancyRevision = rev
 		d.Subject, d.TokenError = tok.Subject, tok.Error
 		d.Token, d.Cache = tok, CacheHit
 		d.Duration = e.cfg.Now().Sub(start)
-		return &d, nil
-	default:
-		e.cacheStale.Inc()
+		return d, nil
 	}
 	if cache != nil && e.tracker != nil {
 		e.tracker.Record(tt)
 	}
-
-	q := topdown.NewQuery(a.ps.query).
-		WithCompiler(a.ps.compiler).
-		WithStore(a.store).
-		WithTransaction(txn).
-		WithInput(ast.NewTerm(input)).
-		WithCancel(doneCancel{ctx.Done()}).
-		WithMetrics(noMetrics).
-		WithTime(start)
-	if req.Tracer != nil {
-		q = q.WithQueryTracer(req.Tracer)
-	}
-	if debug {
-		q = q.WithPrintHook(printHook{e.logger})
-	}
-	evalCtx := ctx
-	if a.ps.builtins != nil {
-		q = q.WithBuiltins(a.ps.builtins)
-		evalCtx = WithTenancyTxn(ctx, tt) // the built-ins read this decision's transaction
-	}
-	var result ast.Value
-	err = q.Iter(evalCtx, func(qr topdown.QueryResult) error {
-		if t := qr[resultVar]; t != nil {
-			result = t.Value
-		}
-		return nil
-	})
+	result, err := e.evaluate(ctx, a, txn, input, req.Tracer, debug, start)
 	if err != nil {
-		return nil, internal(fmt.Errorf("%w: %v", ErrEvaluation, err))
+		return nil, err
 	}
-	d := &Decision{
+	d = &Decision{
 		ID:              NewDecisionID(),
 		PolicyRevision:  a.ps.revision,
 		TenancyRevision: rev,
@@ -370,19 +368,132 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	if err := d.shape(result); err != nil {
 		return nil, internal(err)
 	}
-	if cache != nil {
-		ent := &cacheEntry{d: *d, version: ver}
-		if e.tracker != nil {
-			ent.deps, ent.tracked = e.tracker.Recorded(tt)
-		}
-		cache.put(key, ent)
-	}
-	d.Token, d.Cache = tok, CacheMiss
-	if cache == nil {
-		d.Cache = CacheBypass
-	}
+	e.fill(cache, key, d, tt, ver)
+	d.Token, d.Cache = tok, state
 	d.Duration = e.cfg.Now().Sub(start)
 	return d, nil
+}
+
+// verify returns the request's token: the one the caller verified, or the
+// Authorization header's, verified now.
+func (e *Engine) verify(ctx context.Context, req *Request) *token.Token {
+	if req.Token != nil {
+		return req.Token
+	}
+	return e.verifier.VerifyHeader(ctx, req.Authorization)
+}
+
+// input completes the request's input document with input.token and
+// input.tenancy_revision, building it first (req.Build) when not given.
+// A Build error is wrapped as ErrInput.
+func (e *Engine) input(a *activeSet, req *Request, tok *token.Token, rev uint64) (ast.Object, error) {
+	input := req.Input
+	if input == nil && req.Build != nil {
+		need := a.ps.need
+		if req.Tracer != nil {
+			need = NeedAll
+		}
+		var err error
+		if input, err = req.Build(need); err != nil {
+			return nil, internal(fmt.Errorf("%w: %w", ErrInput, err))
+		}
+	}
+	if input == nil {
+		input = ast.NewObject()
+	}
+	input.Insert(keyToken, ast.NewTerm(tok.Value()))
+	input.Insert(keyTenancyRevision, e.revisionTerm(rev))
+	return input, nil
+}
+
+// cacheFor returns a's decision cache and the key of input, or a nil cache
+// when the decision is not cached (no cache, not allowed, or an input the
+// key plan cannot key). The key is built in a pooled buffer.
+func (e *Engine) cacheFor(a *activeSet, input ast.Object, allowed bool) (*decisionCache, cacheKey) {
+	if a.cache == nil || !allowed {
+		return nil, cacheKey{}
+	}
+	buf := e.keyBufs.Get().(*[]byte)
+	defer e.keyBufs.Put(buf)
+	k, ok := a.cache.plan.key(input, (*buf)[:0])
+	if cap(k) <= maxKeyBytes+1024 { // a refused key's buffer may be larger
+		*buf = k[:0]
+	}
+	if !ok {
+		return nil, cacheKey{}
+	}
+	return a.cache, keyOf(k)
+}
+
+// lookup returns a copy of the cached decision for key when it still holds
+// for the data the transaction tt reads, else nil; it counts the outcome.
+// The cache it returns is the one to fill after evaluation: nil when a
+// first-seen question is not admitted (cache.admit).
+func (e *Engine) lookup(cache *decisionCache, key cacheKey, tt storage.Transaction, ver DataVersion) (*Decision, *decisionCache) {
+	switch ent := cache.lookup(key); {
+	case cache == nil:
+		e.cacheBypass.Inc()
+	case ent == nil:
+		e.cacheMiss.Inc()
+		if !cache.admit(key) {
+			return nil, nil // first seen while the cache is full: not stored
+		}
+	case e.valid(ent, tt, ver):
+		e.cacheHit.Inc()
+		d := ent.d
+		return &d, cache
+	default:
+		e.cacheStale.Inc()
+	}
+	return nil, cache
+}
+
+// evaluate runs the prepared query of a's policy set over txn and returns
+// the decision rule's value (nil when undefined).
+func (e *Engine) evaluate(ctx context.Context, a *activeSet, txn storage.Transaction, input ast.Object, tracer topdown.QueryTracer, debug bool, start time.Time) (ast.Value, error) {
+	q := topdown.NewQuery(a.ps.query).
+		WithCompiler(a.ps.compiler).
+		WithStore(a.store).
+		WithTransaction(txn).
+		WithInput(ast.NewTerm(input)).
+		WithCancel(doneCancel{ctx.Done()}).
+		WithMetrics(noMetrics).
+		WithTime(start)
+	if tracer != nil {
+		q = q.WithQueryTracer(tracer)
+	}
+	if debug {
+		q = q.WithPrintHook(printHook{e.logger})
+	}
+	evalCtx := ctx
+	if a.ps.builtins != nil {
+		q = q.WithBuiltins(a.ps.builtins)
+		evalCtx = WithTenancyTxn(ctx, txn.(*dataTxn).tenancy) // the built-ins read this decision's transaction
+	}
+	var result ast.Value
+	err := q.Iter(evalCtx, func(qr topdown.QueryResult) error {
+		if t := qr[resultVar]; t != nil {
+			result = t.Value
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, internal(fmt.Errorf("%w: %v", ErrEvaluation, err))
+	}
+	return result, nil
+}
+
+// fill caches d (before its Duration is set) with the reads recorded for
+// it, when the decision is cached.
+func (e *Engine) fill(cache *decisionCache, key cacheKey, d *Decision, tt storage.Transaction, ver DataVersion) {
+	if cache == nil {
+		return
+	}
+	ent := &cacheEntry{d: *d, version: ver}
+	if e.tracker != nil {
+		ent.deps, ent.tracked = e.tracker.Recorded(tt)
+	}
+	cache.put(key, ent)
 }
 
 // doneCancel stops an evaluation once its context is done: topdown polls

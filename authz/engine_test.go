@@ -392,3 +392,98 @@ func TestEngineDecisionCache(t *testing.T) {
 		t.Errorf("after a policy reload: %v", d.Headers)
 	}
 }
+
+// TestConfigValidateNamesFields: the engine's Config.Validate names its own
+// fields (*FieldError), never a configuration file's keys, and reports
+// every problem at once.
+func TestConfigValidateNamesFields(t *testing.T) {
+	t.Parallel()
+	err := authz.Config{MaxStaleness: -time.Second, MinRevisionWait: -time.Second}.Validate()
+	var fields []string
+	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+		var fe *authz.FieldError
+		if !errors.As(e, &fe) {
+			t.Fatalf("%v is not a *FieldError", e)
+		}
+		fields = append(fields, fe.Field)
+	}
+	if strings.Join(fields, ",") != "MaxStaleness,MinRevisionWait" {
+		t.Fatalf("fields %v", fields)
+	}
+	if strings.Contains(err.Error(), "data.") {
+		t.Fatalf("%q names a serve key", err)
+	}
+	if err := (authz.Config{}).Validate(); err != nil {
+		t.Fatalf("zero Config: %v", err)
+	}
+}
+
+// TestDecideErrorsAreDecideErrors: every way Decide cannot decide returns
+// a *DecideError with its code, as the package documentation promises —
+// including a failing Request.Build, whose error was returned unwrapped.
+func TestDecideErrorsAreDecideErrors(t *testing.T) {
+	t.Parallel()
+	ready, _ := engineWith(t, map[string]string{"policy.rego": "package envoy.authz\nallow := true\n"}, authz.Config{})
+	badShape, _ := engineWith(t, map[string]string{"policy.rego": "package envoy.authz\nallow := {\"allowed\": \"yes\"}\n"}, authz.Config{})
+	conflict, _ := engineWith(t, map[string]string{"policy.rego": "package envoy.authz\nallow := input.a\nallow := input.b\n"}, authz.Config{})
+	notReady := authz.New(authz.Config{}, nil, nil, nil)
+	buildErr := errors.New("no input for you")
+	tests := map[string]struct {
+		e    *authz.Engine
+		req  *authz.Request
+		code authz.Code
+		is   error
+	}{
+		"not ready":     {notReady, &authz.Request{}, authz.CodeUnavailable, authz.ErrNotReady},
+		"build fails":   {ready, &authz.Request{Build: func(*authz.Need) (ast.Object, error) { return nil, buildErr }}, authz.CodeInternal, buildErr},
+		"bad shape":     {badShape, &authz.Request{Input: ast.NewObject()}, authz.CodeInternal, authz.ErrBadDecision},
+		"eval conflict": {conflict, &authz.Request{Input: ast.MustParseTerm(`{"a": 1, "b": 2}`).Value.(ast.Object)}, authz.CodeInternal, authz.ErrEvaluation},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			d, err := tc.e.Decide(t.Context(), tc.req)
+			if d != nil {
+				t.Fatalf("decision %+v, want none", d)
+			}
+			if got := decideCode(t, err); got != tc.code {
+				t.Fatalf("code %s, want %s (%v)", got, tc.code, err)
+			}
+			if !errors.Is(err, tc.is) {
+				t.Fatalf("error %v is not %v", err, tc.is)
+			}
+		})
+	}
+}
+
+// TestTwoEnginesShareARegistry: a second Engine on the registry of the
+// first (a reload that builds a new engine, two engines in one test
+// process) shares its metrics instead of panicking in MustRegister, and
+// both count into them.
+func TestTwoEnginesShareARegistry(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	policy := map[string]string{"policy.rego": "package envoy.authz\nallow := true\n"}
+	e1, _ := engineWith(t, policy, authz.Config{Registerer: reg})
+	e2, _ := engineWith(t, policy, authz.Config{Registerer: reg})
+	for _, e := range []*authz.Engine{e1, e2} {
+		if _, err := decide(t, e, nil, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var loads float64
+	for _, f := range families {
+		if f.GetName() == "gatehouse_policy_loads_total" {
+			for _, m := range f.GetMetric() {
+				loads += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if loads != 2 {
+		t.Fatalf("gatehouse_policy_loads_total = %v, want 2 (one load per engine)", loads)
+	}
+}

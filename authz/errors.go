@@ -30,6 +30,10 @@ var (
 	// (e.g. a conflict error, a cancelled query, a storage error).
 	ErrEvaluation = errors.New("policy evaluation failed")
 
+	// ErrInput is returned by Decide when Request.Build could not build the
+	// input document.
+	ErrInput = errors.New("build input")
+
 	// ErrNoDecisionRule is returned by Compile when no rule or data defines
 	// the configured decision path.
 	ErrNoDecisionRule = errors.New("decision rule not defined")
@@ -64,3 +68,19 @@ func (e *DecideError) Unwrap() error { return e.Err }
 
 func unavailable(err error) error { return &DecideError{Code: CodeUnavailable, Err: err} }
 func internal(err error) error    { return &DecideError{Code: CodeInternal, Err: err} }
+
+// FieldError is a problem of one Config field, returned by Config.Validate.
+// It names the Go field, not a configuration file's key: the loader of a
+// file maps Field to its key.
+type FieldError struct {
+	// Field is the Config field, e.g. "MaxStaleness".
+	Field string
+	// Err is the problem with its value.
+	Err error
+}
+
+// Error returns "Field: problem".
+func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
+
+// Unwrap returns Err.
+func (e *FieldError) Unwrap() error { return e.Err }

@@ -201,17 +201,11 @@ func TestRegoV0(t *testing.T) {
 	t.Parallel()
 	dir := testutil.PolicyDir(t, map[string]string{"policy.rego": "package envoy.authz\ndefault allow = false\nallow { input.x == 1 }\n"})
 	e := authz.New(authz.Config{}, nil, nil, testLogger(t))
-	src, err := authz.NewDirSource(authz.PolicyConfig{Dir: dir, RegoVersion: "v0"}, e, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := src.Load(); err != nil {
-		t.Fatalf("load v0 policy: %v", err)
-	}
+	loadDirVersion(t, e, dir, ast.RegoV0)
 	if d, err := decide(t, e, map[string]any{"x": 1}, ""); err != nil || !d.Allowed {
 		t.Fatalf("Decide = %+v, %v", d, err)
 	}
-	if _, err := authz.NewDirSource(authz.PolicyConfig{Dir: dir, RegoVersion: "v2"}, e, testLogger(t)); err == nil {
+	if _, err := authz.ParseRegoVersion("v2"); err == nil {
 		t.Error("rego_version v2 accepted")
 	}
 }
@@ -254,41 +248,5 @@ func TestDirRevision(t *testing.T) {
 			t.Errorf("%s: revision %s -> %s, changed want %v", st.name, prev, now, st.changed)
 		}
 		prev = now
-	}
-}
-
-// TestPolicyConfigValidate names every bad key.
-func TestPolicyConfigValidate(t *testing.T) {
-	t.Parallel()
-	tests := map[string]struct {
-		cfg  authz.PolicyConfig
-		want string
-	}{
-		"ok":            {authz.PolicyConfig{Dir: "p"}, ""},
-		"nothing":       {authz.PolicyConfig{}, "policies: set dir or bundle.url"},
-		"both":          {authz.PolicyConfig{Dir: "p", Bundle: authz.BundleSourceConfig{URL: "http://x", PublicKeyFile: "k"}}, "not both"},
-		"unsigned":      {authz.PolicyConfig{Bundle: authz.BundleSourceConfig{URL: "http://x"}}, "public_key_file"},
-		"bad decision":  {authz.PolicyConfig{Dir: "p", Decision: "a//b"}, "policies.decision"},
-		"bad version":   {authz.PolicyConfig{Dir: "p", RegoVersion: "v9"}, "policies.rego_version"},
-		"negative poll": {authz.PolicyConfig{Bundle: authz.BundleSourceConfig{URL: "http://x", PublicKeyFile: "k", Poll: -1}}, "policies.bundle.poll"},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			tc.cfg.SetDefaults()
-			if tc.cfg.Bundle.Poll == 10e9 && name == "negative poll" {
-				t.Fatal("SetDefaults overwrote a negative poll")
-			}
-			err := tc.cfg.Validate()
-			if tc.want == "" {
-				if err != nil {
-					t.Fatalf("Validate = %v", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Validate = %v, want %q", err, tc.want)
-			}
-		})
 	}
 }

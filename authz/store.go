@@ -25,6 +25,9 @@ type Tenancy interface {
 	// WaitRevision returns once data at revision >= rev is readable, or with
 	// ctx's error.
 	WaitRevision(ctx context.Context, rev uint64) error
+	// Changed returns a channel closed at the next change of the state's
+	// revision or presence (nil for a store that never changes).
+	Changed() <-chan struct{}
 }
 
 // TenancyState describes the tenancy data a Tenancy store serves.
@@ -70,7 +73,9 @@ func (emptyTenancy) Truncate(context.Context, storage.Transaction, storage.Trans
 	return &storage.Error{Code: storage.InvalidTransactionErr, Message: errWriteTxn.Error()}
 }
 func (emptyTenancy) TxnRevision(storage.Transaction) uint64 { return 0 }
-func (emptyTenancy) State() TenancyState                    { return TenancyState{Present: true} }
+
+func (emptyTenancy) Changed() <-chan struct{} { return nil }
+func (emptyTenancy) State() TenancyState      { return TenancyState{Present: true} }
 func (emptyTenancy) WaitRevision(ctx context.Context, rev uint64) error {
 	if rev == 0 {
 		return nil

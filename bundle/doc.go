@@ -1,54 +1,33 @@
-// Package bundle holds what a sidecar receives from the control endpoint and
-// where it keeps it: the bbolt cache of tenancy data (Store, an OPA
-// storage.Store serving data.tenancy by keyed reads), the sync client that
-// keeps it current (Syncer), and signed policy bundles.
+// Package bundle owns policy sources and OPA bundles, as OPA users mean the
+// word: where the engine's policy set comes from and how it is kept
+// current.
 //
-// # Cache file
+// # Policy sources
 //
-// The cache is a bbolt file (<data dir>/tenancy.db) in the layout of package
-// tenancy: every stored value carries a CRC-32C, verified on every read. A
-// snapshot is written into a new file and swapped in atomically once
-// complete; the revisions of the change feed (a revision may arrive in
-// several parts) are applied in one bbolt transaction together with the
-// revision number and its history hash, so a crash or a cut stream never
-// leaves a half-applied revision. Every revision's history hash is
-// recomputed and checked: the cache never splices two histories (a
-// control endpoint restored from a backup makes it re-snapshot).
+// PolicyConfig is the `policies:` section of the serve configuration: a
+// directory or a signed bundle URL, the decision rule and the Rego version.
+// DirSource keeps an engine in step with a directory (fsnotify events plus
+// a poll; an edit that does not compile is reported and ignored).
+// PolicySource polls a bundle URL with ETags, applies a verified bundle
+// that compiles, keeps the last good policy serving otherwise, and keeps a
+// verified copy in the data directory for restarts.
 //
-// A file is checked against its meta pages before bbolt maps it. A file
-// that does not open, is truncated, has the wrong schema, fails the
-// background consistency check or a value's checksum is damaged: the store
-// stops serving it (not ready; checks answer UNAVAILABLE) until a snapshot
-// replaced it, and it is set aside (renamed *.corrupt-<time>). Every file
-// opened gets a new generation, part of what a cached decision is
-// validated against: a decision made on one file is never served from
-// another, whatever their revisions.
+// # Bundles
 //
-// # Built-in functions
-//
-// Builtins are Gatehouse's Rego built-ins (SPEC §12, gatehouse.tenancy.*):
-// tenancy.Decide and friends run in the evaluation's own read transaction
-// (authz.TenancyTxn), through the same tenancy.Reader as Read, so their
-// keyed reads are recorded for the decision cache with the same stamps.
-// Damage they find marks the file damaged and halts the evaluation (the
-// engine cannot decide). ObserveReads lets explanations list their reads.
-//
-// # Policy bundles
-//
-// Signed OPA-format policy bundles (policy.go): Build writes them
-// (compiling first, so a bundle that does not compile is never produced),
-// OpenBundle verifies the signature and every file digest against the
-// signed list, and PolicySource polls a bundle URL with ETags, applies a
-// verified bundle that compiles, keeps the last good policy serving
-// otherwise, and keeps a verified copy in the data directory for restarts.
+// Signed OPA-format policy bundles: Build writes them (compiling first, so a
+// bundle that does not compile is never produced), OpenBundle verifies the
+// signature and every file digest against the signed list. Keys are parsed
+// and checked by package token (one owner for every key rule).
 //
 // # Concurrency
 //
-// Store is safe for concurrent use: every evaluation reads one bbolt read
-// transaction (one revision). The Syncer is the only writer.
+// DirSource and PolicySource are run by one goroutine each (Run); the
+// engine swaps policy sets atomically.
 //
 // # Errors
 //
-// Reads return *storage.Error (OPA type-asserts it): NotFoundErr for absent
-// documents, InternalErr for a damaged file or a read too large to serve.
+// Errors of OpenBundle, Build and PolicySource wrap one of the sentinels of
+// policy_errors.go (ErrUnsigned, ErrSignature, ErrTampered,
+// ErrBundleFormat, ErrKey), so callers can classify a refusal with
+// errors.Is.
 package bundle

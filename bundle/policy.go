@@ -38,6 +38,8 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	opabundle "github.com/open-policy-agent/opa/v1/bundle"
 	"github.com/open-policy-agent/opa/v1/util"
+
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Names of the bundle's own files.
@@ -103,12 +105,12 @@ type Signer struct {
 	keyID  string
 }
 
-// NewSigner returns a signer for key. alg is one of SigningAlgorithms that
+// NewSigner returns a signer for key. alg is one of token.Algorithms() that
 // fits the key ("" = RS256 for RSA keys, ES256/ES384/ES512 by curve, EdDSA
 // for Ed25519). keyID, when set, goes into the JWS header ("kid") and the
 // payload ("keyid"), as `opa build` writes it.
 func NewSigner(key crypto.Signer, alg, keyID string) (*Signer, error) {
-	m, err := signingMethod(key, alg)
+	m, err := token.SigningMethod(key, alg)
 	if err != nil {
 		return nil, err
 	}

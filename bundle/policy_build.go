@@ -42,6 +42,9 @@ type BuildConfig struct {
 	// Signer signs the bundle; nil writes an unsigned bundle (which a
 	// sidecar refuses).
 	Signer *Signer
+	// Builtins are the built-ins the policy is compiled with, as the
+	// sidecar compiles it (replica.Builtins()).
+	Builtins []authz.Builtin
 }
 
 // BuildResult describes a built bundle.
@@ -120,17 +123,17 @@ func Build(w io.Writer, cfg BuildConfig) (BuildResult, error) {
 	// Read the tarball back as a sidecar does, and compile it.
 	opts := OpenOptions{RegoVersion: version, BaseDir: cfg.Dir, Origin: cfg.Dir, Unsigned: cfg.Signer == nil}
 	if cfg.Signer != nil {
-		v, err := NewVerifier([]crypto.PublicKey{cfg.Signer.Public()}, "the signing key")
+		v, err := NewKeySet([]crypto.PublicKey{cfg.Signer.Public()}, "the signing key")
 		if err != nil {
 			return BuildResult{}, err
 		}
-		opts.Verifier = v
+		opts.Keys = v
 	}
 	src, err := OpenBundle(buf.Bytes(), opts)
 	if err != nil {
 		return BuildResult{}, err
 	}
-	if _, err := authz.Compile(src, cfg.Decision, Builtins()...); err != nil {
+	if _, err := authz.Compile(src, cfg.Decision, cfg.Builtins...); err != nil {
 		return BuildResult{}, err
 	}
 

@@ -30,6 +30,8 @@ import (
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/replica"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // pbPolicy is a small policy directory: the decision reads static data
@@ -112,9 +114,9 @@ func pbSigner(tb testing.TB, key crypto.Signer, alg, keyID string) *bundle.Signe
 	return s
 }
 
-func pbVerifier(tb testing.TB, pubs ...crypto.PublicKey) *bundle.Verifier {
+func pbVerifier(tb testing.TB, pubs ...crypto.PublicKey) *bundle.KeySet {
 	tb.Helper()
-	v, err := bundle.NewVerifier(pubs, "test keys")
+	v, err := bundle.NewKeySet(pubs, "test keys")
 	if err != nil {
 		tb.Fatalf("NewVerifier: %v", err)
 	}
@@ -125,6 +127,9 @@ func pbVerifier(tb testing.TB, pubs ...crypto.PublicKey) *bundle.Verifier {
 func pbBuild(tb testing.TB, cfg bundle.BuildConfig) ([]byte, bundle.BuildResult) {
 	tb.Helper()
 	var buf bytes.Buffer
+	if cfg.Builtins == nil {
+		cfg.Builtins = replica.Builtins()
+	}
 	res, err := bundle.Build(&buf, cfg)
 	if err != nil {
 		tb.Fatalf("Build: %v", err)
@@ -434,7 +439,7 @@ func TestPolicyBundleWeVerifyOPAs(t *testing.T) {
 			if err := opabundle.NewWriter(&buf).DisableFormat(true).Write(b); err != nil {
 				t.Fatal(err)
 			}
-			src, err := bundle.OpenBundle(buf.Bytes(), bundle.OpenOptions{Verifier: pbVerifier(t, key.Public())})
+			src, err := bundle.OpenBundle(buf.Bytes(), bundle.OpenOptions{Keys: pbVerifier(t, key.Public())})
 			if err != nil {
 				t.Fatalf("our verifier refuses OPA's bundle: %v", err)
 			}
@@ -450,7 +455,7 @@ func TestPolicyBundleWeVerifyOPAs(t *testing.T) {
 			}
 			// Another key: refused.
 			other := pbKey(t, tc.kind, "someone-else")
-			if _, err := bundle.OpenBundle(buf.Bytes(), bundle.OpenOptions{Verifier: pbVerifier(t, other.Public())}); !errors.Is(err, bundle.ErrSignature) {
+			if _, err := bundle.OpenBundle(buf.Bytes(), bundle.OpenOptions{Keys: pbVerifier(t, other.Public())}); !errors.Is(err, bundle.ErrSignature) {
 				t.Fatalf("OPA's bundle with another key: %v", err)
 			}
 		})
@@ -549,7 +554,7 @@ func TestPolicyBundleOpenRefuses(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			_, err := bundle.OpenBundle(tc.tarball, bundle.OpenOptions{Verifier: v})
+			_, err := bundle.OpenBundle(tc.tarball, bundle.OpenOptions{Keys: v})
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("error %v, want %v", err, tc.want)
 			}
@@ -561,13 +566,13 @@ func TestPolicyBundleOpenRefuses(t *testing.T) {
 
 	t.Run("good", func(t *testing.T) {
 		t.Parallel()
-		if _, err := bundle.OpenBundle(good, bundle.OpenOptions{Verifier: v}); err != nil {
+		if _, err := bundle.OpenBundle(good, bundle.OpenOptions{Keys: v}); err != nil {
 			t.Fatal(err)
 		}
 		// Digests of data files are over canonical JSON (as OPA's): a
 		// reformatted data.json with the same values still verifies.
 		reformatted := pbEdit(t, good, replace("static/gate/data.json", []byte("{\n  \"open\":   false\n}\n")))
-		src, err := bundle.OpenBundle(reformatted, bundle.OpenOptions{Verifier: v})
+		src, err := bundle.OpenBundle(reformatted, bundle.OpenOptions{Keys: v})
 		if err != nil {
 			t.Fatalf("reformatted data.json: %v", err)
 		}
@@ -575,7 +580,7 @@ func TestPolicyBundleOpenRefuses(t *testing.T) {
 			t.Fatalf("data %s", got)
 		}
 		// A rotated key file: any listed key verifies.
-		if _, err := bundle.OpenBundle(good, bundle.OpenOptions{Verifier: pbVerifier(t, pbKey(t, "ec", "new").Public(), key.Public())}); err != nil {
+		if _, err := bundle.OpenBundle(good, bundle.OpenOptions{Keys: pbVerifier(t, pbKey(t, "ec", "new").Public(), key.Public())}); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -644,7 +649,7 @@ func TestPolicyBundleKeys(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			k, err := bundle.ParsePrivateKey(tc.pem)
+			k, err := token.ParsePrivateKey(tc.pem)
 			var s *bundle.Signer
 			if err == nil {
 				s, err = bundle.NewSigner(k, tc.alg, "")
@@ -666,11 +671,11 @@ func TestPolicyBundleKeys(t *testing.T) {
 	t.Run("public keys", func(t *testing.T) {
 		t.Parallel()
 		pems := append(testutil.PublicKeyPEM(t, rsaKey.Public()), testutil.PublicKeyPEM(t, pbKey(t, "ed25519", "a").Public())...)
-		keys, err := bundle.ParsePublicKeys(pems)
+		keys, err := token.ParsePublicKeys(pems)
 		if err != nil || len(keys) != 2 {
 			t.Fatalf("ParsePublicKeys: %d keys, %v", len(keys), err)
 		}
-		if _, err := bundle.ParsePublicKeys(pbPrivatePEM(t, rsaKey)); !errors.Is(err, bundle.ErrKey) || !strings.Contains(err.Error(), "give the sidecar only the public key") {
+		if _, err := token.ParsePublicKeys(pbPrivatePEM(t, rsaKey)); !errors.Is(err, bundle.ErrKey) || !strings.Contains(err.Error(), "give the sidecar only the public key") {
 			t.Fatalf("private key as public key: %v", err)
 		}
 	})

@@ -1,6 +1,10 @@
 package bundle
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/gatehouse-dev/gatehouse/token"
+)
 
 // Sentinel errors of policy bundles. Errors returned by OpenBundle, Build
 // and PolicySource wrap one of them with the details (file names, hashes,
@@ -32,5 +36,6 @@ var (
 	// ErrKey is returned when a PEM signing or verification key cannot be
 	// used: not PEM, encrypted, an unsupported key type, or an algorithm that
 	// does not fit the key.
-	ErrKey = errors.New("unusable key")
+	// It is token.ErrKey: the key parsers are package token's.
+	ErrKey = token.ErrKey
 )

@@ -86,7 +86,7 @@ func FuzzOpenBundle(f *testing.F) {
 		if _, err := bundle.OpenBundle(tarball, bundle.OpenOptions{Unsigned: true}); err != nil {
 			checkBundleError(t, err)
 		}
-		_, err := bundle.OpenBundle(tarball, bundle.OpenOptions{Verifier: v})
+		_, err := bundle.OpenBundle(tarball, bundle.OpenOptions{Keys: v})
 		if err != nil {
 			checkBundleError(t, err)
 			return

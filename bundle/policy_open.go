@@ -22,6 +22,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/util"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // DefaultMaxBundleBytes bounds a bundle download (compressed) and, four
@@ -31,31 +32,31 @@ const DefaultMaxBundleBytes = 64 << 20
 // maxBundleFiles bounds the number of files in a bundle.
 const maxBundleFiles = 100000
 
-// Verifier checks bundle signatures against trusted public keys.
-type Verifier struct {
+// KeySet is the trusted public keys bundle signatures are checked against.
+type KeySet struct {
 	keys []crypto.PublicKey
 	from string // where the keys came from, for messages
 }
 
-// NewVerifier returns a verifier trusting keys; from names their origin
+// NewKeySet returns a key set trusting keys; from names their origin
 // (e.g. the key file) in error messages.
-func NewVerifier(keys []crypto.PublicKey, from string) (*Verifier, error) {
+func NewKeySet(keys []crypto.PublicKey, from string) (*KeySet, error) {
 	if len(keys) == 0 {
 		return nil, fmt.Errorf("%w: no public key", ErrKey)
 	}
 	for _, k := range keys {
-		if len(methodsFor(k)) == 0 {
-			return nil, fmt.Errorf("%w: %s key cannot verify bundle signatures", ErrKey, keyKind(k))
+		if err := token.CheckPublicKey(k); err != nil {
+			return nil, fmt.Errorf("%s key cannot verify bundle signatures: %w", token.KeyKind(k), err)
 		}
 	}
-	return &Verifier{keys: slices.Clone(keys), from: from}, nil
+	return &KeySet{keys: slices.Clone(keys), from: from}, nil
 }
 
 // OpenOptions configures OpenBundle.
 type OpenOptions struct {
-	// Verifier checks the signature and every file digest. Required unless
+	// Keys check the signature and every file digest. Required unless
 	// Unsigned is set.
-	Verifier *Verifier
+	Keys *KeySet
 	// Unsigned reads the bundle without any signature check. Only Build
 	// uses it, to read back its own unsigned output.
 	Unsigned bool
@@ -70,8 +71,8 @@ type OpenOptions struct {
 	MaxBytes int64
 }
 
-// OpenBundle reads an OPA bundle tarball into a policy Source. With a
-// Verifier, the bundle must carry exactly one signature that verifies with
+// OpenBundle reads an OPA bundle tarball into a policy Source. With
+// Keys, the bundle must carry exactly one signature that verifies with
 // one of the trusted keys, and the signed file list must match the files
 // of the bundle exactly (no file unlisted, none missing, every digest
 // equal); only then are the files parsed. The Source's revision is the
@@ -79,8 +80,8 @@ type OpenOptions struct {
 // digits of the tarball's SHA-256). OpenBundle does not compile: call
 // authz.Compile on the Source.
 func OpenBundle(tarball []byte, opts OpenOptions) (authz.Source, error) {
-	if opts.Verifier == nil && !opts.Unsigned {
-		return authz.Source{}, errors.New("open bundle: no verifier given")
+	if opts.Keys == nil && !opts.Unsigned {
+		return authz.Source{}, errors.New("open bundle: no trusted keys given")
 	}
 	if opts.MaxBytes <= 0 {
 		opts.MaxBytes = 4 * DefaultMaxBundleBytes
@@ -110,7 +111,7 @@ func OpenBundle(tarball []byte, opts OpenOptions) (authz.Source, error) {
 		if sigs == nil {
 			return authz.Source{}, fmt.Errorf("%w: no %s in the bundle; unsigned bundles are refused", ErrUnsigned, SignaturesFile)
 		}
-		listed, err := opts.Verifier.verifyJWS(sigs.Content)
+		listed, err := opts.Keys.verifyJWS(sigs.Content)
 		if err != nil {
 			return authz.Source{}, err
 		}
@@ -248,7 +249,7 @@ func cleanName(name string) (string, error) {
 
 // verifyJWS checks the signatures document and returns the signed file
 // list by name.
-func (v *Verifier) verifyJWS(doc []byte) (map[string]opabundle.FileInfo, error) {
+func (v *KeySet) verifyJWS(doc []byte) (map[string]opabundle.FileInfo, error) {
 	var sd signaturesDoc
 	if err := json.Unmarshal(doc, &sd); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrSignature, SignaturesFile, err)
@@ -268,13 +269,13 @@ func (v *Verifier) verifyJWS(doc []byte) (map[string]opabundle.FileInfo, error) 
 	)
 	for _, k := range v.keys {
 		claims = signedFiles{}
-		p := jwt.NewParser(jwt.WithValidMethods(methodsFor(k)))
+		p := jwt.NewParser(jwt.WithValidMethods(token.AlgorithmsFor(k)))
 		_, err := p.ParseWithClaims(sd.Signatures[0], &claims, func(*jwt.Token) (any, error) { return k, nil })
 		if err == nil {
 			ok = true
 			break
 		}
-		errs = append(errs, fmt.Sprintf("%s key: %v", keyKind(k), err))
+		errs = append(errs, fmt.Sprintf("%s key: %v", token.KeyKind(k), err))
 	}
 	if !ok {
 		return nil, fmt.Errorf("%w with the key(s) in %s: %s", ErrSignature, v.from, strings.Join(errs, "; "))

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // PersistedBundleFile is the name, in PolicySourceConfig.DataDir, of the
@@ -47,7 +48,7 @@ const (
 type PolicySourceConfig struct {
 	// Policies is the `policies:` section of the serve configuration;
 	// Bundle.URL and Bundle.PublicKeyFile are required.
-	Policies authz.PolicyConfig
+	Policies PolicyConfig
 	// DataDir, when set, keeps a copy of the last applied bundle
 	// (<DataDir>/policy-bundle.tar.gz) that Restore verifies and loads at
 	// start, so a sidecar restarted while the bundle server is down still
@@ -146,16 +147,16 @@ func NewPolicySource(cfg PolicySourceConfig, engine *authz.Engine, logger *slog.
 }
 
 // verifier reads the public key file.
-func (s *PolicySource) verifier() (*Verifier, error) {
+func (s *PolicySource) verifier() (*KeySet, error) {
 	pem, err := os.ReadFile(s.keyFile)
 	if err != nil {
 		return nil, err
 	}
-	keys, err := ParsePublicKeys(pem)
+	keys, err := token.ParsePublicKeys(pem)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s.keyFile, err)
 	}
-	return NewVerifier(keys, s.keyFile)
+	return NewKeySet(keys, s.keyFile)
 }
 
 // open verifies and compiles a bundle.
@@ -164,7 +165,7 @@ func (s *PolicySource) open(tarball []byte, origin string) (*authz.PolicySet, er
 	if err != nil {
 		return nil, fmt.Errorf("public key: %w", err)
 	}
-	src, err := OpenBundle(tarball, OpenOptions{Verifier: v, RegoVersion: s.version, Origin: origin, MaxBytes: 4 * s.cfg.MaxBytes})
+	src, err := OpenBundle(tarball, OpenOptions{Keys: v, RegoVersion: s.version, Origin: origin, MaxBytes: 4 * s.cfg.MaxBytes})
 	if err != nil {
 		return nil, err
 	}
@@ -270,7 +271,7 @@ func (s *PolicySource) fetch(ctx context.Context) ([]byte, string, error) {
 	if s.etag != "" && s.active != nil {
 		req.Header.Set("If-None-Match", s.etag)
 	}
-	if err := setBearer(req, s.tokenFile, "policy bundle token"); err != nil {
+	if err := token.SetBearer(req, s.tokenFile, "policy bundle token"); err != nil {
 		return nil, "", err
 	}
 	req.Header.Set("Accept", "application/gzip, application/octet-stream")

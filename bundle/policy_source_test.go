@@ -105,7 +105,7 @@ func pbNewSidecar(tb testing.TB, p *pbPlane, url string, pub crypto.PublicKey, e
 	keyFile := filepath.Join(tb.TempDir(), "bundle.pub.pem")
 	testutil.WriteFile(tb, keyFile, string(testutil.PublicKeyPEM(tb, pub)))
 	cfg := bundle.PolicySourceConfig{
-		Policies: authz.PolicyConfig{Bundle: authz.BundleSourceConfig{
+		Policies: bundle.PolicyConfig{Bundle: bundle.BundleSourceConfig{
 			URL: url, PublicKeyFile: keyFile, TokenFile: p.syncTokenFile, Poll: 20 * time.Millisecond,
 		}},
 		Registerer: reg,
@@ -525,18 +525,18 @@ func TestPolicyBundleSourceConfig(t *testing.T) {
 	priv := filepath.Join(dir, "priv.pem")
 	testutil.WriteFile(t, priv, string(pbPrivatePEM(t, pbKey(t, "rsa", "a"))))
 	cases := map[string]struct {
-		bundle authz.BundleSourceConfig
+		bundle bundle.BundleSourceConfig
 		want   string
 	}{
-		"not http":         {authz.BundleSourceConfig{URL: "file:///tmp/b.tar.gz", PublicKeyFile: pub}, "is not an http(s) URL"},
-		"no key file":      {authz.BundleSourceConfig{URL: "http://127.0.0.1:1/b"}, "public_key_file is required"},
-		"absent key file":  {authz.BundleSourceConfig{URL: "http://127.0.0.1:1/b", PublicKeyFile: filepath.Join(dir, "nope.pem")}, "no such file"},
-		"private key file": {authz.BundleSourceConfig{URL: "http://127.0.0.1:1/b", PublicKeyFile: priv}, "give the sidecar only the public key"},
+		"not http":         {bundle.BundleSourceConfig{URL: "file:///tmp/b.tar.gz", PublicKeyFile: pub}, "is not an http(s) URL"},
+		"no key file":      {bundle.BundleSourceConfig{URL: "http://127.0.0.1:1/b"}, "public_key_file is required"},
+		"absent key file":  {bundle.BundleSourceConfig{URL: "http://127.0.0.1:1/b", PublicKeyFile: filepath.Join(dir, "nope.pem")}, "no such file"},
+		"private key file": {bundle.BundleSourceConfig{URL: "http://127.0.0.1:1/b", PublicKeyFile: priv}, "give the sidecar only the public key"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			_, err := bundle.NewPolicySource(bundle.PolicySourceConfig{Policies: authz.PolicyConfig{Bundle: tc.bundle}}, authz.New(authz.Config{}, nil, nil, slog.New(slog.DiscardHandler)), nil)
+			_, err := bundle.NewPolicySource(bundle.PolicySourceConfig{Policies: bundle.PolicyConfig{Bundle: tc.bundle}}, authz.New(authz.Config{}, nil, nil, slog.New(slog.DiscardHandler)), nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)
 			}

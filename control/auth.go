@@ -11,8 +11,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // AdminRole is the membership role that grants administration of the
@@ -47,7 +47,7 @@ type principal struct {
 // even their length leaks); other tokens must verify with a configured
 // issuer. Tokens are never logged.
 func (s *Server) authenticate(r *http.Request) (principal, error) {
-	raw, ok := authz.BearerToken(r.Header.Get("Authorization"))
+	raw, ok := token.BearerToken(r.Header.Get("Authorization"))
 	if !ok {
 		return principal{}, unauthorized("missing bearer token (Authorization: Bearer <token>)")
 	}

@@ -9,8 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Defaults of Config.
@@ -55,7 +55,7 @@ type Config struct {
 	SyncTokenFile string `yaml:"sync_token_file"`
 	// Issuers are the trusted issuers of membership-scoped tokens: such a
 	// token acts as users[sub] with the rights of the user's memberships.
-	Issuers []authz.IssuerConfig `yaml:"issuers"`
+	Issuers []token.IssuerConfig `yaml:"issuers"`
 	// History is the number of revisions of change history retained for
 	// the change feed; default 100000. A sidecar further behind re-snapshots.
 	History int `yaml:"history"`
@@ -209,15 +209,8 @@ func (c Config) Validate() error {
 	if c.Decisions.MaxMB < 1 || c.Decisions.MaxMB > 1<<20 {
 		bad("decisions.max_mb: %d must be from 1 to %d", c.Decisions.MaxMB, 1<<20)
 	}
-	seen := map[string]bool{}
-	for _, is := range c.Issuers {
-		if err := is.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("issuers: %w", err))
-		}
-		if seen[is.Issuer] {
-			bad("issuers: %q is listed twice", is.Issuer)
-		}
-		seen[is.Issuer] = true
+	if err := token.ValidateIssuers(c.Issuers); err != nil {
+		errs = append(errs, fmt.Errorf("issuers: %w", err))
 	}
 	if len(errs) == 0 {
 		return nil

@@ -26,9 +26,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 const (
@@ -76,7 +76,7 @@ func newEnv(tb testing.TB, edit func(*control.Config)) *env {
 		DataDir:        filepath.Join(dir, "data"),
 		AdminTokenFile: writeFile(tb, dir, "admin.token", "  "+adminToken+"\n"),
 		SyncTokenFile:  writeFile(tb, dir, "sync.token", syncToken+"\n"),
-		Issuers: []authz.IssuerConfig{
+		Issuers: []token.IssuerConfig{
 			{Issuer: issuerURL, Audiences: []string{"api"}, Algorithms: []string{"ES256"}, PublicKeyFile: publicKeyFile(tb, dir)},
 			{Issuer: boundIssuerURL, Audiences: []string{"api"}, Algorithms: []string{"ES256"}, PublicKeyFile: publicKeyFile(tb, dir), Tenant: "beta"},
 			{Issuer: trustIssuerURL, Audiences: []string{"api"}, Algorithms: []string{"ES256"}, PublicKeyFile: publicKeyFile(tb, dir), TrustTokenRoles: true},
@@ -546,7 +546,7 @@ func TestConfig(t *testing.T) {
 		"bad addr":             {control.Config{AdminTokenFile: admin, Addr: "8282"}, `addr: "8282"`},
 		"bad history":          {control.Config{AdminTokenFile: admin, History: -1}, "history: -1"},
 		"bad heartbeat":        {control.Config{AdminTokenFile: admin, Heartbeat: -time.Second}, "heartbeat: -1s"},
-		"issuer without a key": {control.Config{AdminTokenFile: admin, Issuers: []authz.IssuerConfig{{Issuer: "https://x/"}}}, "no key source"},
+		"issuer without a key": {control.Config{AdminTokenFile: admin, Issuers: []token.IssuerConfig{{Issuer: "https://x/"}}}, "no key source"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

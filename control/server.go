@@ -22,9 +22,9 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sync/semaphore"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Buckets of this package in the data file (tenancy owns the others).
@@ -61,7 +61,7 @@ type Server struct {
 	epoch    string
 	admin    [sha256.Size]byte  // sha256 of the admin token
 	sync     *[sha256.Size]byte // sha256 of the sync token, nil without one
-	verifier *authz.Verifier    // nil without issuers
+	verifier *token.Verifier    // nil without issuers
 	metrics  *metrics
 	gatherer prometheus.Gatherer // nil when the Registerer is not one
 	handler  http.Handler
@@ -149,7 +149,7 @@ func (s *Server) instrument() error {
 		s.gatherer = g
 	}
 	if len(s.cfg.Issuers) > 0 {
-		v, err := authz.NewVerifier(authz.VerifierConfig{Issuers: s.cfg.Issuers, Now: s.cfg.Now, Registerer: reg}, s.logger)
+		v, err := token.NewVerifier(token.VerifierConfig{Issuers: s.cfg.Issuers, Now: s.cfg.Now, Registerer: reg}, s.logger)
 		if err != nil {
 			return fmt.Errorf("%w: issuers: %w", ErrConfig, err)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // benchPolicy is envoy's BenchmarkCheckGRPC policy.
@@ -67,7 +68,7 @@ func benchDecisionLog(b *testing.B, cacheEntries int, file bool) {
 	}
 	sc := testutil.StartSidecar(b, testutil.Options{
 		Policies: map[string]string{"policy.rego": benchPolicy},
-		Issuers:  []authz.IssuerConfig{{Issuer: issuer, Audiences: []string{"api"}, PublicKeyFile: filepath.Join(dir, "idp.pem")}},
+		Issuers:  []token.IssuerConfig{{Issuer: issuer, Audiences: []string{"api"}, PublicKeyFile: filepath.Join(dir, "idp.pem")}},
 		Engine:   authz.Config{DecisionCacheEntries: cacheEntries},
 		Server:   cfg,
 		Logger:   discard,

@@ -23,9 +23,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 const issuer = "https://idp.example.com/"
@@ -148,7 +150,7 @@ func startHarness(t *testing.T, o harnessOpts) *harness {
 	}
 	sc := testutil.StartSidecar(t, testutil.Options{
 		Policies: pols,
-		Issuers:  []authz.IssuerConfig{{Issuer: issuer, Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: filepath.Join(keyDir, "k.pem")}},
+		Issuers:  []token.IssuerConfig{{Issuer: issuer, Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: filepath.Join(keyDir, "k.pem")}},
 		Server:   envoyConfig(obs, o.dryRun),
 	})
 	cfg := o.cfg
@@ -645,7 +647,7 @@ func TestShadowDisagreementCountedAnswersStayActive(t *testing.T) {
 		wrap: func(sc *testutil.Sidecar, l *decisionlog.Logger) interface{ Observe(decisionlog.Entry) } {
 			logger, _ := testutil.Logger(t)
 			se := authz.New(authz.Config{}, sc.Verifier, nil, logger)
-			src, err := authz.NewDirSource(authz.PolicyConfig{Dir: testutil.PolicyDir(t, map[string]string{"s.rego": shadowPolicy})}, se, logger)
+			src, err := bundle.NewDirSource(bundle.PolicyConfig{Dir: testutil.PolicyDir(t, map[string]string{"s.rego": shadowPolicy})}, se, logger)
 			if err != nil {
 				t.Fatal(err)
 			}

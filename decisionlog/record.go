@@ -179,7 +179,7 @@ func anySlice(ss []string) []any {
 
 // headerMap renders headers as the policy's object: a string, or an array
 // when a name has several values.
-func headerMap(hs []authz.Header) map[string]any {
+func headerMap(hs []authz.Pair) map[string]any {
 	m := make(map[string]any, len(hs))
 	for _, h := range hs {
 		switch prev := m[h.Key].(type) {

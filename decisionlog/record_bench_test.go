@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/open-policy-agent/opa/v1/ast"
 
@@ -32,8 +34,8 @@ func BenchmarkRecord(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	d := &authz.Decision{ID: authz.NewDecisionID(), Allowed: true, Defined: true, Object: true, Headers: []authz.Header{{Key: "x-user", Value: "alice"}},
-		Token: &authz.Token{Valid: true, Issuer: issuer, Subject: "alice", Claims: map[string]any{"sub": "alice"}}, PolicyRevision: "abc", TenancyRevision: 7, Cache: "hit"}
+	d := &authz.Decision{ID: authz.NewDecisionID(), Allowed: true, Defined: true, Object: true, Headers: []authz.Pair{{Key: "x-user", Value: "alice"}},
+		Token: &token.Token{Valid: true, Issuer: issuer, Subject: "alice", Claims: map[string]any{"sub": "alice"}}, PolicyRevision: "abc", TenancyRevision: 7, Cache: "hit"}
 	e := decisionlog.Entry{Decision: d, Transport: "grpc", Start: time.Now(), Duration: time.Millisecond, Authorization: "Bearer " + tok,
 		Input: func(need *authz.Need) (ast.Object, error) {
 			p, err := envoy.Prepare(req)

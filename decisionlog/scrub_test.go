@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/token"
+
 	"github.com/open-policy-agent/opa/v1/ast"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
@@ -58,8 +60,8 @@ func TestNoTokenInAnyRecordRandomized(t *testing.T) {
 				Body: `{"t":` + string(mustJSON(t, tok)) + `}`,
 			})
 			d := &authz.Decision{ID: authz.NewDecisionID(), Defined: true, Object: true, HTTPStatus: 401, Reason: "bad " + tok,
-				Body: tok, Headers: []authz.Header{{Key: "www-authenticate", Value: tok}}, DynamicMetadata: map[string]any{"t": tok, tok: "k"},
-				Token: &authz.Token{Error: authz.TokenMalformed}}
+				Body: tok, Headers: []authz.Pair{{Key: "www-authenticate", Value: tok}}, DynamicMetadata: map[string]any{"t": tok, tok: "k"},
+				Token: &token.Token{Error: token.TokenMalformed}}
 			e := decisionlog.Entry{Decision: d, Start: time.Now(), Authorization: scheme + tok, Transport: "grpc",
 				Input: func(need *authz.Need) (ast.Object, error) {
 					p, err := envoy.Prepare(req)

@@ -5,8 +5,10 @@ import (
 	"testing"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // TestUncachedCheckAllocations bounds the allocations of one in-process
@@ -30,12 +32,12 @@ func checkAllocations(t *testing.T, cacheEntries int, bound float64) {
 		t.Skip("allocation counts")
 	}
 	logger := discard()
-	v, err := authz.NewVerifier(authz.VerifierConfig{Issuers: benchIssuers(t)}, logger)
+	v, err := token.NewVerifier(token.VerifierConfig{Issuers: benchIssuers(t)}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries}, v, nil, logger)
-	src, err := authz.NewDirSource(authz.PolicyConfig{Dir: testutil.PolicyDir(t, map[string]string{"policy.rego": benchPolicy})}, e, logger)
+	src, err := bundle.NewDirSource(bundle.PolicyConfig{Dir: testutil.PolicyDir(t, map[string]string{"policy.rego": benchPolicy})}, e, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,10 +9,10 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 	"github.com/gatehouse-dev/gatehouse/internal/worldgen"
+	"github.com/gatehouse-dev/gatehouse/replica"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
@@ -29,7 +29,7 @@ func BenchmarkCheckGRPCTenancyConcurrent(b *testing.B) {
 		PolicyDir: "../policies",
 		Issuers:   issuers,
 		Tenancy:   st.store,
-		Engine:    authz.Config{DecisionCacheEntries: -1, Builtins: bundle.Builtins()},
+		Engine:    authz.Config{DecisionCacheEntries: -1, Builtins: replica.Builtins()},
 		Server:    envoy.Config{HTTPAddr: "-"},
 		Logger:    discard(),
 	})
@@ -84,7 +84,7 @@ func benchParallel(b *testing.B, n int, f func(i int)) {
 }
 
 type world struct {
-	store *bundle.Store
+	store *replica.Store
 	world *worldgen.World
 }
 
@@ -93,7 +93,7 @@ type world struct {
 func openWorld(tb testing.TB, spec worldgen.Spec) world {
 	tb.Helper()
 	dir := tb.TempDir()
-	st, err := bundle.OpenStore(bundle.StoreConfig{Dir: dir}, discard())
+	st, err := replica.OpenStore(replica.StoreConfig{Dir: dir}, discard())
 	if err != nil {
 		tb.Fatal(err)
 	}

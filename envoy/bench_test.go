@@ -14,8 +14,10 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Read the results as ratios: BenchmarkCheckGRPC / BenchmarkCheckNoop is
@@ -61,11 +63,11 @@ func benchRequest(tb testing.TB) *authv3.CheckRequest {
 	})
 }
 
-func benchIssuers(tb testing.TB) []authz.IssuerConfig {
+func benchIssuers(tb testing.TB) []token.IssuerConfig {
 	tb.Helper()
 	key := testutil.RSAKey(tb, "bench")
 	dir := testutil.PolicyDir(tb, map[string]string{"idp.pem": string(testutil.PublicKeyPEM(tb, &key.PublicKey))})
-	return []authz.IssuerConfig{{Issuer: benchIssuer, Audiences: []string{"api"}, PublicKeyFile: dir + "/idp.pem"}}
+	return []token.IssuerConfig{{Issuer: benchIssuer, Audiences: []string{"api"}, PublicKeyFile: dir + "/idp.pem"}}
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -97,12 +99,12 @@ func BenchmarkCheckSimplePolicy(b *testing.B) {
 
 func benchSimplePolicy(b *testing.B, cacheEntries int) {
 	logger := discard()
-	v, err := authz.NewVerifier(authz.VerifierConfig{Issuers: benchIssuers(b)}, logger)
+	v, err := token.NewVerifier(token.VerifierConfig{Issuers: benchIssuers(b)}, logger)
 	if err != nil {
 		b.Fatal(err)
 	}
 	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries}, v, nil, logger)
-	src, err := authz.NewDirSource(authz.PolicyConfig{Dir: testutil.PolicyDir(b, map[string]string{"policy.rego": benchPolicy})}, e, logger)
+	src, err := bundle.NewDirSource(bundle.PolicyConfig{Dir: testutil.PolicyDir(b, map[string]string{"policy.rego": benchPolicy})}, e, logger)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -19,8 +19,8 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/checks")
@@ -59,7 +59,7 @@ func newCompatFixture(tb testing.TB) *compatFixture {
 	idp := testutil.NewJWKSServer(tb, jwks...)
 	sc := testutil.StartSidecar(tb, testutil.Options{
 		PolicyDir: dir,
-		Issuers:   []authz.IssuerConfig{{Issuer: testIssuer, Audiences: []string{"api"}, JWKSURL: idp.URL}},
+		Issuers:   []token.IssuerConfig{{Issuer: testIssuer, Audiences: []string{"api"}, JWKSURL: idp.URL}},
 	})
 	// Fixed claims keep the golden files stable: exp is in 2100.
 	claims := func(sub, scope string, exp int64) jwt.MapClaims {

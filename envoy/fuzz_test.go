@@ -37,6 +37,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // fuzzRevision is the tenancy revision the fuzzed sidecar serves: a minimum
@@ -78,7 +79,7 @@ func startFuzzSidecar(tb testing.TB) (*testutil.Sidecar, string) {
 	pem := testutil.PolicyDir(tb, map[string]string{"public.pem": string(testutil.PublicKeyPEM(tb, &key.PublicKey))})
 	sc := testutil.StartSidecar(tb, testutil.Options{
 		Policies: map[string]string{"policy.rego": fuzzPolicy},
-		Issuers:  []authz.IssuerConfig{{Issuer: fuzzIssuer, Audiences: []string{"api"}, PublicKeyFile: pem + "/public.pem"}},
+		Issuers:  []token.IssuerConfig{{Issuer: fuzzIssuer, Audiences: []string{"api"}, PublicKeyFile: pem + "/public.pem"}},
 		Engine:   authz.Config{MinRevisionWait: time.Millisecond},
 		Tenancy:  testutil.NewTenancy(fuzzRevision, nil),
 		Logger:   slog.New(slog.DiscardHandler),

@@ -18,13 +18,13 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/util"
-
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
 )
 
 // PartialBodyHeader is set by Envoy to "true" when it forwarded only part of
@@ -50,7 +50,7 @@ var (
 // ErrMalformedRequest is returned by Prepare for a CheckRequest without HTTP
 // request attributes, with a path or query string that cannot be parsed, or
 // with a string that is not UTF-8 (also once percent-decoded). It is client
-// input: Evaluate answers it with a 400 deny (reason bad_request), never
+// input: Decide answers it with a 400 deny (reason bad_request), never
 // with "cannot decide".
 var ErrMalformedRequest = errors.New("malformed CheckRequest")
 

@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"encoding/base64"
+	"fmt"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -117,10 +118,10 @@ func rest(obj ast.Object, m protoreflect.Message, need *authz.Need, fields []pro
 // the message descriptors (fixed tables, never modified).
 var (
 	attributesRest = unhandledFields(&authv3.AttributeContext{}, func(n protoreflect.FieldNumber) bool {
-		return n == 1 || n == 2 || n == 4 || n == 10 // source, destination, request, context_extensions
+		return n == fieldAttrSource || n == fieldAttrDestination || n == fieldAttrRequest || n == fieldAttrContextExtensions
 	})
-	peerRest    = unhandledFields(&authv3.AttributeContext_Peer{}, func(n protoreflect.FieldNumber) bool { return n == 4 }) // principal; the address when simple
-	requestRest = unhandledFields(&authv3.AttributeContext_Request{}, func(n protoreflect.FieldNumber) bool { return n == 1 || n == 2 })
+	peerRest    = unhandledFields(&authv3.AttributeContext_Peer{}, func(n protoreflect.FieldNumber) bool { return n == fieldPeerPrincipal }) // the address when simple, too
+	requestRest = unhandledFields(&authv3.AttributeContext_Request{}, func(n protoreflect.FieldNumber) bool { return n == fieldRequestTime || n == fieldRequestHTTP })
 	httpRest    = unhandledFields(&authv3.AttributeContext_HttpRequest{}, func(n protoreflect.FieldNumber) bool {
 		return n >= 1 && n <= 12 // id..raw_body; header_map (13) and newer fields stay generic
 	})
@@ -354,4 +355,27 @@ func httpValue(h *authv3.AttributeContext_HttpRequest, need *authz.Need, ar *ter
 	obj := ast.NewObject(items[:n]...)
 	rest(obj, h.ProtoReflect(), need, httpRest, 0)
 	return obj
+}
+
+// Field numbers of the fields the renderers above handle themselves (the
+// rest of a message goes through the generic path), looked up by name in
+// the generated descriptors once, at start.
+var (
+	fieldAttrSource            = fieldNumber((*authv3.AttributeContext)(nil), "source")
+	fieldAttrDestination       = fieldNumber((*authv3.AttributeContext)(nil), "destination")
+	fieldAttrRequest           = fieldNumber((*authv3.AttributeContext)(nil), "request")
+	fieldAttrContextExtensions = fieldNumber((*authv3.AttributeContext)(nil), "context_extensions")
+	fieldPeerPrincipal         = fieldNumber((*authv3.AttributeContext_Peer)(nil), "principal")
+	fieldRequestTime           = fieldNumber((*authv3.AttributeContext_Request)(nil), "time")
+	fieldRequestHTTP           = fieldNumber((*authv3.AttributeContext_Request)(nil), "http")
+)
+
+// fieldNumber is the number of m's field name; it panics at start when the
+// generated code has no such field (a renamed field must not go unnoticed).
+func fieldNumber(m protoreflect.ProtoMessage, name protoreflect.Name) protoreflect.FieldNumber {
+	f := m.ProtoReflect().Descriptor().Fields().ByName(name)
+	if f == nil {
+		panic(fmt.Sprintf("envoy: %s has no field %s", m.ProtoReflect().Descriptor().FullName(), name))
+	}
+	return f.Number()
 }

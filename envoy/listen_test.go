@@ -3,6 +3,7 @@ package envoy_test
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +18,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
@@ -193,5 +195,60 @@ func TestHealth(t *testing.T) {
 	case <-stopped:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return after shutdown")
+	}
+}
+
+// TestHealthFollowsReadinessAsSignalled: grpc.health.v1 follows the
+// engine's readiness as soon as it changes — a policy applied, the tenancy
+// data lost and back — because the change is signalled to the server
+// (Engine.WatchReadiness), not found by a poll (the server used to look
+// every 200 ms, the ready log every 5 ms). Each flip must be seen by a
+// watcher within 100 ms, ten times in a row.
+func TestHealthFollowsReadinessAsSignalled(t *testing.T) {
+	t.Parallel()
+	ten := testutil.NewTenancy(1, nil)
+	sc := testutil.StartSidecar(t, testutil.Options{NoPolicy: true, Tenancy: ten, Policies: map[string]string{"policy.rego": allowAll}})
+	stream, err := healthpb.NewHealthClient(sc.Conn).Watch(t.Context(), &healthpb.HealthCheckRequest{Service: envoy.AuthorizationService})
+	if err != nil {
+		t.Fatal(err)
+	}
+	statuses := make(chan healthpb.HealthCheckResponse_ServingStatus, 16)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				close(statuses)
+				return
+			}
+			statuses <- m.GetStatus()
+		}
+	}()
+	expect := func(what string, want healthpb.HealthCheckResponse_ServingStatus) {
+		t.Helper()
+		deadline := time.After(100 * time.Millisecond)
+		for {
+			select {
+			case got, ok := <-statuses:
+				if !ok {
+					t.Fatalf("%s: watch ended", what)
+				}
+				if got == want {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("%s: health not %v within 100 ms", what, want)
+			}
+		}
+	}
+	expect("before a policy", healthpb.HealthCheckResponse_NOT_SERVING)
+	if err := sc.Policies.Load(); err != nil {
+		t.Fatal(err)
+	}
+	expect("policy loaded", healthpb.HealthCheckResponse_SERVING)
+	for i := range 10 {
+		ten.Set(authz.TenancyState{Present: false, Revision: uint64(i + 1)})
+		expect(fmt.Sprintf("flip %d: data lost", i), healthpb.HealthCheckResponse_NOT_SERVING)
+		ten.Set(authz.TenancyState{Present: true, Revision: uint64(i + 2), SyncedAt: time.Now()})
+		expect(fmt.Sprintf("flip %d: data back", i), healthpb.HealthCheckResponse_SERVING)
 	}
 }

@@ -78,7 +78,7 @@ func Response(d *authz.Decision, incoming map[string]string) *authv3.CheckRespon
 // headerOptions maps decision headers to Envoy mutations: the first value of
 // a name overwrites what the request had, further values of the same name
 // are appended, so every value the policy gave arrives.
-func headerOptions(hs []authz.Header) []*corev3.HeaderValueOption {
+func headerOptions(hs []authz.Pair) []*corev3.HeaderValueOption {
 	if len(hs) == 0 {
 		return nil
 	}
@@ -131,7 +131,7 @@ func headersToRemove(d *authz.Decision, incoming map[string]string) []string {
 	return out
 }
 
-func queryParams(ps []authz.Header) []*corev3.QueryParameter {
+func queryParams(ps []authz.Pair) []*corev3.QueryParameter {
 	if len(ps) == 0 {
 		return nil
 	}

@@ -49,7 +49,7 @@ func TestResponseMapsEveryDecisionField(t *testing.T) {
 		wantQueryDrop []string
 	}{
 		"allow with repeated header names": {
-			decision: authz.Decision{Allowed: true, Defined: true, Object: true, Headers: []authz.Header{
+			decision: authz.Decision{Allowed: true, Defined: true, Object: true, Headers: []authz.Pair{
 				{Key: "x-user", Value: "alice"}, {Key: "x-role", Value: "reader"}, {Key: "X-Role", Value: "writer"}, {Key: "x-role", Value: "admin"},
 			}},
 			wantCode: code.Code_OK,
@@ -60,7 +60,7 @@ func TestResponseMapsEveryDecisionField(t *testing.T) {
 		},
 		"allow strips spoofed gatehouse headers the decision does not set": {
 			decision: authz.Decision{Allowed: true, Defined: true, Object: true,
-				Headers:                []authz.Header{{Key: "x-gatehouse-user", Value: "alice"}},
+				Headers:                []authz.Pair{{Key: "x-gatehouse-user", Value: "alice"}},
 				RequestHeadersToRemove: []string{"Authorization", "x-gatehouse-user", "x-gatehouse-tenant"},
 			},
 			incoming: map[string]string{
@@ -75,8 +75,8 @@ func TestResponseMapsEveryDecisionField(t *testing.T) {
 		},
 		"allow with response headers and query rewrites": {
 			decision: authz.Decision{Allowed: true, Defined: true, Object: true,
-				ResponseHeadersToAdd:    []authz.Header{{Key: "x-rate", Value: "1"}, {Key: "x-rate", Value: "2"}},
-				QueryParametersToSet:    []authz.Header{{Key: "tag", Value: "a"}, {Key: "tag", Value: "b"}, {Key: "user", Value: "alice"}},
+				ResponseHeadersToAdd:    []authz.Pair{{Key: "x-rate", Value: "1"}, {Key: "x-rate", Value: "2"}},
+				QueryParametersToSet:    []authz.Pair{{Key: "tag", Value: "a"}, {Key: "tag", Value: "b"}, {Key: "user", Value: "alice"}},
 				QueryParametersToRemove: []string{"debug", "trace"},
 				HTTPStatus:              418, // ignored on allow
 				Body:                    "ignored on allow",
@@ -88,7 +88,7 @@ func TestResponseMapsEveryDecisionField(t *testing.T) {
 		},
 		"deny 401 is UNAUTHENTICATED": {
 			decision: authz.Decision{Defined: true, Object: true, HTTPStatus: 401, Body: `{"error":"login"}`,
-				Headers: []authz.Header{{Key: "www-authenticate", Value: "Bearer"}}},
+				Headers: []authz.Pair{{Key: "www-authenticate", Value: "Bearer"}}},
 			incoming:    map[string]string{"x-gatehouse-user": "mallory"},
 			wantCode:    code.Code_UNAUTHENTICATED,
 			wantStatus:  401,

@@ -232,6 +232,18 @@ func (s *Server) Listen() error {
 	return nil
 }
 
+// Close closes the listeners of a Server that will not Serve (a later
+// start-up step failed). Serve closes them itself.
+func (s *Server) Close() error {
+	var errs []error
+	for _, l := range []net.Listener{s.grpcLis, s.httpLis} {
+		if l != nil {
+			errs = append(errs, l.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // GRPCAddr returns the bound gRPC address (after Listen).
 func (s *Server) GRPCAddr() net.Addr { return addrOf(s.grpcLis) }
 
@@ -265,17 +277,17 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.logger.Info("ext_authz listening", "grpc", addrOf(s.grpcLis), "http", addrOf(s.httpLis), "tls", s.tls != nil)
 
-	tick := time.NewTicker(200 * time.Millisecond)
-	defer tick.Stop()
-	s.syncHealth()
 	var serveErr error
 loop:
 	for {
+		// health follows readiness as it changes (signalled, not polled)
+		w := s.engine.WatchReadiness()
+		s.syncHealth()
 		select {
 		case <-ctx.Done():
 			break loop
-		case <-tick.C:
-			s.syncHealth()
+		case <-w.Policy:
+		case <-w.Tenancy:
 		case err := <-errc:
 			if err != nil {
 				serveErr = err
@@ -372,7 +384,7 @@ func (s *Server) answer(ctx context.Context, dec func(any) error) (*authv3.Check
 		}
 	}
 	if d == nil {
-		d, headers, err = s.decide(ctx, m, deadline)
+		d, headers, err = s.decideMessage(ctx, m, deadline)
 	}
 	s.admit.release(taken)
 	d, err = s.observe(ctx, transportGRPC, m.req, d, err, start)
@@ -385,19 +397,19 @@ func (s *Server) answer(ctx context.Context, dec func(any) error) (*authv3.Check
 	return resp, nil
 }
 
-// decide answers an admitted check: the size limit, a request that did not
-// decode, then Evaluate with the policy evaluation on a worker.
-func (s *Server) decide(ctx context.Context, m *checkMessage, deadline time.Time) (*authz.Decision, map[string]string, error) {
+// decideMessage decides an admitted check: the size limit, a request that
+// did not decode, then Decide with the policy evaluation on a worker.
+func (s *Server) decideMessage(ctx context.Context, m *checkMessage, deadline time.Time) (*authz.Decision, map[string]string, error) {
 	switch {
 	case m.tooLarge:
 		return tooLarge(s.engine, m.size, s.cfg.MaxRequestBytes), nil, nil
 	case m.err != nil:
 		return badRequest(s.engine, m.err), nil, nil
 	}
-	return evaluate(ctx, s.engine, m.req, nil, s.pool, deadline, &s.memo)
+	return decide(ctx, s.engine, m.req, nil, s.pool, deadline, &s.memo)
 }
 
-// Evaluate is one Check as every Gatehouse front end answers it (the gRPC
+// Decide is one Check as every Gatehouse front end decides it (the gRPC
 // and HTTP servers, test fixtures, offline eval): it validates the
 // request, waits for its minimum revision, verifies its token, asks the
 // engine to decide on the parts of the input the deciding policy can read
@@ -412,14 +424,14 @@ func (s *Server) decide(ctx context.Context, m *checkMessage, deadline time.Time
 // (stale, retry-after: 1). An error means "cannot decide" for the
 // sidecar's own reasons: an *authz.DecideError (not ready, stale data,
 // evaluation error, a decision of the wrong shape).
-func Evaluate(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer) (*authz.Decision, map[string]string, error) {
-	return evaluate(ctx, engine, req, tracer, nil, time.Time{}, nil)
+func Decide(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer) (*authz.Decision, map[string]string, error) {
+	return decide(ctx, engine, req, tracer, nil, time.Time{}, nil)
 }
 
-// evaluate is Evaluate with the policy evaluation on one of pool's workers
+// decide is Decide with the policy evaluation on one of pool's workers
 // (nil: on the caller's goroutine), denied 429 overloaded when none is free
 // by deadline, and the input's peers kept in memo (nil: none).
-func evaluate(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer, pool *workers, deadline time.Time, memo *InputMemo) (*authz.Decision, map[string]string, error) {
+func decide(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer, pool *workers, deadline time.Time, memo *InputMemo) (*authz.Decision, map[string]string, error) {
 	prep, err := prepare(req, memo)
 	if err != nil {
 		return badRequest(engine, err), RequestHeaders(req.GetAttributes().GetRequest().GetHttp()), nil
@@ -526,11 +538,11 @@ func deny(engine *authz.Engine, status int, reason, msg string, retry bool) *aut
 		Object:     true,
 		HTTPStatus: status,
 		Reason:     reason,
-		Headers:    []authz.Header{{Key: "content-type", Value: "application/json"}},
+		Headers:    []authz.Pair{{Key: "content-type", Value: "application/json"}},
 		Body:       errorBody(msg, reason),
 	}
 	if retry {
-		d.Headers = append(d.Headers, authz.Header{Key: "retry-after", Value: "1"})
+		d.Headers = append(d.Headers, authz.Pair{Key: "retry-after", Value: "1"})
 	}
 	if ps := engine.Policy(); ps != nil {
 		d.PolicyRevision = ps.Revision()

@@ -12,8 +12,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // exposeToken denies every request with input.token as the body, so a test
@@ -38,7 +38,7 @@ func TestTokenAttacksThroughCheck(t *testing.T) {
 		testutil.JWK(t, "rsa-1", "RS256", &rsaKey.PublicKey),
 		testutil.JWK(t, "ec-1", "ES256", &ecKey.PublicKey))
 	pemDir := testutil.PolicyDir(t, map[string]string{"acme.pem": string(testutil.PublicKeyPEM(t, &acmeKey.PublicKey))})
-	issuers := []authz.IssuerConfig{
+	issuers := []token.IssuerConfig{
 		{Issuer: issuer, Audiences: []string{"api"}, JWKSURL: idp.URL, JWKSMinRefreshInterval: time.Millisecond},
 		{Issuer: tenantIssuer, Audiences: []string{"api"}, PublicKeyFile: filepath.Join(pemDir, "acme.pem"), Tenant: "acme"},
 	}

@@ -1,12 +1,3 @@
-// Package ops serves a sidecar's operational endpoints: /healthz (alive),
-// /readyz (ready to decide), /metrics (Prometheus) and /v1/status (JSON: the
-// policy and tenancy revisions in use and their last errors). A Reporter
-// posts the same state to the control endpoint (the fleet view).
-//
-// # Concurrency
-//
-// Handlers read the engine's state through its concurrency-safe accessors;
-// a Server is safe for concurrent use.
 package ops
 
 import (
@@ -24,6 +15,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Config configures the ops listener.
@@ -129,7 +121,7 @@ type Status struct {
 	Ready   bool                 `json:"ready"`
 	Policy  authz.PolicyStatus   `json:"policy"`
 	Tenancy TenancyStatus        `json:"tenancy"`
-	Issuers []authz.IssuerStatus `json:"issuers,omitempty"`
+	Issuers []token.IssuerStatus `json:"issuers,omitempty"`
 }
 
 // TenancyStatus is the tenancy part of Status.

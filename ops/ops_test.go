@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 	"github.com/gatehouse-dev/gatehouse/ops"
 )
@@ -93,7 +94,7 @@ func TestStatusDocument(t *testing.T) {
 	if m["ready"] != false {
 		t.Errorf("ready = %v before a policy", m["ready"])
 	}
-	src, err := authz.NewDirSource(authz.PolicyConfig{Dir: testutil.PolicyDir(t, map[string]string{"policy.rego": "package envoy.authz\nallow := true\n"})}, e, logger)
+	src, err := bundle.NewDirSource(bundle.PolicyConfig{Dir: testutil.PolicyDir(t, map[string]string{"policy.rego": "package envoy.authz\nallow := true\n"})}, e, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

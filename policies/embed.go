@@ -1,6 +1,3 @@
-// Package policies embeds the shipped Rego policies (the tenancy library and
-// the default envoy.authz decision, with their tests) so that `gatehouse dev`
-// runs without a checkout.
 package policies
 
 import "embed"

@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/replica"
 )
 
 // Capabilities returns the capabilities file of this Gatehouse: OPA's
@@ -13,7 +13,7 @@ import (
 // `opa check --capabilities FILE`, `opa test --capabilities FILE`, Regal
 // and editors then accept policies calling the built-ins.
 func Capabilities() ([]byte, error) {
-	b, err := json.MarshalIndent(authz.Capabilities(bundle.Builtins()), "", "  ")
+	b, err := json.MarshalIndent(authz.Capabilities(replica.Builtins()), "", "  ")
 	if err != nil {
 		return nil, err
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/replica"
 )
 
 // Check compiles every .rego file under paths (*_test.rego included) with
@@ -48,7 +48,7 @@ func Check(ctx context.Context, paths, ignore []string) (ast.Errors, error) {
 		WithStrict(true).
 		WithPathConflictsCheck(storage.NonEmpty(ctx, store, txn)).
 		WithEnablePrintStatements(true).
-		WithCapabilities(authz.Capabilities(bundle.Builtins())).
+		WithCapabilities(authz.Capabilities(replica.Builtins())).
 		WithUseTypeCheckAnnotations(true).
 		SetErrorLimit(0)
 	c.Compile(loaded.Modules)

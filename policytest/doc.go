@@ -24,7 +24,7 @@
 // evaluated to false, with its file:line and the values of its variables.
 // Coverage is OPA's: every module, *_test.rego included.
 //
-// The compiler knows Gatehouse's built-ins (bundle.Builtins). A Rego test
+// The compiler knows Gatehouse's built-ins (replica.Builtins). A Rego test
 // has no tenancy cache: a tenancy built-in it calls stops the test with an
 // error saying to mock it (`with gatehouse.tenancy.decide as
 // testing.decide`); gatehouse.tenancy.path_tenant reads no data and runs.
@@ -72,7 +72,7 @@
 //	    expect: {allowed: true}
 //
 // Paths in fixture.yaml are relative to its folder. Unknown fields are
-// errors. Each case runs as serve answers a Check: envoy.Evaluate builds the
+// errors. Each case runs as serve answers a Check: envoy.Decide builds the
 // input document from the CheckRequest and authz.Engine.Decide evaluates the
 // decision rule of the policies under test (every .rego file found but
 // *_test.rego, with the data files; compiled by authz.Compile) over the
@@ -90,7 +90,7 @@
 //
 // Tenancy data is applied as the control endpoint applies a batch
 // (tenancy.Apply: every invariant, cascade and index) and reaches a real
-// bbolt sidecar cache (bundle.Store) in a temporary folder the way a
+// bbolt sidecar cache (replica.Store) in a temporary folder the way a
 // sidecar receives it: as a revision of the change feed.
 //
 // # Reports

@@ -18,8 +18,9 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
+	"github.com/gatehouse-dev/gatehouse/replica"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Input kinds of EvalConfig.InputKind.
@@ -45,7 +46,7 @@ type EvalConfig struct {
 	// "attributes" is a CheckRequest), check_request or input.
 	InputKind string
 	// Issuers verify the bearer token of a CheckRequest (serve's issuers:).
-	Issuers []authz.IssuerConfig
+	Issuers []token.IssuerConfig
 	// Explain traces the evaluation and explains the decision.
 	Explain bool
 	// Logger receives engine logs; nil discards them.
@@ -109,7 +110,7 @@ func Eval(ctx context.Context, cfg EvalConfig) (ev *Evaluation, err error) {
 		if tok := doc.Get(ast.InternedTerm("token")); tok != nil {
 			ref, err := authz.DecisionRef(cfg.Decision)
 			if err != nil {
-				return nil, usagef("%v", err)
+				return nil, usagef("--decision: %v", err)
 			}
 			shim, err := ast.ParseModuleWithOpts(shimPackage+".rego", fmt.Sprintf(
 				"package %s\n\ndecision := x if {\n\tx := %v with input.token as %v\n}\n", shimPackage, ref, tok),
@@ -121,9 +122,9 @@ func Eval(ctx context.Context, cfg EvalConfig) (ev *Evaluation, err error) {
 			decision = shimPackage + "/decision"
 		}
 	}
-	ps, err := authz.Compile(src, cfg.Decision, bundle.Builtins()...)
+	ps, err := authz.Compile(src, cfg.Decision, replica.Builtins()...)
 	if err == nil && decision != cfg.Decision {
-		ps, err = authz.Compile(src, decision, bundle.Builtins()...)
+		ps, err = authz.Compile(src, decision, replica.Builtins()...)
 	}
 	if err != nil {
 		if ce, ok := compileError(err).(*CompileError); ok {
@@ -132,7 +133,7 @@ func Eval(ctx context.Context, cfg EvalConfig) (ev *Evaluation, err error) {
 		return nil, usagef("%v", err)
 	}
 
-	var store *bundle.Store
+	var store *replica.Store
 	if cfg.Data != "" {
 		ops, err := ReadTenancyFile(cfg.Data)
 		if err != nil {
@@ -148,7 +149,7 @@ func Eval(ctx context.Context, cfg EvalConfig) (ev *Evaluation, err error) {
 		}
 		defer store.Close()
 	}
-	verifier, err := authz.NewVerifier(authz.VerifierConfig{Issuers: cfg.Issuers, CacheSize: -1}, logger)
+	verifier, err := token.NewVerifier(token.VerifierConfig{Issuers: cfg.Issuers, CacheSize: -1}, logger)
 	if err != nil {
 		return nil, usagef("%v", err)
 	}
@@ -185,10 +186,10 @@ func Eval(ctx context.Context, cfg EvalConfig) (ev *Evaluation, err error) {
 				ev.Decision.Subject = string(sub)
 			} else {
 				code, _ := lookup(tok.Value, "error").(ast.String)
-				ev.Decision.TokenError = authz.TokenError(code)
+				ev.Decision.TokenError = token.TokenError(code)
 			}
 		} else {
-			ev.Decision.TokenError = authz.TokenMissing
+			ev.Decision.TokenError = token.TokenMissing
 		}
 	}
 	if tracer != nil {
@@ -330,14 +331,14 @@ func responseFor(d *authz.Decision, doc ast.Object) *authv3.CheckResponse {
 // evalAuthZEN answers an AuthZEN request offline as the sidecar's AuthZEN
 // listener would, over cfg.Data.
 func evalAuthZEN(ctx context.Context, cfg EvalConfig, src authz.Source, logger *slog.Logger) (*Evaluation, error) {
-	ps, err := authz.Compile(src, compileDecision(cfg.AuthZENDecision), bundle.Builtins()...)
+	ps, err := authz.Compile(src, compileDecision(cfg.AuthZENDecision), replica.Builtins()...)
 	if err != nil {
 		if ce, ok := compileError(err).(*CompileError); ok {
 			return nil, ce
 		}
 		return nil, usagef("%v", err)
 	}
-	var store *bundle.Store
+	var store *replica.Store
 	if cfg.Data != "" {
 		ops, err := ReadTenancyFile(cfg.Data)
 		if err != nil {

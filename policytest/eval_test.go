@@ -15,15 +15,15 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/policytest"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 const world = "../policies/fixtures/tenancy/tenancy.json"
 
 // issuer writes a PEM public key for a fresh RSA key and returns the issuer
 // configuration trusting it and a function minting tokens.
-func issuer(tb testing.TB) (authz.IssuerConfig, func(sub string) string) {
+func issuer(tb testing.TB) (token.IssuerConfig, func(sub string) string) {
 	tb.Helper()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -32,7 +32,7 @@ func issuer(tb testing.TB) (authz.IssuerConfig, func(sub string) string) {
 	der, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
 	file := filepath.Join(tb.TempDir(), "public.pem")
 	writeFile(tb, file, string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})))
-	cfg := authz.IssuerConfig{Issuer: "https://idp.example.com/", Audiences: []string{"api"}, PublicKeyFile: file}
+	cfg := token.IssuerConfig{Issuer: "https://idp.example.com/", Audiences: []string{"api"}, PublicKeyFile: file}
 	cfg.SetDefaults()
 	return cfg, func(sub string) string {
 		tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
@@ -101,7 +101,7 @@ func TestEval(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			ev, err := policytest.Eval(t.Context(), policytest.EvalConfig{
-				Policies: shipped, Data: world, Input: c.input, Issuers: []authz.IssuerConfig{iss},
+				Policies: shipped, Data: world, Input: c.input, Issuers: []token.IssuerConfig{iss},
 			})
 			if err != nil {
 				t.Fatal(err)

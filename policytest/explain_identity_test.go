@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/policytest"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // TestEvalExplainIdentity: `gatehouse eval --explain` says which issuer may
@@ -18,7 +18,7 @@ func TestEvalExplainIdentity(t *testing.T) {
 		plain   = "https://idp.example.com/"
 		trusted = "https://tenants.example.com/" // yara's issuer in the fixture world
 	)
-	token := func(iss, sub string, trust bool) map[string]any {
+	tokenOf := func(iss, sub string, trust bool) map[string]any {
 		tok := validToken(sub)
 		tok["issuer"], tok["trust_token_roles"] = iss, trust
 		return tok
@@ -33,32 +33,32 @@ func TestEvalExplainIdentity(t *testing.T) {
 		pretty     []string
 	}{
 		"a user without issuer, ordinary issuer": {
-			inputDocument("/t/beta/x", token(plain, "bob", false), tk), "allowed",
+			inputDocument("/t/beta/x", tokenOf(plain, "bob", false), tk), "allowed",
 			policytest.Identity{Subject: "bob", Issuer: plain, InData: true, MayActAs: "any issuer without trust_token_roles", ActsAsUser: true, Why: "names no issuer"},
 			1, []string{"acts as user   yes\n", "user grant     bob-tk"},
 		},
 		"a user without issuer, trusted issuer": {
-			inputDocument("/t/beta/x", token(trusted, "bob", true), tk), "no_role",
+			inputDocument("/t/beta/x", tokenOf(trusted, "bob", true), tk), "no_role",
 			policytest.Identity{Subject: "bob", Issuer: trusted, TrustTokenRoles: true, InData: true, MayActAs: "any issuer without trust_token_roles", Why: "may not act as a data user it does not authenticate"},
 			0, []string{"acts as user   no: the user counts as absent\n", "(counts as absent for this token)", "(none: any issuer without trust_token_roles may act as bob)"},
 		},
 		"a user naming another issuer": {
-			inputDocument("/t/beta/x", token(plain, "yara", false), tk), "unknown_user",
+			inputDocument("/t/beta/x", tokenOf(plain, "yara", false), tk), "unknown_user",
 			policytest.Identity{Subject: "yara", Issuer: plain, InData: true, UserIssuer: trusted, MayActAs: trusted, Why: "only that issuer may act as the user"},
 			0, []string{"user issuer    " + trusted + " (the only issuer that may act as yara)\n", "(unknown_user)"},
 		},
 		"a user naming this issuer": {
-			inputDocument("/t/beta/x", token(trusted, "yara", true), tk), "allowed",
+			inputDocument("/t/beta/x", tokenOf(trusted, "yara", true), tk), "allowed",
 			policytest.Identity{Subject: "yara", Issuer: trusted, TrustTokenRoles: true, InData: true, UserIssuer: trusted, MayActAs: trusted, ActsAsUser: true, Why: "is the token's issuer"},
 			1, []string{"acts as user   yes\n", "user grant     yara-tk"},
 		},
 		"a subject absent from the data": {
-			inputDocument("/t/beta/x", token(plain, "ghost", false), tk), "unknown_user",
+			inputDocument("/t/beta/x", tokenOf(plain, "ghost", false), tk), "unknown_user",
 			policytest.Identity{Subject: "ghost", Issuer: plain, Why: "no user \"ghost\" in the data"},
 			0, []string{"acts as user   no: absent from the data\n"},
 		},
 		"an empty subject": {
-			inputDocument("/t/beta/x", token(trusted, "", true), tk), "unknown_user",
+			inputDocument("/t/beta/x", tokenOf(trusted, "", true), tk), "unknown_user",
 			policytest.Identity{Issuer: trusted, TrustTokenRoles: true, Why: "names no subject"},
 			0, nil,
 		},
@@ -72,7 +72,7 @@ func TestEvalExplainIdentity(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			ev, err := policytest.Eval(t.Context(), policytest.EvalConfig{
-				Policies: shipped, Data: world, Input: c.input, Explain: true, Issuers: []authz.IssuerConfig{iss},
+				Policies: shipped, Data: world, Input: c.input, Explain: true, Issuers: []token.IssuerConfig{iss},
 			})
 			if err != nil {
 				t.Fatal(err)

@@ -19,9 +19,9 @@ import (
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/tester"
 
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 	"github.com/gatehouse-dev/gatehouse/policytest"
+	"github.com/gatehouse-dev/gatehouse/replica"
 )
 
 const (
@@ -124,7 +124,7 @@ func TestCapabilitiesFileIsCurrent(t *testing.T) {
 	for _, b := range caps.Builtins {
 		names[b.Name] = true
 	}
-	for _, b := range bundle.Builtins() {
+	for _, b := range replica.Builtins() {
 		if !names[b.Decl.Name] {
 			t.Errorf("%s is not declared", b.Decl.Name)
 		}

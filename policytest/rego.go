@@ -19,7 +19,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/topdown"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/replica"
 )
 
 // regoRun runs the Rego tests of modules over data with OPA's tester, as
@@ -38,7 +38,7 @@ func newCompiler(ctx context.Context, store storage.Store, txn storage.Transacti
 	return ast.NewCompiler().
 		WithPathConflictsCheck(storage.NonEmpty(ctx, store, txn)).
 		WithEnablePrintStatements(true).
-		WithCapabilities(authz.Capabilities(bundle.Builtins())).
+		WithCapabilities(authz.Capabilities(replica.Builtins())).
 		WithUseTypeCheckAnnotations(true)
 }
 
@@ -48,7 +48,7 @@ func newCompiler(ctx context.Context, store storage.Store, txn storage.Transacti
 // them for real.
 func testBuiltins() []*tester.Builtin {
 	var out []*tester.Builtin
-	for _, b := range bundle.Builtins() {
+	for _, b := range replica.Builtins() {
 		out = append(out, &tester.Builtin{Decl: b.Decl, Func: rego.FunctionDyn(&rego.Function{
 			Name: b.Decl.Name,
 			Decl: b.Decl.Decl,

@@ -15,7 +15,8 @@ import (
 	"github.com/open-policy-agent/opa/v1/topdown"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/replica"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Config configures a run of `gatehouse test`.
@@ -65,7 +66,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	if _, err := authz.DecisionRef(cfg.Decision); err != nil {
-		return nil, usagef("%v", err)
+		return nil, usagef("--decision: %v", err)
 	}
 	files, err := Discover(cfg.Paths, cfg.Ignore)
 	if err != nil {
@@ -164,7 +165,7 @@ func (r *fixtureRun) policy(fx *Fixture) (*authz.PolicySet, error) {
 		}
 		src = authz.Source{Modules: mods, Data: r.loaded.Data, Revision: "test", Origin: "gatehouse test"}
 	}
-	ps, err := authz.Compile(src, decision, bundle.Builtins()...)
+	ps, err := authz.Compile(src, decision, replica.Builtins()...)
 	if err != nil {
 		var aes ast.Errors
 		if errors.As(err, &aes) {
@@ -190,7 +191,7 @@ func (r *fixtureRun) run(ctx context.Context, fx *Fixture) ([]*Result, error) {
 			return nil, err
 		}
 	}
-	var store *bundle.Store
+	var store *replica.Store
 	if fx.Tenancy != "" {
 		ops, err := ReadTenancyFile(fx.path(fx.Tenancy))
 		if err != nil {
@@ -206,7 +207,7 @@ func (r *fixtureRun) run(ctx context.Context, fx *Fixture) ([]*Result, error) {
 		defer store.Close()
 	}
 	issuers := fx.issuers()
-	verifier, err := authz.NewVerifier(authz.VerifierConfig{Issuers: r.minter.issuers(issuers), CacheSize: -1}, r.logger())
+	verifier, err := token.NewVerifier(token.VerifierConfig{Issuers: r.minter.issuers(issuers), CacheSize: -1}, r.logger())
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: issuers: %v", ErrFixture, fx.File, err)
 	}

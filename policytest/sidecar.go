@@ -11,17 +11,18 @@ import (
 	"github.com/open-policy-agent/opa/v1/topdown"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
+	"github.com/gatehouse-dev/gatehouse/replica"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Sidecar is an offline sidecar: the decision engine of `serve` with a
 // compiled policy set, a token verifier and a tenancy store, without
 // listeners. Check follows serve's path for one CheckRequest:
-// envoy.Evaluate (input, authz.Engine.Decide) → envoy.Response.
+// envoy.Decide (input, authz.Engine.Decide) → envoy.Response.
 type Sidecar struct {
 	engine *authz.Engine
-	store  *bundle.Store // nil: empty tenancy
+	store  *replica.Store // nil: empty tenancy
 	reads  *readRecorder
 }
 
@@ -30,10 +31,10 @@ type SidecarConfig struct {
 	// Policy is the compiled policy set (authz.Compile).
 	Policy *authz.PolicySet
 	// Verifier verifies bearer tokens; nil trusts no issuer.
-	Verifier *authz.Verifier
+	Verifier *token.Verifier
 	// Store serves data.tenancy; nil means no tenancy data (revision 0), as
 	// serve without a control endpoint.
-	Store *bundle.Store
+	Store *replica.Store
 	// Logger receives the engine's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -53,7 +54,7 @@ func NewSidecar(cfg SidecarConfig) *Sidecar {
 		// the built-ins read the cache directly: their reads are observed too
 		cfg.Store.ObserveReads(rec.record)
 	}
-	e := authz.New(authz.Config{Builtins: bundle.Builtins()}, cfg.Verifier, rec, logger)
+	e := authz.New(authz.Config{Builtins: replica.Builtins()}, cfg.Verifier, rec, logger)
 	e.SetPolicy(cfg.Policy)
 	return &Sidecar{engine: e, store: cfg.Store, reads: rec}
 }
@@ -84,7 +85,7 @@ func (s *Sidecar) Check(ctx context.Context, req *authv3.CheckRequest, tracer to
 	if tracer != nil {
 		s.reads.start()
 	}
-	d, headers, err := envoy.Evaluate(ctx, s.engine, req, tracer)
+	d, headers, err := envoy.Decide(ctx, s.engine, req, tracer)
 	var reads []storage.Path
 	if tracer != nil {
 		reads = s.reads.stop()

@@ -14,7 +14,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/replica"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
@@ -123,13 +123,13 @@ func toJSON(path string, raw []byte) ([]byte, error) {
 	return b, nil
 }
 
-// OpenTenancy builds a sidecar tenancy cache (a bundle.Store) in dir holding
+// OpenTenancy builds a sidecar tenancy cache (a replica.Store) in dir holding
 // the result of ops. The ops are applied as the control endpoint applies a
 // batch (tenancy.Apply: invariants, cascades, indexes) to a scratch file,
 // and the resulting changes reach the store the way a sidecar receives
-// them: as revision 1 of the change feed (bundle.Store.ApplyRevisions). The
+// them: as revision 1 of the change feed (replica.Store.ApplyRevisions). The
 // caller closes the store.
-func OpenTenancy(dir string, ops []tenancy.Op, logger *slog.Logger) (*bundle.Store, error) {
+func OpenTenancy(dir string, ops []tenancy.Op, logger *slog.Logger) (*replica.Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -137,7 +137,7 @@ func OpenTenancy(dir string, ops []tenancy.Op, logger *slog.Logger) (*bundle.Sto
 	if err != nil {
 		return nil, err
 	}
-	store, err := bundle.OpenStore(bundle.StoreConfig{Dir: filepath.Join(dir, "sidecar")}, logger)
+	store, err := replica.OpenStore(replica.StoreConfig{Dir: filepath.Join(dir, "sidecar")}, logger)
 	if err != nil {
 		return nil, err
 	}

@@ -16,7 +16,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // DefaultIssuer is the issuer of minted tokens when a fixture configures
@@ -86,9 +86,9 @@ func (t *TokenSpec) UnmarshalYAML(n *yaml.Node) error {
 
 // mintableErrors are the token error codes a fixture can ask for.
 var mintableErrors = []string{
-	string(authz.TokenMissing), string(authz.TokenMalformed), string(authz.TokenUnknownIssuer),
-	string(authz.TokenUnsupportedAlgorithm), string(authz.TokenUnknownKey), string(authz.TokenBadSignature),
-	string(authz.TokenExpired), string(authz.TokenNotYetValid), string(authz.TokenBadAudience),
+	string(token.TokenMissing), string(token.TokenMalformed), string(token.TokenUnknownIssuer),
+	string(token.TokenUnsupportedAlgorithm), string(token.TokenUnknownKey), string(token.TokenBadSignature),
+	string(token.TokenExpired), string(token.TokenNotYetValid), string(token.TokenBadAudience),
 }
 
 // minter signs fixture tokens with a key made for the run. The verifier it
@@ -124,10 +124,10 @@ func newMinter(dir string) (*minter, error) {
 }
 
 // issuers returns the verifier's issuer configuration for specs.
-func (m *minter) issuers(specs []IssuerSpec) []authz.IssuerConfig {
-	out := make([]authz.IssuerConfig, 0, len(specs))
+func (m *minter) issuers(specs []IssuerSpec) []token.IssuerConfig {
+	out := make([]token.IssuerConfig, 0, len(specs))
 	for _, s := range specs {
-		c := authz.IssuerConfig{
+		c := token.IssuerConfig{
 			Issuer:          s.Issuer,
 			Audiences:       s.Audiences,
 			Algorithms:      []string{"RS256"},
@@ -144,13 +144,13 @@ func (m *minter) issuers(specs []IssuerSpec) []authz.IssuerConfig {
 // authorization returns the Authorization header value for spec ("" = no
 // header). specs are the fixture's issuers; the first is the default.
 func (m *minter) authorization(spec *TokenSpec, specs []IssuerSpec) (string, error) {
-	if spec == nil || spec.None || spec.Error == string(authz.TokenMissing) {
+	if spec == nil || spec.None || spec.Error == string(token.TokenMissing) {
 		return "", nil
 	}
 	if spec.Error != "" && !slices.Contains(mintableErrors, spec.Error) {
 		return "", fmt.Errorf("token: error %q is not one of %s", spec.Error, strings.Join(mintableErrors, ", "))
 	}
-	if spec.Error == string(authz.TokenMalformed) {
+	if spec.Error == string(token.TokenMalformed) {
 		return "Bearer not-a.jwt", nil
 	}
 	iss := spec.Issuer
@@ -176,25 +176,25 @@ func (m *minter) authorization(spec *TokenSpec, specs []IssuerSpec) (string, err
 	}
 	key, method, kid := any(m.key), jwt.SigningMethod(jwt.SigningMethodRS256), fixtureKid
 	switch {
-	case spec.Error == string(authz.TokenExpired):
+	case spec.Error == string(token.TokenExpired):
 		claims["iat"] = now.Add(-2 * time.Hour).Unix()
 		claims["exp"] = now.Add(-time.Hour).Unix()
-	case spec.Error == string(authz.TokenNotYetValid):
+	case spec.Error == string(token.TokenNotYetValid):
 		claims["nbf"] = now.Add(time.Hour).Unix()
-	case spec.Error == string(authz.TokenUnknownIssuer):
+	case spec.Error == string(token.TokenUnknownIssuer):
 		if is != nil && spec.Issuer == "" {
 			claims["iss"] = "https://unknown.fixtures.gatehouse.test/"
 		}
-	case spec.Error == string(authz.TokenBadAudience):
+	case spec.Error == string(token.TokenBadAudience):
 		if is == nil || len(is.Audiences) == 0 {
 			return "", fmt.Errorf("token: error bad_audience needs an issuer with audiences")
 		}
 		claims["aud"] = "not-" + is.Audiences[0]
-	case spec.Error == string(authz.TokenUnsupportedAlgorithm):
+	case spec.Error == string(token.TokenUnsupportedAlgorithm):
 		key, method = []byte("a shared secret is never accepted"), jwt.SigningMethodHS256
-	case spec.Error == string(authz.TokenUnknownKey):
+	case spec.Error == string(token.TokenUnknownKey):
 		kid = "no-such-key"
-	case spec.Error == string(authz.TokenBadSignature), spec.Valid != nil && !*spec.Valid:
+	case spec.Error == string(token.TokenBadSignature), spec.Valid != nil && !*spec.Valid:
 		key = m.other
 	}
 	for k, v := range spec.Claims {

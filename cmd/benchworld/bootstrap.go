@@ -13,7 +13,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/replica"
 	"github.com/gatehouse-dev/gatehouse/internal/loadgen"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
@@ -50,14 +50,14 @@ func bootstrap(args []string) error {
 		defer pprof.StopCPUProfile()
 	}
 	start := time.Now()
-	store, err := bundle.OpenStore(bundle.StoreConfig{Dir: *dir}, logger)
+	store, err := replica.OpenStore(replica.StoreConfig{Dir: *dir}, logger)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = store.Close() }()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	syncer := bundle.NewSyncer(bundle.SyncConfig{ControlURL: *control, TokenFile: *tokenFile}, store, logger)
+	syncer := replica.NewSyncer(replica.SyncConfig{ControlURL: *control, TokenFile: *tokenFile}, store, logger)
 	done := make(chan error, 1)
 	go func() { done <- syncer.Run(ctx) }()
 	for !store.State().Present {

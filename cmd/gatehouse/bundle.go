@@ -11,6 +11,8 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/replica"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 func newBundleCmd() *cobra.Command {
@@ -71,7 +73,7 @@ unusable key, or policies that do not compile (file:line).`,
 	fl := cmd.Flags()
 	fl.StringVarP(&f.output, "output", "o", "", "bundle file to write (required), e.g. bundle.tar.gz")
 	fl.StringVar(&f.signingKey, "signing-key", "", "PEM private key (RSA, ECDSA or Ed25519) to sign the bundle with")
-	fl.StringVar(&f.signingAlg, "signing-alg", "", "JWS algorithm: "+strings.Join(bundle.SigningAlgorithms, ", ")+" (default: RS256 for RSA keys, ES256/ES384/ES512 by curve, EdDSA)")
+	fl.StringVar(&f.signingAlg, "signing-alg", "", "JWS algorithm: "+strings.Join(token.Algorithms(), ", ")+" (default: RS256 for RSA keys, ES256/ES384/ES512 by curve, EdDSA)")
 	fl.StringVar(&f.keyID, "key-id", "", "key id written into the signature (kid header and keyid claim)")
 	fl.StringVar(&f.revision, "revision", "", "manifest revision (default: the content hash of the policy files)")
 	fl.StringArrayVar(&f.roots, "root", nil, "manifest root, repeatable (default: the first segment of every package and data path)")
@@ -94,7 +96,7 @@ func runBundleBuild(cmd *cobra.Command, dir string, f bundleBuildFlags) error {
 		if err != nil {
 			return usageErr(fmt.Errorf("--signing-key: %w", err))
 		}
-		key, err := bundle.ParsePrivateKey(pem)
+		key, err := token.ParsePrivateKey(pem)
 		if err != nil {
 			return usageErr(fmt.Errorf("--signing-key %s: %w", f.signingKey, err))
 		}
@@ -111,6 +113,7 @@ func runBundleBuild(cmd *cobra.Command, dir string, f bundleBuildFlags) error {
 		RegoVersion:  f.regoVersion,
 		Decision:     f.decision,
 		Signer:       signer,
+		Builtins:     replica.Builtins(),
 	})
 	if err != nil {
 		return usageErr(fmt.Errorf("bundle build %s: %w", dir, err))

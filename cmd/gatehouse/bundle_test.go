@@ -24,6 +24,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // bundleCLI runs the command line and returns the exit code, stdout and
@@ -223,15 +224,15 @@ func TestBundleBuildCLI(t *testing.T) {
 			if _, err := opabundle.NewReader(bytes.NewReader(tarball)).WithBundleVerificationConfig(vc).Read(); err != nil {
 				t.Fatalf("OPA does not verify the bundle: %v", err)
 			}
-			keys, err := bundle.ParsePublicKeys(pubPEM)
+			keys, err := token.ParsePublicKeys(pubPEM)
 			if err != nil {
 				t.Fatal(err)
 			}
-			v, err := bundle.NewVerifier(keys, tc.verifyWith)
+			v, err := bundle.NewKeySet(keys, tc.verifyWith)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := bundle.OpenBundle(tarball, bundle.OpenOptions{Verifier: v}); err != nil {
+			if _, err := bundle.OpenBundle(tarball, bundle.OpenOptions{Keys: v}); err != nil {
 				t.Fatalf("Gatehouse does not verify the bundle: %v", err)
 			}
 		})

@@ -1,14 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
@@ -18,8 +15,10 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/authzen"
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // ServeConfig is the configuration file of `gatehouse serve` (SPEC §1).
@@ -27,11 +26,11 @@ type ServeConfig struct {
 	// Listen holds the listener addresses.
 	Listen ListenConfig `yaml:"listen"`
 	// Policies locates the policy set and names the decision rule.
-	Policies authz.PolicyConfig `yaml:"policies"`
+	Policies bundle.PolicyConfig `yaml:"policies"`
 	// Data configures tenancy data: cache folder, control endpoint, freshness.
 	Data DataConfig `yaml:"data"`
 	// Issuers are the trusted token issuers.
-	Issuers []authz.IssuerConfig `yaml:"issuers"`
+	Issuers []token.IssuerConfig `yaml:"issuers"`
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
 	// Cache bounds the in-memory caches.
@@ -218,18 +217,13 @@ func (c ServeConfig) Validate() error {
 		c.authzenConfig().ValidateIfServed(c.Listen.AuthZEN),
 		c.Log.Validate(),
 	}
-	if c.Data.MaxStaleness < 0 {
-		errs = append(errs, fmt.Errorf("data.max_staleness: %v is negative", c.Data.MaxStaleness))
-	}
 	if c.Data.ReconnectMaxBackoff < 0 {
 		errs = append(errs, fmt.Errorf("data.reconnect_max_backoff: %v is negative", c.Data.ReconnectMaxBackoff))
 	}
 	if c.Data.StatusInterval < 0 {
 		errs = append(errs, fmt.Errorf("data.status_interval: %v is negative", c.Data.StatusInterval))
 	}
-	if c.Data.MinRevisionWait < 0 {
-		errs = append(errs, fmt.Errorf("data.min_revision_wait: %v is negative", c.Data.MinRevisionWait))
-	}
+	errs = append(errs, keyed(c.engineConfig().Validate(), engineKeys))
 	errs = append(errs, c.Data.ControlURL.Validate("data.control_url"))
 	errs = append(errs, c.Limits.Validate())
 	if c.Tracing != nil {
@@ -241,15 +235,48 @@ func (c ServeConfig) Validate() error {
 			errs = append(errs, errors.New("decision_logs: no sink (console, file or service) is configured"))
 		}
 	}
-	seen := map[string]bool{}
-	for _, is := range c.Issuers {
-		errs = append(errs, is.Validate())
-		if seen[is.Issuer] {
-			errs = append(errs, fmt.Errorf("issuers: %q is listed twice", is.Issuer))
-		}
-		seen[is.Issuer] = true
-	}
+	errs = append(errs, token.ValidateIssuers(c.Issuers))
 	return errors.Join(errs...)
+}
+
+// engineConfig is the engine's part of the serve configuration.
+func (c ServeConfig) engineConfig() authz.Config {
+	return authz.Config{
+		MaxStaleness:         c.Data.MaxStaleness,
+		MinRevisionWait:      c.Data.MinRevisionWait,
+		DecisionCacheEntries: c.Cache.Decisions,
+		DecisionCacheBytes:   bytesOfMB(c.Cache.DecisionsMB),
+	}
+}
+
+// engineKeys maps the authz.Config fields named by its Validate to the
+// keys of the serve configuration file.
+var engineKeys = map[string]string{
+	"MaxStaleness":         "data.max_staleness",
+	"MinRevisionWait":      "data.min_revision_wait",
+	"DecisionCacheEntries": "cache.decisions",
+	"DecisionCacheBytes":   "cache.decisions_mb",
+}
+
+// keyed rewrites the *authz.FieldError problems of a component's Validate
+// (joined) into "key: problem", by the field's key in the file.
+func keyed(err error, keys map[string]string) error {
+	if err == nil {
+		return nil
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	out := make([]error, 0, len(errs))
+	for _, e := range errs {
+		var fe *authz.FieldError
+		if errors.As(e, &fe) && keys[fe.Field] != "" {
+			e = fmt.Errorf("%s: %w", keys[fe.Field], fe.Err)
+		}
+		out = append(out, e)
+	}
+	return errors.Join(out...)
 }
 
 // Validate reports negative limits and a max_inflight_bytes that cannot
@@ -324,65 +351,6 @@ func resolve(base, p string) string {
 		return p
 	}
 	return filepath.Join(base, p)
-}
-
-// decodeYAMLFile reads a YAML file strictly (unknown keys are errors) into v.
-func decodeYAMLFile(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) { // an empty file is fine
-		return fmt.Errorf("config %s: %s", path, yamlMessage(err))
-	}
-	return nil
-}
-
-// yamlSections names the configuration section behind each Go type, so
-// that YAML errors speak of keys, not types.
-var yamlSections = map[string]string{
-	"main.ServeConfig": "the top level", "main.ControlFile": "the top level", "control.Config": "the top level",
-	"main.ListenConfig": "listen", "netx.TLSConfig": "listen.tls", "authz.PolicyConfig": "policies",
-	"authz.BundleSourceConfig": "policies.bundle", "main.DataConfig": "data", "authz.IssuerConfig": "issuers",
-	"main.LogConfig": "log", "main.CacheConfig": "cache", "main.LimitsConfig": "limits", "authzen.Config": "authzen",
-	"decisionlog.Config": "decision_logs", "decisionlog.FileConfig": "decision_logs.file",
-	"decisionlog.ServiceConfig": "decision_logs.service", "decisionlog.ReportingConfig": "decision_logs.service.reporting",
-	"decisionlog.SampleConfig": "decision_logs.sample", "main.TracingConfig": "tracing",
-}
-
-var (
-	reUnknownField = regexp.MustCompile(`field (\S+) not found in type (\S+)`)
-	reIntoType     = regexp.MustCompile(`into (\S+)$`)
-)
-
-// yamlMessage turns a YAML decoding error into one line naming the key.
-func yamlMessage(err error) string {
-	var lines []string
-	for _, l := range strings.Split(err.Error(), "\n") {
-		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "yaml: unmarshal errors:"))
-		if l == "" {
-			continue
-		}
-		l = reUnknownField.ReplaceAllStringFunc(l, func(m string) string {
-			sub := reUnknownField.FindStringSubmatch(m)
-			sec := yamlSections[sub[2]]
-			if sec == "" {
-				sec = sub[2]
-			}
-			return fmt.Sprintf("unknown key %q in %s", sub[1], sec)
-		})
-		l = reIntoType.ReplaceAllStringFunc(l, func(m string) string {
-			t := strings.TrimPrefix(m, "into ")
-			if t == "time.Duration" {
-				return "into a duration (e.g. 30s, 5m)"
-			}
-			return m
-		})
-		lines = append(lines, strings.TrimPrefix(l, "yaml: "))
-	}
-	return strings.Join(lines, "; ")
 }
 
 // envPrefix prefixes the environment variable of every flag:

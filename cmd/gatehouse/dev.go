@@ -23,10 +23,12 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/authzen"
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/internal/keys"
 	"github.com/gatehouse-dev/gatehouse/policies"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // devWorld is the demo world seeded into a fresh dev control endpoint: the
@@ -109,7 +111,7 @@ func runDev(ctx context.Context, f devFlags, stdout, stderr io.Writer) error {
 		DataDir:        filepath.Join(dir, "control"),
 		AdminTokenFile: env.adminToken,
 		SyncTokenFile:  env.syncToken,
-		Issuers:        []authz.IssuerConfig{env.issuer(devIssuer, false)},
+		Issuers:        []token.IssuerConfig{env.issuer(devIssuer, false)},
 	}, logger.With("component", "control"))
 	if err != nil {
 		return failureErr(err)
@@ -123,9 +125,9 @@ func runDev(ctx context.Context, f devFlags, stdout, stderr io.Writer) error {
 	cfg := ServeConfig{
 		Listen:   ListenConfig{GRPC: f.grpcAddr, HTTP: f.httpAddr, Ops: f.opsAddr, AuthZEN: f.authzenAddr, GRPCReflection: true},
 		AuthZEN:  authzen.Config{TokenFile: env.authzenToken},
-		Policies: authz.PolicyConfig{Dir: env.policies},
+		Policies: bundle.PolicyConfig{Dir: env.policies},
 		Data:     DataConfig{Dir: filepath.Join(dir, "sidecar"), ControlURL: URLList(controlURL), TokenFile: env.syncToken},
-		Issuers:  []authz.IssuerConfig{env.issuer(devIssuer, false), env.issuer(devTrustedIssuer, true)},
+		Issuers:  []token.IssuerConfig{env.issuer(devIssuer, false), env.issuer(devTrustedIssuer, true)},
 		Log:      logCfg,
 		ID:       "dev-sidecar",
 		// Every decision in OPA's decision-log format (README: Decision logs),
@@ -178,8 +180,8 @@ type devEnv struct {
 	tokens                string // folder of minted tokens
 }
 
-func (e devEnv) issuer(name string, trust bool) authz.IssuerConfig {
-	c := authz.IssuerConfig{
+func (e devEnv) issuer(name string, trust bool) token.IssuerConfig {
+	c := token.IssuerConfig{
 		Issuer: name, Audiences: []string{devAudience}, Algorithms: []string{"RS256"},
 		PublicKeyFile: e.publicKey, TrustTokenRoles: trust,
 	}

@@ -30,10 +30,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/replica"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 const e2eIssuer = "https://idp.e2e.test/"
@@ -155,16 +156,16 @@ type node struct {
 	client authv3.AuthorizationClient
 	cancel context.CancelFunc
 	done   chan error
-	store  *bundle.Store
+	store  *replica.Store
 }
 
 func (p *plane) sidecarConfig(dataDir, controlURL string) ServeConfig {
 	cfg := ServeConfig{
 		Listen:   ListenConfig{GRPC: "127.0.0.1:0", HTTP: "127.0.0.1:0", Ops: "127.0.0.1:0"},
-		Policies: authz.PolicyConfig{Dir: "../../policies"},
+		Policies: bundle.PolicyConfig{Dir: "../../policies"},
 		Data: DataConfig{Dir: dataDir, ControlURL: URLList(controlURL), TokenFile: p.syncFile,
 			ReconnectMaxBackoff: 300 * time.Millisecond, MinRevisionWait: 2 * time.Second},
-		Issuers: []authz.IssuerConfig{{Issuer: e2eIssuer, Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: p.pubFile}},
+		Issuers: []token.IssuerConfig{{Issuer: e2eIssuer, Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: p.pubFile}},
 		Log:     LogConfig{Level: "info", Format: "text"},
 	}
 	cfg.SetDefaults()
@@ -182,7 +183,7 @@ func (p *plane) startSidecar(cfg ServeConfig) *node {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &node{sc: sc, cancel: cancel, done: make(chan error, 1)}
-	n.store, _ = sc.engine.Tenancy().(*bundle.Store)
+	n.store, _ = sc.engine.Tenancy().(*replica.Store)
 	go func() { n.done <- sc.Run(ctx) }()
 	conn, err := grpc.NewClient(sc.ext.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -510,21 +511,21 @@ func TestE2ECorruptCacheIsRebuilt(t *testing.T) {
 			n := p.startSidecar(p.sidecarConfig(data, p.ctrlURL))
 			n.waitRevision(t, rev)
 			n.stop()
-			corrupt(t, filepath.Join(data, bundle.CacheFile))
+			corrupt(t, filepath.Join(data, replica.CacheFile))
 
 			n2 := p.startSidecar(p.sidecarConfig(data, p.ctrlURL))
 			testutil.Eventually(t, 10*time.Second, func() (bool, string) {
 				if n2.store.Corrupt() {
 					return false, "cache still marked damaged"
 				}
-				if err := n2.store.CheckFile(); err != nil {
+				if err := n2.store.CheckFile(t.Context()); err != nil {
 					return false, "cache fails its check: " + err.Error()
 				}
 				v := n2.check(p.token("bob"), "/t/beta/entries", "timekeeping", "", nil)
 				return v.allowed, fmt.Sprintf("decision after rebuild: %+v", v)
 			})
 			if name == "meta pages" {
-				m, _ := filepath.Glob(filepath.Join(data, bundle.CacheFile+".corrupt-*"))
+				m, _ := filepath.Glob(filepath.Join(data, replica.CacheFile+".corrupt-*"))
 				if len(m) != 1 {
 					t.Fatalf("damaged file not set aside: %v", m)
 				}

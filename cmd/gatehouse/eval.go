@@ -11,6 +11,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/policytest"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 type evalFlags struct {
@@ -92,12 +93,10 @@ func runEval(cmd *cobra.Command, f evalFlags) error {
 			return usageErr(err)
 		}
 		sc.resolvePaths(filepath.Dir(f.config))
-		var errs []error
 		for i := range sc.Issuers {
 			sc.Issuers[i].SetDefaults()
-			errs = append(errs, sc.Issuers[i].Validate())
 		}
-		if err := errors.Join(errs...); err != nil {
+		if err := token.ValidateIssuers(sc.Issuers); err != nil {
 			return usageErr(err)
 		}
 		cfg.Issuers = sc.Issuers

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/sergi/go-diff/diffmatchpatch"
 	"github.com/spf13/cobra"
 
 	"github.com/gatehouse-dev/gatehouse/policytest"
@@ -122,44 +123,52 @@ func runFmt(cmd *cobra.Command, args []string, f fmtFlags) error {
 	return nil
 }
 
-// unifiedDiff is a unified diff of two texts by lines (a longest common
-// subsequence; policy files are small), with 3 lines of context.
-func unifiedDiff(name, a, b string) string {
-	x, y := splitLines(a), splitLines(b)
-	// lcs[i][j] = length of the LCS of x[i:] and y[j:]
-	lcs := make([][]int, len(x)+1)
-	for i := range lcs {
-		lcs[i] = make([]int, len(y)+1)
+// diffOp is one line of a line diff.
+type diffOp struct {
+	kind byte // ' ', '-', '+'
+	text string
+	i, j int // line numbers (0-based) in a and b before this op
+}
+
+// lineDiff diffs two texts by lines with go-diff (Myers' algorithm, in
+// linear space): the ' ' and '-' lines are a, the ' ' and '+' lines b.
+func lineDiff(a, b string) []diffOp {
+	// a missing final newline is not a difference (lines compare without it)
+	for _, s := range []*string{&a, &b} {
+		if *s != "" && !strings.HasSuffix(*s, "\n") {
+			*s += "\n"
+		}
 	}
-	for i := len(x) - 1; i >= 0; i-- {
-		for j := len(y) - 1; j >= 0; j-- {
-			if x[i] == y[j] {
-				lcs[i][j] = lcs[i+1][j+1] + 1
-			} else {
-				lcs[i][j] = max(lcs[i+1][j], lcs[i][j+1])
+	dmp := diffmatchpatch.New()
+	dmp.DiffTimeout = 0 // exact, whatever the size
+	ca, cb, lines := dmp.DiffLinesToChars(a, b)
+	var ops []diffOp
+	i, j := 0, 0
+	for _, d := range dmp.DiffCharsToLines(dmp.DiffMain(ca, cb, false), lines) {
+		if d.Text == "" {
+			continue
+		}
+		for _, text := range strings.Split(strings.TrimSuffix(d.Text, "\n"), "\n") {
+			switch d.Type {
+			case diffmatchpatch.DiffEqual:
+				ops = append(ops, diffOp{' ', text, i, j})
+				i, j = i+1, j+1
+			case diffmatchpatch.DiffDelete:
+				ops = append(ops, diffOp{'-', text, i, j})
+				i++
+			case diffmatchpatch.DiffInsert:
+				ops = append(ops, diffOp{'+', text, i, j})
+				j++
 			}
 		}
 	}
-	type op struct {
-		kind byte // ' ', '-', '+'
-		text string
-		i, j int // line numbers (0-based) in x and y before this op
-	}
-	var ops []op
-	i, j := 0, 0
-	for i < len(x) || j < len(y) {
-		switch {
-		case i < len(x) && j < len(y) && x[i] == y[j]:
-			ops = append(ops, op{' ', x[i], i, j})
-			i, j = i+1, j+1
-		case i < len(x) && (j == len(y) || lcs[i+1][j] >= lcs[i][j+1]):
-			ops = append(ops, op{'-', x[i], i, j})
-			i++
-		default:
-			ops = append(ops, op{'+', y[j], i, j})
-			j++
-		}
-	}
+	return ops
+}
+
+// unifiedDiff is a unified diff of two texts by lines, with 3 lines of
+// context.
+func unifiedDiff(name, a, b string) string {
+	ops := lineDiff(a, b)
 	const context = 3
 	var out strings.Builder
 	fmt.Fprintf(&out, "--- %s\n+++ %s (formatted)\n", name, name)
@@ -201,14 +210,6 @@ func unifiedDiff(name, a, b string) string {
 		k = end
 	}
 	return out.String()
-}
-
-func splitLines(s string) []string {
-	s = strings.TrimSuffix(s, "\n")
-	if s == "" {
-		return nil
-	}
-	return strings.Split(s, "\n")
 }
 
 // pluralVerb is "1 file is", "2 files are".

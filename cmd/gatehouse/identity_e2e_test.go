@@ -23,9 +23,9 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/genproto/googleapis/rpc/code"
 
-	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // identityPlane is the dev world with two issuers: e2eIssuer (ordinary)
@@ -59,7 +59,7 @@ func newIdentityPlane(t *testing.T) *identityPlane {
 	pub := filepath.Join(p.dir, "trusted.pem")
 	testutil.WriteFile(t, pub, string(testutil.PublicKeyPEM(t, &key.PublicKey)))
 	cfg := p.sidecarConfig(filepath.Join(p.dir, "sidecar"), p.ctrlURL)
-	trusted := authz.IssuerConfig{Issuer: devTrustedIssuer, Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: pub, TrustTokenRoles: true}
+	trusted := token.IssuerConfig{Issuer: devTrustedIssuer, Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: pub, TrustTokenRoles: true}
 	trusted.SetDefaults()
 	cfg.Issuers = append(cfg.Issuers, trusted)
 	n := p.startSidecar(cfg)

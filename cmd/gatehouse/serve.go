@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,6 +22,8 @@ import (
 	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/ops"
+	"github.com/gatehouse-dev/gatehouse/replica"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // serveFlags are the flags of `serve` that override the configuration file.
@@ -115,7 +118,7 @@ func loadServeConfig(cmd *cobra.Command, f serveFlags) (ServeConfig, error) {
 	set("log-format", &cfg.Log.Format, f.logFormat)
 	set("id", &cfg.ID, f.id)
 	if cmd.Flags().Changed("policies") {
-		cfg.Policies.Bundle = authz.BundleSourceConfig{}
+		cfg.Policies.Bundle = bundle.BundleSourceConfig{}
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -128,10 +131,10 @@ func loadServeConfig(cmd *cobra.Command, f serveFlags) (ServeConfig, error) {
 type sidecar struct {
 	logger    *slog.Logger
 	registry  *prometheus.Registry
-	verifier  *authz.Verifier
+	verifier  *token.Verifier
 	engine    *authz.Engine
 	policies  policySource
-	syncer    *bundle.Syncer
+	syncer    *replica.Syncer
 	ext       *envoy.Server
 	ops       *ops.Server
 	declog    *decisionlog.Logger // nil: no decision logs
@@ -143,27 +146,38 @@ type sidecar struct {
 	closers   []io.Closer
 }
 
-// newSidecar builds every component and opens the listeners.
-func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
+// newSidecar builds every component and opens the listeners. When a step
+// fails, what the earlier steps opened (the cache file, listeners) is
+// closed before it returns.
+func newSidecar(cfg ServeConfig, logger *slog.Logger) (_ *sidecar, err error) {
+	var opened []io.Closer // closed, last first, when a later step fails
+	defer func() {
+		if err != nil {
+			for i := len(opened) - 1; i >= 0; i-- {
+				_ = opened[i].Close()
+			}
+		}
+	}()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	verifier, err := authz.NewVerifier(authz.VerifierConfig{
+	verifier, err := token.NewVerifier(token.VerifierConfig{
 		Issuers: cfg.Issuers, CacheSize: cfg.Cache.Tokens, CacheBytes: bytesOfMB(cfg.Cache.TokensMB), Registerer: reg,
 	}, logger)
 	if err != nil {
 		return nil, err
 	}
 	var tenancy authz.Tenancy = authz.EmptyTenancy()
-	var syncer *bundle.Syncer
+	var syncer *replica.Syncer
 	var closers []io.Closer
 	if cfg.Data.ControlURL != "" {
-		store, err := bundle.OpenStore(bundle.StoreConfig{Dir: cfg.Data.Dir, CacheEntries: cfg.Cache.Documents}, logger)
+		store, err := replica.OpenStore(replica.StoreConfig{Dir: cfg.Data.Dir, CacheEntries: cfg.Cache.Documents}, logger)
 		if err != nil {
 			return nil, err
 		}
 		closers = append(closers, store)
+		opened = append(opened, store)
 		tenancy = store
-		syncer = bundle.NewSyncer(bundle.SyncConfig{
+		syncer = replica.NewSyncer(replica.SyncConfig{
 			ControlURL:     string(cfg.Data.ControlURL),
 			TokenFile:      cfg.Data.TokenFile,
 			MaxBackoff:     cfg.Data.ReconnectMaxBackoff,
@@ -173,14 +187,9 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 			Registerer:     reg,
 		}, store, logger)
 	}
-	engine := authz.New(authz.Config{
-		MaxStaleness:         cfg.Data.MaxStaleness,
-		MinRevisionWait:      cfg.Data.MinRevisionWait,
-		DecisionCacheEntries: cfg.Cache.Decisions,
-		DecisionCacheBytes:   bytesOfMB(cfg.Cache.DecisionsMB),
-		Registerer:           reg,
-		Builtins:             bundle.Builtins(),
-	}, verifier, tenancy, logger)
+	ecfg := cfg.engineConfig()
+	ecfg.Registerer, ecfg.Builtins = reg, replica.Builtins()
+	engine := authz.New(ecfg, verifier, tenancy, logger)
 	src, err := newPolicySource(cfg, engine, reg, logger)
 	if err != nil {
 		return nil, err
@@ -202,7 +211,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		sengine := authz.New(authz.Config{
 			MaxStaleness: cfg.Data.MaxStaleness, MinRevisionWait: cfg.Data.MinRevisionWait,
 			DecisionCacheEntries: cfg.Cache.Decisions, DecisionCacheBytes: bytesOfMB(cfg.Cache.DecisionsMB),
-			Builtins: bundle.Builtins(),
+			Builtins: replica.Builtins(),
 		}, verifier, tenancy, slog)
 		scfg := cfg
 		scfg.Policies = *cfg.Policies.Shadow
@@ -253,6 +262,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 	if err := ext.Listen(); err != nil {
 		return nil, err
 	}
+	opened = append(opened, ext)
 	if err := opsSrv.Listen(); err != nil {
 		return nil, err
 	}
@@ -275,7 +285,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 }
 
 // policySource keeps the engine's policy set current: a directory
-// (authz.DirSource) or a signed bundle URL (bundle.PolicySource).
+// (bundle.DirSource) or a signed bundle URL (bundle.PolicySource).
 type policySource interface {
 	Run(ctx context.Context) error
 }
@@ -297,7 +307,7 @@ func newPolicySource(cfg ServeConfig, engine *authz.Engine, reg prometheus.Regis
 		_ = src.Restore()
 		return src, nil
 	}
-	src, err := authz.NewDirSource(cfg.Policies, engine, logger)
+	src, err := bundle.NewDirSource(cfg.Policies, engine, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -320,29 +330,30 @@ var processStart = time.Now()
 // logReady logs, once, when the sidecar becomes ready and how long after
 // the process started (a restart serves from the cache file at once).
 func (s *sidecar) logReady(ctx context.Context) {
-	t := time.NewTicker(5 * time.Millisecond)
-	defer t.Stop()
 	for {
+		w := s.engine.WatchReadiness()
 		if err := s.engine.Ready(); err == nil {
 			st := s.engine.Tenancy().State()
 			s.logger.Info("ready", "since_start", time.Since(processStart).Round(time.Millisecond).String(),
 				"policy_revision", s.engine.PolicyStatus().Revision, "tenancy_revision", st.Revision)
 			return
 		}
-		select {
-		case <-ctx.Done():
+		if w.Wait(ctx) != nil {
 			return
-		case <-t.C:
 		}
 	}
 }
 
-// Run serves until ctx is done, then shuts down in order: ext_authz drains
-// (health NOT_SERVING first), background work stops, stores close.
+// Run serves until ctx is done (or a component fails), then shuts down in
+// order: ext_authz drains (health NOT_SERVING, GracefulStop bounded by its
+// shutdown timeout) with the ops and AuthZEN listeners; the shadow policy
+// and the decision logs flush what was answered; then the background work
+// stops (policy sources, status reports, JWKS refresh, syncer); spans are
+// exported; last the cache file closes.
 func (s *sidecar) Run(ctx context.Context) error {
 	s.logger.Info("gatehouse serve starting", "version", version, "grpc", s.ext.GRPCAddr(), "http", s.ext.HTTPAddr(), "ops", s.ops.Addr())
-	// The shadow policy, then decision logs, stop after the ext_authz
-	// server: the answers it drains are logged too.
+	// The shadow policy, then decision logs, stop after the listeners have
+	// drained: the answers they drain are logged too.
 	logDone, shadowDone := make(chan struct{}), make(chan struct{})
 	lctx, lcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer lcancel()
@@ -358,30 +369,54 @@ func (s *sidecar) Run(ctx context.Context) error {
 	} else {
 		close(shadowDone)
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.ext.Serve(gctx) })
-	g.Go(func() error { return s.ops.Serve(gctx) })
+
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBackground()
+
+	var serving, background errgroup.Group
+	serve := func(run func(context.Context) error) {
+		serving.Go(func() error {
+			defer stopServing() // one listener failing stops the others
+			return run(serveCtx)
+		})
+	}
+	serve(s.ext.Serve)
+	serve(s.ops.Serve)
 	if s.authzen != nil {
 		s.logger.Info("authzen API listening", "addr", s.authzen.Addr())
-		g.Go(func() error { return s.authzen.Serve(gctx) })
+		serve(s.authzen.Serve)
 	}
-	g.Go(func() error { return s.policies.Run(gctx) })
+	work := func(run func(context.Context) error) {
+		background.Go(func() error {
+			err := run(bgCtx)
+			if err != nil {
+				stopServing() // a failed component stops the sidecar
+			}
+			return err
+		})
+	}
+	work(s.policies.Run)
 	if s.shadowSrc != nil {
-		g.Go(func() error { return s.shadowSrc.Run(gctx) })
+		work(s.shadowSrc.Run)
 	}
 	if s.reporter != nil {
-		g.Go(func() error { return s.reporter.Run(gctx) })
+		work(s.reporter.Run)
 	}
-	g.Go(func() error { return s.verifier.Run(gctx) })
+	work(s.verifier.Run)
 	if s.syncer != nil {
-		g.Go(func() error { return s.syncer.Run(gctx) })
+		work(s.syncer.Run)
 	}
-	g.Go(func() error { s.logReady(gctx); return nil })
-	err := g.Wait()
-	scancel()
+	work(func(ctx context.Context) error { s.logReady(ctx); return nil })
+
+	err := serving.Wait() // 1. drained: no check in flight any more
+	scancel()             // 2. the shadow policy, then the decision logs
 	<-shadowDone
 	lcancel()
 	<-logDone
+	stopBackground() // 3. then the work that feeds the checks
+	err = errors.Join(err, background.Wait())
 	if s.tracer != nil {
 		tctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if terr := s.tracer.Shutdown(tctx); terr != nil {
@@ -389,7 +424,7 @@ func (s *sidecar) Run(ctx context.Context) error {
 		}
 		cancel()
 	}
-	for _, c := range s.closers {
+	for _, c := range s.closers { // 4. last, the cache file
 		if cerr := c.Close(); cerr != nil {
 			s.logger.Warn("close", "err", cerr)
 		}

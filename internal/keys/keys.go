@@ -1,5 +1,3 @@
-// Package keys writes and reads the RSA signing keys of Gatehouse's own
-// token issuers: the dev issuer of `gatehouse dev` and the load generator's.
 package keys
 
 import (
@@ -10,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Names of the files WriteRSA creates.
@@ -51,34 +51,20 @@ func WriteRSA(dir string) (signing, public string, err error) {
 	return signing, public, nil
 }
 
-// LoadRSA reads an RSA private key from a PEM file (PKCS #8 or
-// PKCS #1).
+// LoadRSA reads an RSA private key from a PEM file (token.ParsePrivateKey:
+// PKCS #8 or PKCS #1).
 func LoadRSA(path string) (*rsa.PrivateKey, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read signing key: %w", err)
 	}
-	block, _ := pem.Decode(data)
-	if block == nil {
-		return nil, fmt.Errorf("signing key %q: no PEM block", path)
+	k, err := token.ParsePrivateKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("signing key %q: %w", path, err)
 	}
-	switch block.Type {
-	case "RSA PRIVATE KEY":
-		key, err := x509.ParsePKCS1PrivateKey(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("signing key %q: %w", path, err)
-		}
-		return key, nil
-	case "PRIVATE KEY":
-		k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("signing key %q: %w", path, err)
-		}
-		key, ok := k.(*rsa.PrivateKey)
-		if !ok {
-			return nil, fmt.Errorf("signing key %q: %T is not an RSA key", path, k)
-		}
-		return key, nil
+	key, ok := k.(*rsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("signing key %q: %T is not an RSA key", path, k)
 	}
-	return nil, fmt.Errorf("signing key %q: PEM block %q is not a private key", path, block.Type)
+	return key, nil
 }

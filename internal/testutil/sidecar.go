@@ -14,8 +14,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/ops"
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Options configures StartSidecar.
@@ -33,7 +35,7 @@ type Options struct {
 	// Watch runs the directory source (hot reload).
 	Watch bool
 	// Issuers configure the token verifier.
-	Issuers []authz.IssuerConfig
+	Issuers []token.IssuerConfig
 	// Engine configures the engine (Registerer is set by StartSidecar).
 	Engine authz.Config
 	// Tenancy is the tenancy store (default authz.EmptyTenancy()).
@@ -55,10 +57,10 @@ type Options struct {
 // gRPC client connected.
 type Sidecar struct {
 	Engine    *authz.Engine
-	Verifier  *authz.Verifier
+	Verifier  *token.Verifier
 	Server    *envoy.Server
 	Ops       *ops.Server
-	Policies  *authz.DirSource
+	Policies  *bundle.DirSource
 	PolicyDir string
 	Registry  *prometheus.Registry
 	// Logs holds the log output (when Options.Logger was nil).
@@ -87,7 +89,7 @@ func StartSidecar(tb testing.TB, opts Options) *Sidecar {
 	if logger == nil {
 		logger, s.Logs = LoggerAt(tb, opts.LogLevel)
 	}
-	v, err := authz.NewVerifier(authz.VerifierConfig{Issuers: opts.Issuers, Registerer: s.Registry}, logger)
+	v, err := token.NewVerifier(token.VerifierConfig{Issuers: opts.Issuers, Registerer: s.Registry}, logger)
 	if err != nil {
 		tb.Fatalf("NewVerifier: %v", err)
 	}
@@ -100,7 +102,7 @@ func StartSidecar(tb testing.TB, opts Options) *Sidecar {
 	if s.PolicyDir == "" {
 		s.PolicyDir = PolicyDir(tb, opts.Policies)
 	}
-	src, err := authz.NewDirSource(authz.PolicyConfig{Dir: s.PolicyDir, Decision: opts.Decision}, s.Engine, logger)
+	src, err := bundle.NewDirSource(bundle.PolicyConfig{Dir: s.PolicyDir, Decision: opts.Decision}, s.Engine, logger)
 	if err != nil {
 		tb.Fatalf("NewDirSource: %v", err)
 	}

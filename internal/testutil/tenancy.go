@@ -115,6 +115,13 @@ func (t *Tenancy) Truncate(context.Context, storage.Transaction, storage.Transac
 // TxnRevision returns the revision txn reads.
 func (t *Tenancy) TxnRevision(txn storage.Transaction) uint64 { return txn.(*tenancyTxn).rev }
 
+// Changed implements authz.Tenancy.
+func (t *Tenancy) Changed() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.changed
+}
+
 // State returns the current state.
 func (t *Tenancy) State() authz.TenancyState {
 	t.mu.Lock()

@@ -1,6 +1,0 @@
-//go:build !race
-
-package bundle_test
-
-// raceEnabled: the race detector slows the largest tests beyond reason.
-const raceEnabled = false

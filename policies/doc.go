@@ -1,0 +1,4 @@
+// Package policies embeds the shipped Rego policies (the tenancy library and
+// the default envoy.authz decision, with their tests) so that `gatehouse dev`
+// runs without a checkout.
+package policies
