@@ -5,7 +5,7 @@ COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: all build run test test-go test-policies bench lint fuzz soak clean
+.PHONY: all build run test test-go test-policies bench bench-scale lint fuzz soak clean
 
 all: build
 
@@ -55,6 +55,10 @@ soak: build
 ## (BENCH_1M=1 adds the 1M-grant world, BENCH_PEER=1 opa-envoy-plugin; see bench/README.md)
 bench: build
 	bench/bench.sh
+
+## bench-scale: control write throughput at concurrency 1 and 16 in one run (group commit; issue 11)
+bench-scale:
+	$(GO) test -run '^$$' -bench '^BenchmarkGroupCommit$$' -benchtime 3x ./control/
 
 ## lint: formatting (gofmt, Rego fmt), vet, staticcheck
 lint: build

@@ -67,10 +67,8 @@ func (s *Server) handlePutBundle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sum := sha256.Sum256(body)
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		v := make([]byte, 0, len(sum)+len(body))
-		return tx.Bucket(bucketBundles).Put([]byte(name), append(append(v, sum[:]...), body...))
-	})
+	v := make([]byte, 0, len(sum)+len(body))
+	err = s.store.putBundle(name, append(append(v, sum[:]...), body...))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -150,4 +148,12 @@ func etagMatch(header, tag string) bool {
 		}
 	}
 	return false
+}
+
+// putBundleLocal stores a bundle's value (sha256, then the bytes) in the
+// data file.
+func putBundleLocal(db *bolt.DB, name string, v []byte) error {
+	return db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBundles).Put([]byte(name), v)
+	})
 }

@@ -61,6 +61,8 @@ type Server struct {
 	handler  http.Handler
 	feed     *notifier
 	rev      atomic.Uint64 // the last committed revision
+	store    store
+	commits  commitQueue
 	// bodies holds body_budget_bytes: request bodies reserve their size
 	// before they are read.
 	bodies  *semaphore.Weighted
@@ -111,6 +113,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	if err := s.open(); err != nil {
 		return nil, err
 	}
+	s.store = boltStore{s}
 	if err := s.instrument(); err != nil {
 		_ = s.db.Close()
 		return nil, err
@@ -300,8 +303,12 @@ func (s *Server) Close() error {
 	if lis != nil {
 		_ = lis.Close() // already closed when Serve ran
 	}
+	serr := s.store.close()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close data file: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("close store: %w", serr)
 	}
 	return nil
 }

@@ -44,20 +44,147 @@ func (s *Server) write(p principal, ops []tenancy.Op) (writeResult, error) {
 	return res, err
 }
 
-// commit runs one bbolt write transaction: the next revision, the ops with
-// tenancy's invariants and cascades, for a delegated administrator the
-// check of the resulting change set, the history entry and its trimming.
-// Any error rolls everything back. Streams are woken after the commit.
+// The commit path (group commit). Writes wait in a queue; one of the
+// writers, the leader, takes the queued writes (at most maxGroup, a
+// delegated administrator's write only first, see applyDelegated) and
+// applies them in order in one write transaction: each is validated on the
+// state including the writes before it, and gets the next revision, its
+// own history entry and hash. A write that is refused (or fails) is taken
+// out: the transaction is rolled back and the others are applied again
+// without it, so it never affects them. The store then commits the
+// transaction (one fsync for the group) and every write of the group is
+// acknowledged with its own revision. The leader then hands the lead to
+// the first write still queued.
+
+// maxGroup bounds the writes committed together.
+const maxGroup = 128
+
+// pending is a write in the commit queue. The leader owns it until it
+// wakes it with done set.
+type pending struct {
+	p    principal
+	ops  []tenancy.Op
+	wake chan struct{} // buffered: the write is done, or it leads next
+	done bool
+	res  writeResult
+	err  error
+	// tries are the revisions an etcd store proposed for the write, with
+	// their hashes: one of them may have committed although its
+	// proposal's answer was lost.
+	tries []proposal
+}
+
+// commitQueue is the queue of writes and its leadership.
+type commitQueue struct {
+	mu      sync.Mutex
+	queue   []*pending
+	leading bool
+}
+
+// commit applies ops as one revision for p, in a group commit with the
+// writes queued meanwhile, and returns once that revision committed (or
+// the write was refused). Streams are woken after the commit.
 func (s *Server) commit(p principal, ops []tenancy.Op) (writeResult, error) {
-	tx, err := s.db.Begin(true)
-	if err != nil {
-		return writeResult{}, fmt.Errorf("begin write: %w", err)
+	w := &pending{p: p, ops: ops, wake: make(chan struct{}, 1)}
+	q := &s.commits
+	q.mu.Lock()
+	q.queue = append(q.queue, w)
+	lead := !q.leading
+	q.leading = true
+	q.mu.Unlock()
+	if !lead {
+		<-w.wake
 	}
-	defer func() { _ = tx.Rollback() }() // a no-op after Commit
+	if !w.done {
+		s.lead()
+	}
+	return w.res, w.err
+}
+
+// lead commits one group from the head of the queue, then hands the lead
+// to the next queued write (or gives it up when none is).
+func (s *Server) lead() {
+	q := &s.commits
+	q.mu.Lock()
+	n := 1
+	for n < len(q.queue) && n < maxGroup && q.queue[n].p.role != roleUser {
+		n++
+	}
+	group := make([]*pending, n)
+	copy(group, q.queue)
+	q.queue = append(q.queue[:0:0], q.queue[n:]...)
+	q.mu.Unlock()
+	defer func() {
+		v := recover()
+		for _, w := range group {
+			if !w.done && w.err == nil && w.res.revision == 0 {
+				w.err = fmt.Errorf("commit: internal error: %v", v)
+			}
+			w.done = true
+			w.wake <- struct{}{}
+		}
+		q.mu.Lock()
+		if len(q.queue) == 0 {
+			q.leading = false
+		} else {
+			q.queue[0].wake <- struct{}{}
+		}
+		q.mu.Unlock()
+		if v != nil {
+			panic(v)
+		}
+	}()
+	s.store.commitGroup(group)
+}
+
+// stage applies the writes of group that have no error yet, in order, in
+// one write transaction, and returns it open with the writes that passed
+// and their records (nil when none did). A refused or failing write gets
+// its error and the transaction is rolled back and the others applied
+// again without it.
+func (s *Server) stage(group []*pending) (*bolt.Tx, []*pending, []revisionRecord) {
+	live := make([]*pending, 0, len(group))
+	for _, w := range group {
+		if w.err == nil {
+			live = append(live, w)
+		}
+	}
+	for len(live) > 0 {
+		tx, err := s.db.Begin(true)
+		if err != nil {
+			for _, w := range live {
+				w.err = fmt.Errorf("begin write: %w", err)
+			}
+			return nil, nil, nil
+		}
+		recs := make([]revisionRecord, 0, len(live))
+		failed := -1
+		for i, w := range live {
+			rec, err := s.applyWrite(tx, w.p, w.ops)
+			if err != nil {
+				w.err, failed = err, i
+				break
+			}
+			recs = append(recs, rec)
+		}
+		if failed < 0 {
+			return tx, live, recs
+		}
+		_ = tx.Rollback()
+		live = append(live[:failed], live[failed+1:]...)
+	}
+	return nil, nil, nil
+}
+
+// applyWrite applies ops for p as the next revision in tx: tenancy's
+// invariants and cascades, for a delegated administrator the check of the
+// resulting change set, the history entry and its trimming. On error, tx
+// holds part of the write: the caller rolls it back.
+func (s *Server) applyWrite(tx *bolt.Tx, p principal, ops []tenancy.Op) (revisionRecord, error) {
 	rev := tenancy.Revision(tx) + 1
 	w, err := tenancy.NewWriter(tx, rev)
 	if err != nil {
-		return writeResult{}, err
+		return revisionRecord{}, err
 	}
 	if p.role == roleUser {
 		err = s.applyDelegated(w, p, ops)
@@ -65,33 +192,42 @@ func (s *Server) commit(p principal, ops []tenancy.Op) (writeResult, error) {
 		err = tenancy.Apply(w, ops)
 	}
 	if err != nil {
-		return writeResult{}, err
+		return revisionRecord{}, err
 	}
 	prev := tenancy.HeadHash(tx) // the history hash of rev-1
 	if err := w.Finish(); err != nil {
-		return writeResult{}, err
+		return revisionRecord{}, err
 	}
 	changes := w.Changes()
 	hash := tenancy.HashRevision(prev, rev, changes)
 	if err := tenancy.SetChainHash(tx, hash); err != nil {
-		return writeResult{}, err
+		return revisionRecord{}, err
 	}
 	rec := revisionRecord{rev: rev, time: s.now().UTC(), changes: changes, prev: prev, hash: hash}
 	if err := appendLog(tx, rec, uint64(s.cfg.History), s.cfg.FeedPartBytes); err != nil {
-		return writeResult{}, err
+		return revisionRecord{}, err
 	}
-	if err := tx.Commit(); err != nil {
-		return writeResult{}, fmt.Errorf("commit revision %d: %w", rev, err)
+	return rec, nil
+}
+
+// acknowledge records the committed revisions of group (recs[i] is
+// live[i]'s) and wakes the streams.
+func (s *Server) acknowledge(live []*pending, recs []revisionRecord) {
+	for i, w := range live {
+		w.res = writeResult{revision: recs[i].rev, changes: recs[i].changes}
 	}
-	s.setRevision(rev)
-	s.feed.publish(rev)
-	return writeResult{revision: rev, changes: changes}, nil
+	if len(recs) > 0 {
+		last := recs[len(recs)-1].rev
+		s.setRevision(last)
+		s.feed.publish(last)
+	}
 }
 
 // applyDelegated applies ops for a delegated administrator: rights and the
 // previous values come from a read transaction of the state the write
-// starts from. Write transactions are serialized, so a read transaction
-// begun while w's transaction is open sees exactly that state. It is closed
+// starts from. Write transactions are serialized, and a delegated write is
+// only ever the first of its group, so a read transaction begun while w's
+// transaction is open sees exactly that state. It is closed
 // before returning, that is before the commit: bbolt may need to re-map the
 // file on commit, which waits for every read transaction.
 func (s *Server) applyDelegated(w *tenancy.Writer, p principal, ops []tenancy.Op) error {
@@ -311,4 +447,10 @@ func (n *notifier) publish(rev uint64) {
 	n.rev = max(n.rev, rev)
 	close(n.ch)
 	n.ch = make(chan struct{})
+}
+
+// proposal is a revision an etcd store proposed for a write.
+type proposal struct {
+	rev  uint64
+	hash string
 }

@@ -1,0 +1,43 @@
+package control
+
+import "fmt"
+
+// store is where revisions become durable: the local bbolt file (the
+// default), or an etcd cluster that orders them for several replicas
+// (store_etcd.go), each materializing the same file.
+type store interface {
+	// commitGroup commits the writes of group, each as its own revision
+	// in order (see stage), and sets each one's result or error.
+	commitGroup(group []*pending)
+	// putBundle stores a bundle's value (its sha256 then its bytes).
+	putBundle(name string, v []byte) error
+	// close stops the store's work (the data file is closed by the
+	// server afterwards).
+	close() error
+}
+
+// boltStore commits to the local bbolt file: one transaction, and one
+// fsync, per group.
+type boltStore struct{ s *Server }
+
+func (b boltStore) commitGroup(group []*pending) {
+	s := b.s
+	tx, live, recs := s.stage(group)
+	if tx == nil {
+		return
+	}
+	s.metrics.commits.Inc()
+	if err := tx.Commit(); err != nil {
+		for i, w := range live {
+			w.err = fmt.Errorf("commit revision %d: %w", recs[i].rev, err)
+		}
+		return
+	}
+	s.acknowledge(live, recs)
+}
+
+func (b boltStore) putBundle(name string, v []byte) error {
+	return putBundleLocal(b.s.db, name, v)
+}
+
+func (boltStore) close() error { return nil }
