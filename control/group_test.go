@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatehouse-dev/gatehouse/control"
 )
 
@@ -97,9 +99,11 @@ func TestConcurrentWritesShareCommits(t *testing.T) {
 // `make bench-scale` runs it.
 func BenchmarkGroupCommit(b *testing.B) {
 	dir := b.TempDir()
+	reg := prometheus.NewRegistry()
 	srv, err := control.New(control.Config{
 		DataDir:        filepath.Join(dir, "data"),
 		AdminTokenFile: writeFile(b, dir, "admin.token", adminToken),
+		Registerer:     reg,
 	}, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -141,11 +145,20 @@ func BenchmarkGroupCommit(b *testing.B) {
 		wg.Wait()
 		return float64(n) / time.Since(start).Seconds()
 	}
+	commits := func() float64 {
+		e := &env{tb: b, reg: reg}
+		return e.metric("gatehouse_control_commits_total", nil)
+	}
 	var c1, c16 []float64
+	var groupWrites, groupCommits float64
 	for b.Loop() {
 		c1 = append(c1, rate(1, 200))
+		before := commits()
 		c16 = append(c16, rate(16, 1600))
+		groupWrites += 1600
+		groupCommits += commits() - before
 	}
+	b.ReportMetric(groupWrites/groupCommits, "c16_writes/commit")
 	r1, r16 := median(c1), median(c16)
 	b.ReportMetric(r1, "c1_writes/s")
 	b.ReportMetric(r16, "c16_writes/s")

@@ -79,7 +79,16 @@ type commitQueue struct {
 	mu      sync.Mutex
 	queue   []*pending
 	leading bool
+	// arrived is signalled when a write joins the queue while a leader
+	// runs; last is the size of the last group and took its commit time.
+	arrived chan struct{}
+	last    int
+	took    time.Duration
 }
+
+// maxGather bounds how long a leader waits for the writers of the last
+// group to come back before it commits a smaller group.
+const maxGather = 2 * time.Millisecond
 
 // commit applies ops as one revision for p, in a group commit with the
 // writes queued meanwhile, and returns once that revision committed (or
@@ -91,7 +100,17 @@ func (s *Server) commit(p principal, ops []tenancy.Op) (writeResult, error) {
 	q.queue = append(q.queue, w)
 	lead := !q.leading
 	q.leading = true
+	if q.arrived == nil {
+		q.arrived = make(chan struct{}, 1)
+	}
+	arrived := q.arrived
 	q.mu.Unlock()
+	if !lead {
+		select {
+		case arrived <- struct{}{}:
+		default:
+		}
+	}
 	if !lead {
 		<-w.wake
 	}
@@ -106,6 +125,7 @@ func (s *Server) commit(p principal, ops []tenancy.Op) (writeResult, error) {
 func (s *Server) lead() {
 	q := &s.commits
 	q.mu.Lock()
+	q.gather()
 	n := 1
 	for n < len(q.queue) && n < maxGroup && q.queue[n].p.role != roleUser {
 		n++
@@ -134,7 +154,35 @@ func (s *Server) lead() {
 			panic(v)
 		}
 	}()
+	start := time.Now()
 	s.store.commitGroup(group)
+	took := time.Since(start)
+	q.mu.Lock()
+	q.last, q.took = n, took
+	q.mu.Unlock()
+}
+
+// gather waits, with q.mu held, for the queue to hold as many writes as
+// the last group did: the writers of the last group send their next write
+// right after it committed, and without waiting one of them would commit
+// alone while the others queue behind it. It waits at most half the last
+// commit's time (and maxGather), so a single writer never waits.
+func (q *commitQueue) gather() {
+	if q.last < 2 || len(q.queue) >= q.last {
+		return
+	}
+	timer := time.NewTimer(min(q.took/2, maxGather))
+	defer timer.Stop()
+	for len(q.queue) < q.last {
+		q.mu.Unlock()
+		select {
+		case <-q.arrived:
+			q.mu.Lock()
+		case <-timer.C:
+			q.mu.Lock()
+			return
+		}
+	}
 }
 
 // stage applies the writes of group that have no error yet, in order, in
