@@ -185,7 +185,7 @@ func (q *commitQueue) gather() {
 	}
 }
 
-// stage applies the writes of group that have no error yet, in order, in
+// stage applies the writes of group that have no result yet, in order, in
 // one write transaction, and returns it open with the writes that passed
 // and their records (nil when none did). A refused or failing write gets
 // its error and the transaction is rolled back and the others applied
@@ -193,7 +193,7 @@ func (q *commitQueue) gather() {
 func (s *Server) stage(group []*pending) (*bolt.Tx, []*pending, []revisionRecord) {
 	live := make([]*pending, 0, len(group))
 	for _, w := range group {
-		if w.err == nil {
+		if w.err == nil && w.res.revision == 0 {
 			live = append(live, w)
 		}
 	}
@@ -345,8 +345,17 @@ func parts(changes []tenancy.Change, maxBytes int) [][]tenancy.Change {
 // appendLog records a revision in the change history, in parts of about
 // partBytes, and drops the revisions beyond the last history ones.
 func appendLog(tx *bolt.Tx, r revisionRecord, history uint64, partBytes int) error {
-	b := tx.Bucket(bucketLog)
+	docs, err := encodeLog(r, partBytes)
+	if err != nil {
+		return err
+	}
+	return putLog(tx, r.rev, docs, history)
+}
+
+// encodeLog encodes a revision as its history parts of about partBytes.
+func encodeLog(r revisionRecord, partBytes int) ([][]byte, error) {
 	ps := parts(r.changes, partBytes)
+	docs := make([][]byte, 0, len(ps))
 	for i, p := range ps {
 		e := historyEntry{LogEntry: tenancy.LogEntry{Revision: r.rev, Time: r.time, Changes: p}}
 		if i == 0 {
@@ -359,16 +368,26 @@ func appendLog(tx *bolt.Tx, r revisionRecord, history uint64, partBytes int) err
 		}
 		doc, err := json.Marshal(e)
 		if err != nil {
-			return fmt.Errorf("encode revision %d: %w", r.rev, err)
+			return nil, fmt.Errorf("encode revision %d: %w", r.rev, err)
 		}
-		if err := b.Put(partKey(r.rev, uint32(i)), doc); err != nil {
+		docs = append(docs, doc)
+	}
+	return docs, nil
+}
+
+// putLog stores the encoded parts of revision rev in the history and drops
+// the revisions beyond the last history ones.
+func putLog(tx *bolt.Tx, rev uint64, docs [][]byte, history uint64) error {
+	b := tx.Bucket(bucketLog)
+	for i, doc := range docs {
+		if err := b.Put(partKey(rev, uint32(i)), doc); err != nil {
 			return err
 		}
 	}
-	if r.rev <= history {
+	if rev <= history {
 		return nil
 	}
-	keep := r.rev - history + 1 // the oldest revision retained
+	keep := rev - history + 1 // the oldest revision retained
 	var drop [][]byte
 	c := b.Cursor()
 	for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) < keep; k, _ = c.Next() {
