@@ -76,6 +76,9 @@ type etcdStore struct {
 	done   chan struct{} // closed when the follower stops
 	// seen is the etcd revision the follower has applied everything up to.
 	seen atomic.Int64
+	// beforeApply, when set (tests), runs before the follower applies
+	// revisions.
+	beforeApply atomic.Pointer[func()]
 }
 
 // dialEtcd connects to the cluster of cfg.
@@ -220,11 +223,23 @@ func (e *etcdStore) commitGroup(group []*pending) {
 	ctx, cancel := context.WithTimeout(e.ctx, etcdWriteTimeout)
 	defer cancel()
 	for {
+		open := make([]*pending, 0, len(group))
+		for _, w := range group {
+			if w.err == nil && w.res.revision == 0 {
+				open = append(open, w)
+			}
+		}
+		validatedAt := s.Revision()
 		tx, live, recs := s.stage(group)
+		if tx != nil {
+			_ = tx.Rollback() // the revisions are committed by applying the log
+		}
+		if e.refusedStale(ctx, open, validatedAt) {
+			continue // validate them again on the state they were refused on
+		}
 		if tx == nil {
 			return
 		}
-		_ = tx.Rollback() // the revisions are committed by applying the log
 		docs := make([][][]byte, len(recs))
 		tooBig := false
 		for i, r := range recs {
@@ -278,6 +293,39 @@ func (e *etcdStore) commitGroup(group []*pending) {
 			return
 		}
 	}
+}
+
+// refusedStale reports whether writes of open were refused on a view older
+// than etcd's head: then it waits until the head is applied locally and
+// clears their refusals, so that they are validated again (a valid write
+// is never refused for a stale view).
+func (e *etcdStore) refusedStale(ctx context.Context, open []*pending, validatedAt uint64) bool {
+	var refused []*pending
+	for _, w := range open {
+		if w.err != nil {
+			refused = append(refused, w)
+		}
+	}
+	if len(refused) == 0 {
+		return false
+	}
+	head, err := e.head(ctx)
+	if err == nil && head > validatedAt {
+		err = e.s.waitApplied(ctx, head)
+	}
+	if err != nil {
+		for _, w := range refused { // maybe refused on a stale view: not a refusal
+			w.err = errorf(http.StatusServiceUnavailable, CodeUnavailable, "etcd: %v: cannot tell whether the write is valid on the current state (retry)", err)
+		}
+		return false
+	}
+	if head <= validatedAt {
+		return false // refused on the current state
+	}
+	for _, w := range refused {
+		w.err = nil
+	}
+	return true
 }
 
 // fitsTxn reports whether one revision's parts fit one etcd transaction.
@@ -558,6 +606,9 @@ func (a *assembler) take() []logRecord {
 func (e *etcdStore) apply(recs []logRecord) error {
 	if len(recs) == 0 {
 		return nil
+	}
+	if f := e.beforeApply.Load(); f != nil {
+		(*f)()
 	}
 	s := e.s
 	var last uint64
