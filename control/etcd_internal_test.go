@@ -1,11 +1,13 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -146,4 +148,45 @@ func TestEtcdTooLargeRevisionIsRefused(t *testing.T) {
 		t.Fatalf("the others: %+v %v / %+v %v", group[0].res.revision, group[0].err, group[2].res.revision, group[2].err)
 	}
 	checkChain(t, s)
+}
+
+// TestEtcdBundles: a bundle uploaded to one replica is served by it at
+// once and by every other replica once applied, with the same ETag; a
+// bundle larger than one etcd request is refused with 413.
+func TestEtcdBundles(t *testing.T) {
+	ep := startEtcdMember(t)
+	a, b := newEtcdReplica(t, ep), newEtcdReplica(t, ep)
+	do := func(s *Server, method, path string, body []byte) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(method, path, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer admin-token-for-etcd")
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, req)
+		return rec
+	}
+	bundle := append([]byte{0x1f, 0x8b}, bytes.Repeat([]byte("policy"), 1000)...)
+	put := do(a, "PUT", "/v1/bundles/main", bundle)
+	if put.Code != 200 {
+		t.Fatalf("PUT: %d %s", put.Code, put.Body)
+	}
+	if got := do(a, "GET", "/v1/bundles/main", nil); got.Code != 200 || !bytes.Equal(got.Body.Bytes(), bundle) {
+		t.Fatalf("GET on the replica written to: %d", got.Code)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := do(b, "GET", "/v1/bundles/main", nil)
+		if got.Code == 200 {
+			if !bytes.Equal(got.Body.Bytes(), bundle) || got.Header().Get("ETag") != put.Header().Get("ETag") {
+				t.Fatalf("the other replica serves another bundle (ETag %s, want %s)", got.Header().Get("ETag"), put.Header().Get("ETag"))
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the other replica never served the bundle: %d", got.Code)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	big := append([]byte{0x1f, 0x8b}, bytes.Repeat([]byte{'x'}, 2<<20)...)
+	if r := do(a, "PUT", "/v1/bundles/big", big); r.Code != 413 {
+		t.Fatalf("a 2 MiB bundle: %d %s, want 413", r.Code, r.Body)
+	}
 }
