@@ -130,6 +130,11 @@ type EtcdConfig struct {
 	KeyFile  string `yaml:"key_file"`
 	// DialTimeout bounds connecting to the cluster at start; default 5s.
 	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// LogRetention is the number of revisions the etcd log keeps at
+	// least; older ones are deleted once every live replica applied them.
+	// Default 100000. A replica further behind (stopped longer than its
+	// lease) starts from a copy of another replica's file.
+	LogRetention int `yaml:"log_retention"`
 }
 
 // SetDefaults fills the unset (zero) fields with their defaults.
@@ -143,6 +148,9 @@ func (c *Config) SetDefaults() {
 		}
 		if c.Etcd.DialTimeout == 0 {
 			c.Etcd.DialTimeout = DefaultEtcdDialTimeout
+		}
+		if c.Etcd.LogRetention == 0 {
+			c.Etcd.LogRetention = DefaultHistory
 		}
 	}
 	if c.Addr == "" {
@@ -292,6 +300,9 @@ func (e EtcdConfig) validate(partBytes int) []error {
 	}
 	if e.DialTimeout <= 0 {
 		bad("etcd.dial_timeout: %v must be positive", e.DialTimeout)
+	}
+	if e.LogRetention < 1 {
+		bad("etcd.log_retention: %d must be at least 1", e.LogRetention)
 	}
 	if partBytes > maxEtcdPartBytes {
 		bad("feed_part_bytes: %d must be at most %d with store etcd (a revision's parts travel in one etcd request)", partBytes, maxEtcdPartBytes)

@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,20 +55,33 @@ func startEtcdMember(t *testing.T) string {
 	return client.String()
 }
 
-func newEtcdReplica(t *testing.T, endpoint string) *Server {
+func newEtcdReplica(t *testing.T, endpoint string, edit ...func(*Config)) *Server {
+	t.Helper()
+	s, err := openEtcdReplica(t, endpoint, edit...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func openEtcdReplica(t *testing.T, endpoint string, edit ...func(*Config)) (*Server, error) {
 	t.Helper()
 	dir := t.TempDir()
 	tok := filepath.Join(dir, "admin.token")
 	if err := os.WriteFile(tok, []byte("admin-token-for-etcd"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Addr: "127.0.0.1:0", DataDir: filepath.Join(dir, "data"), AdminTokenFile: tok,
-		Store: StoreEtcd, Etcd: EtcdConfig{Endpoints: []string{endpoint}, Prefix: "/t/"}}, nil)
+	cfg := Config{Addr: "127.0.0.1:0", DataDir: filepath.Join(dir, "data"), AdminTokenFile: tok,
+		Store: StoreEtcd, Etcd: EtcdConfig{Endpoints: []string{endpoint}, Prefix: "/t/"}}
+	for _, f := range edit {
+		f(&cfg)
+	}
+	s, err := New(cfg, nil)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	t.Cleanup(func() { _ = s.Close() })
-	return s
+	return s, nil
 }
 
 // TestEtcdStaleViewIsRetried: replica b applies the log late (a hook
@@ -188,5 +203,107 @@ func TestEtcdBundles(t *testing.T) {
 	big := append([]byte{0x1f, 0x8b}, bytes.Repeat([]byte{'x'}, 2<<20)...)
 	if r := do(a, "PUT", "/v1/bundles/big", big); r.Code != 413 {
 		t.Fatalf("a 2 MiB bundle: %d %s, want 413", r.Code, r.Body)
+	}
+}
+
+// TestEtcdLogCompaction: the log keeps etcd.log_retention revisions, never
+// drops one the slowest live replica has not applied, and a replica whose
+// file is behind the log's start refuses to start with a clear message.
+// Not parallel: it shortens the maintenance period.
+func TestEtcdLogCompaction(t *testing.T) {
+	defer func(d time.Duration) { etcdMaintainEvery = d }(etcdMaintainEvery)
+	etcdMaintainEvery = 10 * time.Millisecond
+	ep := startEtcdMember(t)
+	keep := func(c *Config) { c.Etcd.LogRetention = 5 }
+	a, b := newEtcdReplica(t, ep, keep), newEtcdReplica(t, ep, keep)
+	es := a.store.(*etcdStore)
+	admin := principal{role: roleAdmin}
+	write := func(n int) {
+		t.Helper()
+		for range n {
+			if _, err := a.commit(admin, []tenancy.Op{putOp("tenants", fmt.Sprintf(`{"id":"t%d"}`, a.Revision()))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	start := func() uint64 {
+		t.Helper()
+		first, err := es.logStart(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return first
+	}
+	waitStart := func(want uint64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for start() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("the log starts at %d, want %d", start(), want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	write(30)
+	waitStart(30 - 5 + 1)
+
+	// b stops applying: the log keeps what b has not applied
+	release := make(chan struct{})
+	free := sync.OnceFunc(func() { close(release) })
+	defer free() // else b's Close waits for its follower forever
+	hold := func() { <-release }
+	b.store.(*etcdStore).beforeApply.Store(&hold)
+	write(1) // b takes it and blocks before applying it
+	held := b.Revision()
+	write(20)
+	time.Sleep(300 * time.Millisecond) // many compaction rounds
+	if got := start(); got > held+1 {
+		t.Fatalf("the log starts at %d while replica b is at %d", got, held)
+	}
+	free()
+	if err := b.waitApplied(context.Background(), a.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	waitStart(a.Revision() - 5 + 1)
+	checkChain(t, a)
+
+	// a new replica cannot replay the log from the start any more
+	_, err := openEtcdReplica(t, ep, keep)
+	if err == nil || !strings.Contains(err.Error(), "the etcd log starts at revision") {
+		t.Fatalf("a new replica behind the compacted log: %v", err)
+	}
+}
+
+// TestEtcdConfigValidate: every etcd key is checked, naming the key.
+func TestEtcdConfigValidate(t *testing.T) {
+	base := func() Config {
+		c := Config{AdminTokenFile: "x", Store: StoreEtcd, Etcd: EtcdConfig{Endpoints: []string{"127.0.0.1:2379"}}}
+		c.SetDefaults()
+		return c
+	}
+	cases := map[string]struct {
+		edit func(*Config)
+		want string
+	}{
+		"valid":                 {func(*Config) {}, ""},
+		"valid URL":             {func(c *Config) { c.Etcd.Endpoints = []string{"https://etcd-0.etcd:2379"} }, ""},
+		"no endpoints":          {func(c *Config) { c.Etcd.Endpoints = nil }, "etcd.endpoints: required"},
+		"endpoint without port": {func(c *Config) { c.Etcd.Endpoints = []string{"etcd-0"} }, `etcd.endpoints: "etcd-0"`},
+		"negative retention":    {func(c *Config) { c.Etcd.LogRetention = -1 }, "etcd.log_retention: -1"},
+		"negative dial":         {func(c *Config) { c.Etcd.DialTimeout = -time.Second }, "etcd.dial_timeout"},
+		"key without cert":      {func(c *Config) { c.Etcd.KeyFile = "k.pem" }, "etcd.cert_file and etcd.key_file"},
+		"prefix with newline":   {func(c *Config) { c.Etcd.Prefix = "a\nb" }, "etcd.prefix"},
+		"parts too big":         {func(c *Config) { c.FeedPartBytes = 2 << 20 }, "feed_part_bytes: 2097152 must be at most"},
+		"unknown store":         {func(c *Config) { c.Store = "zk" }, `store: "zk"`},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			cfg := base()
+			c.edit(&cfg)
+			err := cfg.Validate()
+			if (err == nil) != (c.want == "") || err != nil && !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("Validate: %v, want %q", err, c.want)
+			}
+		})
 	}
 }

@@ -117,7 +117,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		es = &etcdStore{s: s, cli: cli, prefix: cfg.Etcd.Prefix}
+		es = &etcdStore{s: s, cli: cli, prefix: cfg.Etcd.Prefix, retention: uint64(cfg.Etcd.LogRetention)}
 		if epoch, err = etcdIdentity(context.Background(), cli, es.prefix); err != nil {
 			_ = cli.Close()
 			return nil, err

@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -76,6 +78,11 @@ type etcdStore struct {
 	done   chan struct{} // closed when the follower stops
 	// seen is the etcd revision the follower has applied everything up to.
 	seen atomic.Int64
+	// id names this replica's key under replicas/ (random per start):
+	// its applied revision, kept on a lease, that compaction waits for.
+	id        string
+	retention uint64
+	compacted uint64 // the log holds no revision up to this one
 	// beforeApply, when set (tests), runs before the follower applies
 	// revisions.
 	beforeApply atomic.Pointer[func()]
@@ -154,6 +161,8 @@ func (e *etcdStore) logEnd() string { return e.prefix + "log0" } // just after "
 
 func (e *etcdStore) bundleKey(name string) string { return e.prefix + "bundles/" + name }
 
+func (e *etcdStore) replicaKey() string { return e.prefix + "replicas/" + e.id }
+
 // start follows the log in the background after catching up with the
 // head as it is now.
 func (e *etcdStore) start() error {
@@ -167,6 +176,19 @@ func (e *etcdStore) start() error {
 		close(e.done)
 		return err
 	}
+	first, err := e.logStart(ctx)
+	if err == nil && head > e.s.Revision() && first > e.s.Revision()+1 {
+		err = fmt.Errorf("the etcd log starts at revision %d (compacted) and this replica's file is at revision %d: "+
+			"start it from a copy of another replica's %s (taken while that replica is stopped), or raise etcd.log_retention", first, e.s.Revision(), DBFile)
+	}
+	if err != nil {
+		e.cancel()
+		close(e.done)
+		return err
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	e.id = hex.EncodeToString(b[:])
 	go e.run()
 	if err := e.s.waitApplied(ctx, head); err != nil {
 		e.cancel()
@@ -183,6 +205,24 @@ func (e *etcdStore) close() error {
 	e.cancel()
 	<-e.done
 	return e.cli.Close()
+}
+
+// logStart returns the first revision the log holds (0 when empty).
+func (e *etcdStore) logStart(ctx context.Context) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, etcdOpTimeout)
+	defer cancel()
+	resp, err := e.cli.Get(ctx, e.prefix+"log/", clientv3.WithRange(e.logEnd()), clientv3.WithLimit(1), clientv3.WithKeysOnly())
+	if err != nil {
+		return 0, fmt.Errorf("read the etcd log: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	k := string(resp.Kvs[0].Key)[len(e.prefix)+len("log/"):]
+	if i := strings.IndexByte(k, '/'); i > 0 {
+		k = k[:i]
+	}
+	return strconv.ParseUint(k, 10, 64)
 }
 
 // head reads the last revision of the log (a linearizable read).
@@ -441,9 +481,94 @@ func (e *etcdStore) putBundle(name string, v []byte) error {
 	return nil
 }
 
+// etcdLeaseTTL is the lease of a replica's key: a replica gone for longer
+// no longer holds back compaction.
+const etcdLeaseTTL = 10
+
+// etcdMaintainEvery is the period of a replica's key updates; the log is
+// compacted every ten. A variable for tests.
+var etcdMaintainEvery = time.Second
+
+// maintain keeps this replica's key (its applied revision) on a lease,
+// every second, and compacts the log every ten.
+func (e *etcdStore) maintain() {
+	var lease clientv3.LeaseID
+	var put uint64
+	tick := time.NewTicker(etcdMaintainEvery)
+	defer tick.Stop()
+	for n := 0; ; n++ {
+		ctx, cancel := context.WithTimeout(e.ctx, etcdOpTimeout)
+		if lease != 0 {
+			if _, err := e.cli.KeepAliveOnce(ctx, lease); err != nil {
+				lease = 0
+			}
+		}
+		if lease == 0 {
+			if g, err := e.cli.Grant(ctx, etcdLeaseTTL); err == nil {
+				lease, put = g.ID, 0
+			}
+		}
+		if rev := e.s.Revision(); lease != 0 && (rev != put || put == 0) {
+			if _, err := e.cli.Put(ctx, e.replicaKey(), strconv.FormatUint(rev, 10), clientv3.WithLease(lease)); err == nil {
+				put = rev
+			}
+		}
+		if n%10 == 9 {
+			if err := e.compact(ctx); err != nil {
+				e.s.logger.Warn("etcd log compaction failed", "err", err)
+			}
+		}
+		cancel()
+		select {
+		case <-e.ctx.Done():
+			if lease != 0 {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				_, _ = e.cli.Revoke(ctx, lease)
+				cancel()
+			}
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// compact deletes the log's revisions that every live replica applied and
+// that are older than the retention (at most 10,000 revisions a time).
+func (e *etcdStore) compact(ctx context.Context) error {
+	resp, err := e.cli.Get(ctx, e.prefix+"replicas/", clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) == 0 {
+		return err
+	}
+	slowest := uint64(1<<63 - 1)
+	for _, kv := range resp.Kvs {
+		rev, err := strconv.ParseUint(string(kv.Value), 10, 64)
+		if err != nil {
+			return fmt.Errorf("replica key %s: %w", kv.Key, err)
+		}
+		slowest = min(slowest, rev)
+	}
+	head, err := e.head(ctx)
+	if err != nil || head <= e.retention {
+		return err
+	}
+	cut := min(slowest, head-e.retention, e.compacted+10000)
+	if cut <= e.compacted {
+		return nil
+	}
+	if _, err := e.cli.Delete(ctx, e.prefix+"log/", clientv3.WithRange(e.logKey(cut+1, 0))); err != nil {
+		return err
+	}
+	e.compacted = cut
+	e.s.logger.Debug("etcd log compacted", "up_to", cut, "slowest_replica", slowest, "head", head)
+	return nil
+}
+
 // run follows the log until the store closes, reconnecting after errors.
 func (e *etcdStore) run() {
 	defer close(e.done)
+	var wg sync.WaitGroup
+	defer wg.Wait() // before done closes
+	wg.Go(e.maintain)
 	backoff := 50 * time.Millisecond
 	for e.ctx.Err() == nil {
 		err := e.follow()
