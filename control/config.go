@@ -135,6 +135,10 @@ type EtcdConfig struct {
 	// Default 100000. A replica further behind (stopped longer than its
 	// lease) starts from a copy of another replica's file.
 	LogRetention int `yaml:"log_retention"`
+	// AdvertiseURL is the URL other replicas reach this one at (its
+	// admin API): a new replica, once the log is compacted, builds its
+	// file from the snapshot of a replica that advertises one.
+	AdvertiseURL string `yaml:"advertise_url"`
 }
 
 // SetDefaults fills the unset (zero) fields with their defaults.
@@ -300,6 +304,11 @@ func (e EtcdConfig) validate(partBytes int) []error {
 	}
 	if e.DialTimeout <= 0 {
 		bad("etcd.dial_timeout: %v must be positive", e.DialTimeout)
+	}
+	if e.AdvertiseURL != "" {
+		if u, err := url.Parse(e.AdvertiseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("etcd.advertise_url: %q must be an http(s) URL of this replica", e.AdvertiseURL)
+		}
 	}
 	if e.LogRetention < 1 {
 		bad("etcd.log_retention: %d must be at least 1", e.LogRetention)

@@ -11,11 +11,13 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/gatehouse-dev/gatehouse/tenancy"
@@ -215,7 +217,14 @@ func TestEtcdLogCompaction(t *testing.T) {
 	etcdMaintainEvery = 10 * time.Millisecond
 	ep := startEtcdMember(t)
 	keep := func(c *Config) { c.Etcd.LogRetention = 5 }
-	a, b := newEtcdReplica(t, ep, keep), newEtcdReplica(t, ep, keep)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	aAddr := l.Addr().String()
+	_ = l.Close()
+	a := newEtcdReplica(t, ep, keep, func(c *Config) { c.Addr, c.Etcd.AdvertiseURL = aAddr, "http://"+aAddr })
+	b := newEtcdReplica(t, ep, keep)
 	es := a.store.(*etcdStore)
 	admin := principal{role: roleAdmin}
 	write := func(n int) {
@@ -267,11 +276,73 @@ func TestEtcdLogCompaction(t *testing.T) {
 	waitStart(a.Revision() - 5 + 1)
 	checkChain(t, a)
 
-	// a new replica cannot replay the log from the start any more
-	_, err := openEtcdReplica(t, ep, keep)
-	if err == nil || !strings.Contains(err.Error(), "the etcd log starts at revision") {
-		t.Fatalf("a new replica behind the compacted log: %v", err)
+	// a new replica cannot replay the log from the start any more: it
+	// needs a peer's snapshot, and a advertises its URL but does not serve
+	// yet
+	_, err = openEtcdReplica(t, ep, keep)
+	if err == nil || !strings.Contains(err.Error(), "the etcd log starts at revision") || !strings.Contains(err.Error(), aAddr) {
+		t.Fatalf("a new replica behind the compacted log, no peer serving: %v", err)
 	}
+	if err := a.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- a.Serve(ctx) }()
+	defer func() { cancel(); <-served }()
+	c := newEtcdReplica(t, ep, keep)
+	write(3) // and it follows the log from the snapshot on
+	if err := c.waitApplied(context.Background(), a.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	if sa, sc := fileState(t, a), fileState(t, c); !reflect.DeepEqual(sa, sc) {
+		t.Fatalf("the replica built from a snapshot differs: %d entities, %d on the peer", len(sc), len(sa))
+	}
+	if c.Epoch() != a.Epoch() {
+		t.Fatalf("epoch %s, the peer's %s", c.Epoch(), a.Epoch())
+	}
+	_ = c.db.View(func(tx *bolt.Tx) error {
+		if tenancy.HeadHash(tx) != headHash(t, a) {
+			t.Errorf("the history hash differs from the peer's")
+		}
+		if err := tenancy.Validate(tx); err != nil {
+			t.Errorf("the replica built from a snapshot: %v", err)
+		}
+		return nil
+	})
+}
+
+// fileState returns every entity document of s's file, by collection/id.
+func fileState(t *testing.T, s *Server) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		for _, coll := range tenancy.Collections {
+			err := tx.Bucket(entityBucket(coll)).ForEach(func(k, v []byte) error {
+				doc, err := tenancy.Document(k, v)
+				out[coll+"/"+string(k)] = string(doc)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func headHash(t *testing.T, s *Server) string {
+	t.Helper()
+	var h string
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		h = tenancy.HeadHash(tx)
+		return nil
+	})
+	return h
 }
 
 // TestEtcdConfigValidate: every etcd key is checked, naming the key.
@@ -294,6 +365,7 @@ func TestEtcdConfigValidate(t *testing.T) {
 		"key without cert":      {func(c *Config) { c.Etcd.KeyFile = "k.pem" }, "etcd.cert_file and etcd.key_file"},
 		"prefix with newline":   {func(c *Config) { c.Etcd.Prefix = "a\nb" }, "etcd.prefix"},
 		"parts too big":         {func(c *Config) { c.FeedPartBytes = 2 << 20 }, "feed_part_bytes: 2097152 must be at most"},
+		"advertise not a URL":   {func(c *Config) { c.Etcd.AdvertiseURL = "10.0.0.1:8282" }, "etcd.advertise_url"},
 		"unknown store":         {func(c *Config) { c.Store = "zk" }, `store: "zk"`},
 	}
 	for name, c := range cases {

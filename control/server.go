@@ -117,8 +117,17 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		es = &etcdStore{s: s, cli: cli, prefix: cfg.Etcd.Prefix, retention: uint64(cfg.Etcd.LogRetention)}
+		es = &etcdStore{s: s, cli: cli, prefix: cfg.Etcd.Prefix, retention: uint64(cfg.Etcd.LogRetention), url: cfg.Etcd.AdvertiseURL}
 		if epoch, err = etcdIdentity(context.Background(), cli, es.prefix); err != nil {
+			_ = cli.Close()
+			return nil, err
+		}
+		es.epoch = epoch
+		token := admin
+		if cfg.SyncTokenFile != "" {
+			token, _ = readToken("sync_token_file", cfg.SyncTokenFile) // read above
+		}
+		if err := es.bootstrap(context.Background(), cfg, token); err != nil {
 			_ = cli.Close()
 			return nil, err
 		}

@@ -81,6 +81,8 @@ type etcdStore struct {
 	// id names this replica's key under replicas/ (random per start):
 	// its applied revision, kept on a lease, that compaction waits for.
 	id        string
+	url       string // etcd.advertise_url
+	epoch     string
 	retention uint64
 	compacted uint64 // the log holds no revision up to this one
 	// beforeApply, when set (tests), runs before the follower applies
@@ -179,7 +181,7 @@ func (e *etcdStore) start() error {
 	first, err := e.logStart(ctx)
 	if err == nil && head > e.s.Revision() && first > e.s.Revision()+1 {
 		err = fmt.Errorf("the etcd log starts at revision %d (compacted) and this replica's file is at revision %d: "+
-			"start it from a copy of another replica's %s (taken while that replica is stopped), or raise etcd.log_retention", first, e.s.Revision(), DBFile)
+			"move it away to build it from a peer's snapshot (etcd.advertise_url on the peers), start it from a copy of another replica's %s (taken while that replica is stopped), or raise etcd.log_retention", first, e.s.Revision(), DBFile)
 	}
 	if err != nil {
 		e.cancel()
@@ -509,7 +511,7 @@ func (e *etcdStore) maintain() {
 			}
 		}
 		if rev := e.s.Revision(); lease != 0 && (rev != put || put == 0) {
-			if _, err := e.cli.Put(ctx, e.replicaKey(), strconv.FormatUint(rev, 10), clientv3.WithLease(lease)); err == nil {
+			if _, err := e.cli.Put(ctx, e.replicaKey(), e.advertise(rev), clientv3.WithLease(lease)); err == nil {
 				put = rev
 			}
 		}
@@ -541,11 +543,11 @@ func (e *etcdStore) compact(ctx context.Context) error {
 	}
 	slowest := uint64(1<<63 - 1)
 	for _, kv := range resp.Kvs {
-		rev, err := strconv.ParseUint(string(kv.Value), 10, 64)
-		if err != nil {
+		var info replicaInfo
+		if err := json.Unmarshal(kv.Value, &info); err != nil {
 			return fmt.Errorf("replica key %s: %w", kv.Key, err)
 		}
-		slowest = min(slowest, rev)
+		slowest = min(slowest, info.Revision)
 	}
 	head, err := e.head(ctx)
 	if err != nil || head <= e.retention {

@@ -34,6 +34,7 @@ type controlFlags struct {
 	etcdCAFile     string
 	etcdCertFile   string
 	etcdKeyFile    string
+	etcdAdvertise  string
 	logLevel       string
 	logFormat      string
 }
@@ -109,6 +110,7 @@ data file is in use); 2 bad flags or configuration.`,
 	fl.StringVar(&f.etcdCAFile, "etcd-ca-file", "", "CA certificates verifying the etcd members (etcd.ca_file; turns TLS on)")
 	fl.StringVar(&f.etcdCertFile, "etcd-cert-file", "", "client certificate for etcd (etcd.cert_file, with --etcd-key-file)")
 	fl.StringVar(&f.etcdKeyFile, "etcd-key-file", "", "client key for etcd (etcd.key_file)")
+	fl.StringVar(&f.etcdAdvertise, "etcd-advertise-url", "", "URL other replicas reach this one at, to build a new replica from its snapshot (etcd.advertise_url)")
 	fl.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (log.level)")
 	fl.StringVar(&f.logFormat, "log-format", "", "json or text (log.format)")
 	return cmd
@@ -138,6 +140,7 @@ func loadControlConfig(cmd *cobra.Command, f controlFlags) (ControlFile, error) 
 	set("etcd-ca-file", &file.Etcd.CAFile, f.etcdCAFile)
 	set("etcd-cert-file", &file.Etcd.CertFile, f.etcdCertFile)
 	set("etcd-key-file", &file.Etcd.KeyFile, f.etcdKeyFile)
+	set("etcd-advertise-url", &file.Etcd.AdvertiseURL, f.etcdAdvertise)
 	if cmd.Flags().Changed("etcd-endpoints") {
 		file.Etcd.Endpoints = f.etcdEndpoints
 	}
