@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -25,7 +26,7 @@ import (
 
 // startEtcdMember starts a one-member etcd cluster in this process and
 // returns its client URL.
-func startEtcdMember(t *testing.T) string {
+func startEtcdMember(t testing.TB) string {
 	t.Helper()
 	port := func() url.URL {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -57,7 +58,7 @@ func startEtcdMember(t *testing.T) string {
 	return client.String()
 }
 
-func newEtcdReplica(t *testing.T, endpoint string, edit ...func(*Config)) *Server {
+func newEtcdReplica(t testing.TB, endpoint string, edit ...func(*Config)) *Server {
 	t.Helper()
 	s, err := openEtcdReplica(t, endpoint, edit...)
 	if err != nil {
@@ -66,7 +67,7 @@ func newEtcdReplica(t *testing.T, endpoint string, edit ...func(*Config)) *Serve
 	return s
 }
 
-func openEtcdReplica(t *testing.T, endpoint string, edit ...func(*Config)) (*Server, error) {
+func openEtcdReplica(t testing.TB, endpoint string, edit ...func(*Config)) (*Server, error) {
 	t.Helper()
 	dir := t.TempDir()
 	tok := filepath.Join(dir, "admin.token")
@@ -378,4 +379,42 @@ func TestEtcdConfigValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BenchmarkEtcdGroupCommit is BenchmarkGroupCommit's measure on the etcd
+// store (one in-process etcd member, fsync on): writes/s at c=1 and c=16
+// through one replica.
+func BenchmarkEtcdGroupCommit(b *testing.B) {
+	ep := startEtcdMember(b)
+	s := newEtcdReplica(b, ep)
+	admin := principal{role: roleAdmin}
+	if _, err := s.commit(admin, []tenancy.Op{putOp("tenants", `{"id":"bench"}`)}); err != nil {
+		b.Fatal(err)
+	}
+	rate := func(c, n int) float64 {
+		start := time.Now()
+		var wg sync.WaitGroup
+		for g := range c {
+			wg.Go(func() {
+				for i := g; i < n; i += c {
+					if _, err := s.commit(admin, []tenancy.Op{putOp("users", fmt.Sprintf(`{"id":"u%d","tenant":"bench"}`, i%500))}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		return float64(n) / time.Since(start).Seconds()
+	}
+	var c1, c16 []float64
+	for b.Loop() {
+		c1 = append(c1, rate(1, 100))
+		c16 = append(c16, rate(16, 800))
+	}
+	m := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+	b.ReportMetric(m(c1), "c1_writes/s")
+	b.ReportMetric(m(c16), "c16_writes/s")
+	b.ReportMetric(m(c16)/m(c1), "speedup")
+	b.ReportMetric(0, "ns/op")
 }
