@@ -283,12 +283,25 @@ func (e *etcdStore) commitGroup(group []*pending) {
 			return
 		}
 		docs := make([][][]byte, len(recs))
+		staged := make([]string, len(recs))
 		tooBig := false
 		for i, r := range recs {
 			d, err := encodeLog(r, s.cfg.FeedPartBytes)
 			if err == nil && !fitsTxn(e, r.rev, d) {
-				err = errorf(http.StatusRequestEntityTooLarge, CodeTooLarge,
-					"revision of %d changes: larger than one etcd request (%d bytes, %d parts): split the batch", len(r.changes), maxEtcdTxnBytes, maxEtcdTxnOps)
+				for _, part := range d {
+					if len(part)+len(e.stageKey("x", 0))+64 > maxEtcdTxnBytes {
+						err = errorf(http.StatusRequestEntityTooLarge, CodeTooLarge,
+							"revision %d holds a change larger than one etcd request (%d bytes): split the entity", r.rev, maxEtcdTxnBytes)
+					}
+				}
+				if err == nil {
+					var ref []byte
+					staged[i], ref, err = e.stageParts(ctx, r.rev, d)
+					d = [][]byte{ref}
+					if err != nil {
+						err = errorf(http.StatusServiceUnavailable, CodeUnavailable, "%v", err)
+					}
+				}
 			}
 			if err != nil {
 				live[i].err, tooBig = err, true
@@ -296,9 +309,21 @@ func (e *etcdStore) commitGroup(group []*pending) {
 			docs[i] = d
 		}
 		if tooBig {
+			for _, id := range staged {
+				if id != "" {
+					e.dropStage(ctx, id)
+				}
+			}
 			continue // validate again without the refused writes
 		}
-		committed, lost, err := e.propose(ctx, live, recs, docs)
+		committed, lost, err := e.propose(ctx, live, recs, docs, staged)
+		if err == nil {
+			for i, id := range staged {
+				if id != "" && recs[i].rev > committed {
+					e.dropStage(ctx, id) // lost: never referred to
+				}
+			}
+		}
 		target := max(committed, lost)
 		if err != nil {
 			// the outcome of the last transaction is unknown: learn it
@@ -384,7 +409,7 @@ func fitsTxn(e *etcdStore, rev uint64, docs [][]byte) bool {
 // proposal and returns the last revision committed, the head when a
 // compare failed (0 otherwise), and an error when a transaction's outcome
 // is unknown.
-func (e *etcdStore) propose(ctx context.Context, live []*pending, recs []revisionRecord, docs [][][]byte) (committed, lost uint64, err error) {
+func (e *etcdStore) propose(ctx context.Context, live []*pending, recs []revisionRecord, docs [][][]byte, staged []string) (committed, lost uint64, err error) {
 	for i := 0; i < len(recs); {
 		var ops []clientv3.Op
 		size := len(e.headKey()) + 20
@@ -394,11 +419,18 @@ func (e *etcdStore) propose(ctx context.Context, live []*pending, recs []revisio
 			for p, d := range docs[j] {
 				n += len(e.logKey(recs[j].rev, p)) + len(d)
 			}
+			if staged[j] != "" {
+				k++
+			}
 			if j > i && (len(ops)+k+1 > maxEtcdTxnOps || size+n > maxEtcdTxnBytes) {
 				break
 			}
 			for p, d := range docs[j] {
 				ops = append(ops, clientv3.OpPut(e.logKey(recs[j].rev, p), string(d)))
+			}
+			if staged[j] != "" {
+				ops = append(ops, clientv3.OpPut(e.stagedKey(staged[j]), strconv.FormatUint(recs[j].rev, 10)))
+				n += 64
 			}
 			size += n
 		}
@@ -560,6 +592,9 @@ func (e *etcdStore) compact(ctx context.Context) error {
 	if _, err := e.cli.Delete(ctx, e.prefix+"log/", clientv3.WithRange(e.logKey(cut+1, 0))); err != nil {
 		return err
 	}
+	if err := e.compactStaged(ctx, cut); err != nil {
+		return err
+	}
 	e.compacted = cut
 	e.s.logger.Debug("etcd log compacted", "up_to", cut, "slowest_replica", slowest, "head", head)
 	return nil
@@ -593,7 +628,7 @@ func (e *etcdStore) follow() error {
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(e.ctx))
 	defer cancel()
 	var at int64
-	asm := &assembler{}
+	asm := &assembler{fetch: func(id string, n int) ([][]byte, error) { return e.fetchStaged(ctx, id, n) }}
 	from := e.logKey(e.s.Revision()+1, 0)
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(e.logEnd()), clientv3.WithLimit(etcdListPage)}
@@ -694,13 +729,34 @@ type logRecord struct {
 	changes []tenancy.Change
 }
 
-// assembler gathers the parts of revisions, in key order.
+// assembler gathers the parts of revisions, in key order; fetch reads the
+// parts of a staged revision.
 type assembler struct {
-	cur  *logRecord
-	done []logRecord
+	cur   *logRecord
+	done  []logRecord
+	fetch func(id string, n int) ([][]byte, error)
 }
 
 func (a *assembler) add(doc []byte) error {
+	var ref stagedRef
+	if err := json.Unmarshal(doc, &ref); err == nil && ref.Staged != "" {
+		if a.cur != nil {
+			return fmt.Errorf("etcd log: staged revision %d follows an incomplete revision %d", ref.Revision, a.cur.rev)
+		}
+		docs, err := a.fetch(ref.Staged, ref.Parts)
+		if err != nil {
+			return err
+		}
+		for _, d := range docs {
+			if err := a.add(d); err != nil {
+				return err
+			}
+		}
+		if a.cur != nil || len(a.done) == 0 || a.done[len(a.done)-1].rev != ref.Revision {
+			return fmt.Errorf("etcd log: staged revision %d is incomplete", ref.Revision)
+		}
+		return nil
+	}
 	var e historyEntry
 	if err := json.Unmarshal(doc, &e); err != nil {
 		return fmt.Errorf("decode an etcd log record: %w", err)
