@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 
 	gcontrol "github.com/gatehouse-dev/gatehouse/control"
@@ -426,5 +427,46 @@ func TestEtcdReplicasWriteConcurrently(t *testing.T) {
 	}
 	if v := sa.Violations(); len(v) > 0 {
 		t.Fatalf("invariants: %v", v)
+	}
+}
+
+// TestEtcdMutualTLS: a replica reaches an etcd member that requires client
+// certificates with etcd.ca_file, cert_file and key_file, and writes
+// through it; without a client certificate it does not start.
+func TestEtcdMutualTLS(t *testing.T) {
+	ca := testutil.NewCA(t)
+	srvCert, srvKey, _ := ca.Issue(t, "etcd", true)
+	cliCert, cliKey, _ := ca.Issue(t, "replica", false)
+	peer := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	client := url.URL{Scheme: "https", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	cfg := embed.NewConfig()
+	cfg.Name = "tls"
+	cfg.Dir = filepath.Join(t.TempDir(), "etcd")
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
+	cfg.InitialCluster = "tls=" + peer.String()
+	cfg.ClientTLSInfo = transport.TLSInfo{CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: ca.CertFile, ClientCertAuth: true}
+	cfg.LogLevel = "error"
+	cfg.LogOutputs = []string{filepath.Join(t.TempDir(), "etcd.log")}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	<-e.Server.ReadyNotify()
+
+	k := newKeys(t)
+	_, a := inProcessReplica(t, k, []string{client.String()}, func(c *gcontrol.Config) {
+		c.Etcd.CAFile, c.Etcd.CertFile, c.Etcd.KeyFile = ca.CertFile, cliCert, cliKey
+	})
+	if _, st, body, err := a.tryBatch([]tenancy.Op{put(&tenancy.Tenant{ID: "over-tls"})}); err != nil || st != 200 {
+		t.Fatalf("write over mutual TLS: %v %d %s", err, st, body)
+	}
+	_, err = gcontrol.New(gcontrol.Config{
+		DataDir: filepath.Join(t.TempDir(), "nocert"), AdminTokenFile: k.adminFile,
+		Store: gcontrol.StoreEtcd, Etcd: gcontrol.EtcdConfig{Endpoints: []string{client.String()}, CAFile: ca.CertFile, Prefix: "/in-process/"},
+	}, nil)
+	if err == nil {
+		t.Fatal("a replica without a client certificate started")
 	}
 }
