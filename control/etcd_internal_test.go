@@ -146,8 +146,8 @@ func TestEtcdStaleViewIsRetried(t *testing.T) {
 	}
 }
 
-// TestEtcdLargeRevisionIsStaged: a revision larger than one etcd request
-// (9,000 users with long labels, ~2 MiB) is staged and committed whole,
+// TestEtcdLargeRevisionIsStaged: a revision larger than one etcd
+// transaction (more parts than it may carry) is staged and committed whole,
 // with the writes of its group around it; another replica applies it with
 // the same hash chain. (A single change larger than an etcd request, which
 // would be refused with 413, cannot be written: entities are bounded.)
@@ -155,10 +155,12 @@ func TestEtcdLargeRevisionIsStaged(t *testing.T) {
 	defer func(d time.Duration) { etcdMaintainEvery = d }(etcdMaintainEvery)
 	etcdMaintainEvery = 10 * time.Millisecond
 	ep := startEtcdMember(t)
-	keep := func(c *Config) { c.Etcd.LogRetention = 2 }
+	// small parts: 2,000 users make ~250 parts, more than one etcd
+	// transaction may carry (the same path as ~1.4 MiB of changes)
+	keep := func(c *Config) { c.Etcd.LogRetention, c.FeedPartBytes = 2, 1024 }
 	s, other := newEtcdReplica(t, ep, keep), newEtcdReplica(t, ep, keep)
 	ops := []tenancy.Op{putOp("tenants", `{"id":"big"}`)}
-	for i := range 9000 {
+	for i := range 2000 {
 		v, _ := json.Marshal(map[string]any{"id": fmt.Sprintf("user-with-a-long-id-%06d", i), "tenant": "big", "labels": map[string]string{"team": "a-rather-long-label-value-to-grow-the-record"}})
 		ops = append(ops, tenancy.Op{Op: tenancy.OpPut, Collection: "users", Value: v})
 	}
@@ -169,7 +171,7 @@ func TestEtcdLargeRevisionIsStaged(t *testing.T) {
 			t.Fatalf("write %d: revision %d, %v", i, w.res.revision, w.err)
 		}
 	}
-	if len(group[1].res.changes) != 9001 {
+	if len(group[1].res.changes) != 2001 {
 		t.Fatalf("the big revision has %d changes", len(group[1].res.changes))
 	}
 	if err := other.waitApplied(context.Background(), 3); err != nil {

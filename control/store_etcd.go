@@ -85,6 +85,8 @@ type etcdStore struct {
 	epoch     string
 	retention uint64
 	compacted uint64 // the log holds no revision up to this one
+	// applying is set while the follower applies revisions.
+	applying atomic.Bool
 	// beforeApply, when set (tests), runs before the follower applies
 	// revisions.
 	beforeApply atomic.Pointer[func()]
@@ -261,103 +263,141 @@ func (s *Server) waitApplied(ctx context.Context, rev uint64) error {
 // applied locally. Writes that lost a race with another replica are
 // validated again on the state they lost to.
 func (e *etcdStore) commitGroup(group []*pending) {
+	for attempt := 0; ; attempt++ {
+		if e.attempt(group, attempt) {
+			return
+		}
+	}
+}
+
+// maxEtcdAttempts bounds the validations of a group that keeps losing
+// races for its revisions to other replicas.
+const maxEtcdAttempts = 100
+
+// attempt validates and proposes the writes of group still open, and
+// reports whether the group is done.
+func (e *etcdStore) attempt(group []*pending, attempt int) bool {
 	s := e.s
 	ctx, cancel := context.WithTimeout(e.ctx, etcdWriteTimeout)
 	defer cancel()
-	for {
-		open := make([]*pending, 0, len(group))
-		for _, w := range group {
-			if w.err == nil && w.res.revision == 0 {
-				open = append(open, w)
-			}
+	open := make([]*pending, 0, len(group))
+	for _, w := range group {
+		if w.err == nil && w.res.revision == 0 {
+			open = append(open, w)
 		}
-		validatedAt := s.Revision()
-		tx, live, recs := s.stage(group)
-		if tx != nil {
-			_ = tx.Rollback() // the revisions are committed by applying the log
-		}
-		if e.refusedStale(ctx, open, validatedAt) {
-			continue // validate them again on the state they were refused on
-		}
-		if tx == nil {
-			return
-		}
-		docs := make([][][]byte, len(recs))
-		staged := make([]string, len(recs))
-		tooBig := false
-		for i, r := range recs {
-			d, err := encodeLog(r, s.cfg.FeedPartBytes)
-			if err == nil && !fitsTxn(e, r.rev, d) {
-				for _, part := range d {
-					if len(part)+len(e.stageKey("x", 0))+64 > maxEtcdTxnBytes {
-						err = errorf(http.StatusRequestEntityTooLarge, CodeTooLarge,
-							"revision %d holds a change larger than one etcd request (%d bytes): split the entity", r.rev, maxEtcdTxnBytes)
-					}
-				}
-				if err == nil {
-					var ref []byte
-					staged[i], ref, err = e.stageParts(ctx, r.rev, d)
-					d = [][]byte{ref}
-					if err != nil {
-						err = errorf(http.StatusServiceUnavailable, CodeUnavailable, "%v", err)
-					}
+	}
+	validatedAt := s.Revision()
+	tx, live, recs := s.stage(group)
+	if tx != nil {
+		_ = tx.Rollback() // the revisions are committed by applying the log
+	}
+	if e.refusedStale(ctx, open, validatedAt) {
+		return false // validate them again on the state they were refused on
+	}
+	if tx == nil {
+		return true
+	}
+	docs := make([][][]byte, len(recs))
+	staged := make([]string, len(recs))
+	tooBig := false
+	for i, r := range recs {
+		d, err := encodeLog(r, s.cfg.FeedPartBytes)
+		if err == nil && !fitsTxn(e, r.rev, d) {
+			for _, part := range d {
+				if len(part)+len(e.stageKey("x", 0))+64 > maxEtcdTxnBytes {
+					err = errorf(http.StatusRequestEntityTooLarge, CodeTooLarge,
+						"revision %d holds a change larger than one etcd request (%d bytes): split the entity", r.rev, maxEtcdTxnBytes)
 				}
 			}
-			if err != nil {
-				live[i].err, tooBig = err, true
-			}
-			docs[i] = d
-		}
-		if tooBig {
-			for _, id := range staged {
-				if id != "" {
-					e.dropStage(ctx, id)
-				}
-			}
-			continue // validate again without the refused writes
-		}
-		committed, lost, err := e.propose(ctx, live, recs, docs, staged)
-		if err == nil {
-			for i, id := range staged {
-				if id != "" && recs[i].rev > committed {
-					e.dropStage(ctx, id) // lost: never referred to
+			if err == nil {
+				var ref []byte
+				staged[i], ref, err = e.stageParts(ctx, r.rev, d)
+				d = [][]byte{ref}
+				if err != nil {
+					err = errorf(http.StatusServiceUnavailable, CodeUnavailable, "%v", err)
 				}
 			}
 		}
-		target := max(committed, lost)
 		if err != nil {
-			// the outcome of the last transaction is unknown: learn it
-			// from the log
-			head, herr := e.head(ctx)
-			for herr != nil && ctx.Err() == nil {
-				time.Sleep(100 * time.Millisecond) // etcd elects a leader
-				head, herr = e.head(ctx)
-			}
-			if herr != nil {
-				for _, w := range live {
-					w.err = errorf(http.StatusServiceUnavailable, CodeUnavailable, "etcd: %v; then %v (the write may have been committed)", err, herr)
-				}
-				return
-			}
-			target = max(target, head)
+			live[i].err, tooBig = err, true
 		}
-		if err := s.waitApplied(ctx, target); err != nil {
+		docs[i] = d
+	}
+	if tooBig {
+		for _, id := range staged {
+			if id != "" {
+				e.dropStage(ctx, id)
+			}
+		}
+		return false // validate again without the refused writes
+	}
+	committed, lost, err := e.propose(ctx, live, recs, docs, staged)
+	if err == nil {
+		for i, id := range staged {
+			if id != "" && recs[i].rev > committed {
+				e.dropStage(ctx, id) // lost: never referred to
+			}
+		}
+	}
+	target := max(committed, lost)
+	if err != nil {
+		// the outcome of the last transaction is unknown: learn it
+		// from the log
+		head, herr := e.head(ctx)
+		for herr != nil && ctx.Err() == nil {
+			time.Sleep(100 * time.Millisecond) // etcd elects a leader
+			head, herr = e.head(ctx)
+		}
+		if herr != nil {
 			for _, w := range live {
-				w.err = errorf(http.StatusServiceUnavailable, CodeUnavailable, "waiting for revision %d from etcd: %v (the write may have been committed)", target, err)
+				w.err = errorf(http.StatusServiceUnavailable, CodeUnavailable, "etcd: %v; then %v (the write may have been committed)", err, herr)
 			}
-			return
+			return true
 		}
-		done := e.settle(live, recs)
-		if done {
-			return
+		target = max(target, head)
+	}
+	if err := e.waitCommitted(target); err != nil {
+		for _, w := range live {
+			w.err = errorf(http.StatusServiceUnavailable, CodeUnavailable, "waiting for revision %d from etcd: %v (the write may have been committed)", target, err)
 		}
-		if ctx.Err() != nil {
-			for _, w := range live {
-				if w.res.revision == 0 && w.err == nil {
-					w.err = errorf(http.StatusServiceUnavailable, CodeUnavailable, "the write lost to other replicas' writes for %v: retry", etcdWriteTimeout)
-				}
+		return true
+	}
+	if e.settle(live, recs) {
+		return true
+	}
+	if attempt+1 >= maxEtcdAttempts {
+		for _, w := range live {
+			if w.res.revision == 0 && w.err == nil {
+				w.err = errorf(http.StatusServiceUnavailable, CodeUnavailable, "the write lost the race for a revision to other replicas %d times: retry", maxEtcdAttempts)
 			}
-			return
+		}
+		return true
+	}
+	return false
+}
+
+// waitCommitted waits until the local file holds revision rev, as long as
+// the follower makes progress (or is applying a revision: a large one
+// takes its time); it gives up after etcdWriteTimeout without either, or
+// when the store closes.
+func (e *etcdStore) waitCommitted(rev uint64) error {
+	stall := time.NewTimer(etcdWriteTimeout)
+	defer stall.Stop()
+	for {
+		published, wake := e.s.feed.state()
+		if published >= rev {
+			return nil
+		}
+		select {
+		case <-wake:
+			stall.Reset(etcdWriteTimeout)
+		case <-stall.C:
+			if !e.applying.Load() {
+				return fmt.Errorf("the replica applied nothing for %v", etcdWriteTimeout)
+			}
+			stall.Reset(etcdWriteTimeout)
+		case <-e.ctx.Done():
+			return e.ctx.Err()
 		}
 	}
 }
@@ -793,6 +833,8 @@ func (e *etcdStore) apply(recs []logRecord) error {
 	if f := e.beforeApply.Load(); f != nil {
 		(*f)()
 	}
+	e.applying.Store(true)
+	defer e.applying.Store(false)
 	s := e.s
 	var last uint64
 	err := s.db.Update(func(tx *bolt.Tx) error {
