@@ -58,7 +58,7 @@ bench: build
 
 ## bench-scale: control write throughput at concurrency 1 and 16 in one run (group commit; issue 11)
 bench-scale:
-	$(GO) test -run '^$$' -bench '^BenchmarkGroupCommit$$' -benchtime 3x ./control/
+	$(GO) test -run '^$$' -bench 'GroupCommit$$' -benchtime 5x ./control/
 
 ## lint: formatting (gofmt, Rego fmt), vet, staticcheck
 lint: build
