@@ -16,6 +16,11 @@ type store interface {
 	close() error
 }
 
+var (
+	_ store = boltStore{}
+	_ store = (*etcdStore)(nil)
+)
+
 // boltStore commits to the local bbolt file: one transaction, and one
 // fsync, per group.
 type boltStore struct{ s *Server }
