@@ -458,3 +458,31 @@ func BenchmarkEtcdGroupCommit(b *testing.B) {
 	b.ReportMetric(m(c16)/m(c1), "speedup")
 	b.ReportMetric(0, "ns/op")
 }
+
+// TestEtcdReplicaAheadOfEtcdRefusesToStart: a replica file at a revision
+// etcd's log does not reach (etcd restored from an older backup, same
+// history) is refused at start, never served or written on.
+func TestEtcdReplicaAheadOfEtcdRefusesToStart(t *testing.T) {
+	ep := startEtcdMember(t)
+	var dataDir string
+	s := newEtcdReplica(t, ep, func(c *Config) { dataDir = c.DataDir })
+	for i := range 3 {
+		if _, err := s.commit(principal{role: roleAdmin}, []tenancy.Op{putOp("tenants", fmt.Sprintf(`{"id":"t%d"}`, i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = s.Close()
+	es := s.store.(*etcdStore)
+	cli, err := dialEtcd(EtcdConfig{Endpoints: []string{ep}, DialTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(context.Background(), es.headKey(), "1"); err != nil { // as if restored at revision 1
+		t.Fatal(err)
+	}
+	_, err = openEtcdReplica(t, ep, func(c *Config) { c.DataDir = dataDir })
+	if err == nil || !strings.Contains(err.Error(), "etcd's log ends at revision 1") {
+		t.Fatalf("a replica ahead of etcd: %v", err)
+	}
+}

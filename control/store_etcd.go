@@ -181,6 +181,9 @@ func (e *etcdStore) start() error {
 		return err
 	}
 	first, err := e.logStart(ctx)
+	if err == nil && head < e.s.Revision() {
+		err = fmt.Errorf("etcd's log ends at revision %d, this replica's file is at revision %d of the same history: was etcd restored from a backup? Move the file away to rebuild it from etcd", head, e.s.Revision())
+	}
 	if err == nil && head > e.s.Revision() && first > e.s.Revision()+1 {
 		err = fmt.Errorf("the etcd log starts at revision %d (compacted) and this replica's file is at revision %d: "+
 			"move it away to build it from a peer's snapshot (etcd.advertise_url on the peers), start it from a copy of another replica's %s (taken while that replica is stopped), or raise etcd.log_retention", first, e.s.Revision(), DBFile)
