@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 
@@ -188,7 +189,7 @@ func TestReplicasOverEtcd(t *testing.T) {
 	if _, st, body, err := admins[0].tryBatch(ops); err != nil || st != 200 {
 		t.Fatalf("seed: %v %d %s", err, st, body)
 	}
-	world, _ := admins[1].state(t) // replica 1 has it once it answers with it
+	world, _ := admins[0].state(t) // the replica written to answers after applying it
 	var home string
 	for id := range world[tenancy.Tenants] {
 		if home == "" || id < home {
@@ -312,6 +313,28 @@ func TestReplicasOverEtcd(t *testing.T) {
 		}
 	}
 	compareDecisions(t, s, admins[1], 150, 5)
+
+	// each replica's file passes tenancy's full validator (indexes
+	// included) and ends on the same history hash
+	var heads []string
+	for i, c := range reps {
+		c.stop()
+		db, err := bolt.Open(filepath.Join(c.dir, gcontrol.DBFile), 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = db.View(func(tx *bolt.Tx) error {
+			heads = append(heads, tenancy.HeadHash(tx))
+			return tenancy.Validate(tx)
+		})
+		_ = db.Close()
+		if err != nil {
+			t.Fatalf("replica %d's file: %v", i, err)
+		}
+	}
+	if heads[0] != heads[1] || heads[1] != heads[2] || heads[0] != hash {
+		t.Fatalf("the replicas' files end on history hashes %v, the snapshots said %s", heads, hash)
+	}
 }
 
 // inProcessReplica is a control replica in this process over the cluster.
