@@ -54,7 +54,21 @@ type Decision struct {
 	TokenError TokenError
 	// Duration is the time Decide took.
 	Duration time.Duration
+	// Token is the verified token the decision was made on (input.token),
+	// nil for answers made without evaluating. For decision logs.
+	Token *Token
+	// Cache is how the decision cache took part: CacheHit, CacheMiss
+	// (evaluated, also when the cached entry was stale) or CacheBypass
+	// (evaluated, not cacheable); "" for answers made without evaluating.
+	Cache string
 }
+
+// Values of Decision.Cache.
+const (
+	CacheHit    = "hit"
+	CacheMiss   = "miss"
+	CacheBypass = "bypass"
+)
 
 // Status returns the HTTP status the decision answers with.
 func (d *Decision) Status() int {

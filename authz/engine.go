@@ -311,6 +311,7 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		d.ID = NewDecisionID()
 		d.TenancyRevision = rev
 		d.Subject, d.TokenError = tok.Subject, tok.Error
+		d.Token, d.Cache = tok, CacheHit
 		d.Duration = e.cfg.Now().Sub(start)
 		return &d, nil
 	default:
@@ -365,6 +366,10 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 			ent.deps, ent.tracked = e.tracker.Recorded(tt)
 		}
 		cache.put(key, ent)
+	}
+	d.Token, d.Cache = tok, CacheMiss
+	if cache == nil {
+		d.Cache = CacheBypass
 	}
 	d.Duration = e.cfg.Now().Sub(start)
 	return d, nil

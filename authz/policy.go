@@ -33,6 +33,9 @@ type PolicyConfig struct {
 	Decision string `yaml:"decision"`
 	// RegoVersion is "v1" (default) or "v0" for policies in the older syntax.
 	RegoVersion string `yaml:"rego_version"`
+	// Shadow is a candidate policy set evaluated beside this one, whose
+	// answers never reach Envoy (SPEC §9; package decisionlog).
+	Shadow *PolicyConfig `yaml:"shadow"`
 }
 
 // BundleSourceConfig locates a signed policy bundle.
@@ -58,6 +61,12 @@ func (c *PolicyConfig) SetDefaults() {
 	if c.Bundle.Poll == 0 {
 		c.Bundle.Poll = 10 * time.Second
 	}
+	if c.Shadow != nil {
+		if c.Shadow.Decision == "" {
+			c.Shadow.Decision = c.Decision
+		}
+		c.Shadow.SetDefaults()
+	}
 }
 
 // Validate reports every problem of the configuration.
@@ -80,6 +89,14 @@ func (c PolicyConfig) Validate() error {
 	}
 	if c.Bundle.Poll < 0 {
 		errs = append(errs, fmt.Errorf("policies.bundle.poll: %v is negative", c.Bundle.Poll))
+	}
+	if c.Shadow != nil {
+		if c.Shadow.Shadow != nil {
+			errs = append(errs, errors.New("policies.shadow.shadow: a shadow policy has no shadow"))
+		}
+		if err := c.Shadow.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("policies.shadow: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

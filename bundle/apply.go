@@ -427,3 +427,63 @@ func (s *Store) swap(src string) error {
 	go func() { _ = old.db.Close() }() // waits for the readers still on the old file
 	return nil
 }
+
+// bulkGCPercent is the garbage collector's target while a bulk snapshot
+// loads (unless GOGC is higher already).
+const bulkGCPercent = 400
+
+// LoadBulk builds a new cache file from a bulk snapshot (after its header,
+// h): its buckets are loaded in key order into full pages of a new file,
+// every pair, the order, the counts and the digest verified (see
+// tenancy.LoadBulk); the file is synced once and swapped in. On any error
+// the new file is discarded and the cache is as it was. It returns the
+// number of entities loaded.
+func (s *Store) LoadBulk(br *tenancy.BulkReader, h tenancy.BulkHeader, syncedAt time.Time) (uint64, error) {
+	// the load's live heap is small and its garbage plentiful (bbolt's
+	// nodes, keys): collect less often while it runs (a quarter less CPU at
+	// 1M grants, peak RSS 52 -> 90 MiB; the soft memory limit still applies)
+	if prev := debug.SetGCPercent(bulkGCPercent); prev < 0 || prev > bulkGCPercent {
+		debug.SetGCPercent(prev)
+	} else {
+		defer debug.SetGCPercent(prev)
+	}
+	path := s.path + ".snapshot"
+	_ = os.Remove(path)
+	// NoSync while loading (one sync at the end); the freelist IS written,
+	// so that opening the file later does not walk every page.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		return 0, fmt.Errorf("snapshot file: %w", err)
+	}
+	discard := func(err error) (uint64, error) {
+		_ = db.Close()
+		_ = os.Remove(path)
+		return 0, err
+	}
+	if err := db.Update(tenancy.Init); err != nil {
+		return discard(err)
+	}
+	dropResident := func() error {
+		if residentFileBytes() <= snapshotResidentBudget {
+			return nil
+		}
+		// the load reads the new file's last pages through its memory
+		// map: keep them out of the resident set, whatever the size
+		return db.View(func(tx *bolt.Tx) error { return dropPages(db.Info().Data, tx.Size()) })
+	}
+	n, err := tenancy.LoadBulk(db, br, h, dropResident)
+	if err == nil {
+		err = db.Update(func(tx *bolt.Tx) error { return tenancy.SetSyncedAt(tx, syncedAt) })
+	}
+	if err == nil {
+		err = db.Sync()
+	}
+	if err != nil {
+		return discard(err)
+	}
+	if err := db.Close(); err != nil {
+		_ = os.Remove(path)
+		return 0, fmt.Errorf("snapshot file: %w", err)
+	}
+	return n, s.swap(path)
+}

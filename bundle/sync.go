@@ -23,7 +23,9 @@ import (
 
 // SyncConfig configures a Syncer.
 type SyncConfig struct {
-	// ControlURL is the control endpoint, e.g. http://127.0.0.1:8282.
+	// ControlURL is the control endpoint, e.g. http://127.0.0.1:8282, or
+	// several replicas of it, comma-separated: the Syncer follows one and
+	// moves to the next when it fails (see Run).
 	ControlURL string
 	// TokenFile holds the bearer token (re-read at every connection, so it
 	// can be rotated).
@@ -91,7 +93,14 @@ type Syncer struct {
 	logger  *slog.Logger
 	metrics syncMetrics
 
+	// urls are the control endpoint's replicas; cur the one followed.
+	urls []string
+	cur  int
+
 	lastPersist time.Time
+	// noBulk: the last bulk snapshot failed its checksums; take the next
+	// one as NDJSON (then bulk again).
+	noBulk bool
 }
 
 type syncMetrics struct {
@@ -126,7 +135,29 @@ func NewSyncer(cfg SyncConfig, store *Store, logger *slog.Logger) *Syncer {
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(m.applied, m.snapshots, m.errors, m.apply, m.lag)
 	}
-	return &Syncer{cfg: cfg, store: store, logger: logger, metrics: m}
+	return &Syncer{cfg: cfg, store: store, logger: logger, metrics: m, urls: SplitURLs(cfg.ControlURL)}
+}
+
+// SplitURLs splits a comma-separated list of control endpoint URLs,
+// trimming spaces and dropping empty entries.
+func SplitURLs(list string) []string {
+	var out []string
+	for u := range strings.SplitSeq(list, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	if len(out) == 0 {
+		out = []string{""}
+	}
+	return out
+}
+
+// failover moves to the next replica of the control endpoint.
+func (s *Syncer) failover(cause error) {
+	from := s.urls[s.cur]
+	s.cur = (s.cur + 1) % len(s.urls)
+	s.logger.Warn("moving to another replica of the control endpoint", "from", from, "to", s.urls[s.cur], "cause", cause)
 }
 
 // errGone means the feed no longer holds the cache's revision, or the
@@ -134,6 +165,11 @@ func NewSyncer(cfg SyncConfig, store *Store, logger *slog.Logger) *Syncer {
 // epoch, a different history hash, a since ahead of its revision): a
 // snapshot is needed.
 var errGone = errors.New("change history gone")
+
+// errAhead: the control endpoint has not reached the cache's revision (a
+// replica lagging behind, or a history restored from a backup). It is an
+// errGone: with several replicas the others are tried first.
+var errAhead = fmt.Errorf("the control endpoint is behind the cache: %w", errGone)
 
 // Run syncs until ctx is done.
 func (s *Syncer) Run(ctx context.Context) error {
@@ -149,6 +185,8 @@ func (s *Syncer) Run(ctx context.Context) error {
 		go s.trimEvery(ctx.Done(), 2*time.Second, func() bool { return residentFileBytes() > s.cfg.ResidentBudget })
 	}
 	backoff := s.cfg.MinBackoff
+	misses := 0 // replicas that failed in a row
+	behind := 0 // replicas found behind the cache (and skipped) since the last progress
 	for ctx.Err() == nil {
 		var err error
 		progressed := false
@@ -157,8 +195,14 @@ func (s *Syncer) Run(ctx context.Context) error {
 			progressed = err == nil
 		} else {
 			progressed, err = s.follow(ctx)
-			if errors.Is(err, errGone) {
-				s.logger.Info("change history no longer covers the cache; taking a snapshot", "revision", s.store.State().Revision)
+			switch {
+			case errors.Is(err, errAhead) && behind+1 < len(s.urls):
+				// this replica has not reached the cache's revision: the
+				// others may have; a snapshot once as many replicas were
+				// found behind as there are others
+				behind++
+			case errors.Is(err, errGone):
+				s.logger.Info("change history no longer covers the cache; taking a snapshot", "revision", s.store.State().Revision, "control_url", s.urls[s.cur])
 				err = s.snapshot(ctx)
 				progressed = err == nil
 			}
@@ -169,40 +213,75 @@ func (s *Syncer) Run(ctx context.Context) error {
 		if err != nil {
 			s.metrics.errors.Inc()
 			s.store.setError(err.Error())
-			s.logger.Warn("tenancy sync interrupted; serving from the cache", "err", err, "revision", s.store.State().Revision, "retry_in", backoff)
+			s.logger.Warn("tenancy sync interrupted; serving from the cache", "err", err, "revision", s.store.State().Revision, "control_url", s.urls[s.cur], "retry_in", backoff)
 		}
 		if progressed {
-			backoff = s.cfg.MinBackoff
+			backoff, misses, behind = s.cfg.MinBackoff, 0, 0
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
+		if err != nil && len(s.urls) > 1 {
+			// the next replica at once; back off after a whole round
+			s.failover(err)
+			if misses++; misses < len(s.urls) {
+				wait = s.cfg.MinBackoff / 2
+			} else {
+				misses = 0
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(wait):
 		}
-		if !progressed {
+		if !progressed && misses == 0 {
 			backoff = min(backoff*2, s.cfg.MaxBackoff)
 		}
 	}
 	return nil
 }
 
-func (s *Syncer) request(ctx context.Context, path string, q url.Values) (*http.Response, error) {
-	u := strings.TrimRight(s.cfg.ControlURL, "/") + path
+func (s *Syncer) request(ctx context.Context, path string, q url.Values, accept string) (*http.Response, error) {
+	u := strings.TrimRight(s.urls[s.cur], "/") + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	// a replica that does not answer within the idle timeout is given up
+	// (the next one is tried); the stream itself is bounded by lineReader
+	rctx, cancel := context.WithCancel(ctx)
+	answered := make(chan struct{})
+	go func() {
+		t := time.NewTimer(s.cfg.IdleTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-answered:
+		}
+	}()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u, nil)
 	if err != nil {
+		close(answered)
+		cancel()
 		return nil, err
 	}
 	if err := setBearer(req, s.cfg.TokenFile, "data.token_file"); err != nil {
+		close(answered)
+		cancel()
 		return nil, err
 	}
-	resp, err := s.cfg.HTTPClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", path, err)
+	if accept != "" {
+		req.Header.Set("Accept", accept)
 	}
+	resp, err := s.cfg.HTTPClient.Do(req)
+	close(answered)
+	if err != nil {
+		cancel()
+		if ctx.Err() == nil && rctx.Err() != nil {
+			err = fmt.Errorf("no answer within %v: %w", s.cfg.IdleTimeout, err)
+		}
+		return nil, fmt.Errorf("GET %s%s: %w", s.urls[s.cur], path, err)
+	}
+	resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
 	if resp.StatusCode == http.StatusOK {
 		return resp, nil
 	}
@@ -216,11 +295,24 @@ func (s *Syncer) request(ctx context.Context, path string, q url.Values) (*http.
 	case resp.StatusCode == http.StatusGone:
 		return nil, fmt.Errorf("%w: %s", errGone, strings.TrimSpace(string(b)))
 	case resp.StatusCode == http.StatusConflict && answer.Code == "ahead":
-		// the control endpoint is behind the cache: not the history the
-		// cache holds (restored from a backup, or replaced)
-		return nil, fmt.Errorf("%w: %s", errGone, strings.TrimSpace(string(b)))
+		// the control endpoint is behind the cache: a replica lagging
+		// behind, or not the history the cache holds (restored from a
+		// backup, or replaced)
+		return nil, fmt.Errorf("%w: %s", errAhead, strings.TrimSpace(string(b)))
 	}
 	return nil, fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(b)))
+}
+
+// cancelBody ends its request's context when closed.
+type cancelBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
 
 // lineReader reads NDJSON lines, each bounded, with an idle timeout.
@@ -283,11 +375,18 @@ func (s *Syncer) snapshot(ctx context.Context) (err error) {
 		}
 		s.metrics.snapshots.WithLabelValues(result).Inc()
 	}()
-	resp, err := s.request(ctx, "/v1/sync/snapshot", nil)
+	accept := tenancy.BulkMediaType + ", " + ndjson + ";q=0.5"
+	if s.noBulk {
+		accept, s.noBulk = ndjson, false // this once
+	}
+	resp, err := s.request(ctx, "/v1/sync/snapshot", nil, accept)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
+	if mt, _, _ := strings.Cut(resp.Header.Get("Content-Type"), ";"); strings.TrimSpace(mt) == tenancy.BulkMediaType {
+		return s.bulkSnapshot(resp, start)
+	}
 	lr := s.open(resp)
 	head, err := lr.next()
 	if err != nil {
@@ -342,6 +441,58 @@ func (s *Syncer) snapshot(ctx context.Context) (err error) {
 	}
 }
 
+// ndjson is the media type of the NDJSON feed.
+const ndjson = "application/x-ndjson"
+
+// bulkSnapshot builds a new cache file from a bulk snapshot (see
+// tenancy.BulkMediaType): the control endpoint's buckets, in key order,
+// loaded into full pages of a new file and verified before it is swapped
+// in. A snapshot whose values fail their checksums makes the next one an
+// NDJSON snapshot (the control endpoint then reports its damage).
+func (s *Syncer) bulkSnapshot(resp *http.Response, start time.Time) error {
+	// the idle timeout cuts a stream that stops sending
+	body := &idleReader{r: resp.Body, c: resp.Body, idle: s.cfg.IdleTimeout}
+	defer body.stop()
+	br := tenancy.NewBulkReader(body, s.cfg.MaxLineBytes)
+	h, err := br.ReadHeader()
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	n, err := s.store.LoadBulk(br, h, s.cfg.Now())
+	if err != nil {
+		if errors.Is(err, tenancy.ErrDamaged) {
+			s.noBulk = true
+		}
+		return fmt.Errorf("bulk snapshot at revision %d: %w", h.Revision, err)
+	}
+	s.trim()
+	s.logger.Info("tenancy snapshot applied", "revision", h.Revision, "entities", n, "bulk", true, "duration", time.Since(start))
+	return nil
+}
+
+// idleReader closes a body that delivers nothing for longer than idle.
+type idleReader struct {
+	r    io.Reader
+	c    io.Closer
+	idle time.Duration
+	t    *time.Timer
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	if r.t == nil {
+		r.t = time.AfterFunc(r.idle, func() { r.c.Close() })
+	} else {
+		r.t.Reset(r.idle)
+	}
+	return r.r.Read(p)
+}
+
+func (r *idleReader) stop() {
+	if r.t != nil {
+		r.t.Stop()
+	}
+}
+
 // maxGroup bounds how many already-received revisions are applied together.
 const maxGroup = 512
 
@@ -368,7 +519,7 @@ func (s *Syncer) follow(ctx context.Context) (progressed bool, err error) {
 		return false, err
 	}
 	q := url.Values{"since": {strconv.FormatUint(rev, 10)}, "epoch": {epoch}, "hash": {hash}}
-	resp, err := s.request(ctx, "/v1/sync/changes", q)
+	resp, err := s.request(ctx, "/v1/sync/changes", q, "")
 	if err != nil {
 		return false, err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -31,6 +32,12 @@ func bundlePathName(r *http.Request) (string, error) {
 		return "", badRequest("bundle name %q is not valid ([a-zA-Z0-9._-]{1,128}, not . or ..)", name)
 	}
 	return name, nil
+}
+
+// bundleAudit is a bundle's value in its audit records.
+type bundleAudit struct {
+	ETag  string `json:"etag"`
+	Bytes int    `json:"bytes"`
 }
 
 // etag is the quoted sha256 of a bundle.
@@ -67,8 +74,27 @@ func (s *Server) handlePutBundle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sum := sha256.Sum256(body)
+	var trimmed int
+	audit := func(tx *bolt.Tx, old []byte) error {
+		var before json.RawMessage
+		if len(old) >= sha256.Size {
+			before, _ = json.Marshal(bundleAudit{ETag: etag(old[:sha256.Size]), Bytes: len(old) - sha256.Size})
+		}
+		after, _ := json.Marshal(bundleAudit{ETag: etag(sum[:]), Bytes: len(body)})
+		var err error
+		trimmed, err = appendRecord(tx, AuditRecord{
+			Revision: tenancy.Revision(tx), Time: s.now().UTC(), Actor: actorOf(p),
+			Request: requestPut, Op: tenancy.OpPut, Collection: "bundles", ID: name,
+			Tenants: []string{}, Before: before, After: after,
+		}, s.cfg.Audit.Retention)
+		return err
+	}
 	v := make([]byte, 0, len(sum)+len(body))
-	err = s.store.putBundle(name, append(append(v, sum[:]...), body...))
+	err = s.store.putBundle(name, append(append(v, sum[:]...), body...), audit)
+	if err == nil {
+		s.metrics.auditRecords.Inc()
+		s.metrics.auditTrimmed.Add(float64(trimmed))
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -148,12 +174,4 @@ func etagMatch(header, tag string) bool {
 		}
 	}
 	return false
-}
-
-// putBundleLocal stores a bundle's value (sha256, then the bytes) in the
-// data file.
-func putBundleLocal(db *bolt.DB, name string, v []byte) error {
-	return db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketBundles).Put([]byte(name), v)
-	})
 }

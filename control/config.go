@@ -107,6 +107,13 @@ type Config struct {
 	// StreamWriteTimeout bounds each write to a sync stream's client: a
 	// client that stops reading for longer is cut off. Default 30s.
 	StreamWriteTimeout time.Duration `yaml:"stream_write_timeout"`
+	// Audit configures the audit trail of admin writes.
+	Audit AuditConfig `yaml:"audit"`
+	// Decisions configures the store of the sidecars' decision logs.
+	Decisions DecisionsConfig `yaml:"decisions"`
+	// SidecarTTL is how long a sidecar stays in the fleet view after its
+	// last status report; default 1m.
+	SidecarTTL time.Duration `yaml:"sidecar_ttl"`
 
 	// Now is the clock (test hook); default time.Now.
 	Now func() time.Time `yaml:"-"`
@@ -190,6 +197,15 @@ func (c *Config) SetDefaults() {
 	if c.StreamWriteTimeout == 0 {
 		c.StreamWriteTimeout = writeTimeout
 	}
+	if c.SidecarTTL == 0 {
+		c.SidecarTTL = DefaultSidecarTTL
+	}
+	if c.Decisions.MaxMB == 0 {
+		c.Decisions.MaxMB = DefaultDecisionsMaxMB
+	}
+	if c.Audit.Retention == 0 {
+		c.Audit.Retention = DefaultAuditRetention
+	}
 	for i := range c.Issuers {
 		c.Issuers[i].SetDefaults()
 	}
@@ -248,6 +264,15 @@ func (c Config) Validate() error {
 		errs = append(errs, c.Etcd.validate(c.FeedPartBytes)...)
 	default:
 		bad("store: %q is not a store (want %s or %s)", c.Store, StoreBolt, StoreEtcd)
+	}
+	if c.Audit.Retention < time.Hour {
+		bad("audit.retention: %v must be at least 1h", c.Audit.Retention)
+	}
+	if c.SidecarTTL < time.Second {
+		bad("sidecar_ttl: %v must be at least 1s", c.SidecarTTL)
+	}
+	if c.Decisions.MaxMB < 1 || c.Decisions.MaxMB > 1<<20 {
+		bad("decisions.max_mb: %d must be from 1 to %d", c.Decisions.MaxMB, 1<<20)
 	}
 	seen := map[string]bool{}
 	for _, is := range c.Issuers {

@@ -7,7 +7,11 @@
 // history: each revision in parts of about feed_part_bytes, keyed by the
 // 8-byte big-endian revision and a 4-byte part number → JSON
 // tenancy.LogEntry, trimmed to the last `history` revisions) and "bundles"
-// (name → sha256 ‖ tarball).
+// (name → sha256 ‖ tarball); the audit trail (audit.go: every admin write
+// with its audit records, in the write's transaction), the decision store
+// (decisions.go: uploaded decision logs bounded by decisions.max_mb, usage
+// counters) and, in memory, the fleet view (fleet.go: sidecars' status
+// reports).
 //
 // Every write is its own revision: the entity changes with the invariants
 // and cascades of tenancy.Apply, the revision's history hash (chained from

@@ -486,3 +486,35 @@ func TestEtcdReplicaAheadOfEtcdRefusesToStart(t *testing.T) {
 		t.Fatalf("a replica ahead of etcd: %v", err)
 	}
 }
+
+// TestEtcdAuditOnEveryReplica: the audit records of a write (one per
+// changed entity, with its actor) are written by every replica that
+// applies the revision, not only by the one that took the write.
+func TestEtcdAuditOnEveryReplica(t *testing.T) {
+	ep := startEtcdMember(t)
+	a, b := newEtcdReplica(t, ep), newEtcdReplica(t, ep)
+	if _, err := a.commit(principal{role: roleAdmin}, []tenancy.Op{putOp("tenants", `{"id":"x"}`), putOp("users", `{"id":"u","tenant":"x"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.waitApplied(context.Background(), a.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	records := func(s *Server) []string {
+		var out []string
+		_ = s.db.View(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketAudit).ForEach(func(_, v []byte) error {
+				var r AuditRecord
+				if err := json.Unmarshal(v, &r); err != nil {
+					return err
+				}
+				out = append(out, fmt.Sprintf("%d %s %s/%s by %s", r.Revision, r.Op, r.Collection, r.ID, r.Actor.Kind))
+				return nil
+			})
+		})
+		return out
+	}
+	ra, rb := records(a), records(b)
+	if len(ra) != 2 || !reflect.DeepEqual(ra, rb) {
+		t.Fatalf("audit records: %v on the replica written to, %v on the other", ra, rb)
+	}
+}

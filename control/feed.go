@@ -3,11 +3,15 @@ package control
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -48,7 +52,19 @@ type lineWriter struct {
 }
 
 func newLineWriter(w http.ResponseWriter, timeout time.Duration) *lineWriter {
-	return &lineWriter{rc: http.NewResponseController(w), buf: bufio.NewWriterSize(w, 64<<10), timeout: timeout}
+	return newLineWriterSize(w, timeout, 64<<10)
+}
+
+func newLineWriterSize(w http.ResponseWriter, timeout time.Duration, size int) *lineWriter {
+	return &lineWriter{rc: http.NewResponseController(w), buf: bufio.NewWriterSize(w, size), timeout: timeout}
+}
+
+// raw writes an encoded line (a larger one goes to the client without a
+// copy into the buffer).
+func (lw *lineWriter) raw(b []byte) error {
+	_ = lw.rc.SetWriteDeadline(time.Now().Add(lw.timeout))
+	_, err := lw.buf.Write(b)
+	return err
 }
 
 // line encodes one FeedLine into the buffer.
@@ -131,6 +147,11 @@ func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request) {
 	defer release()
 	s.metrics.streams.WithLabelValues(streamSnapshot).Inc()
 	defer s.metrics.streams.WithLabelValues(streamSnapshot).Dec()
+	if acceptsBulk(r) {
+		if done := s.sendBulk(w, r); done {
+			return
+		}
+	}
 	var start uint64
 	var startHash string
 	err = s.db.View(func(tx *bolt.Tx) error {
@@ -288,7 +309,7 @@ func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
 	s.metrics.streams.WithLabelValues(streamChanges).Inc()
 	defer s.metrics.streams.WithLabelValues(streamChanges).Dec()
 	streamHeaders(w, current)
-	lw := newLineWriter(w, s.cfg.StreamWriteTimeout)
+	lw := newLineWriterSize(w, s.cfg.StreamWriteTimeout, streamBufBytes)
 	err = lw.line(&tenancy.FeedLine{Type: tenancy.LineHeader, Revision: current, Epoch: s.epoch, Oldest: oldest})
 	if err == nil {
 		err = lw.flush()
@@ -312,7 +333,7 @@ func (s *Server) follow(r *http.Request, lw *lineWriter, last uint64) error {
 	for {
 		published, wake := s.feed.state()
 		if published > last {
-			sent, err := s.sendRevisions(lw, last, 0)
+			sent, err := s.sendShared(lw, last, published)
 			if err != nil {
 				return err
 			}
@@ -381,4 +402,251 @@ func (s *Server) sendRevisions(lw *lineWriter, last, upto uint64) (uint64, error
 		}
 		from = next
 	}
+}
+
+// bulkMaxDuration bounds a bulk snapshot: it reads the file in one read
+// transaction, which keeps the pages it sees from being reused (the file
+// grows meanwhile) and holds off a re-map of the file (when it outgrows its
+// mapping, writes wait for it). At disk speed a 10M-grant world takes a
+// minute or two; a client slower than this is cut and retries.
+var bulkMaxDuration = 15 * time.Minute
+
+// acceptsBulk reports whether a snapshot request's Accept header names the
+// bulk snapshot's media type.
+func acceptsBulk(r *http.Request) bool {
+	for _, v := range r.Header.Values("Accept") {
+		for part := range strings.SplitSeq(v, ",") {
+			mt, _, _ := strings.Cut(part, ";")
+			if strings.EqualFold(strings.TrimSpace(mt), tenancy.BulkMediaType) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// deadlineWriter sets a write deadline before each write to the client:
+// timeout from now, and never past end.
+type deadlineWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+	end     time.Time
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	dl := time.Now().Add(d.timeout)
+	if dl.After(d.end) {
+		dl = d.end
+	}
+	_ = d.rc.SetWriteDeadline(dl)
+	return d.w.Write(p)
+}
+
+// sendBulk answers a snapshot request with a bulk snapshot (see
+// tenancy.BulkMediaType): the data buckets of the file, in key order, from
+// one read transaction. It reports false, having written nothing, when
+// the file cannot be sent that way (a file of the legacy schema, whose
+// values carry no checksums): the caller sends the NDJSON snapshot.
+func (s *Server) sendBulk(w http.ResponseWriter, r *http.Request) bool {
+	ctx, cancel := context.WithTimeout(r.Context(), bulkMaxDuration)
+	defer cancel()
+	start := time.Now()
+	tx, err := s.db.Begin(false)
+	if err != nil {
+		s.writeError(w, r, fmt.Errorf("begin snapshot: %w", err))
+		return true
+	}
+	defer func() { _ = tx.Rollback() }()
+	if tenancy.Schema(tx) != tenancy.SchemaVersion {
+		return false
+	}
+	rev := tenancy.Revision(tx)
+	h := w.Header()
+	h.Set("Content-Type", tenancy.BulkMediaType)
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set(RevisionHeader, strconv.FormatUint(rev, 10))
+	dw := &deadlineWriter{w: w, rc: http.NewResponseController(w), timeout: s.cfg.StreamWriteTimeout, end: start.Add(bulkMaxDuration)}
+	buf := bufio.NewWriterSize(&ctxWriter{ctx: ctx, w: dw}, 256<<10)
+	bw := tenancy.NewBulkWriter(buf)
+	err = tenancy.WriteBulk(tx, s.epoch, bw)
+	if err == nil {
+		err = buf.Flush()
+	}
+	switch {
+	case err != nil && ctx.Err() == nil && !errors.Is(err, errClientGone):
+		s.logger.Error("bulk snapshot failed", "revision", rev, "sent", bw.Entities(), "err", err)
+	case err != nil:
+		s.logger.Debug("bulk snapshot cut", "revision", rev, "sent", bw.Entities(), "err", err)
+	default:
+		s.logger.Debug("bulk snapshot sent", "revision", rev, "entities", bw.Entities(), "duration", time.Since(start))
+	}
+	return true
+}
+
+// errClientGone: the client went away, or the snapshot outlived its bound.
+var errClientGone = errors.New("the snapshot's client went away or took too long")
+
+// ctxWriter fails writes once ctx is done.
+type ctxWriter struct {
+	ctx context.Context
+	w   *deadlineWriter
+}
+
+func (c *ctxWriter) Write(p []byte) (int, error) {
+	if c.ctx.Err() != nil {
+		return 0, errClientGone
+	}
+	n, err := c.w.Write(p)
+	if err != nil {
+		err = fmt.Errorf("%w: %w", errClientGone, err)
+	}
+	return n, err
+}
+
+// Fan-out. A change stream that follows the head sends the revisions just
+// committed, the same bytes to every follower: each history part is read
+// and encoded once, into a bounded cache shared by the streams (sharedParts),
+// and written from there. A stream holds no copy of it: its own memory is
+// its goroutine, the connection's buffers and a small write buffer
+// (streamBufBytes); a line larger than the buffer goes to the socket from
+// the shared bytes.
+const (
+	// streamBufBytes is a change stream's write buffer.
+	streamBufBytes = 4 << 10
+	// sharedPartsBytes bounds the encoded parts kept for the streams.
+	sharedPartsBytes = 32 << 20
+)
+
+// feedPart is one history part encoded as a feed line, newline included;
+// shared, never modified.
+type feedPart struct {
+	rev  uint64
+	part uint32
+	more bool
+	line []byte
+}
+
+// partCache holds recently encoded parts, oldest evicted first past max
+// bytes. fill serializes reads of the history on a miss: when a revision
+// commits, one stream reads and encodes it, the others wait and find it.
+type partCache struct {
+	fill  sync.Mutex
+	mu    sync.Mutex
+	parts map[[12]byte]*feedPart
+	fifo  []*feedPart
+	bytes int
+	max   int
+	reads atomic.Int64 // history reads on a miss (for tests)
+}
+
+func newPartCache(max int) *partCache {
+	return &partCache{parts: map[[12]byte]*feedPart{}, max: max}
+}
+
+func partID(rev uint64, part uint32) [12]byte {
+	var k [12]byte
+	binary.BigEndian.PutUint64(k[:], rev)
+	binary.BigEndian.PutUint32(k[8:], part)
+	return k
+}
+
+func (c *partCache) get(rev uint64, part uint32) *feedPart {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.parts[partID(rev, part)]
+}
+
+func (c *partCache) add(ps []*feedPart) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range ps {
+		id := partID(p.rev, p.part)
+		if _, ok := c.parts[id]; ok {
+			continue
+		}
+		c.parts[id] = p
+		c.fifo = append(c.fifo, p)
+		c.bytes += len(p.line)
+	}
+	drop := 0
+	for c.bytes > c.max && drop < len(c.fifo)-1 {
+		old := c.fifo[drop]
+		delete(c.parts, partID(old.rev, old.part))
+		c.bytes -= len(old.line)
+		c.fifo[drop] = nil
+		drop++
+	}
+	if drop > 0 {
+		c.fifo = append(c.fifo[:0], c.fifo[drop:]...)
+	}
+}
+
+// sharedPart returns part `part` of revision rev, encoded, from the shared
+// cache or read from the history (with the records after it, about
+// logChunkBytes of them); nil when the history does not hold it.
+func (s *Server) sharedPart(rev uint64, part uint32) (*feedPart, error) {
+	if p := s.parts.get(rev, part); p != nil {
+		return p, nil
+	}
+	s.parts.fill.Lock()
+	defer s.parts.fill.Unlock()
+	if p := s.parts.get(rev, part); p != nil {
+		return p, nil
+	}
+	s.parts.reads.Add(1)
+	from := u64(rev) // also finds a whole revision recorded before parts existed
+	if part > 0 {
+		from = partKey(rev, part)
+	}
+	recs, _, err := s.readLog(from, logChunkBytes)
+	if err != nil {
+		return nil, err
+	}
+	var want *feedPart
+	ps := make([]*feedPart, 0, len(recs))
+	for _, rec := range recs {
+		e := &rec.entry
+		l := tenancy.FeedLine{Type: tenancy.LineRevision, Revision: e.Revision, Time: e.Time, Changes: e.Changes, More: e.More && !rec.legacy, Hash: e.Hash}
+		b, err := json.Marshal(&l)
+		if err != nil {
+			return nil, fmt.Errorf("encode revision %d: %w", e.Revision, err)
+		}
+		p := &feedPart{rev: e.Revision, part: rec.part, more: l.More, line: append(b, '\n')}
+		if p.rev == rev && p.part == part {
+			want = p
+		}
+		ps = append(ps, p)
+	}
+	s.parts.add(ps)
+	return want, nil
+}
+
+// sendShared sends the revisions after last up to upto (published: the
+// history holds them) from the shared encoded parts, flushing after each
+// revision, and returns the last revision sent whole.
+func (s *Server) sendShared(lw *lineWriter, last, upto uint64) (uint64, error) {
+	var part uint32
+	for last < upto {
+		p, err := s.sharedPart(last+1, part)
+		if err != nil || p == nil {
+			if err == nil && part > 0 {
+				err = fmt.Errorf("%w: revision %d part %d is not in the history", errBehind, last+1, part)
+			}
+			return last, err
+		}
+		if err := lw.raw(p.line); err != nil {
+			return last, err
+		}
+		if p.more {
+			part++
+			continue
+		}
+		if err := lw.flush(); err != nil {
+			return last, err
+		}
+		last, part = p.rev, 0
+	}
+	return last, nil
 }

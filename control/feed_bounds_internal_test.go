@@ -316,6 +316,20 @@ func TestLegacyHistoryUpgrade(t *testing.T) {
 	if code, lines := get("/v1/sync/snapshot"); code != 200 || lines[0].Hash != genesis || lines[len(lines)-1].Hash != genesis || lines[len(lines)-1].Count != 3 {
 		t.Fatalf("snapshot of the upgraded file: %d %+v", code, lines)
 	}
+	// its values carry no checksums: a client asking for a bulk snapshot
+	// gets the NDJSON one
+	req, _ := http.NewRequest("GET", "http://"+addr2+"/v1/sync/snapshot", nil)
+	req.Header.Set("Authorization", "Bearer "+boundsToken)
+	req.Header.Set("Accept", tenancy.BulkMediaType)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != 200 || ct != ndjson {
+		t.Fatalf("bulk snapshot of a legacy file: %d %q, want 200 NDJSON", resp.StatusCode, ct)
+	}
 	boundsDo(t, addr2, "PUT", "/v1/users/c", `{"id":"c","tenant":"t"}`)
 	code, lines := get("/v1/sync/changes?since=3&epoch=" + epoch + "&hash=" + genesis)
 	if code != 200 || len(lines) != 2 || lines[1].Revision != 4 || lines[1].Hash != tenancy.HashRevision(genesis, 4, lines[1].Changes) {
@@ -323,5 +337,44 @@ func TestLegacyHistoryUpgrade(t *testing.T) {
 	}
 	if code, _ := get("/v1/sync/changes?since=3&epoch=" + epoch + "&hash=" + tenancy.GenesisHash(epoch, 2)); code != http.StatusGone {
 		t.Fatalf("a wrong hash at the upgrade revision: %d, want 410", code)
+	}
+}
+
+// TestStalledBulkSnapshotIsCutOff: a bulk snapshot holds a read
+// transaction while it is sent; a client that stops reading is cut after
+// the write timeout, and one that keeps it longer than bulkMaxDuration
+// (however long the write timeout) is cut then: the transaction ends, the
+// stream slot is given back.
+func TestStalledBulkSnapshotIsCutOff(t *testing.T) {
+	cases := map[string]func(*Config){
+		"write timeout": func(c *Config) { c.StreamWriteTimeout = 200 * time.Millisecond },
+		"max duration":  func(c *Config) { c.StreamWriteTimeout = time.Hour },
+	}
+	old := bulkMaxDuration
+	bulkMaxDuration = 500 * time.Millisecond
+	t.Cleanup(func() { bulkMaxDuration = old })
+	for name, edit := range cases {
+		t.Run(name, func(t *testing.T) {
+			s, addr := boundsServer(t, edit)
+			seedBig(t, addr, 2400, 40)
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.(*net.TCPConn).SetReadBuffer(4096)
+			fmt.Fprintf(conn, "GET /v1/sync/snapshot HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nAccept: %s\r\n\r\n", addr, boundsToken, tenancy.BulkMediaType)
+			head, err := bufio.NewReaderSize(conn, 1024).ReadString('\n')
+			if err != nil || !strings.Contains(head, " 200 ") {
+				t.Fatalf("bulk snapshot: %q %v", head, err)
+			}
+			start := time.Now()
+			for (s.streams.Load() != 0 || s.db.Stats().OpenTxN != 0) && time.Since(start) < 10*time.Second {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if n := s.streams.Load(); n != 0 || s.db.Stats().OpenTxN != 0 {
+				t.Fatalf("after %v: %d streams, %d read transactions open", time.Since(start), n, s.db.Stats().OpenTxN)
+			}
+		})
 	}
 }

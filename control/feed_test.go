@@ -5,12 +5,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
@@ -437,5 +441,83 @@ func TestSyncStreamsAreBounded(t *testing.T) {
 	e.must("PUT", "/v1/users/z", `{"id":"z","tenant":"gamma"}`)
 	if l := s2.nextRevision(t, 5*time.Second); l.Revision != rev+1 {
 		t.Fatalf("stream after the refusals: %+v", l)
+	}
+}
+
+// A client whose Accept names the bulk snapshot's media type gets the data
+// buckets of the file at one revision, in bulk (see tenancy.BulkMediaType):
+// loaded into a new file it verifies and holds the same entities, at the
+// revision, epoch and history hash of the NDJSON snapshot. The sync token
+// reads it; no token is refused. A client that does not ask gets NDJSON.
+func TestBulkSnapshot(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	e.seed()
+	rev := revisionOf(t, e.must("PUT", "/v1/users/bob", `{"id":"bob","tenant":"beta","labels":{"k":"v"}}`))
+	get := func(token, accept string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest("GET", e.base+"/v1/sync/snapshot", nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		req.Header.Set("Accept", accept)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp
+	}
+	if resp := get("", tenancy.BulkMediaType); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("without a token: %d", resp.StatusCode)
+	}
+	if ct := get(syncToken, "application/x-ndjson").Header.Get("Content-Type"); ct != "application/x-ndjson" {
+		t.Fatalf("NDJSON asked, %q answered", ct)
+	}
+	resp := get(syncToken, "application/x-ndjson;q=0.5, "+tenancy.BulkMediaType)
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != 200 || ct != tenancy.BulkMediaType {
+		t.Fatalf("bulk asked: %d %q", resp.StatusCode, ct)
+	}
+	if resp.Header.Get(control.RevisionHeader) != strconv.FormatUint(rev, 10) {
+		t.Fatalf("%s header %q, want %d", control.RevisionHeader, resp.Header.Get(control.RevisionHeader), rev)
+	}
+	br := tenancy.NewBulkReader(resp.Body, 1<<20)
+	h, err := br.ReadHeader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nd []tenancy.FeedLine
+	for l := range e.open("/v1/sync/snapshot", syncToken).lines {
+		nd = append(nd, l)
+	}
+	if h.Revision != rev || h.Epoch != e.srv.Epoch() || h.Hash != nd[0].Hash {
+		t.Fatalf("bulk header %+v, want revision %d, epoch %s, hash %.12s", h, rev, e.srv.Epoch(), nd[0].Hash)
+	}
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "cache.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(tenancy.Init); err != nil {
+		t.Fatal(err)
+	}
+	n, err := tenancy.LoadBulk(db, br, h, nil)
+	if err != nil || n != 20 {
+		t.Fatalf("loaded %d entities (%v), want 20", n, err)
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		if err := tenancy.VerifyFile(tx); err != nil {
+			return err
+		}
+		for _, l := range nd[1 : len(nd)-1] {
+			rev, _, doc, err := tenancy.OpenValue([]byte(l.ID), tx.Bucket([]byte("e/"+l.Collection)).Get([]byte(l.ID)))
+			if err != nil || rev != l.ModRevision || !bytes.Equal(doc, l.Value) {
+				return fmt.Errorf("%s/%s: revision %d %s (%v), NDJSON says %d %s", l.Collection, l.ID, rev, doc, err, l.ModRevision, l.Value)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

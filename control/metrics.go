@@ -28,6 +28,12 @@ type metrics struct {
 	streams       *prometheus.GaugeVec
 	bodiesBusy    prometheus.Counter
 	commits       prometheus.Counter
+	auditRecords  prometheus.Counter
+	auditTrimmed  prometheus.Counter
+
+	decisionsReceived *prometheus.CounterVec
+	decisionsDropped  *prometheus.CounterVec
+	decisionBytes     prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, revision func() float64) (*metrics, error) {
@@ -49,6 +55,26 @@ func newMetrics(reg prometheus.Registerer, revision func() float64) (*metrics, e
 			Name: "gatehouse_control_commits_total",
 			Help: "Commits of tenancy writes to the store: concurrent writes share one (group commit), so this grows slower than the writes under load.",
 		}),
+		auditRecords: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gatehouse_control_audit_records_total",
+			Help: "Audit records committed with admin writes (one per changed entity).",
+		}),
+		auditTrimmed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gatehouse_control_audit_trimmed_total",
+			Help: "Audit records removed because they were older than audit.retention.",
+		}),
+		decisionsReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatehouse_control_decisions_received_total",
+			Help: "Decision-log records received on POST /v1/logs by result: stored, or duplicate (a decision_id stored before).",
+		}, []string{"result"}),
+		decisionsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatehouse_control_decisions_dropped_total",
+			Help: "Decision-log records dropped by reason: evicted (oldest, for decisions.max_mb), invalid, too_large.",
+		}, []string{"reason"}),
+		decisionBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "gatehouse_control_decisions_bytes",
+			Help: "Bytes the decision store holds (bounded by decisions.max_mb), as of the last upload.",
+		}),
 		streams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "gatehouse_control_feed_streams",
 			Help: "Open sync feed streams by kind (snapshot, changes).",
@@ -57,11 +83,18 @@ func newMetrics(reg prometheus.Registerer, revision func() float64) (*metrics, e
 	for _, r := range []string{resultOK, resultRefused, resultForbidden, resultError} {
 		m.writes.WithLabelValues(r)
 	}
+	for _, r := range []string{"stored", "duplicate"} {
+		m.decisionsReceived.WithLabelValues(r)
+	}
+	for _, r := range []string{dropEvicted, dropInvalid, dropTooLarge} {
+		m.decisionsDropped.WithLabelValues(r)
+	}
 	for _, k := range []string{streamSnapshot, streamChanges} {
 		m.streams.WithLabelValues(k)
 	}
 	for _, c := range []prometheus.Collector{
-		m.writes, m.writeDuration, m.streams, m.bodiesBusy, m.commits,
+		m.writes, m.writeDuration, m.streams, m.bodiesBusy, m.commits, m.auditRecords, m.auditTrimmed,
+		m.decisionsReceived, m.decisionsDropped, m.decisionBytes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "gatehouse_control_revision",
 			Help: "The last committed tenancy revision.",

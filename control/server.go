@@ -31,6 +31,12 @@ import (
 var (
 	bucketLog     = []byte("log")
 	bucketBundles = []byte("bundles")
+	// buckets of the audit trail (audit.go) and the decision store
+	// (decisions.go)
+	ownBuckets = [][]byte{
+		bucketLog, bucketBundles, bucketAudit, bucketAuditTenants,
+		bucketDecisions, bucketDecisionsTenants, bucketDecisionsIDs, bucketDecisionsMeta, bucketUsage,
+	}
 )
 
 const (
@@ -60,6 +66,7 @@ type Server struct {
 	gatherer prometheus.Gatherer // nil when the Registerer is not one
 	handler  http.Handler
 	feed     *notifier
+	parts    *partCache    // encoded history parts shared by the change streams
 	rev      atomic.Uint64 // the last committed revision
 	store    store
 	commits  commitQueue
@@ -67,6 +74,11 @@ type Server struct {
 	// before they are read.
 	bodies  *semaphore.Weighted
 	streams atomic.Int64 // sync streams open (bounded by cfg.MaxStreams)
+	// usageTrimmed is when decision intake last removed expired usage
+	// counters (Unix nanoseconds).
+	usageTrimmed atomic.Int64
+	// fleet holds the sidecars' status reports.
+	fleet *fleet
 
 	// ctx ends with Serve or Close: open streams watch it.
 	ctx    context.Context
@@ -93,6 +105,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.fleet = newFleet(cfg.SidecarTTL, s.now)
 	admin, err := readToken("admin_token_file", cfg.AdminTokenFile)
 	if err != nil {
 		return nil, err
@@ -147,6 +160,10 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		_ = s.db.Close()
 		return nil, err
 	}
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		s.metrics.decisionBytes.Set(float64(getU64(tx.Bucket(bucketDecisionsMeta), metaDecisionBytes)))
+		return nil
+	})
 	if es != nil {
 		if err := es.start(); err != nil {
 			_ = es.close()
@@ -182,6 +199,11 @@ func (s *Server) instrument() error {
 	if err != nil {
 		return fmt.Errorf("register metrics: %w", err)
 	}
+	for _, c := range s.fleet.collectors(s.rev.Load) {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register metrics: %w", err)
+		}
+	}
 	s.metrics = m
 	return nil
 }
@@ -207,7 +229,7 @@ func (s *Server) open(epoch string) error {
 		if err := tenancy.Init(tx); err != nil {
 			return err
 		}
-		for _, b := range [][]byte{bucketLog, bucketBundles} {
+		for _, b := range ownBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -244,6 +266,7 @@ func (s *Server) open(epoch string) error {
 	s.db = db
 	s.rev.Store(rev)
 	s.feed = newNotifier(rev)
+	s.parts = newPartCache(sharedPartsBytes)
 	s.logger.Info("control data opened", "path", path, "revision", rev, "epoch", s.epoch, "new_epoch", created)
 	return nil
 }
@@ -377,6 +400,13 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("PUT /v1/bundles/{name}", s.handlePutBundle)
 	mux.HandleFunc("GET /v1/bundles/{name}", s.handleGetBundle)
 	mux.HandleFunc("POST /v1/batch", s.handleBatch)
+	mux.HandleFunc("GET /v1/audit", s.handleAudit)
+	mux.HandleFunc("POST /v1/logs", s.handleLogs)
+	mux.HandleFunc("GET /v1/decisions", s.handleDecisions)
+	mux.HandleFunc("GET /v1/usage", s.handleUsage)
+	mux.HandleFunc("POST /v1/sidecars/{id}/status", s.handleSidecarStatus)
+	mux.HandleFunc("GET /v1/sidecars", s.handleSidecars)
+	mux.HandleFunc("GET /v1/revisions/{rev}", s.handleRevision)
 	mux.HandleFunc("GET /v1/{collection}", s.handleList)
 	mux.HandleFunc("GET /v1/{collection}/{id}", s.handleGet)
 	mux.HandleFunc("PUT /v1/{collection}/{id}", s.handlePut)

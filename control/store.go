@@ -234,6 +234,7 @@ func (s *Server) applyWrite(tx *bolt.Tx, p principal, ops []tenancy.Op) (revisio
 	if err != nil {
 		return revisionRecord{}, err
 	}
+	w.KeepBefore() // for the audit records
 	if p.role == roleUser {
 		err = s.applyDelegated(w, p, ops)
 	} else {
@@ -251,8 +252,11 @@ func (s *Server) applyWrite(tx *bolt.Tx, p principal, ops []tenancy.Op) (revisio
 	if err := tenancy.SetChainHash(tx, hash); err != nil {
 		return revisionRecord{}, err
 	}
-	rec := revisionRecord{rev: rev, time: s.now().UTC(), changes: changes, prev: prev, hash: hash}
+	rec := revisionRecord{rev: rev, time: s.now().UTC(), changes: changes, prev: prev, hash: hash, actor: actorOf(p), request: requestOf(ops)}
 	if err := appendLog(tx, rec, uint64(s.cfg.History), s.cfg.FeedPartBytes); err != nil {
+		return revisionRecord{}, err
+	}
+	if rec.audited, rec.trimmed, err = appendAudit(tx, rec, w.Before(), s.cfg.Audit.Retention); err != nil {
 		return revisionRecord{}, err
 	}
 	return rec, nil
@@ -263,6 +267,8 @@ func (s *Server) applyWrite(tx *bolt.Tx, p principal, ops []tenancy.Op) (revisio
 func (s *Server) acknowledge(live []*pending, recs []revisionRecord) {
 	for i, w := range live {
 		w.res = writeResult{revision: recs[i].rev, changes: recs[i].changes}
+		s.metrics.auditRecords.Add(float64(recs[i].audited))
+		s.metrics.auditTrimmed.Add(float64(recs[i].trimmed))
 	}
 	if len(recs) > 0 {
 		last := recs[len(recs)-1].rev
@@ -313,13 +319,22 @@ type revisionRecord struct {
 	changes []tenancy.Change
 	prev    string
 	hash    string
+	// actor and request say who made the write and what it was (put,
+	// delete or batch): with the changes, the revision's audit records.
+	actor   Actor
+	request string
+	// audited and trimmed count the audit records written and dropped.
+	audited, trimmed int
 }
 
-// historyEntry is a history part as stored: tenancy.LogEntry plus the hash
-// the revision follows (first part only).
+// historyEntry is a history part as stored: tenancy.LogEntry plus, on the
+// first part, the hash the revision follows and who wrote it (the feed
+// does not carry the latter to sidecars).
 type historyEntry struct {
 	tenancy.LogEntry
-	Prev string `json:"prev,omitempty"`
+	Prev  string `json:"prev,omitempty"`
+	Actor *Actor `json:"actor,omitempty"`
+	Op    string `json:"op,omitempty"`
 }
 
 func partKey(rev uint64, part uint32) []byte {
@@ -360,6 +375,9 @@ func encodeLog(r revisionRecord, partBytes int) ([][]byte, error) {
 		e := historyEntry{LogEntry: tenancy.LogEntry{Revision: r.rev, Time: r.time, Changes: p}}
 		if i == 0 {
 			e.Prev = r.prev
+			if r.actor.Kind != "" {
+				e.Actor, e.Op = &r.actor, r.request
+			}
 		}
 		if i < len(ps)-1 {
 			e.More = true

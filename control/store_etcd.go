@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -536,7 +537,20 @@ func (e *etcdStore) settle(live []*pending, recs []revisionRecord) bool {
 
 // putBundle writes the bundle to etcd and waits until the local file has
 // it.
-func (e *etcdStore) putBundle(name string, v []byte) error {
+func (e *etcdStore) putBundle(name string, v []byte, audit func(tx *bolt.Tx, old []byte) error) error {
+	var old []byte
+	_ = e.s.db.View(func(tx *bolt.Tx) error {
+		old = bytes.Clone(tx.Bucket(bucketBundles).Get([]byte(name)))
+		return nil
+	})
+	if err := e.putBundleEtcd(name, v); err != nil {
+		return err
+	}
+	// the audit record is this replica's: the upload's actor is known here
+	return e.s.db.Update(func(tx *bolt.Tx) error { return audit(tx, old) })
+}
+
+func (e *etcdStore) putBundleEtcd(name string, v []byte) error {
 	if len(v)+len(e.bundleKey(name)) > maxEtcdTxnBytes {
 		return errorf(http.StatusRequestEntityTooLarge, CodeTooLarge, "bundle %q: %d bytes, at most %d with store etcd (one etcd request)", name, len(v)-32, maxEtcdTxnBytes-len(e.bundleKey(name))-32)
 	}
@@ -770,6 +784,10 @@ type logRecord struct {
 	prev    string
 	hash    string
 	changes []tenancy.Change
+	// time, actor and request come with the first part (audit records)
+	time    time.Time
+	actor   Actor
+	request string
 }
 
 // assembler gathers the parts of revisions, in key order; fetch reads the
@@ -805,7 +823,10 @@ func (a *assembler) add(doc []byte) error {
 		return fmt.Errorf("decode an etcd log record: %w", err)
 	}
 	if a.cur == nil {
-		a.cur = &logRecord{rev: e.Revision, prev: e.Prev}
+		a.cur = &logRecord{rev: e.Revision, prev: e.Prev, time: e.Time, request: e.Op}
+		if e.Actor != nil {
+			a.cur.actor = *e.Actor
+		}
 	} else if e.Revision != a.cur.rev {
 		return fmt.Errorf("etcd log: revision %d part %d follows an incomplete revision %d", e.Revision, len(a.cur.docs), a.cur.rev)
 	}
@@ -840,7 +861,9 @@ func (e *etcdStore) apply(recs []logRecord) error {
 	defer e.applying.Store(false)
 	s := e.s
 	var last uint64
+	var audited, trimmed int
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		audited, trimmed = 0, 0
 		for _, r := range recs {
 			cur := tenancy.Revision(tx)
 			if r.rev <= cur {
@@ -860,10 +883,19 @@ func (e *etcdStore) apply(recs []logRecord) error {
 			if err != nil {
 				return err
 			}
+			w.KeepBefore()
 			for _, c := range r.changes {
 				if err := w.ApplyChange(c); err != nil {
 					return fmt.Errorf("etcd log: revision %d: %w", r.rev, err)
 				}
+			}
+			if r.actor.Kind != "" { // every replica keeps the audit trail
+				rec := revisionRecord{rev: r.rev, time: r.time, changes: r.changes, prev: r.prev, hash: r.hash, actor: r.actor, request: r.request}
+				a, t, err := appendAudit(tx, rec, w.Before(), s.cfg.Audit.Retention)
+				if err != nil {
+					return err
+				}
+				audited, trimmed = audited+a, trimmed+t
 			}
 			if err := w.Finish(); err != nil {
 				return err
@@ -881,6 +913,8 @@ func (e *etcdStore) apply(recs []logRecord) error {
 	if err != nil {
 		return err
 	}
+	s.metrics.auditRecords.Add(float64(audited))
+	s.metrics.auditTrimmed.Add(float64(trimmed))
 	if last > 0 {
 		s.setRevision(last)
 		s.feed.publish(last)

@@ -28,7 +28,9 @@ const HeaderHeadersToRemove = "x-envoy-auth-headers-to-remove"
 // other status denies, a 5xx means "cannot decide".
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	d, headers, err := s.decideHTTP(w, r)
+	var req *authv3.CheckRequest
+	d, headers, err := s.decideHTTP(w, r, &req)
+	d, err = s.observe(r.Context(), transportHTTP, req, d, err, start)
 	if err != nil {
 		s.metrics.observe(transportHTTP, outcomeError, time.Since(start).Seconds())
 		code := http.StatusInternalServerError
@@ -71,7 +73,7 @@ const bodyReadTimeout = 5 * time.Second
 
 // decideHTTP is decide for the HTTP service: the size of the request's
 // head is checked and admitted before its body is read.
-func (s *Server) decideHTTP(w http.ResponseWriter, r *http.Request) (*authz.Decision, map[string]string, error) {
+func (s *Server) decideHTTP(w http.ResponseWriter, r *http.Request, out **authv3.CheckRequest) (*authz.Decision, map[string]string, error) {
 	ctx := r.Context()
 	head := headBytes(r)
 	if head > s.cfg.MaxRequestBytes {
@@ -94,6 +96,7 @@ func (s *Server) decideHTTP(w http.ResponseWriter, r *http.Request) (*authz.Deci
 	if err != nil {
 		return badRequest(s.engine, err), nil, nil
 	}
+	*out = req
 	return evaluate(ctx, s.engine, req, nil, s.pool, deadline)
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/topdown"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -71,6 +72,15 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Reflection registers gRPC server reflection (for grpcurl).
 	Reflection bool
+	// Observer receives every answer (decision logs, shadow policies;
+	// nil: none). See observe.go.
+	Observer Observer
+	// DryRun answers every check "allow"; the observer sees what was
+	// decided (opa-envoy-plugin's dry-run).
+	DryRun bool
+	// Tracer, when set, records a span per Check, child of the request's
+	// W3C traceparent (see observe.go).
+	Tracer trace.Tracer
 }
 
 // Server answers Envoy's ext_authz checks over gRPC and HTTP.
@@ -364,6 +374,7 @@ func (s *Server) answer(ctx context.Context, dec func(any) error) (*authv3.Check
 		d, headers, err = s.decide(ctx, m, deadline)
 	}
 	s.admit.release(taken)
+	d, err = s.observe(ctx, transportGRPC, m.req, d, err, start)
 	if err != nil {
 		s.metrics.observe(transportGRPC, outcomeError, time.Since(start).Seconds())
 		return nil, grpcError(err)

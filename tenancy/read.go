@@ -29,3 +29,20 @@ func UserMemberships(tx *bolt.Tx, user string) ([]*Membership, error) {
 	}
 	return out, nil
 }
+
+// TenantChildren returns the ids of the tenants whose parent is t, in id
+// order, read through the x/tenant_children index (no scan of the
+// collection). The control endpoint widens a service-provider admin's
+// audit view with it.
+func TenantChildren(tx *bolt.Tx, t string) ([]string, error) {
+	idx := tx.Bucket([]byte(xTenantChildren))
+	if idx == nil {
+		return nil, ErrNotInitialized
+	}
+	var ids []string
+	scanPrefix(idx, prefix(t), func(rest []string) bool {
+		ids = append(ids, rest[len(rest)-1])
+		return true
+	})
+	return ids, nil
+}

@@ -32,6 +32,10 @@ type Writer struct {
 	strict  bool // every value read must carry a valid checksum (schema 2)
 	changes []Change
 	buckets map[string]*bolt.Bucket
+	// before, when keepBefore, holds the previous document of each change
+	// (nil: the entity did not exist), index by index with changes.
+	keepBefore bool
+	before     []json.RawMessage
 }
 
 // NewWriter returns a writer of revision rev in tx (initialized by Init).
@@ -49,6 +53,31 @@ func (w *Writer) Revision() uint64 { return w.rev }
 
 // Changes returns the changes made so far, in order.
 func (w *Writer) Changes() []Change { return w.changes }
+
+// KeepBefore makes the writer record, from now on, the previous value of
+// every entity it changes (for an audit trail; see Before).
+func (w *Writer) KeepBefore() { w.keepBefore = true }
+
+// Before returns, after KeepBefore, the previous document of each change,
+// index by index with Changes (nil where the entity did not exist).
+func (w *Writer) Before() []json.RawMessage { return w.before }
+
+// recordBefore notes prev as the previous value of the change about to be
+// appended.
+func (w *Writer) recordBefore(prev Entity) error {
+	if !w.keepBefore {
+		return nil
+	}
+	var doc json.RawMessage
+	if prev != nil {
+		var err error
+		if doc, err = json.Marshal(prev); err != nil {
+			return err
+		}
+	}
+	w.before = append(w.before, doc)
+	return nil
+}
 
 // Finish records the revision in the file.
 func (w *Writer) Finish() error { return SetRevision(w.tx, w.rev) }
@@ -123,6 +152,9 @@ func (w *Writer) Put(e Entity) error {
 	if err := w.reindex(prev, e); err != nil {
 		return err
 	}
+	if err := w.recordBefore(prev); err != nil {
+		return err
+	}
 	w.changes = append(w.changes, Change{Op: OpPut, Collection: e.Collection(), ID: e.Key(), Value: doc})
 	return nil
 }
@@ -137,6 +169,9 @@ func (w *Writer) Delete(collection, id string) (bool, error) {
 		return false, err
 	}
 	if err := w.reindex(prev, nil); err != nil {
+		return false, err
+	}
+	if err := w.recordBefore(prev); err != nil {
 		return false, err
 	}
 	w.changes = append(w.changes, Change{Op: OpDelete, Collection: collection, ID: id})

@@ -49,7 +49,7 @@ const (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchworld build|scenario|opadata|latency [flags]")
+		fmt.Fprintln(os.Stderr, "usage: benchworld build|scenario|opadata|latency|bootstrap|followers [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -62,6 +62,10 @@ func main() {
 		err = opaData(os.Args[2:])
 	case "latency":
 		err = latency(os.Args[2:])
+	case "bootstrap":
+		err = bootstrap(os.Args[2:])
+	case "followers":
+		err = followers(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
 )
 
@@ -35,6 +37,17 @@ type ServeConfig struct {
 	Cache CacheConfig `yaml:"cache"`
 	// Limits bound what checks may cost.
 	Limits LimitsConfig `yaml:"limits"`
+	// DecisionLogs configures decision logs (SPEC §9); nil = none.
+	DecisionLogs *decisionlog.Config `yaml:"decision_logs"`
+	// DryRun answers every check "allow" and logs what was decided.
+	DryRun bool `yaml:"dry_run"`
+	// Labels describe the sidecar in decision logs and status reports.
+	Labels map[string]string `yaml:"labels"`
+	// ID names the sidecar (labels.id; --id, GATEHOUSE_ID; default the
+	// host name).
+	ID string `yaml:"id"`
+	// Tracing exports a span per Check over OTLP; nil = off.
+	Tracing *TracingConfig `yaml:"tracing"`
 }
 
 // CacheConfig is the `cache:` section: entry and size bounds of the
@@ -110,8 +123,10 @@ type DataConfig struct {
 	// Dir holds the bbolt cache file.
 	Dir string `yaml:"dir"`
 	// ControlURL is the control endpoint to sync tenancy data from ("" =
-	// no tenancy data: empty at revision 0).
-	ControlURL string `yaml:"control_url"`
+	// no tenancy data: empty at revision 0), or several replicas of it: a
+	// comma-separated string, or a YAML list. The sidecar follows one and
+	// fails over to the next.
+	ControlURL URLList `yaml:"control_url"`
 	// TokenFile holds the bearer token for the control endpoint.
 	TokenFile string `yaml:"token_file"`
 	// MaxStaleness: older data makes checks answer "cannot decide"; 0 = serve
@@ -131,6 +146,9 @@ type DataConfig struct {
 	// files up to 1 GiB (the check reads every page: ~80 s of one core at
 	// 6.5 GB). Damage found while reading triggers a rebuild either way.
 	VerifyOnStart *bool `yaml:"verify_on_start"`
+	// StatusInterval is how often the sidecar reports its state to the
+	// control endpoint (POST /v1/sidecars/{id}/status; default 5s).
+	StatusInterval time.Duration `yaml:"status_interval"`
 }
 
 // LogConfig is the `log:` section.
@@ -163,6 +181,15 @@ func (c *ServeConfig) SetDefaults() {
 		c.Issuers[i].SetDefaults()
 	}
 	c.Log.SetDefaults()
+	if c.ID == "" {
+		c.ID, _ = os.Hostname()
+	}
+	if c.DecisionLogs != nil {
+		c.DecisionLogs.SetDefaults()
+	}
+	if c.Tracing != nil {
+		c.Tracing.SetDefaults()
+	}
 }
 
 // SetDefaults fills unset fields.
@@ -191,13 +218,23 @@ func (c ServeConfig) Validate() error {
 	if c.Data.ReconnectMaxBackoff < 0 {
 		errs = append(errs, fmt.Errorf("data.reconnect_max_backoff: %v is negative", c.Data.ReconnectMaxBackoff))
 	}
+	if c.Data.StatusInterval < 0 {
+		errs = append(errs, fmt.Errorf("data.status_interval: %v is negative", c.Data.StatusInterval))
+	}
 	if c.Data.MinRevisionWait < 0 {
 		errs = append(errs, fmt.Errorf("data.min_revision_wait: %v is negative", c.Data.MinRevisionWait))
 	}
-	if c.Data.ControlURL != "" && !strings.HasPrefix(c.Data.ControlURL, "http://") && !strings.HasPrefix(c.Data.ControlURL, "https://") {
-		errs = append(errs, fmt.Errorf("data.control_url: %q is not an http(s) URL", c.Data.ControlURL))
-	}
+	errs = append(errs, c.Data.ControlURL.Validate("data.control_url"))
 	errs = append(errs, c.Limits.Validate())
+	if c.Tracing != nil {
+		errs = append(errs, c.Tracing.Validate())
+	}
+	if c.DecisionLogs != nil {
+		errs = append(errs, c.DecisionLogs.Validate())
+		if !c.DecisionLogs.Enabled() {
+			errs = append(errs, errors.New("decision_logs: no sink (console, file or service) is configured"))
+		}
+	}
 	seen := map[string]bool{}
 	for _, is := range c.Issuers {
 		errs = append(errs, is.Validate())
@@ -250,12 +287,25 @@ func (c LogConfig) Validate() error {
 // resolvePaths makes the file paths of a configuration file relative to the
 // file's folder.
 func (c *ServeConfig) resolvePaths(base string) {
+	if sh := c.Policies.Shadow; sh != nil {
+		for _, p := range []*string{&sh.Dir, &sh.Bundle.PublicKeyFile, &sh.Bundle.TokenFile} {
+			*p = resolve(base, *p)
+		}
+	}
 	for _, p := range []*string{
 		&c.Policies.Dir, &c.Policies.Bundle.PublicKeyFile, &c.Policies.Bundle.TokenFile,
 		&c.Data.Dir, &c.Data.TokenFile,
 		&c.Listen.TLS.CertFile, &c.Listen.TLS.KeyFile, &c.Listen.TLS.ClientCAFile,
 	} {
 		*p = resolve(base, *p)
+	}
+	if dl := c.DecisionLogs; dl != nil {
+		if dl.File != nil {
+			dl.File.Path = resolve(base, dl.File.Path)
+		}
+		if dl.Service != nil {
+			dl.Service.TokenFile = resolve(base, dl.Service.TokenFile)
+		}
 	}
 	for i := range c.Issuers {
 		c.Issuers[i].JWKSFile = resolve(base, c.Issuers[i].JWKSFile)
@@ -291,6 +341,9 @@ var yamlSections = map[string]string{
 	"main.ListenConfig": "listen", "netx.TLSConfig": "listen.tls", "authz.PolicyConfig": "policies",
 	"authz.BundleSourceConfig": "policies.bundle", "main.DataConfig": "data", "authz.IssuerConfig": "issuers",
 	"main.LogConfig": "log", "main.CacheConfig": "cache", "main.LimitsConfig": "limits",
+	"decisionlog.Config": "decision_logs", "decisionlog.FileConfig": "decision_logs.file",
+	"decisionlog.ServiceConfig": "decision_logs.service", "decisionlog.ReportingConfig": "decision_logs.service.reporting",
+	"decisionlog.SampleConfig": "decision_logs.sample", "main.TracingConfig": "tracing",
 }
 
 var (
@@ -345,5 +398,71 @@ func applyEnv(cmd *cobra.Command) error {
 			}
 		}
 	})
+	return errors.Join(errs...)
+}
+
+// URLList is one URL or several: in YAML a string (comma-separated) or a
+// list of strings; held comma-separated.
+type URLList string
+
+// UnmarshalYAML accepts a string or a list of strings.
+func (l *URLList) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		var v string
+		if err := n.Decode(&v); err != nil {
+			return err
+		}
+		*l = URLList(v)
+		return nil
+	case yaml.SequenceNode:
+		var vs []string
+		if err := n.Decode(&vs); err != nil {
+			return err
+		}
+		for _, v := range vs {
+			if strings.Contains(v, ",") {
+				return fmt.Errorf("line %d: %q: one URL per list entry", n.Line, v)
+			}
+		}
+		*l = URLList(strings.Join(vs, ","))
+		return nil
+	}
+	return fmt.Errorf("line %d: want a URL, a comma-separated list of URLs or a YAML list of them", n.Line)
+}
+
+// URLs returns the URLs of the list (none for an empty one).
+func (l URLList) URLs() []string {
+	var out []string
+	for u := range strings.SplitSeq(string(l), ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// Validate checks that every entry is an http(s) URL with a host, listed
+// once, and that a non-empty list has entries.
+func (l URLList) Validate(key string) error {
+	if strings.TrimSpace(string(l)) == "" {
+		return nil
+	}
+	urls := l.URLs()
+	if len(urls) == 0 {
+		return fmt.Errorf("%s: %q lists no URL", key, string(l))
+	}
+	seen := map[string]bool{}
+	var errs []error
+	for _, u := range urls {
+		p, err := url.Parse(u)
+		switch {
+		case err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "":
+			errs = append(errs, fmt.Errorf("%s: %q is not an http(s) URL", key, u))
+		case seen[strings.TrimRight(u, "/")]:
+			errs = append(errs, fmt.Errorf("%s: %q is listed twice", key, u))
+		}
+		seen[strings.TrimRight(u, "/")] = true
+	}
 	return errors.Join(errs...)
 }

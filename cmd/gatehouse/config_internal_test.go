@@ -70,6 +70,31 @@ func TestServeConfigErrors(t *testing.T) {
 			yaml:  "policies: {dir: policies}\ndata: {control_url: \"ftp://x\"}\n",
 			wants: []string{"data.control_url", "ftp://x"},
 		},
+		"bad control url in a list": {
+			yaml:  "policies: {dir: policies}\ndata: {control_url: [\"http://a:1\", \"b:2\"]}\n",
+			wants: []string{"data.control_url", `"b:2"`},
+		},
+		"bad control url in a comma list": {
+			yaml:  "policies: {dir: policies}\ndata: {control_url: \"http://a:1, https://\"}\n",
+			wants: []string{"data.control_url", `"https://"`},
+		},
+		"control url listed twice": {
+			yaml:  "policies: {dir: policies}\ndata: {control_url: \"http://a:1,http://a:1/\"}\n",
+			wants: []string{"data.control_url", "twice"},
+		},
+		"control url list of commas": {
+			yaml:  "policies: {dir: policies}\ndata: {control_url: \" , ,\"}\n",
+			wants: []string{"data.control_url", "no URL"},
+		},
+		"control url list entry with a comma": {
+			yaml:  "policies: {dir: policies}\ndata: {control_url: [\"http://a:1,http://b:2\"]}\n",
+			wants: []string{"one URL per list entry"},
+		},
+		"control url flag": {
+			yaml:  "policies: {dir: policies}\n",
+			args:  []string{"--control-url", "http://a:1,ftp://b"},
+			wants: []string{"data.control_url", `"ftp://b"`},
+		},
 		"bad decision": {
 			yaml:  "policies: {dir: policies, decision: \"a//b\"}\n",
 			wants: []string{"policies.decision"},
@@ -101,6 +126,54 @@ func TestServeConfigErrors(t *testing.T) {
 		"duration not a duration": {
 			yaml:  "policies: {dir: policies}\ndata: {max_staleness: soon}\n",
 			wants: []string{"soon"},
+		},
+		"decision logs without a sink": {
+			yaml:  "policies: {dir: policies}\ndecision_logs: {sample: {deny: 1}}\n",
+			wants: []string{"decision_logs", "no sink"},
+		},
+		"decision log file without path": {
+			yaml:  "policies: {dir: policies}\ndecision_logs: {file: {max_size_mb: 5}}\n",
+			wants: []string{"decision_logs.file.path"},
+		},
+		"decision log service url": {
+			yaml:  "policies: {dir: policies}\ndecision_logs: {service: {url: \"ftp://x\"}}\n",
+			wants: []string{"decision_logs.service.url", "ftp://x"},
+		},
+		"decision log sample above 1": {
+			yaml:  "policies: {dir: policies}\ndecision_logs: {console: true, sample: {allow: 2}}\n",
+			wants: []string{"decision_logs.sample.allow", "2"},
+		},
+		"unknown decision_logs key": {
+			yaml:  "policies: {dir: policies}\ndecision_logs: {console: true, sink: x}\n",
+			wants: []string{`"sink"`, "decision_logs"},
+		},
+		"unknown reporting key": {
+			yaml:  "policies: {dir: policies}\ndecision_logs: {service: {url: \"http://x\", reporting: {upload_size: 1}}}\n",
+			wants: []string{`"upload_size"`, "decision_logs.service.reporting"},
+		},
+		"tracing protocol": {
+			yaml:  "policies: {dir: policies}\ntracing: {protocol: zipkin}\n",
+			wants: []string{"tracing.protocol", "zipkin"},
+		},
+		"tracing address": {
+			yaml:  "policies: {dir: policies}\ntracing: {address: collector}\n",
+			wants: []string{"tracing.address", "collector"},
+		},
+		"tracing sample percentage": {
+			yaml:  "policies: {dir: policies}\ntracing: {sample_percentage: 101}\n",
+			wants: []string{"tracing.sample_percentage", "101"},
+		},
+		"negative status interval": {
+			yaml:  "policies: {dir: policies}\ndata: {status_interval: -5s}\n",
+			wants: []string{"data.status_interval", "-5s"},
+		},
+		"shadow without a source": {
+			yaml:  "policies: {dir: policies, shadow: {decision: envoy/authz/allow}}\n",
+			wants: []string{"policies.shadow", "set dir or bundle.url"},
+		},
+		"shadow of a shadow": {
+			yaml:  "policies: {dir: policies, shadow: {dir: policies, shadow: {dir: policies}}}\n",
+			wants: []string{"policies.shadow.shadow"},
 		},
 	}
 	for name, tc := range tests {
@@ -179,7 +252,7 @@ func parseServe(tb testing.TB, args ...string) (ServeConfig, error) {
 	f := serveFlags{
 		config: get("config"), policies: get("policies"), dataDir: get("data-dir"), controlURL: get("control-url"),
 		grpcAddr: get("grpc-addr"), httpAddr: get("http-addr"), opsAddr: get("ops-addr"), decision: get("decision"),
-		logLevel: get("log-level"), logFormat: get("log-format"),
+		logLevel: get("log-level"), logFormat: get("log-format"), id: get("id"),
 	}
 	return loadServeConfig(cmd, f)
 }
@@ -225,6 +298,31 @@ func TestConfigPrecedence(t *testing.T) {
 		}
 		if cfg.Listen.GRPC != "127.0.0.1:3333" {
 			t.Errorf("grpc %q, want the flag's", cfg.Listen.GRPC)
+		}
+	})
+	t.Run("sidecar id: flag over env over file over host name", func(t *testing.T) {
+		host, _ := os.Hostname()
+		withID := writeConfig(t, "policies: {dir: policies}\nid: from-file\n")
+		for _, tc := range []struct {
+			file, env string
+			args      []string
+			want      string
+		}{
+			{file: cfgFile, want: host},
+			{file: withID, want: "from-file"},
+			{file: withID, env: "from-env", want: "from-env"},
+			{file: withID, env: "from-env", args: []string{"--id", "from-flag"}, want: "from-flag"},
+		} {
+			if tc.env != "" {
+				t.Setenv("GATEHOUSE_ID", tc.env)
+			}
+			cfg, err := parseServe(t, append([]string{"--config", tc.file}, tc.args...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.ID != tc.want {
+				t.Errorf("id %q, want %q", cfg.ID, tc.want)
+			}
 		}
 	})
 	t.Run("env names the config file", func(t *testing.T) {
@@ -279,6 +377,30 @@ func TestVersion(t *testing.T) {
 	for _, w := range []string{"gatehouse ", "commit: ", "go: go1."} {
 		if !strings.Contains(out, w) {
 			t.Errorf("version output %q lacks %q", out, w)
+		}
+	}
+}
+
+// TestControlURLList: data.control_url takes one URL, a comma-separated
+// list or a YAML list; the sidecar gets them comma-separated, in order.
+func TestControlURLList(t *testing.T) {
+	t.Parallel()
+	cases := map[string]string{
+		`control_url: http://a:1`:                          "http://a:1",
+		`control_url: "http://a:1, https://b:2/"`:          "http://a:1,https://b:2/",
+		"control_url:\n    - http://a:1\n    - http://b:2": "http://a:1,http://b:2",
+		`control_url: [http://a:1]`:                        "http://a:1",
+	}
+	for data, want := range cases {
+		var cfg ServeConfig
+		if err := decodeYAMLFile(writeConfig(t, "policies: {dir: policies}\ndata:\n    "+data+"\n"), &cfg); err != nil {
+			t.Fatalf("%s: %v", data, err)
+		}
+		if err := cfg.Data.ControlURL.Validate("data.control_url"); err != nil {
+			t.Fatalf("%s: %v", data, err)
+		}
+		if got := strings.Join(cfg.Data.ControlURL.URLs(), ","); got != want {
+			t.Fatalf("%s: %q, want %q", data, got, want)
 		}
 	}
 }

@@ -58,7 +58,8 @@ serves the admin API, sync and bundles from it.
 
 Configuration comes from --config (YAML, snake_case keys: addr, data_dir,
 admin_token_file, sync_token_file, issuers, history, heartbeat, store, etcd,
-max_entity_bytes, max_body_bytes, body_budget_bytes, body_budget_wait, log),
+max_entity_bytes, max_body_bytes, body_budget_bytes, body_budget_wait,
+audit.retention, decisions.max_mb, sidecar_ttl, log),
 overridden by GATEHOUSE_* environment variables (GATEHOUSE_ADMIN_TOKEN_FILE
 for --admin-token-file, ...), overridden by flags. Paths in the file are
 relative to its folder. Runs until SIGTERM or SIGINT.

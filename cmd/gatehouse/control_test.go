@@ -47,6 +47,13 @@ func TestControlConfigErrorsExit2(t *testing.T) {
 	if err := os.WriteFile(badYAML, []byte("addr: 127.0.0.1:0\nadmin_token: x\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	yamlFile := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("admin_token_file: empty.token\n"+body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
 	empty := filepath.Join(dir, "empty.token")
 	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -72,6 +79,10 @@ func TestControlConfigErrorsExit2(t *testing.T) {
 		"etcd cert without key":    {[]string{"--admin-token-file", empty, "--store", "etcd", "--etcd-endpoints", "127.0.0.1:2379", "--etcd-cert-file", "c.pem"}, "etcd.cert_file and etcd.key_file"},
 		"etcd CA file missing":     {[]string{"--admin-token-file", token, "--store", "etcd", "--etcd-endpoints", "127.0.0.1:2379", "--etcd-ca-file", filepath.Join(dir, "nope.pem")}, "etcd.ca_file"},
 		"etcd CA file not PEM":     {[]string{"--admin-token-file", token, "--store", "etcd", "--etcd-endpoints", "127.0.0.1:2379", "--etcd-ca-file", token}, "holds no PEM certificate"},
+		"bad audit retention":      {[]string{"--config", yamlFile("r.yaml", "audit: {retention: 10m}\n")}, "audit.retention: 10m0s must be at least 1h"},
+		"bad decisions.max_mb":     {[]string{"--config", yamlFile("d.yaml", "decisions: {max_mb: -1}\n")}, "decisions.max_mb: -1"},
+		"bad sidecar_ttl":          {[]string{"--config", yamlFile("s.yaml", "sidecar_ttl: 100ms\n")}, "sidecar_ttl: 100ms must be at least 1s"},
+		"unknown audit key":        {[]string{"--config", yamlFile("u.yaml", "audit: {keep: 1h}\n")}, "keep"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

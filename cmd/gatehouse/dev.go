@@ -23,6 +23,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/control"
+	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/internal/keys"
 	"github.com/gatehouse-dev/gatehouse/policies"
 )
@@ -119,9 +120,16 @@ func runDev(ctx context.Context, f devFlags, stdout, stderr io.Writer) error {
 	cfg := ServeConfig{
 		Listen:   ListenConfig{GRPC: f.grpcAddr, HTTP: f.httpAddr, Ops: f.opsAddr, GRPCReflection: true},
 		Policies: authz.PolicyConfig{Dir: env.policies},
-		Data:     DataConfig{Dir: filepath.Join(dir, "sidecar"), ControlURL: controlURL, TokenFile: env.syncToken},
+		Data:     DataConfig{Dir: filepath.Join(dir, "sidecar"), ControlURL: URLList(controlURL), TokenFile: env.syncToken},
 		Issuers:  []authz.IssuerConfig{env.issuer(devIssuer, false), env.issuer(devTrustedIssuer, true)},
 		Log:      logCfg,
+		ID:       "dev-sidecar",
+		// Every decision in OPA's decision-log format (README: Decision logs),
+		// to a file and uploaded to the control endpoint's /v1/decisions.
+		DecisionLogs: &decisionlog.Config{
+			File:    &decisionlog.FileConfig{Path: filepath.Join(dir, "decisions.log")},
+			Service: &decisionlog.ServiceConfig{URL: controlURL + "/v1/logs", TokenFile: env.syncToken},
+		},
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -326,6 +334,11 @@ Envoy's authorization_request.headers_to_add would send them):
 # {{.Title}} -> {{.Expect}}
 curl -si http://{{$.HTTP}}{{.Path}}{{if .Token}} -H "authorization: Bearer $(cat {{.Token}})"{{end}} -H "x-gatehouse-context-project: {{.Project}}"{{if .Roles}} -H "x-gatehouse-context-roles: {{.Roles}}"{{end}}
 {{end}}
+Each answer's x-gatehouse-decision-id names its decision log record (OPA's
+format, token-free) in {{.Dir}}/decisions.log:
+
+grep "$(curl -si http://{{.HTTP}}/t/beta/entries -H "authorization: Bearer $(cat {{.Dir}}/tokens/bob.jwt)" -H "x-gatehouse-context-project: timekeeping" | tr -d '\r' | sed -n 's/^x-gatehouse-decision-id: //Ip')" {{.Dir}}/decisions.log
+
 gRPC (what Envoy sends):
 
 grpcurl -plaintext -d @ {{.GRPC}} envoy.service.auth.v3.Authorization/Check <<EOF
@@ -337,6 +350,19 @@ EOF
 Revoke Bob's grant, then repeat the first request: 403 no_role within milliseconds.
 
 curl -s -X DELETE {{.Control}}/v1/user_grants/bob-tk -H "authorization: Bearer $(cat {{.Dir}}/admin.token)"
+
+Is the revocation enforced everywhere? Ask with the revision the DELETE
+answered ({"revision": R, ...}): "pending" lists the sidecars not there yet.
+
+curl -s {{.Control}}/v1/revisions/R -H "authorization: Bearer $(cat {{.Dir}}/admin.token)"
+curl -s {{.Control}}/v1/sidecars -H "authorization: Bearer $(cat {{.Dir}}/admin.token)"
+
+Who changed what (the audit, per tenant), and a decision's log record (its
+decision_id is the answer's x-gatehouse-decision-id header):
+
+curl -s "{{.Control}}/v1/audit?tenant=beta&limit=5" -H "authorization: Bearer $(cat {{.Dir}}/admin.token)"
+curl -s "{{.Control}}/v1/decisions?tenant=beta&limit=5" -H "authorization: Bearer $(cat {{.Dir}}/admin.token)"
+curl -s "{{.Control}}/v1/usage?tenant=beta" -H "authorization: Bearer $(cat {{.Dir}}/admin.token)"
 
 Stop with Ctrl-C.
 `))

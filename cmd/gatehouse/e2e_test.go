@@ -162,7 +162,7 @@ func (p *plane) sidecarConfig(dataDir, controlURL string) ServeConfig {
 	cfg := ServeConfig{
 		Listen:   ListenConfig{GRPC: "127.0.0.1:0", HTTP: "127.0.0.1:0", Ops: "127.0.0.1:0"},
 		Policies: authz.PolicyConfig{Dir: "../../policies"},
-		Data: DataConfig{Dir: dataDir, ControlURL: controlURL, TokenFile: p.syncFile,
+		Data: DataConfig{Dir: dataDir, ControlURL: URLList(controlURL), TokenFile: p.syncFile,
 			ReconnectMaxBackoff: 300 * time.Millisecond, MinRevisionWait: 2 * time.Second},
 		Issuers: []authz.IssuerConfig{{Issuer: e2eIssuer, Audiences: []string{"api"}, Algorithms: []string{"RS256"}, PublicKeyFile: p.pubFile}},
 		Log:     LogConfig{Level: "info", Format: "text"},

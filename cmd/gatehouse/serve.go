@@ -11,10 +11,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/ops"
 )
@@ -31,6 +34,7 @@ type serveFlags struct {
 	decision   string
 	logLevel   string
 	logFormat  string
+	id         string
 }
 
 func newServeCmd() *cobra.Command {
@@ -70,13 +74,14 @@ variables (GATEHOUSE_CONTROL_URL for --control-url, ...), overridden by flags.`,
 	fl.StringVar(&f.config, "config", "", "YAML configuration file (paths in it are relative to its folder)")
 	fl.StringVar(&f.policies, "policies", "", "policy directory (policies.dir)")
 	fl.StringVar(&f.dataDir, "data-dir", "", "folder of the bbolt cache file (data.dir)")
-	fl.StringVar(&f.controlURL, "control-url", "", "control endpoint to sync tenancy data from (data.control_url)")
+	fl.StringVar(&f.controlURL, "control-url", "", "control endpoint to sync tenancy data from, or its replicas comma-separated (data.control_url)")
 	fl.StringVar(&f.grpcAddr, "grpc-addr", "", "ext_authz gRPC address, host:port or unix:///path (listen.grpc, default 127.0.0.1:9191)")
 	fl.StringVar(&f.httpAddr, "http-addr", "", "ext_authz HTTP service address (listen.http, default 127.0.0.1:9192)")
 	fl.StringVar(&f.opsAddr, "ops-addr", "", "ops address (listen.ops, default 127.0.0.1:8181)")
 	fl.StringVar(&f.decision, "decision", "", "decision rule path (policies.decision, default envoy/authz/allow)")
 	fl.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (log.level)")
 	fl.StringVar(&f.logFormat, "log-format", "", "json or text (log.format)")
+	fl.StringVar(&f.id, "id", "", "the sidecar's id in decision logs and status reports (id, default the host name)")
 	return cmd
 }
 
@@ -97,13 +102,14 @@ func loadServeConfig(cmd *cobra.Command, f serveFlags) (ServeConfig, error) {
 	}
 	set("policies", &cfg.Policies.Dir, f.policies)
 	set("data-dir", &cfg.Data.Dir, f.dataDir)
-	set("control-url", &cfg.Data.ControlURL, f.controlURL)
+	set("control-url", (*string)(&cfg.Data.ControlURL), f.controlURL)
 	set("grpc-addr", &cfg.Listen.GRPC, f.grpcAddr)
 	set("http-addr", &cfg.Listen.HTTP, f.httpAddr)
 	set("ops-addr", &cfg.Listen.Ops, f.opsAddr)
 	set("decision", &cfg.Policies.Decision, f.decision)
 	set("log-level", &cfg.Log.Level, f.logLevel)
 	set("log-format", &cfg.Log.Format, f.logFormat)
+	set("id", &cfg.ID, f.id)
 	if cmd.Flags().Changed("policies") {
 		cfg.Policies.Bundle = authz.BundleSourceConfig{}
 	}
@@ -116,15 +122,20 @@ func loadServeConfig(cmd *cobra.Command, f serveFlags) (ServeConfig, error) {
 
 // sidecar is the assembled `serve` process.
 type sidecar struct {
-	logger   *slog.Logger
-	registry *prometheus.Registry
-	verifier *authz.Verifier
-	engine   *authz.Engine
-	policies policySource
-	syncer   *bundle.Syncer
-	ext      *envoy.Server
-	ops      *ops.Server
-	closers  []io.Closer
+	logger    *slog.Logger
+	registry  *prometheus.Registry
+	verifier  *authz.Verifier
+	engine    *authz.Engine
+	policies  policySource
+	syncer    *bundle.Syncer
+	ext       *envoy.Server
+	ops       *ops.Server
+	declog    *decisionlog.Logger // nil: no decision logs
+	shadow    *decisionlog.Shadow // nil: no shadow policy
+	shadowSrc policySource
+	reporter  *ops.Reporter            // nil without a control endpoint
+	tracer    *sdktrace.TracerProvider // nil without tracing
+	closers   []io.Closer
 }
 
 // newSidecar builds every component and opens the listeners.
@@ -148,7 +159,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		closers = append(closers, store)
 		tenancy = store
 		syncer = bundle.NewSyncer(bundle.SyncConfig{
-			ControlURL:     cfg.Data.ControlURL,
+			ControlURL:     string(cfg.Data.ControlURL),
 			TokenFile:      cfg.Data.TokenFile,
 			MaxBackoff:     cfg.Data.ReconnectMaxBackoff,
 			CheckOnStart:   cfg.Data.VerifyOnStart == nil || *cfg.Data.VerifyOnStart,
@@ -169,7 +180,50 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 	if err != nil {
 		return nil, err
 	}
+	var observer envoy.Observer
+	var declog *decisionlog.Logger
+	if cfg.DecisionLogs != nil {
+		dl := *cfg.DecisionLogs
+		dl.ID, dl.Version, dl.Labels, dl.Path, dl.Registerer = cfg.ID, version, cfg.Labels, cfg.Policies.Decision, reg
+		if declog, err = decisionlog.New(dl, engine, logger); err != nil {
+			return nil, err
+		}
+		observer = declog
+	}
+	var shadow *decisionlog.Shadow
+	var shadowSrc policySource
+	if cfg.Policies.Shadow != nil {
+		slog := logger.With("shadow", true)
+		sengine := authz.New(authz.Config{
+			MaxStaleness: cfg.Data.MaxStaleness, MinRevisionWait: cfg.Data.MinRevisionWait,
+			DecisionCacheEntries: cfg.Cache.Decisions, DecisionCacheBytes: bytesOfMB(cfg.Cache.DecisionsMB),
+			Builtins: bundle.Builtins(),
+		}, verifier, tenancy, slog)
+		scfg := cfg
+		scfg.Policies = *cfg.Policies.Shadow
+		scfg.Data.Dir = filepath.Join(cfg.Data.Dir, "shadow") // its own persisted bundle
+		if shadowSrc, err = newPolicySource(scfg, sengine, nil, slog); err != nil {
+			return nil, fmt.Errorf("policies.shadow: %w", err)
+		}
+		var next decisionlog.Observer
+		if declog != nil {
+			next = declog
+		}
+		shadow = decisionlog.NewShadow(decisionlog.ShadowConfig{Registerer: reg}, sengine, next, logger)
+		observer = shadow
+	}
+	var tp *sdktrace.TracerProvider
+	var tracer trace.Tracer
+	if cfg.Tracing != nil {
+		if tp, err = newTracerProvider(context.Background(), *cfg.Tracing, cfg.ID); err != nil {
+			return nil, err
+		}
+		tracer = tp.Tracer("github.com/gatehouse-dev/gatehouse/envoy")
+	}
 	ext, err := envoy.New(envoy.Config{
+		Tracer:           tracer,
+		Observer:         observer,
+		DryRun:           cfg.DryRun,
 		GRPCAddr:         cfg.Listen.GRPC,
 		HTTPAddr:         cfg.Listen.HTTP,
 		TLS:              cfg.Listen.TLS,
@@ -184,13 +238,20 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 		return nil, err
 	}
 	opsSrv := ops.New(ops.Config{Addr: cfg.Listen.Ops, Pprof: cfg.Listen.Pprof, Gatherer: reg, Registerer: reg}, engine, logger)
+	var reporter *ops.Reporter
+	if cfg.Data.ControlURL != "" {
+		reporter = ops.NewReporter(ops.ReporterConfig{
+			ControlURLs: cfg.Data.ControlURL.URLs(), TokenFile: cfg.Data.TokenFile, ID: cfg.ID, Version: version,
+			Labels: cfg.Labels, Interval: cfg.Data.StatusInterval,
+		}, opsSrv.Snapshot, logger)
+	}
 	if err := ext.Listen(); err != nil {
 		return nil, err
 	}
 	if err := opsSrv.Listen(); err != nil {
 		return nil, err
 	}
-	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, syncer: syncer, ext: ext, ops: opsSrv, closers: closers}, nil
+	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, syncer: syncer, ext: ext, ops: opsSrv, declog: declog, shadow: shadow, shadowSrc: shadowSrc, reporter: reporter, tracer: tp, closers: closers}, nil
 }
 
 // policySource keeps the engine's policy set current: a directory
@@ -260,16 +321,50 @@ func (s *sidecar) logReady(ctx context.Context) {
 // (health NOT_SERVING first), background work stops, stores close.
 func (s *sidecar) Run(ctx context.Context) error {
 	s.logger.Info("gatehouse serve starting", "version", version, "grpc", s.ext.GRPCAddr(), "http", s.ext.HTTPAddr(), "ops", s.ops.Addr())
+	// The shadow policy, then decision logs, stop after the ext_authz
+	// server: the answers it drains are logged too.
+	logDone, shadowDone := make(chan struct{}), make(chan struct{})
+	lctx, lcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer lcancel()
+	sctx, scancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer scancel()
+	if s.declog != nil {
+		go func() { _ = s.declog.Run(lctx); close(logDone) }()
+	} else {
+		close(logDone)
+	}
+	if s.shadow != nil {
+		go func() { _ = s.shadow.Run(sctx); close(shadowDone) }()
+	} else {
+		close(shadowDone)
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.ext.Serve(gctx) })
 	g.Go(func() error { return s.ops.Serve(gctx) })
 	g.Go(func() error { return s.policies.Run(gctx) })
+	if s.shadowSrc != nil {
+		g.Go(func() error { return s.shadowSrc.Run(gctx) })
+	}
+	if s.reporter != nil {
+		g.Go(func() error { return s.reporter.Run(gctx) })
+	}
 	g.Go(func() error { return s.verifier.Run(gctx) })
 	if s.syncer != nil {
 		g.Go(func() error { return s.syncer.Run(gctx) })
 	}
 	g.Go(func() error { s.logReady(gctx); return nil })
 	err := g.Wait()
+	scancel()
+	<-shadowDone
+	lcancel()
+	<-logDone
+	if s.tracer != nil {
+		tctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if terr := s.tracer.Shutdown(tctx); terr != nil {
+			s.logger.Warn("tracing: spans not exported at shutdown", "err", terr)
+		}
+		cancel()
+	}
 	for _, c := range s.closers {
 		if cerr := c.Close(); cerr != nil {
 			s.logger.Warn("close", "err", cerr)

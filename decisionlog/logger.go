@@ -1,0 +1,399 @@
+package decisionlog
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/prometheus/client_golang/prometheus"
+	"gopkg.in/natefinch/lumberjack.v2"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
+)
+
+// Reasons of gatehouse_decision_logs_dropped_total.
+const (
+	DropQueueFull   = "queue_full"   // the queue of decisions was full
+	DropBufferFull  = "buffer_full"  // the upload buffer was full (oldest dropped)
+	DropRejected    = "rejected"     // the service refused an upload with a 4xx
+	DropShutdown    = "shutdown"     // not uploaded before shutdown ended
+	DropEncodeError = "encode_error" // the record could not be built or encoded
+	DropWriteError  = "write_error"  // the console or file write failed
+)
+
+// batchInterval is how often the writer takes the queued answers (at
+// most queue_size of them wait: 10000 per 5 ms is 2 million a second).
+const batchInterval = 5 * time.Millisecond
+
+// Logger turns answers into decision-log records. See the package
+// documentation.
+type Logger struct {
+	cfg    Config
+	engine *authz.Engine
+	logger *slog.Logger
+	queue  chan Entry
+	queued atomic.Int64      // Entry.Size of the queued entries
+	labels map[string]string // shared by every record: read only
+
+	// reused by the one writing goroutine
+	inBuf []byte
+	line  bytes.Buffer
+	enc   *json.Encoder
+	jenc  *encoder
+	mask  *masker
+	reqID atomic.Uint64
+
+	console *bufio.Writer
+	file    *lumberjack.Logger
+	fileBuf *bufio.Writer
+	upload  *uploader
+
+	dropped *prometheus.CounterVec
+	skipped *prometheus.CounterVec
+	written *prometheus.CounterVec
+	// resolved children: the Check's path must not hash labels
+	dropQueueFull, skipSample prometheus.Counter
+	sampleAllow, sampleDeny   float64
+}
+
+// New returns a Logger for cfg (SetDefaults and Validate are applied);
+// engine is where the mask and drop policies are read (the active policy
+// set). Call Run to start writing.
+func New(cfg Config, engine *authz.Engine, logger *slog.Logger) (*Logger, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	l := &Logger{cfg: cfg, engine: engine, logger: logger, queue: make(chan Entry, max(1, cfg.QueueSize)), mask: newMasker(),
+		sampleAllow: 1, sampleDeny: 1}
+	l.enc, l.jenc = json.NewEncoder(&l.line), newEncoder()
+	l.labels = make(map[string]string, len(cfg.Labels)+2)
+	for k, v := range cfg.Labels {
+		l.labels[k] = v
+	}
+	l.labels["id"], l.labels["version"] = cfg.ID, cfg.Version
+	if cfg.Sample.Allow != nil {
+		l.sampleAllow = *cfg.Sample.Allow
+	}
+	if cfg.Sample.Deny != nil {
+		l.sampleDeny = *cfg.Sample.Deny
+	}
+	l.dropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gatehouse_decision_logs_dropped_total",
+		Help: "Decision-log records lost, by reason (queue_full, buffer_full, rejected, shutdown, encode_error, write_error).",
+	}, []string{"reason"})
+	l.skipped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gatehouse_decision_logs_skipped_total",
+		Help: "Decisions not logged on purpose: sample (sampling), policy (data.system.log.drop).",
+	}, []string{"reason"})
+	l.written = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gatehouse_decision_logs_written_total",
+		Help: "Decision-log records delivered, by sink (console, file, service).",
+	}, []string{"sink"})
+	for _, r := range []string{DropQueueFull, DropBufferFull, DropRejected, DropShutdown, DropEncodeError, DropWriteError} {
+		l.dropped.WithLabelValues(r)
+	}
+	l.dropQueueFull, l.skipSample = l.dropped.WithLabelValues(DropQueueFull), l.skipped.WithLabelValues("sample")
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(l.dropped, l.skipped, l.written)
+	}
+	if cfg.Console {
+		out := cfg.Stdout
+		if out == nil {
+			out = os.Stdout
+		}
+		l.console = bufio.NewWriterSize(out, 64<<10)
+	}
+	if f := cfg.File; f != nil {
+		l.file = &lumberjack.Logger{Filename: f.Path, MaxSize: f.MaxSizeMB, MaxBackups: f.MaxBackups}
+		l.fileBuf = bufio.NewWriterSize(l.file, 64<<10)
+	}
+	if cfg.Service != nil {
+		l.upload = newUploader(cfg, l.dropped, l.written.WithLabelValues("service"), logger)
+	}
+	return l, nil
+}
+
+// Observe logs an answer: sampled, then queued without blocking (a full
+// queue drops it and counts it).
+func (l *Logger) Observe(e Entry) {
+	if e.Decision != nil {
+		f := l.sampleDeny
+		if e.Decision.Allowed {
+			f = l.sampleAllow
+		}
+		if f < 1 && rand.Float64() >= f {
+			l.skipSample.Inc()
+			return
+		}
+	}
+	if e.Size > 0 && l.queued.Add(e.Size) > l.cfg.QueueBytes {
+		l.queued.Add(-e.Size)
+		l.dropQueueFull.Inc()
+		return
+	}
+	select {
+	case l.queue <- e:
+	default:
+		l.queued.Add(-e.Size)
+		l.dropQueueFull.Inc()
+	}
+}
+
+// take removes one queued entry (there is one).
+func (l *Logger) take() Entry {
+	e := <-l.queue
+	l.queued.Add(-e.Size)
+	return e
+}
+
+// Run writes records until ctx is done, then writes what is queued, makes
+// a last upload (bounded) and closes the sinks. Stop the ext_authz server
+// first: answers observed after Run returns are not logged.
+func (l *Logger) Run(ctx context.Context) error {
+	upDone := make(chan struct{})
+	uctx, ucancel := context.WithCancel(context.Background())
+	if l.upload != nil {
+		go func() { l.upload.run(uctx); close(upDone) }()
+	} else {
+		close(upDone)
+	}
+	// The writer wakes every batchInterval and writes what is queued,
+	// rather than being woken by every answer: a Check's send then never
+	// readies a parked goroutine.
+	tick := time.NewTicker(batchInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			for n := len(l.queue); n > 0; n-- {
+				l.write(ctx, l.take())
+			}
+			l.flush()
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+	for {
+		select {
+		case e := <-l.queue:
+			l.queued.Add(-e.Size)
+			l.write(context.Background(), e)
+			continue
+		default:
+		}
+		break
+	}
+	l.flush()
+	ucancel()
+	<-upDone
+	if l.file != nil {
+		_ = l.file.Close()
+	}
+	return nil
+}
+
+// flush writes the buffered lines out (when the queue is empty, and
+// before a line would not fit: a rotation never splits a line).
+func (l *Logger) flush() {
+	if l.console != nil {
+		if err := l.console.Flush(); err != nil {
+			l.logger.Warn("decision log: console write failed", "err", err)
+		}
+	}
+	l.flushFile()
+}
+
+func (l *Logger) flushFile() {
+	if l.fileBuf == nil {
+		return
+	}
+	if err := l.fileBuf.Flush(); err != nil {
+		n := l.fileBuf.Buffered()
+		l.fileBuf.Reset(l.file)
+		l.dropped.WithLabelValues(DropWriteError).Inc()
+		l.logger.Warn("decision log: file write failed", "err", err, "bytes_lost", n)
+	}
+}
+
+// write builds, masks and encodes one record and hands it to the sinks.
+func (l *Logger) write(ctx context.Context, e Entry) {
+	lp := l.mask.policy(l.engine.Policy())
+	secrets := secretsOf(e.Authorization)
+	rec, err := l.build(e, lp != nil, secrets)
+	if err != nil {
+		l.dropped.WithLabelValues(DropEncodeError).Inc()
+		l.logger.Error("decision log: record not built", "err", err)
+		return
+	}
+	if lp != nil {
+		drop, err := l.mask.apply(ctx, lp, rec)
+		if err != nil {
+			// The mask may have been meant to hide something: fail closed.
+			l.dropped.WithLabelValues(DropEncodeError).Inc()
+			l.logger.Error("decision log: mask policy failed; record dropped", "decision_id", rec.DecisionID, "err", err)
+			return
+		}
+		if drop {
+			l.skipped.WithLabelValues("policy").Inc()
+			return
+		}
+	}
+	line, err := l.encode(rec)
+	if err != nil {
+		l.dropped.WithLabelValues(DropEncodeError).Inc()
+		l.logger.Error("decision log: record not encoded", "decision_id", rec.DecisionID, "err", err)
+		return
+	}
+	if l.console != nil {
+		l.emit(l.console, "console", line)
+	}
+	if l.file != nil {
+		if l.fileBuf.Available() < len(line) {
+			l.flushFile()
+		}
+		l.emit(l.fileBuf, "file", line)
+	}
+	if l.upload != nil {
+		l.upload.add(line[:len(line)-1]) // without the newline
+	}
+}
+
+func (l *Logger) emit(w io.Writer, sink string, line []byte) {
+	if _, err := w.Write(line); err != nil {
+		l.dropped.WithLabelValues(DropWriteError).Inc()
+		l.logger.Warn("decision log: write failed", "sink", sink, "err", err)
+		return
+	}
+	l.written.WithLabelValues(sink).Inc()
+}
+
+// Build makes the record of an entry (before masking and scrubbing).
+func (l *Logger) Build(e Entry) (*Record, error) { return l.build(e, true, secretsOf(e.Authorization)) }
+
+// build makes the record of e, every string scrubbed of secrets; with
+// generic, its input is a JSON-like value that mask policies can edit,
+// else it is encoded at once.
+func (l *Logger) build(e Entry, generic bool, secrets []string) (*Record, error) {
+	rec, err := l.record(e, generic, secrets)
+	if err != nil || len(secrets) == 0 {
+		return rec, err
+	}
+	rec.Input = scrub(rec.Input, secrets)
+	rec.Result = scrub(rec.Result, secrets)
+	if rec.Error != nil {
+		rec.Error.Message = scrubString(rec.Error.Message, secrets)
+	}
+	if s := rec.Gatehouse.Shadow; s != nil {
+		s.Result = scrub(s.Result, secrets)
+		s.Error = scrubString(s.Error, secrets)
+		s.Reason = scrubString(s.Reason, secrets)
+	}
+	g := &rec.Gatehouse
+	g.Reason, g.Subject, g.Tenant, g.Issuer = scrubString(g.Reason, secrets), scrubString(g.Subject, secrets), scrubString(g.Tenant, secrets), scrubString(g.Issuer, secrets)
+	return rec, nil
+}
+
+func (l *Logger) record(e Entry, generic bool, secrets []string) (*Record, error) {
+	rec := &Record{
+		Labels:    l.labels,
+		Path:      l.cfg.Path,
+		Timestamp: e.Start.UTC().Format(time.RFC3339Nano),
+		ReqID:     l.reqID.Add(1),
+		TraceID:   e.TraceID,
+		SpanID:    e.SpanID,
+		Metrics:   Metrics{ServerHandlerNS: e.Duration.Nanoseconds()},
+	}
+	d := e.Decision
+	if d == nil {
+		rec.DecisionID = authz.NewDecisionID()
+		rec.Error = &RecordError{Code: "cannot_decide", Message: errString(e.Err)}
+		var de *authz.DecideError
+		if errors.As(e.Err, &de) {
+			rec.Error.Code = string(de.Code)
+		}
+		rec.Gatehouse.Cache = authz.CacheBypass
+		rec.Gatehouse.DurationNS = e.Duration.Nanoseconds()
+	} else {
+		rec.DecisionID = d.ID
+		rec.Result = result(d)
+		rec.Gatehouse = gatehouseOf(d)
+		if d.PolicyRevision != "" {
+			rec.Bundles = map[string]Bundle{"policy": {Revision: d.PolicyRevision}}
+		}
+		if d.Duration > 0 {
+			rec.Metrics.RegoEvalNS = d.Duration.Nanoseconds()
+		}
+	}
+	rec.Gatehouse.Transport = e.Transport
+	rec.Gatehouse.DryRun = e.DryRun
+	if s := e.Shadow; s != nil {
+		rec.Gatehouse.Shadow = shadowOf(s)
+	}
+	if e.Input != nil {
+		in, err := e.Input(authz.NeedAll)
+		if err == nil && in != nil {
+			if d != nil && d.Token != nil {
+				in.Insert(ast.InternedTerm("token"), ast.NewTerm(d.Token.Value()))
+			}
+			if d != nil && d.Token != nil {
+				in.Insert(ast.InternedTerm("tenancy_revision"), ast.UIntNumberTerm(d.TenancyRevision))
+			}
+			if !generic {
+				l.inBuf = l.jenc.input(l.inBuf[:0], in, secrets, func(p string) { rec.Erased = append(rec.Erased, p) })
+				rec.inputJSON = l.inBuf
+				return rec, nil
+			}
+			v, err := ast.JSON(in)
+			if err != nil {
+				return nil, err
+			}
+			m, _ := v.(map[string]any)
+			rec.Erased = append(rec.Erased, eraseHeaders(m)...)
+			rec.Input = m
+		}
+	}
+	return rec, nil
+}
+
+func shadowOf(s *ShadowResult) *ShadowRecord {
+	out := &ShadowRecord{Agree: s.Agree}
+	if s.Err != nil {
+		out.Error = s.Err.Error()
+		return out
+	}
+	d := s.Decision
+	out.Allowed, out.HTTPStatus, out.Reason, out.PolicyRevision, out.Result = d.Allowed, d.Status(), d.Reason, d.PolicyRevision, result(d)
+	return out
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// encode returns rec as one JSON line, valid until the next call (its
+// buffer is reused).
+func (l *Logger) encode(rec *Record) ([]byte, error) {
+	l.line.Reset()
+	if err := l.enc.Encode(rec); err != nil {
+		return nil, err
+	}
+	b := l.line.Bytes()
+	if rec.inputJSON != nil {
+		b = append(append(append(b[:len(b)-2], `,"input":`...), rec.inputJSON...), '}', '\n') // before "}\n"
+	}
+	return b, nil
+}
