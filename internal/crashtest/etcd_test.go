@@ -157,7 +157,8 @@ func snapshotIdentity(t *testing.T, a *admin) (uint64, string, string) {
 }
 
 // TestReplicasOverEtcd: a 3-member etcd cluster, three control replicas
-// (processes) over it and a sidecar following one of them. Under a
+// (processes) over it and a sidecar following one of them (listing all
+// three, data.control_url). Under a
 // bounded write load spread over the replicas, the etcd leader is killed,
 // then the replica the sidecar follows (SIGKILL; restarted on its file and
 // address). Every acknowledged write is on every replica, the replicas
@@ -197,7 +198,9 @@ func TestReplicasOverEtcd(t *testing.T) {
 		}
 	}
 
-	s := startSidecar(t, k, sidecarOpts{controlURL: reps[1].url, dataDir: filepath.Join(t.TempDir(), "sidecar")})
+	// the sidecar follows replica 1 and may fail over to the others (one
+	// history: no re-snapshot)
+	s := startSidecar(t, k, sidecarOpts{controlURL: strings.Join([]string{reps[1].url, reps[2].url, reps[0].url}, ","), dataDir: filepath.Join(t.TempDir(), "sidecar")})
 	s.waitReady(t, 60*time.Second)
 
 	// the load: 4 writers, one write each ~20 ms, over the replicas in turn;
@@ -313,6 +316,12 @@ func TestReplicasOverEtcd(t *testing.T) {
 		}
 	}
 	compareDecisions(t, s, admins[1], 150, 5)
+	if !s.logged("moving to another replica of the control endpoint") {
+		t.Error("the sidecar never moved to another replica while its replica was down")
+	}
+	if n := s.count("tenancy snapshot applied"); n != 1 {
+		t.Errorf("the sidecar applied %d snapshots: failover within one history needs none after the first", n)
+	}
 
 	// each replica's file passes tenancy's full validator (indexes
 	// included) and ends on the same history hash
@@ -492,4 +501,18 @@ func TestEtcdMutualTLS(t *testing.T) {
 	if err == nil {
 		t.Fatal("a replica without a client certificate started")
 	}
+}
+
+// count returns how many log lines carry msg.
+func (p *proc) count(msg string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, l := range p.lines {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == msg {
+			n++
+		}
+	}
+	return n
 }
