@@ -2,12 +2,12 @@ package authz
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
-	"unsafe"
+	"sync/atomic"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/storage"
@@ -111,11 +111,13 @@ func constantPrefix(r ast.Ref) ast.Ref {
 // is evaluated uncached.
 const maxKeyBytes = 8 << 10
 
-// key builds the cache key of an input: the values at every planned path.
-func (p *cachePlan) key(input ast.Object, b *strings.Builder) bool {
+// key appends the cache key of an input to b: the values at every planned
+// path, each as its String() text, separated by 0 bytes (1: undefined).
+// ok is false when the key would be longer than maxKeyBytes.
+func (p *cachePlan) key(input ast.Object, b []byte) (_ []byte, ok bool) {
 	for i, path := range p.paths {
 		if i > 0 {
-			b.WriteByte(0)
+			b = append(b, 0)
 		}
 		var v ast.Value = input
 		for _, t := range path[1:] {
@@ -125,18 +127,31 @@ func (p *cachePlan) key(input ast.Object, b *strings.Builder) bool {
 			}
 		}
 		if v == nil {
-			b.WriteByte(1) // undefined
+			b = append(b, 1) // undefined
 		} else {
-			if atLeast(v, maxKeyBytes-b.Len()) {
-				return false // not rendered: it could be megabytes
+			if atLeast(v, maxKeyBytes-len(b)) {
+				return b, false // not rendered: it could be megabytes
 			}
-			b.WriteString(v.String())
+			b = appendText(b, v)
 		}
-		if b.Len() > maxKeyBytes {
-			return false
+		if len(b) > maxKeyBytes {
+			return b, false
 		}
 	}
-	return true
+	return b, true
+}
+
+// appendText appends v.String() to b, without building the string when v
+// can append itself (every value type of this OPA version can).
+func appendText(b []byte, v ast.Value) []byte {
+	if a, ok := v.(interface {
+		AppendText([]byte) ([]byte, error)
+	}); ok {
+		if out, err := a.AppendText(b); err == nil {
+			return out
+		}
+	}
+	return append(b, v.String()...)
 }
 
 // atLeast reports whether the strings in v alone (keys, values, numbers)
@@ -253,9 +268,7 @@ func dataVersion(t Tenancy, txn storage.Transaction) DataVersion {
 type cacheKey [sha256.Size]byte
 
 // keyOf hashes a key built by plan.key.
-func keyOf(k string) cacheKey {
-	return sha256.Sum256(unsafe.Slice(unsafe.StringData(k), len(k))) // read only
-}
+func keyOf(k []byte) cacheKey { return sha256.Sum256(k) }
 
 // decisionCache holds decisions of one policy set, bounded in entries and
 // in bytes (the accounted size of every entry: key, decision, recorded
@@ -267,11 +280,22 @@ func keyOf(k string) cacheKey {
 // moves the entry into cur. So at most the budget is held: per shard, two
 // generations of at most budget/(2×shards) each. An entry larger than one
 // generation's share is not cached.
+//
+// Admission: until a shard holds half a generation's worth of entries or
+// bytes, every decision is stored. From then on a decision is stored only
+// when its key was asked before and not stored then: seen remembers the
+// fingerprints of such keys (direct-mapped: a newer key takes the slot).
+// A workload of mostly first-seen questions (many users, each asking
+// once) then neither evicts the decisions that are asked again nor pays
+// for recording the reads and storing decisions never used, and the cache
+// holds a quarter of its budget instead of all of it; a question asked
+// twice is cached from its second answer on.
 type decisionCache struct {
 	plan     cachePlan
 	shards   [32]cacheShard
 	max      int   // entries per shard generation
 	maxBytes int64 // bytes per shard generation
+	seen     []atomic.Uint64
 }
 
 type cacheShard struct {
@@ -299,7 +323,40 @@ func newDecisionCache(plan cachePlan, entries int, bytes int64) *decisionCache {
 	c := &decisionCache{plan: plan}
 	c.max = max(entries/len(c.shards)/2, 1)
 	c.maxBytes = max(bytes/int64(len(c.shards))/2, 1)
+	c.seen = make([]atomic.Uint64, seenSlots(entries))
 	return c
+}
+
+// seenSlots is the size of the admission table of a cache of entries
+// entries: a power of two, about twice as many, within [1024, 1<<20]
+// (8 bytes each).
+func seenSlots(entries int) int {
+	n := 1024
+	for n < 2*entries && n < 1<<20 {
+		n *= 2
+	}
+	return n
+}
+
+// admit reports whether the decision for key, not in the cache, is to be
+// stored (and its reads recorded for that): see decisionCache.
+func (c *decisionCache) admit(key cacheKey) bool {
+	sh := c.shard(key)
+	sh.mu.Lock()
+	roomy := 2*(len(sh.cur)+len(sh.prev)) < c.max && 2*(sh.curBytes+sh.prevBytes) < c.maxBytes
+	sh.mu.Unlock()
+	if roomy {
+		return true
+	}
+	// The key is a SHA-256: any 8 of its bytes are as good as random.
+	slot := &c.seen[binary.LittleEndian.Uint64(key[8:16])&uint64(len(c.seen)-1)]
+	fp := binary.LittleEndian.Uint64(key[16:24]) | 1 // never 0, an empty slot
+	if slot.Load() == fp {
+		slot.Store(0)
+		return true
+	}
+	slot.Store(fp)
+	return false
 }
 
 func (c *decisionCache) shard(key cacheKey) *cacheShard {

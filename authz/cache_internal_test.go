@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -84,11 +85,11 @@ func TestCacheKeyDistinguishesValues(t *testing.T) {
 allow if { input.a == 1; input.b[0] == "x" }`)
 	key := func(in string) string {
 		v := ast.MustParseTerm(in).Value.(ast.Object)
-		var b strings.Builder
-		if !plan.key(v, &b) {
+		b, ok := plan.key(v, nil)
+		if !ok {
 			t.Fatal("key refused")
 		}
-		return b.String()
+		return string(b)
 	}
 	same := [][2]string{
 		{`{"a": 1, "b": ["x"], "c": 1}`, `{"a": 1, "b": ["x"], "c": 2}`},
@@ -110,5 +111,102 @@ allow if { input.a == 1; input.b[0] == "x" }`)
 		if key(p[0]) == key(p[1]) {
 			t.Errorf("%s and %s share a key", p[0], p[1])
 		}
+	}
+}
+
+// randomValue is a random ast value of depth at most d: every value kind a
+// JSON input or a policy builds (strings with quotes, escapes and invalid
+// UTF-8; numbers in several spellings; nested arrays, objects and sets).
+func randomValue(r *rand.Rand, d int) ast.Value {
+	strs := []string{"", "a", `q"uote`, "back\\slash", "nl\n", "\x00", "\xff\xfe", "é", "/t/acme", "x-tenant-id"}
+	nums := []string{"0", "1", "-1", "1.5", "1e3", "12345678901234567890"}
+	k := r.IntN(8)
+	if d == 0 {
+		k = r.IntN(4)
+	}
+	switch k {
+	case 0:
+		return ast.String(strs[r.IntN(len(strs))])
+	case 1:
+		return ast.Number(nums[r.IntN(len(nums))])
+	case 2:
+		return ast.Boolean(r.IntN(2) == 0)
+	case 3:
+		return ast.Null{}
+	case 4, 5:
+		obj := ast.NewObject()
+		for range r.IntN(4) {
+			obj.Insert(ast.NewTerm(randomValue(r, 0)), ast.NewTerm(randomValue(r, d-1)))
+		}
+		return obj
+	case 6:
+		terms := make([]*ast.Term, r.IntN(4))
+		for i := range terms {
+			terms[i] = ast.NewTerm(randomValue(r, d-1))
+		}
+		return ast.NewArray(terms...)
+	default:
+		set := ast.NewSet()
+		for range r.IntN(4) {
+			set.Add(ast.NewTerm(randomValue(r, d-1)))
+		}
+		return set
+	}
+}
+
+// TestCacheKeyTextIsStringRendering: the key is appended in place, and
+// must stay exactly the values' String() renderings joined as before
+// (so that two inputs share a key exactly when the old key was shared):
+// randomized over every kind of value.
+func TestCacheKeyTextIsStringRendering(t *testing.T) {
+	t.Parallel()
+	plan := compileForPlan(t, `package envoy.authz
+allow if { input.a == 1; input.b[0] == "x"; input.c.d == 2 }`)
+	r := rand.New(rand.NewPCG(8, 9))
+	for i := range 5000 {
+		v := randomValue(r, 3)
+		if got, want := string(appendText([]byte("prefix"), v)), "prefix"+v.String(); got != want {
+			t.Fatalf("value %d: appended %q, String() %q", i, got, want)
+		}
+		in := ast.NewObject(
+			ast.Item(ast.StringTerm("a"), ast.NewTerm(v)),
+			ast.Item(ast.StringTerm("b"), ast.ArrayTerm(ast.NewTerm(randomValue(r, 2)))),
+			ast.Item(ast.StringTerm("c"), ast.NewTerm(randomValue(r, 2))),
+		)
+		var old strings.Builder
+		for j, p := range plan.paths {
+			if j > 0 {
+				old.WriteByte(0)
+			}
+			var x ast.Value = in
+			for _, s := range p[1:] {
+				if x = child(x, s); x == nil {
+					break
+				}
+			}
+			if x == nil {
+				old.WriteByte(1)
+			} else {
+				old.WriteString(x.String())
+			}
+		}
+		got, ok := plan.key(in, nil)
+		if !ok || string(got) != old.String() {
+			t.Fatalf("input %d %v: key %q (ok %v), want %q", i, in, got, ok, old.String())
+		}
+	}
+}
+
+// TestCacheKeyDoesNotAllocate: building the key of the usual input (strings,
+// an object of context extensions) allocates nothing when the buffer fits.
+// Not parallel: AllocsPerRun.
+func TestCacheKeyDoesNotAllocate(t *testing.T) {
+	plan := compileForPlan(t, `package envoy.authz
+allow if { input.token.subject == "u"; input.attributes.contextExtensions.project == "p"; input.attributes.request.http.path == "/" }`)
+	in := ast.MustParseTerm(`{"token": {"subject": "u1", "valid": true}, "attributes": {"contextExtensions": {"project": "p1", "roles": "reader"},
+		"request": {"http": {"path": "/t/acme/items", "headers": {"x": "y"}}}}}`).Value.(ast.Object)
+	buf := make([]byte, 0, 512)
+	if n := testing.AllocsPerRun(100, func() { _, _ = plan.key(in, buf[:0]) }); n != 0 {
+		t.Errorf("%v allocations per key", n)
 	}
 }

@@ -85,7 +85,7 @@ func TestDecisionCacheBoundedByBytes(t *testing.T) {
 // TestDecisionCacheMemoryBounded: 12,000 checks with unique 8 KB tenant
 // segments, default configuration. The cache was bounded by entries only
 // (10,000 of up to 8 KiB keys and bodies echoing them): the heap grew by
-// about 110 MiB. Now it stays within the default byte budget (32 MiB).
+// about 110 MiB. Now it stays within the default byte budget (16 MiB).
 // Not parallel: it measures the heap.
 func TestDecisionCacheMemoryBounded(t *testing.T) {
 	e, _ := engineOn(t, map[string]string{"policy.rego": noSuchTenant}, authz.Config{}, nil)
@@ -99,14 +99,14 @@ func TestDecisionCacheMemoryBounded(t *testing.T) {
 	runtime.KeepAlive(e)
 	t.Logf("heap grew by %d MiB", grown)
 	if grown > 48 {
-		t.Errorf("heap grew by %d MiB after 12,000 unique 8 KB checks, want at most 48 (32 MiB budget and slack)", grown)
+		t.Errorf("heap grew by %d MiB after 12,000 unique 8 KB checks, want at most 48 (the default budget, 16 MiB, and slack)", grown)
 	}
 }
 
 // TestTokenCacheMemoryBounded: 1,000 valid ES256 tokens carrying 24 KB of
 // claims each, default configuration. The verified-token cache was bounded
 // by entries only (10,000): the heap grew by about 110 MiB. Now it stays
-// within the default byte budget (32 MiB). Not parallel: it measures the
+// within the default byte budget (16 MiB). Not parallel: it measures the
 // heap.
 func TestTokenCacheMemoryBounded(t *testing.T) {
 	key := testutil.ECKey(t, "tokens-memory")
@@ -136,9 +136,63 @@ func TestTokenCacheMemoryBounded(t *testing.T) {
 	runtime.KeepAlive(tokens)
 	t.Logf("heap grew by %d MiB (%d bytes of tokens)", grown, len(tokens)*len(tokens[0]))
 	if grown > 48 {
-		t.Errorf("heap grew by %d MiB after 1,000 large tokens, want at most 48 (32 MiB budget and slack)", grown)
+		t.Errorf("heap grew by %d MiB after 1,000 large tokens, want at most 48 (the default budget, 16 MiB, and slack)", grown)
 	}
 	if !strings.HasPrefix(tokens[0], "ey") {
 		t.Fatal("not a JWT")
+	}
+}
+
+// TestDecisionCacheAdmitsRepeatedQuestions: once the cache holds a quarter
+// of its bound, a first-seen question is answered but not stored. A stream
+// of distinct questions (the cold workload: many users, each asking once)
+// leaves the cache at a quarter of its bound instead of
+// filling it (and evicting what is asked again), while a question asked
+// again is stored from its second answer on and then hit. Variants: the
+// bound in entries, in bytes.
+func TestDecisionCacheAdmitsRepeatedQuestions(t *testing.T) {
+	t.Parallel()
+	for name, cfg := range map[string]authz.Config{
+		"entries": {DecisionCacheEntries: 1000},
+		"bytes":   {DecisionCacheEntries: 1 << 20, DecisionCacheBytes: 1 << 20},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			reg := prometheus.NewRegistry()
+			cfg.Registerer = reg
+			e, _ := engineOn(t, map[string]string{"policy.rego": noSuchTenant}, cfg, nil)
+			ask := func(i int) {
+				t.Helper()
+				if d, err := e.Decide(t.Context(), &authz.Request{Input: tenantInput(i, 500)}); err != nil || d.Status() != 403 {
+					t.Fatalf("Decide: %v, %v", d, err)
+				}
+			}
+			ask(0)
+			one := e.DecisionCacheBytes() // every entry has the same size
+			full := one * int64(cfg.DecisionCacheEntries)
+			if cfg.DecisionCacheBytes > 0 {
+				full = cfg.DecisionCacheBytes
+			}
+			for i := 1; i < 20_000; i++ {
+				ask(i)
+			}
+			// The old cache held 1.5 generations on average: 75% of it.
+			if got := e.DecisionCacheBytes(); got > full*30/100 || got < full*18/100 {
+				t.Errorf("after 20,000 distinct questions the cache holds %d bytes of %d, want about a quarter", got, full)
+			}
+			hits := func() float64 {
+				return testutil.MetricValue(t, reg, "gatehouse_decision_cache_total", map[string]string{"result": "hit"})
+			}
+			before := hits()
+			ask(1_000_000) // first seen: answered, not stored
+			ask(1_000_000) // asked again: stored
+			if hits() != before {
+				t.Fatalf("hits %v → %v: a question asked twice was answered from the cache", before, hits())
+			}
+			ask(1_000_000)
+			if hits() != before+1 {
+				t.Errorf("a question asked a third time is not a cache hit (hits %v → %v)", before, hits())
+			}
+		})
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,7 +35,7 @@ type Config struct {
 	// disables it). See cache.go for when a cached decision is used.
 	DecisionCacheEntries int `yaml:"decision_cache_entries"`
 	// DecisionCacheBytes bounds the accounted size of the decision cache
-	// (default 32 MiB; <0 disables it): keys are fixed-size hashes; the
+	// (default 16 MiB; <0 disables it): keys are fixed-size hashes; the
 	// decisions (deny bodies, headers, metadata) and recorded reads count.
 	DecisionCacheBytes int64 `yaml:"decision_cache_bytes"`
 	// Builtins are the Gatehouse built-ins policy sets are compiled with
@@ -45,7 +44,7 @@ type Config struct {
 }
 
 // DefaultDecisionCacheBytes is Config.DecisionCacheBytes when unset.
-const DefaultDecisionCacheBytes = 32 << 20
+const DefaultDecisionCacheBytes = 16 << 20
 
 // SetDefaults fills unset fields.
 func (c *Config) SetDefaults() {
@@ -109,6 +108,8 @@ type Engine struct {
 	tracker                                      DependencyTracker // nil when the tenancy store cannot record reads
 
 	revTerm atomic.Pointer[revisionTerm] // the last tenancy_revision term built
+	queries atomic.Pointer[querySet]     // queries of the active set other than the decision (query.go)
+	keyBufs sync.Pool                    // *[]byte: buffers for decision cache keys
 
 	mu        sync.Mutex // guards lastErr, lastErrAt
 	lastErr   string
@@ -134,6 +135,7 @@ func New(cfg Config, verifier *Verifier, tenancy Tenancy, logger *slog.Logger) *
 		verifier, _ = NewVerifier(VerifierConfig{}, logger) // no issuers: cannot fail
 	}
 	e := &Engine{cfg: cfg, logger: logger, verifier: verifier, tenancy: tenancy}
+	e.keyBufs.New = func() any { b := make([]byte, 0, 512); return &b }
 	e.loads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gatehouse_policy_loads_total",
 		Help: "Policy set loads, by result (success, error). An error leaves the last good policy serving.",
@@ -291,12 +293,17 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 	debug := e.logger.Enabled(ctx, slog.LevelDebug)
 	cache, key := a.cache, cacheKey{}
 	if cache != nil && req.Tracer == nil && !debug {
-		var sb strings.Builder
-		if cache.plan.key(input, &sb) {
-			key = keyOf(sb.String())
+		buf := e.keyBufs.Get().(*[]byte)
+		k, ok := cache.plan.key(input, (*buf)[:0])
+		if ok {
+			key = keyOf(k)
 		} else {
 			cache = nil
 		}
+		if cap(k) <= maxKeyBytes+1024 { // a refused key's buffer may be larger
+			*buf = k[:0]
+		}
+		e.keyBufs.Put(buf)
 	} else {
 		cache = nil
 	}
@@ -305,6 +312,9 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		e.cacheBypass.Inc()
 	case ent == nil:
 		e.cacheMiss.Inc()
+		if !cache.admit(key) {
+			cache = nil // first seen while the cache is full: not stored
+		}
 	case e.valid(ent, tt, ver):
 		e.cacheHit.Inc()
 		d := ent.d

@@ -36,6 +36,9 @@ type PolicyConfig struct {
 	// Shadow is a candidate policy set evaluated beside this one, whose
 	// answers never reach Envoy (SPEC §9; package decisionlog).
 	Shadow *PolicyConfig `yaml:"shadow"`
+	// AuthZENDecision is the decision rule of the AuthZEN API (SPEC §10),
+	// e.g. authzen/allow (the default); its package holds the search rules.
+	AuthZENDecision string `yaml:"authzen_decision"`
 }
 
 // BundleSourceConfig locates a signed policy bundle.
@@ -57,6 +60,9 @@ func (c *PolicyConfig) SetDefaults() {
 	}
 	if c.RegoVersion == "" {
 		c.RegoVersion = "v1"
+	}
+	if c.AuthZENDecision == "" {
+		c.AuthZENDecision = DefaultAuthZENDecision
 	}
 	if c.Bundle.Poll == 0 {
 		c.Bundle.Poll = 10 * time.Second

@@ -184,11 +184,11 @@ type VerifierConfig struct {
 	// Issuers are the trusted issuers; none means every token is
 	// unknown_issuer.
 	Issuers []IssuerConfig
-	// CacheSize bounds the cached verified tokens; 0 means 10000, negative
+	// CacheSize bounds the cached verified tokens; 0 means 5000, negative
 	// disables the cache.
 	CacheSize int
 	// CacheBytes bounds the accounted size of the cached verified tokens
-	// (their claims count, keys are SHA-256 hashes); 0 means 32 MiB,
+	// (their claims count, keys are SHA-256 hashes); 0 means 16 MiB,
 	// negative disables the cache.
 	CacheBytes int64
 	// Now is the clock (test hook); default time.Now.

@@ -11,9 +11,9 @@ import (
 // Cache bounds of the verified-token cache.
 const (
 	// defaultTokenCacheSize is VerifierConfig.CacheSize when it is 0.
-	defaultTokenCacheSize = 10000
+	defaultTokenCacheSize = 5000
 	// DefaultTokenCacheBytes is VerifierConfig.CacheBytes when it is 0.
-	DefaultTokenCacheBytes = 32 << 20
+	DefaultTokenCacheBytes = 16 << 20
 	// maxTokenCacheAge bounds how long a verification result is reused,
 	// whatever the token's exp says.
 	maxTokenCacheAge = 10 * time.Minute

@@ -56,7 +56,7 @@ var (
 // Builtins returns Gatehouse's built-in functions, for authz.Compile and
 // authz.Config.Builtins, the capabilities file and policy tests.
 func Builtins() []authz.Builtin {
-	return []authz.Builtin{
+	return append([]authz.Builtin{
 		{Decl: &ast.Builtin{
 			Name: BuiltinDecide,
 			Description: "Answers SPEC §6 steps 2 to 6 for a verified token from the sidecar's tenancy data: " +
@@ -130,7 +130,7 @@ func Builtins() []authz.Builtin {
 				types.Named("reading", types.NewObject(nil, types.NewDynamicProperty(types.S, types.S))).Description("{\"tenant\": X}, {} or {\"invalid\": why}"),
 			),
 		}, Func: pathTenantBuiltin},
-	}
+	}, SearchBuiltins()...)
 }
 
 var keyInvalidReading = ast.InternedTerm("invalid")
@@ -557,5 +557,81 @@ func effectiveRolesBuiltin(bctx topdown.BuiltinContext, ops []*ast.Term, iter fu
 			return nil, err
 		}
 		return roleSetTerm(roles), nil
+	})
+}
+
+// --- search built-ins (SPEC §10: the AuthZEN searches) ---
+
+// Built-ins that list who or where from keyed indexes, for searches. They
+// are scans of one index key: a decision that calls them is cached for its
+// own data version only.
+const (
+	BuiltinProjectUsers = "gatehouse.tenancy.project_users"
+	BuiltinUserTenants  = "gatehouse.tenancy.user_tenants"
+)
+
+// SearchBuiltins returns the built-ins that list entities for searches.
+// Builtins includes them.
+func SearchBuiltins() []authz.Builtin {
+	idList := types.NewArray(nil, types.S)
+	return []authz.Builtin{
+		{Decl: &ast.Builtin{
+			Name: BuiltinProjectUsers,
+			Description: "The users holding user grants on a project inside a tenant, sorted (from the project_user_grants index; " +
+				"whether each may act is for the caller to decide, e.g. with gatehouse.tenancy.decide).",
+			Categories: []string{"gatehouse"},
+			Decl: types.NewFunction(
+				types.Args(types.Named("project", types.S).Description("project id"), types.Named("tenant", types.S).Description("tenant id")),
+				types.Named("users", idList).Description("sorted user ids"),
+			),
+		}, Func: projectUsersBuiltin},
+		{Decl: &ast.Builtin{
+			Name:        BuiltinUserTenants,
+			Description: "The tenants in which a user holds grants on a project, sorted (the keys of index.user_roles[user][project]).",
+			Categories:  []string{"gatehouse"},
+			Decl: types.NewFunction(
+				types.Args(types.Named("user", types.S).Description("user id"), types.Named("project", types.S).Description("project id")),
+				types.Named("tenants", idList).Description("sorted tenant ids"),
+			),
+		}, Func: userTenantsBuiltin},
+	}
+}
+
+// withScanReader is withReader for a built-in that scans an index key: the
+// decision depends on more than its keyed reads.
+func withScanReader(bctx topdown.BuiltinContext, name string, iter func(*ast.Term) error, fn func(r *tenancy.Reader) (*ast.Term, error)) error {
+	if t, ok := authz.TenancyTxn(bctx.Context).(*txn); ok && t.rec != nil {
+		t.rec.untracked = true
+	}
+	return withReader(bctx, name, iter, fn)
+}
+
+func idArrayTerm(ids []string) *ast.Term { return roleArrayTerm(ids) }
+
+func projectUsersBuiltin(bctx topdown.BuiltinContext, ops []*ast.Term, iter func(*ast.Term) error) error {
+	args, err := stringArgs(BuiltinProjectUsers, ops, 2)
+	if err != nil {
+		return err
+	}
+	return withScanReader(bctx, BuiltinProjectUsers, iter, func(r *tenancy.Reader) (*ast.Term, error) {
+		users, err := r.ProjectUsers(args[0], args[1])
+		if err != nil {
+			return nil, err
+		}
+		return idArrayTerm(users), nil
+	})
+}
+
+func userTenantsBuiltin(bctx topdown.BuiltinContext, ops []*ast.Term, iter func(*ast.Term) error) error {
+	args, err := stringArgs(BuiltinUserTenants, ops, 2)
+	if err != nil {
+		return err
+	}
+	return withScanReader(bctx, BuiltinUserTenants, iter, func(r *tenancy.Reader) (*ast.Term, error) {
+		tenants, err := r.UserTenants(args[0], args[1])
+		if err != nil {
+			return nil, err
+		}
+		return idArrayTerm(tenants), nil
 	})
 }

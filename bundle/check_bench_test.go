@@ -32,7 +32,7 @@ type benchWorld struct {
 	err   error
 }
 
-var benchWorlds = map[string]*benchWorld{"small": {}, "200k": {}}
+var benchWorlds = map[string]*benchWorld{"small": {}, "200k": {}, "1M": {}}
 
 func buildWorld(b testing.TB, name string, spec worldgen.Spec) (*bundle.Store, *worldgen.World) {
 	b.Helper()

@@ -51,10 +51,10 @@ type SyncConfig struct {
 	// larger than it arrives in several parts, each a line; a line beyond it
 	// ends the stream with an error.
 	MaxLineBytes int
-	// ResidentBudget: when the process's resident file-backed memory (the
-	// cache file's mapped pages, mostly) exceeds it, the pages are dropped
-	// from the resident set (checked every 2s; default 32 MiB; <0 never).
-	// See Store.TrimResident.
+	// ResidentBudget: when the cache file's mapped pages in the process's
+	// resident set exceed it, they are dropped from it (measured every
+	// 100ms; default 16 MiB; <0 never). See Store.TrimResident and
+	// residentMeter.
 	ResidentBudget int64
 	// Registerer receives sync metrics (nil: none).
 	Registerer prometheus.Registerer
@@ -78,7 +78,7 @@ func (c *SyncConfig) SetDefaults() {
 		c.Now = time.Now
 	}
 	if c.ResidentBudget == 0 {
-		c.ResidentBudget = 32 << 20
+		c.ResidentBudget = 16 << 20
 	}
 	if c.MaxLineBytes == 0 {
 		c.MaxLineBytes = 64 << 20
@@ -182,7 +182,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 		}
 	}
 	if s.cfg.ResidentBudget > 0 {
-		go s.trimEvery(ctx.Done(), 2*time.Second, func() bool { return residentFileBytes() > s.cfg.ResidentBudget })
+		go s.keepResident(ctx.Done(), s.cfg.ResidentBudget)
 	}
 	backoff := s.cfg.MinBackoff
 	misses := 0 // replicas that failed in a row

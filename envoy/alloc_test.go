@@ -13,9 +13,19 @@ import (
 // check with the decision cache off (BenchmarkCheckSimplePolicy/evaluated:
 // the whole input, a verified token from the token cache, the decision,
 // the CheckResponse): 367 on main d8f3d18, 182 after building the input in
-// blocks and evaluating without topdown's per-query extras. The server's
-// own path builds only what the policy reads, so it allocates less still.
-func TestUncachedCheckAllocations(t *testing.T) {
+// blocks and evaluating without topdown's per-query extras, 180 with the
+// response's messages in blocks. The server's own path builds only what
+// the policy reads, so it allocates less still.
+func TestUncachedCheckAllocations(t *testing.T) { checkAllocations(t, -1, 185) }
+
+// TestCachedCheckAllocations bounds the same check answered from the
+// decision cache (BenchmarkCheckSimplePolicy/cached): 107 at e2d9748, 95
+// with the cache key appended in place instead of a string per value.
+func TestCachedCheckAllocations(t *testing.T) { checkAllocations(t, 0, 100) }
+
+// checkAllocations measures one in-process check with the decision cache
+// at cacheEntries (-1: off) and fails above bound.
+func checkAllocations(t *testing.T, cacheEntries int, bound float64) {
 	if raceEnabled || testing.Short() {
 		t.Skip("allocation counts")
 	}
@@ -24,7 +34,7 @@ func TestUncachedCheckAllocations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := authz.New(authz.Config{DecisionCacheEntries: -1}, v, nil, logger)
+	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries}, v, nil, logger)
 	src, err := authz.NewDirSource(authz.PolicyConfig{Dir: testutil.PolicyDir(t, map[string]string{"policy.rego": benchPolicy})}, e, logger)
 	if err != nil {
 		t.Fatal(err)
@@ -34,11 +44,13 @@ func TestUncachedCheckAllocations(t *testing.T) {
 	}
 	req := benchRequest(t)
 	headers := req.GetAttributes().GetRequest().GetHttp().GetHeaders()
+	var memo envoy.InputMemo // as a Server renders inputs
 	check := func() {
-		in, err := envoy.Input(req)
+		prep, err := memo.Prepare(req)
 		if err != nil {
 			t.Fatal(err)
 		}
+		in := prep.Input(authz.NeedAll)
 		d, err := e.Decide(context.Background(), &authz.Request{Input: in, Authorization: headers["authorization"]})
 		if err != nil {
 			t.Fatal(err)
@@ -49,8 +61,8 @@ func TestUncachedCheckAllocations(t *testing.T) {
 	}
 	check()
 	got := testing.AllocsPerRun(200, check)
-	t.Logf("%.0f allocations per uncached check", got)
-	if got > 190 {
-		t.Fatalf("%.0f allocations per uncached check, want at most 190 (main: 367)", got)
+	t.Logf("%.0f allocations per check (decision cache entries %d)", got, cacheEntries)
+	if got > bound {
+		t.Fatalf("%.0f allocations per check (decision cache entries %d), want at most %.0f", got, cacheEntries, bound)
 	}
 }

@@ -70,14 +70,18 @@ func benchIssuers(tb testing.TB) []authz.IssuerConfig {
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
-// BenchmarkCheckInput builds the policy input from a typical CheckRequest.
+// BenchmarkCheckInput builds the policy input from a typical CheckRequest,
+// as a Server does (its InputMemo shares the peers' renderings).
 func BenchmarkCheckInput(b *testing.B) {
 	req := benchRequest(b)
+	var memo envoy.InputMemo
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := envoy.Input(req); err != nil {
+		prep, err := memo.Prepare(req)
+		if err != nil {
 			b.Fatal(err)
 		}
+		prep.Input(authz.NeedAll)
 	}
 }
 
@@ -107,11 +111,13 @@ func benchSimplePolicy(b *testing.B, cacheEntries int) {
 	}
 	req := benchRequest(b)
 	headers := req.GetAttributes().GetRequest().GetHttp().GetHeaders()
+	var memo envoy.InputMemo // as a Server renders inputs
 	check := func() *authv3.CheckResponse {
-		in, err := envoy.Input(req)
+		prep, err := memo.Prepare(req)
 		if err != nil {
 			b.Fatal(err)
 		}
+		in := prep.Input(authz.NeedAll)
 		d, err := e.Decide(context.Background(), &authz.Request{Input: in, Authorization: headers["authorization"]})
 		if err != nil {
 			b.Fatal(err)

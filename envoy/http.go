@@ -97,7 +97,7 @@ func (s *Server) decideHTTP(w http.ResponseWriter, r *http.Request, out **authv3
 		return badRequest(s.engine, err), nil, nil
 	}
 	*out = req
-	return evaluate(ctx, s.engine, req, nil, s.pool, deadline)
+	return evaluate(ctx, s.engine, req, nil, s.pool, deadline, &s.memo)
 }
 
 // headBytes is the size of r without its body: method, request target,

@@ -86,6 +86,7 @@ type Prepared struct {
 	parsedQuery *ast.Term
 	body        *ast.Term
 	truncated   bool
+	memo        *InputMemo // nil: none
 }
 
 // Prepare validates req: HTTP attributes present, its strings (method,
@@ -93,12 +94,18 @@ type Prepared struct {
 // query that parse and decode to UTF-8 (else ErrMalformedRequest), a body
 // that parses as its content type says (else *BodyError). These checks do
 // not depend on the policy.
-func Prepare(req *authv3.CheckRequest) (*Prepared, error) {
+func Prepare(req *authv3.CheckRequest) (*Prepared, error) { return prepare(req, nil) }
+
+// Prepare is Prepare keeping the peers' renderings in m.
+func (m *InputMemo) Prepare(req *authv3.CheckRequest) (*Prepared, error) { return prepare(req, m) }
+
+// prepare is Prepare with the peers' renderings kept in memo (nil: none).
+func prepare(req *authv3.CheckRequest, memo *InputMemo) (*Prepared, error) {
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	if httpReq == nil {
 		return nil, fmt.Errorf("%w: attributes.request.http is missing", ErrMalformedRequest)
 	}
-	p := &Prepared{req: req, http: httpReq, headers: RequestHeaders(httpReq)}
+	p := &Prepared{req: req, http: httpReq, headers: RequestHeaders(httpReq), memo: memo}
 	if err := checkUTF8(httpReq, p.headers, req.GetAttributes().GetContextExtensions()); err != nil {
 		return nil, err
 	}
@@ -132,7 +139,7 @@ func (p *Prepared) Input(need *authz.Need) ast.Object {
 		n++
 	}
 	if c := need.Child("attributes"); c != nil {
-		attrs := attributesValue(p.req.GetAttributes(), c, &ar)
+		attrs := attributesValue(p.req.GetAttributes(), c, &ar, p.memo)
 		if len(p.http.GetHeaders()) == 0 && len(p.headers) > 0 {
 			// Envoy with encode_raw_headers sends header_map instead of
 			// headers; policies always see input...http.headers.

@@ -4,7 +4,6 @@ import (
 	"encoding/base64"
 	"slices"
 	"strconv"
-	"sync"
 	"sync/atomic"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -101,51 +100,57 @@ var commonTerms = func() map[string]*ast.Term {
 	return m
 }()
 
-// rest renders the populated fields of m not in handled that need asks
-// for, generically (a field that is needed at all is rendered whole). The
-// fields not handled are listed once per message type, so that the usual
+// rest renders the populated fields of m among fields (the ones its type's
+// renderer leaves to the generic rendering) that need asks for,
+// generically (a field that is needed at all is rendered whole): the usual
 // request (none of them set) costs a few Has calls and no allocation.
-// handled must be the same for every message of a type; skip (0: none) is
-// one more field the caller rendered for this message.
-func rest(obj ast.Object, m protoreflect.Message, need *authz.Need, handled func(protoreflect.FieldNumber) bool, skip protoreflect.FieldNumber) {
-	for _, fd := range unhandledFields(m.Descriptor(), handled) {
+// skip (0: none) is one more field the caller rendered for this message.
+func rest(obj ast.Object, m protoreflect.Message, need *authz.Need, fields []protoreflect.FieldDescriptor, skip protoreflect.FieldNumber) {
+	for _, fd := range fields {
 		if fd.Number() != skip && m.Has(fd) && need.Child(fd.JSONName()) != nil {
 			obj.Insert(ast.StringTerm(fd.JSONName()), ast.NewTerm(fieldValue(fd, m.Get(fd))))
 		}
 	}
 }
 
-// unhandled caches unhandledFields by message type (each type is always
-// rendered with the same handled set).
-var unhandled sync.Map // protoreflect.FullName -> []protoreflect.FieldDescriptor
+// The fields each hand-written renderer leaves to rest, listed once from
+// the message descriptors (fixed tables, never modified).
+var (
+	attributesRest = unhandledFields(&authv3.AttributeContext{}, func(n protoreflect.FieldNumber) bool {
+		return n == 1 || n == 2 || n == 4 || n == 10 // source, destination, request, context_extensions
+	})
+	peerRest    = unhandledFields(&authv3.AttributeContext_Peer{}, func(n protoreflect.FieldNumber) bool { return n == 4 }) // principal; the address when simple
+	requestRest = unhandledFields(&authv3.AttributeContext_Request{}, func(n protoreflect.FieldNumber) bool { return n == 1 || n == 2 })
+	httpRest    = unhandledFields(&authv3.AttributeContext_HttpRequest{}, func(n protoreflect.FieldNumber) bool {
+		return n >= 1 && n <= 12 // id..raw_body; header_map (13) and newer fields stay generic
+	})
+)
 
-// unhandledFields lists the fields of md, in number order, not in handled.
-func unhandledFields(md protoreflect.MessageDescriptor, handled func(protoreflect.FieldNumber) bool) []protoreflect.FieldDescriptor {
-	if v, ok := unhandled.Load(md.FullName()); ok {
-		return v.([]protoreflect.FieldDescriptor)
-	}
+// unhandledFields lists the fields of m's type, in number order, not in
+// handled.
+func unhandledFields(m protoreflect.ProtoMessage, handled func(protoreflect.FieldNumber) bool) []protoreflect.FieldDescriptor {
 	var out []protoreflect.FieldDescriptor
-	fields := md.Fields()
+	fields := m.ProtoReflect().Descriptor().Fields()
 	for i := range fields.Len() {
 		if fd := fields.Get(i); !handled(fd.Number()) {
 			out = append(out, fd)
 		}
 	}
 	slices.SortFunc(out, func(a, b protoreflect.FieldDescriptor) int { return int(a.Number()) - int(b.Number()) })
-	unhandled.Store(md.FullName(), out)
 	return out
 }
 
-// attributesValue renders (what need asks for of) an AttributeContext.
-func attributesValue(a *authv3.AttributeContext, need *authz.Need, ar *termArena) ast.Object {
+// attributesValue renders (what need asks for of) an AttributeContext;
+// memo (nil: none) keeps the last peers rendered.
+func attributesValue(a *authv3.AttributeContext, need *authz.Need, ar *termArena, memo *InputMemo) ast.Object {
 	var items [4][2]*ast.Term
 	n := 0
 	if c := need.Child("source"); a.Source != nil && c != nil {
-		items[n] = ast.Item(termSource, ar.term(memoPeerValue(a.Source, c, ar, &lastSource)))
+		items[n] = ast.Item(termSource, ar.term(memoPeerValue(a.Source, c, ar, memo.source())))
 		n++
 	}
 	if c := need.Child("destination"); a.Destination != nil && c != nil {
-		items[n] = ast.Item(termDestination, ar.term(memoPeerValue(a.Destination, c, ar, &lastDestination)))
+		items[n] = ast.Item(termDestination, ar.term(memoPeerValue(a.Destination, c, ar, memo.destination())))
 		n++
 	}
 	if c := need.Child("request"); a.Request != nil && c != nil {
@@ -157,9 +162,7 @@ func attributesValue(a *authv3.AttributeContext, need *authz.Need, ar *termArena
 		n++
 	}
 	obj := ast.NewObject(items[:n]...)
-	rest(obj, a.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool {
-		return n == 1 || n == 2 || n == 4 || n == 10 // source, destination, request, context_extensions
-	}, 0)
+	rest(obj, a.ProtoReflect(), need, attributesRest, 0)
 	return obj
 }
 
@@ -175,11 +178,35 @@ type peerMemo struct {
 	value           ast.Object
 }
 
-var lastSource, lastDestination atomic.Pointer[peerMemo]
+// InputMemo keeps the input renderings of the last source and destination
+// peers, shared by the inputs of the requests that carry the same ones (the
+// destination is the sidecar's listener for every request, the source the
+// same for every request of a downstream connection). Each Server keeps
+// one; the zero value is ready, a nil *InputMemo keeps nothing.
+type InputMemo struct {
+	lastSource, lastDestination atomic.Pointer[peerMemo]
+}
+
+func (m *InputMemo) source() *atomic.Pointer[peerMemo] {
+	if m == nil {
+		return nil
+	}
+	return &m.lastSource
+}
+
+func (m *InputMemo) destination() *atomic.Pointer[peerMemo] {
+	if m == nil {
+		return nil
+	}
+	return &m.lastDestination
+}
 
 // memoPeerValue is peerValue, answered from memo when p is the same simple
-// peer as last time.
+// peer as last time (memo nil: rendered every time).
 func memoPeerValue(p *authv3.AttributeContext_Peer, need *authz.Need, ar *termArena, memo *atomic.Pointer[peerMemo]) ast.Object {
+	if memo == nil {
+		return peerValue(p, need, ar)
+	}
 	addr, port, ok := simplePeer(p)
 	if !ok {
 		return peerValue(p, need, ar)
@@ -204,7 +231,7 @@ func simplePeer(p *authv3.AttributeContext_Peer) (string, uint32, bool) {
 		return "", 0, false
 	}
 	m := p.ProtoReflect()
-	for _, fd := range unhandledFields(m.Descriptor(), peerHandled) {
+	for _, fd := range peerRest {
 		if fd.Number() != 1 && m.Has(fd) {
 			return "", 0, false
 		}
@@ -214,10 +241,6 @@ func simplePeer(p *authv3.AttributeContext_Peer) (string, uint32, bool) {
 	}
 	return sa.SocketAddress.Address, pv.PortValue, true
 }
-
-// peerHandled: the fields of a Peer peerValue renders itself (principal;
-// the address when it is simple).
-func peerHandled(n protoreflect.FieldNumber) bool { return n == 4 }
 
 func peerValue(p *authv3.AttributeContext_Peer, need *authz.Need, ar *termArena) ast.Object {
 	var items [2][2]*ast.Term
@@ -241,7 +264,7 @@ func peerValue(p *authv3.AttributeContext_Peer, need *authz.Need, ar *termArena)
 	if handledAddr {
 		skip = 1 // address
 	}
-	rest(obj, p.ProtoReflect(), need, peerHandled, skip)
+	rest(obj, p.ProtoReflect(), need, peerRest, skip)
 	return obj
 }
 
@@ -278,7 +301,7 @@ func requestValue(r *authv3.AttributeContext_Request, need *authz.Need, ar *term
 		n++
 	}
 	obj := ast.NewObject(items[:n]...)
-	rest(obj, r.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool { return n == 1 || n == 2 }, 0)
+	rest(obj, r.ProtoReflect(), need, requestRest, 0)
 	return obj
 }
 
@@ -329,8 +352,6 @@ func httpValue(h *authv3.AttributeContext_HttpRequest, need *authz.Need, ar *ter
 		add(termRawBody, ar.str(base64.StdEncoding.EncodeToString(h.RawBody)))
 	}
 	obj := ast.NewObject(items[:n]...)
-	rest(obj, h.ProtoReflect(), need, func(n protoreflect.FieldNumber) bool {
-		return n >= 1 && n <= 12 // id..raw_body; header_map (13) and newer fields stay generic
-	}, 0)
+	rest(obj, h.ProtoReflect(), need, httpRest, 0)
 	return obj
 }

@@ -91,7 +91,7 @@ func TestFastInputEqualsGenericRendering(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := range 2000 {
 		req := randomRequest(r)
-		fast := attributesValue(req.Attributes, authz.NeedAll, &termArena{})
+		fast := attributesValue(req.Attributes, authz.NeedAll, &termArena{}, nil)
 		generic := messageValue(req.Attributes.ProtoReflect())
 		if fast.Compare(generic) != 0 {
 			t.Fatalf("request %d differs:\nfast    %v\ngeneric %v", i, fast, generic)
@@ -237,11 +237,16 @@ func TestPeerMemo(t *testing.T) {
 		"all":       authz.NeedAll,
 		"principal": authz.NeedFor([]ast.Ref{ast.MustParseRef("input.attributes.source.principal"), ast.MustParseRef("input.attributes.destination.principal")}),
 	}
-	for _, name := range []string{"all", "principal", "all"} {
+	memo := &InputMemo{}
+	for _, run := range []struct {
+		name string
+		memo *InputMemo
+	}{{"all", memo}, {"principal", memo}, {"all", memo}, {"all", nil}} {
+		name, memo := run.name, run.memo
 		need := needs[name]
 		for i, p := range seq {
 			for _, a := range []*authv3.AttributeContext{{Source: p}, {Destination: p}} {
-				got := attributesValue(a, need.Child("attributes"), &termArena{})
+				got := attributesValue(a, need.Child("attributes"), &termArena{}, memo)
 				want := messageValue(a.ProtoReflect())
 				if name == "principal" {
 					want = filterPrincipal(t, want)
@@ -266,4 +271,24 @@ func filterPrincipal(tb testing.TB, v ast.Object) ast.Object {
 		out.Insert(k, ast.NewTerm(obj))
 	})
 	return out
+}
+
+// TestPeerMemoIsPerServer: the last peers rendered are kept by each
+// server (an InputMemo), not in package state shared by every server and
+// every Evaluate call of the process.
+func TestPeerMemoIsPerServer(t *testing.T) {
+	t.Parallel()
+	a := &authv3.AttributeContext{Source: &authv3.AttributeContext_Peer{
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: "10.0.0.9", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 8443},
+		}}},
+	}}
+	var one, other InputMemo
+	attributesValue(a, authz.NeedAll.Child("attributes"), &termArena{}, &one)
+	if one.lastSource.Load() == nil {
+		t.Fatal("the server's memo did not keep the source it rendered")
+	}
+	if other.lastSource.Load() != nil || other.lastDestination.Load() != nil {
+		t.Error("another server's memo holds a peer it never rendered")
+	}
 }

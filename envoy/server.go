@@ -98,6 +98,7 @@ type Server struct {
 	httpSrv *http.Server
 	admit   *admission
 	pool    *workers
+	memo    InputMemo
 
 	mu        sync.Mutex
 	grpcLis   net.Listener
@@ -393,7 +394,7 @@ func (s *Server) decide(ctx context.Context, m *checkMessage, deadline time.Time
 	case m.err != nil:
 		return badRequest(s.engine, m.err), nil, nil
 	}
-	return evaluate(ctx, s.engine, m.req, nil, s.pool, deadline)
+	return evaluate(ctx, s.engine, m.req, nil, s.pool, deadline, &s.memo)
 }
 
 // Evaluate is one Check as every Gatehouse front end answers it (the gRPC
@@ -412,14 +413,14 @@ func (s *Server) decide(ctx context.Context, m *checkMessage, deadline time.Time
 // sidecar's own reasons: an *authz.DecideError (not ready, stale data,
 // evaluation error, a decision of the wrong shape).
 func Evaluate(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer) (*authz.Decision, map[string]string, error) {
-	return evaluate(ctx, engine, req, tracer, nil, time.Time{})
+	return evaluate(ctx, engine, req, tracer, nil, time.Time{}, nil)
 }
 
 // evaluate is Evaluate with the policy evaluation on one of pool's workers
 // (nil: on the caller's goroutine), denied 429 overloaded when none is free
-// by deadline.
-func evaluate(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer, pool *workers, deadline time.Time) (*authz.Decision, map[string]string, error) {
-	prep, err := Prepare(req)
+// by deadline, and the input's peers kept in memo (nil: none).
+func evaluate(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer, pool *workers, deadline time.Time, memo *InputMemo) (*authz.Decision, map[string]string, error) {
+	prep, err := prepare(req, memo)
 	if err != nil {
 		return badRequest(engine, err), RequestHeaders(req.GetAttributes().GetRequest().GetHttp()), nil
 	}

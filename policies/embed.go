@@ -7,5 +7,5 @@ import "embed"
 
 // FS holds every .rego file under policies/.
 //
-//go:embed envoy gatehouse
+//go:embed envoy gatehouse authzen
 var FS embed.FS

@@ -50,6 +50,13 @@ type EvalConfig struct {
 	Explain bool
 	// Logger receives engine logs; nil discards them.
 	Logger *slog.Logger
+	// AuthZENDecision is the AuthZEN decision rule for an AuthZEN request
+	// (default authzen/allow).
+	AuthZENDecision string
+	// AuthZENEndpoint is the API path an AuthZEN request is answered as
+	// ("": the evaluations endpoint for a body with "evaluations", else the
+	// evaluation endpoint).
+	AuthZENEndpoint string
 }
 
 // Evaluation is the result of Eval.
@@ -62,6 +69,9 @@ type Evaluation struct {
 	Response *authv3.CheckResponse
 	// Explanation is set with EvalConfig.Explain.
 	Explanation *Explanation
+	// AuthZEN is the answer to an AuthZEN request (InputKind authzen); the
+	// fields above are then unset.
+	AuthZEN *AuthZENAnswer
 }
 
 // shimPackage holds the rule Eval adds for ready input documents carrying
@@ -90,6 +100,9 @@ func Eval(ctx context.Context, cfg EvalConfig) (ev *Evaluation, err error) {
 	src, err := authz.LoadDir(cfg.Policies, ast.RegoV1)
 	if err != nil {
 		return nil, loadDirError(err)
+	}
+	if kind == InputAuthZEN {
+		return evalAuthZEN(ctx, cfg, src, logger)
 	}
 	decision := cfg.Decision
 	if doc != nil {
@@ -217,13 +230,20 @@ func parseInput(raw []byte, kind string) (string, *authv3.CheckRequest, ast.Obje
 	switch kind {
 	case "", InputAuto:
 		_, ok := top["attributes"]
+		_, subject := top["subject"]
 		kind = InputDocument
-		if ok && len(top) == 1 {
+		switch {
+		case ok && len(top) == 1:
 			kind = InputCheckRequest
+		case subject && !ok:
+			kind = InputAuthZEN
 		}
-	case InputCheckRequest, InputDocument:
+	case InputCheckRequest, InputDocument, InputAuthZEN:
 	default:
-		return "", nil, nil, usagef("--input-kind %q: want auto, check_request or input", kind)
+		return "", nil, nil, usagef("--input-kind %q: want auto, check_request, input or authzen", kind)
+	}
+	if kind == InputAuthZEN {
+		return kind, nil, nil, nil
 	}
 	if kind == InputCheckRequest {
 		req := &authv3.CheckRequest{}
@@ -305,4 +325,38 @@ func responseFor(d *authz.Decision, doc ast.Object) *authv3.CheckResponse {
 		})
 	}
 	return envoy.Response(d, headers)
+}
+
+// evalAuthZEN answers an AuthZEN request offline as the sidecar's AuthZEN
+// listener would, over cfg.Data.
+func evalAuthZEN(ctx context.Context, cfg EvalConfig, src authz.Source, logger *slog.Logger) (*Evaluation, error) {
+	ps, err := authz.Compile(src, compileDecision(cfg.AuthZENDecision), bundle.Builtins()...)
+	if err != nil {
+		if ce, ok := compileError(err).(*CompileError); ok {
+			return nil, ce
+		}
+		return nil, usagef("%v", err)
+	}
+	var store *bundle.Store
+	if cfg.Data != "" {
+		ops, err := ReadTenancyFile(cfg.Data)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --data: %v", ErrInput, err)
+		}
+		dir, err := os.MkdirTemp("", "gatehouse-eval-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		if store, err = OpenTenancy(dir, ops, logger); err != nil {
+			return nil, fmt.Errorf("%w: --data %s: %v", ErrInput, cfg.Data, err)
+		}
+		defer store.Close()
+	}
+	sc := NewSidecar(SidecarConfig{Policy: ps, Store: store, Logger: logger})
+	ans, err := sc.AuthZEN(ctx, cfg.AuthZENDecision, cfg.AuthZENEndpoint, cfg.Input)
+	if err != nil {
+		return nil, err
+	}
+	return &Evaluation{InputKind: InputAuthZEN, AuthZEN: ans}, nil
 }

@@ -60,6 +60,9 @@ func (ev *Evaluation) Document() (*EvalDocument, error) {
 // WriteEvaluation writes ev as text for people (pretty) or as the JSON
 // EvalDocument (json).
 func WriteEvaluation(w io.Writer, ev *Evaluation, format string) error {
+	if ev.AuthZEN != nil {
+		return writeAuthZEN(w, ev.AuthZEN, format)
+	}
 	doc, err := ev.Document()
 	if err != nil {
 		return err
@@ -269,4 +272,27 @@ func describeEntity(e ChainEntity) string {
 		kv = append(kv, k+"="+s)
 	}
 	return e.ID + "  " + strings.Join(kv, " ")
+}
+
+// writeAuthZEN prints an AuthZEN answer: the API's JSON body (pretty: with
+// the endpoint and status first).
+func writeAuthZEN(w io.Writer, a *AuthZENAnswer, format string) error {
+	var body any
+	if err := json.Unmarshal(a.Body, &body); err != nil {
+		body = string(a.Body)
+	}
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	switch format {
+	case FormatJSON:
+		return enc.Encode(map[string]any{"endpoint": a.Endpoint, "status": a.Status, "body": body})
+	case FormatPretty, "":
+	default:
+		return usagef("--format %q: want pretty or json", format)
+	}
+	if _, err := fmt.Fprintf(w, "%-16s%s (%d)\n", "authzen", a.Endpoint, a.Status); err != nil {
+		return err
+	}
+	return enc.Encode(body)
 }

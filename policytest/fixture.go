@@ -37,6 +37,9 @@ type Fixture struct {
 	Tenancy string `yaml:"tenancy"`
 	// Issuers are the trusted token issuers; default one, DefaultIssuer.
 	Issuers []IssuerSpec `yaml:"issuers"`
+	// AuthZENDecision is the AuthZEN decision rule of the authzen cases
+	// (default authzen/allow).
+	AuthZENDecision string `yaml:"authzen_decision"`
 	// Defaults are merged into every case: method, path, host, headers,
 	// context, token (a case's own values win).
 	Defaults Case `yaml:"defaults"`
@@ -64,6 +67,13 @@ type Case struct {
 	// CheckRequest is a full Envoy CheckRequest (protojson names) instead
 	// of the short form; headers, context and token still apply on top.
 	CheckRequest map[string]any `yaml:"check_request"`
+	// AuthZEN, instead of a check, is an AuthZEN request body (SPEC §10),
+	// answered as the sidecar's AuthZEN listener would: the evaluations
+	// endpoint when it has "evaluations", else the evaluation endpoint, or
+	// AuthZENEndpoint. Expect then checks allowed (the decision), reason
+	// (context.reason), status (the HTTP status) and decisions (a batch).
+	AuthZEN         map[string]any `yaml:"authzen"`
+	AuthZENEndpoint string         `yaml:"authzen_endpoint"`
 	// Expect is the expected answer.
 	Expect Expect `yaml:"expect"`
 
@@ -89,11 +99,13 @@ type Expect struct {
 	BodyContains string `yaml:"body_contains"`
 	// Error expects "cannot decide": the error message contains this text.
 	Error string `yaml:"error"`
+	// Decisions are the decisions of an AuthZEN batch, in order.
+	Decisions []bool `yaml:"decisions"`
 }
 
 func (e Expect) empty() bool {
 	return e.Allowed == nil && e.Status == 0 && e.Reason == nil && len(e.Headers) == 0 &&
-		len(e.HeadersAbsent) == 0 && len(e.HeadersRemoved) == 0 && e.BodyContains == "" && e.Error == ""
+		len(e.HeadersAbsent) == 0 && len(e.HeadersRemoved) == 0 && e.BodyContains == "" && e.Error == "" && e.Decisions == nil
 }
 
 // ReadFixture parses dir/fixture.yaml strictly (unknown fields are errors)
@@ -200,6 +212,12 @@ func (fx *Fixture) check() error {
 		names[c.Name] = true
 		if c.Expect.empty() && c.Skip == "" {
 			errs = append(errs, fmt.Errorf("%s: no expect: (allowed, status, reason, headers, headers_absent, headers_removed, body_contains or error)", at))
+		}
+		if c.AuthZEN != nil && (c.CheckRequest != nil || c.Method != "" || c.Path != "" || c.Host != "" || c.Body != nil || c.Token != nil || c.Context != nil || c.Headers != nil) {
+			errs = append(errs, fmt.Errorf("%s: an authzen case is an AuthZEN request: no check_request, method, path, host, body, token, context or headers", at))
+		}
+		if c.AuthZEN == nil && (c.AuthZENEndpoint != "" || c.Expect.Decisions != nil) {
+			errs = append(errs, fmt.Errorf("%s: authzen_endpoint and expect.decisions need an authzen request", at))
 		}
 		if c.CheckRequest != nil && (c.Method != "" || c.Path != "" || c.Host != "" || c.Body != nil) {
 			errs = append(errs, fmt.Errorf("%s: give check_request or method/path/host/body, not both", at))
@@ -435,4 +453,33 @@ func (g *Got) short() string {
 		return fmt.Sprint(g.Status)
 	}
 	return fmt.Sprintf("%d %s", g.Status, g.Reason)
+}
+
+// compareAuthZEN checks an AuthZEN answer against e.
+func (e Expect) compareAuthZEN(a *AuthZENAnswer) (got *Got, diffs []string) {
+	got = &Got{Status: a.Status, Body: string(a.Body)}
+	decided, allowed, reason := a.decision()
+	got.Allowed, got.Reason = allowed, reason
+	if e.Error != "" {
+		if a.Status < 500 || !strings.Contains(string(a.Body), e.Error) {
+			diffs = append(diffs, fmt.Sprintf("error: want cannot decide (%q), got %d %s", e.Error, a.Status, a.Body))
+		}
+		return got, diffs
+	}
+	if e.Status != 0 && e.Status != a.Status {
+		diffs = append(diffs, fmt.Sprintf("status: want %d, got %d (%s)", e.Status, a.Status, a.Body))
+	}
+	if e.Allowed != nil && (!decided || *e.Allowed != allowed) {
+		diffs = append(diffs, fmt.Sprintf("decision: want %t, got %s", *e.Allowed, a.Body))
+	}
+	if e.Reason != nil && *e.Reason != reason {
+		diffs = append(diffs, fmt.Sprintf("reason: want %q, got %q", *e.Reason, reason))
+	}
+	if e.Decisions != nil && !slices.Equal(e.Decisions, a.decisions()) {
+		diffs = append(diffs, fmt.Sprintf("decisions: want %v, got %v", e.Decisions, a.decisions()))
+	}
+	if e.BodyContains != "" && !strings.Contains(string(a.Body), e.BodyContains) {
+		diffs = append(diffs, fmt.Sprintf("body: want it to contain %q, got %s", e.BodyContains, a.Body))
+	}
+	return got, diffs
 }

@@ -2,6 +2,7 @@ package policytest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -227,6 +228,10 @@ func (r *fixtureRun) run(ctx context.Context, fx *Fixture) ([]*Result, error) {
 			res.Result, res.Error = Skip, c.Skip
 			continue
 		}
+		if c.AuthZEN != nil {
+			r.runAuthZEN(ctx, fx, sc, c, res)
+			continue
+		}
 		c = fx.withDefaults(c)
 		req, err := c.request(r.minter, issuers, time.Now())
 		if err != nil {
@@ -272,4 +277,32 @@ func (g *Got) describe() string {
 		s += " " + g.Body
 	}
 	return s
+}
+
+// runAuthZEN runs an authzen case: its request answered as the sidecar's
+// AuthZEN listener would.
+func (r *fixtureRun) runAuthZEN(ctx context.Context, fx *Fixture, sc *Sidecar, c Case, res *Result) {
+	body, err := json.Marshal(c.AuthZEN)
+	if err != nil {
+		res.Result, res.Error = Error, fmt.Sprintf("authzen: %v", err)
+		return
+	}
+	start := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	ans, err := sc.AuthZEN(cctx, fx.AuthZENDecision, c.AuthZENEndpoint, body)
+	cancel()
+	res.Duration = time.Since(start)
+	res.DurationNS = res.Duration.Nanoseconds()
+	if err != nil {
+		res.Result, res.Error = Error, err.Error()
+		return
+	}
+	got, diffs := c.Expect.compareAuthZEN(ans)
+	res.Got = got
+	if len(diffs) == 0 {
+		res.Result = Pass
+		return
+	}
+	res.Result = Fail
+	res.Failure = &Failure{Message: diffs[0], Details: diffs}
 }

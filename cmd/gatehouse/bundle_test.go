@@ -122,7 +122,7 @@ func TestBundleBuildCLI(t *testing.T) {
 			args: func(out string) []string {
 				return []string{"bundle", "build", filepath.Join("..", "..", "policies"), "-o", out, "--signing-key", priv}
 			},
-			stdout: []string{"roots [envoy gatehouse]", "signed RS256"},
+			stdout: []string{"roots [authzen envoy gatehouse]", "signed RS256"},
 		},
 		"does not compile": {
 			args: func(out string) []string {

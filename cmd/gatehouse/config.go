@@ -17,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/authzen"
 	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
 )
@@ -48,6 +49,8 @@ type ServeConfig struct {
 	ID string `yaml:"id"`
 	// Tracing exports a span per Check over OTLP; nil = off.
 	Tracing *TracingConfig `yaml:"tracing"`
+	// AuthZEN configures the AuthZEN API served on listen.authzen.
+	AuthZEN authzen.Config `yaml:"authzen"`
 }
 
 // CacheConfig is the `cache:` section: entry and size bounds of the
@@ -55,16 +58,16 @@ type ServeConfig struct {
 type CacheConfig struct {
 	// Decisions: memoized decisions (default 10000).
 	Decisions int `yaml:"decisions"`
-	// Tokens: verified tokens (default 10000).
+	// Tokens: verified tokens (default 5000).
 	Tokens int `yaml:"tokens"`
 	// Documents: decoded tenancy documents (default 50000).
 	Documents int `yaml:"documents"`
 	// DecisionsMB: MiB of memoized decisions, as accounted (keys are
 	// hashes; deny bodies, headers, metadata and recorded reads count);
-	// default 32.
+	// default 16.
 	DecisionsMB int `yaml:"decisions_mb"`
 	// TokensMB: MiB of verified tokens, as accounted (their claims count);
-	// default 32.
+	// default 16.
 	TokensMB int `yaml:"tokens_mb"`
 }
 
@@ -108,7 +111,9 @@ type ListenConfig struct {
 	HTTP string `yaml:"http"`
 	// Ops serves /healthz, /readyz, /metrics, /v1/status.
 	Ops string `yaml:"ops"`
-	// TLS applies to the grpc and http listeners.
+	// AuthZEN is the AuthZEN API address (SPEC §10); "" = off.
+	AuthZEN string `yaml:"authzen"`
+	// TLS applies to the grpc, http and authzen listeners.
 	TLS netx.TLSConfig `yaml:"tls"`
 	// HTTPPathPrefix is stripped from HTTP service request paths.
 	HTTPPathPrefix string `yaml:"http_path_prefix"`
@@ -139,7 +144,7 @@ type DataConfig struct {
 	ReconnectMaxBackoff time.Duration `yaml:"reconnect_max_backoff"`
 	// ResidentBudgetMB: when the cache file's pages resident in the
 	// process exceed it, they are dropped from the resident set (they stay in
-	// the page cache). Default 32; -1 never trims.
+	// the page cache). Default 16; -1 never trims.
 	ResidentBudgetMB int `yaml:"resident_budget_mb"`
 	// VerifyOnStart runs bbolt's consistency check over the cache file in
 	// the background after a restart: true always, false never; unset, for
@@ -210,6 +215,7 @@ func (c ServeConfig) Validate() error {
 		netx.ValidateAddr("listen.ops", c.Listen.Ops),
 		c.Listen.TLS.Validate(),
 		c.Policies.Validate(),
+		c.authzenConfig().ValidateIfServed(c.Listen.AuthZEN),
 		c.Log.Validate(),
 	}
 	if c.Data.MaxStaleness < 0 {
@@ -294,7 +300,7 @@ func (c *ServeConfig) resolvePaths(base string) {
 	}
 	for _, p := range []*string{
 		&c.Policies.Dir, &c.Policies.Bundle.PublicKeyFile, &c.Policies.Bundle.TokenFile,
-		&c.Data.Dir, &c.Data.TokenFile,
+		&c.Data.Dir, &c.Data.TokenFile, &c.AuthZEN.TokenFile,
 		&c.Listen.TLS.CertFile, &c.Listen.TLS.KeyFile, &c.Listen.TLS.ClientCAFile,
 	} {
 		*p = resolve(base, *p)
@@ -340,7 +346,7 @@ var yamlSections = map[string]string{
 	"main.ServeConfig": "the top level", "main.ControlFile": "the top level", "control.Config": "the top level",
 	"main.ListenConfig": "listen", "netx.TLSConfig": "listen.tls", "authz.PolicyConfig": "policies",
 	"authz.BundleSourceConfig": "policies.bundle", "main.DataConfig": "data", "authz.IssuerConfig": "issuers",
-	"main.LogConfig": "log", "main.CacheConfig": "cache", "main.LimitsConfig": "limits",
+	"main.LogConfig": "log", "main.CacheConfig": "cache", "main.LimitsConfig": "limits", "authzen.Config": "authzen",
 	"decisionlog.Config": "decision_logs", "decisionlog.FileConfig": "decision_logs.file",
 	"decisionlog.ServiceConfig": "decision_logs.service", "decisionlog.ReportingConfig": "decision_logs.service.reporting",
 	"decisionlog.SampleConfig": "decision_logs.sample", "main.TracingConfig": "tracing",
@@ -465,4 +471,14 @@ func (l URLList) Validate(key string) error {
 		seen[strings.TrimRight(u, "/")] = true
 	}
 	return errors.Join(errs...)
+}
+
+// authzenConfig is the AuthZEN API's configuration as the serve
+// configuration sets it: its section, the decision rule of policies:, and
+// mTLS from listen.tls.
+func (c ServeConfig) authzenConfig() authzen.Config {
+	az := c.AuthZEN
+	az.Decision = c.Policies.AuthZENDecision
+	az.ClientCerts = c.Listen.TLS.ClientCAFile != ""
+	return az
 }

@@ -41,6 +41,22 @@ func TestServeConfigErrors(t *testing.T) {
 			yaml:  "policies: {dir: policies}\nlisten: {grpc: \"localhost\"}\n",
 			wants: []string{"listen.grpc", `"localhost"`},
 		},
+		"authzen without PEP authentication": {
+			yaml:  "policies: {dir: policies}\nlisten: {authzen: 127.0.0.1:9193}\n",
+			wants: []string{"listen.authzen", "authzen.token_file"},
+		},
+		"bad authzen address": {
+			yaml:  "policies: {dir: policies}\nlisten: {authzen: \"9193\"}\nauthzen: {token_file: t}\n",
+			wants: []string{"listen.authzen", `"9193"`},
+		},
+		"bad authzen decision": {
+			yaml:  "policies: {dir: policies, authzen_decision: \"a//b\"}\nlisten: {authzen: 127.0.0.1:0}\nauthzen: {token_file: t}\n",
+			wants: []string{"policies.authzen_decision"},
+		},
+		"unknown authzen key": {
+			yaml:  "policies: {dir: policies}\nauthzen: {token: x}\n",
+			wants: []string{`unknown key "token" in authzen`},
+		},
 		"bad ops address": {
 			yaml:  "policies: {dir: policies}\nlisten: {ops: \"unix://\"}\n",
 			wants: []string{"listen.ops"},

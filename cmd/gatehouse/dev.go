@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/authzen"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/internal/keys"
@@ -46,6 +47,7 @@ const (
 type devFlags struct {
 	dir, policies                            string
 	grpcAddr, httpAddr, opsAddr, controlAddr string
+	authzenAddr                              string
 	logLevel, logFormat                      string
 }
 
@@ -76,6 +78,7 @@ Everything lives in --dir (default: a temporary folder removed at exit); with
 	fl.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9192", "ext_authz HTTP service address")
 	fl.StringVar(&f.opsAddr, "ops-addr", "127.0.0.1:8181", "ops address")
 	fl.StringVar(&f.controlAddr, "control-addr", "127.0.0.1:8282", "control endpoint address")
+	fl.StringVar(&f.authzenAddr, "authzen-addr", "127.0.0.1:9193", "AuthZEN API address (PEP token: DIR/authzen.token)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "json or text")
 	return cmd
@@ -118,7 +121,8 @@ func runDev(ctx context.Context, f devFlags, stdout, stderr io.Writer) error {
 	controlURL := "http://" + ctrl.Addr().String()
 
 	cfg := ServeConfig{
-		Listen:   ListenConfig{GRPC: f.grpcAddr, HTTP: f.httpAddr, Ops: f.opsAddr, GRPCReflection: true},
+		Listen:   ListenConfig{GRPC: f.grpcAddr, HTTP: f.httpAddr, Ops: f.opsAddr, AuthZEN: f.authzenAddr, GRPCReflection: true},
+		AuthZEN:  authzen.Config{TokenFile: env.authzenToken},
 		Policies: authz.PolicyConfig{Dir: env.policies},
 		Data:     DataConfig{Dir: filepath.Join(dir, "sidecar"), ControlURL: URLList(controlURL), TokenFile: env.syncToken},
 		Issuers:  []authz.IssuerConfig{env.issuer(devIssuer, false), env.issuer(devTrustedIssuer, true)},
@@ -167,6 +171,7 @@ func runDev(ctx context.Context, f devFlags, stdout, stderr io.Writer) error {
 type devEnv struct {
 	dir                   string
 	adminToken, syncToken string // token files
+	authzenToken          string // the PEP token of the AuthZEN API
 	publicKey             string // PEM file
 	key                   *rsa.PrivateKey
 	policies              string
@@ -186,19 +191,20 @@ func (e devEnv) issuer(name string, trust bool) authz.IssuerConfig {
 // the shipped policies in dir.
 func prepareDevDir(dir, policyDir string) (devEnv, error) {
 	env := devEnv{
-		dir:        dir,
-		adminToken: filepath.Join(dir, "admin.token"),
-		syncToken:  filepath.Join(dir, "sync.token"),
-		publicKey:  filepath.Join(dir, "issuer", keys.PublicFile),
-		policies:   policyDir,
-		tokens:     filepath.Join(dir, "tokens"),
+		dir:          dir,
+		adminToken:   filepath.Join(dir, "admin.token"),
+		syncToken:    filepath.Join(dir, "sync.token"),
+		authzenToken: filepath.Join(dir, "authzen.token"),
+		publicKey:    filepath.Join(dir, "issuer", keys.PublicFile),
+		policies:     policyDir,
+		tokens:       filepath.Join(dir, "tokens"),
 	}
 	for _, d := range []string{dir, filepath.Join(dir, "issuer"), env.tokens} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return env, err
 		}
 	}
-	for _, tf := range []string{env.adminToken, env.syncToken} {
+	for _, tf := range []string{env.adminToken, env.syncToken, env.authzenToken} {
 		if _, err := os.Stat(tf); errors.Is(err, os.ErrNotExist) {
 			b := make([]byte, 24)
 			_, _ = rand.Read(b)
@@ -326,7 +332,8 @@ Gatehouse dev is ready.
   control          {{.Control}}   (admin token: {{.Dir}}/admin.token)
   policies         {{.Policies}}   (edit and save: reloaded within 2 s)
   dev issuers      {{.Issuer}} and {{.Trusted}} (audience "api"; key {{.Dir}}/issuer/)
-  tokens           {{.Dir}}/tokens/<user>.jwt (12 h)
+  tokens           {{.Dir}}/tokens/<user>.jwt (12 h){{if .AuthZEN}}
+  AuthZEN API      http://{{.AuthZEN}}/access/v1/...   (/.well-known/authzen-configuration){{end}}
 
 HTTP service mode (route settings travel as x-gatehouse-context-* headers, as
 Envoy's authorization_request.headers_to_add would send them):
@@ -347,7 +354,21 @@ grpcurl -plaintext -d @ {{.GRPC}} envoy.service.auth.v3.Authorization/Check <<EO
   "contextExtensions": {"project": "timekeeping"}}}
 EOF
 
-Revoke Bob's grant, then repeat the first request: 403 no_role within milliseconds.
+{{if .AuthZEN}}AuthZEN API (applications ask too; the PEP's token is {{.Dir}}/authzen.token):
+
+# may Alice act as accountant on timekeeping in Beta? -> "decision": true
+curl -s http://{{.AuthZEN}}/access/v1/evaluation -H "authorization: Bearer $(cat {{.Dir}}/authzen.token)" -H 'content-type: application/json' \
+  -d '{"subject":{"type":"user","id":"alice"},"action":{"name":"accountant"},"resource":{"type":"project","id":"timekeeping","properties":{"tenant":"beta"}}}'
+
+# a batch for Bob in Beta: developer, then accountant -> true, false
+curl -s http://{{.AuthZEN}}/access/v1/evaluations -H "authorization: Bearer $(cat {{.Dir}}/authzen.token)" -H 'content-type: application/json' \
+  -d '{"subject":{"type":"user","id":"bob"},"resource":{"type":"project","id":"timekeeping","properties":{"tenant":"beta"}},"evaluations":[{"action":{"name":"developer"}},{"action":{"name":"accountant"}}]}'
+
+# in which tenants may Alice use timekeeping? -> beta
+curl -s http://{{.AuthZEN}}/access/v1/search/resource -H "authorization: Bearer $(cat {{.Dir}}/authzen.token)" -H 'content-type: application/json' \
+  -d '{"subject":{"type":"user","id":"alice"},"action":{"name":"access"},"resource":{"type":"tenant","properties":{"project":"timekeeping"}}}'
+
+{{end}}Revoke Bob's grant, then repeat the first request: 403 no_role within milliseconds.
 
 curl -s -X DELETE {{.Control}}/v1/user_grants/bob-tk -H "authorization: Bearer $(cat {{.Dir}}/admin.token)"
 
@@ -391,6 +412,14 @@ func printDevGuide(w io.Writer, env devEnv, f devFlags, sc *sidecar, controlURL 
 	return devGuide.Execute(w, map[string]any{
 		"GRPC": sc.ext.GRPCAddr(), "HTTP": sc.ext.HTTPAddr(), "Ops": sc.ops.Addr(),
 		"Control": controlURL, "Dir": env.dir, "Policies": env.policies,
-		"Issuer": devIssuer, "Trusted": devTrustedIssuer, "Cases": cases,
+		"Issuer": devIssuer, "Trusted": devTrustedIssuer, "Cases": cases, "AuthZEN": authzenAddr(sc),
 	})
+}
+
+// authzenAddr is the AuthZEN listener's address, "" when off.
+func authzenAddr(sc *sidecar) string {
+	if sc.authzen == nil {
+		return ""
+	}
+	return sc.authzen.Addr()
 }

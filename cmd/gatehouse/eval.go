@@ -17,6 +17,7 @@ type evalFlags struct {
 	config, policies, decision string
 	data, input, inputKind     string
 	format                     string
+	authzenDecision, endpoint  string
 	explain                    bool
 }
 
@@ -32,7 +33,13 @@ tenancy revisions (and, with --format json, the CheckResponse in protojson).
 --input is an Envoy CheckRequest in JSON (protojson names; a JSON object whose
 only key is "attributes"), or a ready input document (anything else; used as it
 is: its token is not verified, and without one input.token is "missing").
---input-kind check_request|input overrides the detection. "-" reads stdin.
+An AuthZEN request (SPEC §10: a JSON object with "subject" and without
+"attributes") is answered as the sidecar's AuthZEN listener answers it: the
+evaluations endpoint for a body with "evaluations", else the evaluation
+endpoint (--authzen-endpoint /access/v1/search/subject etc. for another), with
+the rule --authzen-decision (default authzen/allow); the API's JSON answer is
+printed. --input-kind check_request|input|authzen overrides the detection.
+"-" reads stdin.
 
 A CheckRequest goes through the sidecar's path: input builder, bearer token
 verification with the issuers of --config (a serve configuration file; without
@@ -50,9 +57,10 @@ absent when the token's issuer may not) and, for a tenancy decision, the
 chain user → user grants → project → project grants → tenant and its
 ancestors (plus the user's home tenant for an external user).
 
-Exit codes: 0 the request was decided (allowed or denied); 1 cannot decide
+Exit codes: 0 the request was decided (allowed or denied; an AuthZEN answer
+of 200); 1 cannot decide (an AuthZEN 5xx)
 (an evaluation error, a decision of the wrong shape); 2 usage error, unreadable
-input or data, or policies that do not compile.`,
+input or data (an AuthZEN 4xx), or policies that do not compile.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runEval(cmd, f)
@@ -64,7 +72,9 @@ input or data, or policies that do not compile.`,
 	fl.StringVar(&f.decision, "decision", "", "decision rule path (default envoy/authz/allow)")
 	fl.StringVar(&f.data, "data", "", "tenancy data file: a control API batch or entities per collection (JSON or YAML)")
 	fl.StringVar(&f.input, "input", "", `request file: an Envoy CheckRequest (JSON) or an input document; "-" for stdin`)
-	fl.StringVar(&f.inputKind, "input-kind", policytest.InputAuto, "auto, check_request or input")
+	fl.StringVar(&f.inputKind, "input-kind", policytest.InputAuto, "auto, check_request, input or authzen")
+	fl.StringVar(&f.authzenDecision, "authzen-decision", "", "AuthZEN decision rule (default policies.authzen_decision of --config, else authzen/allow)")
+	fl.StringVar(&f.endpoint, "authzen-endpoint", "", "AuthZEN endpoint to answer as, e.g. /access/v1/search/subject (default: by the body)")
 	fl.StringVar(&f.format, "format", policytest.FormatPretty, "output format: pretty or json")
 	fl.BoolVar(&f.explain, "explain", false, "explain the decision: rules that fired, tenancy data read, the identity, the tenancy chain")
 	return cmd
@@ -74,7 +84,8 @@ func runEval(cmd *cobra.Command, f evalFlags) error {
 	if f.format != policytest.FormatPretty && f.format != policytest.FormatJSON {
 		return usageErr(fmt.Errorf("--format %q: want pretty or json", f.format))
 	}
-	cfg := policytest.EvalConfig{Policies: f.policies, Decision: f.decision, Data: f.data, InputKind: f.inputKind, Explain: f.explain}
+	cfg := policytest.EvalConfig{Policies: f.policies, Decision: f.decision, Data: f.data, InputKind: f.inputKind, Explain: f.explain,
+		AuthZENDecision: f.authzenDecision, AuthZENEndpoint: f.endpoint}
 	if f.config != "" {
 		var sc ServeConfig
 		if err := decodeYAMLFile(f.config, &sc); err != nil {
@@ -95,6 +106,9 @@ func runEval(cmd *cobra.Command, f evalFlags) error {
 		}
 		if cfg.Decision == "" {
 			cfg.Decision = sc.Policies.Decision
+		}
+		if cfg.AuthZENDecision == "" {
+			cfg.AuthZENDecision = sc.Policies.AuthZENDecision
 		}
 	}
 	if cfg.Decision == "" {
@@ -125,6 +139,14 @@ func runEval(cmd *cobra.Command, f evalFlags) error {
 	}
 	if err := policytest.WriteEvaluation(cmd.OutOrStdout(), ev, f.format); err != nil {
 		return failureErr(err)
+	}
+	if a := ev.AuthZEN; a != nil {
+		switch {
+		case a.Status >= 500:
+			return failureErr(fmt.Errorf("AuthZEN %s: %d: cannot decide", a.Endpoint, a.Status))
+		case a.Status != 200:
+			return usageErr(fmt.Errorf("AuthZEN %s: %d", a.Endpoint, a.Status))
+		}
 	}
 	return nil
 }

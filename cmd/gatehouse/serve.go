@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/authzen"
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/envoy"
@@ -31,6 +32,7 @@ type serveFlags struct {
 	grpcAddr   string
 	httpAddr   string
 	opsAddr    string
+	authzAddr  string
 	decision   string
 	logLevel   string
 	logFormat  string
@@ -78,6 +80,7 @@ variables (GATEHOUSE_CONTROL_URL for --control-url, ...), overridden by flags.`,
 	fl.StringVar(&f.grpcAddr, "grpc-addr", "", "ext_authz gRPC address, host:port or unix:///path (listen.grpc, default 127.0.0.1:9191)")
 	fl.StringVar(&f.httpAddr, "http-addr", "", "ext_authz HTTP service address (listen.http, default 127.0.0.1:9192)")
 	fl.StringVar(&f.opsAddr, "ops-addr", "", "ops address (listen.ops, default 127.0.0.1:8181)")
+	fl.StringVar(&f.authzAddr, "authzen-addr", "", "AuthZEN API address (listen.authzen; off unless set)")
 	fl.StringVar(&f.decision, "decision", "", "decision rule path (policies.decision, default envoy/authz/allow)")
 	fl.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (log.level)")
 	fl.StringVar(&f.logFormat, "log-format", "", "json or text (log.format)")
@@ -106,6 +109,7 @@ func loadServeConfig(cmd *cobra.Command, f serveFlags) (ServeConfig, error) {
 	set("grpc-addr", &cfg.Listen.GRPC, f.grpcAddr)
 	set("http-addr", &cfg.Listen.HTTP, f.httpAddr)
 	set("ops-addr", &cfg.Listen.Ops, f.opsAddr)
+	set("authzen-addr", &cfg.Listen.AuthZEN, f.authzAddr)
 	set("decision", &cfg.Policies.Decision, f.decision)
 	set("log-level", &cfg.Log.Level, f.logLevel)
 	set("log-format", &cfg.Log.Format, f.logFormat)
@@ -135,6 +139,7 @@ type sidecar struct {
 	shadowSrc policySource
 	reporter  *ops.Reporter            // nil without a control endpoint
 	tracer    *sdktrace.TracerProvider // nil without tracing
+	authzen   *authzen.Listener        // nil: listen.authzen not set
 	closers   []io.Closer
 }
 
@@ -251,7 +256,22 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (*sidecar, error) {
 	if err := opsSrv.Listen(); err != nil {
 		return nil, err
 	}
-	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, syncer: syncer, ext: ext, ops: opsSrv, declog: declog, shadow: shadow, shadowSrc: shadowSrc, reporter: reporter, tracer: tp, closers: closers}, nil
+	var az *authzen.Listener
+	if cfg.Listen.AuthZEN != "" {
+		azc := cfg.authzenConfig()
+		azc.Registerer = reg
+		srv, err := authzen.New(azc, engine, logger)
+		if err != nil {
+			return nil, err
+		}
+		if az, err = authzen.NewListener(srv, cfg.Listen.AuthZEN, cfg.Listen.TLS, logger); err != nil {
+			return nil, err
+		}
+		if err := az.Listen(); err != nil {
+			return nil, err
+		}
+	}
+	return &sidecar{logger: logger, registry: reg, verifier: verifier, engine: engine, policies: src, syncer: syncer, ext: ext, ops: opsSrv, declog: declog, shadow: shadow, shadowSrc: shadowSrc, reporter: reporter, tracer: tp, authzen: az, closers: closers}, nil
 }
 
 // policySource keeps the engine's policy set current: a directory
@@ -341,6 +361,10 @@ func (s *sidecar) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.ext.Serve(gctx) })
 	g.Go(func() error { return s.ops.Serve(gctx) })
+	if s.authzen != nil {
+		s.logger.Info("authzen API listening", "addr", s.authzen.Addr())
+		g.Go(func() error { return s.authzen.Serve(gctx) })
+	}
 	g.Go(func() error { return s.policies.Run(gctx) })
 	if s.shadowSrc != nil {
 		g.Go(func() error { return s.shadowSrc.Run(gctx) })

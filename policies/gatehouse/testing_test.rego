@@ -269,3 +269,18 @@ required_of(q) := {r | some r in q.required} if {
 	_ = q.required
 	not is_string(q.required)
 }
+
+# project_users(p, x): the users holding grants on p in x (the built-in
+# reads the project_user_grants index).
+project_users(p, x) := sort({g.user |
+	some g in data.tenancy.user_grants
+	g.project == p
+	g.tenant == x
+})
+
+# user_tenants(u, p): the tenants in which u holds grants on p.
+user_tenants(u, p) := sort({g.tenant |
+	some g in data.tenancy.user_grants
+	g.user == u
+	g.project == p
+})
