@@ -5,7 +5,7 @@ COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: all build run test test-go test-policies bench bench-boot lint fuzz soak clean
+.PHONY: all build run test test-go test-policies bench bench-scale bench-boot lint fuzz soak clean
 
 all: build
 
@@ -55,6 +55,10 @@ soak: build
 ## (BENCH_1M=1 adds the 1M-grant world, BENCH_PEER=1 opa-envoy-plugin; see bench/README.md)
 bench: build
 	bench/bench.sh
+
+## bench-scale: control write throughput at concurrency 1 and 16 in one run (group commit; issue 11)
+bench-scale:
+	$(GO) test -run '^$$' -bench 'GroupCommit$$' -benchtime 5x ./control/
 
 ## bench-boot: a new sidecar's bootstrap at 200k and 1M grants (time, peak RSS, bytes per entity) and
 ## one control endpoint's fan-out to 2,000 change streams (BENCH_BOOT_SIZES, BENCH_FOLLOWERS; see bench/boot.sh)

@@ -75,17 +75,12 @@ func (s *Server) handlePutBundle(w http.ResponseWriter, r *http.Request) {
 	}
 	sum := sha256.Sum256(body)
 	var trimmed int
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketBundles)
+	audit := func(tx *bolt.Tx, old []byte) error {
 		var before json.RawMessage
-		if old := b.Get([]byte(name)); len(old) >= sha256.Size {
+		if len(old) >= sha256.Size {
 			before, _ = json.Marshal(bundleAudit{ETag: etag(old[:sha256.Size]), Bytes: len(old) - sha256.Size})
 		}
 		after, _ := json.Marshal(bundleAudit{ETag: etag(sum[:]), Bytes: len(body)})
-		v := make([]byte, 0, len(sum)+len(body))
-		if err := b.Put([]byte(name), append(append(v, sum[:]...), body...)); err != nil {
-			return err
-		}
 		var err error
 		trimmed, err = appendRecord(tx, AuditRecord{
 			Revision: tenancy.Revision(tx), Time: s.now().UTC(), Actor: actorOf(p),
@@ -93,7 +88,9 @@ func (s *Server) handlePutBundle(w http.ResponseWriter, r *http.Request) {
 			Tenants: []string{}, Before: before, After: after,
 		}, s.cfg.Audit.Retention)
 		return err
-	})
+	}
+	v := make([]byte, 0, len(sum)+len(body))
+	err = s.store.putBundle(name, append(append(v, sum[:]...), body...), audit)
 	if err == nil {
 		s.metrics.auditRecords.Inc()
 		s.metrics.auditTrimmed.Add(float64(trimmed))

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,6 +37,14 @@ const (
 	// DefaultMaxStreams is Config.MaxStreams's default.
 	DefaultMaxStreams = 4096
 
+	// StoreBolt and StoreEtcd are the values of Config.Store.
+	StoreBolt = "bbolt"
+	StoreEtcd = "etcd"
+	// DefaultEtcdPrefix is EtcdConfig.Prefix's default.
+	DefaultEtcdPrefix = "/gatehouse/"
+	// DefaultEtcdDialTimeout is EtcdConfig.DialTimeout's default.
+	DefaultEtcdDialTimeout = 5 * time.Second
+
 	// DBFile is the name of the bbolt file in Config.DataDir.
 	DBFile = "control.db"
 )
@@ -44,8 +55,15 @@ type Config struct {
 	// 127.0.0.1:8282.
 	Addr string `yaml:"addr"`
 	// DataDir is the folder of the bbolt file control.db, the state of
-	// record; default ./var/control.
+	// record (with store etcd, this replica's materialized copy of the
+	// log); default ./var/control.
 	DataDir string `yaml:"data_dir"`
+	// Store is where revisions are committed: "bbolt" (default: the local
+	// file, one process) or "etcd" (replicas sharing one history in an etcd
+	// v3 cluster, SPEC §11).
+	Store string `yaml:"store"`
+	// Etcd configures the etcd store.
+	Etcd EtcdConfig `yaml:"etcd"`
 	// AdminTokenFile holds the bearer token with full admin rights
 	// (required; surrounding whitespace is trimmed; an empty token is
 	// refused).
@@ -104,8 +122,48 @@ type Config struct {
 	Registerer prometheus.Registerer `yaml:"-"`
 }
 
+// EtcdConfig is the etcd cluster of Config.Store "etcd".
+type EtcdConfig struct {
+	// Endpoints are the cluster's client endpoints (host:port or URLs).
+	Endpoints []string `yaml:"endpoints"`
+	// Prefix is the key prefix of this control plane's keys; default
+	// /gatehouse/. Replicas with the same prefix share one history.
+	Prefix string `yaml:"prefix"`
+	// CAFile verifies the members' certificates (TLS); CertFile and
+	// KeyFile are this client's certificate (mutual TLS). Any of them set
+	// turns TLS on.
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// DialTimeout bounds connecting to the cluster at start; default 5s.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// LogRetention is the number of revisions the etcd log keeps at
+	// least; older ones are deleted once every live replica applied them.
+	// Default 100000. A replica further behind (stopped longer than its
+	// lease) starts from a copy of another replica's file.
+	LogRetention int `yaml:"log_retention"`
+	// AdvertiseURL is the URL other replicas reach this one at (its
+	// admin API): a new replica, once the log is compacted, builds its
+	// file from the snapshot of a replica that advertises one.
+	AdvertiseURL string `yaml:"advertise_url"`
+}
+
 // SetDefaults fills the unset (zero) fields with their defaults.
 func (c *Config) SetDefaults() {
+	if c.Store == "" {
+		c.Store = StoreBolt
+	}
+	if c.Store == StoreEtcd {
+		if c.Etcd.Prefix == "" {
+			c.Etcd.Prefix = DefaultEtcdPrefix
+		}
+		if c.Etcd.DialTimeout == 0 {
+			c.Etcd.DialTimeout = DefaultEtcdDialTimeout
+		}
+		if c.Etcd.LogRetention == 0 {
+			c.Etcd.LogRetention = DefaultHistory
+		}
+	}
 	if c.Addr == "" {
 		c.Addr = DefaultAddr
 	}
@@ -200,6 +258,13 @@ func (c Config) Validate() error {
 	if c.StreamWriteTimeout <= 0 {
 		bad("stream_write_timeout: %v must be positive", c.StreamWriteTimeout)
 	}
+	switch c.Store {
+	case StoreBolt:
+	case StoreEtcd:
+		errs = append(errs, c.Etcd.validate(c.FeedPartBytes)...)
+	default:
+		bad("store: %q is not a store (want %s or %s)", c.Store, StoreBolt, StoreEtcd)
+	}
 	if c.Audit.Retention < time.Hour {
 		bad("audit.retention: %v must be at least 1h", c.Audit.Retention)
 	}
@@ -233,4 +298,70 @@ func readToken(key, path string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s: %q holds more than one word: a bearer token has no whitespace", ErrConfig, key, path)
 	}
 	return tok, nil
+}
+
+// validate checks the etcd store's keys; partBytes is feed_part_bytes.
+func (e EtcdConfig) validate(partBytes int) []error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf(format, args...))
+	}
+	if len(e.Endpoints) == 0 {
+		bad("etcd.endpoints: required with store etcd (host:port of the cluster's members)")
+	}
+	for _, ep := range e.Endpoints {
+		if err := validEndpoint(ep); err != nil {
+			bad("etcd.endpoints: %q: %v", ep, err)
+		}
+	}
+	if e.Prefix == "" || strings.ContainsAny(e.Prefix, "\x00\n") {
+		bad("etcd.prefix: %q must be a non-empty key prefix", e.Prefix)
+	}
+	if (e.CertFile == "") != (e.KeyFile == "") {
+		bad("etcd.cert_file and etcd.key_file: give both or neither (%q, %q)", e.CertFile, e.KeyFile)
+	}
+	if e.DialTimeout <= 0 {
+		bad("etcd.dial_timeout: %v must be positive", e.DialTimeout)
+	}
+	if e.AdvertiseURL != "" {
+		if u, err := url.Parse(e.AdvertiseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("etcd.advertise_url: %q must be an http(s) URL of this replica", e.AdvertiseURL)
+		}
+	}
+	if e.LogRetention < 1 {
+		bad("etcd.log_retention: %d must be at least 1", e.LogRetention)
+	}
+	if partBytes > maxEtcdPartBytes {
+		bad("feed_part_bytes: %d must be at most %d with store etcd (a revision's parts travel in one etcd request)", partBytes, maxEtcdPartBytes)
+	}
+	return errs
+}
+
+// validEndpoint checks an etcd endpoint: host:port, or an http(s) or unix
+// URL.
+func validEndpoint(ep string) error {
+	if strings.Contains(ep, "://") {
+		u, err := url.Parse(ep)
+		if err != nil {
+			return err
+		}
+		switch u.Scheme {
+		case "http", "https":
+			if u.Host == "" {
+				return errors.New("the URL has no host")
+			}
+		case "unix", "unixs":
+		default:
+			return fmt.Errorf("scheme %q: want http, https or unix", u.Scheme)
+		}
+		return nil
+	}
+	host, port, err := net.SplitHostPort(ep)
+	if err != nil {
+		return err
+	}
+	if host == "" || port == "" {
+		return errors.New("want host:port")
+	}
+	return nil
 }

@@ -13,11 +13,16 @@
 // counters) and, in memory, the fleet view (fleet.go: sidecars' status
 // reports).
 //
-// Every write is one bbolt write transaction: the next revision, the
-// entity changes with the invariants and cascades of tenancy.Apply, the
-// revision's history hash (chained from the previous revision's, see
-// tenancy.RevisionHash), the history entry and its trimming. A refused write rolls back whole and
-// leaves the revision unchanged. Each answer carries the revision it
+// Every write is its own revision: the entity changes with the invariants
+// and cascades of tenancy.Apply, the revision's history hash (chained from
+// the previous revision's, see tenancy.RevisionHash), the history entry and
+// its trimming. Concurrent writes share one bbolt transaction (group
+// commit, store.go): each applied on the state including the ones before
+// it; a refused write rolls back whole, leaves the others unaffected and
+// takes no revision. The store (store_bolt.go, the default) commits the
+// group to the file; with store etcd (store_etcd.go, SPEC §11) the group is
+// proposed to an etcd cluster that orders the revisions of every replica,
+// and each replica applies etcd's log to its own file. Each answer carries the revision it
 // produced or read, so a client can wait for its write in decisions
 // (x-gatehouse-min-revision).
 //
@@ -37,7 +42,9 @@
 //
 // # Concurrency
 //
-// A Server is safe for concurrent use. bbolt serializes write transactions;
+// A Server is safe for concurrent use. Writes queue for the commit path:
+// one writer at a time leads a group (see lead); bbolt serializes write
+// transactions (the group's, and with store etcd the log follower's);
 // reads run in parallel with them. After a commit, the server closes a
 // channel that every change stream waits on (and replaces it), so followers
 // wake at once without polling; streams never hold a read transaction while
@@ -59,7 +66,8 @@
 // too_large, 422 invalid (a valid JSON document that is not a valid entity),
 // 500 internal (logged), 503 busy (body_budget_bytes stayed in use by other
 // requests' bodies for body_budget_wait, or max_streams sync streams are
-// open; with Retry-After). New returns errors wrapping ErrConfig for bad
+// open; with Retry-After), 503 unavailable (store etcd: etcd cannot be
+// reached, or a write's outcome is not known yet). New returns errors wrapping ErrConfig for bad
 // configuration (including unreadable or empty token files) and ErrInUse
 // when another process holds the data file.
 package control

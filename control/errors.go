@@ -30,6 +30,7 @@ const (
 	CodeAhead        = "ahead"        // 409: since is newer than the current revision
 	CodeBusy         = "busy"         // 503: body_budget_bytes is in use by other requests' bodies, or max_streams sync streams are open (retry later)
 	CodeInternal     = "internal"     // 500: a storage failure (logged)
+	CodeUnavailable  = "unavailable"  // 503: the etcd store cannot be reached, or the write's outcome is not known yet (retry)
 )
 
 // apiError is an answer other than a tenancy.Error.

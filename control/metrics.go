@@ -27,6 +27,7 @@ type metrics struct {
 	writeDuration prometheus.Histogram
 	streams       *prometheus.GaugeVec
 	bodiesBusy    prometheus.Counter
+	commits       prometheus.Counter
 	auditRecords  prometheus.Counter
 	auditTrimmed  prometheus.Counter
 
@@ -49,6 +50,10 @@ func newMetrics(reg prometheus.Registerer, revision func() float64) (*metrics, e
 		bodiesBusy: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gatehouse_control_bodies_busy_total",
 			Help: "Request bodies refused with 503 because body_budget_bytes stayed in use by other bodies for body_budget_wait.",
+		}),
+		commits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gatehouse_control_commits_total",
+			Help: "Commits of tenancy writes to the store: concurrent writes share one (group commit), so this grows slower than the writes under load.",
 		}),
 		auditRecords: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gatehouse_control_audit_records_total",
@@ -88,7 +93,7 @@ func newMetrics(reg prometheus.Registerer, revision func() float64) (*metrics, e
 		m.streams.WithLabelValues(k)
 	}
 	for _, c := range []prometheus.Collector{
-		m.writes, m.writeDuration, m.streams, m.bodiesBusy, m.auditRecords, m.auditTrimmed,
+		m.writes, m.writeDuration, m.streams, m.bodiesBusy, m.commits, m.auditRecords, m.auditTrimmed,
 		m.decisionsReceived, m.decisionsDropped, m.decisionBytes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "gatehouse_control_revision",

@@ -68,6 +68,8 @@ type Server struct {
 	feed     *notifier
 	parts    *partCache    // encoded history parts shared by the change streams
 	rev      atomic.Uint64 // the last committed revision
+	store    store
+	commits  commitQueue
 	// bodies holds body_budget_bytes: request bodies reserve their size
 	// before they are read.
 	bodies  *semaphore.Weighted
@@ -121,10 +123,40 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.sync = &sum
 	}
 
-	if err := s.open(); err != nil {
+	var es *etcdStore
+	epoch := ""
+	if cfg.Store == StoreEtcd {
+		cli, err := dialEtcd(cfg.Etcd)
+		if err != nil {
+			return nil, err
+		}
+		es = &etcdStore{s: s, cli: cli, prefix: cfg.Etcd.Prefix, retention: uint64(cfg.Etcd.LogRetention), url: cfg.Etcd.AdvertiseURL}
+		if epoch, err = etcdIdentity(context.Background(), cli, es.prefix); err != nil {
+			_ = cli.Close()
+			return nil, err
+		}
+		es.epoch = epoch
+		token := admin
+		if cfg.SyncTokenFile != "" {
+			token, _ = readToken("sync_token_file", cfg.SyncTokenFile) // read above
+		}
+		if err := es.bootstrap(context.Background(), cfg, token); err != nil {
+			_ = cli.Close()
+			return nil, err
+		}
+	}
+	if err := s.open(epoch); err != nil {
+		if es != nil {
+			_ = es.cli.Close()
+		}
 		return nil, err
 	}
+	s.store = boltStore{s}
+	if es != nil {
+		s.store = es
+	}
 	if err := s.instrument(); err != nil {
+		_ = s.store.close()
 		_ = s.db.Close()
 		return nil, err
 	}
@@ -132,6 +164,14 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.metrics.decisionBytes.Set(float64(getU64(tx.Bucket(bucketDecisionsMeta), metaDecisionBytes)))
 		return nil
 	})
+	if es != nil {
+		if err := es.start(); err != nil {
+			_ = es.close()
+			_ = s.db.Close()
+			return nil, err
+		}
+		s.logger.Info("control replica follows etcd", "endpoints", cfg.Etcd.Endpoints, "prefix", es.prefix, "revision", s.rev.Load())
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.handler = s.routes()
 	return s, nil
@@ -168,8 +208,10 @@ func (s *Server) instrument() error {
 	return nil
 }
 
-// open opens the data file and reads its revision and epoch.
-func (s *Server) open() error {
+// open opens the data file and reads its revision and epoch. A non-empty
+// epoch is the history's (the etcd store's): a new file takes it, and a
+// file of another history is refused.
+func (s *Server) open(epoch string) error {
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data_dir %q: %w", s.cfg.DataDir, err)
 	}
@@ -193,6 +235,18 @@ func (s *Server) open() error {
 			}
 		}
 		s.epoch = tenancy.Epoch(tx)
+		if epoch != "" && s.epoch != epoch {
+			if tenancy.Revision(tx) > 0 {
+				return fmt.Errorf("the file holds revision %d of history %s, the etcd store holds history %s: move the file away to rebuild it from etcd", tenancy.Revision(tx), s.epoch, epoch)
+			}
+			s.epoch = ""
+		}
+		if s.epoch == "" && epoch != "" {
+			s.epoch = epoch
+			if err := tenancy.SetEpoch(tx, s.epoch); err != nil {
+				return err
+			}
+		}
 		if s.epoch == "" {
 			var b [16]byte
 			_, _ = rand.Read(b[:]) // never fails (crypto/rand)
@@ -323,8 +377,12 @@ func (s *Server) Close() error {
 	if lis != nil {
 		_ = lis.Close() // already closed when Serve ran
 	}
+	serr := s.store.close()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close data file: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("close store: %w", serr)
 	}
 	return nil
 }

@@ -44,20 +44,195 @@ func (s *Server) write(p principal, ops []tenancy.Op) (writeResult, error) {
 	return res, err
 }
 
-// commit runs one bbolt write transaction: the next revision, the ops with
-// tenancy's invariants and cascades, for a delegated administrator the
-// check of the resulting change set, the history entry and its trimming.
-// Any error rolls everything back. Streams are woken after the commit.
+// The commit path (group commit). Writes wait in a queue; one of the
+// writers, the leader, takes the queued writes (at most maxGroup, a
+// delegated administrator's write only first, see applyDelegated) and
+// applies them in order in one write transaction: each is validated on the
+// state including the writes before it, and gets the next revision, its
+// own history entry and hash. A write that is refused (or fails) is taken
+// out: the transaction is rolled back and the others are applied again
+// without it, so it never affects them. The store then commits the
+// transaction (one fsync for the group) and every write of the group is
+// acknowledged with its own revision. The leader then hands the lead to
+// the first write still queued.
+
+// maxGroup bounds the writes committed together.
+const maxGroup = 128
+
+// pending is a write in the commit queue. The leader owns it until it
+// wakes it with done set.
+type pending struct {
+	p    principal
+	ops  []tenancy.Op
+	wake chan struct{} // buffered: the write is done, or it leads next
+	done bool
+	res  writeResult
+	err  error
+	// tries are the revisions an etcd store proposed for the write, with
+	// their hashes: one of them may have committed although its
+	// proposal's answer was lost.
+	tries []proposal
+}
+
+// commitQueue is the queue of writes and its leadership.
+type commitQueue struct {
+	mu      sync.Mutex
+	queue   []*pending
+	leading bool
+	// arrived is signalled when a write joins the queue while a leader
+	// runs; last is the size of the last group and took its commit time.
+	arrived chan struct{}
+	last    int
+	took    time.Duration
+}
+
+// maxGather bounds how long a leader waits for the writers of the last
+// group to come back before it commits a smaller group.
+const maxGather = 2 * time.Millisecond
+
+// commit applies ops as one revision for p, in a group commit with the
+// writes queued meanwhile, and returns once that revision committed (or
+// the write was refused). Streams are woken after the commit.
 func (s *Server) commit(p principal, ops []tenancy.Op) (writeResult, error) {
-	tx, err := s.db.Begin(true)
-	if err != nil {
-		return writeResult{}, fmt.Errorf("begin write: %w", err)
+	w := &pending{p: p, ops: ops, wake: make(chan struct{}, 1)}
+	q := &s.commits
+	q.mu.Lock()
+	q.queue = append(q.queue, w)
+	lead := !q.leading
+	q.leading = true
+	if q.arrived == nil {
+		q.arrived = make(chan struct{}, 1)
 	}
-	defer func() { _ = tx.Rollback() }() // a no-op after Commit
+	arrived := q.arrived
+	q.mu.Unlock()
+	if !lead {
+		select {
+		case arrived <- struct{}{}:
+		default:
+		}
+	}
+	if !lead {
+		<-w.wake
+	}
+	if !w.done {
+		s.lead()
+	}
+	return w.res, w.err
+}
+
+// lead commits one group from the head of the queue, then hands the lead
+// to the next queued write (or gives it up when none is).
+func (s *Server) lead() {
+	q := &s.commits
+	q.mu.Lock()
+	q.gather()
+	n := 1
+	for n < len(q.queue) && n < maxGroup && q.queue[n].p.role != roleUser {
+		n++
+	}
+	group := make([]*pending, n)
+	copy(group, q.queue)
+	q.queue = append(q.queue[:0:0], q.queue[n:]...)
+	q.mu.Unlock()
+	defer func() {
+		v := recover()
+		for _, w := range group {
+			if !w.done && w.err == nil && w.res.revision == 0 {
+				w.err = fmt.Errorf("commit: internal error: %v", v)
+			}
+			w.done = true
+			w.wake <- struct{}{}
+		}
+		q.mu.Lock()
+		if len(q.queue) == 0 {
+			q.leading = false
+		} else {
+			q.queue[0].wake <- struct{}{}
+		}
+		q.mu.Unlock()
+		if v != nil {
+			panic(v)
+		}
+	}()
+	start := time.Now()
+	s.store.commitGroup(group)
+	took := time.Since(start)
+	q.mu.Lock()
+	q.last, q.took = n, took
+	q.mu.Unlock()
+}
+
+// gather waits, with q.mu held, for the queue to hold as many writes as
+// the last group did: the writers of the last group send their next write
+// right after it committed, and without waiting one of them would commit
+// alone while the others queue behind it. It waits at most half the last
+// commit's time (and maxGather), so a single writer never waits.
+func (q *commitQueue) gather() {
+	if q.last < 2 || len(q.queue) >= q.last {
+		return
+	}
+	timer := time.NewTimer(min(q.took/2, maxGather))
+	defer timer.Stop()
+	for len(q.queue) < q.last {
+		q.mu.Unlock()
+		select {
+		case <-q.arrived:
+			q.mu.Lock()
+		case <-timer.C:
+			q.mu.Lock()
+			return
+		}
+	}
+}
+
+// stage applies the writes of group that have no result yet, in order, in
+// one write transaction, and returns it open with the writes that passed
+// and their records (nil when none did). A refused or failing write gets
+// its error and the transaction is rolled back and the others applied
+// again without it.
+func (s *Server) stage(group []*pending) (*bolt.Tx, []*pending, []revisionRecord) {
+	live := make([]*pending, 0, len(group))
+	for _, w := range group {
+		if w.err == nil && w.res.revision == 0 {
+			live = append(live, w)
+		}
+	}
+	for len(live) > 0 {
+		tx, err := s.db.Begin(true)
+		if err != nil {
+			for _, w := range live {
+				w.err = fmt.Errorf("begin write: %w", err)
+			}
+			return nil, nil, nil
+		}
+		recs := make([]revisionRecord, 0, len(live))
+		failed := -1
+		for i, w := range live {
+			rec, err := s.applyWrite(tx, w.p, w.ops)
+			if err != nil {
+				w.err, failed = err, i
+				break
+			}
+			recs = append(recs, rec)
+		}
+		if failed < 0 {
+			return tx, live, recs
+		}
+		_ = tx.Rollback()
+		live = append(live[:failed], live[failed+1:]...)
+	}
+	return nil, nil, nil
+}
+
+// applyWrite applies ops for p as the next revision in tx: tenancy's
+// invariants and cascades, for a delegated administrator the check of the
+// resulting change set, the history entry and its trimming. On error, tx
+// holds part of the write: the caller rolls it back.
+func (s *Server) applyWrite(tx *bolt.Tx, p principal, ops []tenancy.Op) (revisionRecord, error) {
 	rev := tenancy.Revision(tx) + 1
 	w, err := tenancy.NewWriter(tx, rev)
 	if err != nil {
-		return writeResult{}, err
+		return revisionRecord{}, err
 	}
 	w.KeepBefore() // for the audit records
 	if p.role == roleUser {
@@ -66,39 +241,47 @@ func (s *Server) commit(p principal, ops []tenancy.Op) (writeResult, error) {
 		err = tenancy.Apply(w, ops)
 	}
 	if err != nil {
-		return writeResult{}, err
+		return revisionRecord{}, err
 	}
 	prev := tenancy.HeadHash(tx) // the history hash of rev-1
 	if err := w.Finish(); err != nil {
-		return writeResult{}, err
+		return revisionRecord{}, err
 	}
 	changes := w.Changes()
 	hash := tenancy.HashRevision(prev, rev, changes)
 	if err := tenancy.SetChainHash(tx, hash); err != nil {
-		return writeResult{}, err
+		return revisionRecord{}, err
 	}
 	rec := revisionRecord{rev: rev, time: s.now().UTC(), changes: changes, prev: prev, hash: hash, actor: actorOf(p), request: requestOf(ops)}
 	if err := appendLog(tx, rec, uint64(s.cfg.History), s.cfg.FeedPartBytes); err != nil {
-		return writeResult{}, err
+		return revisionRecord{}, err
 	}
-	audited, trimmed, err := appendAudit(tx, rec, w.Before(), s.cfg.Audit.Retention)
-	if err != nil {
-		return writeResult{}, err
+	if rec.audited, rec.trimmed, err = appendAudit(tx, rec, w.Before(), s.cfg.Audit.Retention); err != nil {
+		return revisionRecord{}, err
 	}
-	if err := tx.Commit(); err != nil {
-		return writeResult{}, fmt.Errorf("commit revision %d: %w", rev, err)
+	return rec, nil
+}
+
+// acknowledge records the committed revisions of group (recs[i] is
+// live[i]'s) and wakes the streams.
+func (s *Server) acknowledge(live []*pending, recs []revisionRecord) {
+	for i, w := range live {
+		w.res = writeResult{revision: recs[i].rev, changes: recs[i].changes}
+		s.metrics.auditRecords.Add(float64(recs[i].audited))
+		s.metrics.auditTrimmed.Add(float64(recs[i].trimmed))
 	}
-	s.metrics.auditRecords.Add(float64(audited))
-	s.metrics.auditTrimmed.Add(float64(trimmed))
-	s.setRevision(rev)
-	s.feed.publish(rev)
-	return writeResult{revision: rev, changes: changes}, nil
+	if len(recs) > 0 {
+		last := recs[len(recs)-1].rev
+		s.setRevision(last)
+		s.feed.publish(last)
+	}
 }
 
 // applyDelegated applies ops for a delegated administrator: rights and the
 // previous values come from a read transaction of the state the write
-// starts from. Write transactions are serialized, so a read transaction
-// begun while w's transaction is open sees exactly that state. It is closed
+// starts from. Write transactions are serialized, and a delegated write is
+// only ever the first of its group, so a read transaction begun while w's
+// transaction is open sees exactly that state. It is closed
 // before returning, that is before the commit: bbolt may need to re-map the
 // file on commit, which waits for every read transaction.
 func (s *Server) applyDelegated(w *tenancy.Writer, p principal, ops []tenancy.Op) error {
@@ -140,6 +323,8 @@ type revisionRecord struct {
 	// delete or batch): with the changes, the revision's audit records.
 	actor   Actor
 	request string
+	// audited and trimmed count the audit records written and dropped.
+	audited, trimmed int
 }
 
 // historyEntry is a history part as stored: tenancy.LogEntry plus, on the
@@ -175,8 +360,17 @@ func parts(changes []tenancy.Change, maxBytes int) [][]tenancy.Change {
 // appendLog records a revision in the change history, in parts of about
 // partBytes, and drops the revisions beyond the last history ones.
 func appendLog(tx *bolt.Tx, r revisionRecord, history uint64, partBytes int) error {
-	b := tx.Bucket(bucketLog)
+	docs, err := encodeLog(r, partBytes)
+	if err != nil {
+		return err
+	}
+	return putLog(tx, r.rev, docs, history)
+}
+
+// encodeLog encodes a revision as its history parts of about partBytes.
+func encodeLog(r revisionRecord, partBytes int) ([][]byte, error) {
 	ps := parts(r.changes, partBytes)
+	docs := make([][]byte, 0, len(ps))
 	for i, p := range ps {
 		e := historyEntry{LogEntry: tenancy.LogEntry{Revision: r.rev, Time: r.time, Changes: p}}
 		if i == 0 {
@@ -192,16 +386,26 @@ func appendLog(tx *bolt.Tx, r revisionRecord, history uint64, partBytes int) err
 		}
 		doc, err := json.Marshal(e)
 		if err != nil {
-			return fmt.Errorf("encode revision %d: %w", r.rev, err)
+			return nil, fmt.Errorf("encode revision %d: %w", r.rev, err)
 		}
-		if err := b.Put(partKey(r.rev, uint32(i)), doc); err != nil {
+		docs = append(docs, doc)
+	}
+	return docs, nil
+}
+
+// putLog stores the encoded parts of revision rev in the history and drops
+// the revisions beyond the last history ones.
+func putLog(tx *bolt.Tx, rev uint64, docs [][]byte, history uint64) error {
+	b := tx.Bucket(bucketLog)
+	for i, doc := range docs {
+		if err := b.Put(partKey(rev, uint32(i)), doc); err != nil {
 			return err
 		}
 	}
-	if r.rev <= history {
+	if rev <= history {
 		return nil
 	}
-	keep := r.rev - history + 1 // the oldest revision retained
+	keep := rev - history + 1 // the oldest revision retained
 	var drop [][]byte
 	c := b.Cursor()
 	for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) < keep; k, _ = c.Next() {
@@ -328,4 +532,10 @@ func (n *notifier) publish(rev uint64) {
 	n.rev = max(n.rev, rev)
 	close(n.ch)
 	n.ch = make(chan struct{})
+}
+
+// proposal is a revision an etcd store proposed for a write.
+type proposal struct {
+	rev  uint64
+	hash string
 }

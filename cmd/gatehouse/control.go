@@ -28,6 +28,13 @@ type controlFlags struct {
 	adminTokenFile string
 	syncTokenFile  string
 	history        int
+	store          string
+	etcdEndpoints  []string
+	etcdPrefix     string
+	etcdCAFile     string
+	etcdCertFile   string
+	etcdKeyFile    string
+	etcdAdvertise  string
 	logLevel       string
 	logFormat      string
 }
@@ -43,8 +50,14 @@ revisioned change feed sidecars sync from (/v1/sync/snapshot, /v1/sync/changes),
 and policy bundle hosting (/v1/bundles/{name}). The data lives in
 <data-dir>/control.db; one process at a time may open it.
 
+With --store etcd, several replicas share one history in an etcd v3 cluster
+(--etcd-endpoints, --etcd-prefix, TLS with --etcd-ca-file, --etcd-cert-file,
+--etcd-key-file): etcd orders and stores the revisions, each replica keeps its
+own copy of the state in <data-dir>/control.db, built from etcd's log, and
+serves the admin API, sync and bundles from it.
+
 Configuration comes from --config (YAML, snake_case keys: addr, data_dir,
-admin_token_file, sync_token_file, issuers, history, heartbeat,
+admin_token_file, sync_token_file, issuers, history, heartbeat, store, etcd,
 max_entity_bytes, max_body_bytes, body_budget_bytes, body_budget_wait,
 audit.retention, decisions.max_mb, sidecar_ttl, log),
 overridden by GATEHOUSE_* environment variables (GATEHOUSE_ADMIN_TOKEN_FILE
@@ -92,6 +105,13 @@ data file is in use); 2 bad flags or configuration.`,
 	fl.StringVar(&f.adminTokenFile, "admin-token-file", "", "file holding the admin bearer token (admin_token_file, required)")
 	fl.StringVar(&f.syncTokenFile, "sync-token-file", "", "file holding the read-only sync token (sync_token_file)")
 	fl.IntVar(&f.history, "history", 0, fmt.Sprintf("revisions of change history retained (history, default %d)", control.DefaultHistory))
+	fl.StringVar(&f.store, "store", "", "where revisions are committed: bbolt (the local file) or etcd (replicas; store, default bbolt)")
+	fl.StringSliceVar(&f.etcdEndpoints, "etcd-endpoints", nil, "etcd client endpoints, host:port,... (etcd.endpoints)")
+	fl.StringVar(&f.etcdPrefix, "etcd-prefix", "", "key prefix of this control plane in etcd (etcd.prefix, default "+control.DefaultEtcdPrefix+")")
+	fl.StringVar(&f.etcdCAFile, "etcd-ca-file", "", "CA certificates verifying the etcd members (etcd.ca_file; turns TLS on)")
+	fl.StringVar(&f.etcdCertFile, "etcd-cert-file", "", "client certificate for etcd (etcd.cert_file, with --etcd-key-file)")
+	fl.StringVar(&f.etcdKeyFile, "etcd-key-file", "", "client key for etcd (etcd.key_file)")
+	fl.StringVar(&f.etcdAdvertise, "etcd-advertise-url", "", "URL other replicas reach this one at, to build a new replica from its snapshot (etcd.advertise_url)")
 	fl.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (log.level)")
 	fl.StringVar(&f.logFormat, "log-format", "", "json or text (log.format)")
 	return cmd
@@ -116,6 +136,15 @@ func loadControlConfig(cmd *cobra.Command, f controlFlags) (ControlFile, error) 
 	set("data-dir", &file.DataDir, f.dataDir)
 	set("admin-token-file", &file.AdminTokenFile, f.adminTokenFile)
 	set("sync-token-file", &file.SyncTokenFile, f.syncTokenFile)
+	set("store", &file.Store, f.store)
+	set("etcd-prefix", &file.Etcd.Prefix, f.etcdPrefix)
+	set("etcd-ca-file", &file.Etcd.CAFile, f.etcdCAFile)
+	set("etcd-cert-file", &file.Etcd.CertFile, f.etcdCertFile)
+	set("etcd-key-file", &file.Etcd.KeyFile, f.etcdKeyFile)
+	set("etcd-advertise-url", &file.Etcd.AdvertiseURL, f.etcdAdvertise)
+	if cmd.Flags().Changed("etcd-endpoints") {
+		file.Etcd.Endpoints = f.etcdEndpoints
+	}
 	set("log-level", &file.Log.Level, f.logLevel)
 	set("log-format", &file.Log.Format, f.logFormat)
 	if cmd.Flags().Changed("history") {
@@ -132,7 +161,7 @@ func loadControlConfig(cmd *cobra.Command, f controlFlags) (ControlFile, error) 
 // resolvePaths makes the file paths of a configuration file relative to the
 // file's folder.
 func (c *ControlFile) resolvePaths(base string) {
-	for _, p := range []*string{&c.DataDir, &c.AdminTokenFile, &c.SyncTokenFile} {
+	for _, p := range []*string{&c.DataDir, &c.AdminTokenFile, &c.SyncTokenFile, &c.Etcd.CAFile, &c.Etcd.CertFile, &c.Etcd.KeyFile} {
 		*p = resolve(base, *p)
 	}
 	for i := range c.Issuers {

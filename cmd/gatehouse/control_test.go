@@ -58,6 +58,10 @@ func TestControlConfigErrorsExit2(t *testing.T) {
 	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	token := filepath.Join(dir, "admin.token")
+	if err := os.WriteFile(token, []byte("a-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := map[string]struct {
 		args []string
 		want string
@@ -68,6 +72,13 @@ func TestControlConfigErrorsExit2(t *testing.T) {
 		"unknown config key":       {[]string{"--config", badYAML}, "admin_token"},
 		"bad address":              {[]string{"--admin-token-file", empty, "--addr", "nowhere"}, `addr: "nowhere"`},
 		"bad history":              {[]string{"--admin-token-file", empty, "--history", "-3"}, "history: -3"},
+		"unknown store":            {[]string{"--admin-token-file", empty, "--store", "raft"}, `store: "raft" is not a store`},
+		"etcd without endpoints":   {[]string{"--admin-token-file", empty, "--store", "etcd"}, "etcd.endpoints: required"},
+		"bad etcd endpoint":        {[]string{"--admin-token-file", empty, "--store", "etcd", "--etcd-endpoints", "nohost"}, `etcd.endpoints: "nohost"`},
+		"etcd endpoint scheme":     {[]string{"--admin-token-file", empty, "--store", "etcd", "--etcd-endpoints", "ftp://h:1"}, `scheme "ftp"`},
+		"etcd cert without key":    {[]string{"--admin-token-file", empty, "--store", "etcd", "--etcd-endpoints", "127.0.0.1:2379", "--etcd-cert-file", "c.pem"}, "etcd.cert_file and etcd.key_file"},
+		"etcd CA file missing":     {[]string{"--admin-token-file", token, "--store", "etcd", "--etcd-endpoints", "127.0.0.1:2379", "--etcd-ca-file", filepath.Join(dir, "nope.pem")}, "etcd.ca_file"},
+		"etcd CA file not PEM":     {[]string{"--admin-token-file", token, "--store", "etcd", "--etcd-endpoints", "127.0.0.1:2379", "--etcd-ca-file", token}, "holds no PEM certificate"},
 		"bad audit retention":      {[]string{"--config", yamlFile("r.yaml", "audit: {retention: 10m}\n")}, "audit.retention: 10m0s must be at least 1h"},
 		"bad decisions.max_mb":     {[]string{"--config", yamlFile("d.yaml", "decisions: {max_mb: -1}\n")}, "decisions.max_mb: -1"},
 		"bad sidecar_ttl":          {[]string{"--config", yamlFile("s.yaml", "sidecar_ttl: 100ms\n")}, "sidecar_ttl: 100ms must be at least 1s"},
