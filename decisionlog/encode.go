@@ -1,6 +1,7 @@
 package decisionlog
 
 import (
+	"bytes"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -262,6 +263,13 @@ func (w *JSON) Any(v any) {
 		w.Bool(x)
 	case json.Number:
 		w.Raw(string(x))
+	case json.RawMessage:
+		v, err := ast.ValueFromReader(bytes.NewReader(x))
+		if err != nil {
+			w.Null()
+			return
+		}
+		w.Value(v)
 	case int:
 		w.Int(int64(x))
 	case int64:

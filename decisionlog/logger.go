@@ -372,6 +372,17 @@ func (l *Logger) record(e Entry) (*Record, error) {
 			rec.Metrics.RegoEvalNS = d.Duration.Nanoseconds()
 		}
 	}
+	if e.Path != "" {
+		rec.Path = e.Path
+	}
+	if e.Result != nil {
+		r, err := jsonLike(e.Result)
+		if err != nil {
+			return nil, err
+		}
+		rec.Result = r
+	}
+	rec.Gatehouse.BatchID = e.BatchID
 	rec.Gatehouse.Transport = e.Transport
 	rec.Gatehouse.DryRun = e.DryRun
 	if s := e.Shadow; s != nil {
@@ -398,6 +409,23 @@ func (l *Logger) record(e Entry) (*Record, error) {
 		}
 	}
 	return rec, nil
+}
+
+// jsonLike is a copy of an Entry.Result as a JSON-like value (mask
+// policies edit it).
+func jsonLike(v any) (any, error) {
+	if av, ok := v.(ast.Value); ok {
+		return ast.JSON(av)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var out any
+	err = dec.Decode(&out)
+	return out, err
 }
 
 func shadowOf(s *ShadowResult) *ShadowRecord {

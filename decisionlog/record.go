@@ -41,6 +41,15 @@ type Entry struct {
 	DryRun bool
 	// Shadow is the shadow policy's answer, when one was evaluated.
 	Shadow *ShadowResult
+	// Path is the rule decided when it is not the configured path (an
+	// AuthZEN answer: its rule, e.g. authzen/allow).
+	Path string
+	// Result, when set, is the record's result instead of the Decision's
+	// shape: an ast.Value or a JSON-like value (json.RawMessage allowed).
+	Result any
+	// BatchID is the decision id of the AuthZEN batch an evaluation is
+	// an item of (gatehouse.batch_id).
+	BatchID string
 	// Size is about how many bytes the entry holds on to (the request
 	// Input reads), for Config.QueueBytes.
 	Size int64
@@ -114,6 +123,7 @@ type Gatehouse struct {
 	Transport       string        `json:"transport,omitempty"`
 	DryRun          bool          `json:"dry_run,omitempty"`
 	Shadow          *ShadowRecord `json:"shadow,omitempty"`
+	BatchID         string        `json:"batch_id,omitempty"`
 }
 
 // ShadowRecord is the shadow policy's answer in a record.

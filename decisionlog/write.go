@@ -45,14 +45,27 @@ func (l *Logger) appendRecord(b []byte, e *Entry, secrets []string) []byte {
 		w.EndObject()
 	}
 	w.Key("path")
-	w.String(l.cfg.Path)
+	if e.Path != "" {
+		w.String(e.Path)
+	} else {
+		w.String(l.cfg.Path)
+	}
 	if input != nil {
 		w.Key("input")
 		w.RawBytes(input)
 	}
-	if d != nil && d.Defined {
+	switch r := e.Result.(type) {
+	case nil:
+		if d != nil && d.Defined {
+			w.Key("result")
+			writeResult(w, d)
+		}
+	case ast.Value:
 		w.Key("result")
-		writeResult(w, d)
+		w.Value(r)
+	default:
+		w.Key("result")
+		w.Any(r)
 	}
 	if d == nil {
 		code := "cannot_decide"
@@ -136,6 +149,10 @@ func (l *Logger) appendRecord(b []byte, e *Entry, secrets []string) []byte {
 	if s := e.Shadow; s != nil {
 		w.Key("shadow")
 		writeShadow(w, s)
+	}
+	if e.BatchID != "" {
+		w.Key("batch_id")
+		w.String(e.BatchID)
 	}
 	w.EndObject()
 	w.EndObject()
