@@ -142,7 +142,7 @@ func (w *JSON) Key(k string) bool {
 			}
 		case level == len(inputPath)+1: // in its headers
 			if isSecretHeader(k) {
-				w.erased = append(w.erased, "/input/attributes/request/http/headers/"+escapePointer(k))
+				w.erased = append(w.erased, erasedHeader(k))
 				return false
 			}
 		}
@@ -372,6 +372,18 @@ func needsEscape(s string) bool {
 		}
 	}
 	return false
+}
+
+// erasedHeader is the JSON pointer of erased header k (no allocation for
+// the usual lowercase names).
+func erasedHeader(k string) string {
+	switch k {
+	case "authorization":
+		return "/input/attributes/request/http/headers/authorization"
+	case "proxy-authorization":
+		return "/input/attributes/request/http/headers/proxy-authorization"
+	}
+	return "/input/attributes/request/http/headers/" + escapePointer(k)
 }
 
 // pointerEscaper escapes a JSON pointer segment (RFC 6901).

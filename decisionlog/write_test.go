@@ -1,6 +1,7 @@
 package decisionlog_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
 	"github.com/gatehouse-dev/gatehouse/decisionlog"
@@ -145,4 +147,82 @@ func cmpString(a, b string) int {
 		return 1
 	}
 	return 0
+}
+
+// TestInputJSONEqualsInput: the input envoy writes straight from the
+// CheckRequest (Entry.InputJSON) makes the same record as the input built
+// as an OPA value (Entry.Input), secret headers and header_map erased
+// alike, for random requests with common and rare fields: peers simple or
+// not, principals, header_map instead of headers, raw and JSON bodies,
+// sizes, metadata, malformed paths (no input either way).
+func TestInputJSONEqualsInput(t *testing.T) {
+	t.Parallel()
+	discard := slog.New(slog.DiscardHandler)
+	l, err := decisionlog.New(decisionlog.Config{Console: true, Stdout: discardWriter{}}, authz.New(authz.Config{}, nil, nil, discard), discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := uint64(time.Now().UnixNano())
+	rng := rand.New(rand.NewPCG(3, seed))
+	pick := func() bool { return rng.IntN(2) == 0 }
+	s := func() string {
+		if pick() {
+			return ""
+		}
+		return fmt.Sprintf("v%d\u00e9\"<%d", rng.IntN(100), rng.IntN(9))
+	}
+	cred := "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
+	for i := range 300 {
+		path := "/api/" + fmt.Sprint(i) + "?a=1&b=" + s()
+		if rng.IntN(10) == 0 {
+			path = "/bad%zz"
+		}
+		headers := map[string]string{"authorization": cred, "x-a": s(), "content-type": "application/json"}
+		if pick() {
+			headers["proxy-authorization"] = cred
+		}
+		body := ""
+		if pick() {
+			body = `{"k":[1,"` + s() + `"]}`
+		}
+		req := testutil.CheckRequest(testutil.Request{Method: "POST", Path: path, Headers: headers, Body: body,
+			SourcePrincipal: s(), ContextExtensions: map[string]string{"project": s()}})
+		a := req.Attributes
+		h := a.Request.Http
+		if pick() {
+			for k, v := range h.Headers {
+				h.HeaderMap = &corev3.HeaderMap{Headers: append(h.GetHeaderMap().GetHeaders(), &corev3.HeaderValue{Key: k, RawValue: []byte(v)})}
+			}
+			h.Headers = nil
+		}
+		if pick() {
+			h.RawBody, h.Fragment, h.Query = []byte(s()), s(), s()
+		}
+		if pick() {
+			a.Source.Address = &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: "/tmp/s"}}}
+			a.Source.Labels = map[string]string{"l": s()}
+		}
+		if pick() {
+			a.Destination.Service = s()
+		}
+		if pick() {
+			st, _ := structpb.NewStruct(map[string]any{"n": 1.5, "s": s(), "l": []any{true, nil}})
+			a.MetadataContext = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"f": st}}
+		}
+		if pick() {
+			a.Request.Time = nil
+		}
+		e := decisionlog.Entry{Decision: &authz.Decision{ID: "d", Defined: true, Allowed: true}, Authorization: cred, Start: time.Unix(1, 0),
+			Input: func(*authz.Need) (ast.Object, error) { return envoy.Input(req) }}
+		built := l.FastLine(e)
+		e.InputJSON = envoy.InputJSON(req)
+		written := l.FastLine(e)
+		got, want := parseRecord(t, written), parseRecord(t, built)
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("seed %d, request %d:\nwritten %s\nbuilt   %s", seed, i, written, built)
+		}
+		if bytes.Contains(written, []byte("c2lnbmF0dXJl")) {
+			t.Fatalf("credential in %s", written)
+		}
+	}
 }
