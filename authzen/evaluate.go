@@ -192,7 +192,7 @@ func (s *Server) observe(sess *authz.Session, rule ast.Ref, in ast.Object, id, b
 	if s.cfg.Observer == nil {
 		return
 	}
-	e := decisionlog.Entry{Path: ruleText(rule), BatchID: batch, Transport: "authzen", Start: time.Now().Add(-sess.Elapsed()), Duration: sess.Elapsed(),
+	e := decisionlog.Entry{ID: id, Path: ruleText(rule), BatchID: batch, Transport: "authzen", Start: time.Now().Add(-sess.Elapsed()), Duration: sess.Elapsed(),
 		Input: func(*authz.Need) (ast.Object, error) { return in, nil }}
 	if aerr != nil && aerr.status >= 500 {
 		e.Err = &authz.DecideError{Code: authz.CodeInternal, Err: errors.New(aerr.message)}

@@ -353,7 +353,10 @@ func (l *Logger) record(e Entry) (*Record, error) {
 	}
 	d := e.Decision
 	if d == nil {
-		rec.DecisionID = authz.NewDecisionID()
+		rec.DecisionID = e.ID
+		if rec.DecisionID == "" {
+			rec.DecisionID = authz.NewDecisionID()
+		}
 		rec.Error = &RecordError{Code: "cannot_decide", Message: errString(e.Err)}
 		var de *authz.DecideError
 		if errors.As(e.Err, &de) {

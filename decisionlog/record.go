@@ -47,6 +47,9 @@ type Entry struct {
 	// Result, when set, is the record's result instead of the Decision's
 	// shape: an ast.Value or a JSON-like value (json.RawMessage allowed).
 	Result any
+	// ID is the decision id of a "cannot decide" (Decision nil) that its
+	// answer names ("": a fresh one; the answer named none).
+	ID string
 	// BatchID is the decision id of the AuthZEN batch an evaluation is
 	// an item of (gatehouse.batch_id).
 	BatchID string

@@ -29,9 +29,12 @@ func (l *Logger) appendRecord(b []byte, e *Entry, secrets []string) []byte {
 	w.Key("labels")
 	w.Raw(l.labelsJSON)
 	w.Key("decision_id")
-	if d != nil {
+	switch {
+	case d != nil:
 		w.String(d.ID)
-	} else {
+	case e.ID != "":
+		w.String(e.ID)
+	default:
 		w.String(authz.NewDecisionID())
 	}
 	if d != nil && d.PolicyRevision != "" {
