@@ -316,6 +316,15 @@ func (w *JSON) Any(v any) {
 
 const hexDigits = "0123456789abcdef"
 
+// plain are the ASCII bytes a JSON string holds as they are (encoding/json's
+// HTML-safe set).
+var plain = func() (t [utf8.RuneSelf]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return t
+}()
+
 // appendString appends s as a JSON string, as encoding/json escapes it.
 func appendString(b []byte, s string) []byte {
 	b = append(b, '"')
@@ -323,7 +332,7 @@ func appendString(b []byte, s string) []byte {
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+			if plain[c] {
 				i++
 				continue
 			}
