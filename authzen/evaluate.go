@@ -3,12 +3,17 @@ package authzen
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"strings"
+	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/decisionlog"
 )
 
 // Evaluation semantics of a batch (options.evaluations_semantic).
@@ -147,30 +152,131 @@ func shapeDecision(v ast.Value) (verdict, error) {
 	return verdict{}, fmt.Errorf("%w: an AuthZEN decision is a boolean or an object, got %s", authz.ErrBadDecision, ast.ValueName(v))
 }
 
-// stamp is what every answer's context says about how it was made.
-func stamp(sess *authz.Session) map[string]any {
+// stamp is what every answer's context says about how it was made; id is
+// its decision id (the batch's for a batch).
+func stamp(sess *authz.Session, id string) map[string]any {
 	return map[string]any{
-		"decision_id":      authz.NewDecisionID(),
+		"decision_id":      id,
 		"policy_revision":  sess.PolicyRevision(),
 		"tenancy_revision": sess.TenancyRevision(),
 	}
 }
 
-// decide evaluates one validated request in sess.
-func (s *Server) decide(sess *authz.Session, req map[string]any) (verdict, *apiError) {
+// decide evaluates one validated request in sess and logs it as decision
+// id (batch: the batch's id, "" for a single evaluation).
+func (s *Server) decide(sess *authz.Session, req map[string]any, id, batch string) (verdict, *apiError) {
 	in, aerr := input(req)
 	if aerr != nil {
 		return verdict{}, aerr
 	}
-	v, _, err := sess.Eval(s.decision, in)
+	v, cache, err := sess.Eval(s.decision, in)
 	if err != nil {
-		return verdict{}, engineError(err)
+		aerr := engineError(err)
+		s.observe(sess, s.decision, in, id, batch, nil, verdict{}, cache, aerr)
+		return verdict{}, aerr
 	}
 	out, err := shapeDecision(v)
 	if err != nil {
-		return verdict{}, &apiError{status: http.StatusInternalServerError, code: "internal", message: err.Error()}
+		aerr := &apiError{status: http.StatusInternalServerError, code: "internal", message: err.Error()}
+		s.observe(sess, s.decision, in, id, batch, anyValue(v), verdict{}, cache, aerr)
+		return verdict{}, aerr
 	}
+	s.observe(sess, s.decision, in, id, batch, anyValue(v), out, cache, nil)
 	return out, nil
+}
+
+// observe hands one answer to the decision log: path the rule, input the
+// AuthZEN input (with tenancy_revision; never modified afterwards), result
+// the rule's value. A failed evaluation is logged as "cannot decide".
+func (s *Server) observe(sess *authz.Session, rule ast.Ref, in ast.Object, id, batch string, result any, out verdict, cache authz.CacheResult, aerr *apiError) {
+	if s.cfg.Observer == nil {
+		return
+	}
+	e := decisionlog.Entry{ID: id, Path: ruleText(rule), BatchID: batch, Transport: "authzen", Start: time.Now().Add(-sess.Elapsed()), Duration: sess.Elapsed(),
+		Input: func(*authz.Need) (ast.Object, error) { return in, nil }}
+	if aerr != nil && aerr.status >= 500 {
+		e.Err = &authz.DecideError{Code: authz.CodeInternal, Err: errors.New(aerr.message)}
+		if aerr.status == http.StatusServiceUnavailable {
+			e.Err = &authz.DecideError{Code: authz.CodeUnavailable, Err: errors.New(aerr.message)}
+		}
+		s.cfg.Observer.Observe(e)
+		return
+	}
+	d := &authz.Decision{ID: id, Allowed: out.Decision, Defined: result != nil, PolicyRevision: sess.PolicyRevision(),
+		TenancyRevision: sess.TenancyRevision(), Cache: string(cache), Duration: sess.Elapsed()}
+	if d.Cache == "stale" {
+		d.Cache = authz.CacheMiss
+	}
+	if aerr != nil { // 429: not decided at the revision asked
+		d.HTTPStatus, d.Reason = aerr.status, aerr.code
+	}
+	if r, ok := out.Context["reason"].(string); ok {
+		d.Reason = r
+	}
+	d.Subject = entityField(in, "subject", "id")
+	d.DynamicMetadata = map[string]any{"tenant": tenantOf(in)}
+	e.Result, e.Decision = result, d
+	s.cfg.Observer.Observe(e)
+}
+
+// anyValue is v, nil when undefined (not a nil ast.Value in an any).
+func anyValue(v ast.Value) any {
+	if v == nil {
+		return nil
+	}
+	return v
+}
+
+// ruleText is a rule's path as the decision log names it (authzen/allow).
+func ruleText(rule ast.Ref) string {
+	var sb strings.Builder
+	for i, t := range rule[1:] {
+		if i > 0 {
+			sb.WriteByte('/')
+		}
+		if s, ok := t.Value.(ast.String); ok {
+			sb.WriteString(string(s))
+		} else {
+			sb.WriteString(t.String())
+		}
+	}
+	return sb.String()
+}
+
+// entityField is input[entity][field] when it is a string.
+func entityField(in ast.Object, entity, field string) string {
+	if t := in.Get(ast.InternedTerm(entity)); t != nil {
+		if o, ok := t.Value.(ast.Object); ok {
+			if f := o.Get(ast.InternedTerm(field)); f != nil {
+				if s, ok := f.Value.(ast.String); ok {
+					return string(s)
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// tenantOf is the tenant an AuthZEN request is about: the resource's
+// properties.tenant, or the resource itself when it is a tenant.
+func tenantOf(in ast.Object) string {
+	if t := in.Get(ast.InternedTerm("resource")); t != nil {
+		if o, ok := t.Value.(ast.Object); ok {
+			if p := o.Get(ast.InternedTerm("properties")); p != nil {
+				if po, ok := p.Value.(ast.Object); ok {
+					if tt := po.Get(ast.InternedTerm("tenant")); tt != nil {
+						if s, ok := tt.Value.(ast.String); ok {
+							return string(s)
+						}
+					}
+				}
+			}
+		}
+	}
+	if entityField(in, "resource", "type") == "tenant" {
+		return entityField(in, "resource", "id")
+	}
+	return ""
 }
 
 // evaluation answers POST /access/v1/evaluation.
@@ -183,14 +289,15 @@ func (s *Server) evaluation(ctx context.Context, r *http.Request, req map[string
 		return nil, aerr
 	}
 	defer sess.Close()
-	out, aerr := s.decide(sess, req)
+	id := authz.NewDecisionID()
+	out, aerr := s.decide(sess, req, id, "")
 	if aerr != nil {
 		return nil, aerr
 	}
-	if out.Context == nil {
-		out.Context = map[string]any{}
-	}
-	out.Context["gatehouse"] = stamp(sess)
+	ctxOut := make(map[string]any, len(out.Context)+1)
+	maps.Copy(ctxOut, out.Context)
+	ctxOut["gatehouse"] = stamp(sess, id)
+	out.Context = ctxOut
 	return out, nil
 }
 
@@ -247,28 +354,37 @@ func (s *Server) evaluations(ctx context.Context, r *http.Request, req map[strin
 		return nil, aerr
 	}
 	defer sess.Close()
+	batch := authz.NewDecisionID()
 	out := make([]verdict, 0, len(items))
 	for i, it := range items {
-		v, aerr := s.item(sess, req, it)
+		id := authz.NewDecisionID()
+		v, aerr := s.item(sess, req, it, id, batch)
 		if aerr != nil {
 			if aerr.status >= 500 {
 				s.logger.Error("authzen: cannot decide an evaluation; answered as a deny", "index", i, "err", aerr.message)
 			}
 			v = verdict{Context: map[string]any{"error": map[string]any{"status": aerr.status, "message": aerr.message}}}
 		}
+		if s.cfg.Observer != nil {
+			// the item's own decision id joins it to its record
+			c := make(map[string]any, len(v.Context)+1)
+			maps.Copy(c, v.Context)
+			c["gatehouse"] = map[string]any{"decision_id": id}
+			v.Context = c
+		}
 		out = append(out, v)
 		if (semantic == DenyOnFirstDeny && !v.Decision) || (semantic == PermitOnFirstPermit && v.Decision) {
 			break
 		}
 	}
-	return map[string]any{"evaluations": out, "context": map[string]any{"gatehouse": stamp(sess)}}, nil
+	return map[string]any{"evaluations": out, "context": map[string]any{"gatehouse": stamp(sess, batch)}}, nil
 }
 
 // item merges one batch item with the defaults and decides it. An item
 // replaces a default entity whole, except that a required field it lacks
 // (type, id, name) comes from the default; its context replaces the
 // default context.
-func (s *Server) item(sess *authz.Session, defaults map[string]any, it any) (verdict, *apiError) {
+func (s *Server) item(sess *authz.Session, defaults map[string]any, it any, id, batch string) (verdict, *apiError) {
 	obj, ok := it.(map[string]any)
 	if !ok {
 		return verdict{}, badRequest("an evaluation must be an object")
@@ -289,7 +405,7 @@ func (s *Server) item(sess *authz.Session, defaults map[string]any, it any) (ver
 	if err := checkEvaluation(req); err != nil {
 		return verdict{}, err
 	}
-	return s.decide(sess, req)
+	return s.decide(sess, req, id, batch)
 }
 
 // mergeEntity is own, with the required fields it lacks taken from def.

@@ -10,6 +10,8 @@ import (
 	"slices"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
 )
 
 // search answers the three searches: the rule (search_subjects,
@@ -35,9 +37,12 @@ func (s *Server) search(ctx context.Context, r *http.Request, req map[string]any
 		return nil, aerr
 	}
 	defer sess.Close()
-	v, _, err := sess.Eval(rule, in)
+	id := authz.NewDecisionID()
+	v, cache, err := sess.Eval(rule, in)
 	if err != nil {
-		return nil, engineError(err)
+		aerr := engineError(err)
+		s.observe(sess, rule, in, id, "", nil, verdict{}, cache, aerr)
+		return nil, aerr
 	}
 	texts, err := entityTexts(v)
 	if err != nil {
@@ -62,10 +67,12 @@ func (s *Server) search(ctx context.Context, r *http.Request, req map[string]any
 	if end < len(texts) && end > start {
 		next = base64.RawURLEncoding.EncodeToString([]byte(texts[end-1]))
 	}
+	// the record's result is the page answered, not the whole set
+	s.observe(sess, rule, in, id, "", searchResult(results, total), verdict{Decision: len(results) > 0}, cache, nil)
 	return map[string]any{
 		"results": results,
 		"page":    map[string]any{"next_token": next, "count": len(results), "total": total},
-		"context": map[string]any{"gatehouse": stamp(sess)},
+		"context": map[string]any{"gatehouse": stamp(sess, id)},
 	}, nil
 }
 
@@ -169,4 +176,13 @@ func entityTexts(v ast.Value) ([]string, error) {
 		out = append(out, string(b))
 	}
 	return out, nil
+}
+
+// searchResult is a search's record result: the page answered.
+func searchResult(results []json.RawMessage, total int) map[string]any {
+	rs := make([]any, len(results))
+	for i, r := range results {
+		rs[i] = r
+	}
+	return map[string]any{"results": rs, "total": total}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
 )
 
@@ -66,6 +67,9 @@ type Config struct {
 	ClientCerts bool `yaml:"-"`
 	// Registerer receives the metrics (nil: none).
 	Registerer prometheus.Registerer `yaml:"-"`
+	// Observer receives every answer as a decision-log entry (nil:
+	// none): decisionlog.Logger. Observe must not block.
+	Observer Observer `yaml:"-"`
 
 	offline bool // NewOffline: answers through Answer only
 }
@@ -119,6 +123,12 @@ func (c Config) ValidateIfServed(addr string) error {
 		return nil
 	}
 	return errors.Join(netx.ValidateAddr("listen.authzen", addr), c.Validate())
+}
+
+// Observer receives the answers (decision logs, SPEC §10 "Decisions are
+// logged").
+type Observer interface {
+	Observe(decisionlog.Entry)
 }
 
 // Engine answers evaluations: *authz.Engine.

@@ -13,6 +13,13 @@
 // or drop records as in OPA (data.system.log.mask, data.system.log.drop,
 // evaluated with the record as input).
 //
+// Without such a policy a record is written straight as JSON (JSON): the
+// input from the front end's own writer (Entry.InputJSON, envoy.InputJSON)
+// or from the OPA value it built, the rest from the Decision's fields; a
+// mask or drop policy gets the record as a value (Record), then encoded.
+// Both give the same JSON. AuthZEN answers are logged by the same Logger
+// (Entry.Path, Entry.Result, Entry.BatchID).
+//
 // # Concurrency
 //
 // Log (Observe) never blocks a Check: it samples, then puts the entry on a

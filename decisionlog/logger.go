@@ -45,12 +45,17 @@ type Logger struct {
 	labels map[string]string // shared by every record: read only
 
 	// reused by the one writing goroutine
-	inBuf []byte
-	line  bytes.Buffer
-	enc   *json.Encoder
-	jenc  *encoder
-	mask  *masker
-	reqID atomic.Uint64
+	inBuf, lineBuf []byte
+	in, out        *JSON
+	withToken      bool                 // the input written gets the decision's token
+	rootFn         func(k, t *ast.Term) // l.rootItem, bound once
+	lastAuth       string               // the Authorization value of lastSecrets
+	lastSecrets    []string             // secretsOf(lastAuth)
+	line           bytes.Buffer
+	enc            *json.Encoder
+	mask           *masker
+	reqID          atomic.Uint64
+	labelsJSON     string // the labels, encoded once
 
 	console *bufio.Writer
 	file    *lumberjack.Logger
@@ -75,12 +80,18 @@ func New(cfg Config, engine *authz.Engine, logger *slog.Logger) (*Logger, error)
 	}
 	l := &Logger{cfg: cfg, engine: engine, logger: logger, queue: make(chan Entry, max(1, cfg.QueueSize)), mask: newMasker(),
 		sampleAllow: 1, sampleDeny: 1}
-	l.enc, l.jenc = json.NewEncoder(&l.line), newEncoder()
+	l.enc, l.in, l.out = json.NewEncoder(&l.line), newJSON(), newJSON()
+	l.rootFn = l.rootItem
 	l.labels = make(map[string]string, len(cfg.Labels)+2)
 	for k, v := range cfg.Labels {
 		l.labels[k] = v
 	}
 	l.labels["id"], l.labels["version"] = cfg.ID, cfg.Version
+	lj, err := json.Marshal(l.labels)
+	if err != nil {
+		return nil, err
+	}
+	l.labelsJSON = string(lj)
 	if cfg.Sample.Allow != nil {
 		l.sampleAllow = *cfg.Sample.Allow
 	}
@@ -228,32 +239,16 @@ func (l *Logger) flushFile() {
 
 // write builds, masks and encodes one record and hands it to the sinks.
 func (l *Logger) write(ctx context.Context, e Entry) {
-	lp := l.mask.policy(l.engine.Policy())
-	secrets := secretsOf(e.Authorization)
-	rec, err := l.build(e, lp != nil, secrets)
-	if err != nil {
-		l.dropped.WithLabelValues(DropEncodeError).Inc()
-		l.logger.Error("decision log: record not built", "err", err)
-		return
-	}
-	if lp != nil {
-		drop, err := l.mask.apply(ctx, lp, rec)
-		if err != nil {
-			// The mask may have been meant to hide something: fail closed.
-			l.dropped.WithLabelValues(DropEncodeError).Inc()
-			l.logger.Error("decision log: mask policy failed; record dropped", "decision_id", rec.DecisionID, "err", err)
+	secrets := l.secretsOf(e.Authorization)
+	var line []byte
+	if lp := l.mask.policy(l.engine.Policy()); lp == nil {
+		line = l.appendRecord(l.lineBuf[:0], &e, secrets)
+		l.lineBuf = line
+	} else {
+		var ok bool
+		if line, ok = l.writeMasked(ctx, lp, e, secrets); !ok {
 			return
 		}
-		if drop {
-			l.skipped.WithLabelValues("policy").Inc()
-			return
-		}
-	}
-	line, err := l.encode(rec)
-	if err != nil {
-		l.dropped.WithLabelValues(DropEncodeError).Inc()
-		l.logger.Error("decision log: record not encoded", "decision_id", rec.DecisionID, "err", err)
-		return
 	}
 	if l.console != nil {
 		l.emit(l.console, "console", line)
@@ -269,6 +264,48 @@ func (l *Logger) write(ctx context.Context, e Entry) {
 	}
 }
 
+// secretsOf is secretsOf, remembering the last answer (a client sends the
+// same credential many times in a row).
+func (l *Logger) secretsOf(authorization string) []string {
+	if authorization != l.lastAuth || l.lastSecrets == nil {
+		l.lastAuth, l.lastSecrets = authorization, secretsOf(authorization)
+		if l.lastSecrets == nil {
+			l.lastSecrets = []string{}
+		}
+	}
+	return l.lastSecrets
+}
+
+// writeMasked is the record of e through a mask or drop policy: built as
+// a generic value the policy reads and edits, then encoded. ok is false
+// when the record is dropped (counted).
+func (l *Logger) writeMasked(ctx context.Context, lp *logPolicy, e Entry, secrets []string) ([]byte, bool) {
+	rec, err := l.build(e, secrets)
+	if err != nil {
+		l.dropped.WithLabelValues(DropEncodeError).Inc()
+		l.logger.Error("decision log: record not built", "err", err)
+		return nil, false
+	}
+	drop, err := l.mask.apply(ctx, lp, rec)
+	if err != nil {
+		// The mask may have been meant to hide something: fail closed.
+		l.dropped.WithLabelValues(DropEncodeError).Inc()
+		l.logger.Error("decision log: mask policy failed; record dropped", "decision_id", rec.DecisionID, "err", err)
+		return nil, false
+	}
+	if drop {
+		l.skipped.WithLabelValues("policy").Inc()
+		return nil, false
+	}
+	line, err := l.encode(rec)
+	if err != nil {
+		l.dropped.WithLabelValues(DropEncodeError).Inc()
+		l.logger.Error("decision log: record not encoded", "decision_id", rec.DecisionID, "err", err)
+		return nil, false
+	}
+	return line, true
+}
+
 func (l *Logger) emit(w io.Writer, sink string, line []byte) {
 	if _, err := w.Write(line); err != nil {
 		l.dropped.WithLabelValues(DropWriteError).Inc()
@@ -278,14 +315,14 @@ func (l *Logger) emit(w io.Writer, sink string, line []byte) {
 	l.written.WithLabelValues(sink).Inc()
 }
 
-// Build makes the record of an entry (before masking and scrubbing).
-func (l *Logger) Build(e Entry) (*Record, error) { return l.build(e, true, secretsOf(e.Authorization)) }
+// Build makes the record of an entry as a mask policy reads it (before
+// masking and scrubbing).
+func (l *Logger) Build(e Entry) (*Record, error) { return l.build(e, secretsOf(e.Authorization)) }
 
-// build makes the record of e, every string scrubbed of secrets; with
-// generic, its input is a JSON-like value that mask policies can edit,
-// else it is encoded at once.
-func (l *Logger) build(e Entry, generic bool, secrets []string) (*Record, error) {
-	rec, err := l.record(e, generic, secrets)
+// build makes the record of e as a generic value (mask policies edit it),
+// every string scrubbed of secrets.
+func (l *Logger) build(e Entry, secrets []string) (*Record, error) {
+	rec, err := l.record(e)
 	if err != nil || len(secrets) == 0 {
 		return rec, err
 	}
@@ -304,7 +341,7 @@ func (l *Logger) build(e Entry, generic bool, secrets []string) (*Record, error)
 	return rec, nil
 }
 
-func (l *Logger) record(e Entry, generic bool, secrets []string) (*Record, error) {
+func (l *Logger) record(e Entry) (*Record, error) {
 	rec := &Record{
 		Labels:    l.labels,
 		Path:      l.cfg.Path,
@@ -316,7 +353,10 @@ func (l *Logger) record(e Entry, generic bool, secrets []string) (*Record, error
 	}
 	d := e.Decision
 	if d == nil {
-		rec.DecisionID = authz.NewDecisionID()
+		rec.DecisionID = e.ID
+		if rec.DecisionID == "" {
+			rec.DecisionID = authz.NewDecisionID()
+		}
 		rec.Error = &RecordError{Code: "cannot_decide", Message: errString(e.Err)}
 		var de *authz.DecideError
 		if errors.As(e.Err, &de) {
@@ -335,6 +375,17 @@ func (l *Logger) record(e Entry, generic bool, secrets []string) (*Record, error
 			rec.Metrics.RegoEvalNS = d.Duration.Nanoseconds()
 		}
 	}
+	if e.Path != "" {
+		rec.Path = e.Path
+	}
+	if e.Result != nil {
+		r, err := jsonLike(e.Result)
+		if err != nil {
+			return nil, err
+		}
+		rec.Result = r
+	}
+	rec.Gatehouse.BatchID = e.BatchID
 	rec.Gatehouse.Transport = e.Transport
 	rec.Gatehouse.DryRun = e.DryRun
 	if s := e.Shadow; s != nil {
@@ -343,27 +394,41 @@ func (l *Logger) record(e Entry, generic bool, secrets []string) (*Record, error
 	if e.Input != nil {
 		in, err := e.Input(authz.NeedAll)
 		if err == nil && in != nil {
-			if d != nil && d.Token != nil {
-				in.Insert(ast.InternedTerm("token"), ast.NewTerm(d.Token.Value()))
-			}
-			if d != nil && d.Token != nil {
-				in.Insert(ast.InternedTerm("tenancy_revision"), ast.UIntNumberTerm(d.TenancyRevision))
-			}
-			if !generic {
-				l.inBuf = l.jenc.input(l.inBuf[:0], in, secrets, func(p string) { rec.Erased = append(rec.Erased, p) })
-				rec.inputJSON = l.inBuf
-				return rec, nil
-			}
+			// A copy: the value Input returned is never modified.
 			v, err := ast.JSON(in)
 			if err != nil {
 				return nil, err
 			}
 			m, _ := v.(map[string]any)
+			if m != nil && d != nil && d.Token != nil {
+				tv, err := ast.JSON(d.Token.Value())
+				if err != nil {
+					return nil, err
+				}
+				m["token"], m["tenancy_revision"] = tv, d.TenancyRevision
+			}
 			rec.Erased = append(rec.Erased, eraseHeaders(m)...)
 			rec.Input = m
 		}
 	}
 	return rec, nil
+}
+
+// jsonLike is a copy of an Entry.Result as a JSON-like value (mask
+// policies edit it).
+func jsonLike(v any) (any, error) {
+	if av, ok := v.(ast.Value); ok {
+		return ast.JSON(av)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var out any
+	err = dec.Decode(&out)
+	return out, err
 }
 
 func shadowOf(s *ShadowResult) *ShadowRecord {
@@ -391,9 +456,5 @@ func (l *Logger) encode(rec *Record) ([]byte, error) {
 	if err := l.enc.Encode(rec); err != nil {
 		return nil, err
 	}
-	b := l.line.Bytes()
-	if rec.inputJSON != nil {
-		b = append(append(append(b[:len(b)-2], `,"input":`...), rec.inputJSON...), '}', '\n') // before "}\n"
-	}
-	return b, nil
+	return l.line.Bytes(), nil
 }

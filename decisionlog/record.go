@@ -22,6 +22,10 @@ type Entry struct {
 	// tenancy_revision, which come from Decision); nil when the request
 	// could not be read. It is called off the Check's path.
 	Input func(need *authz.Need) (ast.Object, error)
+	// InputJSON, when set, writes the same input document as JSON without
+	// building it (faster; Input is still what mask and shadow policies
+	// read).
+	InputJSON InputWriter
 	// Authorization is the request's Authorization header: never logged,
 	// it is what records are scrubbed of.
 	Authorization string
@@ -37,9 +41,29 @@ type Entry struct {
 	DryRun bool
 	// Shadow is the shadow policy's answer, when one was evaluated.
 	Shadow *ShadowResult
+	// Path is the rule decided when it is not the configured path (an
+	// AuthZEN answer: its rule, e.g. authzen/allow).
+	Path string
+	// Result, when set, is the record's result instead of the Decision's
+	// shape: an ast.Value or a JSON-like value (json.RawMessage allowed).
+	Result any
+	// ID is the decision id of a "cannot decide" (Decision nil) that its
+	// answer names ("": a fresh one; the answer named none).
+	ID string
+	// BatchID is the decision id of the AuthZEN batch an evaluation is
+	// an item of (gatehouse.batch_id).
+	BatchID string
 	// Size is about how many bytes the entry holds on to (the request
 	// Input reads), for Config.QueueBytes.
 	Size int64
+}
+
+// InputWriter writes an input document as JSON: each member of the
+// document (w.Key, then its value unless Key returned false), into the
+// object the caller opened. An error (the request cannot be turned into
+// an input) leaves the record without input.
+type InputWriter interface {
+	WriteInput(w *JSON) error
 }
 
 // ShadowResult is a shadow policy's answer for the same input.
@@ -68,9 +92,6 @@ type Record struct {
 	Erased      []string          `json:"erased,omitempty"`
 	Masked      []string          `json:"masked,omitempty"`
 	Gatehouse   Gatehouse         `json:"gatehouse"`
-
-	// inputJSON is the input already encoded (Input is then nil).
-	inputJSON []byte
 }
 
 // Metrics are OPA's timers of the decision, in nanoseconds.
@@ -105,6 +126,7 @@ type Gatehouse struct {
 	Transport       string        `json:"transport,omitempty"`
 	DryRun          bool          `json:"dry_run,omitempty"`
 	Shadow          *ShadowRecord `json:"shadow,omitempty"`
+	BatchID         string        `json:"batch_id,omitempty"`
 }
 
 // ShadowRecord is the shadow policy's answer in a record.
@@ -268,37 +290,49 @@ func isSecretHeader(k string) bool {
 	return false
 }
 
-// escapePointer escapes a JSON pointer segment (RFC 6901).
-func escapePointer(s string) string {
-	return strings.NewReplacer("~", "~0", "/", "~1").Replace(s)
-}
-
 // redacted replaces a raw token wherever a record would contain it.
 const redacted = "[REDACTED]"
 
 // secretsOf are the strings no string of a record may contain for an
-// Authorization header value: the whole (trimmed) value, then its
-// credential, each when long enough to scrub — each as it is, JSON-escaped
-// (a JSON body or header carrying it) and URL-escaped (a query or path).
-// Strings are scrubbed before they are encoded, so a replacement never
-// cuts an escape sequence.
+// Authorization header value: its credential (what follows the scheme)
+// when long enough to scrub, else the whole (trimmed) value when it is —
+// each as it is, JSON-escaped (a JSON body or header carrying it) and
+// URL-escaped (a query or path). Escaping goes character by character, so
+// every form of the whole value contains the same form of the credential:
+// scrubbing the credential's forms scrubs the value's. Strings are
+// scrubbed before they are encoded, so a replacement never cuts an escape
+// sequence.
 func secretsOf(authorization string) []string {
-	var out []string
-	add := func(s string) {
-		for _, f := range []string{s, jsonEscaped(s), url.QueryEscape(s), url.PathEscape(s)} {
-			if !slices.Contains(out, f) {
-				out = append(out, f)
-			}
+	v := strings.TrimSpace(authorization)
+	s := rawToken(v)
+	if len(s) < minScrubLen {
+		s = v
+	}
+	if len(s) < minScrubLen {
+		return nil
+	}
+	out := []string{s}
+	if unreserved(s) {
+		return out // every escaped form is s (a JWT, an opaque token)
+	}
+	for _, f := range []string{jsonEscaped(s), url.QueryEscape(s), url.PathEscape(s)} {
+		if !slices.Contains(out, f) {
+			out = append(out, f)
 		}
 	}
-	v := strings.TrimSpace(authorization)
-	if len(v) >= minScrubLen {
-		add(v)
-	}
-	if tok := rawToken(v); tok != v && len(tok) >= minScrubLen {
-		add(tok)
-	}
 	return out
+}
+
+// unreserved: s is made of URL-unreserved characters only (RFC 3986),
+// which neither JSON nor URL escaping changes.
+func unreserved(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~') {
+			return false
+		}
+	}
+	return true
 }
 
 // jsonEscaped is s as it appears inside a JSON string.

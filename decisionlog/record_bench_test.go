@@ -17,7 +17,7 @@ import (
 )
 
 // BenchmarkRecord is the logging work of one decision off the Check's
-// path: the input built again, the record built and encoded, scrubbed.
+// path: the input written from the request, the record written, scrubbed.
 func BenchmarkRecord(b *testing.B) {
 	discard := slog.New(slog.DiscardHandler)
 	key := testutil.RSAKey(b, "bench")
@@ -43,7 +43,7 @@ func BenchmarkRecord(b *testing.B) {
 				return nil, err
 			}
 			return p.Input(need), nil
-		}}
+		}, InputJSON: envoy.InputJSON(req)} // as envoy's observe hands it over
 	b.ReportAllocs()
 	for b.Loop() {
 		l.Write(e)

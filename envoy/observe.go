@@ -36,6 +36,7 @@ func (s *Server) observe(ctx context.Context, t transport, req *authv3.CheckRequ
 	if req != nil && req.GetAttributes().GetRequest().GetHttp() != nil {
 		headers = RequestHeaders(req.GetAttributes().GetRequest().GetHttp())
 		e.Input = logInput(req)
+		e.InputJSON = InputJSON(req) // the record's input, written without building it
 		e.Authorization = headers["authorization"]
 		e.Size = approxSize(req.GetAttributes().GetRequest().GetHttp(), headers)
 	}

@@ -270,6 +270,9 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (_ *sidecar, err error) {
 	if cfg.Listen.AuthZEN != "" {
 		azc := cfg.authzenConfig()
 		azc.Registerer = reg
+		if declog != nil {
+			azc.Observer = declog // AuthZEN answers are decisions too (SPEC §10)
+		}
 		srv, err := authzen.New(azc, engine, logger)
 		if err != nil {
 			return nil, err
