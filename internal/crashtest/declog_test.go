@@ -1,0 +1,639 @@
+package crashtest
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/gatehouse-dev/gatehouse/internal/testutil"
+)
+
+// The decision logs, the audit store and the fleet view together (issue 10,
+// SPEC §9), with real processes: one `gatehouse control` and two `gatehouse
+// serve` sidecars uploading their decision logs to it and reporting their
+// state, over the demo world (cmd/gatehouse/devworld.json).
+
+// logQuery is one check of the demo world and the answer it must get.
+type logQuery struct {
+	user, tenant, project string // user "" sends no token
+	allowed               bool
+}
+
+// logQueries mix allows and denies (no role, inactive user, foreign
+// tenant, no token) over several tenants.
+var logQueries = []logQuery{
+	{"bob", "beta", "timekeeping", true},
+	{"alice", "alpha", "portal", true},
+	{"alice", "beta", "timekeeping", true},
+	{"carol", "acme", "dashboard", true},
+	{"erin", "partners", "partner-app", true},
+	{"frank", "initech", "devices", true},
+	{"mallory", "alpha", "portal", false},
+	{"dave", "beta", "timekeeping", false},
+	{"bob", "alpha", "portal", false},
+	{"", "beta", "timekeeping", false},
+}
+
+// fleetWorld is a control endpoint (from a config file: issuers for
+// delegated admins, a short sidecar_ttl) with the demo world, and sidecars
+// logging decisions to it.
+type fleetWorld struct {
+	k       *keys
+	cfgFile string
+	ctl     *control
+	adm     *admin
+	seedRev uint64
+}
+
+func newFleetWorld(t *testing.T, ttl time.Duration) *fleetWorld {
+	t.Helper()
+	k := newKeys(t)
+	w := &fleetWorld{k: k, cfgFile: filepath.Join(t.TempDir(), "control.yaml")}
+	testutil.WriteFile(t, w.cfgFile, fmt.Sprintf(`data_dir: %q
+admin_token_file: %q
+sync_token_file: %q
+sidecar_ttl: %s
+issuers:
+  - {issuer: %q, audiences: [api], algorithms: [RS256], public_key_file: %q}
+log: {level: info, format: json}
+`, filepath.Join(t.TempDir(), "control"), k.adminFile, k.syncFile, ttl, issuer, k.pubFile))
+	w.start(t, "127.0.0.1:0")
+	world, err := os.ReadFile("../../cmd/gatehouse/devworld.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, body, err := w.adm.do(http.MethodPost, "/v1/batch", world)
+	if err != nil || status != http.StatusOK {
+		t.Fatalf("seed the demo world: %v %d %s", err, status, body)
+	}
+	var ans struct{ Revision uint64 }
+	if err := json.Unmarshal(body, &ans); err != nil {
+		t.Fatal(err)
+	}
+	w.seedRev = ans.Revision
+	return w
+}
+
+// start starts (or restarts, on the same address and file) the control.
+func (w *fleetWorld) start(t *testing.T, address string) {
+	t.Helper()
+	p := startProc(t, "control", "control", "--config", w.cfgFile, "--addr", address)
+	m := p.waitLog(t, 30*time.Second, "control listening", nil)
+	w.ctl = &control{proc: p, addr: addr(m["addr"])}
+	w.ctl.url = "http://" + w.ctl.addr
+	w.adm = newAdmin(w.ctl, w.k)
+}
+
+// loggingSidecar is a sidecar whose decision logs go to a file and to the
+// control's /v1/logs, reporting its state every 300ms.
+type loggingSidecar struct {
+	*sidecar
+	id, logFile string
+}
+
+func (w *fleetWorld) startSidecar(t *testing.T, id string) *loggingSidecar {
+	t.Helper()
+	policies, err := filepath.Abs("../../policies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "decisions.log")
+	cfg := fmt.Sprintf(`id: %s
+labels: {zone: z-%s}
+listen: {grpc: "127.0.0.1:0", http: "127.0.0.1:0", ops: "127.0.0.1:0"}
+policies: {dir: %q}
+data:
+  dir: %q
+  control_url: %q
+  token_file: %q
+  reconnect_max_backoff: 300ms
+  status_interval: 300ms
+issuers:
+  - {issuer: %q, audiences: [api], algorithms: [RS256], public_key_file: %q}
+decision_logs:
+  file: {path: %q}
+  service:
+    url: %q
+    token_file: %q
+    reporting: {min_delay_seconds: 0.1, max_delay_seconds: 0.5}
+log: {level: info, format: json}
+`, id, id, policies, filepath.Join(dir, "var"), w.ctl.url, w.k.syncFile, issuer, w.k.pubFile,
+		logFile, w.ctl.url+"/v1/logs", w.k.syncFile)
+	file := filepath.Join(dir, "serve.yaml")
+	testutil.WriteFile(t, file, cfg)
+	p := startProc(t, "sidecar "+id, "serve", "--config", file)
+	m := p.waitLog(t, 30*time.Second, "gatehouse serve starting", nil)
+	s := &sidecar{proc: p, grpcAddr: addr(m["grpc"]), http: addr(m["http"]), opsURL: "http://" + addr(m["ops"])}
+	conn := testutil.Dial(t, s.grpcAddr)
+	s.client = authv3.NewAuthorizationClient(conn)
+	return &loggingSidecar{sidecar: s, id: id, logFile: logFile}
+}
+
+// decide asks q over gRPC or HTTP and returns the answer's decision id; the
+// answer must be q's.
+func (s *loggingSidecar) decide(t *testing.T, q logQuery, overHTTP bool) string {
+	t.Helper()
+	req := testutil.Request{Path: "/t/" + q.tenant + "/items", Headers: map[string]string{},
+		ContextExtensions: map[string]string{"project": q.project}}
+	if q.user != "" {
+		req.Headers["authorization"] = "Bearer " + token(t, q.user)
+	}
+	ctx, cancel := contextTimeout(t, 10*time.Second)
+	defer cancel()
+	var allowed bool
+	var id string
+	if overHTTP {
+		resp := testutil.DoHTTP(t, ctx, nil, "http://"+s.http, req)
+		allowed, id = resp.Status == http.StatusOK, resp.Header.Get("x-gatehouse-decision-id")
+	} else {
+		resp, err := s.client.Check(ctx, testutil.CheckRequest(req))
+		if err != nil {
+			t.Fatalf("%s: check %+v: %v", s.id, q, err)
+		}
+		allowed = resp.GetOkResponse() != nil
+		id = resp.GetDynamicMetadata().GetFields()["decision_id"].GetStringValue()
+	}
+	if allowed != q.allowed || id == "" {
+		t.Fatalf("%s: %+v (HTTP %v): allowed %v, decision id %q", s.id, q, overHTTP, allowed, id)
+	}
+	return id
+}
+
+// logRecord is what the test reads of a decision log record.
+type logRecord struct {
+	DecisionID string            `json:"decision_id"`
+	Timestamp  time.Time         `json:"timestamp"`
+	Labels     map[string]string `json:"labels"`
+	Gatehouse  struct {
+		Tenant  string `json:"tenant"`
+		Subject string `json:"subject"`
+		Allowed bool   `json:"allowed"`
+	} `json:"gatehouse"`
+}
+
+// fileRecords reads a decision log file: every record, in order.
+func fileRecords(t *testing.T, path string) ([]logRecord, []byte) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var recs []logRecord
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(nil, 4<<20)
+	for sc.Scan() {
+		var r logRecord
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("%s: %v: %.200s", path, err, sc.Bytes())
+		}
+		recs = append(recs, r)
+	}
+	return recs, b
+}
+
+// pages reads every page of a list endpoint (path with its query) with
+// bearer tok; it returns the items, the raw answers, and the status of the
+// first page (a refusal stops there).
+func (w *fleetWorld) pages(t *testing.T, path, tok string) ([]json.RawMessage, []byte, int) {
+	t.Helper()
+	var items []json.RawMessage
+	var raw []byte
+	after := ""
+	for range 1000 {
+		sep := "?"
+		if strings.Contains(path, "?") {
+			sep = "&"
+		}
+		status, body := w.get(t, path+sep+"limit=70&after="+url.QueryEscape(after), tok)
+		raw = append(raw, body...)
+		if status != http.StatusOK {
+			if items != nil {
+				t.Fatalf("GET %s: page after %q: %d %s", path, after, status, body)
+			}
+			return nil, raw, status
+		}
+		var page struct {
+			Items []json.RawMessage `json:"items"`
+			Next  string            `json:"next"`
+		}
+		if err := json.Unmarshal(body, &page); err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		items = append(items, page.Items...)
+		if page.Next == "" {
+			if items == nil {
+				items = []json.RawMessage{}
+			}
+			return items, raw, status
+		}
+		after = page.Next
+	}
+	t.Fatalf("GET %s: more than 1000 pages", path)
+	return nil, nil, 0
+}
+
+func (w *fleetWorld) get(t *testing.T, path, tok string) (int, []byte) {
+	t.Helper()
+	a := *w.adm
+	a.token = tok
+	status, body, err := a.do(http.MethodGet, path, nil)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	return status, body
+}
+
+// decisions reads every decision record at the control (admin token).
+func (w *fleetWorld) decisions(t *testing.T) ([]logRecord, []byte) {
+	t.Helper()
+	items, raw, status := w.pages(t, "/v1/decisions", w.k.admin)
+	if status != http.StatusOK {
+		t.Fatalf("GET /v1/decisions: %d %s", status, raw)
+	}
+	recs := make([]logRecord, len(items))
+	for i, it := range items {
+		if err := json.Unmarshal(it, &recs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return recs, raw
+}
+
+// revisionView is GET /v1/revisions/{R}.
+type revisionView struct {
+	Revision uint64   `json:"revision"`
+	Sidecars int      `json:"sidecars"`
+	Applied  int      `json:"applied"`
+	Pending  []string `json:"pending"`
+}
+
+func (w *fleetWorld) revision(t *testing.T, rev uint64) revisionView {
+	t.Helper()
+	status, body := w.get(t, fmt.Sprintf("/v1/revisions/%d", rev), w.k.admin)
+	var v revisionView
+	if status != http.StatusOK || json.Unmarshal(body, &v) != nil {
+		t.Fatalf("GET /v1/revisions/%d: %d %s", rev, status, body)
+	}
+	return v
+}
+
+// metric sums every series of name in a Prometheus text answer.
+func metric(t *testing.T, metricsURL, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(metricsURL)
+	if err != nil {
+		t.Fatalf("GET %s: %v", metricsURL, err)
+	}
+	defer resp.Body.Close()
+	sum := 0.0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		l := sc.Text()
+		if !strings.HasPrefix(l, name+"{") && !strings.HasPrefix(l, name+" ") {
+			continue
+		}
+		v, err := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
+		if err != nil {
+			t.Fatalf("%s: %q: %v", metricsURL, l, err)
+		}
+		sum += v
+	}
+	return sum
+}
+
+// secrets are every bearer credential the test used.
+func (w *fleetWorld) secrets(t *testing.T) []string {
+	out := []string{w.k.admin, "crash-sync-token"}
+	for _, u := range []string{"alice", "bob", "carol", "dave", "erin", "frank", "mallory"} {
+		out = append(out, token(t, u))
+	}
+	return out
+}
+
+func (w *fleetWorld) noSecrets(t *testing.T, what string, b []byte) {
+	t.Helper()
+	for _, s := range w.secrets(t) {
+		if bytes.Contains(b, []byte(s)) {
+			t.Errorf("%s holds a bearer credential (%.12s...)", what, s)
+		}
+	}
+}
+
+// TestDecisionLogsFleetAuditEndToEnd: decision records of a few hundred
+// mixed decisions arrive exactly once in each sidecar's file and at the
+// control, token-free, joined to the answers' decision ids, usage
+// matching; audit and decisions visible per membership; a revocation
+// followed through the fleet view with one sidecar killed; the control's
+// intake down while the sidecars keep deciding: every record delivered or
+// counted as dropped.
+func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
+	start := time.Now()
+	const ttl = 3 * time.Second
+	w := newFleetWorld(t, ttl)
+	a, b := w.startSidecar(t, "side-a"), w.startSidecar(t, "side-b")
+	for _, s := range []*loggingSidecar{a, b} {
+		s.waitReady(t, 30*time.Second)
+		s.waitRevision(t, w.seedRev, 30*time.Second)
+	}
+
+	// 1. A few hundred mixed decisions, gRPC and HTTP, on both sidecars.
+	decided := map[string]string{} // decision id -> sidecar id
+	expect := map[string]logQuery{}
+	for i := range 300 {
+		s := []*loggingSidecar{a, b}[i%2]
+		q := logQueries[(i/2)%len(logQueries)]
+		id := s.decide(t, q, i%3 == 0)
+		if _, dup := decided[id]; dup {
+			t.Fatalf("decision id %s answered twice", id)
+		}
+		decided[id], expect[id] = s.id, q
+	}
+	checkFile := func(s *loggingSidecar) {
+		t.Helper()
+		var recs []logRecord
+		var raw []byte
+		testutil.Eventually(t, 20*time.Second, func() (bool, string) {
+			recs, raw = fileRecords(t, s.logFile)
+			mine := 0
+			for _, id := range decided {
+				if id == s.id {
+					mine++
+				}
+			}
+			return len(recs) >= mine, fmt.Sprintf("%s: %d records in the file, %d decided", s.id, len(recs), mine)
+		})
+		w.noSecrets(t, s.id+"'s decision log file", raw)
+		seen := map[string]bool{}
+		for _, r := range recs {
+			if decided[r.DecisionID] != s.id || seen[r.DecisionID] {
+				t.Errorf("%s's file: record %s: decided by %q, seen before %v", s.id, r.DecisionID, decided[r.DecisionID], seen[r.DecisionID])
+			}
+			seen[r.DecisionID] = true
+			q := expect[r.DecisionID]
+			if r.Gatehouse.Allowed != q.allowed || r.Labels["id"] != s.id || (q.allowed && r.Gatehouse.Tenant != q.tenant) {
+				t.Errorf("%s's file: record %+v for %+v", s.id, r, q)
+			}
+		}
+	}
+	checkFile(a)
+	checkFile(b)
+	var atControl []logRecord
+	var raw []byte
+	testutil.Eventually(t, 20*time.Second, func() (bool, string) {
+		atControl, raw = w.decisions(t)
+		return len(atControl) >= len(decided), fmt.Sprintf("%d records at the control, %d decided", len(atControl), len(decided))
+	})
+	w.noSecrets(t, "GET /v1/decisions", raw)
+	usage := map[string][2]uint64{} // tenant ‖ hour -> allowed, denied
+	seen := map[string]bool{}
+	for _, r := range atControl {
+		q, ok := expect[r.DecisionID]
+		if !ok || seen[r.DecisionID] || r.Labels["id"] != decided[r.DecisionID] || r.Gatehouse.Allowed != q.allowed {
+			t.Errorf("at the control: record %+v (known %v, seen before %v) for %+v by %s", r, ok, seen[r.DecisionID], q, decided[r.DecisionID])
+		}
+		seen[r.DecisionID] = true
+		k := r.Gatehouse.Tenant + " " + r.Timestamp.UTC().Truncate(time.Hour).Format(time.RFC3339)
+		u := usage[k]
+		if r.Gatehouse.Allowed {
+			u[0]++
+		} else {
+			u[1]++
+		}
+		usage[k] = u
+	}
+	if len(seen) != len(decided) {
+		t.Fatalf("%d of %d decisions at the control", len(seen), len(decided))
+	}
+	status, body := w.get(t, "/v1/usage", w.k.admin)
+	var ua struct {
+		Items []struct {
+			Tenant          string
+			Hour            time.Time
+			Allowed, Denied uint64
+		}
+	}
+	if status != http.StatusOK || json.Unmarshal(body, &ua) != nil {
+		t.Fatalf("GET /v1/usage: %d %s", status, body)
+	}
+	gotUsage := map[string][2]uint64{}
+	for _, it := range ua.Items {
+		gotUsage[it.Tenant+" "+it.Hour.UTC().Format(time.RFC3339)] = [2]uint64{it.Allowed, it.Denied}
+	}
+	if fmt.Sprint(gotUsage) != fmt.Sprint(usage) {
+		t.Errorf("usage per tenant and hour:\n got %v\nwant %v", gotUsage, usage)
+	}
+	t.Logf("1: %d decisions, each once in its sidecar's file and at the control (%v)", len(decided), time.Since(start).Round(time.Millisecond))
+
+	// 4. Audit and decisions visibility per membership: a tenant admin (bob,
+	// beta), an SP admin (carol, acme: alpha, beta, partners too), the
+	// admin, a project-grant admin and a user without memberships (403).
+	// Delegated writes first, so that the audit has their records.
+	for _, wr := range []struct{ who, path, body string }{
+		{"bob", "/v1/users/bob-intern", `{"id": "bob-intern", "tenant": "beta", "kind": "human", "status": "active"}`},
+		{"carol", "/v1/tenants/delta", `{"id": "delta", "name": "Delta", "kind": "customer", "parent": "acme"}`},
+	} {
+		d := *w.adm
+		d.token = token(t, wr.who)
+		status, body, err := d.do(http.MethodPut, wr.path, []byte(wr.body))
+		if err != nil || status != http.StatusOK {
+			t.Fatalf("%s PUT %s: %v %d %s", wr.who, wr.path, err, status, body)
+		}
+	}
+	type visible struct {
+		who     string
+		tok     string
+		tenants []string // nil: everything
+		status  int
+	}
+	all, _, _ := w.pages(t, "/v1/audit", w.k.admin)
+	for _, v := range []visible{
+		{"admin", w.k.admin, nil, http.StatusOK},
+		{"bob", token(t, "bob"), []string{"beta"}, http.StatusOK},
+		{"carol", token(t, "carol"), []string{"acme", "alpha", "beta", "partners", "delta"}, http.StatusOK},
+		{"alice", token(t, "alice"), nil, http.StatusForbidden},
+		{"mallory", token(t, "mallory"), nil, http.StatusForbidden},
+	} {
+		in := func(ts ...string) bool {
+			if v.tenants == nil {
+				return true
+			}
+			for _, x := range ts {
+				if slices.Contains(v.tenants, x) {
+					return true
+				}
+			}
+			return false
+		}
+		audit, rawA, st := w.pages(t, "/v1/audit", v.tok)
+		decs, rawD, stD := w.pages(t, "/v1/decisions", v.tok)
+		w.noSecrets(t, v.who+"'s GET /v1/audit", rawA)
+		w.noSecrets(t, v.who+"'s GET /v1/decisions", rawD)
+		if st != v.status || stD != v.status {
+			t.Errorf("%s: GET /v1/audit %d, /v1/decisions %d, want %d", v.who, st, stD, v.status)
+			continue
+		}
+		if v.status != http.StatusOK {
+			continue
+		}
+		var wantAudit []string
+		for _, it := range all {
+			var r struct{ Tenants []string }
+			_ = json.Unmarshal(it, &r)
+			if in(r.Tenants...) {
+				wantAudit = append(wantAudit, string(it))
+			}
+		}
+		gotAudit := make([]string, len(audit))
+		for i, it := range audit {
+			gotAudit[i] = string(it)
+		}
+		if len(wantAudit) == 0 || !slices.Equal(gotAudit, wantAudit) {
+			t.Errorf("%s sees %d audit records, want the %d of its tenants %v", v.who, len(gotAudit), len(wantAudit), v.tenants)
+		}
+		var wantDec, gotDec []string
+		for _, r := range atControl {
+			if in(r.Gatehouse.Tenant) && (v.tenants == nil || r.Gatehouse.Tenant != "") {
+				wantDec = append(wantDec, r.DecisionID)
+			}
+		}
+		for _, it := range decs {
+			var r logRecord
+			_ = json.Unmarshal(it, &r)
+			gotDec = append(gotDec, r.DecisionID)
+		}
+		slices.Sort(wantDec)
+		slices.Sort(gotDec)
+		if len(wantDec) == 0 || !slices.Equal(gotDec, wantDec) {
+			t.Errorf("%s sees %d decision records, want the %d of its tenants %v", v.who, len(gotDec), len(wantDec), v.tenants)
+		}
+		if v.tenants != nil {
+			if st, body := w.get(t, "/v1/audit?tenant=initech", v.tok); st != http.StatusForbidden {
+				t.Errorf("%s: GET /v1/audit?tenant=initech: %d %s", v.who, st, body)
+			}
+		}
+	}
+	t.Logf("4: audit and decisions visibility per membership (%v)", time.Since(start).Round(time.Millisecond))
+
+	// 2. The fleet view: both sidecars report; a revocation is pending, then
+	// applied by both; a killed sidecar stays pending for later revisions
+	// and drops out after sidecar_ttl; the lag gauge follows.
+	status, body, err := w.adm.do(http.MethodDelete, "/v1/user_grants/bob-tk", nil)
+	if err != nil || status != http.StatusOK {
+		t.Fatalf("revoke bob-tk: %v %d %s", err, status, body)
+	}
+	var del struct{ Revision uint64 }
+	_ = json.Unmarshal(body, &del)
+	first := w.revision(t, del.Revision)
+	if first.Sidecars != 2 || first.Applied+len(first.Pending) != 2 {
+		t.Fatalf("revision %d right after the write: %+v", del.Revision, first)
+	}
+	testutil.Eventually(t, 15*time.Second, func() (bool, string) {
+		v := w.revision(t, del.Revision)
+		return v.Sidecars == 2 && v.Applied == 2 && len(v.Pending) == 0, fmt.Sprintf("revision %d: %+v", del.Revision, v)
+	})
+	revoked := logQuery{"bob", "beta", "timekeeping", false}
+	a.decide(t, revoked, false)
+	b.decide(t, revoked, true)
+	t.Logf("2: revocation at %d: %d pending right after, then applied by both", del.Revision, len(first.Pending))
+
+	b.kill()
+	var revs []uint64
+	for i := range 3 {
+		status, body, err := w.adm.do(http.MethodPut, fmt.Sprintf("/v1/users/temp-%d", i), fmt.Appendf(nil, `{"id": "temp-%d", "tenant": "beta", "kind": "human", "status": "active"}`, i))
+		if err != nil || status != http.StatusOK {
+			t.Fatalf("write: %v %d %s", err, status, body)
+		}
+		var ans struct{ Revision uint64 }
+		_ = json.Unmarshal(body, &ans)
+		revs = append(revs, ans.Revision)
+	}
+	last := revs[len(revs)-1]
+	metrics := w.ctl.url + "/metrics"
+	testutil.Eventually(t, 10*time.Second, func() (bool, string) {
+		v := w.revision(t, last)
+		lag := metric(t, metrics, "gatehouse_control_fleet_lag_revisions")
+		return v.Sidecars == 2 && v.Applied == 1 && slices.Equal(v.Pending, []string{"side-b"}) && lag >= 3,
+			fmt.Sprintf("revision %d with side-b killed: %+v, lag gauge %v", last, v, lag)
+	})
+	testutil.Eventually(t, ttl+10*time.Second, func() (bool, string) {
+		v := w.revision(t, last)
+		lag := metric(t, metrics, "gatehouse_control_fleet_lag_revisions")
+		n := metric(t, metrics, "gatehouse_control_fleet_sidecars")
+		return v.Sidecars == 1 && v.Applied == 1 && len(v.Pending) == 0 && lag == 0 && n == 1,
+			fmt.Sprintf("revision %d after side-b's ttl: %+v, lag gauge %v, sidecars gauge %v", last, v, lag, n)
+	})
+	t.Logf("2: side-b killed: pending at %d, then gone after the ttl (%v)", last, time.Since(start).Round(time.Millisecond))
+
+	// 3. The control's intake down (killed) while side-a keeps deciding from
+	// its cache; restarted on the same address and file: every record is
+	// delivered afterwards or counted as dropped.
+	a.waitRevision(t, last, 10*time.Second)
+	droppedBefore := metric(t, a.opsURL+"/metrics", "gatehouse_decision_logs_dropped_total")
+	address := w.ctl.addr
+	w.ctl.kill()
+	down := map[string]bool{}
+	var slowest time.Duration
+	for i := range 120 {
+		q := logQueries[i%len(logQueries)]
+		if q == (logQuery{"bob", "beta", "timekeeping", true}) {
+			q.allowed = false // revoked above
+		}
+		t0 := time.Now()
+		down[a.decide(t, q, i%2 == 0)] = true
+		slowest = max(slowest, time.Since(t0))
+	}
+	if slowest > 2*time.Second {
+		t.Errorf("a check took %v while the control was down", slowest)
+	}
+	time.Sleep(time.Second) // uploads fail and back off meanwhile
+	w.start(t, address)
+	var delivered int
+	var dropped float64
+	testutil.Eventually(t, 20*time.Second, func() (bool, string) {
+		recs, _ := w.decisions(t)
+		delivered = 0
+		for _, r := range recs {
+			if down[r.DecisionID] {
+				delivered++
+			}
+		}
+		dropped = metric(t, a.opsURL+"/metrics", "gatehouse_decision_logs_dropped_total") - droppedBefore
+		return float64(delivered)+dropped == float64(len(down)),
+			fmt.Sprintf("%d decided while the control was down: %d delivered, %v dropped", len(down), delivered, dropped)
+	})
+	recs, raw := w.decisions(t)
+	w.noSecrets(t, "GET /v1/decisions after the restart", raw)
+	ids := map[string]bool{}
+	for _, r := range recs {
+		if ids[r.DecisionID] {
+			t.Errorf("decision %s twice at the control", r.DecisionID)
+		}
+		ids[r.DecisionID] = true
+	}
+	fileRecs, _ := fileRecords(t, a.logFile)
+	inFile := 0
+	for _, r := range fileRecs {
+		if down[r.DecisionID] {
+			inFile++
+		}
+	}
+	if inFile != len(down) {
+		t.Errorf("side-a's file has %d of the %d decisions made while the control was down", inFile, len(down))
+	}
+	t.Logf("3: %d decisions with the control down (slowest check %v): %d delivered after the restart, %v dropped; total %v",
+		len(down), slowest.Round(time.Millisecond), delivered, dropped, time.Since(start).Round(time.Millisecond))
+}
