@@ -50,11 +50,12 @@ var logQueries = []logQuery{
 // delegated admins, a short sidecar_ttl) with the demo world, and sidecars
 // logging decisions to it.
 type fleetWorld struct {
-	k       *keys
-	cfgFile string
-	ctl     *control
-	adm     *admin
-	seedRev uint64
+	k        *keys
+	cfgFile  string
+	policies string // the shipped policies plus a mask policy
+	ctl      *control
+	adm      *admin
+	seedRev  uint64
 }
 
 func newFleetWorld(t *testing.T, ttl time.Duration) *fleetWorld {
@@ -69,6 +70,11 @@ issuers:
   - {issuer: %q, audiences: [api], algorithms: [RS256], public_key_file: %q}
 log: {level: info, format: json}
 `, filepath.Join(t.TempDir(), "control"), k.adminFile, k.syncFile, ttl, issuer, k.pubFile))
+	w.policies = filepath.Join(t.TempDir(), "policies")
+	if err := os.CopyFS(w.policies, os.DirFS("../../policies")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WriteFile(t, filepath.Join(w.policies, "system", "log.rego"), "package system.log\n\nmask contains \"/input/attributes/request/http/headers/x-ssn\"\n")
 	w.start(t, "127.0.0.1:0")
 	world, err := os.ReadFile("../../cmd/gatehouse/devworld.json")
 	if err != nil {
@@ -103,14 +109,18 @@ type loggingSidecar struct {
 	id, logFile string
 }
 
-func (w *fleetWorld) startSidecar(t *testing.T, id string) *loggingSidecar {
+// maskedSSN is a header value the mask policy erases from every record.
+const maskedSSN = "ssn-123-45-6789-secret"
+
+// startSidecar starts a sidecar; bufferLimit > 0 bounds its upload buffer.
+func (w *fleetWorld) startSidecar(t *testing.T, id string, bufferLimit int) *loggingSidecar {
 	t.Helper()
-	policies, err := filepath.Abs("../../policies")
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
 	logFile := filepath.Join(dir, "decisions.log")
+	limit := ""
+	if bufferLimit > 0 {
+		limit = fmt.Sprintf(", buffer_size_limit_bytes: %d", bufferLimit)
+	}
 	cfg := fmt.Sprintf(`id: %s
 labels: {zone: z-%s}
 listen: {grpc: "127.0.0.1:0", http: "127.0.0.1:0", ops: "127.0.0.1:0"}
@@ -128,10 +138,10 @@ decision_logs:
   service:
     url: %q
     token_file: %q
-    reporting: {min_delay_seconds: 0.1, max_delay_seconds: 0.5}
+    reporting: {min_delay_seconds: 0.1, max_delay_seconds: 0.5%s}
 log: {level: info, format: json}
-`, id, id, policies, filepath.Join(dir, "var"), w.ctl.url, w.k.syncFile, issuer, w.k.pubFile,
-		logFile, w.ctl.url+"/v1/logs", w.k.syncFile)
+`, id, id, w.policies, filepath.Join(dir, "var"), w.ctl.url, w.k.syncFile, issuer, w.k.pubFile,
+		logFile, w.ctl.url+"/v1/logs", w.k.syncFile, limit)
 	file := filepath.Join(dir, "serve.yaml")
 	testutil.WriteFile(t, file, cfg)
 	p := startProc(t, "sidecar "+id, "serve", "--config", file)
@@ -143,13 +153,18 @@ log: {level: info, format: json}
 }
 
 // decide asks q over gRPC or HTTP and returns the answer's decision id; the
-// answer must be q's.
+// answer must be q's. Over HTTP the token is in the query string too (as
+// some clients send it); every request carries a header the mask policy
+// erases.
 func (s *loggingSidecar) decide(t *testing.T, q logQuery, overHTTP bool) string {
 	t.Helper()
-	req := testutil.Request{Path: "/t/" + q.tenant + "/items", Headers: map[string]string{},
+	req := testutil.Request{Path: "/t/" + q.tenant + "/items", Headers: map[string]string{"x-ssn": maskedSSN},
 		ContextExtensions: map[string]string{"project": q.project}}
 	if q.user != "" {
 		req.Headers["authorization"] = "Bearer " + token(t, q.user)
+		if overHTTP {
+			req.Path += "?access_token=" + token(t, q.user)
+		}
 	}
 	ctx, cancel := contextTimeout(t, 10*time.Second)
 	defer cancel()
@@ -177,6 +192,7 @@ type logRecord struct {
 	DecisionID string            `json:"decision_id"`
 	Timestamp  time.Time         `json:"timestamp"`
 	Labels     map[string]string `json:"labels"`
+	Erased     []string          `json:"erased"`
 	Gatehouse  struct {
 		Tenant  string `json:"tenant"`
 		Subject string `json:"subject"`
@@ -317,7 +333,7 @@ func metric(t *testing.T, metricsURL, name string) float64 {
 
 // secrets are every bearer credential the test used.
 func (w *fleetWorld) secrets(t *testing.T) []string {
-	out := []string{w.k.admin, "crash-sync-token"}
+	out := []string{w.k.admin, "crash-sync-token", maskedSSN}
 	for _, u := range []string{"alice", "bob", "carol", "dave", "erin", "frank", "mallory"} {
 		out = append(out, token(t, u))
 	}
@@ -344,7 +360,7 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 	start := time.Now()
 	const ttl = 3 * time.Second
 	w := newFleetWorld(t, ttl)
-	a, b := w.startSidecar(t, "side-a"), w.startSidecar(t, "side-b")
+	a, b := w.startSidecar(t, "side-a", 0), w.startSidecar(t, "side-b", 0)
 	for _, s := range []*loggingSidecar{a, b} {
 		s.waitReady(t, 30*time.Second)
 		s.waitRevision(t, w.seedRev, 30*time.Second)
@@ -384,7 +400,8 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 			}
 			seen[r.DecisionID] = true
 			q := expect[r.DecisionID]
-			if r.Gatehouse.Allowed != q.allowed || r.Labels["id"] != s.id || (q.allowed && r.Gatehouse.Tenant != q.tenant) {
+			if r.Gatehouse.Allowed != q.allowed || r.Labels["id"] != s.id || (q.allowed && r.Gatehouse.Tenant != q.tenant) ||
+				!slices.Contains(r.Erased, "/input/attributes/request/http/headers/x-ssn") {
 				t.Errorf("%s's file: record %+v for %+v", s.id, r, q)
 			}
 		}
@@ -578,22 +595,31 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 	})
 	t.Logf("2: side-b killed: pending at %d, then gone after the ttl (%v)", last, time.Since(start).Round(time.Millisecond))
 
-	// 3. The control's intake down (killed) while side-a keeps deciding from
-	// its cache; restarted on the same address and file: every record is
-	// delivered afterwards or counted as dropped.
-	a.waitRevision(t, last, 10*time.Second)
-	droppedBefore := metric(t, a.opsURL+"/metrics", "gatehouse_decision_logs_dropped_total")
+	// 3. The control's intake down (killed) while side-a and side-c (an
+	// upload buffer of a few records) keep deciding from their caches;
+	// restarted on the same address and file: every record is delivered
+	// afterwards or counted as dropped, and the fleet view knows both again.
+	c := w.startSidecar(t, "side-c", 8000)
+	c.waitReady(t, 30*time.Second)
+	for _, s := range []*loggingSidecar{a, c} {
+		s.waitRevision(t, last, 10*time.Second)
+	}
+	dropped0 := map[string]float64{}
+	for _, s := range []*loggingSidecar{a, c} {
+		dropped0[s.id] = metric(t, s.opsURL+"/metrics", "gatehouse_decision_logs_dropped_total")
+	}
 	address := w.ctl.addr
 	w.ctl.kill()
-	down := map[string]bool{}
+	down := map[string]map[string]bool{a.id: {}, c.id: {}}
 	var slowest time.Duration
-	for i := range 120 {
+	for i := range 180 {
+		s := []*loggingSidecar{a, a, c}[i%3]
 		q := logQueries[i%len(logQueries)]
 		if q == (logQuery{"bob", "beta", "timekeeping", true}) {
 			q.allowed = false // revoked above
 		}
 		t0 := time.Now()
-		down[a.decide(t, q, i%2 == 0)] = true
+		down[s.id][s.decide(t, q, i%2 == 0)] = true
 		slowest = max(slowest, time.Since(t0))
 	}
 	if slowest > 2*time.Second {
@@ -601,21 +627,37 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 	}
 	time.Sleep(time.Second) // uploads fail and back off meanwhile
 	w.start(t, address)
-	var delivered int
-	var dropped float64
-	testutil.Eventually(t, 20*time.Second, func() (bool, string) {
-		recs, _ := w.decisions(t)
-		delivered = 0
-		for _, r := range recs {
-			if down[r.DecisionID] {
-				delivered++
+	var recs []logRecord
+	for _, s := range []*loggingSidecar{a, c} {
+		var delivered int
+		var dropped float64
+		testutil.Eventually(t, 20*time.Second, func() (bool, string) {
+			recs, raw = w.decisions(t)
+			delivered = 0
+			for _, r := range recs {
+				if down[s.id][r.DecisionID] {
+					delivered++
+				}
+			}
+			dropped = metric(t, s.opsURL+"/metrics", "gatehouse_decision_logs_dropped_total") - dropped0[s.id]
+			return float64(delivered)+dropped == float64(len(down[s.id])),
+				fmt.Sprintf("%s: %d decided while the control was down: %d delivered, %v dropped", s.id, len(down[s.id]), delivered, dropped)
+		})
+		if s == c && dropped == 0 {
+			t.Errorf("side-c's upload buffer of 8000 bytes dropped nothing of %d records", len(down[s.id]))
+		}
+		fileRecs, _ := fileRecords(t, s.logFile)
+		inFile := 0
+		for _, r := range fileRecs {
+			if down[s.id][r.DecisionID] {
+				inFile++
 			}
 		}
-		dropped = metric(t, a.opsURL+"/metrics", "gatehouse_decision_logs_dropped_total") - droppedBefore
-		return float64(delivered)+dropped == float64(len(down)),
-			fmt.Sprintf("%d decided while the control was down: %d delivered, %v dropped", len(down), delivered, dropped)
-	})
-	recs, raw := w.decisions(t)
+		if inFile != len(down[s.id]) {
+			t.Errorf("%s's file has %d of the %d decisions made while the control was down", s.id, inFile, len(down[s.id]))
+		}
+		t.Logf("3: %s: %d decisions with the control down: %d delivered after the restart, %v dropped", s.id, len(down[s.id]), delivered, dropped)
+	}
 	w.noSecrets(t, "GET /v1/decisions after the restart", raw)
 	ids := map[string]bool{}
 	for _, r := range recs {
@@ -624,16 +666,9 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 		}
 		ids[r.DecisionID] = true
 	}
-	fileRecs, _ := fileRecords(t, a.logFile)
-	inFile := 0
-	for _, r := range fileRecs {
-		if down[r.DecisionID] {
-			inFile++
-		}
-	}
-	if inFile != len(down) {
-		t.Errorf("side-a's file has %d of the %d decisions made while the control was down", inFile, len(down))
-	}
-	t.Logf("3: %d decisions with the control down (slowest check %v): %d delivered after the restart, %v dropped; total %v",
-		len(down), slowest.Round(time.Millisecond), delivered, dropped, time.Since(start).Round(time.Millisecond))
+	testutil.Eventually(t, 10*time.Second, func() (bool, string) {
+		v := w.revision(t, last)
+		return v.Sidecars == 2 && v.Applied == 2, fmt.Sprintf("the restarted control's view of revision %d: %+v", last, v)
+	})
+	t.Logf("3: slowest check %v with the control down; total %v", slowest.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }
