@@ -58,7 +58,8 @@ type fleetWorld struct {
 	seedRev  uint64
 }
 
-func newFleetWorld(t *testing.T, ttl time.Duration) *fleetWorld {
+// newFleetWorld starts the control; extra is more of its YAML configuration.
+func newFleetWorld(t *testing.T, ttl time.Duration, extra string) *fleetWorld {
 	t.Helper()
 	k := newKeys(t)
 	w := &fleetWorld{k: k, cfgFile: filepath.Join(t.TempDir(), "control.yaml")}
@@ -69,7 +70,7 @@ sidecar_ttl: %s
 issuers:
   - {issuer: %q, audiences: [api], algorithms: [RS256], public_key_file: %q}
 log: {level: info, format: json}
-`, filepath.Join(t.TempDir(), "control"), k.adminFile, k.syncFile, ttl, issuer, k.pubFile))
+%s`, filepath.Join(t.TempDir(), "control"), k.adminFile, k.syncFile, ttl, issuer, k.pubFile, extra))
 	w.policies = filepath.Join(t.TempDir(), "policies")
 	if err := os.CopyFS(w.policies, os.DirFS("../../policies")); err != nil {
 		t.Fatal(err)
@@ -109,18 +110,18 @@ type loggingSidecar struct {
 	id, logFile string
 }
 
+// fastReports uploads decision logs every 100ms.
+const fastReports = "{min_delay_seconds: 0.1, max_delay_seconds: 0.5}"
+
 // maskedSSN is a header value the mask policy erases from every record.
 const maskedSSN = "ssn-123-45-6789-secret"
 
-// startSidecar starts a sidecar; bufferLimit > 0 bounds its upload buffer.
-func (w *fleetWorld) startSidecar(t *testing.T, id string, bufferLimit int) *loggingSidecar {
+// startSidecar starts a sidecar; reporting is its decision log upload's
+// reporting settings (YAML flow mapping).
+func (w *fleetWorld) startSidecar(t *testing.T, id, reporting string) *loggingSidecar {
 	t.Helper()
 	dir := t.TempDir()
 	logFile := filepath.Join(dir, "decisions.log")
-	limit := ""
-	if bufferLimit > 0 {
-		limit = fmt.Sprintf(", buffer_size_limit_bytes: %d", bufferLimit)
-	}
 	cfg := fmt.Sprintf(`id: %s
 labels: {zone: z-%s}
 listen: {grpc: "127.0.0.1:0", http: "127.0.0.1:0", ops: "127.0.0.1:0"}
@@ -138,10 +139,10 @@ decision_logs:
   service:
     url: %q
     token_file: %q
-    reporting: {min_delay_seconds: 0.1, max_delay_seconds: 0.5%s}
+    reporting: %s
 log: {level: info, format: json}
 `, id, id, w.policies, filepath.Join(dir, "var"), w.ctl.url, w.k.syncFile, issuer, w.k.pubFile,
-		logFile, w.ctl.url+"/v1/logs", w.k.syncFile, limit)
+		logFile, w.ctl.url+"/v1/logs", w.k.syncFile, reporting)
 	file := filepath.Join(dir, "serve.yaml")
 	testutil.WriteFile(t, file, cfg)
 	p := startProc(t, "sidecar "+id, "serve", "--config", file)
@@ -359,8 +360,8 @@ func (w *fleetWorld) noSecrets(t *testing.T, what string, b []byte) {
 func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 	start := time.Now()
 	const ttl = 3 * time.Second
-	w := newFleetWorld(t, ttl)
-	a, b := w.startSidecar(t, "side-a", 0), w.startSidecar(t, "side-b", 0)
+	w := newFleetWorld(t, ttl, "")
+	a, b := w.startSidecar(t, "side-a", fastReports), w.startSidecar(t, "side-b", fastReports)
 	for _, s := range []*loggingSidecar{a, b} {
 		s.waitReady(t, 30*time.Second)
 		s.waitRevision(t, w.seedRev, 30*time.Second)
@@ -599,7 +600,7 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 	// upload buffer of a few records) keep deciding from their caches;
 	// restarted on the same address and file: every record is delivered
 	// afterwards or counted as dropped, and the fleet view knows both again.
-	c := w.startSidecar(t, "side-c", 8000)
+	c := w.startSidecar(t, "side-c", "{min_delay_seconds: 0.1, max_delay_seconds: 0.5, buffer_size_limit_bytes: 8000}")
 	c.waitReady(t, 30*time.Second)
 	for _, s := range []*loggingSidecar{a, c} {
 		s.waitRevision(t, last, 10*time.Second)
@@ -671,4 +672,33 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 		return v.Sidecars == 2 && v.Applied == 2, fmt.Sprintf("the restarted control's view of revision %d: %+v", last, v)
 	})
 	t.Logf("3: slowest check %v with the control down; total %v", slowest.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+}
+
+// TestDecisionLogUploadWithinControlBodyLimit: a control endpoint whose
+// max_body_bytes is below what a sidecar gathers between two uploads (a
+// burst of decisions) still receives every record, exactly once: an
+// upload answered 413 is split, not dropped.
+func TestDecisionLogUploadWithinControlBodyLimit(t *testing.T) {
+	w := newFleetWorld(t, time.Minute, "max_body_bytes: 65536\n")
+	s := w.startSidecar(t, "side-limit", "{min_delay_seconds: 1, max_delay_seconds: 2}")
+	s.waitReady(t, 30*time.Second)
+	s.waitRevision(t, w.seedRev, 30*time.Second)
+	decided := map[string]bool{}
+	for i := range 120 { // ~2.5 KB each: several times 64 KiB in one upload
+		decided[s.decide(t, logQueries[i%len(logQueries)], i%2 == 0)] = true
+	}
+	testutil.Eventually(t, 20*time.Second, func() (bool, string) {
+		recs, _ := w.decisions(t)
+		dropped := metric(t, s.opsURL+"/metrics", "gatehouse_decision_logs_dropped_total")
+		n := 0
+		for _, r := range recs {
+			if decided[r.DecisionID] {
+				n++
+			}
+		}
+		if dropped > 0 {
+			t.Fatalf("%v records dropped (%d of %d at the control)", dropped, n, len(decided))
+		}
+		return n == len(decided) && len(recs) == n, fmt.Sprintf("%d of %d decisions at the control (%d records)", n, len(decided), len(recs))
+	})
 }
