@@ -108,6 +108,16 @@ func (w *fleetWorld) start(t *testing.T, address string) {
 type loggingSidecar struct {
 	*sidecar
 	id, logFile string
+	answers     map[string]answered // by decision id
+}
+
+// answered is what an answer said besides allow/deny: the record must say
+// the same.
+type answered struct {
+	status         int
+	reason         string // from a deny's JSON body; "" when it has none
+	policyRevision string
+	tenancyRev     uint64
 }
 
 // fastReports uploads decision logs every 100ms.
@@ -150,7 +160,7 @@ log: {level: info, format: json}
 	s := &sidecar{proc: p, grpcAddr: addr(m["grpc"]), http: addr(m["http"]), opsURL: "http://" + addr(m["ops"])}
 	conn := testutil.Dial(t, s.grpcAddr)
 	s.client = authv3.NewAuthorizationClient(conn)
-	return &loggingSidecar{sidecar: s, id: id, logFile: logFile}
+	return &loggingSidecar{sidecar: s, id: id, logFile: logFile, answers: map[string]answered{}}
 }
 
 // decide asks q over gRPC or HTTP and returns the answer's decision id; the
@@ -170,21 +180,36 @@ func (s *loggingSidecar) decide(t *testing.T, q logQuery, overHTTP bool) string 
 	ctx, cancel := contextTimeout(t, 10*time.Second)
 	defer cancel()
 	var allowed bool
-	var id string
+	var id, body string
+	var ans answered
 	if overHTTP {
 		resp := testutil.DoHTTP(t, ctx, nil, "http://"+s.http, req)
-		allowed, id = resp.Status == http.StatusOK, resp.Header.Get("x-gatehouse-decision-id")
+		allowed, id, body = resp.Status == http.StatusOK, resp.Header.Get("x-gatehouse-decision-id"), resp.Body
+		ans.status, ans.policyRevision = resp.Status, resp.Header.Get("x-gatehouse-policy-revision")
+		ans.tenancyRev, _ = strconv.ParseUint(resp.Header.Get("x-gatehouse-tenancy-revision"), 10, 64)
 	} else {
 		resp, err := s.client.Check(ctx, testutil.CheckRequest(req))
 		if err != nil {
 			t.Fatalf("%s: check %+v: %v", s.id, q, err)
 		}
 		allowed = resp.GetOkResponse() != nil
-		id = resp.GetDynamicMetadata().GetFields()["decision_id"].GetStringValue()
+		meta := resp.GetDynamicMetadata().GetFields()
+		id = meta["decision_id"].GetStringValue()
+		ans.status, body = http.StatusOK, resp.GetDeniedResponse().GetBody()
+		if !allowed {
+			ans.status = int(resp.GetDeniedResponse().GetStatus().GetCode())
+		}
+		ans.policyRevision, ans.tenancyRev = meta["policy_revision"].GetStringValue(), uint64(meta["tenancy_revision"].GetNumberValue())
 	}
 	if allowed != q.allowed || id == "" {
 		t.Fatalf("%s: %+v (HTTP %v): allowed %v, decision id %q", s.id, q, overHTTP, allowed, id)
 	}
+	if !allowed {
+		var b struct{ Reason string }
+		_ = json.Unmarshal([]byte(body), &b)
+		ans.reason = b.Reason
+	}
+	s.answers[id] = ans
 	return id
 }
 
@@ -195,9 +220,13 @@ type logRecord struct {
 	Labels     map[string]string `json:"labels"`
 	Erased     []string          `json:"erased"`
 	Gatehouse  struct {
-		Tenant  string `json:"tenant"`
-		Subject string `json:"subject"`
-		Allowed bool   `json:"allowed"`
+		Tenant          string `json:"tenant"`
+		Subject         string `json:"subject"`
+		Allowed         bool   `json:"allowed"`
+		HTTPStatus      int    `json:"http_status"`
+		Reason          string `json:"reason"`
+		PolicyRevision  string `json:"policy_revision"`
+		TenancyRevision uint64 `json:"tenancy_revision"`
 	} `json:"gatehouse"`
 }
 
@@ -401,7 +430,8 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 			}
 			seen[r.DecisionID] = true
 			q := expect[r.DecisionID]
-			if r.Gatehouse.Allowed != q.allowed || r.Labels["id"] != s.id || (q.allowed && r.Gatehouse.Tenant != q.tenant) ||
+			if r.Gatehouse.Allowed != q.allowed || r.Labels["id"] != s.id || r.Labels["version"] == "" || (q.allowed && r.Gatehouse.Tenant != q.tenant) ||
+				!r.joins(s.answers[r.DecisionID]) ||
 				!slices.Contains(r.Erased, "/input/attributes/request/http/headers/x-ssn") {
 				t.Errorf("%s's file: record %+v for %+v", s.id, r, q)
 			}
@@ -420,7 +450,8 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 	seen := map[string]bool{}
 	for _, r := range atControl {
 		q, ok := expect[r.DecisionID]
-		if !ok || seen[r.DecisionID] || r.Labels["id"] != decided[r.DecisionID] || r.Gatehouse.Allowed != q.allowed {
+		by := map[string]*loggingSidecar{a.id: a, b.id: b}[decided[r.DecisionID]]
+		if !ok || seen[r.DecisionID] || r.Labels["id"] != decided[r.DecisionID] || r.Gatehouse.Allowed != q.allowed || !r.joins(by.answers[r.DecisionID]) {
 			t.Errorf("at the control: record %+v (known %v, seen before %v) for %+v by %s", r, ok, seen[r.DecisionID], q, decided[r.DecisionID])
 		}
 		seen[r.DecisionID] = true
@@ -478,6 +509,32 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 		status  int
 	}
 	all, _, _ := w.pages(t, "/v1/audit", w.k.admin)
+	// Each delegated write's audit record names its actor, with the issuer,
+	// and the tenants it touched.
+	for _, want := range []struct{ collection, id, actor, tenant string }{
+		{"users", "bob-intern", "bob", "beta"},
+		{"tenants", "delta", "carol", "acme"},
+	} {
+		found := 0
+		for _, it := range all {
+			var r struct {
+				Collection, ID, Op string
+				Tenants            []string
+				Actor              struct{ Kind, ID, Issuer string }
+			}
+			_ = json.Unmarshal(it, &r)
+			if r.Collection != want.collection || r.ID != want.id {
+				continue
+			}
+			found++
+			if r.Op != "put" || r.Actor.Kind != "user" || r.Actor.ID != want.actor || r.Actor.Issuer != issuer || !slices.Contains(r.Tenants, want.tenant) {
+				t.Errorf("audit record of %s/%s: %s", want.collection, want.id, it)
+			}
+		}
+		if found != 1 {
+			t.Errorf("%d audit records of %s/%s, want 1", found, want.collection, want.id)
+		}
+	}
 	for _, v := range []visible{
 		{"admin", w.k.admin, nil, http.StatusOK},
 		{"bob", token(t, "bob"), []string{"beta"}, http.StatusOK},
@@ -677,7 +734,8 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 // TestDecisionLogUploadWithinControlBodyLimit: a control endpoint whose
 // max_body_bytes is below what a sidecar gathers between two uploads (a
 // burst of decisions) still receives every record, exactly once: an
-// upload answered 413 is split, not dropped.
+// upload answered 413 is split, not dropped. Then a burst right before
+// SIGTERM: the records reach the control before the sidecar exits.
 func TestDecisionLogUploadWithinControlBodyLimit(t *testing.T) {
 	w := newFleetWorld(t, time.Minute, "max_body_bytes: 65536\n")
 	s := w.startSidecar(t, "side-limit", "{min_delay_seconds: 1, max_delay_seconds: 2}")
@@ -701,4 +759,27 @@ func TestDecisionLogUploadWithinControlBodyLimit(t *testing.T) {
 		}
 		return n == len(decided) && len(recs) == n, fmt.Sprintf("%d of %d decisions at the control (%d records)", n, len(decided), len(recs))
 	})
+	for i := range 60 {
+		decided[s.decide(t, logQueries[i%len(logQueries)], i%2 == 1)] = true
+	}
+	s.stop()
+	recs, raw := w.decisions(t)
+	w.noSecrets(t, "GET /v1/decisions", raw)
+	n := 0
+	for _, r := range recs {
+		if decided[r.DecisionID] {
+			n++
+		}
+	}
+	inFile, _ := fileRecords(t, s.logFile)
+	if n != len(decided) || len(recs) != n || len(inFile) != n {
+		t.Errorf("after SIGTERM: %d of %d decisions at the control (%d records), %d in the file", n, len(decided), len(recs), len(inFile))
+	}
+}
+
+// joins reports whether a record says what its answer said.
+func (r logRecord) joins(a answered) bool {
+	g := r.Gatehouse
+	return g.HTTPStatus == a.status && (a.reason == "" || g.Reason == a.reason) &&
+		g.PolicyRevision == a.policyRevision && a.policyRevision != "" && g.TenancyRevision == a.tenancyRev && a.tenancyRev != 0
 }
