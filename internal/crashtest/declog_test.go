@@ -32,7 +32,10 @@ type logQuery struct {
 }
 
 // logQueries mix allows and denies (no role, inactive user, foreign
-// tenant, no token) over several tenants.
+// tenant, no token) over several tenants. With the shipped policy only an
+// allow names its tenant (dynamic_metadata.tenant): deny records have none,
+// so they are visible to the admin token only and counted in the usage
+// under "" (checked as such below).
 var logQueries = []logQuery{
 	{"bob", "beta", "timekeeping", true},
 	{"alice", "alpha", "portal", true},
@@ -446,7 +449,6 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 		return len(atControl) >= len(decided), fmt.Sprintf("%d records at the control, %d decided", len(atControl), len(decided))
 	})
 	w.noSecrets(t, "GET /v1/decisions", raw)
-	usage := map[string][2]uint64{} // tenant ‖ hour -> allowed, denied
 	seen := map[string]bool{}
 	for _, r := range atControl {
 		q, ok := expect[r.DecisionID]
@@ -455,36 +457,12 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 			t.Errorf("at the control: record %+v (known %v, seen before %v) for %+v by %s", r, ok, seen[r.DecisionID], q, decided[r.DecisionID])
 		}
 		seen[r.DecisionID] = true
-		k := r.Gatehouse.Tenant + " " + r.Timestamp.UTC().Truncate(time.Hour).Format(time.RFC3339)
-		u := usage[k]
-		if r.Gatehouse.Allowed {
-			u[0]++
-		} else {
-			u[1]++
-		}
-		usage[k] = u
 	}
 	if len(seen) != len(decided) {
 		t.Fatalf("%d of %d decisions at the control", len(seen), len(decided))
 	}
-	status, body := w.get(t, "/v1/usage", w.k.admin)
-	var ua struct {
-		Items []struct {
-			Tenant          string
-			Hour            time.Time
-			Allowed, Denied uint64
-		}
-	}
-	if status != http.StatusOK || json.Unmarshal(body, &ua) != nil {
-		t.Fatalf("GET /v1/usage: %d %s", status, body)
-	}
-	gotUsage := map[string][2]uint64{}
-	for _, it := range ua.Items {
-		gotUsage[it.Tenant+" "+it.Hour.UTC().Format(time.RFC3339)] = [2]uint64{it.Allowed, it.Denied}
-	}
-	if fmt.Sprint(gotUsage) != fmt.Sprint(usage) {
-		t.Errorf("usage per tenant and hour:\n got %v\nwant %v", gotUsage, usage)
-	}
+	w.checkUsage(t, atControl)
+	w.checkFilters(t, atControl)
 	t.Logf("1: %d decisions, each once in its sidecar's file and at the control (%v)", len(decided), time.Since(start).Round(time.Millisecond))
 
 	// 4. Audit and decisions visibility per membership: a tenant admin (bob,
@@ -728,6 +706,8 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 		v := w.revision(t, last)
 		return v.Sidecars == 2 && v.Applied == 2, fmt.Sprintf("the restarted control's view of revision %d: %+v", last, v)
 	})
+	w.checkUsage(t, recs)
+	w.checkFilters(t, recs)
 	t.Logf("3: slowest check %v with the control down; total %v", slowest.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }
 
@@ -782,4 +762,75 @@ func (r logRecord) joins(a answered) bool {
 	g := r.Gatehouse
 	return g.HTTPStatus == a.status && (a.reason == "" || g.Reason == a.reason) &&
 		g.PolicyRevision == a.policyRevision && a.policyRevision != "" && g.TenancyRevision == a.tenancyRev && a.tenancyRev != 0
+}
+
+// checkUsage compares GET /v1/usage (admin) with the counts of the records
+// per tenant and hour.
+func (w *fleetWorld) checkUsage(t *testing.T, recs []logRecord) {
+	t.Helper()
+	want := map[string][2]uint64{} // tenant ‖ hour -> allowed, denied
+	for _, r := range recs {
+		k := r.Gatehouse.Tenant + " " + r.Timestamp.UTC().Truncate(time.Hour).Format(time.RFC3339)
+		u := want[k]
+		if r.Gatehouse.Allowed {
+			u[0]++
+		} else {
+			u[1]++
+		}
+		want[k] = u
+	}
+	status, body := w.get(t, "/v1/usage", w.k.admin)
+	var ua struct {
+		Items []struct {
+			Tenant          string
+			Hour            time.Time
+			Allowed, Denied uint64
+		}
+	}
+	if status != http.StatusOK || json.Unmarshal(body, &ua) != nil {
+		t.Fatalf("GET /v1/usage: %d %s", status, body)
+	}
+	got := map[string][2]uint64{}
+	for _, it := range ua.Items {
+		got[it.Tenant+" "+it.Hour.UTC().Format(time.RFC3339)] = [2]uint64{it.Allowed, it.Denied}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("usage per tenant and hour:\n got %v\nwant %v", got, want)
+	}
+}
+
+// checkFilters compares GET /v1/decisions with filters (admin) with the
+// records that match them.
+func (w *fleetWorld) checkFilters(t *testing.T, recs []logRecord) {
+	t.Helper()
+	for _, f := range []struct {
+		query string
+		match func(logRecord) bool
+	}{
+		{"tenant=beta&allowed=true", func(r logRecord) bool { return r.Gatehouse.Tenant == "beta" && r.Gatehouse.Allowed }},
+		{"allowed=false&subject=dave", func(r logRecord) bool { return r.Gatehouse.Subject == "dave" && !r.Gatehouse.Allowed }},
+		{"subject=alice&allowed=true", func(r logRecord) bool { return r.Gatehouse.Subject == "alice" && r.Gatehouse.Allowed }},
+		{"subject=bob", func(r logRecord) bool { return r.Gatehouse.Subject == "bob" }},
+	} {
+		var want, got []string
+		for _, r := range recs {
+			if f.match(r) {
+				want = append(want, r.DecisionID)
+			}
+		}
+		items, raw, status := w.pages(t, "/v1/decisions?"+f.query, w.k.admin)
+		if status != http.StatusOK {
+			t.Fatalf("GET /v1/decisions?%s: %d %s", f.query, status, raw)
+		}
+		for _, it := range items {
+			var r logRecord
+			_ = json.Unmarshal(it, &r)
+			got = append(got, r.DecisionID)
+		}
+		slices.Sort(want)
+		slices.Sort(got)
+		if len(want) == 0 || !slices.Equal(got, want) {
+			t.Errorf("GET /v1/decisions?%s: %d records, want %d", f.query, len(got), len(want))
+		}
+	}
 }
