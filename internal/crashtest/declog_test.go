@@ -339,7 +339,8 @@ func (w *fleetWorld) revision(t *testing.T, rev uint64) revisionView {
 	return v
 }
 
-// metric sums every series of name in a Prometheus text answer.
+// metric sums every series of name in a Prometheus text answer; name may
+// end with a full label set ({reason="evicted"}) to read that series only.
 func metric(t *testing.T, metricsURL, name string) float64 {
 	t.Helper()
 	resp, err := http.Get(metricsURL)
@@ -833,4 +834,57 @@ func (w *fleetWorld) checkFilters(t *testing.T, recs []logRecord) {
 			t.Errorf("GET /v1/decisions?%s: %d records, want %d", f.query, len(got), len(want))
 		}
 	}
+}
+
+// TestDecisionStoreBoundedEndToEnd: a control whose decision store is
+// bounded (decisions.max_mb: 1) below what the sidecar sends keeps the
+// newest records, counts every evicted one, and keeps counting all of them
+// in the usage.
+func TestDecisionStoreBoundedEndToEnd(t *testing.T) {
+	w := newFleetWorld(t, time.Minute, "decisions: {max_mb: 1}\n")
+	s := w.startSidecar(t, "side-bounded", fastReports)
+	s.waitReady(t, 30*time.Second)
+	s.waitRevision(t, w.seedRev, 30*time.Second)
+	var order []string
+	for i := range 700 { // ~2.5 KB each: more than 1 MiB
+		order = append(order, s.decide(t, logQueries[i%len(logQueries)], i%2 == 0))
+	}
+	metrics := w.ctl.url + "/metrics"
+	var recs []logRecord
+	var evicted float64
+	testutil.Eventually(t, 20*time.Second, func() (bool, string) {
+		recs, _ = w.decisions(t)
+		evicted = metric(t, metrics, `gatehouse_control_decisions_dropped_total{reason="evicted"}`)
+		return float64(len(recs))+evicted == float64(len(order)),
+			fmt.Sprintf("%d stored + %v evicted of %d decided", len(recs), evicted, len(order))
+	})
+	if evicted == 0 {
+		t.Fatalf("nothing evicted from a 1 MiB store by %d records", len(order))
+	}
+	// The newest are kept: the stored ones are the last len(recs) decided
+	// (the sidecar's timestamps follow the order of its answers).
+	kept := map[string]bool{}
+	for _, r := range recs {
+		kept[r.DecisionID] = true
+	}
+	for i, id := range order {
+		if kept[id] != (i >= len(order)-len(recs)) {
+			t.Fatalf("decision %d of %d kept %v with %d stored: not the oldest evicted first", i, len(order), kept[id], len(recs))
+		}
+	}
+	status, body := w.get(t, "/v1/usage", w.k.admin)
+	var ua struct {
+		Items []struct{ Allowed, Denied uint64 }
+	}
+	if status != http.StatusOK || json.Unmarshal(body, &ua) != nil {
+		t.Fatalf("GET /v1/usage: %d %s", status, body)
+	}
+	var n uint64
+	for _, it := range ua.Items {
+		n += it.Allowed + it.Denied
+	}
+	if n != uint64(len(order)) {
+		t.Errorf("usage counts %d decisions, %d were decided (%d stored, %v evicted)", n, len(order), len(recs), evicted)
+	}
+	t.Logf("%d decided: %d stored, %v evicted", len(order), len(recs), evicted)
 }
