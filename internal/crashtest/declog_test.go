@@ -29,24 +29,24 @@ import (
 type logQuery struct {
 	user, tenant, project string // user "" sends no token
 	allowed               bool
+	logged                string // the record's gatehouse.tenant
 }
 
 // logQueries mix allows and denies (no role, inactive user, foreign
-// tenant, no token) over several tenants. With the shipped policy only an
-// allow names its tenant (dynamic_metadata.tenant): deny records have none,
-// so they are visible to the admin token only and counted in the usage
-// under "" (checked as such below).
+// tenant, no token) over several tenants. A deny is filed under the tenant
+// it is about when the caller got past step 2 (no_role: the target);
+// otherwise (inactive user, no token) under none: admin token only.
 var logQueries = []logQuery{
-	{"bob", "beta", "timekeeping", true},
-	{"alice", "alpha", "portal", true},
-	{"alice", "beta", "timekeeping", true},
-	{"carol", "acme", "dashboard", true},
-	{"erin", "partners", "partner-app", true},
-	{"frank", "initech", "devices", true},
-	{"mallory", "alpha", "portal", false},
-	{"dave", "beta", "timekeeping", false},
-	{"bob", "alpha", "portal", false},
-	{"", "beta", "timekeeping", false},
+	{"bob", "beta", "timekeeping", true, "beta"},
+	{"alice", "alpha", "portal", true, "alpha"},
+	{"alice", "beta", "timekeeping", true, "beta"},
+	{"carol", "acme", "dashboard", true, "acme"},
+	{"erin", "partners", "partner-app", true, "partners"},
+	{"frank", "initech", "devices", true, "initech"},
+	{"mallory", "alpha", "portal", false, "alpha"},
+	{"dave", "beta", "timekeeping", false, ""},
+	{"bob", "alpha", "portal", false, "alpha"},
+	{"", "beta", "timekeeping", false, ""},
 }
 
 // fleetWorld is a control endpoint (from a config file: issuers for
@@ -434,7 +434,7 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 			}
 			seen[r.DecisionID] = true
 			q := expect[r.DecisionID]
-			if r.Gatehouse.Allowed != q.allowed || r.Labels["id"] != s.id || r.Labels["version"] == "" || (q.allowed && r.Gatehouse.Tenant != q.tenant) ||
+			if r.Gatehouse.Allowed != q.allowed || r.Labels["id"] != s.id || r.Labels["version"] == "" || r.Gatehouse.Tenant != q.logged ||
 				!r.joins(s.answers[r.DecisionID]) ||
 				!slices.Contains(r.Erased, "/input/attributes/request/http/headers/x-ssn") {
 				t.Errorf("%s's file: record %+v for %+v", s.id, r, q)
@@ -599,7 +599,7 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 		v := w.revision(t, del.Revision)
 		return v.Sidecars == 2 && v.Applied == 2 && len(v.Pending) == 0, fmt.Sprintf("revision %d: %+v", del.Revision, v)
 	})
-	revoked := logQuery{"bob", "beta", "timekeeping", false}
+	revoked := logQuery{"bob", "beta", "timekeeping", false, "beta"}
 	a.decide(t, revoked, false)
 	b.decide(t, revoked, true)
 	t.Logf("2: revocation at %d: %d pending right after, then applied by both", del.Revision, len(first.Pending))
@@ -652,7 +652,7 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 	for i := range 180 {
 		s := []*loggingSidecar{a, a, c}[i%3]
 		q := logQueries[i%len(logQueries)]
-		if q == (logQuery{"bob", "beta", "timekeeping", true}) {
+		if q == logQueries[0] {
 			q.allowed = false // revoked above
 		}
 		t0 := time.Now()
@@ -809,6 +809,7 @@ func (w *fleetWorld) checkFilters(t *testing.T, recs []logRecord) {
 		match func(logRecord) bool
 	}{
 		{"tenant=beta&allowed=true", func(r logRecord) bool { return r.Gatehouse.Tenant == "beta" && r.Gatehouse.Allowed }},
+		{"tenant=alpha&allowed=false", func(r logRecord) bool { return r.Gatehouse.Tenant == "alpha" && !r.Gatehouse.Allowed }},
 		{"allowed=false&subject=dave", func(r logRecord) bool { return r.Gatehouse.Subject == "dave" && !r.Gatehouse.Allowed }},
 		{"subject=alice&allowed=true", func(r logRecord) bool { return r.Gatehouse.Subject == "alice" && r.Gatehouse.Allowed }},
 		{"subject=bob", func(r logRecord) bool { return r.Gatehouse.Subject == "bob" }},
