@@ -86,18 +86,43 @@ func TestDevGuideShowsEnforcementAndAudit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest("GET", httpAddr[1]+"/t/beta/entries", nil)
-	req.Header.Set("authorization", "Bearer "+strings.TrimSpace(string(bob)))
-	req.Header.Set("x-gatehouse-context-project", "timekeeping")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	first := func(want int) string {
+		t.Helper()
+		req, _ := http.NewRequest("GET", httpAddr[1]+"/t/beta/entries", nil)
+		req.Header.Set("authorization", "Bearer "+strings.TrimSpace(string(bob)))
+		req.Header.Set("x-gatehouse-context-project", "timekeeping")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		id := resp.Header.Get("x-gatehouse-decision-id")
+		if resp.StatusCode != want || id == "" {
+			t.Fatalf("the guide's first request: %d, decision id %q; want %d", resp.StatusCode, id, want)
+		}
+		return id
 	}
-	resp.Body.Close()
-	decisionID := resp.Header.Get("x-gatehouse-decision-id")
-	if resp.StatusCode != 200 || decisionID == "" {
-		t.Fatalf("the guide's first request: %d, decision id %q", resp.StatusCode, decisionID)
+	// atControl waits for decision id's record at the control, filed under
+	// beta, and returns its gatehouse object.
+	atControl := func(id string) map[string]any {
+		t.Helper()
+		var g map[string]any
+		testutil.Eventually(t, 20*time.Second, func() (bool, string) {
+			var found []any
+			for _, it := range call("GET", "/v1/decisions?tenant=beta&limit=100")["items"].([]any) {
+				if it.(map[string]any)["decision_id"] == id {
+					found = append(found, it)
+				}
+			}
+			if len(found) != 1 {
+				return false, fmt.Sprintf("decision %s %d times at the control", id, len(found))
+			}
+			g = found[0].(map[string]any)["gatehouse"].(map[string]any)
+			return true, ""
+		})
+		return g
 	}
+	decisionID := first(200)
 	testutil.Eventually(t, 20*time.Second, func() (bool, string) {
 		b, _ := os.ReadFile(filepath.Join(dir, "decisions.log"))
 		inFile := strings.Contains(string(b), `"decision_id":"`+decisionID+`"`)
@@ -134,6 +159,15 @@ func TestDevGuideShowsEnforcementAndAudit(t *testing.T) {
 		v := call("GET", "/v1/revisions/"+strings.TrimSuffix(jsonString(rev), ".0"))
 		return v["sidecars"] == 1.0 && v["applied"] == 1.0 && len(v["pending"].([]any)) == 0, fmt.Sprintf("revision view: %v", v)
 	})
+	// The first request again: 403 no_role, its record in beta's decisions
+	// and counted as a deny in beta's usage.
+	if g := atControl(first(403)); g["allowed"] != false || g["reason"] != "no_role" || g["subject"] != "bob" {
+		t.Fatalf("the deny's record at the control: %v", g)
+	}
+	usage = call("GET", "/v1/usage?tenant=beta")["items"].([]any)
+	if len(usage) == 0 || usage[len(usage)-1].(map[string]any)["denied"].(float64) < 1 {
+		t.Fatalf("usage of beta after the deny: %v", usage)
+	}
 	items := call("GET", "/v1/audit?tenant=beta&limit=5")["items"].([]any)
 	if len(items) == 0 || items[0].(map[string]any)["id"] != "bob-tk" || items[0].(map[string]any)["op"] != "delete" {
 		t.Fatalf("audit of beta: %v", items)
