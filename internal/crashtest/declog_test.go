@@ -30,6 +30,7 @@ type logQuery struct {
 	user, tenant, project string // user "" sends no token
 	allowed               bool
 	logged                string // the record's gatehouse.tenant
+	badMinRevision        bool   // a malformed x-gatehouse-min-revision: denied 400 before evaluation
 }
 
 // logQueries mix allows and denies (no role, inactive user, foreign
@@ -37,16 +38,17 @@ type logQuery struct {
 // it is about when the caller got past step 2 (no_role: the target);
 // otherwise (inactive user, no token) under none: admin token only.
 var logQueries = []logQuery{
-	{"bob", "beta", "timekeeping", true, "beta"},
-	{"alice", "alpha", "portal", true, "alpha"},
-	{"alice", "beta", "timekeeping", true, "beta"},
-	{"carol", "acme", "dashboard", true, "acme"},
-	{"erin", "partners", "partner-app", true, "partners"},
-	{"frank", "initech", "devices", true, "initech"},
-	{"mallory", "alpha", "portal", false, "alpha"},
-	{"dave", "beta", "timekeeping", false, ""},
-	{"bob", "alpha", "portal", false, "alpha"},
-	{"", "beta", "timekeeping", false, ""},
+	{"bob", "beta", "timekeeping", true, "beta", false},
+	{"alice", "alpha", "portal", true, "alpha", false},
+	{"alice", "beta", "timekeeping", true, "beta", false},
+	{"carol", "acme", "dashboard", true, "acme", false},
+	{"erin", "partners", "partner-app", true, "partners", false},
+	{"frank", "initech", "devices", true, "initech", false},
+	{"mallory", "alpha", "portal", false, "alpha", false},
+	{"dave", "beta", "timekeeping", false, "", false},
+	{"bob", "alpha", "portal", false, "alpha", false},
+	{"", "beta", "timekeeping", false, "", false},
+	{"alice", "alpha", "portal", false, "", true},
 }
 
 // fleetWorld is a control endpoint (from a config file: issuers for
@@ -174,6 +176,9 @@ func (s *loggingSidecar) decide(t *testing.T, q logQuery, overHTTP bool) string 
 	t.Helper()
 	req := testutil.Request{Path: "/t/" + q.tenant + "/items", Headers: map[string]string{"x-ssn": maskedSSN},
 		ContextExtensions: map[string]string{"project": q.project}}
+	if q.badMinRevision {
+		req.Headers["x-gatehouse-min-revision"] = "soon"
+	}
 	if q.user != "" {
 		req.Headers["authorization"] = "Bearer " + token(t, q.user)
 		if overHTTP {
@@ -211,6 +216,9 @@ func (s *loggingSidecar) decide(t *testing.T, q logQuery, overHTTP bool) string 
 		var b struct{ Reason string }
 		_ = json.Unmarshal([]byte(body), &b)
 		ans.reason = b.Reason
+	}
+	if q.badMinRevision && (ans.status != http.StatusBadRequest || ans.reason != "bad_request") {
+		t.Fatalf("%s: %+v (HTTP %v): %+v, want 400 bad_request", s.id, q, overHTTP, ans)
 	}
 	s.answers[id] = ans
 	return id
@@ -599,7 +607,7 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 		v := w.revision(t, del.Revision)
 		return v.Sidecars == 2 && v.Applied == 2 && len(v.Pending) == 0, fmt.Sprintf("revision %d: %+v", del.Revision, v)
 	})
-	revoked := logQuery{"bob", "beta", "timekeeping", false, "beta"}
+	revoked := logQuery{"bob", "beta", "timekeeping", false, "beta", false}
 	a.decide(t, revoked, false)
 	b.decide(t, revoked, true)
 	t.Logf("2: revocation at %d: %d pending right after, then applied by both", del.Revision, len(first.Pending))
