@@ -3,6 +3,7 @@ package crashtest
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -58,6 +59,7 @@ type fleetWorld struct {
 	k        *keys
 	cfgFile  string
 	policies string // the shipped policies plus a mask policy
+	logsURL  string // where sidecars upload decision logs: the control's /v1/logs unless set
 	ctl      *control
 	adm      *admin
 	seedRev  uint64
@@ -157,7 +159,7 @@ decision_logs:
     reporting: %s
 log: {level: info, format: json}
 `, id, id, w.policies, filepath.Join(dir, "var"), w.ctl.url, w.k.syncFile, issuer, w.k.pubFile,
-		logFile, w.ctl.url+"/v1/logs", w.k.syncFile, reporting)
+		logFile, cmp.Or(w.logsURL, w.ctl.url+"/v1/logs"), w.k.syncFile, reporting)
 	file := filepath.Join(dir, "serve.yaml")
 	testutil.WriteFile(t, file, cfg)
 	p := startProc(t, "sidecar "+id, "serve", "--config", file)
@@ -896,4 +898,42 @@ func TestDecisionStoreBoundedEndToEnd(t *testing.T) {
 		t.Errorf("usage counts %d decisions, %d were decided (%d stored, %v evicted)", n, len(order), len(recs), evicted)
 	}
 	t.Logf("%d decided: %d stored, %v evicted", len(order), len(recs), evicted)
+}
+
+// TestDecisionLogLostAnswerStoredOnce: uploads whose answers are cut after
+// the control stored them (a proxy cuts the first connections after one
+// byte of the answer) are sent again; the control stores each record once
+// and counts the copies as duplicates; nothing is dropped.
+func TestDecisionLogLostAnswerStoredOnce(t *testing.T) {
+	w := newFleetWorld(t, time.Minute, "")
+	p := startProxy(t, w.ctl.addr)
+	p.setBudgets(1, 1)
+	w.logsURL = p.url() + "/v1/logs"
+	s := w.startSidecar(t, "side-cut", fastReports)
+	s.waitReady(t, 30*time.Second)
+	s.waitRevision(t, w.seedRev, 30*time.Second)
+	decided := map[string]bool{}
+	for i := range 60 {
+		decided[s.decide(t, logQueries[i%len(logQueries)], i%2 == 0)] = true
+	}
+	metrics := w.ctl.url + "/metrics"
+	testutil.Eventually(t, 20*time.Second, func() (bool, string) {
+		recs, _ := w.decisions(t)
+		n := 0
+		for _, r := range recs {
+			if decided[r.DecisionID] {
+				n++
+			}
+		}
+		return n == len(decided) && len(recs) == n, fmt.Sprintf("%d of %d decisions at the control (%d records)", n, len(decided), len(recs))
+	})
+	if cuts, _ := p.stats(); cuts != 2 {
+		t.Fatalf("%d upload answers cut, want 2", cuts)
+	}
+	if d := metric(t, metrics, `gatehouse_control_decisions_received_total{result="duplicate"}`); d == 0 {
+		t.Errorf("no duplicate counted after cut answers")
+	}
+	if d := metric(t, s.opsURL+"/metrics", "gatehouse_decision_logs_dropped_total"); d != 0 {
+		t.Errorf("%v records dropped", d)
+	}
 }
