@@ -633,6 +633,26 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 		return v.Sidecars == 2 && v.Applied == 1 && slices.Equal(v.Pending, []string{"side-b"}) && lag >= 3,
 			fmt.Sprintf("revision %d with side-b killed: %+v, lag gauge %v", last, v, lag)
 	})
+	status, body, err = w.adm.do(http.MethodGet, "/v1/sidecars", nil)
+	var fleet struct {
+		Items []struct {
+			ID              string            `json:"id"`
+			TenancyRevision uint64            `json:"tenancy_revision"`
+			LagRevisions    uint64            `json:"lag_revisions"`
+			Labels          map[string]string `json:"labels"`
+			Ready           bool              `json:"ready"`
+		}
+		Revision uint64
+	}
+	if err != nil || status != http.StatusOK || json.Unmarshal(body, &fleet) != nil || len(fleet.Items) != 2 {
+		t.Fatalf("GET /v1/sidecars: %v %d %s", err, status, body)
+	}
+	for _, it := range fleet.Items {
+		if it.LagRevisions != fleet.Revision-it.TenancyRevision || !it.Ready || it.Labels["zone"] != "z-"+it.ID ||
+			(it.ID == "side-a") != (it.LagRevisions == 0) {
+			t.Errorf("GET /v1/sidecars at revision %d: %+v", fleet.Revision, it)
+		}
+	}
 	testutil.Eventually(t, ttl+10*time.Second, func() (bool, string) {
 		v := w.revision(t, last)
 		lag := metric(t, metrics, "gatehouse_control_fleet_lag_revisions")
