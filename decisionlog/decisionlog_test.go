@@ -559,7 +559,7 @@ func TestUploadRejected(t *testing.T) {
 	var posts atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if posts.Add(1) == 1 {
-			http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+			http.Error(w, "malformed", http.StatusBadRequest) // 413 splits the batch instead: TestUploadSplitOn413
 			return
 		}
 		_, _ = io.Copy(io.Discard, r.Body)
@@ -590,6 +590,96 @@ func TestUploadRejected(t *testing.T) {
 	})
 	cancel()
 	<-done
+}
+
+// TestUploadSplitOn413: a service whose body limit is below the batch
+// answers 413; the batch is halved until it fits, every record arriving
+// once; a single record over the limit is dropped and counted (rejected),
+// and the records after it go on.
+func TestUploadSplitOn413(t *testing.T) {
+	t.Parallel()
+	var limit atomic.Int64
+	limit.Store(4096)
+	var mu sync.Mutex
+	got := map[string]int{}
+	var posts, refused atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		posts.Add(1)
+		zr, err := gzip.NewReader(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		body, _ := io.ReadAll(zr)
+		if int64(len(body)) > limit.Load() {
+			refused.Add(1)
+			http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		var recs []struct {
+			ID string `json:"decision_id"`
+		}
+		if err := json.Unmarshal(body, &recs); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		for _, r := range recs {
+			got[r.ID]++
+		}
+		mu.Unlock()
+	}))
+	t.Cleanup(srv.Close)
+	reg := prometheus.NewRegistry()
+	discard := slog.New(slog.DiscardHandler)
+	l, err := decisionlog.New(decisionlog.Config{Registerer: reg, Service: &decisionlog.ServiceConfig{URL: srv.URL,
+		Reporting: decisionlog.ReportingConfig{MinDelaySeconds: 0.05}}}, authz.New(authz.Config{}, nil, nil, discard), discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { _ = l.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	metrics := func() (float64, float64) {
+		return testutil.MetricValue(t, reg, "gatehouse_decision_logs_written_total", map[string]string{"sink": "service"}),
+			testutil.MetricValue(t, reg, "gatehouse_decision_logs_dropped_total", map[string]string{"reason": "rejected"})
+	}
+	var ids []string
+	for _, n := range []int{1, 7, 40, 3, 64} { // batches of several sizes
+		for range n {
+			id := authz.NewDecisionID()
+			ids = append(ids, id)
+			l.Observe(decisionlog.Entry{Decision: &authz.Decision{ID: id, Allowed: true, Reason: strings.Repeat("r", 200)}, Start: time.Now()})
+		}
+		testutil.Eventually(t, 10*time.Second, func() (bool, string) {
+			w, r := metrics()
+			return w == float64(len(ids)), fmt.Sprintf("written %v rejected %v of %d", w, r, len(ids))
+		})
+	}
+	mu.Lock()
+	for _, id := range ids {
+		if got[id] != 1 {
+			t.Errorf("decision %s uploaded %d times", id, got[id])
+		}
+	}
+	mu.Unlock()
+	if refused.Load() == 0 {
+		t.Fatalf("no upload was over the service's limit: the test proves nothing")
+	}
+	// A single record over the limit: dropped, counted; the next ones go on.
+	limit.Store(10)
+	l.Observe(decisionlog.Entry{Decision: &authz.Decision{ID: authz.NewDecisionID(), Allowed: true}, Start: time.Now()})
+	testutil.Eventually(t, 10*time.Second, func() (bool, string) {
+		w, r := metrics()
+		return r == 1, fmt.Sprintf("written %v rejected %v", w, r)
+	})
+	limit.Store(1 << 20)
+	l.Observe(decisionlog.Entry{Decision: &authz.Decision{ID: authz.NewDecisionID(), Allowed: true}, Start: time.Now()})
+	testutil.Eventually(t, 10*time.Second, func() (bool, string) {
+		w, r := metrics()
+		return w == float64(len(ids)+1) && r == 1, fmt.Sprintf("written %v rejected %v", w, r)
+	})
 }
 
 func TestConfigValidate(t *testing.T) {

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -16,7 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// maxBatchBytes bounds the records of one upload (before gzip).
+// maxBatchBytes bounds one upload's JSON array (before gzip): the records,
+// their commas and the brackets.
 const maxBatchBytes = 1 << 20
 
 // finalUploadTimeout bounds the last uploads at shutdown.
@@ -88,13 +91,14 @@ func (u *uploader) trimLocked() int {
 	return n
 }
 
-// take removes up to maxBatchBytes of the oldest records.
+// take removes the oldest records whose JSON array fits in maxBatchBytes
+// (at least one).
 func (u *uploader) take() [][]byte {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	var size int64
 	n := 0
-	for n < len(u.buf) && (n == 0 || size+int64(len(u.buf[n])) <= maxBatchBytes) {
+	for n < len(u.buf) && (n == 0 || 2+size+int64(len(u.buf[n]))+int64(n) <= maxBatchBytes) {
 		size += int64(len(u.buf[n]))
 		n++
 	}
@@ -187,17 +191,37 @@ func (u *uploader) flush(ctx context.Context) error {
 		if len(batch) == 0 {
 			return nil
 		}
-		err := u.post(ctx, batch)
-		switch {
-		case err == nil:
-			u.written.Add(float64(len(batch)))
-		case isRejected(err):
-			u.dropped.WithLabelValues(DropRejected).Add(float64(len(batch)))
-			u.logger.Error("decision log upload refused; records dropped", "records", len(batch), "err", err)
-		default:
-			u.putBack(batch)
+		if unsent, err := u.send(ctx, batch); err != nil {
+			u.putBack(unsent)
 			return err
 		}
+	}
+}
+
+// send uploads a batch, halving it while the service answers 413 (its body
+// limit may be below maxBatchBytes); a single record answered 413, or a
+// batch answered another 4xx that will not succeed on retry, is dropped
+// and counted. On any other error it returns the records not uploaded, to
+// be retried.
+func (u *uploader) send(ctx context.Context, batch [][]byte) ([][]byte, error) {
+	err := u.post(ctx, batch)
+	var se *statusError
+	switch {
+	case err == nil:
+		u.written.Add(float64(len(batch)))
+		return nil, nil
+	case errors.As(err, &se) && se.code == http.StatusRequestEntityTooLarge && len(batch) > 1:
+		half := len(batch) / 2
+		if unsent, err := u.send(ctx, batch[:half:half]); err != nil {
+			return slices.Concat(unsent, batch[half:]), err
+		}
+		return u.send(ctx, batch[half:])
+	case isRejected(err):
+		u.dropped.WithLabelValues(DropRejected).Add(float64(len(batch)))
+		u.logger.Error("decision log upload refused; records dropped", "records", len(batch), "err", err)
+		return nil, nil
+	default:
+		return batch, err
 	}
 }
 

@@ -44,9 +44,23 @@ allow := {
 	"headers": object.union({"content-type": "application/json"}, challenge[reason]),
 	"body": json.marshal({"error": message, "reason": reason}),
 	"reason": reason,
+	"dynamic_metadata": deny_metadata,
 } if {
 	reason != "allowed"
 }
+
+# deny_metadata: a deny's reason and, when the data names one, the tenant it
+# is about (decision logs file the deny under it: its tenant admins see it
+# and /v1/usage counts it). Only for a verified token whose subject got past
+# step 2 and a tenant that exists: never the tenant of a tenant_unknown
+# deny, which is whatever the client wrote.
+deny_metadata := {"reason": reason, "user": subject, "issuer": input.token.issuer, "tenant": answer.tenant} if {
+	input.token.valid
+	reason == answer.reason
+	reason != "tenant_unknown"
+	is_string(answer.tenant)
+	answer.tenant != ""
+} else := {"reason": reason}
 
 # reason is the first failing step of SPEC §6, or "allowed": the token
 # here, then the sidecar's answer for the rest.

@@ -346,6 +346,28 @@ test_unknown_target_tenant if {
 	reason(world, testing.request("bob", "/t/nowhere/x", route("timekeeping"))) == "tenant_unknown"
 }
 
+# A deny names the tenant it is about in its dynamic metadata (decision
+# logs and per-tenant usage file it there) only when that tenant exists and
+# the caller is a user of the data; never the tenant a client made up.
+test_deny_metadata_names_an_existing_tenant_only if {
+	no_role := decide(world, testing.request("bob", "/t/alpha/x", route("portal")))
+	no_role.reason == "no_role"
+	no_role.dynamic_metadata == {"reason": "no_role", "user": "bob", "issuer": "https://idp.example.com/", "tenant": "alpha"}
+	not_granted := decide(world, testing.request("frank", "/t/initech/x", route("portal")))
+	not_granted.reason == "tenant_not_granted"
+	not_granted.dynamic_metadata.tenant == "initech"
+	every req in [
+		testing.request("bob", "/t/nowhere/x", route("timekeeping")), # tenant_unknown: the client's word
+		testing.request("dave", "/t/beta/x", route("timekeeping")), # user_inactive
+		testing.request("nobody", "/t/beta/x", route("timekeeping")), # unknown_user
+		object.union(testing.request("bob", "/t/beta/x", route("timekeeping")), {"token": {"valid": false, "error": "missing"}}),
+	] {
+		d := decide(world, req)
+		not d.allowed
+		d.dynamic_metadata == {"reason": d.reason}
+	}
+}
+
 test_inactive_target_tenant if {
 	w := patch([{"op": "replace", "path": "/tenants/beta/status", "value": "suspended"}])
 	reason(w, testing.request("alice", "/t/beta/x", route("timekeeping"))) == "tenant_inactive"
