@@ -13,6 +13,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/authz"
 )
 
 // ReporterConfig configures a Reporter (the fleet view, SPEC §9).
@@ -29,6 +31,14 @@ type ReporterConfig struct {
 	Labels      map[string]string
 	// Interval between reports (data.status_interval, default 5s).
 	Interval time.Duration
+	// Watch, when set, returns the signals of the next change of the
+	// sidecar's state (Engine.WatchReadiness): a new tenancy revision or
+	// policy is reported at once (at most every MinSpacing), so the fleet
+	// view sees an enforced revocation without waiting for the next tick.
+	Watch func() authz.ReadinessWatch
+	// MinSpacing is the least time between two reports caused by Watch
+	// (default 200ms): a burst of revisions costs one report.
+	MinSpacing time.Duration
 	// HTTPClient is a test hook (default: a 5s timeout).
 	HTTPClient *http.Client
 }
@@ -62,6 +72,9 @@ func NewReporter(cfg ReporterConfig, status func() Status, logger *slog.Logger) 
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 5 * time.Second}
 	}
+	if cfg.MinSpacing <= 0 {
+		cfg.MinSpacing = 200 * time.Millisecond
+	}
 	if cfg.Labels == nil {
 		cfg.Labels = map[string]string{}
 	}
@@ -81,12 +94,17 @@ func (r *Reporter) ReportOf(st Status) Report {
 	return rep
 }
 
-// Run reports at once, then every Interval, until ctx is done. Failures
-// are logged (once per outage) and retried at the next tick.
+// Run reports at once, then every Interval and after each change Watch
+// signals, until ctx is done. Failures are logged (once per outage) and
+// retried at the next tick.
 func (r *Reporter) Run(ctx context.Context) error {
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
+	var changed ReadinessSignals
 	for {
+		if r.cfg.Watch != nil {
+			changed = r.cfg.Watch() // taken before the state is read: no change is missed
+		}
 		err := r.post(ctx, r.ReportOf(r.status()))
 		switch {
 		case err != nil && ctx.Err() == nil && !r.failed:
@@ -100,7 +118,23 @@ func (r *Reporter) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-changed.Policy:
+			r.pause(ctx)
+		case <-changed.Tenancy:
+			r.pause(ctx)
 		}
+	}
+}
+
+// ReadinessSignals are the channels a Watch returns.
+type ReadinessSignals = authz.ReadinessWatch
+
+// pause waits MinSpacing (or until ctx is done), so that a burst of
+// changes is one report.
+func (r *Reporter) pause(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(r.cfg.MinSpacing):
 	}
 }
 

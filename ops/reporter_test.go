@@ -65,3 +65,43 @@ func TestReporterPostsStatus(t *testing.T) {
 		t.Errorf("posted to %s with %q", paths[0], auths[0])
 	}
 }
+
+// TestReporterReportsChangesAtOnce: with an interval of an hour, a new
+// tenancy revision still reaches the control endpoint within moments
+// (Watch), so the fleet view sees an enforced revocation without waiting
+// for the next tick. Without Watch only the first report would arrive.
+func TestReporterReportsChangesAtOnce(t *testing.T) {
+	t.Parallel()
+	revs := make(chan uint64, 16)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var rep ops.Report
+		if json.NewDecoder(r.Body).Decode(&rep) == nil {
+			revs <- rep.TenancyRevision
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(srv.Close)
+	ten := testutil.NewTenancy(7, nil)
+	sc := testutil.StartSidecar(t, testutil.Options{Policies: map[string]string{"p.rego": "package envoy.authz\ndefault allow := false\n"}, Tenancy: ten})
+	logger, _ := testutil.Logger(t)
+	snap := ops.New(ops.Config{}, sc.Engine, logger)
+	rep := ops.NewReporter(ops.ReporterConfig{ControlURLs: []string{srv.URL}, ID: "a", Interval: time.Hour,
+		Watch: sc.Engine.WatchReadiness, MinSpacing: 10 * time.Millisecond}, snap.Snapshot, logger)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = rep.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for _, want := range []uint64{7, 8, 9} {
+		if want > 7 {
+			ten.Update(want, nil)
+		}
+		deadline := time.After(5 * time.Second)
+		for got := uint64(0); got != want; {
+			select {
+			case got = <-revs:
+			case <-deadline:
+				t.Fatalf("no report of revision %d within 5s (interval 1h)", want)
+			}
+		}
+	}
+}

@@ -256,7 +256,7 @@ func newSidecar(cfg ServeConfig, logger *slog.Logger) (_ *sidecar, err error) {
 	if cfg.Data.ControlURL != "" {
 		reporter = ops.NewReporter(ops.ReporterConfig{
 			ControlURLs: cfg.Data.ControlURL.URLs(), TokenFile: cfg.Data.TokenFile, ID: cfg.ID, Version: version,
-			Labels: cfg.Labels, Interval: cfg.Data.StatusInterval,
+			Labels: cfg.Labels, Interval: cfg.Data.StatusInterval, Watch: engine.WatchReadiness,
 		}, opsSrv.Snapshot, logger)
 	}
 	if err := ext.Listen(); err != nil {
