@@ -83,10 +83,16 @@ func checkYAML(n *yaml.Node, t reflect.Type, path string) []string {
 		return problems
 	}
 	if err := n.Decode(reflect.New(t).Interface()); err != nil {
+		if reflect.PointerTo(t).Implements(unmarshalerType) {
+			// a type that decodes itself says what it wants
+			return []string{fmt.Sprintf("%s: %s", path, yamlError(err))}
+		}
 		return []string{fmt.Sprintf("%s: %q is not %s (line %d)", path, n.Value, kindName(t), n.Line)}
 	}
 	return nil
 }
+
+var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
 
 // yamlFields maps the YAML keys of struct t to their field types, inlined
 // structs included.
