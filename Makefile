@@ -65,9 +65,16 @@ bench-scale:
 bench-boot:
 	bench/boot.sh
 
-## lint: formatting (gofmt, Rego fmt), vet, staticcheck
+## lint: formatting (gofmt, Rego fmt), vet, staticcheck, a doc.go in every
+## package, no non-test file over 620 lines without "<file> is long ... on purpose" at its top,
+## every source path README.md names exists
 lint: build
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@for d in $$($(GO) list -f '{{.Dir}}' ./...); do [ -f "$$d/doc.go" ] || { echo "no doc.go in $$d"; exit 1; }; done
+	@for f in $$(git ls-files '*.go' | grep -v '_test\.go$$'); do n=$$(wc -l < "$$f"); \
+		if [ "$$n" -gt 620 ] && ! head -1 "$$f" | grep -q ' is long .* on purpose'; then echo "$$f: $$n lines, no reason at its top"; exit 1; fi; done
+	@for f in $$(grep -oE '[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+\.(go|rego)' README.md | sort -u); do \
+		[ -e "$$f" ] || { echo "README.md names $$f, which does not exist"; exit 1; }; done
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 	./bin/gatehouse fmt --list --fail policies

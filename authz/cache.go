@@ -5,12 +5,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
-	"sync"
 	"sync/atomic"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/storage"
 
+	"github.com/gatehouse-dev/gatehouse/internal/gencache"
 	"github.com/gatehouse-dev/gatehouse/internal/jsonsize"
 )
 
@@ -273,14 +273,9 @@ func keyOf(k []byte) cacheKey { return sha256.Sum256(k) }
 
 // decisionCache holds decisions of one policy set, bounded in entries and
 // in bytes (the accounted size of every entry: key, decision, recorded
-// reads).
-//
-// Each of its shards approximates an LRU with two generations: entries go
-// into cur; when cur would exceed its share of the entry or byte budget it
-// becomes prev (dropping the old prev) and a new cur starts; a hit in prev
-// moves the entry into cur. So at most the budget is held: per shard, two
-// generations of at most budget/(2×shards) each. An entry larger than one
-// generation's share is not cached.
+// reads): a gencache.Cache of 32 shards (two generations each, a hit in
+// the older one promoted; an entry larger than one generation's share is
+// not cached), with admission on top.
 //
 // Admission: until a shard holds half a generation's worth of entries or
 // bytes, every decision is stored. From then on a decision is stored only
@@ -292,26 +287,19 @@ func keyOf(k []byte) cacheKey { return sha256.Sum256(k) }
 // holds a quarter of its budget instead of all of it; a question asked
 // twice is cached from its second answer on.
 type decisionCache struct {
-	plan     cachePlan
-	shards   [32]cacheShard
-	max      int   // entries per shard generation
-	maxBytes int64 // bytes per shard generation
-	seen     []atomic.Uint64
+	plan    cachePlan
+	entries *gencache.Cache[cacheKey, *cacheEntry]
+	seen    []atomic.Uint64
 }
 
-type cacheShard struct {
-	mu                  sync.Mutex
-	cur                 map[cacheKey]*cacheEntry
-	prev                map[cacheKey]*cacheEntry
-	curBytes, prevBytes int64
-}
+// decisionCacheShards is the number of independently locked parts.
+const decisionCacheShards = 32
 
 type cacheEntry struct {
 	d       Decision
 	deps    Dependencies
 	tracked bool
 	version DataVersion // of the data the decision was made on
-	size    int64       // accounted bytes, set by put
 }
 
 // newDecisionCache returns a cache of at most entries entries and bytes
@@ -321,11 +309,17 @@ func newDecisionCache(plan cachePlan, entries int, bytes int64) *decisionCache {
 	if entries <= 0 || bytes <= 0 || plan.disabled != "" {
 		return nil
 	}
-	c := &decisionCache{plan: plan}
-	c.max = max(entries/len(c.shards)/2, 1)
-	c.maxBytes = max(bytes/int64(len(c.shards))/2, 1)
-	c.seen = make([]atomic.Uint64, seenSlots(entries))
-	return c
+	return &decisionCache{
+		plan: plan,
+		entries: gencache.New(gencache.Config[cacheKey, *cacheEntry]{
+			Entries: entries,
+			Bytes:   bytes,
+			Shards:  decisionCacheShards,
+			ShardOf: func(k cacheKey) uint64 { return uint64(k[0]) },
+			Size:    entryBytes,
+		}),
+		seen: make([]atomic.Uint64, seenSlots(entries)),
+	}
 }
 
 // seenSlots is the size of the admission table of a cache of entries
@@ -342,12 +336,9 @@ func seenSlots(entries int) int {
 // admit reports whether the decision for key, not in the cache, is to be
 // stored (and its reads recorded for that): see decisionCache.
 func (c *decisionCache) admit(key cacheKey) bool {
-	sh := c.shard(key)
-	sh.mu.Lock()
-	roomy := 2*(len(sh.cur)+len(sh.prev)) < c.max && 2*(sh.curBytes+sh.prevBytes) < c.maxBytes
-	sh.mu.Unlock()
-	if roomy {
-		return true
+	use, limits := c.entries.ShardUse(key), c.entries.Limits()
+	if 2*use.Entries < limits.Entries && 2*use.Bytes < limits.Bytes {
+		return true // roomy
 	}
 	// The key is a SHA-256: any 8 of its bytes are as good as random.
 	slot := &c.seen[binary.LittleEndian.Uint64(key[8:16])&uint64(len(c.seen)-1)]
@@ -360,10 +351,6 @@ func (c *decisionCache) admit(key cacheKey) bool {
 	return false
 }
 
-func (c *decisionCache) shard(key cacheKey) *cacheShard {
-	return &c.shards[key[0]%byte(len(c.shards))]
-}
-
 // lookup is get on a cache that may be nil (nil: no entry).
 func (c *decisionCache) lookup(key cacheKey) *cacheEntry {
 	if c == nil {
@@ -373,63 +360,19 @@ func (c *decisionCache) lookup(key cacheKey) *cacheEntry {
 }
 
 func (c *decisionCache) get(key cacheKey) *cacheEntry {
-	sh := c.shard(key)
-	sh.mu.Lock()
-	e, ok := sh.cur[key]
-	if !ok {
-		if e, ok = sh.prev[key]; ok {
-			c.putLocked(sh, key, e) // promote
-		}
-	}
-	sh.mu.Unlock()
+	e, _ := c.entries.Get(key)
 	return e
 }
 
-func (c *decisionCache) put(key cacheKey, e *cacheEntry) {
-	e.size = entryBytes(e)
-	if e.size > c.maxBytes {
-		return
-	}
-	sh := c.shard(key)
-	sh.mu.Lock()
-	c.putLocked(sh, key, e)
-	sh.mu.Unlock()
-}
-
-// putLocked makes e the entry of key in cur, replacing any entry of key.
-func (c *decisionCache) putLocked(sh *cacheShard, key cacheKey, e *cacheEntry) {
-	if old, ok := sh.cur[key]; ok {
-		delete(sh.cur, key)
-		sh.curBytes -= old.size
-	}
-	if old, ok := sh.prev[key]; ok {
-		delete(sh.prev, key)
-		sh.prevBytes -= old.size
-	}
-	if sh.cur == nil {
-		sh.cur = make(map[cacheKey]*cacheEntry)
-	}
-	if len(sh.cur) >= c.max || sh.curBytes+e.size > c.maxBytes {
-		sh.prev, sh.prevBytes = sh.cur, sh.curBytes
-		sh.cur, sh.curBytes = make(map[cacheKey]*cacheEntry), 0
-	}
-	sh.cur[key] = e
-	sh.curBytes += e.size
-}
+// put stores e under key unless it is larger than a generation's share.
+func (c *decisionCache) put(key cacheKey, e *cacheEntry) { c.entries.Put(key, e) }
 
 // bytes returns the accounted size of the entries held.
 func (c *decisionCache) bytes() int64 {
 	if c == nil {
 		return 0
 	}
-	var n int64
-	for i := range c.shards {
-		sh := &c.shards[i]
-		sh.mu.Lock()
-		n += sh.curBytes + sh.prevBytes
-		sh.mu.Unlock()
-	}
-	return n
+	return c.entries.Bytes()
 }
 
 // DependencySizer is an optional capability of the Dependencies a

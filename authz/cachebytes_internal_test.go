@@ -40,7 +40,7 @@ func TestDecisionCacheByteBudgetProperty(t *testing.T) {
 						e.d.Body = strings.Repeat("B", 8<<10+r.IntN(8<<10)) // beyond a generation's share (4 KiB)
 					}
 					c.put(key, e)
-					if e.size <= c.maxBytes && c.get(key) != e {
+					if entryBytes(e) <= c.entries.Limits().Bytes && c.get(key) != e {
 						t.Fatalf("op %d: an entry that fits is not found after its put", op)
 					}
 				}
@@ -54,23 +54,9 @@ func checkCacheInvariants(tb testing.TB, c *decisionCache, budget int64, entries
 	tb.Helper()
 	var sum int64
 	n := 0
-	for i := range c.shards {
-		sh := &c.shards[i]
-		var cur, prev int64
-		for _, e := range sh.cur {
-			cur += e.size
-		}
-		for k, e := range sh.prev {
-			prev += e.size
-			if _, dup := sh.cur[k]; dup {
-				tb.Fatalf("shard %d: a key in both generations", i)
-			}
-		}
-		if cur != sh.curBytes || prev != sh.prevBytes {
-			tb.Fatalf("shard %d: accounted %d+%d bytes, entries hold %d+%d", i, sh.curBytes, sh.prevBytes, cur, prev)
-		}
-		sum += cur + prev
-		n += len(sh.cur) + len(sh.prev)
+	for _, e := range c.entries.All() {
+		sum += entryBytes(e)
+		n++
 	}
 	if got := c.bytes(); got != sum || got > budget {
 		tb.Fatalf("bytes() = %d, entries hold %d, budget %d", got, sum, budget)

@@ -11,17 +11,32 @@
 // Policies read two kinds of data. Static data comes with the policies
 // (data.json / data.yaml files, loaded at the path of their folder, as OPA
 // loads them). Tenancy data lives under data.tenancy and is served by a
-// Tenancy store (the bbolt cache of package bundle, or an empty store when no
+// Tenancy store (the bbolt cache of package replica, or an empty store when no
 // control endpoint is configured). Each evaluation opens one read
 // transaction, so a decision sees one revision of tenancy data.
 //
 // # Built-ins
 //
-// Gatehouse built-ins (Builtin; package bundle provides the tenancy ones)
+// Gatehouse built-ins (Builtin; package replica provides the tenancy ones)
 // are given to Compile (Config.Builtins for an engine's sources): the
 // compiler accepts calls to them and the policy set evaluates them. The
 // engine passes each evaluation's tenancy transaction to them in the
 // evaluation context (TenancyTxn): they read the decision's revision.
+//
+// # Decision cache
+//
+// Decisions of a policy set are cached by the input values its rules can
+// reach, validated against the tenancy reads they made (or their data
+// version), with admission of questions asked twice (cache.go). The
+// bounded two-generation store under it is internal/gencache, shared with
+// the verified-token cache (token) and the document cache (replica).
+//
+// # Answers
+//
+// Answer is an answer as a server sent it, for whoever observes answers:
+// envoy declares the Observer it calls with it, decisionlog implements it
+// (decisionlog.Entry is Answer), so the wire package does not import the
+// decision logs.
 //
 // # Concurrency
 //

@@ -1,3 +1,8 @@
+// engine.go is long (about 630 lines) on purpose: it is the Engine and
+// Decide in its named steps (fresh, verify, input, lookup, evaluate,
+// shape, fill), which share the active policy set, its cache and one read
+// transaction; splitting the steps over files would hide their order.
+
 package authz
 
 import (

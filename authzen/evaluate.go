@@ -13,7 +13,6 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/decisionlog"
 )
 
 // Evaluation semantics of a batch (options.evaluations_semantic).
@@ -192,7 +191,7 @@ func (s *Server) observe(sess *authz.Session, rule ast.Ref, in ast.Object, id, b
 	if s.cfg.Observer == nil {
 		return
 	}
-	e := decisionlog.Entry{ID: id, Path: ruleText(rule), BatchID: batch, Transport: "authzen", Start: time.Now().Add(-sess.Elapsed()), Duration: sess.Elapsed(),
+	e := authz.Answer{ID: id, Path: ruleText(rule), BatchID: batch, Transport: "authzen", Start: time.Now().Add(-sess.Elapsed()), Duration: sess.Elapsed(),
 		Input: func(*authz.Need) (ast.Object, error) { return in, nil }}
 	if aerr != nil && aerr.status >= 500 {
 		e.Err = &authz.DecideError{Code: authz.CodeInternal, Err: errors.New(aerr.message)}

@@ -21,7 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/decisionlog"
 	"github.com/gatehouse-dev/gatehouse/internal/netx"
 )
 
@@ -68,7 +67,7 @@ type Config struct {
 	// Registerer receives the metrics (nil: none).
 	Registerer prometheus.Registerer `yaml:"-"`
 	// Observer receives every answer as a decision-log entry (nil:
-	// none): decisionlog.Logger. Observe must not block.
+	// none): a decisionlog.Logger. Observe must not block.
 	Observer Observer `yaml:"-"`
 
 	offline bool // NewOffline: answers through Answer only
@@ -128,7 +127,7 @@ func (c Config) ValidateIfServed(addr string) error {
 // Observer receives the answers (decision logs, SPEC §10 "Decisions are
 // logged").
 type Observer interface {
-	Observe(decisionlog.Entry)
+	Observe(authz.Answer)
 }
 
 // Engine answers evaluations: *authz.Engine.

@@ -1,3 +1,8 @@
+// feed.go is long (about 650 lines) on purpose: it is the whole sync feed
+// of SPEC §7 — snapshot (NDJSON and bulk), the change stream and the
+// shared part cache that serves one encoded revision to every follower —
+// whose pieces share the stream's framing, deadlines and revision order.
+
 package control
 
 import (

@@ -92,7 +92,9 @@ type Server struct {
 // New opens (or creates) <data_dir>/control.db, initialises the tenancy
 // layout and, on a new file, a random epoch; it reads the token files and
 // loads the issuers' keys. cfg is completed with SetDefaults and checked
-// with Validate. logger may be nil.
+// with Validate before anything is opened: New is where a Config is
+// validated (gatehouse control does not validate it first), and a problem
+// is an ErrConfig naming the key. logger may be nil.
 func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)

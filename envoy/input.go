@@ -1,3 +1,7 @@
+// input.go is long (about 620 lines) on purpose: it is the whole
+// CheckRequest → input mapping (SPEC §4), field by field, built for the
+// policy's Need; every field's rendering is in one place.
+
 package envoy
 
 import (

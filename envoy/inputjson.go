@@ -8,7 +8,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
-	"github.com/gatehouse-dev/gatehouse/decisionlog"
+	"github.com/gatehouse-dev/gatehouse/authz"
 )
 
 // The decision log writes a request's whole input document as JSON
@@ -18,14 +18,14 @@ import (
 // JSON of Input(req) (TestInputJSONEqualsInput).
 
 // InputJSON returns the decision log's writer of req's input document
-// (see decisionlog.InputWriter); req must not be modified afterwards.
-func InputJSON(req *authv3.CheckRequest) decisionlog.InputWriter { return (*logRequest)(req) }
+// (see authz.InputWriter); req must not be modified afterwards.
+func InputJSON(req *authv3.CheckRequest) authz.InputWriter { return (*logRequest)(req) }
 
 // logRequest is a CheckRequest whose input a record writes.
 type logRequest authv3.CheckRequest
 
 // WriteInput writes the members of the input document (Input's) to w.
-func (r *logRequest) WriteInput(w *decisionlog.JSON) error {
+func (r *logRequest) WriteInput(w authz.JSONWriter) error {
 	p, err := Prepare((*authv3.CheckRequest)(r))
 	if err != nil {
 		return err
@@ -54,7 +54,7 @@ func (r *logRequest) WriteInput(w *decisionlog.JSON) error {
 	return nil
 }
 
-func (p *Prepared) writeAttributes(w *decisionlog.JSON, a *authv3.AttributeContext) {
+func (p *Prepared) writeAttributes(w authz.JSONWriter, a *authv3.AttributeContext) {
 	w.BeginObject()
 	if a.Source != nil && w.Key("source") {
 		writePeer(w, a.Source)
@@ -72,7 +72,7 @@ func (p *Prepared) writeAttributes(w *decisionlog.JSON, a *authv3.AttributeConte
 	w.EndObject()
 }
 
-func writePeer(w *decisionlog.JSON, p *authv3.AttributeContext_Peer) {
+func writePeer(w authz.JSONWriter, p *authv3.AttributeContext_Peer) {
 	w.BeginObject()
 	var skip protoreflect.FieldNumber
 	if sa, ok := p.GetAddress().GetAddress().(*corev3.Address_SocketAddress); ok && simpleSocketAddress(sa.SocketAddress) {
@@ -99,7 +99,7 @@ func writePeer(w *decisionlog.JSON, p *authv3.AttributeContext_Peer) {
 	w.EndObject()
 }
 
-func (p *Prepared) writeRequest(w *decisionlog.JSON, r *authv3.AttributeContext_Request) {
+func (p *Prepared) writeRequest(w authz.JSONWriter, r *authv3.AttributeContext_Request) {
 	w.BeginObject()
 	if r.Time != nil && w.Key("time") {
 		w.String(formatTimestamp(r.Time))
@@ -111,7 +111,7 @@ func (p *Prepared) writeRequest(w *decisionlog.JSON, r *authv3.AttributeContext_
 	w.EndObject()
 }
 
-func (p *Prepared) writeHTTP(w *decisionlog.JSON, h *authv3.AttributeContext_HttpRequest) {
+func (p *Prepared) writeHTTP(w authz.JSONWriter, h *authv3.AttributeContext_HttpRequest) {
 	w.BeginObject()
 	str := func(k, v string) {
 		if v != "" && w.Key(k) {
@@ -144,7 +144,7 @@ func (p *Prepared) writeHTTP(w *decisionlog.JSON, h *authv3.AttributeContext_Htt
 	w.EndObject()
 }
 
-func writeStringMap(w *decisionlog.JSON, m map[string]string) {
+func writeStringMap(w authz.JSONWriter, m map[string]string) {
 	w.BeginObject()
 	for k, v := range m {
 		if w.Key(k) {
@@ -156,7 +156,7 @@ func writeStringMap(w *decisionlog.JSON, m map[string]string) {
 
 // writeRest writes the populated fields among fields generically (see
 // rest); an erased one (header_map) is not rendered at all.
-func writeRest(w *decisionlog.JSON, m protoreflect.Message, fields []protoreflect.FieldDescriptor, skip protoreflect.FieldNumber) {
+func writeRest(w authz.JSONWriter, m protoreflect.Message, fields []protoreflect.FieldDescriptor, skip protoreflect.FieldNumber) {
 	for _, fd := range fields {
 		if fd.Number() != skip && m.Has(fd) && w.Key(fd.JSONName()) {
 			w.Value(fieldValue(fd, m.Get(fd)))

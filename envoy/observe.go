@@ -12,14 +12,13 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/decisionlog"
 )
 
 // Observer receives every answer once it is made: decision logs, shadow
-// policies (decisionlog.Logger, decisionlog.Shadow). Observe must not
-// block: the Check waits for it.
+// policies (decisionlog.Logger, decisionlog.Shadow implement it; envoy
+// does not import them). Observe must not block: the Check waits for it.
 type Observer interface {
-	Observe(decisionlog.Entry)
+	Observe(authz.Answer)
 }
 
 // observe is the one place an answer passes before it is sent, for both
@@ -31,7 +30,7 @@ func (s *Server) observe(ctx context.Context, t transport, req *authv3.CheckRequ
 	if s.cfg.Observer == nil && !s.cfg.DryRun && s.cfg.Tracer == nil {
 		return d, err
 	}
-	e := decisionlog.Entry{Decision: d, Err: err, Transport: t.String(), Start: start, Duration: time.Since(start)}
+	e := authz.Answer{Decision: d, Err: err, Transport: t.String(), Start: start, Duration: time.Since(start)}
 	var headers map[string]string
 	if req != nil && req.GetAttributes().GetRequest().GetHttp() != nil {
 		headers = RequestHeaders(req.GetAttributes().GetRequest().GetHttp())

@@ -127,28 +127,14 @@ func Eval(ctx context.Context, cfg EvalConfig) (ev *Evaluation, err error) {
 		ps, err = authz.Compile(src, decision, replica.Builtins()...)
 	}
 	if err != nil {
-		if ce, ok := compileError(err).(*CompileError); ok {
-			return nil, ce
-		}
-		return nil, usagef("%v", err)
+		return nil, evalCompileError(err)
 	}
 
-	var store *replica.Store
-	if cfg.Data != "" {
-		ops, err := ReadTenancyFile(cfg.Data)
-		if err != nil {
-			return nil, fmt.Errorf("%w: --data: %v", ErrInput, err)
-		}
-		dir, err := os.MkdirTemp("", "gatehouse-eval-")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(dir)
-		if store, err = OpenTenancy(dir, ops, logger); err != nil {
-			return nil, fmt.Errorf("%w: --data %s: %v", ErrInput, cfg.Data, err)
-		}
-		defer store.Close()
+	store, closeStore, err := openData(cfg.Data, logger)
+	if err != nil {
+		return nil, err
 	}
+	defer closeStore()
 	verifier, err := token.NewVerifier(token.VerifierConfig{Issuers: cfg.Issuers, CacheSize: -1}, logger)
 	if err != nil {
 		return nil, usagef("%v", err)
@@ -333,31 +319,50 @@ func responseFor(d *authz.Decision, doc ast.Object) *authv3.CheckResponse {
 func evalAuthZEN(ctx context.Context, cfg EvalConfig, src authz.Source, logger *slog.Logger) (*Evaluation, error) {
 	ps, err := authz.Compile(src, compileDecision(cfg.AuthZENDecision), replica.Builtins()...)
 	if err != nil {
-		if ce, ok := compileError(err).(*CompileError); ok {
-			return nil, ce
-		}
-		return nil, usagef("%v", err)
+		return nil, evalCompileError(err)
 	}
-	var store *replica.Store
-	if cfg.Data != "" {
-		ops, err := ReadTenancyFile(cfg.Data)
-		if err != nil {
-			return nil, fmt.Errorf("%w: --data: %v", ErrInput, err)
-		}
-		dir, err := os.MkdirTemp("", "gatehouse-eval-")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(dir)
-		if store, err = OpenTenancy(dir, ops, logger); err != nil {
-			return nil, fmt.Errorf("%w: --data %s: %v", ErrInput, cfg.Data, err)
-		}
-		defer store.Close()
+	store, closeStore, err := openData(cfg.Data, logger)
+	if err != nil {
+		return nil, err
 	}
+	defer closeStore()
 	sc := NewSidecar(SidecarConfig{Policy: ps, Store: store, Logger: logger})
 	ans, err := sc.AuthZEN(ctx, cfg.AuthZENDecision, cfg.AuthZENEndpoint, cfg.Input)
 	if err != nil {
 		return nil, err
 	}
 	return &Evaluation{InputKind: InputAuthZEN, AuthZEN: ans}, nil
+}
+
+// openData opens the tenancy data file of --data in a temporary cache
+// (nil without one); closeStore closes it and removes the folder.
+func openData(data string, logger *slog.Logger) (store *replica.Store, closeStore func(), err error) {
+	if data == "" {
+		return nil, func() {}, nil
+	}
+	ops, err := ReadTenancyFile(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: --data: %v", ErrInput, err)
+	}
+	dir, err := os.MkdirTemp("", "gatehouse-eval-")
+	if err != nil {
+		return nil, nil, err
+	}
+	if store, err = OpenTenancy(dir, ops, logger); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, nil, fmt.Errorf("%w: --data %s: %v", ErrInput, data, err)
+	}
+	return store, func() {
+		_ = store.Close()
+		_ = os.RemoveAll(dir)
+	}, nil
+}
+
+// evalCompileError is eval's error for a policy set that does not
+// compile: a *CompileError, or a usage error.
+func evalCompileError(err error) error {
+	if ce, ok := compileError(err).(*CompileError); ok {
+		return ce
+	}
+	return usagef("%v", err)
 }

@@ -17,6 +17,8 @@ import (
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/gatehouse-dev/gatehouse/token"
 )
 
 // Fixture is a fixture folder: its fixture.yaml and what it names. See the
@@ -189,15 +191,10 @@ func (fx *Fixture) check() error {
 	if len(fx.Cases) == 0 {
 		errs = append(errs, fmt.Errorf("%s: no cases", fx.File))
 	}
-	seen := map[string]bool{}
-	for _, is := range fx.Issuers {
-		if is.Issuer == "" {
-			errs = append(errs, fmt.Errorf("%s: issuers: an entry has no \"issuer\" key", fx.File))
-		}
-		if seen[is.Issuer] {
-			errs = append(errs, fmt.Errorf("%s: issuers: %q is listed twice", fx.File, is.Issuer))
-		}
-		seen[is.Issuer] = true
+	// The issuers get the one validation of every issuer list (the
+	// runner's key file stands in for the key source, set by the runner).
+	if err := token.ValidateIssuers(issuerConfigs(fx.Issuers, "keys.json")); err != nil {
+		errs = append(errs, fmt.Errorf("%s: issuers: %w", fx.File, err))
 	}
 	names := map[string]bool{}
 	for i := range fx.Cases {

@@ -532,6 +532,11 @@ func TestFixtureErrors(t *testing.T) {
 		"duplicate names":    {"cases:\n  - {name: x, expect: {status: 1}}\n  - {name: x, expect: {status: 1}}\n", "used twice"},
 		"not yaml":           {"cases: [\n", "fixture.yaml:"},
 		"both request forms": {"cases:\n  - name: x\n    path: /\n    check_request: {attributes: {}}\n    expect: {status: 1}\n", "not both"},
+		// issuers: the one validation of issuer lists (token.ValidateIssuers)
+		"issuer listed twice": {"issuers: [{issuer: a}, {issuer: a}]\ncases:\n  - {name: x, expect: {status: 1}}\n", `issuers: invalid issuer config: issuer "a": listed twice`},
+		"issuer without iss":  {"issuers: [{tenant: t1}]\ncases:\n  - {name: x, expect: {status: 1}}\n", "issuer must not be empty"},
+		"issuer's bad tenant": {"issuers: [{issuer: a, tenant: \"not a tenant\"}]\ncases:\n  - {name: x, expect: {status: 1}}\n", "not a valid tenant id"},
+		"issuer's empty aud":  {"issuers: [{issuer: a, audiences: [\"\"]}]\ncases:\n  - {name: x, expect: {status: 1}}\n", "empty audience"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -125,13 +125,19 @@ func newMinter(dir string) (*minter, error) {
 
 // issuers returns the verifier's issuer configuration for specs.
 func (m *minter) issuers(specs []IssuerSpec) []token.IssuerConfig {
+	return issuerConfigs(specs, m.jwksFile)
+}
+
+// issuerConfigs is the verifier's configuration of specs, with jwksFile as
+// every issuer's key source.
+func issuerConfigs(specs []IssuerSpec, jwksFile string) []token.IssuerConfig {
 	out := make([]token.IssuerConfig, 0, len(specs))
 	for _, s := range specs {
 		c := token.IssuerConfig{
 			Issuer:          s.Issuer,
 			Audiences:       s.Audiences,
 			Algorithms:      []string{"RS256"},
-			JWKSFile:        m.jwksFile,
+			JWKSFile:        jwksFile,
 			Tenant:          s.Tenant,
 			TrustTokenRoles: s.TrustTokenRoles,
 		}

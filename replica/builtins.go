@@ -1,3 +1,8 @@
+// builtins.go is long (about 640 lines) on purpose: it holds every
+// gatehouse.tenancy.* built-in (SPEC §12) with its argument parsing and
+// result terms, one declaration table and one way of reading the
+// evaluation's transaction for all of them.
+
 package replica
 
 import (

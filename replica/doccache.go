@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"hash/maphash"
-	"sync"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/storage"
 
+	"github.com/gatehouse-dev/gatehouse/internal/gencache"
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
@@ -24,16 +24,11 @@ import (
 //
 // The tenancy.Reader verifies every stored value against its checksum on
 // every read, hit or miss, before it reaches the cache.
+//
+// It is a gencache.Cache of 64 shards bounded in entries only (two
+// generations each, a hit in the older one promoted).
 type docCache struct {
-	seed   maphash.Seed
-	shards [64]docShard
-	max    int // per shard; 0 = disabled
-}
-
-type docShard struct {
-	mu   sync.RWMutex
-	cur  map[string]docEntry
-	prev map[string]docEntry
+	c *gencache.Cache[string, docEntry] // nil: disabled
 }
 
 type docEntry struct {
@@ -43,20 +38,21 @@ type docEntry struct {
 }
 
 func newDocCache(entries int) *docCache {
-	c := &docCache{seed: maphash.MakeSeed()}
-	if entries > 0 {
-		c.max = max(entries/len(c.shards)/2, 1)
+	if entries <= 0 {
+		return &docCache{}
 	}
-	return c
+	seed := maphash.MakeSeed()
+	return &docCache{c: gencache.New(gencache.Config[string, docEntry]{
+		Entries: entries,
+		Shards:  64,
+		ShardOf: func(k string) uint64 { return maphash.String(seed, k) },
+	})}
 }
 
 // clear drops every entry (after a file swap).
 func (c *docCache) clear() {
-	for i := range c.shards {
-		sh := &c.shards[i]
-		sh.mu.Lock()
-		sh.cur, sh.prev = nil, nil
-		sh.mu.Unlock()
+	if c.c != nil {
+		c.c.Invalidate()
 	}
 }
 
@@ -79,33 +75,18 @@ func cacheKey(doc int, keys []string) string {
 // decode returns the value of a verified JSON document read from the file
 // of generation gen at keys of tenancy.Docs[doc], with its stamp.
 func (c *docCache) decode(gen uint64, doc int, keys []string, val []byte, st tenancy.Stamp) (ast.Value, error) {
-	if c.max == 0 || st == (tenancy.Stamp{}) {
+	if c.c == nil || st == (tenancy.Stamp{}) {
 		return decodeJSON(val)
 	}
 	ck := cacheKey(doc, keys)
-	sh := &c.shards[maphash.String(c.seed, ck)%uint64(len(c.shards))]
-	sh.mu.RLock()
-	e, ok := sh.cur[ck]
-	if !ok {
-		e, ok = sh.prev[ck]
-	}
-	sh.mu.RUnlock()
-	if ok && e.gen == gen && e.st == st {
+	if e, ok := c.c.Get(ck); ok && e.gen == gen && e.st == st {
 		return e.val, nil
 	}
 	v, err := decodeJSON(val)
 	if err != nil {
 		return nil, err
 	}
-	sh.mu.Lock()
-	if sh.cur == nil {
-		sh.cur = make(map[string]docEntry, c.max)
-	}
-	if len(sh.cur) >= c.max {
-		sh.prev, sh.cur = sh.cur, make(map[string]docEntry, c.max)
-	}
-	sh.cur[ck] = docEntry{gen: gen, st: st, val: v}
-	sh.mu.Unlock()
+	c.c.Put(ck, docEntry{gen: gen, st: st, val: v})
 	return v, nil
 }
 

@@ -1,3 +1,8 @@
+// sync.go is long (about 680 lines) on purpose: it is the one client of
+// the control endpoint's feed — snapshot, bulk bootstrap, change stream,
+// failover between replicas and the background consistency check — whose
+// steps share the stream's reader, deadlines and retry state.
+
 package replica
 
 import (

@@ -2,11 +2,10 @@ package token
 
 import (
 	"crypto/sha256"
-	"sync"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
+	"github.com/gatehouse-dev/gatehouse/internal/gencache"
 	"github.com/gatehouse-dev/gatehouse/internal/jsonsize"
 )
 
@@ -38,34 +37,23 @@ type tokenCacheEntry struct {
 	// until is the instant (Unix nanoseconds) from which the entry must no
 	// longer be used: min(token exp, insertion + maxTokenCacheAge).
 	until int64
-	// size is the entry's accounted bytes (tokenBytes).
-	size int64
 }
 
-// tokenCache caches successful verifications by the hash of the raw token.
-//
-// It approximates an LRU with two generations: entries are inserted into cur;
-// when cur holds limit entries, or limitBytes accounted bytes, it becomes
-// prev and a new cur starts, so at most 2*limit entries and 2*limitBytes
-// bytes are kept. A hit in prev is promoted into cur, so a token in steady
-// use survives the swaps. A token larger than limitBytes is not cached.
+// tokenCache caches successful verifications by the hash of the raw token:
+// a gencache.Cache of one shard (see internal/gencache: two generations,
+// bounded in entries and in accounted bytes, a hit in the older generation
+// promoted), with the token's rules on top: an entry is used only before
+// its until, and a token larger than a generation's share is not cached.
 //
 // Any change of any issuer's key set calls invalidate, which drops every entry
-// and bumps the generation; a verification that started before the change
+// and starts a new epoch; a verification that started before the change
 // (and so may have used a removed key) is not inserted (see put).
 //
 // # Concurrency
 //
 // All methods are safe for concurrent use. Lookups take a read lock only.
 type tokenCache struct {
-	gen        atomic.Uint64
-	limit      int   // entries per generation
-	limitBytes int64 // accounted bytes per generation
-
-	mu                  sync.RWMutex
-	cur                 map[tokenCacheKey]tokenCacheEntry
-	prev                map[tokenCacheKey]tokenCacheEntry
-	curBytes, prevBytes int64
+	c *gencache.Cache[tokenCacheKey, tokenCacheEntry]
 }
 
 // newTokenCache returns a cache holding at most size entries and bytes
@@ -81,11 +69,11 @@ func newTokenCache(size int, bytes int64) *tokenCache {
 	if bytes == 0 {
 		bytes = DefaultTokenCacheBytes
 	}
-	return &tokenCache{
-		limit:      max(size/2, 1),
-		limitBytes: max(bytes/2, 1),
-		cur:        make(map[tokenCacheKey]tokenCacheEntry),
-	}
+	return &tokenCache{c: gencache.New(gencache.Config[tokenCacheKey, tokenCacheEntry]{
+		Entries: size,
+		Bytes:   bytes,
+		Size:    func(e tokenCacheEntry) int64 { return tokenBytes(e.tok) },
+	})}
 }
 
 // tokenBytes is the accounted size of a cached token: its strings, its
@@ -102,38 +90,16 @@ func tokenBytes(t *Token) int64 {
 // OPA value built once at verification.
 const tokenValueFactor = 4
 
-// generation returns the current generation; pass it to put.
-func (c *tokenCache) generation() uint64 { return c.gen.Load() }
+// generation returns the current epoch; pass it to put.
+func (c *tokenCache) generation() uint64 { return c.c.Epoch() }
 
 // get returns the cached token for key if it may still be used at now, or nil.
 func (c *tokenCache) get(key tokenCacheKey, now time.Time) *Token {
-	c.mu.RLock()
-	e, ok := c.cur[key]
-	inPrev := false
-	if !ok {
-		e, ok = c.prev[key]
-		inPrev = ok
-	}
-	c.mu.RUnlock()
+	e, ok := c.c.Get(key)
 	if !ok || now.UnixNano() >= e.until {
 		return nil
 	}
-	if inPrev {
-		c.promote(key, e)
-	}
 	return e.tok
-}
-
-// promote moves an entry found in prev into cur.
-func (c *tokenCache) promote(key tokenCacheKey, e tokenCacheEntry) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	// Re-check under the write lock: an invalidation may have run meanwhile.
-	if pe, ok := c.prev[key]; ok && pe.tok == e.tok {
-		delete(c.prev, key)
-		c.prevBytes -= pe.size
-		c.insertLocked(key, e)
-	}
 }
 
 // put caches tok under key. gen is the generation read before the
@@ -146,49 +112,11 @@ func (c *tokenCache) put(gen uint64, key tokenCacheKey, tok *Token, now time.Tim
 	if !until.After(now) {
 		return // already at/after exp (accepted within leeway): never cache
 	}
-	size := tokenBytes(tok)
-	if size > c.limitBytes {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if gen != c.gen.Load() {
-		return
-	}
-	c.insertLocked(key, tokenCacheEntry{tok: tok, until: until.UnixNano(), size: size})
-}
-
-// insertLocked adds e to cur (replacing an entry of key), swapping
-// generations when cur is full.
-func (c *tokenCache) insertLocked(key tokenCacheKey, e tokenCacheEntry) {
-	if old, ok := c.cur[key]; ok {
-		delete(c.cur, key)
-		c.curBytes -= old.size
-	}
-	if old, ok := c.prev[key]; ok {
-		delete(c.prev, key)
-		c.prevBytes -= old.size
-	}
-	if len(c.cur) >= c.limit || c.curBytes+e.size > c.limitBytes {
-		c.prev, c.prevBytes = c.cur, c.curBytes
-		c.cur, c.curBytes = make(map[tokenCacheKey]tokenCacheEntry), 0
-	}
-	c.cur[key] = e
-	c.curBytes += e.size
+	c.c.PutAt(gen, key, tokenCacheEntry{tok: tok, until: until.UnixNano()})
 }
 
 // invalidate drops every entry and starts a new generation.
-func (c *tokenCache) invalidate() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.gen.Add(1)
-	c.cur, c.curBytes = make(map[tokenCacheKey]tokenCacheEntry), 0
-	c.prev, c.prevBytes = nil, 0
-}
+func (c *tokenCache) invalidate() { c.c.Invalidate() }
 
 // size returns the number of entries held (including ones past their use).
-func (c *tokenCache) size() int {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return len(c.cur) + len(c.prev)
-}
+func (c *tokenCache) size() int { return c.c.Len() }

@@ -151,21 +151,16 @@ func TestTokenCacheByteBudget(t *testing.T) {
 			Claims: map[string]any{"sub": fmt.Sprint(i), "roles": roles}}
 		c.put(c.generation(), tokenCacheKeyOf(fmt.Sprint(i)), tok, now)
 		size := tokenBytes(tok)
-		if got := c.get(tokenCacheKeyOf(fmt.Sprint(i)), now); (got != nil) != (size <= c.limitBytes) {
-			t.Fatalf("token %d of %d accounted bytes: cached=%v (a generation holds %d)", i, size, got != nil, c.limitBytes)
+		limit := c.c.Limits().Bytes
+		if got := c.get(tokenCacheKeyOf(fmt.Sprint(i)), now); (got != nil) != (size <= limit) {
+			t.Fatalf("token %d of %d accounted bytes: cached=%v (a generation holds %d)", i, size, got != nil, limit)
 		}
-		c.mu.RLock()
-		var sum int64
-		for _, e := range c.cur {
-			sum += e.size
+		var held int64
+		for _, e := range c.c.All() {
+			held += tokenBytes(e.tok)
 		}
-		for _, e := range c.prev {
-			sum += e.size
-		}
-		held, cur, prev := sum, c.curBytes, c.prevBytes
-		c.mu.RUnlock()
-		if held != cur+prev || held > budget {
-			t.Fatalf("token %d: entries hold %d bytes, accounted %d+%d, budget %d", i, held, cur, prev, budget)
+		if accounted := c.c.Bytes(); held != accounted || held > budget {
+			t.Fatalf("token %d: entries hold %d bytes, accounted %d, budget %d", i, held, accounted, budget)
 		}
 	}
 	if newTokenCache(10, -1) != nil {

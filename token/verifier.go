@@ -1,3 +1,8 @@
+// verifier.go is long (about 630 lines) on purpose: it is the whole of
+// SPEC §3's verification — the Token value the policy sees, issuers, key
+// selection, claim checks and error codes — kept in one file so that every
+// rule of a bearer token is read in one place.
+
 package token
 
 import (

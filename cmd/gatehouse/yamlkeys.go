@@ -46,10 +46,7 @@ func yamlError(err error) string {
 	return strings.ReplaceAll(strings.ReplaceAll(oneLine(err).Error(), "yaml: unmarshal errors: ", ""), "yaml: ", "")
 }
 
-var (
-	durationType    = reflect.TypeFor[time.Duration]()
-	unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
-)
+var durationType = reflect.TypeFor[time.Duration]()
 
 // checkYAML walks n along the struct type t and reports, by key path, every
 // unknown key and every value that does not decode into its field.
@@ -87,13 +84,15 @@ func checkYAML(n *yaml.Node, t reflect.Type, path string) []string {
 	}
 	if err := n.Decode(reflect.New(t).Interface()); err != nil {
 		if reflect.PointerTo(t).Implements(unmarshalerType) {
-			// a type with its own YAML rules (URLList) explains itself
+			// a type that decodes itself says what it wants
 			return []string{fmt.Sprintf("%s: %s", path, yamlError(err))}
 		}
 		return []string{fmt.Sprintf("%s: %q is not %s (line %d)", path, n.Value, kindName(t), n.Line)}
 	}
 	return nil
 }
+
+var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
 
 // yamlFields maps the YAML keys of struct t to their field types, inlined
 // structs included.
