@@ -230,7 +230,8 @@ func (w *workers) do(ctx context.Context, deadline time.Time, j *job) bool {
 // codec fails.
 type checkMessage struct {
 	req  *authv3.CheckRequest
-	size int64 // encoded size in bytes
+	prep *Prepared // req validated, once decided (nil before, or when it did not validate)
+	size int64     // encoded size in bytes
 	// err is why req could not be decoded (nil when it was).
 	err error
 	// tooLarge: size is over the limit; req was not decoded.

@@ -28,9 +28,12 @@ const HeaderHeadersToRemove = "x-envoy-auth-headers-to-remove"
 // other status denies, a 5xx means "cannot decide".
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	var req *authv3.CheckRequest
-	d, headers, err := s.decideHTTP(w, r, &req)
-	d, err = s.observe(r.Context(), transportHTTP, req, d, err, start)
+	var (
+		req  *authv3.CheckRequest
+		prep *Prepared
+	)
+	d, headers, err := s.decideHTTP(w, r, &req, &prep)
+	d, err = s.observe(r.Context(), transportHTTP, req, prep, d, err, start)
 	if err != nil {
 		s.metrics.observe(transportHTTP, outcomeError, time.Since(start).Seconds())
 		code := http.StatusInternalServerError
@@ -73,7 +76,7 @@ const bodyReadTimeout = 5 * time.Second
 
 // decideHTTP is decide for the HTTP service: the size of the request's
 // head is checked and admitted before its body is read.
-func (s *Server) decideHTTP(w http.ResponseWriter, r *http.Request, out **authv3.CheckRequest) (*authz.Decision, map[string]string, error) {
+func (s *Server) decideHTTP(w http.ResponseWriter, r *http.Request, out **authv3.CheckRequest, prepOut **Prepared) (*authz.Decision, map[string]string, error) {
 	ctx := r.Context()
 	head := headBytes(r)
 	if head > s.cfg.MaxRequestBytes {
@@ -97,7 +100,7 @@ func (s *Server) decideHTTP(w http.ResponseWriter, r *http.Request, out **authv3
 		return badRequest(s.engine, err), nil, nil
 	}
 	*out = req
-	return decide(ctx, s.engine, req, nil, s.pool, deadline, &s.memo)
+	return decide(ctx, s.engine, req, nil, s.pool, deadline, &s.memo, prepOut)
 }
 
 // headBytes is the size of r without its body: method, request target,

@@ -30,6 +30,12 @@ func (r *logRequest) WriteInput(w authz.JSONWriter) error {
 	if err != nil {
 		return err
 	}
+	return p.WriteInput(w)
+}
+
+// WriteInput writes the members of p's input document (Input's) to w: a
+// Prepared request is an authz.InputWriter.
+func (p *Prepared) WriteInput(w authz.JSONWriter) error {
 	if w.Key("attributes") {
 		p.writeAttributes(w, p.req.GetAttributes())
 	}

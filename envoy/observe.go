@@ -24,18 +24,26 @@ type Observer interface {
 // observe is the one place an answer passes before it is sent, for both
 // transports: it hands the answer to the observer (decision logs, shadow
 // policies) and, in dry run, turns it into an allow. req is the request
-// as decided (nil when there is none); the input of the record is built
-// from it later, off the Check's path, so req must not be reused after.
-func (s *Server) observe(ctx context.Context, t transport, req *authv3.CheckRequest, d *authz.Decision, err error, start time.Time) (*authz.Decision, error) {
+// as decided (nil when there is none), prep the same validated (nil when
+// it was not); the input of the record is built or written from them
+// later, off the Check's path, so req must not be reused after.
+func (s *Server) observe(ctx context.Context, t transport, req *authv3.CheckRequest, prep *Prepared, d *authz.Decision, err error, start time.Time) (*authz.Decision, error) {
 	if s.cfg.Observer == nil && !s.cfg.DryRun && s.cfg.Tracer == nil {
 		return d, err
 	}
 	e := authz.Answer{Decision: d, Err: err, Transport: t.String(), Start: start, Duration: time.Since(start)}
 	var headers map[string]string
-	if req != nil && req.GetAttributes().GetRequest().GetHttp() != nil {
+	switch {
+	case prep != nil: // validated when decided: its input is written as it is
+		headers = prep.Headers()
+		e.Input = func(need *authz.Need) (ast.Object, error) { return prep.Input(need), nil }
+		e.InputJSON = prep // the record's input, written without building it
+		e.Authorization = headers["authorization"]
+		e.Size = approxSize(prep.http, headers)
+	case req != nil && req.GetAttributes().GetRequest().GetHttp() != nil:
 		headers = RequestHeaders(req.GetAttributes().GetRequest().GetHttp())
 		e.Input = logInput(req)
-		e.InputJSON = InputJSON(req) // the record's input, written without building it
+		e.InputJSON = InputJSON(req)
 		e.Authorization = headers["authorization"]
 		e.Size = approxSize(req.GetAttributes().GetRequest().GetHttp(), headers)
 	}

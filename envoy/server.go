@@ -387,7 +387,7 @@ func (s *Server) answer(ctx context.Context, dec func(any) error) (*authv3.Check
 		d, headers, err = s.decideMessage(ctx, m, deadline)
 	}
 	s.admit.release(taken)
-	d, err = s.observe(ctx, transportGRPC, m.req, d, err, start)
+	d, err = s.observe(ctx, transportGRPC, m.req, m.prep, d, err, start)
 	if err != nil {
 		s.metrics.observe(transportGRPC, outcomeError, time.Since(start).Seconds())
 		return nil, grpcError(err)
@@ -406,7 +406,7 @@ func (s *Server) decideMessage(ctx context.Context, m *checkMessage, deadline ti
 	case m.err != nil:
 		return badRequest(s.engine, m.err), nil, nil
 	}
-	return decide(ctx, s.engine, m.req, nil, s.pool, deadline, &s.memo)
+	return decide(ctx, s.engine, m.req, nil, s.pool, deadline, &s.memo, &m.prep)
 }
 
 // Decide is one Check as every Gatehouse front end decides it (the gRPC
@@ -425,16 +425,21 @@ func (s *Server) decideMessage(ctx context.Context, m *checkMessage, deadline ti
 // sidecar's own reasons: an *authz.DecideError (not ready, stale data,
 // evaluation error, a decision of the wrong shape).
 func Decide(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer) (*authz.Decision, map[string]string, error) {
-	return decide(ctx, engine, req, tracer, nil, time.Time{}, nil)
+	return decide(ctx, engine, req, tracer, nil, time.Time{}, nil, nil)
 }
 
 // decide is Decide with the policy evaluation on one of pool's workers
 // (nil: on the caller's goroutine), denied 429 overloaded when none is free
-// by deadline, and the input's peers kept in memo (nil: none).
-func decide(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer, pool *workers, deadline time.Time, memo *InputMemo) (*authz.Decision, map[string]string, error) {
+// by deadline, and the input's peers kept in memo (nil: none). The
+// validated request is stored in *prepOut (when not nil) for the
+// observers: a decision record writes its input from it.
+func decide(ctx context.Context, engine *authz.Engine, req *authv3.CheckRequest, tracer topdown.QueryTracer, pool *workers, deadline time.Time, memo *InputMemo, prepOut **Prepared) (*authz.Decision, map[string]string, error) {
 	prep, err := prepare(req, memo)
 	if err != nil {
 		return badRequest(engine, err), RequestHeaders(req.GetAttributes().GetRequest().GetHttp()), nil
+	}
+	if prepOut != nil {
+		*prepOut = prep
 	}
 	headers := prep.Headers()
 	minRev, err := minRevision(headers[HeaderMinRevision], req.GetAttributes().GetContextExtensions()["min_revision"])
