@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -40,7 +41,13 @@ func freePort(t *testing.T) int {
 // startReplica starts a `gatehouse control --store etcd` process.
 func startReplica(t *testing.T, k *keys, endpoints []string, dataDir, address string) *control {
 	t.Helper()
-	p := startProc(t, "replica "+filepath.Base(dataDir), "control", "--addr", address, "--data-dir", dataDir,
+	// heartbeats well within the sidecar's max_staleness: an idle
+	// replica's sidecar stays fresh
+	cfg := filepath.Join(t.TempDir(), "control.yaml")
+	if err := os.WriteFile(cfg, []byte("heartbeat: 250ms\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, "replica "+filepath.Base(dataDir), "control", "--config", cfg, "--addr", address, "--data-dir", dataDir,
 		"--admin-token-file", k.adminFile, "--sync-token-file", k.syncFile, "--log-format", "json",
 		"--store", "etcd", "--etcd-endpoints", strings.Join(endpoints, ","), "--etcd-prefix", "/gatehouse-test/")
 	m := p.waitLog(t, 60*time.Second, "control listening", nil)
