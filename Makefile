@@ -58,7 +58,7 @@ bench: build
 
 ## bench-scale: control write throughput at concurrency 1 and 16 in one run (group commit; issue 11)
 bench-scale:
-	$(GO) test -run '^$$' -bench 'GroupCommit$$' -benchtime 5x ./control/
+	$(GO) test -run '^$$' -bench 'GroupCommit$$' -benchtime 9x ./control/
 
 ## bench-boot: a new sidecar's bootstrap at 200k and 1M grants (time, peak RSS, bytes per entity) and
 ## one control endpoint's fan-out to 2,000 change streams (BENCH_BOOT_SIZES, BENCH_FOLLOWERS; see bench/boot.sh)

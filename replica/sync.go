@@ -384,13 +384,16 @@ func (s *Syncer) snapshot(ctx context.Context) (err error) {
 	if s.noBulk {
 		accept, s.noBulk = ndjson, false // this once
 	}
+	// the snapshot holds every revision committed before it was asked for:
+	// it is known current as of then (or of its last revision's stamp)
+	asked := s.cfg.Now()
 	resp, err := s.request(ctx, "/v1/sync/snapshot", nil, accept)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if mt, _, _ := strings.Cut(resp.Header.Get("Content-Type"), ";"); strings.TrimSpace(mt) == tenancy.BulkMediaType {
-		return s.bulkSnapshot(resp, start)
+		return s.bulkSnapshot(resp, start, asked)
 	}
 	lr := s.open(resp)
 	head, err := lr.next()
@@ -426,6 +429,9 @@ func (s *Syncer) snapshot(ctx context.Context) (err error) {
 				b.Abort()
 				return err
 			}
+			if k := knownAt(s.cfg.Now(), l.Time); !l.Time.IsZero() && k.After(asked) {
+				asked = k
+			}
 			continue
 		case tenancy.LineEnd:
 			rev, hash := b.End()
@@ -433,7 +439,7 @@ func (s *Syncer) snapshot(ctx context.Context) (err error) {
 				b.Abort()
 				return fmt.Errorf("snapshot: end line says %d entities at revision %d (hash %.12s), received %d at %d (hash %.12s)", l.Count, l.Revision, l.Hash, b.Count(), rev, hash)
 			}
-			if err := b.Commit(s.cfg.Now()); err != nil {
+			if err := b.Commit(asked); err != nil {
 				return err
 			}
 			s.trim()
@@ -454,7 +460,7 @@ const ndjson = "application/x-ndjson"
 // loaded into full pages of a new file and verified before it is swapped
 // in. A snapshot whose values fail their checksums makes the next one an
 // NDJSON snapshot (the control endpoint then reports its damage).
-func (s *Syncer) bulkSnapshot(resp *http.Response, start time.Time) error {
+func (s *Syncer) bulkSnapshot(resp *http.Response, start, asked time.Time) error {
 	// the idle timeout cuts a stream that stops sending
 	body := &idleReader{r: resp.Body, c: resp.Body, idle: s.cfg.IdleTimeout}
 	defer body.stop()
@@ -463,7 +469,7 @@ func (s *Syncer) bulkSnapshot(resp *http.Response, start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
-	n, err := s.store.LoadBulk(br, h, s.cfg.Now())
+	n, err := s.store.LoadBulk(br, h, asked)
 	if err != nil {
 		if errors.Is(err, tenancy.ErrDamaged) {
 			s.noBulk = true
@@ -524,6 +530,7 @@ func (s *Syncer) follow(ctx context.Context) (progressed bool, err error) {
 		return false, err
 	}
 	q := url.Values{"since": {strconv.FormatUint(rev, 10)}, "epoch": {epoch}, "hash": {hash}}
+	asked := s.cfg.Now() // the header's head revision is at least the head as of then
 	resp, err := s.request(ctx, "/v1/sync/changes", q, "")
 	if err != nil {
 		return false, err
@@ -540,10 +547,14 @@ func (s *Syncer) follow(ctx context.Context) (progressed bool, err error) {
 	if head.Epoch != "" && head.Epoch != epoch {
 		return false, errGone
 	}
-	s.heard(head.Revision)
+	s.heard(head.Revision, asked)
 
 	var a *Applier
 	var applyStart time.Time
+	// stamped is when the control endpoint committed the last revision
+	// received: the data is known current then, not when it arrives (a
+	// stream held back by the network delivers old revisions late)
+	var stamped time.Time
 	defer func() {
 		if a != nil {
 			a.Abort() // a cut revision, or an error: nothing of it is applied
@@ -552,7 +563,7 @@ func (s *Syncer) follow(ctx context.Context) (progressed bool, err error) {
 	commit := func() error {
 		now := s.cfg.Now()
 		n, last := a.Applied(), a.Revision()
-		err := a.Commit(now)
+		err := a.Commit(knownAt(now, stamped))
 		a = nil
 		if err != nil {
 			return err
@@ -586,6 +597,7 @@ func (s *Syncer) follow(ctx context.Context) (progressed bool, err error) {
 				}
 				applyStart = time.Now()
 			}
+			stamped = l.Time
 			complete, err := a.Add(l)
 			if errors.Is(err, ErrDiverged) {
 				s.logger.Warn("the control endpoint's history is not the cache's; taking a snapshot", "err", err)
@@ -611,7 +623,7 @@ func (s *Syncer) follow(ctx context.Context) (progressed bool, err error) {
 				}
 			}
 			progressed = true
-			s.heard(l.Revision)
+			s.heard(l.Revision, l.Time)
 		default:
 			return progressed, fmt.Errorf("changes: unexpected %q line", l.Type)
 		}
@@ -662,9 +674,21 @@ func (s *Syncer) trim() {
 	}
 }
 
-// heard records contact with a control endpoint at revision rev: the data
-// is current up to now if the cache has caught up.
-func (s *Syncer) heard(rev uint64) {
+// knownAt is when data received now, stamped by the control endpoint at
+// stamp (zero: no stamp), is known current: the stamp, never later than
+// now (the two clocks may differ). A control clock behind the sidecar's
+// only makes data look older: max_staleness fails closed.
+func knownAt(now, stamp time.Time) time.Time {
+	if stamp.IsZero() || stamp.After(now) {
+		return now
+	}
+	return stamp
+}
+
+// heard records contact with a control endpoint at revision rev, sent at
+// time sent (zero: unknown): the data is current up to then if the cache
+// has caught up.
+func (s *Syncer) heard(rev uint64, sent time.Time) {
 	now := s.cfg.Now()
 	local := s.store.State().Revision
 	if rev > local {
@@ -672,7 +696,7 @@ func (s *Syncer) heard(rev uint64) {
 		return
 	}
 	s.metrics.lag.Set(0)
-	s.store.markSynced(now, "")
+	s.store.markSynced(knownAt(now, sent), "")
 	if now.Sub(s.lastPersist) > 10*time.Second {
 		if err := s.store.persistSyncedAt(now); err == nil {
 			s.lastPersist = now

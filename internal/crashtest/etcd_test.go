@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -26,14 +27,6 @@ import (
 	"github.com/gatehouse-dev/gatehouse/tenancy"
 )
 
-// etcdMember is one member of an in-process etcd cluster.
-type etcdMember struct {
-	name   string
-	client string // client URL
-	e      *embed.Etcd
-	down   bool
-}
-
 // freePort returns a port free on 127.0.0.1 right now.
 func freePort(t *testing.T) int {
 	t.Helper()
@@ -45,87 +38,16 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// startEtcd starts an n-member etcd cluster in this process (real raft,
-// real WAL files, real sockets on 127.0.0.1), stopped at cleanup.
-func startEtcd(t *testing.T, n int) []*etcdMember {
-	t.Helper()
-	dir := t.TempDir()
-	type urls struct{ peer, client url.URL }
-	us := make([]urls, n)
-	var initial []string
-	for i := range us {
-		us[i].peer = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-		us[i].client = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-		initial = append(initial, fmt.Sprintf("m%d=%s", i, us[i].peer.String()))
-	}
-	members := make([]*etcdMember, n)
-	var wg sync.WaitGroup
-	errs := make([]error, n)
-	for i := range members {
-		cfg := embed.NewConfig()
-		cfg.Name = fmt.Sprintf("m%d", i)
-		cfg.Dir = filepath.Join(dir, cfg.Name)
-		cfg.ListenPeerUrls = []url.URL{us[i].peer}
-		cfg.AdvertisePeerUrls = []url.URL{us[i].peer}
-		cfg.ListenClientUrls = []url.URL{us[i].client}
-		cfg.AdvertiseClientUrls = []url.URL{us[i].client}
-		cfg.InitialCluster = strings.Join(initial, ",")
-		cfg.InitialClusterToken = "gatehouse-test"
-		cfg.ClusterState = embed.ClusterStateFlagNew
-		cfg.TickMs, cfg.ElectionMs = 50, 500
-		cfg.LogLevel = "error"
-		cfg.LogOutputs = []string{filepath.Join(dir, cfg.Name+".log")}
-		members[i] = &etcdMember{name: cfg.Name, client: us[i].client.String()}
-		wg.Go(func() {
-			e, err := embed.StartEtcd(cfg)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			members[i].e = e
-			select {
-			case <-e.Server.ReadyNotify():
-			case <-time.After(30 * time.Second):
-				errs[i] = fmt.Errorf("etcd member %s not ready", cfg.Name)
-			}
-		})
-	}
-	wg.Wait()
-	t.Cleanup(func() {
-		for _, m := range members {
-			if m.e != nil && !m.down {
-				m.e.Close()
-			}
-		}
-	})
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	return members
-}
-
-// killLeader stops the cluster's leader without handing over its
-// leadership (raft stops dead, its sockets close) and returns it.
-func killLeader(t *testing.T, members []*etcdMember) *etcdMember {
-	t.Helper()
-	for _, m := range members {
-		if !m.down && m.e.Server.Leader() == m.e.Server.MemberID() {
-			m.e.Server.HardStop()
-			m.e.Close()
-			m.down = true
-			return m
-		}
-	}
-	t.Fatal("the etcd cluster has no leader")
-	return nil
-}
-
 // startReplica starts a `gatehouse control --store etcd` process.
 func startReplica(t *testing.T, k *keys, endpoints []string, dataDir, address string) *control {
 	t.Helper()
-	p := startProc(t, "replica "+filepath.Base(dataDir), "control", "--addr", address, "--data-dir", dataDir,
+	// heartbeats well within the sidecar's max_staleness: an idle
+	// replica's sidecar stays fresh
+	cfg := filepath.Join(t.TempDir(), "control.yaml")
+	if err := os.WriteFile(cfg, []byte("heartbeat: 250ms\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, "replica "+filepath.Base(dataDir), "control", "--config", cfg, "--addr", address, "--data-dir", dataDir,
 		"--admin-token-file", k.adminFile, "--sync-token-file", k.syncFile, "--log-format", "json",
 		"--store", "etcd", "--etcd-endpoints", strings.Join(endpoints, ","), "--etcd-prefix", "/gatehouse-test/")
 	m := p.waitLog(t, 60*time.Second, "control listening", nil)
@@ -156,14 +78,19 @@ func snapshotIdentity(t *testing.T, a *admin) (uint64, string, string) {
 	return h.Revision, h.Epoch, h.Hash
 }
 
-// TestReplicasOverEtcd: a 3-member etcd cluster, three control replicas
-// (processes) over it and a sidecar following one of them (listing all
-// three, data.control_url). Under a
-// bounded write load spread over the replicas, the etcd leader is killed,
-// then the replica the sidecar follows (SIGKILL; restarted on its file and
-// address). Every acknowledged write is on every replica, the replicas
-// agree on revisions, history identity and state, the state keeps every
-// SPEC §5 invariant, and the sidecar converges and decides as the oracle.
+// TestReplicasOverEtcd: a 3-member etcd cluster (one process per member),
+// three control replicas (processes) over it and a sidecar following one
+// of them (listing all three, data.control_url; max_staleness 1 s). Under
+// a bounded write load spread over the replicas, the sidecar's stream is
+// held back (a partition), then the etcd leader (found with the Status
+// API) is killed with SIGKILL, then the replica the sidecar follows
+// (SIGKILL; restarted on its file and address). Every acknowledged write
+// is on every replica, the replicas agree on revisions, history identity
+// and state, the state keeps every SPEC §5 invariant; all along, the
+// sidecar answers from data superseded at most max_staleness before (plus
+// the pipeline's slack), or with a stale deny / "cannot decide", and a
+// client asking for its own latest write never gets an older answer; at
+// the end it converges and decides as the oracle.
 func TestReplicasOverEtcd(t *testing.T) {
 	members := startEtcd(t, 3)
 	var endpoints []string
@@ -187,9 +114,12 @@ func TestReplicasOverEtcd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, st, body, err := admins[0].tryBatch(ops); err != nil || st != 200 {
+	fr := &freshness{maxStale: time.Second, slack: 500 * time.Millisecond}
+	seedRev, st, body, err := admins[0].tryBatch(ops)
+	if err != nil || st != 200 {
 		t.Fatalf("seed: %v %d %s", err, st, body)
 	}
+	fr.ack(seedRev)
 	world, _ := admins[0].state(t) // the replica written to answers after applying it
 	var home string
 	for id := range world[tenancy.Tenants] {
@@ -198,9 +128,13 @@ func TestReplicasOverEtcd(t *testing.T) {
 		}
 	}
 
-	// the sidecar follows replica 1 and may fail over to the others (one
-	// history: no re-snapshot)
-	s := startSidecar(t, k, sidecarOpts{controlURL: strings.Join([]string{reps[1].url, reps[2].url, reps[0].url}, ","), dataDir: filepath.Join(t.TempDir(), "sidecar")})
+	// the sidecar follows replica 1 (through a proxy that can hold its
+	// stream back) and may fail over to the others (one history: no
+	// re-snapshot); with max_staleness 1 s, through the outages it answers
+	// from data at most that old, or not at all
+	pr := startStallProxy(t, reps[1].addr)
+	s := startSidecar(t, k, sidecarOpts{controlURL: strings.Join([]string{pr.url(), reps[2].url, reps[0].url}, ","),
+		dataDir: filepath.Join(t.TempDir(), "sidecar"), maxStaleness: fr.maxStale})
 	s.waitReady(t, 60*time.Second)
 
 	// the load: 4 writers, one write each ~20 ms, over the replicas in turn;
@@ -212,6 +146,11 @@ func TestReplicasOverEtcd(t *testing.T) {
 		tries atomic.Int64
 	)
 	var wg sync.WaitGroup
+	// two clients ask the sidecar all along, one reading its own writes
+	// (at least the latest revision acknowledged)
+	probes := sample(world, 40, 13)
+	wg.Go(func() { fr.probe(t, s, probes, false, stop) })
+	wg.Go(func() { fr.probe(t, s, probes, true, stop) })
 	for w := range 4 {
 		wg.Go(func() {
 			for i := 0; ; i++ {
@@ -232,6 +171,7 @@ func TestReplicasOverEtcd(t *testing.T) {
 						mu.Lock()
 						acked[id] = rev
 						mu.Unlock()
+						fr.ack(rev)
 						break
 					}
 					if err == nil && st != http.StatusServiceUnavailable {
@@ -248,8 +188,15 @@ func TestReplicasOverEtcd(t *testing.T) {
 		})
 	}
 	time.Sleep(1500 * time.Millisecond)
+	// a partition between the sidecar and its replica: the stream stays
+	// open and silent while writes go on elsewhere
+	pr.stall()
+	t.Logf("holding back replica 1's stream to the sidecar")
+	time.Sleep(2500 * time.Millisecond)
+	pr.resume()
+	time.Sleep(1000 * time.Millisecond)
 	dead := killLeader(t, members)
-	t.Logf("killed the etcd leader %s", dead.name)
+	t.Logf("killed the etcd leader %s (SIGKILL)", dead.name)
 	time.Sleep(1500 * time.Millisecond)
 	reps[1].kill()
 	t.Logf("killed replica 1 (the sidecar's)")
@@ -270,6 +217,14 @@ func TestReplicasOverEtcd(t *testing.T) {
 	t.Logf("%d writes acknowledged (%d attempts)", n, tries.Load())
 	if n < 20 {
 		t.Fatalf("only %d writes acknowledged", n)
+	}
+	t.Logf("the sidecar during the load: %d decisions (the oldest data superseded %v before), %d stale denies (429), %d stale \"cannot decide\"",
+		fr.decided, fr.worst.Round(time.Millisecond), fr.staleDenied, fr.unavailable)
+	for _, b := range fr.bad {
+		t.Error(b)
+	}
+	if fr.decided < 20 {
+		t.Errorf("the sidecar decided only %d times during the load", fr.decided)
 	}
 
 	// every replica reaches the same revision, history and state

@@ -28,6 +28,9 @@ import (
 var gatehouseBin string
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(etcdMemberEnv); spec != "" {
+		os.Exit(runEtcdMember(spec))
+	}
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "gatehouse-crashtest-")
 	if err != nil {
@@ -233,8 +236,9 @@ type sidecar struct {
 
 // sidecarOpts are the settings a test varies.
 type sidecarOpts struct {
-	controlURL string
-	dataDir    string
+	controlURL   string
+	dataDir      string
+	maxStaleness time.Duration // data.max_staleness; 0: none
 }
 
 // startSidecar starts a sidecar with the shipped policies, the test issuer
@@ -255,10 +259,11 @@ data:
   reconnect_max_backoff: 300ms
   min_revision_wait: 5s
   verify_on_start: true
+  max_staleness: %s
 issuers:
   - {issuer: %q, audiences: [api], algorithms: [RS256], public_key_file: %q}
 log: {level: info, format: json}
-`, policies, o.dataDir, o.controlURL, k.syncFile, issuer, k.pubFile)
+`, policies, o.dataDir, o.controlURL, k.syncFile, o.maxStaleness, issuer, k.pubFile)
 	file := filepath.Join(t.TempDir(), "serve.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
