@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -134,6 +135,7 @@ func (e *etcdStore) run() {
 func (e *etcdStore) follow() error {
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(e.ctx))
 	defer cancel()
+	listed := time.Now() // the listing below reads the log as of after this
 	var at int64
 	asm := &assembler{fetch: func(id string, n int) ([][]byte, error) { return e.fetchStaged(ctx, id, n) }}
 	from := e.logKey(e.s.Revision()+1, 0)
@@ -174,11 +176,22 @@ func (e *etcdStore) follow() error {
 		return err
 	}
 	e.seen.Store(at)
+	e.confirm(listed)
 
 	wch := e.cli.Watch(ctx, e.prefix, clientv3.WithPrefix(), clientv3.WithRev(at+1))
+	var asked atomic.Int64 // when the outstanding progress request was sent (0: none)
+	go e.askProgress(ctx, &asked)
 	for wr := range wch {
 		if err := wr.Err(); err != nil {
 			return fmt.Errorf("watch the log: %w", err)
+		}
+		if wr.IsProgressNotify() {
+			// every event up to the header's revision was delivered: the
+			// view was whole when the request was sent
+			if t := asked.Swap(0); t != 0 {
+				e.confirm(time.Unix(0, t))
+			}
+			continue
 		}
 		var bundles []*mvccpb.KeyValue
 		for _, ev := range wr.Events {
@@ -204,6 +217,54 @@ func (e *etcdStore) follow() error {
 		}
 	}
 	return errors.New("the watch ended")
+}
+
+// progressEvery is how often a follower asks etcd to confirm its view
+// (RequestProgress): the heartbeats' stamps lag real time by about this.
+const progressEvery = 200 * time.Millisecond
+
+// askProgress requests a progress notification every progressEvery, until
+// ctx ends. asked holds the send time of the oldest request not yet
+// answered: a notification (which names no request) then confirms the
+// oldest time it can stand for, never a later one. A request unanswered
+// for 4×progressEvery is sent again, keeping that older time.
+func (e *etcdStore) askProgress(ctx context.Context, asked *atomic.Int64) {
+	t := time.NewTicker(progressEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		if !asked.CompareAndSwap(0, now.UnixNano()) && now.Sub(time.Unix(0, asked.Load())) < 4*progressEvery {
+			continue // one is outstanding
+		}
+		rctx, cancel := context.WithTimeout(ctx, etcdOpTimeout)
+		_ = e.cli.RequestProgress(rctx) // unanswered: the stamp stops advancing
+		cancel()
+	}
+}
+
+// confirm records that the view was whole at t (never moving back).
+func (e *etcdStore) confirm(t time.Time) {
+	n := t.UnixNano()
+	for {
+		old := e.confirmed.Load()
+		if old >= n || e.confirmed.CompareAndSwap(old, n) {
+			return
+		}
+	}
+}
+
+// currentAsOf is when this replica's data was last known to be etcd's
+// (zero before the first listing).
+func (e *etcdStore) currentAsOf() time.Time {
+	if n := e.confirmed.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // putBundles stores bundles read from etcd in the local file.

@@ -29,6 +29,13 @@ import (
 // returns its client URL.
 func startEtcdMember(t testing.TB) string {
 	t.Helper()
+	u, _ := startEtcd(t)
+	return u
+}
+
+// startEtcd is startEtcdMember with a function that stops the member.
+func startEtcd(t testing.TB) (string, func()) {
+	t.Helper()
 	port := func() url.URL {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -50,13 +57,15 @@ func startEtcdMember(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(e.Close)
+	var once sync.Once
+	stop := func() { once.Do(e.Close) }
+	t.Cleanup(stop)
 	select {
 	case <-e.Server.ReadyNotify():
 	case <-time.After(30 * time.Second):
 		t.Fatal("etcd not ready")
 	}
-	return client.String()
+	return client.String(), stop
 }
 
 func newEtcdReplica(t testing.TB, endpoint string, edit ...func(*Config)) *Server {
@@ -519,5 +528,34 @@ func TestEtcdAuditOnEveryReplica(t *testing.T) {
 	ra, rb := records(a), records(b)
 	if len(ra) != 2 || !reflect.DeepEqual(ra, rb) {
 		t.Fatalf("audit records: %v on the replica written to, %v on the other", ra, rb)
+	}
+}
+
+// TestEtcdHeartbeatStampStopsWithEtcd: a replica's heartbeats stamp the
+// last time its view was confirmed whole by etcd (progress notifications),
+// not the time of sending: while etcd answers, the stamp follows real time;
+// once the replica is cut off from etcd, it stops, so its sidecars' data
+// turns stale (max_staleness) instead of being called current. On the old
+// code the stamp was always now.
+func TestEtcdHeartbeatStampStopsWithEtcd(t *testing.T) {
+	t.Parallel()
+	endpoint, stopEtcd := startEtcd(t)
+	s := newEtcdReplica(t, endpoint)
+	lag := func() time.Duration { return time.Since(s.currentAsOf()) }
+	deadline := time.Now().Add(20 * time.Second)
+	for lag() > 3*progressEvery {
+		if time.Now().After(deadline) {
+			t.Fatalf("the stamp never came within %v of now while etcd answers (lag %v)", 3*progressEvery, lag())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stopEtcd() // the replica is cut off from etcd
+	cut := time.Now()
+	time.Sleep(2 * time.Second)
+	if got := s.currentAsOf(); got.After(cut) {
+		t.Fatalf("stamp %v is after etcd stopped (%v): a cut-off replica calls its data current", got, cut)
+	}
+	if lag() < 2*time.Second {
+		t.Fatalf("lag %v after 2s without etcd", lag())
 	}
 }

@@ -330,6 +330,24 @@ func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// asOfStore is a store whose data may lag a shared log (etcd): it says
+// since when it is known to be current.
+type asOfStore interface{ currentAsOf() time.Time }
+
+// currentAsOf is the time a heartbeat stamps: now for the embedded store
+// (its file is the history), and for a replica over etcd the last time
+// its view was confirmed whole, so that a replica cut off from etcd makes
+// its sidecars' data stale instead of current.
+func (s *Server) currentAsOf() time.Time {
+	now := s.now()
+	if as, ok := s.store.(asOfStore); ok {
+		if t := as.currentAsOf(); t.Before(now) {
+			return t
+		}
+	}
+	return now
+}
+
 // follow sends the revisions after `last` as they are committed, and
 // heartbeats while idle, until the client or the server goes away (nil).
 func (s *Server) follow(r *http.Request, lw *lineWriter, last uint64) error {
@@ -352,7 +370,7 @@ func (s *Server) follow(r *http.Request, lw *lineWriter, last uint64) error {
 		select {
 		case <-wake:
 		case <-hb.C:
-			l := tenancy.FeedLine{Type: tenancy.LineHeartbeat, Revision: published, Time: s.now().UTC()}
+			l := tenancy.FeedLine{Type: tenancy.LineHeartbeat, Revision: published, Time: s.currentAsOf().UTC()}
 			if err := lw.line(&l); err != nil {
 				return err
 			}

@@ -76,6 +76,12 @@ type etcdStore struct {
 	done   chan struct{} // closed when the follower stops
 	// seen is the etcd revision the follower has applied everything up to.
 	seen atomic.Int64
+	// confirmed is when this replica's view was last known to be etcd's
+	// whole log (Unix nanoseconds, 0: never): the time a listing began or a
+	// progress request was sent whose notification came back. Heartbeats
+	// carry it, so that a replica cut off from etcd does not tell its
+	// sidecars that old data is current (their max_staleness).
+	confirmed atomic.Int64
 	// id names this replica's key under replicas/ (random per start):
 	// its applied revision, kept on a lease, that compaction waits for.
 	id        string
