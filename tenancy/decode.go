@@ -191,6 +191,15 @@ func (d *decoder) object(field func(key []byte) error) error {
 	}
 }
 
+// document is object over the whole of d: the object, then nothing but
+// white space after it.
+func (d *decoder) document(field func(key []byte) error) error {
+	if err := d.object(field); err != nil {
+		return err
+	}
+	return d.end()
+}
+
 // skip consumes any value.
 func (d *decoder) skip() error {
 	switch c := d.peek(); {
@@ -263,7 +272,7 @@ func decodeStrings(doc []byte) ([]string, error) {
 
 func decodeUser(doc []byte, u *User) error {
 	d := decoder{b: doc}
-	err := d.object(func(key []byte) (err error) {
+	err := d.document(func(key []byte) (err error) {
 		switch string(key) {
 		case "id":
 			u.ID, err = d.str()
@@ -282,15 +291,12 @@ func decodeUser(doc []byte, u *User) error {
 		}
 		return err
 	})
-	if err == nil {
-		err = d.end()
-	}
 	return err
 }
 
 func decodeTenant(doc []byte, t *Tenant) error {
 	d := decoder{b: doc}
-	err := d.object(func(key []byte) (err error) {
+	err := d.document(func(key []byte) (err error) {
 		switch string(key) {
 		case "id":
 			t.ID, err = d.str()
@@ -309,15 +315,12 @@ func decodeTenant(doc []byte, t *Tenant) error {
 		}
 		return err
 	})
-	if err == nil {
-		err = d.end()
-	}
 	return err
 }
 
 func decodeProject(doc []byte, p *Project) error {
 	d := decoder{b: doc}
-	err := d.object(func(key []byte) (err error) {
+	err := d.document(func(key []byte) (err error) {
 		switch string(key) {
 		case "id":
 			p.ID, err = d.str()
@@ -332,9 +335,6 @@ func decodeProject(doc []byte, p *Project) error {
 		}
 		return err
 	})
-	if err == nil {
-		err = d.end()
-	}
 	return err
 }
 
@@ -347,7 +347,7 @@ type userView struct{ tenant, status, issuer []byte }
 
 func viewUser(doc []byte) (u userView, err error) {
 	d := decoder{b: doc}
-	err = d.object(func(key []byte) (err error) {
+	err = d.document(func(key []byte) (err error) {
 		switch string(key) {
 		case "tenant":
 			u.tenant, err = d.rawStr()
@@ -363,25 +363,19 @@ func viewUser(doc []byte) (u userView, err error) {
 		}
 		return err
 	})
-	if err == nil {
-		err = d.end()
-	}
 	return u, err
 }
 
 // viewStatus returns the status of a stored tenant.
 func viewStatus(doc []byte) (status []byte, err error) {
 	d := decoder{b: doc}
-	err = d.object(func(key []byte) (err error) {
+	err = d.document(func(key []byte) (err error) {
 		if string(key) == "status" {
 			status, err = d.rawStr()
 			return err
 		}
 		return d.skip()
 	})
-	if err == nil {
-		err = d.end()
-	}
 	return status, err
 }
 
