@@ -1,14 +1,9 @@
 package control_test
 
 import (
-	"bytes"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -101,39 +96,8 @@ func TestConcurrentWritesShareCommits(t *testing.T) {
 // the median of the rounds' own ratios, with the lowest and highest: a
 // burst of load elsewhere lands in one round's ratio, not in the median.
 func BenchmarkGroupCommit(b *testing.B) {
-	dir := b.TempDir()
 	reg := prometheus.NewRegistry()
-	srv, err := control.New(control.Config{
-		DataDir:        filepath.Join(dir, "data"),
-		AdminTokenFile: writeFile(b, dir, "admin.token", adminToken),
-		Registerer:     reg,
-	}, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = srv.Close() })
-	h := srv.Handler()
-	do := func(method, path, body string) {
-		req := httptest.NewRequest(method, path, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+adminToken)
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		if rec.Code != http.StatusOK {
-			b.Errorf("%s %s: %d %s", method, path, rec.Code, bytes.TrimSpace(rec.Body.Bytes()))
-		}
-	}
-	do("POST", "/v1/batch", worldBatch)
-	const users = 1000
-	ops := make([]string, users)
-	for i := range ops {
-		ops[i] = fmt.Sprintf(`{"op":"put","collection":"users","value":{"id":"u%d","tenant":"beta"}}`, i)
-	}
-	do("POST", "/v1/batch", `{"ops":[`+strings.Join(ops, ",")+`]}`)
-	roles := []string{`["developer"]`, `["accountant","developer"]`}
-	put := func(i int) {
-		id := fmt.Sprintf("ug-u%d", i%users)
-		do("PUT", "/v1/user_grants/"+id, fmt.Sprintf(`{"id":"%s","user":"u%d","project":"timekeeping","tenant":"beta","roles":%s}`, id, i%users, roles[i/users%2]))
-	}
+	put := grantWriter(b, reg, b.Errorf)
 	// rate runs n writes from c writers and returns writes per second.
 	rate := func(c, n int) float64 {
 		start := time.Now()
