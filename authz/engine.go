@@ -342,7 +342,7 @@ func (e *Engine) Decide(ctx context.Context, req *Request) (*Decision, error) {
 		return nil, err
 	}
 	debug := e.logger.Enabled(ctx, slog.LevelDebug)
-	cache, key := e.cacheFor(a, input, req.Tracer == nil && !debug)
+	cache, key := e.cacheFor(a.cache, "", input, req.Tracer == nil && !debug)
 	state := CacheBypass
 	if cache != nil {
 		state = CacheMiss
@@ -411,23 +411,29 @@ func (e *Engine) input(a *activeSet, req *Request, tok *token.Token, rev uint64)
 	return input, nil
 }
 
-// cacheFor returns a's decision cache and the key of input, or a nil cache
-// when the decision is not cached (no cache, not allowed, or an input the
-// key plan cannot key). The key is built in a pooled buffer.
-func (e *Engine) cacheFor(a *activeSet, input ast.Object, allowed bool) (*decisionCache, cacheKey) {
-	if a.cache == nil || !allowed {
+// cacheFor returns cache and the key of input (after prefix and a 0 byte,
+// when prefix is not empty: the rule of an answer other than the
+// decision's), or a nil cache when the answer is not cached (no cache, not
+// allowed, or an input the key plan cannot key). The key is built in a
+// pooled buffer.
+func (e *Engine) cacheFor(cache *decisionCache, prefix string, input ast.Object, allowed bool) (*decisionCache, cacheKey) {
+	if cache == nil || !allowed {
 		return nil, cacheKey{}
 	}
 	buf := e.keyBufs.Get().(*[]byte)
 	defer e.keyBufs.Put(buf)
-	k, ok := a.cache.plan.key(input, (*buf)[:0])
+	b := (*buf)[:0]
+	if prefix != "" {
+		b = append(append(b, prefix...), 0)
+	}
+	k, ok := cache.plan.key(input, b)
 	if cap(k) <= maxKeyBytes+1024 { // a refused key's buffer may be larger
 		*buf = k[:0]
 	}
 	if !ok {
 		return nil, cacheKey{}
 	}
-	return a.cache, keyOf(k)
+	return cache, keyOf(k)
 }
 
 // lookup returns a copy of the cached decision for key when it still holds
@@ -456,7 +462,14 @@ func (e *Engine) lookup(cache *decisionCache, key cacheKey, tt storage.Transacti
 // evaluate runs the prepared query of a's policy set over txn and returns
 // the decision rule's value (nil when undefined).
 func (e *Engine) evaluate(ctx context.Context, a *activeSet, txn storage.Transaction, input ast.Object, tracer topdown.QueryTracer, debug bool, start time.Time) (ast.Value, error) {
-	q := topdown.NewQuery(a.ps.query).
+	return e.evaluateBody(ctx, a, a.ps.query, txn, input, tracer, debug, start)
+}
+
+// evaluateBody runs the query body (binding resultVar) of a's policy set
+// over txn and returns resultVar's value (nil when undefined): the decision
+// rule's, or another rule's (Session.Eval).
+func (e *Engine) evaluateBody(ctx context.Context, a *activeSet, body ast.Body, txn storage.Transaction, input ast.Object, tracer topdown.QueryTracer, debug bool, start time.Time) (ast.Value, error) {
+	q := topdown.NewQuery(body).
 		WithCompiler(a.ps.compiler).
 		WithStore(a.store).
 		WithTransaction(txn).

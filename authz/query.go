@@ -9,7 +9,6 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/storage"
-	"github.com/open-policy-agent/opa/v1/topdown"
 )
 
 // Queries other than the Envoy decision rule: an application asking through
@@ -39,7 +38,6 @@ type Session struct {
 	rev   uint64
 	ver   DataVersion
 	start time.Time
-	kb    []byte // the cache key being built
 }
 
 // querySet holds what the queries of one active policy set share: the
@@ -130,18 +128,7 @@ func (s *Session) Eval(rule ast.Ref, input ast.Object) (ast.Value, CacheResult, 
 	input.Insert(keyTenancyRevision, e.revisionTerm(s.rev))
 
 	debug := e.logger.Enabled(s.ctx, slog.LevelDebug)
-	cache, key := s.qs.cache, cacheKey{}
-	if cache != nil && !debug {
-		s.kb = append(append(s.kb[:0], rule.String()...), 0)
-		if k, ok := cache.plan.key(input, s.kb); ok {
-			s.kb = k
-			key = keyOf(k)
-		} else {
-			cache = nil
-		}
-	} else {
-		cache = nil
-	}
+	cache, key := e.cacheFor(s.qs.cache, rule.String(), input, !debug)
 	result := CacheResult("bypass")
 	switch ent := cache.lookup(key); {
 	case cache == nil:
@@ -173,44 +160,18 @@ func (s *Session) Eval(rule ast.Ref, input ast.Object) (ast.Value, CacheResult, 
 	if err != nil {
 		return nil, result, internal(fmt.Errorf("%w: %v", ErrEvaluation, err))
 	}
-	q := topdown.NewQuery(body).
-		WithCompiler(a.ps.compiler).
-		WithStore(a.store).
-		WithTransaction(s.txn).
-		WithInput(ast.NewTerm(input)).
-		WithCancel(doneCancel{s.ctx.Done()}).
-		WithMetrics(noMetrics).
-		WithTime(s.start)
-	if debug {
-		q = q.WithPrintHook(printHook{e.logger})
-	}
-	evalCtx := s.ctx
-	if a.ps.builtins != nil {
-		q = q.WithBuiltins(a.ps.builtins)
-		evalCtx = WithTenancyTxn(s.ctx, s.tt)
-	}
-	var value ast.Value
-	err = q.Iter(evalCtx, func(qr topdown.QueryResult) error {
-		if t := qr[resultVar]; t != nil {
-			value = t.Value
-		}
-		return nil
-	})
+	value, err := e.evaluateBody(s.ctx, a, body, s.txn, input, nil, debug, s.start)
 	if err != nil {
-		return nil, result, internal(fmt.Errorf("%w: %v", ErrEvaluation, err))
+		return nil, result, err
 	}
 	if cache != nil {
-		// the answer is kept in its Rego text form: accounted by the cache's
-		// byte budget like a deny body
+		// the answer is cached in its Rego text form: accounted by the
+		// cache's byte budget like a deny body
 		d := Decision{Defined: value != nil, Body: "null"}
 		if value != nil {
 			d.Body = value.String()
 		}
-		ent := &cacheEntry{d: d, version: s.ver}
-		if e.tracker != nil {
-			ent.deps, ent.tracked = e.tracker.Recorded(s.tt)
-		}
-		cache.put(key, ent)
+		e.fill(cache, key, &d, s.tt, s.ver)
 	}
 	return value, result, nil
 }
