@@ -24,29 +24,29 @@ default allow := {
 	"reason": "denied",
 }
 
+# One rule with an else: only the branch taken is evaluated (a rule of
+# several bodies evaluates them all). An allowed request carries the
+# identity headers; "allowed" needs a verified token and a subject (the
+# built-in treats "" as none), so the token's subject is the subject.
 allow := {
 	"allowed": true,
 	"headers": {
-		"x-gatehouse-user": subject,
+		"x-gatehouse-user": input.token.subject,
 		"x-gatehouse-issuer": input.token.issuer,
 		"x-gatehouse-tenant": answer.tenant,
 		"x-gatehouse-roles": concat(",", sort(answer.roles)),
 	},
-	"dynamic_metadata": {"reason": "allowed", "user": subject, "issuer": input.token.issuer, "tenant": answer.tenant, "project": project},
+	"dynamic_metadata": {"reason": "allowed", "user": input.token.subject, "issuer": input.token.issuer, "tenant": answer.tenant, "project": route.project},
 	"reason": "allowed",
 } if {
 	reason == "allowed"
-}
-
-allow := {
+} else := {
 	"allowed": false,
-	"http_status": status[reason],
-	"headers": object.union({"content-type": "application/json"}, challenge[reason]),
+	"http_status": refusal[reason].status,
+	"headers": refusal[reason].headers,
 	"body": json.marshal({"error": message, "reason": reason}),
 	"reason": reason,
 	"dynamic_metadata": deny_metadata,
-} if {
-	reason != "allowed"
 }
 
 # deny_metadata: a deny's reason and, when the data names one, the tenant it
@@ -76,6 +76,8 @@ reason := "missing_token" if {
 # list, a set or an array) is effective; without "required" it leaves that
 # to the policy, which then decides from answer.roles itself.
 #
+# Only for a verified token (the reason stops at step 1 otherwise).
+#
 # It names each input value it reads (input.token.issuer, not input.token):
 # the decision cache keys on exactly those, so two tokens of one subject
 # share decisions.
@@ -88,7 +90,7 @@ answer := gatehouse.tenancy.decide({
 	"tenant_reading": reading,
 	"required": object.get(route, "roles", ""),
 	"token_roles": token_roles,
-})
+}) if input.token.valid == true
 
 # The per-tenant roles a token carries (its authorization claim, as
 # Userfront issues it); only a trust_token_roles issuer's count (step 6).
@@ -107,7 +109,12 @@ required := tenancy.route_roles(object.get(route, "roles", ""))
 
 # The target tenant the request names (SPEC §6 step 3): {"tenant": X},
 # {} for none (the home tenant), or {"invalid": why} (tenant_unknown).
-reading := tenancy.tenant_reading(object.get(route, "tenant_from", "path"))
+reading := gatehouse.tenancy.path_tenant(tenancy.request_path) if {
+	tenant_from == "path"
+} else := tenancy.tenant_reading(tenant_from)
+
+# tenant_from is the route's source of the target tenant (path by default).
+tenant_from := object.get(route, "tenant_from", "path")
 
 # The verified token's subject; undefined when empty: no rule below ever
 # decides for an empty user (the built-in treats "" as no subject).
@@ -129,30 +136,18 @@ default trust_issuer := false
 
 trust_issuer if input.token.trust_token_roles == true
 
-status := {
-	"missing_token": 401,
-	"invalid_token": 401,
-	"unknown_user": 403,
-	"user_inactive": 403,
-	"tenant_inactive": 403,
-	"tenant_unknown": 403,
-	"project_unknown": 403,
-	"tenant_not_granted": 403,
-	"role_required": 403,
-	"no_role": 403,
-}
-
-challenge := {
-	"missing_token": {"www-authenticate": "Bearer"},
-	"invalid_token": {"www-authenticate": "Bearer error=\"invalid_token\""},
-	"unknown_user": {},
-	"user_inactive": {},
-	"tenant_inactive": {},
-	"tenant_unknown": {},
-	"project_unknown": {},
-	"tenant_not_granted": {},
-	"role_required": {},
-	"no_role": {},
+# refusal: the status and headers of each deny reason.
+refusal := {
+	"missing_token": {"status": 401, "headers": {"content-type": "application/json", "www-authenticate": "Bearer"}},
+	"invalid_token": {"status": 401, "headers": {"content-type": "application/json", "www-authenticate": "Bearer error=\"invalid_token\""}},
+	"unknown_user": {"status": 403, "headers": {"content-type": "application/json"}},
+	"user_inactive": {"status": 403, "headers": {"content-type": "application/json"}},
+	"tenant_inactive": {"status": 403, "headers": {"content-type": "application/json"}},
+	"tenant_unknown": {"status": 403, "headers": {"content-type": "application/json"}},
+	"project_unknown": {"status": 403, "headers": {"content-type": "application/json"}},
+	"tenant_not_granted": {"status": 403, "headers": {"content-type": "application/json"}},
+	"role_required": {"status": 403, "headers": {"content-type": "application/json"}},
+	"no_role": {"status": 403, "headers": {"content-type": "application/json"}},
 }
 
 message := "a bearer token is required" if {
