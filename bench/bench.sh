@@ -352,6 +352,7 @@ row gatehouse-200k-hot "Gatehouse, shipped policy, 200k grants" hot
 [[ $PEER != 1 ]] || row peer-200k-hot "$PEER_LABEL, 200k grants" hot
 row gatehouse-200k-cold "Gatehouse, shipped policy, 200k grants" cold
 [[ $PEER != 1 ]] || row peer-200k-cold "$PEER_LABEL, 200k grants" cold
+[[ $PEER != 1 ]] || row gatehouse-peerpolicy-200k-cold "Gatehouse, the peer's policy and data.json (HS256 in Rego), 200k grants" cold
 if [[ $ONE_M == 1 ]]; then
 	row gatehouse-1m-cold "Gatehouse, shipped policy, 1M grants" cold
 	[[ $PEER != 1 ]] || row peer-1m-cold "$PEER_LABEL, 1M grants" cold
@@ -494,9 +495,40 @@ peer_world() {
 	cold "$cold" "$size" "$SNAPSHOT_TIMEOUT" "$url" "${cmd[@]}"
 }
 
+# gatehouse_peer_policy SIZE: Gatehouse serving the peer's own policy and
+# data (the general Rego path, SPEC §12 not involved): bench/peer/policy.rego
+# with data.tenancy renamed data.peer (Gatehouse serves data.tenancy from its
+# cache file; nothing else changes) and the world's data.json at data.peer,
+# loaded from the policy directory; HS256 tokens verified in Rego, as the
+# peer does (Gatehouse's own verifier rejects them: input.token is unused).
+gatehouse_peer_policy() {
+	local size=$1 name=gatehouse-peerpolicy-$1-cold
+	[[ -d $WORK/servers/$name ]] || return 0
+	if [[ -n $PEER_SKIP ]]; then
+		skip "$name" "$PEER_SKIP"
+		return 0
+	fi
+	local dir=$WORK/peerpolicy-$size
+	mkdir -p "$dir/peer" "$dir/bench" "$WORK/peerpolicy-data-$size"
+	sed 's/data\.tenancy\./data.peer./g' bench/peer/policy.rego >"$dir/policy.rego"
+	ln "bench/.var/world-$size/opa/tenancy/data.json" "$dir/peer/data.json" 2>/dev/null ||
+		cp "bench/.var/world-$size/opa/tenancy/data.json" "$dir/peer/data.json"
+	cp "bench/.var/world-$size/opa/bench/data.json" "$dir/bench/data.json"
+	cat >"$WORK/peerpolicy-$size.yaml" <<YAML
+listen: {grpc: 127.0.0.1:$GRPC_PORT, http: 127.0.0.1:$HTTP_PORT, ops: 127.0.0.1:$OPS_PORT}
+policies: {dir: $dir}
+data: {dir: $WORK/peerpolicy-data-$size}
+issuers:
+  - {issuer: "https://bench.gatehouse.test/", audiences: [api], algorithms: [RS256], public_key_file: $PWD/$KEYS/public.pem}
+YAML
+	COLD_FLAGS=(--hs256-secret "$KEYS/hs256.secret" --metrics "$METRICS")
+	cold "$name" "$size" "$SNAPSHOT_TIMEOUT" "$READYZ" bin/gatehouse serve --config "$WORK/peerpolicy-$size.yaml"
+}
+
 world_rows() {
 	gatehouse_world "$1"
 	[[ $PEER != 1 ]] || peer_world "$1"
+	[[ $PEER != 1 ]] || gatehouse_peer_policy "$1"
 }
 world_rows 200k
 [[ $ONE_M != 1 ]] || world_rows 1m
