@@ -469,8 +469,11 @@ func (e *Engine) evaluate(ctx context.Context, a *activeSet, txn storage.Transac
 // over txn and returns resultVar's value (nil when undefined): the decision
 // rule's, or another rule's (Session.Eval).
 func (e *Engine) evaluateBody(ctx context.Context, a *activeSet, body ast.Body, txn storage.Transaction, input ast.Object, tracer topdown.QueryTracer, debug bool, start time.Time) (ast.Value, error) {
+	vc := getVirtualCache()
+	defer putVirtualCache(vc)
 	q := topdown.NewQuery(body).
 		WithCompiler(a.ps.compiler).
+		WithVirtualCache(vc).
 		WithStore(a.store).
 		WithTransaction(txn).
 		WithInput(ast.NewTerm(input)).
