@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -490,13 +491,24 @@ func (v *Verifier) verify(ctx context.Context, raw string) *Token {
 // the first value and ignores what follows, so `{"sub":"a"}{"sub":"b"}` or
 // trailing bytes would verify while other readers of the same token see
 // other claims or refuse it.
+//
+// Each segment is decoded into a buffer on the stack when it fits (tokens
+// are a few hundred bytes), read in place (Decode only reads its source).
 func checkSegments(raw string) error {
-	for i, seg := range strings.SplitN(raw, ".", 3)[:2] {
-		b, err := base64.RawURLEncoding.DecodeString(seg)
+	var stack [2048]byte
+	rest := raw
+	for i := range 2 {
+		seg, after, _ := strings.Cut(rest, ".")
+		rest = after
+		buf := stack[:]
+		if n := base64.RawURLEncoding.DecodedLen(len(seg)); n > len(buf) {
+			buf = make([]byte, n)
+		}
+		n, err := base64.RawURLEncoding.Decode(buf, unsafe.Slice(unsafe.StringData(seg), len(seg)))
 		if err != nil {
 			return fmt.Errorf("segment %d: %w", i, err)
 		}
-		if !json.Valid(b) {
+		if !json.Valid(buf[:n]) {
 			return fmt.Errorf("segment %d: not exactly one JSON value", i)
 		}
 	}
