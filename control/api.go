@@ -71,10 +71,15 @@ func (s *Server) bodyLimit() bodyLimit   { return bodyLimit{s.cfg.MaxBodyBytes, 
 // body_budget_bytes first, so that bodies read and decoded at once never
 // exceed it; a body that finds no room within body_budget_wait answers
 // 503. release returns the reservation: call it when the request is done
-// with the body (nil on error).
-func (s *Server) readBody(w http.ResponseWriter, r *http.Request, limit bodyLimit) (body []byte, release func(), err error) {
+// with the body (it is never nil: a no-op on error). prev is the caller's
+// error so far: when it is not nil, nothing is read and prev is returned,
+// so a handler reads the body only once its earlier steps passed.
+func (s *Server) readBody(prev error, w http.ResponseWriter, r *http.Request, limit bodyLimit) (body []byte, release func(), err error) {
+	if prev != nil {
+		return nil, noRelease, prev
+	}
 	if r.ContentLength > limit.bytes {
-		return nil, nil, errorf(http.StatusRequestEntityTooLarge, CodeTooLarge, "the body (%d bytes) exceeds %s (%d)", r.ContentLength, limit.key, limit.bytes)
+		return nil, noRelease, errorf(http.StatusRequestEntityTooLarge, CodeTooLarge, "the body (%d bytes) exceeds %s (%d)", r.ContentLength, limit.key, limit.bytes)
 	}
 	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
 		return []byte{}, func() {}, nil
@@ -84,7 +89,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, limit bodyLimi
 		reserved = limit.bytes
 	}
 	if err := s.reserveBody(r.Context(), reserved); err != nil {
-		return nil, nil, err
+		return nil, noRelease, err
 	}
 	defer func() {
 		if err != nil {
@@ -101,10 +106,10 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, limit bodyLimi
 	}
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		return nil, nil, errorf(http.StatusRequestEntityTooLarge, CodeTooLarge, "the body exceeds %s (%d)", limit.key, limit.bytes)
+		return nil, noRelease, errorf(http.StatusRequestEntityTooLarge, CodeTooLarge, "the body exceeds %s (%d)", limit.key, limit.bytes)
 	}
 	if err != nil {
-		return nil, nil, badRequest("read the body: %v", err)
+		return nil, noRelease, badRequest("read the body: %v", err)
 	}
 	if n := int64(len(body)); n < reserved { // a chunked body shorter than the limit
 		s.bodies.Release(reserved - n)
@@ -113,6 +118,9 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, limit bodyLimi
 	held := reserved
 	return body, sync.OnceFunc(func() { s.bodies.Release(held) }), nil
 }
+
+// noRelease is readBody's release when nothing is reserved.
+func noRelease() {}
 
 // reserveBody takes n bytes of body_budget_bytes, waiting up to
 // body_budget_wait (and no longer than ctx) for other bodies to be done.
@@ -156,18 +164,12 @@ type batchRequest struct {
 // handlePut is PUT /v1/{collection}/{id}: create or replace one entity.
 func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 	p, collection, id, err := s.entityWriter(r)
-	var (
-		body    []byte
-		release func()
-	)
-	if err == nil {
-		body, release, err = s.readBody(w, r, s.entityLimit())
-	}
+	body, release, err := s.readBody(err, w, r, s.entityLimit())
+	defer release()
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	defer release()
 	res, err := s.write(p, []tenancy.Op{{Op: tenancy.OpPut, Collection: collection, ID: id, Value: body}})
 	if err != nil {
 		s.writeError(w, r, err)
@@ -257,16 +259,8 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 // handleBatch is POST /v1/batch: up to tenancy.MaxBatch ops, atomically.
 func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	p, err := s.batchWriter(r)
-	var (
-		body    []byte
-		release func()
-	)
-	if err == nil {
-		body, release, err = s.readBody(w, r, s.bodyLimit())
-	}
-	if release != nil {
-		defer release()
-	}
+	body, release, err := s.readBody(err, w, r, s.bodyLimit())
+	defer release()
 	var req batchRequest
 	if err == nil {
 		err = decodeStrict(body, &req)

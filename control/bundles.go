@@ -56,16 +56,8 @@ func (s *Server) handlePutBundle(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = requireAdmin(p, "uploading a bundle")
 	}
-	var (
-		body    []byte
-		release func()
-	)
-	if err == nil {
-		body, release, err = s.readBody(w, r, s.bodyLimit())
-	}
-	if release != nil {
-		defer release()
-	}
+	body, release, err := s.readBody(err, w, r, s.bodyLimit())
+	defer release()
 	if err == nil && !bytes.HasPrefix(body, gzipMagic) {
 		err = errorf(http.StatusUnprocessableEntity, tenancy.CodeInvalid, "bundle %q: the body is not a gzip-compressed tarball (OPA bundle)", name)
 	}

@@ -125,16 +125,8 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = requireReader(p, "uploading decision logs")
 	}
-	var (
-		body    []byte
-		release func()
-	)
-	if err == nil {
-		body, release, err = s.readBody(w, r, s.bodyLimit())
-	}
-	if release != nil {
-		defer release()
-	}
+	body, release, err := s.readBody(err, w, r, s.bodyLimit())
+	defer release()
 	if err == nil {
 		body, err = s.gunzip(r, body)
 	}

@@ -165,16 +165,8 @@ func (s *Server) handleSidecarStatus(w http.ResponseWriter, r *http.Request) {
 	if err == nil && !sidecarID.MatchString(id) {
 		err = badRequest("sidecar id %q is not valid ([a-zA-Z0-9._:-]{1,253})", id)
 	}
-	var (
-		body    []byte
-		release func()
-	)
-	if err == nil {
-		body, release, err = s.readBody(w, r, bodyLimit{maxStatusBytes, "the status bound (64 KiB)"})
-	}
-	if release != nil {
-		defer release()
-	}
+	body, release, err := s.readBody(err, w, r, bodyLimit{maxStatusBytes, "the status bound (64 KiB)"})
+	defer release()
 	var st SidecarStatus
 	if err == nil {
 		if err = json.Unmarshal(body, &st); err != nil {
