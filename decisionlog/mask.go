@@ -204,10 +204,13 @@ func parsePointer(p string) ([]string, bool) {
 	}
 	segs := strings.Split(p[1:], "/")
 	for i, s := range segs {
-		segs[i] = strings.NewReplacer("~1", "/", "~0", "~").Replace(s)
+		segs[i] = pointerUnescape.Replace(s)
 	}
 	return segs, true
 }
+
+// pointerUnescape undoes a JSON pointer segment's escapes (RFC 6901).
+var pointerUnescape = strings.NewReplacer("~1", "/", "~0", "~")
 
 // removeAt removes the value at segs under *root (the root itself when
 // segs is empty); it reports whether something was removed.
