@@ -109,12 +109,7 @@ required := tenancy.route_roles(object.get(route, "roles", ""))
 
 # The target tenant the request names (SPEC §6 step 3): {"tenant": X},
 # {} for none (the home tenant), or {"invalid": why} (tenant_unknown).
-reading := gatehouse.tenancy.path_tenant(tenancy.request_path) if {
-	tenant_from == "path"
-} else := tenancy.tenant_reading(tenant_from)
-
-# tenant_from is the route's source of the target tenant (path by default).
-tenant_from := object.get(route, "tenant_from", "path")
+reading := tenancy.tenant_reading(object.get(route, "tenant_from", "path"))
 
 # The verified token's subject; undefined when empty: no rule below ever
 # decides for an empty user (the built-in treats "" as no subject).

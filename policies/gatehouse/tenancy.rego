@@ -59,29 +59,41 @@ valid_id(s) if {
 #   {"invalid": why}   the source holds a value that is not a valid id, or
 #                      that an upstream could read as another tenant; an
 #                      unknown mode too. Never read as "no tenant".
-default tenant_reading(_) := {"invalid": "tenant_from is not path, header, host or token"}
+#
+# One head with an else chain: a call evaluates the branches up to its
+# mode's, not every head of the function.
+tenant_reading(mode) := gatehouse.tenancy.path_tenant(request_path) if {
+	mode == "path"
+} else := header_reading if {
+	mode == "header"
+} else := host_reading if {
+	mode == "host"
+} else := token_reading if {
+	mode == "token"
+} else := {"invalid": "tenant_from is not path, header, host or token"}
 
-# path: a first segment equal to "t" (any case) names the tenant in the
-# second segment ("/t" names none, "/t/" an empty, invalid one). The raw
+# path (above): a first segment equal to "t" (any case) names the tenant in
+# the second segment ("/t" names none, "/t/" an empty, invalid one). The raw
 # path is read (Envoy's :path as the client sent it, never decoded or
 # normalized; the query never counts), and a path an upstream could read
 # differently is invalid, whatever it seems to name: "", not starting with
 # "/", "//", "\", ";", a percent-encoded "/", "\", "." or ";" anywhere, a
 # "." or ".." segment, any percent-encoding in the first two segments. The
 # built-in gatehouse.tenancy.path_tenant applies these rules natively.
-tenant_reading("path") := gatehouse.tenancy.path_tenant(request_path)
 
-tenant_reading("header") := {} if {
+# header_reading, host_reading and token_reading are tenant_reading's
+# other modes.
+header_reading := {} if {
 	not tenant_header
 } else := {"invalid": "several x-tenant-id values"} if {
 	contains(input.attributes.request.http.headers["x-tenant-id"], ",")
 } else := id_reading(input.attributes.request.http.headers["x-tenant-id"], "x-tenant-id")
 
-tenant_reading("host") := {} if {
+host_reading := {} if {
 	not host
 } else := id_reading(host_label(input.attributes.request.http.host), "the host's first label")
 
-tenant_reading("token") := {} if {
+token_reading := {} if {
 	not tenant_claim
 } else := id_reading(input.token.claims.tenant, "the token's tenant claim")
 
