@@ -331,14 +331,22 @@ start_control() {
 # otherwise runs (files up to 1 GiB) would take the measured core for
 # seconds (at 1M grants: the whole window, and the RSS of the whole file).
 sidecar_config() {
-	cat >"$WORK/sidecar-$1.yaml" <<YAML
+	serve_config "$WORK/sidecar-$1.yaml" "$PWD/policies" \
+		"{dir: $WORK/sidecar-$1, control_url: \"http://127.0.0.1:$CONTROL_PORT\", token_file: $WORK/sync.token, verify_on_start: false}"
+	echo "$WORK/sidecar-$1.yaml"
+}
+
+# serve_config FILE POLICY_DIR DATA: writes a serve config on the bench's
+# ports and RS256 issuer, its policies from POLICY_DIR, DATA its data
+# section (a YAML flow mapping).
+serve_config() {
+	cat >"$1" <<YAML
 listen: {grpc: 127.0.0.1:$GRPC_PORT, http: 127.0.0.1:$HTTP_PORT, ops: 127.0.0.1:$OPS_PORT}
-policies: {dir: $PWD/policies}
-data: {dir: $WORK/sidecar-$1, control_url: "http://127.0.0.1:$CONTROL_PORT", token_file: $WORK/sync.token, verify_on_start: false}
+policies: {dir: $2}
+data: $3
 issuers:
   - {issuer: "https://bench.gatehouse.test/", audiences: [api], algorithms: [RS256], public_key_file: $PWD/$KEYS/public.pem}
 YAML
-	echo "$WORK/sidecar-$1.yaml"
 }
 
 # --- rows, in table order ---------------------------------------------------------
@@ -514,13 +522,7 @@ gatehouse_peer_policy() {
 	ln "bench/.var/world-$size/opa/tenancy/data.json" "$dir/peer/data.json" 2>/dev/null ||
 		cp "bench/.var/world-$size/opa/tenancy/data.json" "$dir/peer/data.json"
 	cp "bench/.var/world-$size/opa/bench/data.json" "$dir/bench/data.json"
-	cat >"$WORK/peerpolicy-$size.yaml" <<YAML
-listen: {grpc: 127.0.0.1:$GRPC_PORT, http: 127.0.0.1:$HTTP_PORT, ops: 127.0.0.1:$OPS_PORT}
-policies: {dir: $dir}
-data: {dir: $WORK/peerpolicy-data-$size}
-issuers:
-  - {issuer: "https://bench.gatehouse.test/", audiences: [api], algorithms: [RS256], public_key_file: $PWD/$KEYS/public.pem}
-YAML
+	serve_config "$WORK/peerpolicy-$size.yaml" "$dir" "{dir: $WORK/peerpolicy-data-$size}"
 	COLD_FLAGS=(--hs256-secret "$KEYS/hs256.secret" --metrics "$METRICS")
 	cold "$name" "$size" "$SNAPSHOT_TIMEOUT" "$READYZ" bin/gatehouse serve --config "$WORK/peerpolicy-$size.yaml"
 }
