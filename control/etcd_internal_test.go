@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -440,35 +439,18 @@ func BenchmarkEtcdGroupCommit(b *testing.B) {
 	if _, err := s.commit(admin, []tenancy.Op{putOp("tenants", `{"id":"bench"}`)}); err != nil {
 		b.Fatal(err)
 	}
-	rate := func(c, n int) float64 {
-		start := time.Now()
-		var wg sync.WaitGroup
-		for g := range c {
-			wg.Go(func() {
-				for i := g; i < n; i += c {
-					if _, err := s.commit(admin, []tenancy.Op{putOp("users", fmt.Sprintf(`{"id":"u%d","tenant":"bench"}`, i%500))}); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
+	write := func(i int) {
+		if _, err := s.commit(admin, []tenancy.Op{putOp("users", fmt.Sprintf(`{"id":"u%d","tenant":"bench"}`, i%500))}); err != nil {
+			b.Error(err)
 		}
-		wg.Wait()
-		return float64(n) / time.Since(start).Seconds()
 	}
 	var c1, c16, ratios []float64 // per round; the speedup is the median round's
 	for b.Loop() {
-		r1 := rate(1, 100)
-		r16 := rate(16, 800)
+		r1 := WriteRate(1, 100, write)
+		r16 := WriteRate(16, 800, write)
 		c1, c16, ratios = append(c1, r1), append(c16, r16), append(ratios, r16/r1)
 	}
-	m := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
-	b.ReportMetric(m(c1), "c1_writes/s")
-	b.ReportMetric(m(c16), "c16_writes/s")
-	b.ReportMetric(m(ratios), "speedup")
-	b.ReportMetric(slices.Min(ratios), "speedup_min")
-	b.ReportMetric(slices.Max(ratios), "speedup_max")
-	b.ReportMetric(0, "ns/op")
+	ReportSpeedup(b, c1, c16, ratios)
 }
 
 // TestEtcdReplicaAheadOfEtcdRefusesToStart: a replica file at a revision

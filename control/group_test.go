@@ -2,7 +2,6 @@ package control_test
 
 import (
 	"fmt"
-	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -98,20 +97,6 @@ func TestConcurrentWritesShareCommits(t *testing.T) {
 func BenchmarkGroupCommit(b *testing.B) {
 	reg := prometheus.NewRegistry()
 	put := grantWriter(b, reg, b.Errorf)
-	// rate runs n writes from c writers and returns writes per second.
-	rate := func(c, n int) float64 {
-		start := time.Now()
-		var wg sync.WaitGroup
-		for g := range c {
-			wg.Go(func() {
-				for i := g; i < n; i += c {
-					put(i)
-				}
-			})
-		}
-		wg.Wait()
-		return float64(n) / time.Since(start).Seconds()
-	}
 	commits := func() float64 {
 		e := &env{tb: b, reg: reg}
 		return e.metric("gatehouse_control_commits_total", nil)
@@ -119,23 +104,13 @@ func BenchmarkGroupCommit(b *testing.B) {
 	var c1, c16, ratios []float64
 	var groupWrites, groupCommits float64
 	for b.Loop() {
-		r1 := rate(1, 200)
+		r1 := control.WriteRate(1, 200, put)
 		before := commits()
-		r16 := rate(16, 1600)
+		r16 := control.WriteRate(16, 1600, put)
 		groupWrites += 1600
 		groupCommits += commits() - before
 		c1, c16, ratios = append(c1, r1), append(c16, r16), append(ratios, r16/r1)
 	}
 	b.ReportMetric(groupWrites/groupCommits, "c16_writes/commit")
-	b.ReportMetric(median(c1), "c1_writes/s")
-	b.ReportMetric(median(c16), "c16_writes/s")
-	b.ReportMetric(median(ratios), "speedup")
-	b.ReportMetric(slices.Min(ratios), "speedup_min")
-	b.ReportMetric(slices.Max(ratios), "speedup_max")
-	b.ReportMetric(0, "ns/op")
-}
-
-func median(v []float64) float64 {
-	slices.Sort(v)
-	return v[len(v)/2]
+	control.ReportSpeedup(b, c1, c16, ratios)
 }
