@@ -268,10 +268,7 @@ func TestReopenServesFromFile(t *testing.T) {
 	dir := t.TempDir()
 	src := newSource(t)
 	src.write(world)
-	st, err := replica.OpenStore(replica.StoreConfig{Dir: dir}, discard())
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openStore(t, dir)
 	loadSnapshot(t, st, src)
 	st.Close()
 	st2 := openStore(t, dir)
@@ -332,10 +329,7 @@ func TestOldSchemaCacheIsSetAside(t *testing.T) {
 	dir := t.TempDir()
 	src := newSource(t)
 	src.write(world)
-	st, err := replica.OpenStore(replica.StoreConfig{Dir: dir}, discard())
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openStore(t, dir)
 	loadSnapshot(t, st, src)
 	st.Close()
 	db, err := bolt.Open(filepath.Join(dir, replica.CacheFile), 0o600, nil)
