@@ -77,7 +77,23 @@ func start(t *testing.T, cfg authzen.Config, tlsCfg netx.TLSConfig, client *http
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := authzen.NewListener(srv, "127.0.0.1:0", tlsCfg, discard())
+	l := serve(t, srv, "127.0.0.1:0", tlsCfg)
+	scheme := "http://"
+	if tlsCfg.Enabled() {
+		scheme = "https://"
+	}
+	if client == nil {
+		client = &http.Client{Timeout: 5 * time.Second}
+	}
+	t.Cleanup(client.CloseIdleConnections)
+	return &fixture{client: client, base: scheme + l.Addr(), ten: ten}
+}
+
+// serve serves srv on addr until the test ends, and then checks that Serve
+// returned no error.
+func serve(t *testing.T, srv *authzen.Server, addr string, tlsCfg netx.TLSConfig) *authzen.Listener {
+	t.Helper()
+	l, err := authzen.NewListener(srv, addr, tlsCfg, discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,15 +109,7 @@ func start(t *testing.T, cfg authzen.Config, tlsCfg netx.TLSConfig, client *http
 			t.Error(err)
 		}
 	})
-	scheme := "http://"
-	if tlsCfg.Enabled() {
-		scheme = "https://"
-	}
-	if client == nil {
-		client = &http.Client{Timeout: 5 * time.Second}
-	}
-	t.Cleanup(client.CloseIdleConnections)
-	return &fixture{client: client, base: scheme + l.Addr(), ten: ten}
+	return l
 }
 
 func (f *fixture) post(t *testing.T, path, body string, hdr map[string]string) (int, http.Header, map[string]any) {
@@ -370,17 +378,7 @@ func TestUnixSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "a.sock")
-	l, err := authzen.NewListener(srv, "unix://"+sock, netx.TLSConfig{}, discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- l.Serve(ctx) }()
-	defer func() { cancel(); <-done }()
+	serve(t, srv, "unix://"+sock, netx.TLSConfig{})
 	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
