@@ -331,6 +331,18 @@ func (w *fleetWorld) decisions(t *testing.T) ([]logRecord, []byte) {
 	return recs, raw
 }
 
+// sortedIDs returns the decision ids of decision records, sorted.
+func sortedIDs(items []json.RawMessage) []string {
+	ids := make([]string, 0, len(items))
+	for _, it := range items {
+		var r logRecord
+		_ = json.Unmarshal(it, &r)
+		ids = append(ids, r.DecisionID)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
 // revisionView is GET /v1/revisions/{R}.
 type revisionView struct {
 	Revision uint64   `json:"revision"`
@@ -574,13 +586,8 @@ func TestDecisionLogsFleetAuditEndToEnd(t *testing.T) {
 				wantDec = append(wantDec, r.DecisionID)
 			}
 		}
-		for _, it := range decs {
-			var r logRecord
-			_ = json.Unmarshal(it, &r)
-			gotDec = append(gotDec, r.DecisionID)
-		}
+		gotDec = sortedIDs(decs)
 		slices.Sort(wantDec)
-		slices.Sort(gotDec)
 		if len(wantDec) == 0 || !slices.Equal(gotDec, wantDec) {
 			t.Errorf("%s sees %d decision records, want the %d of its tenants %v", v.who, len(gotDec), len(wantDec), v.tenants)
 		}
@@ -854,13 +861,8 @@ func (w *fleetWorld) checkFilters(t *testing.T, recs []logRecord) {
 		if status != http.StatusOK {
 			t.Fatalf("GET /v1/decisions?%s: %d %s", f.query, status, raw)
 		}
-		for _, it := range items {
-			var r logRecord
-			_ = json.Unmarshal(it, &r)
-			got = append(got, r.DecisionID)
-		}
+		got = sortedIDs(items)
 		slices.Sort(want)
-		slices.Sort(got)
 		if len(want) == 0 || !slices.Equal(got, want) {
 			t.Errorf("GET /v1/decisions?%s: %d records, want %d", f.query, len(got), len(want))
 		}
