@@ -77,17 +77,26 @@ func newTokenCache(size int, bytes int64) *tokenCache {
 }
 
 // tokenBytes is the accounted size of a cached token: its strings, its
-// claims twice (as Go values and as the OPA value of input.token) and the
-// overhead of the entry, the Token and the map slot.
+// claims (as the OPA value of input.token) and the overhead of the entry,
+// the Token and the map slot. TestTokenCacheAccountsSmallTokens and
+// TestTokenCacheMemoryBounded check it against the heap.
 func tokenBytes(t *Token) int64 {
 	const overhead = 512
 	n := overhead + len(t.Issuer) + len(t.Subject) + len(t.TenantBinding) +
-		tokenValueFactor*jsonsize.Of(map[string]any(t.Claims))
+		tokenValueFactor*t.claimsBytes()
 	return int64(n)
 }
 
-// tokenValueFactor: the claims are held as decoded JSON and, larger, as the
-// OPA value built once at verification.
+// claimsBytes is the JSON size of t's claims.
+func (t *Token) claimsBytes() int {
+	if t.Claims == nil {
+		return t.claimsSize
+	}
+	return jsonsize.Of(map[string]any(t.Claims))
+}
+
+// tokenValueFactor: the claims are held as the OPA value built once at
+// verification, a few times their JSON size.
 const tokenValueFactor = 4
 
 // generation returns the current epoch; pass it to put.

@@ -51,3 +51,43 @@ func TestTokenCacheMemoryBounded(t *testing.T) {
 		t.Fatal("not a JWT")
 	}
 }
+
+// TestTokenCacheAccountsSmallTokens: the cache's byte budget bounds the heap
+// only if an entry's accounted size is at least what it really holds. The
+// common case is a small token (iss, sub, aud, iat, exp, as `make bench`
+// mints them): 3,000 of them are verified and cached, and the heap they
+// hold, per entry, must not exceed the accounted size the cache reports
+// for one. Not parallel: it measures the heap.
+func TestTokenCacheAccountsSmallTokens(t *testing.T) {
+	const n = 3000
+	key := testutil.ECKey(t, "tokens-small")
+	dir := testutil.PolicyDir(t, map[string]string{"ec.pem": string(testutil.PublicKeyPEM(t, &key.PublicKey))})
+	v, err := token.NewVerifier(token.VerifierConfig{Issuers: []token.IssuerConfig{
+		{Issuer: "https://idp.example.com/", Audiences: []string{"api"}, PublicKeyFile: dir + "/ec.pem"},
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := make([]string, n)
+	for i := range tokens {
+		tokens[i] = testutil.MintJWT(t, jwt.SigningMethodES256, key, "", testutil.Claims("https://idp.example.com/", fmt.Sprintf("u%07d", i), nil))
+	}
+	base := testutil.HeapInUse()
+	for i, raw := range tokens {
+		if tok := v.Verify(t.Context(), raw); !tok.Valid {
+			t.Fatalf("token %d: %s", i, tok.Error)
+		}
+	}
+	held := float64(testutil.HeapInUse()-base) / n
+	entries, accounted := v.CacheUsage()
+	runtime.KeepAlive(v)
+	runtime.KeepAlive(tokens)
+	if entries != n {
+		t.Fatalf("the cache holds %d entries, want %d", entries, n)
+	}
+	per := float64(accounted) / float64(entries)
+	t.Logf("a cached small token holds %.0f bytes of heap, accounted %.0f", held, per)
+	if held > per {
+		t.Errorf("a cached small token holds %.0f bytes of heap but is accounted %.0f: the byte budget does not bound the heap", held, per)
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/gatehouse-dev/gatehouse/internal/jsonsize"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/open-policy-agent/opa/v1/ast"
 )
@@ -39,7 +40,10 @@ type Token struct {
 	Issuer string
 	// Subject is the verified sub ("" when absent).
 	Subject string
-	// Claims are all verified claims, numbers as json.Number.
+	// Claims are the claims of a Token built by hand (numbers as
+	// json.Number), from which Value builds input.token.claims. A Verifier's
+	// tokens leave it nil: they carry their claims once, in Value (a cached
+	// token would otherwise hold them twice); ClaimsMap reads either.
 	Claims map[string]any
 	// TenantBinding is the issuer's tenant, "" when unbound.
 	TenantBinding string
@@ -49,6 +53,9 @@ type Token struct {
 	ExpiresAt time.Time
 
 	value ast.Value // input.token, built once by the Verifier
+	// claimsSize is the JSON size of the claims value holds (a Verifier's
+	// tokens), for the cache's accounting.
+	claimsSize int
 }
 
 // Value returns input.token as an OPA value:
@@ -77,7 +84,7 @@ func buildTokenValue(t *Token) ast.Value {
 		}
 		return invalidTokenValue(code)
 	}
-	v, err := validTokenValue(t)
+	v, err := validTokenValue(t, t.Claims)
 	if err != nil {
 		// Unreachable for JSON-decoded claims; fail closed.
 		return invalidTokenValue(TokenMalformed)
@@ -85,27 +92,121 @@ func buildTokenValue(t *Token) ast.Value {
 	return v
 }
 
-// validTokenValue builds input.token for a valid t.
-func validTokenValue(t *Token) (ast.Value, error) {
-	claims, err := ast.InterfaceToValue(map[string]any(t.Claims))
+// ClaimsMap returns the token's claims as JSON values (numbers as
+// json.Number): Claims when set, else decoded from Value (a Verifier's
+// tokens). nil for an invalid token.
+func (t *Token) ClaimsMap() map[string]any {
+	if t == nil || !t.Valid {
+		return nil
+	}
+	if t.Claims != nil || t.value == nil {
+		return t.Claims
+	}
+	obj, _ := t.value.(ast.Object)
+	if obj == nil {
+		return nil
+	}
+	c := obj.Get(termClaims)
+	if c == nil {
+		return nil
+	}
+	x, err := ast.JSON(c.Value)
+	if err != nil {
+		return nil
+	}
+	m, _ := x.(map[string]any)
+	return m
+}
+
+// The keys of input.token and the claim names most tokens carry, shared by
+// every token's value: a cached token then holds only what is its own.
+var (
+	termValid           = ast.StringTerm("valid")
+	termError           = ast.StringTerm("error")
+	termIssuer          = ast.StringTerm("issuer")
+	termSubject         = ast.StringTerm("subject")
+	termClaims          = ast.StringTerm("claims")
+	termTenantBinding   = ast.StringTerm("tenant_binding")
+	termTrustTokenRoles = ast.StringTerm("trust_token_roles")
+	termTrue            = ast.BooleanTerm(true)
+	termFalse           = ast.BooleanTerm(false)
+	termEmpty           = ast.StringTerm("")
+
+	claimNameTerms = func() map[string]*ast.Term {
+		m := map[string]*ast.Term{}
+		for _, n := range []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "azp", "scope", "scp", "tenant", "roles", "groups", "authorization", "email", "name", "client_id"} {
+			m[n] = ast.StringTerm(n)
+		}
+		return m
+	}()
+)
+
+// boolTerm is the shared term of b.
+func boolTerm(b bool) *ast.Term {
+	if b {
+		return termTrue
+	}
+	return termFalse
+}
+
+// stringTerm is a term of s, the shared one when s is "".
+func stringTerm(s string) *ast.Term {
+	if s == "" {
+		return termEmpty
+	}
+	return ast.StringTerm(s)
+}
+
+// claimsValue converts JSON-decoded claims to an OPA object. The names of
+// common claims use shared terms; the values are converted as
+// ast.InterfaceToValue does.
+func claimsValue(claims map[string]any) (ast.Value, error) {
+	obj := ast.NewObjectWithCapacity(len(claims))
+	for k, x := range claims {
+		key := claimNameTerms[k]
+		if key == nil {
+			key = ast.StringTerm(k)
+		}
+		var val *ast.Term
+		switch x := x.(type) {
+		case string:
+			val = stringTerm(x)
+		case bool:
+			val = boolTerm(x)
+		default:
+			v, err := ast.InterfaceToValue(x)
+			if err != nil {
+				return nil, err
+			}
+			val = ast.NewTerm(v)
+		}
+		obj.Insert(key, val)
+	}
+	return obj, nil
+}
+
+// validTokenValue builds input.token for a valid t from claims (t.Claims
+// for a Token built by hand).
+func validTokenValue(t *Token, claims map[string]any) (ast.Value, error) {
+	c, err := claimsValue(claims)
 	if err != nil {
 		return nil, err
 	}
 	return ast.NewObject(
-		[2]*ast.Term{ast.StringTerm("valid"), ast.BooleanTerm(true)},
-		[2]*ast.Term{ast.StringTerm("issuer"), ast.StringTerm(t.Issuer)},
-		[2]*ast.Term{ast.StringTerm("subject"), ast.StringTerm(t.Subject)},
-		[2]*ast.Term{ast.StringTerm("claims"), ast.NewTerm(claims)},
-		[2]*ast.Term{ast.StringTerm("tenant_binding"), ast.StringTerm(t.TenantBinding)},
-		[2]*ast.Term{ast.StringTerm("trust_token_roles"), ast.BooleanTerm(t.TrustTokenRoles)},
+		[2]*ast.Term{termValid, termTrue},
+		[2]*ast.Term{termIssuer, stringTerm(t.Issuer)},
+		[2]*ast.Term{termSubject, stringTerm(t.Subject)},
+		[2]*ast.Term{termClaims, ast.NewTerm(c)},
+		[2]*ast.Term{termTenantBinding, stringTerm(t.TenantBinding)},
+		[2]*ast.Term{termTrustTokenRoles, boolTerm(t.TrustTokenRoles)},
 	), nil
 }
 
 // invalidTokenValue is {"valid": false, "error": code}.
 func invalidTokenValue(code TokenError) ast.Value {
 	return ast.NewObject(
-		[2]*ast.Term{ast.StringTerm("valid"), ast.BooleanTerm(false)},
-		[2]*ast.Term{ast.StringTerm("error"), ast.StringTerm(string(code))},
+		[2]*ast.Term{termValid, termFalse},
+		[2]*ast.Term{termError, ast.StringTerm(string(code))},
 	)
 }
 
@@ -475,12 +576,12 @@ func (v *Verifier) verify(ctx context.Context, raw string) *Token {
 		Valid:           true,
 		Issuer:          is.cfg.Issuer,
 		Subject:         sub,
-		Claims:          map[string]any(claims),
 		TenantBinding:   is.cfg.Tenant,
 		TrustTokenRoles: is.cfg.TrustTokenRoles,
 		ExpiresAt:       exp.Time,
 	}
-	if t.value, err = validTokenValue(t); err != nil {
+	t.claimsSize = jsonsize.Of(map[string]any(claims))
+	if t.value, err = validTokenValue(t, claims); err != nil {
 		return v.reject(ctx, TokenMalformed, err)
 	}
 	return t

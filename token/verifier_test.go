@@ -442,8 +442,8 @@ func TestVerifyValidTokens(t *testing.T) {
 			if tok.Issuer != testIssuer || tok.Subject != "u1" || tok.TenantBinding != "acme" || !tok.TrustTokenRoles {
 				t.Errorf("token fields: %+v", tok)
 			}
-			if n, ok := tok.Claims["n"].(json.Number); !ok || n != "42" {
-				t.Errorf("claim n = %#v, want json.Number 42", tok.Claims["n"])
+			if n, ok := tok.ClaimsMap()["n"].(json.Number); !ok || n != "42" {
+				t.Errorf("claim n = %#v, want json.Number 42", tok.ClaimsMap()["n"])
 			}
 			if want := time.Unix(clock.In(time.Hour), 0); !tok.ExpiresAt.Equal(want) {
 				t.Errorf("ExpiresAt = %v, want %v", tok.ExpiresAt, want)
