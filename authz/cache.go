@@ -11,7 +11,6 @@ import (
 	"github.com/open-policy-agent/opa/v1/storage"
 
 	"github.com/gatehouse-dev/gatehouse/internal/gencache"
-	"github.com/gatehouse-dev/gatehouse/internal/jsonsize"
 )
 
 // The decision cache memoizes decisions of one policy set, soundly:
@@ -418,8 +417,6 @@ func decisionBytes(d *Decision) int {
 			n += 16 + len(s)
 		}
 	}
-	if d.DynamicMetadata != nil {
-		n += jsonsize.Of(map[string]any(d.DynamicMetadata))
-	}
+	n += metadataBytes(d.DynamicMetadata)
 	return n
 }

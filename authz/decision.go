@@ -39,8 +39,8 @@ type Decision struct {
 	RequestHeadersToRemove []string
 	// Body is the deny body.
 	Body string
-	// DynamicMetadata is the policy's dynamic metadata (JSON values).
-	DynamicMetadata map[string]any
+	// DynamicMetadata is the policy's dynamic metadata.
+	DynamicMetadata Metadata
 	// QueryParametersToSet and QueryParametersToRemove rewrite the query on allow.
 	QueryParametersToSet    []Pair
 	QueryParametersToRemove []string
@@ -132,7 +132,7 @@ func (d *Decision) shapeObject(obj ast.Object) error {
 		case "reason":
 			d.Reason, err = stringField("reason", t.Value)
 		case "dynamic_metadata":
-			d.DynamicMetadata, err = objectField("dynamic_metadata", t.Value)
+			d.DynamicMetadata, err = metadataField("dynamic_metadata", t.Value)
 		case "query_parameters_to_set":
 			d.QueryParametersToSet, err = paramList(t.Value)
 		case "query_parameters_to_remove":
@@ -187,16 +187,16 @@ func stringList(name string, v ast.Value) ([]string, error) {
 	return out, err
 }
 
-func objectField(name string, v ast.Value) (map[string]any, error) {
-	if _, ok := v.(ast.Object); !ok {
-		return nil, fmt.Errorf("%w: %s is a %s, want an object", ErrBadDecision, name, ast.ValueName(v))
+// metadataField accepts an object, kept as it is (see Metadata).
+func metadataField(name string, v ast.Value) (Metadata, error) {
+	obj, ok := v.(ast.Object)
+	if !ok {
+		return Metadata{}, fmt.Errorf("%w: %s is a %s, want an object", ErrBadDecision, name, ast.ValueName(v))
 	}
-	x, err := ast.JSON(v)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrBadDecision, name, err)
+	if obj.Len() == 0 {
+		return Metadata{}, nil
 	}
-	m, _ := x.(map[string]any)
-	return m, nil
+	return Metadata{obj: obj}, nil
 }
 
 // headerList accepts an object of string or string-array values, or an

@@ -213,7 +213,7 @@ func (s *Server) observe(sess *authz.Session, rule ast.Ref, in ast.Object, id, b
 		d.Reason = r
 	}
 	d.Subject = entityField(in, "subject", "id")
-	d.DynamicMetadata = map[string]any{"tenant": tenantOf(in)}
+	d.DynamicMetadata = authz.StringMetadata("tenant", tenantOf(in))
 	e.Result, e.Decision = result, d
 	s.cfg.Observer.Observe(e)
 }

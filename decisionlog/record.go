@@ -126,8 +126,8 @@ func result(d *authz.Decision) any {
 	if d.Reason != "" {
 		m["reason"] = d.Reason
 	}
-	if len(d.DynamicMetadata) > 0 {
-		m["dynamic_metadata"] = deepCopy(d.DynamicMetadata) // shared with the decision cache
+	if d.DynamicMetadata.Len() > 0 {
+		m["dynamic_metadata"] = d.DynamicMetadata.Map() // a fresh copy
 	}
 	if len(d.QueryParametersToSet) > 0 {
 		m["query_parameters_to_set"] = headerMap(d.QueryParametersToSet)
@@ -180,7 +180,7 @@ func gatehouseOf(d *authz.Decision) Gatehouse {
 			g.Subject = d.Token.Subject
 		}
 	}
-	if t, ok := d.DynamicMetadata["tenant"].(string); ok {
+	if t, ok := d.DynamicMetadata.String("tenant"); ok {
 		g.Tenant = t
 	} else if d.Token != nil && d.Token.TenantBinding != "" {
 		g.Tenant = d.Token.TenantBinding
@@ -327,22 +327,3 @@ func scrubString(s string, secrets []string) string {
 	return s
 }
 
-// deepCopy copies JSON-like maps and slices (records are scrubbed and
-// masked in place).
-func deepCopy(v any) any {
-	switch x := v.(type) {
-	case map[string]any:
-		m := make(map[string]any, len(x))
-		for k, e := range x {
-			m[k] = deepCopy(e)
-		}
-		return m
-	case []any:
-		out := make([]any, len(x))
-		for i, e := range x {
-			out[i] = deepCopy(e)
-		}
-		return out
-	}
-	return v
-}

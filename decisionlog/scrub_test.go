@@ -60,7 +60,7 @@ func TestNoTokenInAnyRecordRandomized(t *testing.T) {
 				Body: `{"t":` + string(mustJSON(t, tok)) + `}`,
 			})
 			d := &authz.Decision{ID: authz.NewDecisionID(), Defined: true, Object: true, HTTPStatus: 401, Reason: "bad " + tok,
-				Body: tok, Headers: []authz.Pair{{Key: "www-authenticate", Value: tok}}, DynamicMetadata: map[string]any{"t": tok, tok: "k"},
+				Body: tok, Headers: []authz.Pair{{Key: "www-authenticate", Value: tok}}, DynamicMetadata: authz.StringMetadata("t", tok, tok, "k"),
 				Token: &token.Token{Error: token.TokenMalformed}}
 			e := decisionlog.Entry{Decision: d, Start: time.Now(), Authorization: scheme + tok, Transport: "grpc",
 				Input: func(need *authz.Need) (ast.Object, error) {

@@ -244,9 +244,9 @@ func writeResult(w *JSON, d *authz.Decision) {
 		w.Key("reason")
 		w.String(d.Reason)
 	}
-	if len(d.DynamicMetadata) > 0 {
+	if d.DynamicMetadata.Len() > 0 {
 		w.Key("dynamic_metadata")
-		w.Any(d.DynamicMetadata)
+		w.Any(d.DynamicMetadata.Map())
 	}
 	if len(d.QueryParametersToSet) > 0 {
 		w.Key("query_parameters_to_set")

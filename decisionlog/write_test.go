@@ -88,7 +88,7 @@ func TestFastRecordEqualsGeneric(t *testing.T) {
 			d = &authz.Decision{ID: authz.NewDecisionID(), Defined: true, Object: true, Allowed: pick(), HTTPStatus: []int{0, 401, 429}[rng.IntN(3)],
 				Headers:              []authz.Pair{{Key: "x-a", Value: maybe()}, {Key: "x-b", Value: "1"}, {Key: "x-a", Value: "2"}},
 				ResponseHeadersToAdd: []authz.Pair{{Key: maybe(), Value: "v"}}, RequestHeadersToRemove: []string{"x", maybe()},
-				Body: maybe(), Reason: maybe(), DynamicMetadata: map[string]any{"tenant": maybe(), "n": json.Number("1.5"), "l": []any{true, nil, map[string]any{"k": maybe()}}},
+				Body: maybe(), Reason: maybe(), DynamicMetadata: mustMetadata(t, map[string]any{"tenant": maybe(), "n": json.Number("1.5"), "l": []any{true, nil, map[string]any{"k": maybe()}}}),
 				QueryParametersToSet: []authz.Pair{{Key: "p", Value: maybe()}}, QueryParametersToRemove: []string{maybe()},
 				PolicyRevision: "rev", TenancyRevision: uint64(rng.IntN(100)), Subject: maybe(), Cache: []string{"", "hit", "miss"}[rng.IntN(3)],
 				Duration: time.Duration(rng.IntN(1e6))}
@@ -225,4 +225,13 @@ func TestInputJSONEqualsInput(t *testing.T) {
 			t.Fatalf("credential in %s", written)
 		}
 	}
+}
+
+func mustMetadata(t *testing.T, m map[string]any) authz.Metadata {
+	t.Helper()
+	md, err := authz.MetadataOf(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return md
 }

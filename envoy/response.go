@@ -10,6 +10,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/open-policy-agent/opa/v1/ast"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -143,23 +144,50 @@ func queryParams(ps []authz.Pair) []*corev3.QueryParameter {
 }
 
 // dynamicMetadata merges the policy's dynamic metadata with the decision id
-// and revisions (Gatehouse's keys win).
+// and revisions (Gatehouse's keys win). The usual metadata, string keys
+// with string values, is converted straight from the policy's object;
+// anything else goes through its JSON values (Metadata.Map), which is how
+// non-string keys get their JSON text.
 func dynamicMetadata(d *authz.Decision) *structpb.Struct {
-	fields := make(map[string]*structpb.Value, len(d.DynamicMetadata)+3)
-	// string values (the usual metadata) in blocks: a few allocations
-	// instead of two per value
-	strs := stringValues{vals: make([]structpb.Value, 0, len(d.DynamicMetadata)+2), kinds: make([]structpb.Value_StringValue, 0, len(d.DynamicMetadata)+2)}
-	for k, v := range d.DynamicMetadata {
-		if s, ok := v.(string); ok {
-			fields[utf8String(k)] = strs.value(utf8String(s))
+	md := d.DynamicMetadata
+	fields := make(map[string]*structpb.Value, md.Len()+3)
+	// string values in blocks: a few allocations instead of two per value
+	strs := stringValues{vals: make([]structpb.Value, 0, md.Len()+2), kinds: make([]structpb.Value_StringValue, 0, md.Len()+2)}
+	if obj := md.Object(); obj != nil {
+		if !stringKeys(obj) {
+			for k, v := range md.Map() {
+				fields[utf8String(k)] = jsonValue(v)
+			}
 		} else {
-			fields[utf8String(k)] = jsonValue(v)
+			obj.Foreach(func(k, v *ast.Term) {
+				key := utf8String(string(k.Value.(ast.String)))
+				if s, ok := v.Value.(ast.String); ok {
+					fields[key] = strs.value(utf8String(string(s)))
+					return
+				}
+				x, err := ast.JSON(v.Value)
+				if err != nil {
+					return // unreachable: evaluation results are ground
+				}
+				fields[key] = jsonValue(x)
+			})
 		}
 	}
 	fields[MetaDecisionID] = strs.value(d.ID)
 	fields[MetaPolicyRevision] = strs.value(utf8String(d.PolicyRevision))
 	fields[MetaTenancyRevision] = structpb.NewNumberValue(float64(d.TenancyRevision))
 	return &structpb.Struct{Fields: fields}
+}
+
+// stringKeys reports whether every key of obj is a string.
+func stringKeys(obj ast.Object) bool {
+	ok := true
+	obj.Foreach(func(k, _ *ast.Term) {
+		if _, isStr := k.Value.(ast.String); !isStr {
+			ok = false
+		}
+	})
+	return ok
 }
 
 // stringValues hands out string Values from preallocated blocks (new

@@ -1,8 +1,11 @@
 package envoy_test
 
 import (
+	"reflect"
 	"slices"
 	"testing"
+
+	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/genproto/googleapis/rpc/code"
@@ -187,11 +190,15 @@ func TestResponseDynamicMetadata(t *testing.T) {
 			d := &authz.Decision{
 				ID: "4b0c7f0e-2f2a-4c1e-9a55-1f6f5d1b6a10", Allowed: allowed, Defined: true, Object: true,
 				PolicyRevision: "abc123", TenancyRevision: 42,
-				DynamicMetadata: map[string]any{
-					"decision_id": "spoofed", "tenancy_revision": "spoofed",
-					"team": "payments", "nested": map[string]any{"n": 1.5, "list": []any{"a", true, nil}},
-				},
 			}
+			md, err := authz.MetadataOf(map[string]any{
+				"decision_id": "spoofed", "tenancy_revision": "spoofed",
+				"team": "payments", "nested": map[string]any{"n": 1.5, "list": []any{"a", true, nil}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d.DynamicMetadata = md
 			got := envoy.Response(d, nil).GetDynamicMetadata()
 			want, err := structpb.NewStruct(map[string]any{
 				"decision_id": d.ID, "policy_revision": "abc123", "tenancy_revision": 42,
@@ -202,6 +209,45 @@ func TestResponseDynamicMetadata(t *testing.T) {
 			}
 			if !proto.Equal(got, want) {
 				t.Errorf("dynamic_metadata\n got %v\nwant %v", got, want)
+			}
+		})
+	}
+}
+
+// TestResponseDynamicMetadataShapes: the policy's metadata reaches Envoy as
+// its JSON values, whatever it holds. String keys and values are converted
+// straight from the evaluated object; other shapes (non-string keys, sets,
+// numbers, nesting) through their JSON values, as before: a number key
+// becomes its JSON text, a set an array in Rego's order.
+func TestResponseDynamicMetadataShapes(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		md   string
+		want map[string]any
+	}{
+		"strings":        {`{"team": "payments", "user": input.parsed_path[0]}`, map[string]any{"team": "payments", "user": "x"}},
+		"mixed values":   {`{"n": 1.5, "ok": true, "none": null, "l": ["a", 2], "s": {"b", "a"}, "o": {"k": {"z": 1}}}`, map[string]any{"n": 1.5, "ok": true, "none": nil, "l": []any{"a", 2.0}, "s": []any{"a", "b"}, "o": map[string]any{"k": map[string]any{"z": 1.0}}}},
+		"non-string key": {`{1: "one", "a": "b"}`, map[string]any{"1": "one", "a": "b"}},
+		"array key":      {`{["k"]: "v"}`, map[string]any{`["k"]`: "v"}},
+		"empty":          {`{}`, map[string]any{}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			sc := startPolicy(t, "package envoy.authz\nallow := {\"allowed\": true, \"dynamic_metadata\": "+tc.md+"}\n", testutil.Options{})
+			resp, err := sc.Check(t.Context(), testutil.Request{Path: "/x/y"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := resp.GetDynamicMetadata().AsMap()
+			for _, k := range []string{"decision_id", "policy_revision", "tenancy_revision"} {
+				if _, ok := got[k]; !ok {
+					t.Errorf("no %s in %v", k, got)
+				}
+				delete(got, k)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("dynamic_metadata = %#v, want %#v", got, tc.want)
 			}
 		})
 	}

@@ -367,7 +367,7 @@ func decidedTenant(ans *Answer, u, p, home string) string {
 			return h.Value
 		}
 	}
-	if t, ok := d.DynamicMetadata["tenant"].(string); ok && t != "" {
+	if t, ok := d.DynamicMetadata.String("tenant"); ok && t != "" {
 		return t
 	}
 	x := ""

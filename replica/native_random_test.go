@@ -350,14 +350,22 @@ func rnEngine(t testing.TB, st *replica.Store, v *token.Verifier, dir string, ca
 	return e
 }
 
+// comparableDecision is a Decision with its metadata as JSON values
+// (reflect.DeepEqual would compare the OPA object's internals).
+type comparableDecision struct {
+	authz.Decision
+	Metadata map[string]any
+}
+
 // comparable strips what differs between two decisions of one question.
-func comparable(d *authz.Decision) authz.Decision {
-	c := *d
+func comparable(d *authz.Decision) comparableDecision {
+	c := comparableDecision{Decision: *d, Metadata: d.DynamicMetadata.Map()}
 	c.ID, c.Duration, c.PolicyRevision, c.Cache, c.Token = "", 0, "", "", nil // how it was answered, not what
+	c.DynamicMetadata = authz.Metadata{}
 	if !c.Allowed {
 		// The reference predates a deny's dynamic metadata (the tenant a deny
 		// is about, for decision logs; policies/envoy/authz_test.rego).
-		c.DynamicMetadata = nil
+		c.Metadata = nil
 	}
 	return c
 }
