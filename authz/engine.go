@@ -511,6 +511,11 @@ func (e *Engine) fill(cache *decisionCache, key cacheKey, d *Decision, tt storag
 		return
 	}
 	ent := &cacheEntry{d: *d, version: ver}
+	// The metadata may hold terms of this request's input (a route's
+	// project, say), which are allocated in blocks with the rest of the
+	// input: a cached copy of its own keeps those blocks from living as
+	// long as the entry.
+	ent.d.DynamicMetadata = d.DynamicMetadata.detached()
 	if e.tracker != nil {
 		ent.deps, ent.tracked = e.tracker.Recorded(tt)
 	}

@@ -38,6 +38,14 @@ func StringMetadata(kv ...string) Metadata {
 	return Metadata{obj: obj}
 }
 
+// detached returns a copy of m made of terms of its own (see Engine.fill).
+func (m Metadata) detached() Metadata {
+	if m.obj == nil {
+		return m
+	}
+	return Metadata{obj: m.obj.Copy()}
+}
+
 // Len is the number of keys.
 func (m Metadata) Len() int {
 	if m.obj == nil {

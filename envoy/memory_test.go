@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/gatehouse-dev/gatehouse/authz"
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 )
@@ -162,4 +164,56 @@ func procStatusKB(tb testing.TB, pid int, field string) int {
 	}
 	tb.Fatalf("no %s in /proc/%d/status", field, pid)
 	return 0
+}
+
+// quoteProject allows with metadata quoting the route's project and reads
+// every header (so the input holds them all, in its term blocks).
+const quoteProject = `package envoy.authz
+allow := {"allowed": true, "dynamic_metadata": {"project": input.attributes.contextExtensions.project, "n": count(input.attributes.request.http.headers)}}
+`
+
+// TestCachedDecisionsDoNotHoldInputs: a cached decision whose dynamic
+// metadata quotes an input value (the route's project) holds that value,
+// not the input it came from. Input terms are allocated in blocks; the
+// metadata kept as evaluated once held the request's whole block (here 80
+// headers) alive for as long as the decision stayed cached: the heap per
+// cached decision was several times its accounted size. Not parallel: it
+// measures the heap.
+func TestCachedDecisionsDoNotHoldInputs(t *testing.T) {
+	const n = 3000
+	logger := discard()
+	e := authz.New(authz.Config{DecisionCacheEntries: 2 * n}, nil, nil, logger)
+	src, err := bundle.NewDirSource(bundle.PolicyConfig{Dir: testutil.PolicyDir(t, map[string]string{"policy.rego": quoteProject})}, e, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Load(); err != nil {
+		t.Fatal(err)
+	}
+	reqs := make([]*authv3.CheckRequest, n)
+	for i := range reqs {
+		headers := map[string]string{"x-request": fmt.Sprint(i)}
+		for h := range 80 {
+			headers[fmt.Sprintf("x-header-%02d", h)] = "v"
+		}
+		reqs[i] = testutil.CheckRequest(testutil.Request{Path: "/p", Headers: headers, ContextExtensions: map[string]string{"project": fmt.Sprintf("project-%06d", i)}})
+	}
+	base := testutil.HeapInUse()
+	for i, req := range reqs {
+		d, _, err := envoy.Decide(t.Context(), e, req, nil)
+		if err != nil || !d.Allowed {
+			t.Fatalf("check %d: %+v, %v", i, d, err)
+		}
+		if p, _ := d.DynamicMetadata.String("project"); p != fmt.Sprintf("project-%06d", i) {
+			t.Fatalf("check %d: project %q", i, p)
+		}
+	}
+	held := float64(testutil.HeapInUse()-base) / n
+	accounted := float64(e.DecisionCacheBytes()) / n
+	runtime.KeepAlive(reqs)
+	runtime.KeepAlive(e)
+	t.Logf("a cached decision holds %.0f bytes of heap, accounted %.0f", held, accounted)
+	if held > accounted {
+		t.Errorf("a cached decision holds %.0f bytes of heap, accounted %.0f: it holds more than its own values", held, accounted)
+	}
 }
