@@ -234,8 +234,11 @@ func TestRunReportsCacheHitRates(t *testing.T) {
 	if d == nil || res.TokenCache == nil || res.MetricsError != "" {
 		t.Fatalf("cache stats missing: %+v %+v %q", d, res.TokenCache, res.MetricsError)
 	}
-	// The scrapes are a little outside the window: allow a few calls.
-	if diff := d.Lookups - res.Checks; diff < -20 || diff > 20 || d.Lookups < 50 {
+	// The scrapes are a little outside the window: allow a few calls, more
+	// on a loaded machine where a scrape takes a while (the totals before
+	// the run, 6,000, would be far outside either).
+	slack := max(20, res.Checks/5)
+	if diff := d.Lookups - res.Checks; diff < -slack || diff > slack || d.Lookups < 50 {
 		t.Errorf("decision lookups %d over a window of %d checks", d.Lookups, res.Checks)
 	}
 	if d.Hits != d.ByResult["hit"] || d.ByResult["miss"] != 0 || d.HitRate != 1 {
