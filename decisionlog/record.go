@@ -326,4 +326,3 @@ func scrubString(s string, secrets []string) string {
 	}
 	return s
 }
-
