@@ -1,6 +1,7 @@
 package token_test
 
 import (
+	"crypto/ecdsa"
 	"fmt"
 	"runtime"
 	"strings"
@@ -18,14 +19,7 @@ import (
 // within the default byte budget (16 MiB). Not parallel: it measures the
 // heap.
 func TestTokenCacheMemoryBounded(t *testing.T) {
-	key := testutil.ECKey(t, "tokens-memory")
-	dir := testutil.PolicyDir(t, map[string]string{"ec.pem": string(testutil.PublicKeyPEM(t, &key.PublicKey))})
-	v, err := token.NewVerifier(token.VerifierConfig{Issuers: []token.IssuerConfig{
-		{Issuer: "https://idp.example.com/", Audiences: []string{"api"}, PublicKeyFile: dir + "/ec.pem"},
-	}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, v := ecVerifier(t, "tokens-memory")
 	tokens := make([]string, 1000)
 	for i := range tokens {
 		roles := make([]string, 1000)
@@ -60,14 +54,7 @@ func TestTokenCacheMemoryBounded(t *testing.T) {
 // for one. Not parallel: it measures the heap.
 func TestTokenCacheAccountsSmallTokens(t *testing.T) {
 	const n = 3000
-	key := testutil.ECKey(t, "tokens-small")
-	dir := testutil.PolicyDir(t, map[string]string{"ec.pem": string(testutil.PublicKeyPEM(t, &key.PublicKey))})
-	v, err := token.NewVerifier(token.VerifierConfig{Issuers: []token.IssuerConfig{
-		{Issuer: "https://idp.example.com/", Audiences: []string{"api"}, PublicKeyFile: dir + "/ec.pem"},
-	}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, v := ecVerifier(t, "tokens-small")
 	tokens := make([]string, n)
 	for i := range tokens {
 		tokens[i] = testutil.MintJWT(t, jwt.SigningMethodES256, key, "", testutil.Claims("https://idp.example.com/", fmt.Sprintf("u%07d", i), nil))
@@ -90,4 +77,19 @@ func TestTokenCacheAccountsSmallTokens(t *testing.T) {
 	if held > per {
 		t.Errorf("a cached small token holds %.0f bytes of heap but is accounted %.0f: the byte budget does not bound the heap", held, per)
 	}
+}
+
+// ecVerifier is a Verifier with the default cache for an ES256 issuer
+// (https://idp.example.com/, audience api) whose key is named name.
+func ecVerifier(t *testing.T, name string) (*ecdsa.PrivateKey, *token.Verifier) {
+	t.Helper()
+	key := testutil.ECKey(t, name)
+	dir := testutil.PolicyDir(t, map[string]string{"ec.pem": string(testutil.PublicKeyPEM(t, &key.PublicKey))})
+	v, err := token.NewVerifier(token.VerifierConfig{Issuers: []token.IssuerConfig{
+		{Issuer: "https://idp.example.com/", Audiences: []string{"api"}, PublicKeyFile: dir + "/ec.pem"},
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, v
 }
