@@ -222,10 +222,11 @@ func TestRunReportsCacheHitRates(t *testing.T) {
 	addr := serve(t, m)
 	url := serveHTTP(t, m)
 	// 50 distinct requests, each evaluated once in the warm-up: the window
-	// is all hits.
+	// is all hits. The warm-up is long enough for a loaded CI machine (one
+	// made 48 checks in 300 ms).
 	res, err := loadgen.Run(t.Context(), loadgen.Config{
 		Addr: addr, Plan: plan(t, `{"requests": [`+requestsJSON(50)+`]}`, nil, nil),
-		Concurrency: 2, Warmup: 300 * time.Millisecond, Duration: 300 * time.Millisecond, MetricsURL: url,
+		Concurrency: 2, Warmup: 2 * time.Second, Duration: 300 * time.Millisecond, MetricsURL: url,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +239,7 @@ func TestRunReportsCacheHitRates(t *testing.T) {
 	// on a loaded machine where a scrape takes a while (the totals before
 	// the run, 6,000, would be far outside either).
 	slack := max(20, res.Checks/5)
-	if diff := d.Lookups - res.Checks; diff < -slack || diff > slack || d.Lookups < 50 {
+	if diff := d.Lookups - res.Checks; diff < -slack || diff > slack || d.Lookups < 20 {
 		t.Errorf("decision lookups %d over a window of %d checks", d.Lookups, res.Checks)
 	}
 	if d.Hits != d.ByResult["hit"] || d.ByResult["miss"] != 0 || d.HitRate != 1 {
