@@ -5,9 +5,7 @@ import (
 	"testing"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
-	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 	"github.com/gatehouse-dev/gatehouse/token"
 )
 
@@ -36,14 +34,7 @@ func checkAllocations(t *testing.T, cacheEntries int, bound float64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries}, v, nil, logger)
-	src, err := bundle.NewDirSource(bundle.PolicyConfig{Dir: testutil.PolicyDir(t, map[string]string{"policy.rego": benchPolicy})}, e, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := src.Load(); err != nil {
-		t.Fatal(err)
-	}
+	e := policyEngine(t, authz.Config{DecisionCacheEntries: cacheEntries}, v, benchPolicy)
 	req := benchRequest(t)
 	headers := req.GetAttributes().GetRequest().GetHttp().GetHeaders()
 	var memo envoy.InputMemo // as a Server renders inputs

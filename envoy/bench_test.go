@@ -103,14 +103,7 @@ func benchSimplePolicy(b *testing.B, cacheEntries int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	e := authz.New(authz.Config{DecisionCacheEntries: cacheEntries}, v, nil, logger)
-	src, err := bundle.NewDirSource(bundle.PolicyConfig{Dir: testutil.PolicyDir(b, map[string]string{"policy.rego": benchPolicy})}, e, logger)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := src.Load(); err != nil {
-		b.Fatal(err)
-	}
+	e := policyEngine(b, authz.Config{DecisionCacheEntries: cacheEntries}, v, benchPolicy)
 	req := benchRequest(b)
 	headers := req.GetAttributes().GetRequest().GetHttp().GetHeaders()
 	var memo envoy.InputMemo // as a Server renders inputs
@@ -203,4 +196,20 @@ func benchGRPC(b *testing.B, client authv3.AuthorizationClient, req *authv3.Chec
 			}
 		})
 	})
+}
+
+// policyEngine is an Engine with cfg and verifier v (nil: none) serving
+// policy, loaded from a directory as a sidecar loads it.
+func policyEngine(tb testing.TB, cfg authz.Config, v *token.Verifier, policy string) *authz.Engine {
+	tb.Helper()
+	logger := discard()
+	e := authz.New(cfg, v, nil, logger)
+	src, err := bundle.NewDirSource(bundle.PolicyConfig{Dir: testutil.PolicyDir(tb, map[string]string{"policy.rego": policy})}, e, logger)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := src.Load(); err != nil {
+		tb.Fatal(err)
+	}
+	return e
 }

@@ -17,7 +17,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gatehouse-dev/gatehouse/authz"
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/envoy"
 	"github.com/gatehouse-dev/gatehouse/internal/testutil"
 )
@@ -181,15 +180,7 @@ allow := {"allowed": true, "dynamic_metadata": {"project": input.attributes.cont
 // measures the heap.
 func TestCachedDecisionsDoNotHoldInputs(t *testing.T) {
 	const n = 3000
-	logger := discard()
-	e := authz.New(authz.Config{DecisionCacheEntries: 2 * n}, nil, nil, logger)
-	src, err := bundle.NewDirSource(bundle.PolicyConfig{Dir: testutil.PolicyDir(t, map[string]string{"policy.rego": quoteProject})}, e, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := src.Load(); err != nil {
-		t.Fatal(err)
-	}
+	e := policyEngine(t, authz.Config{DecisionCacheEntries: 2 * n}, nil, quoteProject)
 	reqs := make([]*authv3.CheckRequest, n)
 	for i := range reqs {
 		headers := map[string]string{"x-request": fmt.Sprint(i)}
