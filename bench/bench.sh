@@ -359,6 +359,7 @@ row gatehouse-simple "Gatehouse, simple policy (bench/policies/simple)" hot
 row gatehouse-200k-hot "Gatehouse, shipped policy, 200k grants" hot
 [[ $PEER != 1 ]] || row peer-200k-hot "$PEER_LABEL, 200k grants" hot
 row gatehouse-200k-cold "Gatehouse, shipped policy, 200k grants" cold
+[[ $WORLDS != 1 ]] || row gatehouse-token-cold "Gatehouse, token check only (bench/policies/token), the 200k cold requests" cold
 [[ $PEER != 1 ]] || row peer-200k-cold "$PEER_LABEL, 200k grants" cold
 [[ $PEER != 1 ]] || row gatehouse-peerpolicy-200k-cold "Gatehouse, the peer's policy and data.json (HS256 in Rego), 200k grants" cold
 if [[ $ONE_M == 1 ]]; then
@@ -527,8 +528,26 @@ gatehouse_peer_policy() {
 	cold "$name" "$size" "$SNAPSHOT_TIMEOUT" "$READYZ" bin/gatehouse serve --config "$WORK/peerpolicy-$size.yaml"
 }
 
+# gatehouse_token_only: the breakdown row. Gatehouse with
+# bench/policies/token (allow a verified token) and no tenancy data, sent
+# the cold 200k requests, every one expected allowed (all carry valid
+# tokens): what a first-seen check costs before any policy rule.
+gatehouse_token_only() {
+	local name=gatehouse-token-cold
+	[[ -d $WORK/servers/$name ]] || return 0
+	if [[ -n $GATEHOUSE_SKIP ]]; then
+		skip "$name" "$GATEHOUSE_SKIP"
+		return 0
+	fi
+	mkdir -p "$WORK/token-data"
+	serve_config "$WORK/token.yaml" "$PWD/bench/policies/token" "{dir: $WORK/token-data}"
+	COLD_FLAGS=(--expect-all allow --metrics "$METRICS")
+	cold "$name" 200k "$READY_TIMEOUT" "$READYZ" bin/gatehouse serve --config "$WORK/token.yaml"
+}
+
 world_rows() {
 	gatehouse_world "$1"
+	[[ $1 != 200k ]] || gatehouse_token_only
 	[[ $PEER != 1 ]] || peer_world "$1"
 	[[ $PEER != 1 ]] || gatehouse_peer_policy "$1"
 }
