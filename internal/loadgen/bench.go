@@ -153,6 +153,15 @@ func (f *BenchFile) OK() bool {
 // limits rather than the server's.
 const clientBusy = 0.7
 
+// A run is noted as disturbed when the hypervisor took at least
+// disturbedSteal percent of the machine's CPU time over its window, or
+// other processes used at least disturbedOthers cores: its CPU per check
+// and latency then include someone else's work.
+const (
+	disturbedSteal  = 2.0
+	disturbedOthers = 0.1
+)
+
 type namedRun struct {
 	name string
 	res  *Result
@@ -256,6 +265,10 @@ func (f *BenchFile) Table(w io.Writer) error {
 			if r.Client.CPUUtil >= clientBusy {
 				notes = append(notes, fmt.Sprintf("%s %s: the load generator used %.0f%% of its core: its own queueing may be in these numbers",
 					s.Name, nr.name, 100*r.Client.CPUUtil))
+			}
+			if h := r.Host; h != nil && (h.StealPct >= disturbedSteal || h.OtherCores >= disturbedOthers) {
+				notes = append(notes, fmt.Sprintf("%s %s: disturbed: the hypervisor took %.1f%% of the machine's CPU time (steal) and other processes used %.2f cores over the window",
+					s.Name, nr.name, h.StealPct, h.OtherCores))
 			}
 			if r.MetricsError != "" {
 				notes = append(notes, fmt.Sprintf("%s %s: no cache figures: %s", s.Name, nr.name, r.MetricsError))

@@ -231,3 +231,53 @@ go_goroutines 12
 		t.Errorf("no counters: %+v %+v", d, tk)
 	}
 }
+
+func TestParseHostTimes(t *testing.T) {
+	t.Parallel()
+	const stat = "cpu  3425914 155698 585073 3616720 29205 11 49954 168650 0 0\n" +
+		"cpu0 1737302 77560 282544 1801690 10968 0 20238 84244 0 0\nintr 1 2 3\n"
+	h, err := parseHostTimes([]byte(stat))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := HostTimes{Busy: 3425914 + 155698 + 585073 + 11 + 49954, Idle: 3616720 + 29205, Steal: 168650}
+	if h != want {
+		t.Errorf("parseHostTimes = %+v, want %+v", h, want)
+	}
+	// A kernel without the steal field.
+	if h, err := parseHostTimes([]byte("cpu 1 2 3 4 5 6 7\n")); err != nil || h != (HostTimes{Busy: 1 + 2 + 3 + 6 + 7, Idle: 4 + 5}) {
+		t.Errorf("no steal field: %+v %v", h, err)
+	}
+	for _, bad := range []string{"", "cpu0 1 2 3 4 5 6 7 8\n", "cpu 1 2 3\n", "cpu 1 2 3 4 5 6 x 8\n", "cpu 1 2 3 4 5 6 7 -8\n"} {
+		if _, err := parseHostTimes([]byte(bad)); err == nil {
+			t.Errorf("parseHostTimes(%q) = nil error", bad)
+		}
+	}
+	if _, err := ReadHostTimes(); err != nil {
+		t.Skip("no /proc/stat:", err)
+	}
+}
+
+func TestHostStats(t *testing.T) {
+	t.Parallel()
+	// A 2-core machine over a 2 s window (400 ticks of CPU time): 40 ticks
+	// stolen, 260 busy, of which the server used 1.0 s and the load
+	// generator 0.6 s: the others 1.0 s, 0.5 cores.
+	a := HostTimes{Busy: 1000, Idle: 5000, Steal: 10}
+	b := HostTimes{Busy: 1260, Idle: 5100, Steal: 50}
+	h := hostStats(a, b, 0.6, &ProcStats{CPUUtil: 0.5}, 2)
+	if math.Abs(h.StealPct-10) > 1e-9 || math.Abs(h.OtherCores-0.5) > 1e-9 {
+		t.Errorf("hostStats = %+v, want steal 10%% and 0.5 other cores", h)
+	}
+	// Without a server, all but the load generator is "other"; CPU times
+	// read at slightly different instants never make it negative.
+	if h := hostStats(a, b, 0.6, nil, 2); math.Abs(h.OtherCores-1) > 1e-9 {
+		t.Errorf("no server: %+v, want 1 other core", h)
+	}
+	if h := hostStats(a, b, 3, nil, 2); h.OtherCores != 0 {
+		t.Errorf("more self CPU than busy time: %+v, want 0 other cores", h)
+	}
+	if h := hostStats(a, a, 0, nil, 0); h.StealPct != 0 || h.OtherCores != 0 {
+		t.Errorf("empty window: %+v", h)
+	}
+}

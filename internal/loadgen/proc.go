@@ -99,3 +99,53 @@ func ProcRSS(pid int) (int64, error) {
 	m, err := ProcMem(pid)
 	return m.RSS, err
 }
+
+// HostTimes is the machine's CPU time summed over its CPUs, from the "cpu"
+// line of /proc/stat, in clock ticks.
+type HostTimes struct {
+	// Busy is user + nice + system + irq + softirq: time the CPUs ran work
+	// (guest time is counted inside user).
+	Busy uint64
+	// Idle is idle + iowait.
+	Idle uint64
+	// Steal is time the hypervisor ran something else while this
+	// machine's virtual CPUs wanted to run.
+	Steal uint64
+}
+
+// ReadHostTimes returns the machine's CPU times from /proc/stat.
+func ReadHostTimes() (HostTimes, error) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return HostTimes{}, fmt.Errorf("%w: %w", ErrProc, err)
+	}
+	return parseHostTimes(data)
+}
+
+// parseHostTimes reads the aggregate "cpu" line of /proc/stat: user nice
+// system idle iowait irq softirq steal [guest guest_nice]. Kernels before
+// 2.6.11 had no steal field: it is 0 then.
+func parseHostTimes(data []byte) (HostTimes, error) {
+	for line := range bytes.Lines(data) {
+		f := bytes.Fields(line)
+		if len(f) == 0 || string(f[0]) != "cpu" {
+			continue
+		}
+		if len(f) < 8 {
+			return HostTimes{}, fmt.Errorf("%w: /proc/stat: cpu line with %d fields", ErrProc, len(f)-1)
+		}
+		var v [8]uint64
+		for i := range v {
+			if i+1 >= len(f) {
+				break
+			}
+			n, err := strconv.ParseUint(string(f[i+1]), 10, 64)
+			if err != nil {
+				return HostTimes{}, fmt.Errorf("%w: /proc/stat: cpu field %d: %q", ErrProc, i+1, f[i+1])
+			}
+			v[i] = n
+		}
+		return HostTimes{Busy: v[0] + v[1] + v[2] + v[5] + v[6], Idle: v[3] + v[4], Steal: v[7]}, nil
+	}
+	return HostTimes{}, fmt.Errorf("%w: /proc/stat: no cpu line", ErrProc)
+}

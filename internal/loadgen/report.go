@@ -73,6 +73,9 @@ type Result struct {
 	Server *ProcStats `json:"server,omitempty"`
 	// Client is the load generator process itself.
 	Client ProcStats `json:"client"`
+	// Host is the whole machine over the recorded window (nil where
+	// /proc/stat cannot be read): how much else ran beside the two.
+	Host *HostStats `json:"host,omitempty"`
 	// OK is false when there were errors or mismatches.
 	OK bool `json:"ok"`
 }
@@ -146,6 +149,21 @@ type ProcStats struct {
 	PeakRSSMiB  float64 `json:"peak_rss_mib,omitempty"`
 }
 
+// HostStats is what the machine's CPUs did over a recorded window, the
+// measure of how disturbed a run was: on a shared virtual machine the
+// server's CPU per check grows when the hypervisor or other processes take
+// the core or its caches.
+type HostStats struct {
+	// StealPct is the share of the machine's CPU time the hypervisor gave
+	// to something else (steal over busy + idle + steal), in percent.
+	StealPct float64 `json:"steal_pct"`
+	// OtherCores is the CPU the machine's other processes and the kernel's
+	// own threads used, in cores: busy time less the server's and the load
+	// generator's, over the window (when a server PID was given; else
+	// everything but the load generator).
+	OtherCores float64 `json:"other_cores"`
+}
+
 // Check returns nil when every recorded call got the expected answer, or an
 // error wrapping ErrMismatch and/or ErrRPC that names the requests.
 func (r *Result) Check() error {
@@ -210,6 +228,9 @@ func (r *Result) String() string {
 		fmt.Fprintf(&b, " | %s", r.MetricsError)
 	}
 	fmt.Fprintf(&b, " | client %.1f µs/check %.0f%% cpu", r.Client.CPUMicrosPerCheck, 100*r.Client.CPUUtil)
+	if h := r.Host; h != nil {
+		fmt.Fprintf(&b, " | host steal %.1f%%, others %.2f cores", h.StealPct, h.OtherCores)
+	}
 	for _, rs := range r.Requests {
 		if rs.Mismatches == 0 && rs.Errors == 0 {
 			continue

@@ -400,6 +400,8 @@ func (r *runner) openLoop(ctx, callCtx context.Context, cc *grpc.ClientConn, w *
 type sampler struct {
 	serverCPU0, serverCPU1 time.Duration
 	selfCPU0, selfCPU1     time.Duration
+	host0, host1           HostTimes
+	hostErr                error
 	mem                    Mem
 	metrics0, metrics1     counters
 	metricsErr             error
@@ -423,6 +425,7 @@ func (s *sampler) run(ctx context.Context, base time.Time, start, end time.Durat
 	if metricsURL != "" {
 		s.metrics0, s.metricsErr = scrapeMetrics(ctx, metricsURL, scraped...)
 	}
+	s.host0, s.hostErr = ReadHostTimes()
 	s.selfCPU0 = selfCPU()
 	if pid > 0 {
 		s.serverCPU0, s.err = ProcCPU(pid)
@@ -431,6 +434,9 @@ func (s *sampler) run(ctx context.Context, base time.Time, start, end time.Durat
 		return
 	}
 	s.selfCPU1 = selfCPU()
+	if s.hostErr == nil {
+		s.host1, s.hostErr = ReadHostTimes()
+	}
 	if pid > 0 && s.err == nil {
 		if s.serverCPU1, s.err = ProcCPU(pid); s.err == nil {
 			s.mem, s.err = ProcMem(pid)
@@ -512,6 +518,9 @@ func (r *runner) result(workers []*worker, s *sampler) (*Result, error) {
 			res.Server.CPUMicrosPerCheck = cpu * 1e6 / float64(res.Checks)
 		}
 	}
+	if s.hostErr == nil {
+		res.Host = hostStats(s.host0, s.host1, selfCPU, res.Server, window)
+	}
 	if r.cfg.MetricsURL != "" {
 		if s.metricsErr != nil {
 			res.MetricsError = s.metricsErr.Error()
@@ -522,6 +531,25 @@ func (r *runner) result(workers []*worker, s *sampler) (*Result, error) {
 	res.DistinctRequests, res.DistinctTokens = r.plan.DistinctRequests, r.plan.DistinctTokens
 	res.OK = res.Errors == 0 && res.Mismatches == 0
 	return res, nil
+}
+
+// hostStats is the machine's share of steal and the cores used by others
+// between two readings a window apart; selfCPU is the load generator's CPU
+// seconds, server the server's figures (nil: none sampled).
+func hostStats(a, b HostTimes, selfCPU float64, server *ProcStats, window float64) *HostStats {
+	busy, idle, steal := float64(b.Busy-a.Busy), float64(b.Idle-a.Idle), float64(b.Steal-a.Steal)
+	h := &HostStats{}
+	if total := busy + idle + steal; total > 0 {
+		h.StealPct = 100 * steal / total
+	}
+	others := busy/clockTicks - selfCPU
+	if server != nil {
+		others -= server.CPUUtil * window
+	}
+	if window > 0 {
+		h.OtherCores = max(0, others/window)
+	}
+	return h
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
