@@ -378,15 +378,19 @@ if port_open "$NOOP_PORT"; then
 	log "port $NOOP_PORT is already in use (set BENCH_NOOP_PORT): cannot measure the floor"
 	exit 2
 fi
-GOMAXPROCS=1 "${SERVER_PIN[@]}" bin/loadgen noop --addr "127.0.0.1:$NOOP_PORT" >"$WORK/noop.log" 2>&1 &
-SERVER_PID=$!
-if ! wait_port "$NOOP_PORT" 10; then
-	log "the no-op server did not start:"
-	cat "$WORK/noop.log" >&2
-	exit 2
-fi
-MEASURE_SCENARIO=$FLOOR_SCENARIO measure noop "127.0.0.1:$NOOP_PORT" --expect-all allow
-stop_server
+# floor NAME: the no-op server measured as row NAME.
+floor() {
+	GOMAXPROCS=1 "${SERVER_PIN[@]}" bin/loadgen noop --addr "127.0.0.1:$NOOP_PORT" >"$WORK/noop.log" 2>&1 &
+	SERVER_PID=$!
+	if ! wait_port "$NOOP_PORT" 10; then
+		log "the no-op server did not start:"
+		cat "$WORK/noop.log" >&2
+		exit 2
+	fi
+	MEASURE_SCENARIO=$FLOOR_SCENARIO measure "$1" "127.0.0.1:$NOOP_PORT" --expect-all allow
+	stop_server
+}
+floor noop
 
 # --- gatehouse, simple policy ----------------------------------------------------
 GH_ARGS=(bin/gatehouse serve --config "$CONFIG")
@@ -553,6 +557,13 @@ world_rows() {
 }
 world_rows 200k
 [[ $ONE_M != 1 ]] || world_rows 1m
+
+# --- the floor again: how far the machine moved while the rows ran ---------------
+# Every ratio above divides by the first floor; this one, measured last,
+# shows whether that divisor still held (its "CPU vs floor" should be ~1.00×).
+row noop-end "no-op ext_authz (grpc-go), again at the end" ""
+note noop-end "the floor measured again after every other row: its ratios to the first floor show how much the machine moved during the bench"
+floor noop-end
 
 # --- report ----------------------------------------------------------------------
 echo
