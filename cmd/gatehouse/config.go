@@ -63,7 +63,7 @@ type CacheConfig struct {
 	Documents int `yaml:"documents"`
 	// DecisionsMB: MiB of memoized decisions, as accounted (keys are
 	// hashes; deny bodies, headers, metadata and recorded reads count);
-	// default 16.
+	// default 8.
 	DecisionsMB int `yaml:"decisions_mb"`
 	// TokensMB: MiB of verified tokens, as accounted (their claims count);
 	// default 16.
@@ -143,7 +143,7 @@ type DataConfig struct {
 	ReconnectMaxBackoff time.Duration `yaml:"reconnect_max_backoff"`
 	// ResidentBudgetMB: when the cache file's pages resident in the
 	// process exceed it, they are dropped from the resident set (they stay in
-	// the page cache). Default 16; -1 never trims.
+	// the page cache). Default 8; -1 never trims.
 	ResidentBudgetMB int `yaml:"resident_budget_mb"`
 	// VerifyOnStart runs bbolt's consistency check over the cache file in
 	// the background after a restart: true always, false never; unset, for
