@@ -44,7 +44,7 @@ type Config struct {
 	// disables it). See cache.go for when a cached decision is used.
 	DecisionCacheEntries int
 	// DecisionCacheBytes bounds the accounted size of the decision cache
-	// (default 8 MiB, DefaultDecisionCacheBytes; <0 disables it): keys are fixed-size hashes; the
+	// (default 16 MiB, DefaultDecisionCacheBytes; <0 disables it): keys are fixed-size hashes; the
 	// decisions (deny bodies, headers, metadata) and recorded reads count.
 	DecisionCacheBytes int64
 	// Builtins are the Gatehouse built-ins policy sets are compiled with
@@ -52,13 +52,12 @@ type Config struct {
 	Builtins []Builtin
 }
 
-// DefaultDecisionCacheBytes is Config.DecisionCacheBytes when unset: ~6,000
-// decisions of the shipped policy (~1.3 KB accounted each), three times
-// `make bench`'s hot set. At 16 MiB a sidecar under a stream of first-seen
-// questions (the cold bench at 200k grants) held 64–67 MiB of anonymous
-// memory and ~105 MiB of RSS once its caches filled; at 8 MiB, 49–54 and
-// 89–94 MiB, at the same CPU per check within the machine's noise.
-const DefaultDecisionCacheBytes = 8 << 20
+// DefaultDecisionCacheBytes is Config.DecisionCacheBytes when unset.
+// `make bench`'s hot set of 2,000 shipped-policy decisions accounts 6.1 MB
+// (~3 KB each): at 8 MiB, split over 32 shards of two generations, the
+// cache answered only 63% of it (99.8% at 16 MiB), and the hot path lost a
+// quarter of its throughput.
+const DefaultDecisionCacheBytes = 16 << 20
 
 // SetDefaults fills unset fields.
 func (c *Config) SetDefaults() {

@@ -63,7 +63,7 @@ type CacheConfig struct {
 	Documents int `yaml:"documents"`
 	// DecisionsMB: MiB of memoized decisions, as accounted (keys are
 	// hashes; deny bodies, headers, metadata and recorded reads count);
-	// default 8.
+	// default 16.
 	DecisionsMB int `yaml:"decisions_mb"`
 	// TokensMB: MiB of verified tokens, as accounted (their claims count);
 	// default 16.
