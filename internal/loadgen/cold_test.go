@@ -1,7 +1,6 @@
 package loadgen_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -360,19 +359,8 @@ func TestBenchTableHotCold(t *testing.T) {
 	write("peer", "workload", "cold")
 	write("peer", "skipped", "does not build")
 
-	f := &loadgen.BenchFile{}
-	for _, s := range []string{"noop", "hot", "cold", "peer"} {
-		bs, err := loadgen.CollectBenchServer(filepath.Join(dir, s))
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.Servers = append(f.Servers, bs)
-	}
-	var buf bytes.Buffer
-	if err := f.Table(&buf); err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(buf.String(), "\n")
+	f, out := benchTable(t, dir, "", "noop", "hot", "cold", "peer")
+	lines := strings.Split(out, "\n")
 	row := func(prefix string) []string {
 		for _, l := range lines {
 			if strings.HasPrefix(l, "| "+prefix) {
@@ -383,7 +371,7 @@ func TestBenchTableHotCold(t *testing.T) {
 				return cells
 			}
 		}
-		t.Fatalf("no row %q in\n%s", prefix, buf.String())
+		t.Fatalf("no row %q in\n%s", prefix, out)
 		return nil
 	}
 	header := row("server")
@@ -429,8 +417,8 @@ func TestBenchTableHotCold(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"- cold: ready after 7,512 ms", "- cold: write -> changed decision: p99 11 ms", "- peer: skipped (does not build)"} {
-		if !strings.Contains(buf.String(), want+"\n") {
-			t.Errorf("notes lack %q:\n%s", want, buf.String())
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("notes lack %q:\n%s", want, out)
 		}
 	}
 	if !f.OK() {

@@ -1,7 +1,6 @@
 package loadgen_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -90,19 +89,7 @@ func TestBenchTableNotesDisturbedRuns(t *testing.T) {
 	write("noop", "c1.json", run(&loadgen.HostStats{StealPct: 6.5, OtherCores: 0.01}))
 	write("gh", "c16.json", run(&loadgen.HostStats{StealPct: 0.1, OtherCores: 0.45}))
 	write("gh", "c1.json", run(nil))
-	f := &loadgen.BenchFile{}
-	for _, s := range []string{"noop", "gh"} {
-		bs, err := loadgen.CollectBenchServer(filepath.Join(dir, s))
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.Servers = append(f.Servers, bs)
-	}
-	var buf bytes.Buffer
-	if err := f.Table(&buf); err != nil {
-		t.Fatal(err)
-	}
-	out := buf.String()
+	_, out := benchTable(t, dir, "", "noop", "gh")
 	for _, want := range []string{
 		"- noop c=1: disturbed: the hypervisor took 6.5% of the machine's CPU time (steal) and other processes used 0.01 cores",
 		"- gh c=16: disturbed: the hypervisor took 0.1% of the machine's CPU time (steal) and other processes used 0.45 cores",

@@ -596,19 +596,7 @@ func TestBenchTable(t *testing.T) {
 	write("gatehouse", "c16.json", run(14000, 3, false))
 	write("other", "skipped", "bin/other not built\n")
 
-	f := &loadgen.BenchFile{Note: "not pinned"}
-	for _, s := range []string{"noop", "gatehouse", "other"} {
-		bs, err := loadgen.CollectBenchServer(filepath.Join(dir, s))
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.Servers = append(f.Servers, bs)
-	}
-	var buf bytes.Buffer
-	if err := f.Table(&buf); err != nil {
-		t.Fatal(err)
-	}
-	out := buf.String()
+	f, out := benchTable(t, dir, "not pinned", "noop", "gatehouse", "other")
 	for _, want := range []string{
 		"| noop (floor) ", "| 28,000 ", "| 1.00 ", "| 0.36 ms ", "| 2.70 ms ", "| 0.50 ms ", "| 30.0 ", "| 19.5 ",
 		"| gatehouse INVALID ", "| 0.50 ", "| other ", "| skipped ", "- other: skipped (bin/other not built)",
@@ -628,4 +616,23 @@ func TestBenchTable(t *testing.T) {
 	if _, err := loadgen.CollectBenchServer(filepath.Join(dir, "absent")); err == nil {
 		t.Error("CollectBenchServer(absent) = nil error")
 	}
+}
+
+// benchTable collects the servers' folders under dir, in order, into a
+// BenchFile with note and returns it with its table.
+func benchTable(t *testing.T, dir, note string, servers ...string) (*loadgen.BenchFile, string) {
+	t.Helper()
+	f := &loadgen.BenchFile{Note: note}
+	for _, s := range servers {
+		bs, err := loadgen.CollectBenchServer(filepath.Join(dir, s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Servers = append(f.Servers, bs)
+	}
+	var buf bytes.Buffer
+	if err := f.Table(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return f, buf.String()
 }
