@@ -325,15 +325,7 @@ func TestNewPlanTokensProperty(t *testing.T) {
 func TestBenchTableHotCold(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	write := func(server, file, content string) {
-		t.Helper()
-		if err := os.MkdirAll(filepath.Join(dir, server), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, server, file), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(server, file, content string) { writeServerFile(t, dir, server, file, content) }
 	run := func(rate, cpu, anon, file, peak float64, distinct, tokens int, hits float64) string {
 		r := loadgen.Result{ChecksPerSec: rate, OK: true, Checks: 1000, Latency: loadgen.Latency{P50: 1.25, P99: 9.5},
 			DistinctRequests: distinct, DistinctTokens: tokens,

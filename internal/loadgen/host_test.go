@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -72,14 +71,8 @@ func TestBenchTableNotesDisturbedRuns(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	write := func(server, file string, r loadgen.Result) {
-		t.Helper()
 		b, _ := json.Marshal(r)
-		if err := os.MkdirAll(filepath.Join(dir, server), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, server, file), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeServerFile(t, dir, server, file, string(b))
 	}
 	run := func(h *loadgen.HostStats) loadgen.Result {
 		return loadgen.Result{ChecksPerSec: 1000, Checks: 100, OK: true, Host: h,

@@ -253,8 +253,12 @@ func TestParseHostTimes(t *testing.T) {
 			t.Errorf("parseHostTimes(%q) = nil error", bad)
 		}
 	}
-	if _, err := ReadHostTimes(); err != nil {
+	live, err := ReadHostTimes()
+	if err != nil {
 		t.Skip("no /proc/stat:", err)
+	}
+	if live.Busy == 0 {
+		t.Errorf("ReadHostTimes = %+v: a running machine has busy time", live)
 	}
 }
 
@@ -265,19 +269,19 @@ func TestHostStats(t *testing.T) {
 	// generator 0.6 s: the others 1.0 s, 0.5 cores.
 	a := HostTimes{Busy: 1000, Idle: 5000, Steal: 10}
 	b := HostTimes{Busy: 1260, Idle: 5100, Steal: 50}
-	h := hostStats(a, b, 0.6, &ProcStats{CPUUtil: 0.5}, 2)
+	h := hostStats(a, b, 0.6+1.0, 2)
 	if math.Abs(h.StealPct-10) > 1e-9 || math.Abs(h.OtherCores-0.5) > 1e-9 {
 		t.Errorf("hostStats = %+v, want steal 10%% and 0.5 other cores", h)
 	}
-	// Without a server, all but the load generator is "other"; CPU times
+	// With only the load generator measured, the rest is "other"; CPU times
 	// read at slightly different instants never make it negative.
-	if h := hostStats(a, b, 0.6, nil, 2); math.Abs(h.OtherCores-1) > 1e-9 {
+	if h := hostStats(a, b, 0.6, 2); math.Abs(h.OtherCores-1) > 1e-9 {
 		t.Errorf("no server: %+v, want 1 other core", h)
 	}
-	if h := hostStats(a, b, 3, nil, 2); h.OtherCores != 0 {
+	if h := hostStats(a, b, 3, 2); h.OtherCores != 0 {
 		t.Errorf("more self CPU than busy time: %+v, want 0 other cores", h)
 	}
-	if h := hostStats(a, a, 0, nil, 0); h.StealPct != 0 || h.OtherCores != 0 {
+	if h := hostStats(a, a, 0, 0); h.StealPct != 0 || h.OtherCores != 0 {
 		t.Errorf("empty window: %+v", h)
 	}
 }

@@ -570,15 +570,7 @@ func TestProc(t *testing.T) {
 func TestBenchTable(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	write := func(server, file, content string) {
-		t.Helper()
-		if err := os.MkdirAll(filepath.Join(dir, server), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, server, file), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(server, file, content string) { writeServerFile(t, dir, server, file, content) }
 	run := func(rate, p99 float64, ok bool) string {
 		r := loadgen.Result{ChecksPerSec: rate, Latency: loadgen.Latency{P99: p99}, OK: ok, Checks: 100,
 			Server: &loadgen.ProcStats{CPUMicrosPerCheck: 30, RSSMiB: 19.5}}
@@ -615,6 +607,18 @@ func TestBenchTable(t *testing.T) {
 	}
 	if _, err := loadgen.CollectBenchServer(filepath.Join(dir, "absent")); err == nil {
 		t.Error("CollectBenchServer(absent) = nil error")
+	}
+}
+
+// writeServerFile writes content to dir/server/file, as bench/bench.sh
+// leaves a server's results for CollectBenchServer.
+func writeServerFile(t *testing.T, dir, server, file, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(dir, server), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, server, file), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 

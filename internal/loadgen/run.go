@@ -519,7 +519,8 @@ func (r *runner) result(workers []*worker, s *sampler) (*Result, error) {
 		}
 	}
 	if s.hostErr == nil {
-		res.Host = hostStats(s.host0, s.host1, selfCPU, res.Server, window)
+		// no PID: both server samples are zero
+		res.Host = hostStats(s.host0, s.host1, selfCPU+(s.serverCPU1-s.serverCPU0).Seconds(), window)
 	}
 	if r.cfg.MetricsURL != "" {
 		if s.metricsErr != nil {
@@ -534,18 +535,15 @@ func (r *runner) result(workers []*worker, s *sampler) (*Result, error) {
 }
 
 // hostStats is the machine's share of steal and the cores used by others
-// between two readings a window apart; selfCPU is the load generator's CPU
-// seconds, server the server's figures (nil: none sampled).
-func hostStats(a, b HostTimes, selfCPU float64, server *ProcStats, window float64) *HostStats {
+// between two readings a window apart; measured is the CPU seconds of the
+// processes the run measures (the load generator's and the server's).
+func hostStats(a, b HostTimes, measured, window float64) *HostStats {
 	busy, idle, steal := float64(b.Busy-a.Busy), float64(b.Idle-a.Idle), float64(b.Steal-a.Steal)
 	h := &HostStats{}
 	if total := busy + idle + steal; total > 0 {
 		h.StealPct = 100 * steal / total
 	}
-	others := busy/clockTicks - selfCPU
-	if server != nil {
-		others -= server.CPUUtil * window
-	}
+	others := busy/clockTicks - measured
 	if window > 0 {
 		h.OtherCores = max(0, others/window)
 	}
